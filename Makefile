@@ -1,0 +1,51 @@
+# medr1: `make run` fine-tunes (building .venv first), `make test` runs every test. See README.md.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PRESET ?= auto
+RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+UNSLOTH_PINS := unsloth==2026.10.9 unsloth_zoo==2026.10.9
+QUIET_PIP := { grep -v 'is ignored: it is neither' || true; }
+HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# No GPU: the smoke preset needs no network; keep the hub libraries from looking anything up.
+OFFLINE := $(if $(HAVE_GPU),,HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1)
+NOTEBOOKS := $(wildcard notebooks/*.py)
+
+.PHONY: run test lint sync bench help
+help:
+	@echo "make run [PRESET=auto|colab-t4|fast|smoke] [RUN_DIR=...]   fine-tune through the notebook"
+	@echo "make test                                                  every test (CPU, offline)"
+	@echo "make sync | lint | bench"
+
+# GPU: requirements.txt. CPU: torch's CPU build, the HF stack, and unsloth without its GPU-only needs.
+$(VENV)/.installed: requirements.txt requirements-cpu.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(HAVE_GPU),1)
+	$(BIN)/pip install -q -r requirements.txt 2>&1 | $(QUIET_PIP)
+else
+	$(BIN)/pip install -q -r requirements-cpu.txt 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps $(UNSLOTH_PINS) 2>&1 | $(QUIET_PIP)
+endif
+	$(BIN)/pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
+	touch $@
+
+run: $(VENV)/.installed
+	mkdir -p $(RUN_DIR)
+	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb \
+	  --cwd notebooks -p preset $(PRESET) -p output_dir $(abspath $(RUN_DIR))
+	@echo "executed notebook, adapter and run.json: $(RUN_DIR)"
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 tests notebooks
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests notebooks/*.py
+
+# jupytext: the .py is the source; keep each .ipynb paired (cell ids kept stable by --sync).
+sync: $(VENV)/.installed
+	$(BIN)/jupytext --sync $(NOTEBOOKS)
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m medr1 bench

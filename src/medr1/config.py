@@ -1,0 +1,261 @@
+"""Every knob of a medr1 run, its default, the named presets, and validation.
+
+`Config` is the single source of defaults. A preset is a named set of overrides; `build_config`
+applies a preset and then the user's overrides and validates the result before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from medr1.errors import ConfigError
+
+SMOKE_MODEL = "medr1/tiny-llama"  # built offline by medr1.tiny; never downloaded
+FIXTURE = "medr1:fixture"  # the bundled 40-row fixture, src/medr1/assets/medical_tiny.jsonl
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "backend": ("unsloth", "hf"),
+    "prompt_style": ("seed", "r1"),
+    "over_length": ("drop", "error", "truncate"),
+    "gradient_checkpointing": ("unsloth", "true", "false"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+    "report_to": ("auto", "wandb", "none"),
+    "lr_scheduler_type": ("linear", "cosine", "constant", "constant_with_warmup"),
+    "optim": ("adamw_8bit", "adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "sgd"),
+}
+
+
+@dataclass
+class Config:
+    """One run's settings. Comments give the advice a user needs to change a knob."""
+
+    # --- model ---
+    model_name: str = "unsloth/DeepSeek-R1-Distill-Llama-8B"  # hub id or local folder
+    backend: str = "unsloth"  # unsloth (fast kernels) | hf (transformers + peft + bitsandbytes)
+    max_seq_length: int = 2048  # longer rows are handled by `over_length`
+    load_in_4bit: bool = True  # 4-bit weights: an 8B model in about 6 GB of GPU memory
+    # --- data ---
+    dataset_name: str = "FreedomIntelligence/medical-o1-reasoning-SFT"
+    dataset_config: str = "en"  # en | zh | ... (the dataset's configs)
+    dataset_split: str = "train"
+    data_path: str = ""  # local .json/.jsonl/.csv/.parquet with the same fields; overrides the hub
+    num_examples: int = 500  # training rows (0 = all); the hub loads `train[:num_examples]`
+    holdout_examples: int = 20  # rows kept out of training for the before/after and evaluation
+    over_length: str = "drop"  # rows longer than max_seq_length: drop (counted) | error | truncate
+    prompt_style: str = "seed"  # seed (### Query / Chain of Thought / Answer) | r1 (<think> ... </think>)
+    # --- LoRA ---
+    lora_r: int = 16  # higher rank: more capacity, more memory
+    lora_alpha: int = 16  # scale = alpha / r
+    lora_dropout: float = 0.0  # 0 lets Unsloth use its fast path
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    gradient_checkpointing: str = "unsloth"  # unsloth (offloaded) | true | false (fastest, most memory)
+    # --- trainer ---
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 4  # effective batch = per-device x accumulation x GPUs
+    max_steps: int = 60  # optimizer steps; 0 = use num_train_epochs
+    num_train_epochs: float = 1.0
+    learning_rate: float = 2e-4
+    warmup_steps: int = 5
+    optim: str = "adamw_8bit"
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "linear"
+    seed: int = 3407  # seeds data order, LoRA init and training
+    precision: str = "auto"  # auto: bf16 where the GPU supports it, else fp16; fp32 on a CPU
+    packing: bool = False  # pack several rows into one sequence (many tokens per step)
+    logging_steps: int = 1
+    save_steps: int = 0  # checkpoint every N steps (0 = only the final adapter)
+    save_total_limit: int = 2  # checkpoints kept
+    # --- outputs ---
+    output_dir: str = ""  # adapter, run.json, loss.png, checkpoints; "" = a new outputs/<preset>-<time>
+    overwrite: bool = False  # allow writing into a folder that holds another run
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    report_to: str = "auto"  # auto: W&B when WANDB_API_KEY is set, else none | wandb | none
+    wandb_project: str = "medr1"
+    # --- generation ---
+    max_new_tokens: int = 1024  # generation budget for the test answers
+    preset: str = field(default="", metadata={"derived": True})  # the preset this came from
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self._check_values()
+
+    def _check_types(self) -> None:
+        hints = typing.get_type_hints(Config)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            coerced = coerce(f.name, value, hints[f.name])
+            object.__setattr__(self, f.name, coerced)
+
+    def _check_values(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not valid; choose one of {list(allowed)}")
+        positive = ["max_seq_length", "lora_r", "lora_alpha", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "learning_rate", "logging_steps", "save_total_limit",
+                    "max_new_tokens"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        non_negative = ["max_steps", "num_examples", "holdout_examples", "warmup_steps", "weight_decay",
+                        "save_steps", "num_train_epochs"]
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_steps == 0 and self.num_train_epochs <= 0:
+            raise ConfigError("max_steps=0 trains by epochs, so num_train_epochs must be > 0")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if not self.lora_targets or unknown:
+            raise ConfigError(f"lora_targets has unknown modules {unknown}; valid: {list(LORA_TARGETS)}")
+        if not self.output_dir:  # a fresh folder per run: a default can never overwrite an earlier run
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            self.output_dir = f"outputs/{self.preset or 'run'}-{stamp}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (for run.json and the model card)."""
+        out = dataclasses.asdict(self)
+        out["lora_targets"] = list(self.lora_targets)
+        return out
+
+
+def knob_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config) if not f.metadata.get("derived")]
+
+
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the annotation of knob `name`, converting strings from a CLI or papermill.
+
+    A string is converted only where the knob is not a string (`--set max_steps=10`); a value that
+    cannot be converted is an error naming the knob, the expected type and what was given.
+    """
+    origin = typing.get_origin(hint)
+    if origin is tuple or hint is tuple:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"internal: {name} has a union type")  # Config uses no unions
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name} must be true or false, got {value!r} ({type(value).__name__})")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name} must be a string, got {value!r} ({type(value).__name__})")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: named overrides of Config's defaults.
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed recipe exactly; the published tutorial's trainer values where the seed names none.
+    # These are Config's defaults, spelled out so that a change of default cannot move the recipe.
+    "colab-t4": dict(
+        model_name="unsloth/DeepSeek-R1-Distill-Llama-8B", backend="unsloth", max_seq_length=2048,
+        load_in_4bit=True, dataset_config="en", dataset_split="train", num_examples=500,
+        lora_r=16, lora_alpha=16, lora_dropout=0.0, lora_targets=LORA_TARGETS,
+        gradient_checkpointing="unsloth", per_device_train_batch_size=1, gradient_accumulation_steps=4,
+        max_steps=60, learning_rate=2e-4, warmup_steps=5, optim="adamw_8bit", weight_decay=0.01,
+        lr_scheduler_type="linear", seed=3407, precision="auto", packing=False,
+    ),
+    # Large GPUs: the same learning problem with many tokens per step (see medr1.speed for sizing).
+    "fast": dict(
+        packing=True, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+        gradient_checkpointing="false", max_steps=60, learning_rate=2e-4,
+    ),
+    # The tiny offline model on the bundled fixture: runs anywhere, on a CPU, in seconds.
+    "smoke": dict(
+        model_name=SMOKE_MODEL, data_path=FIXTURE, load_in_4bit=False, max_seq_length=512,
+        num_examples=0, holdout_examples=4, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+        max_steps=40, learning_rate=1e-2, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
+        precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=48,
+    ),
+}
+PRESET_NAMES = ("auto", *PRESETS)
+FAST_MIN_GIB = 40.0  # GPUs with at least this much memory get the `fast` preset under `auto`
+
+
+def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None = None) -> tuple[str, str]:
+    """Turn `auto` into a concrete preset name; returns (name, why)."""
+    if name not in PRESET_NAMES:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {list(PRESET_NAMES)}")
+    if name != "auto":
+        return name, "asked for"
+    if cuda is None:
+        cuda, gpu_gib = _cuda_info()
+    if not cuda or os.environ.get("UNSLOTH_FORCE_CPU") == "1":
+        return "smoke", "no CUDA GPU: the tiny offline model on the bundled fixture"
+    if gpu_gib is not None and gpu_gib >= FAST_MIN_GIB:
+        return "fast", f"CUDA GPU with {gpu_gib:.0f} GiB (>= {FAST_MIN_GIB:.0f}): packed, many tokens per step"
+    return "colab-t4", f"CUDA GPU with {gpu_gib or 0:.0f} GiB (< {FAST_MIN_GIB:.0f}): the seed recipe"
+
+
+def _cuda_info() -> tuple[bool, float | None]:
+    try:
+        import torch
+    except ImportError:
+        return False, None
+    if not torch.cuda.is_available():
+        return False, None
+    return True, torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, *, quiet: bool = False) -> Config:
+    """Config = defaults <- preset <- overrides; validated. Unknown knobs are errors that list valid ones."""
+    name, why = resolve_preset(preset)
+    values: dict[str, Any] = dict(PRESETS[name])
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(knob_names()))
+    if unknown:
+        raise ConfigError(f"unknown knob(s) {unknown}; valid knobs: {knob_names()}")
+    values.update(overrides)
+    values["preset"] = name
+    config = Config(**values)
+    if not quiet:
+        print(f"medr1: preset {name!r} ({why})")
+    return config
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`["max_steps=10", "lora_r=8"]` -> dict; types are checked later by Config."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,136 @@
+"""SFTConfig and SFTTrainer built from a medr1 Config, with every argument that matters explicit."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from medr1.model import import_unsloth_first
+
+import_unsloth_first()
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+
+from medr1.config import Config  # noqa: E402
+
+
+def world_size() -> int:
+    """Processes taking part in training (accelerate/torchrun set WORLD_SIZE); 1 otherwise."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def effective_batch(config: Config, processes: int | None = None) -> int:
+    return config.per_device_train_batch_size * config.gradient_accumulation_steps * (processes or world_size())
+
+
+def precision_flags(config: Config) -> dict[str, bool]:
+    """bf16 where the GPU supports it, fp16 on older GPUs (a T4), neither on a CPU or when fp32 is asked."""
+    cuda = torch.cuda.is_available()
+    if config.precision == "fp32" or (config.precision == "auto" and not cuda):
+        return {"bf16": False, "fp16": False}
+    if config.precision == "bf16":
+        return {"bf16": True, "fp16": False}
+    if config.precision == "fp16":
+        return {"bf16": False, "fp16": True}
+    bf16 = torch.cuda.is_bf16_supported()
+    return {"bf16": bf16, "fp16": not bf16}
+
+
+def wandb_key() -> str | None:
+    """WANDB_API_KEY from the environment, else Colab's secrets (exported for wandb, never printed)."""
+    key = os.environ.get("WANDB_API_KEY")
+    if key:
+        return key
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]
+
+        key = userdata.get("WANDB_API_KEY")
+    except Exception:  # noqa: BLE001 - not on Colab, or the secret is not granted
+        return None
+    if key:
+        os.environ["WANDB_API_KEY"] = key
+    return key
+
+
+def reporting(config: Config) -> str:
+    """'wandb' or 'none'. A headless run never waits for a key: without one, W&B is off and we say so."""
+    if config.report_to == "none":
+        return "none"
+    if wandb_key() or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        os.environ.setdefault("WANDB_PROJECT", config.wandb_project)
+        return "wandb"
+    if config.report_to == "wandb":
+        print("medr1: report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off")
+    else:
+        print("medr1: no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
+    return "none"
+
+
+def sft_config(config: Config, checkpoint_dir: str, report_to: str = "none") -> SFTConfig:
+    """Every trainer argument that changes the result is set here, not left to TRL's defaults.
+
+    `max_length` is the config's max_seq_length: TRL's own default (1,024) would silently cut most
+    medical reasoning rows (about 900 tokens, up to 1,500) off before their answers.
+    """
+    save = config.save_steps > 0
+    return SFTConfig(
+        output_dir=checkpoint_dir,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        num_train_epochs=config.num_train_epochs,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        optim=config.optim,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        seed=config.seed,
+        data_seed=config.seed,
+        max_length=config.max_seq_length,
+        packing=config.packing,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if save else "no",
+        save_steps=config.save_steps if save else 500,
+        save_total_limit=config.save_total_limit,
+        report_to=report_to,
+        run_name=os.path.basename(os.path.abspath(config.output_dir)),
+        include_num_input_tokens_seen="non_padding",
+        dataset_num_proc=None,
+        disable_tqdm=False,
+        **precision_flags(config),
+    )
+
+
+@dataclass
+class LossHistory(TrainerCallback):
+    """Keeps what the trainer logs (loss, learning rate, grad norm, tokens) and the step times."""
+
+    records: list[dict] = field(default_factory=list)
+    started: float = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = self.started or time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            entry = {"step": state.global_step, "loss": float(logs["loss"]),
+                     "seconds": round(time.perf_counter() - self.started, 3),
+                     "tokens": int(state.num_input_tokens_seen)}
+            for key in ("learning_rate", "grad_norm"):
+                if key in logs:
+                    entry[key] = float(logs[key])
+            self.records.append(entry)
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.records]
+
+
+def make_trainer(model, tokenizer, train_dataset, config: Config, checkpoint_dir: str,
+                 callbacks: list | None = None, report_to: str = "none") -> SFTTrainer:
+    return SFTTrainer(model=model, args=sft_config(config, checkpoint_dir, report_to), train_dataset=train_dataset,
+                      processing_class=tokenizer, callbacks=callbacks or [])
