@@ -1,0 +1,49 @@
+"""The command line: check-data reports and fails on bad data; train runs the notebook's steps."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from medr1.__main__ import main
+from medr1.data import FIXTURE_PATH
+
+
+def test_check_data_reports_counts_and_shows_a_row(capsys):
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--show", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "40 rows, 40 valid, 0 duplicates" in out and "median" in out
+    row = json.loads(FIXTURE_PATH.read_text().splitlines()[2])
+    assert row["Question"] in out and out.rstrip().endswith("<｜end▁of▁sentence｜>")
+
+
+def test_check_data_fails_on_a_bad_row(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(FIXTURE_PATH.read_text().splitlines()[0] + "\n" + json.dumps({"Question": "q"}) + "\n")
+    assert main(["check-data", str(bad), "--preset", "smoke"]) == 2
+    assert "row 1 is missing field 'Complex_CoT'" in capsys.readouterr().err
+
+
+def test_check_data_exit_status_with_error_policy(capsys):
+    code = main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=520",
+                 "--set", "over_length=error"])
+    assert code == 1 and "over max_seq_length=520" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "--preset", "smoke", "--set", "max_steps=ten"], "max_steps must be an integer"),
+])
+def test_train_rejects_bad_parameters_in_one_line(args, message):
+    proc = subprocess.run([sys.executable, "-m", "medr1", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_end_to_end(tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "medr1", "train", "--preset", "smoke", "--set", "max_steps=4",
+                           "--set", f"output_dir={out}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["status"] == "complete" and len(rec["losses"]) == 4

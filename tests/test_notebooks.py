@@ -1,0 +1,78 @@
+"""Notebooks: valid, every cell parses, .py and .ipynb in sync, and a parameterized headless run.
+
+The plain execution of every notebook (no parameters) happens through nbmake: `pytest --nbmake notebooks`.
+"""
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+SOURCES = sorted(NOTEBOOKS.glob("*.py"))
+
+
+def code_without_magics(source: str) -> str:
+    return "\n".join("pass" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.name)
+def test_paired_notebook_is_valid_and_in_sync(py):
+    import jupytext
+
+    ipynb = py.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{py.name} has no paired {ipynb.name}: run `make sync`"
+    nb = nbformat.read(ipynb, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"  # papermill needs a kernel name
+    from_py = jupytext.read(py)
+    pairs = list(zip([c.source for c in from_py.cells], [c.source for c in nb.cells], strict=False))
+    assert len(from_py.cells) == len(nb.cells), f"{py.name} and {ipynb.name} differ: run `make sync`"
+    for i, (a, b) in enumerate(pairs):
+        assert a == b, f"cell {i} differs between {py.name} and {ipynb.name}: run `make sync`"
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            ast.parse(code_without_magics(cell.source), filename=f"{ipynb.name} cell {i}")
+            assert not cell.get("outputs"), f"{ipynb.name} cell {i} is committed with outputs"
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.name)
+def test_notebook_layout(py):
+    nb = nbformat.read(py.with_suffix(".ipynb"), as_version=4)
+    tags = [set(c.metadata.get("tags", [])) for c in nb.cells]
+    assert sum("parameters" in t for t in tags) == 1, "exactly one cell tagged parameters"
+    install = [c for c, t in zip(nb.cells, tags, strict=True) if "skip-execution" in t]
+    assert install and "google.colab" in install[0].source, "a Colab-only install cell tagged skip-execution"
+    assert "colab-badge.svg" in nb.cells[0].source and "papermill" in nb.cells[0].source
+
+
+def test_finetune_notebook_runs_headless_with_parameters(tmp_path):
+    """papermill -p overrides reach the run: steps, output folder, generation budget."""
+    import papermill
+
+    out = tmp_path / "run"
+    executed = tmp_path / "01_finetune.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "01_finetune.ipynb"), str(executed), cwd=str(NOTEBOOKS), kernel_name="python3",
+        parameters={"preset": "smoke", "max_steps": 6, "output_dir": str(out), "max_new_tokens": 8},
+        progress_bar=False)
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["status"] == "complete" and rec["config"]["max_steps"] == 6 and len(rec["losses"]) == 6
+    assert rec["answers"]["before"]["new_tokens"] <= 8 and "after" in rec["answers"]
+    assert rec["answers"]["before"]["question"] == rec["answers"]["after"]["question"]
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "loss.png").exists()
+    text = executed.read_text()
+    assert "QUESTION" in text and "image/png" in text and "medr1: 6 steps in" in text
+
+
+def test_wrong_parameter_type_fails_with_the_knob_named(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="max_steps must be an integer, got 'ten'"):
+        papermill.execute_notebook(
+            str(NOTEBOOKS / "01_finetune.ipynb"), str(tmp_path / "bad.ipynb"), cwd=str(NOTEBOOKS),
+            kernel_name="python3", parameters={"preset": "smoke", "max_steps": "ten",
+                                               "output_dir": str(tmp_path / "run")}, progress_bar=False)
+    assert not (tmp_path / "run").exists()
