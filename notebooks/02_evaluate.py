@@ -1,0 +1,115 @@
+# ---
+# jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
+#   jupytext:
+#     notebook_metadata_filter: kernelspec,accelerator,colab,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Evaluate: the base model vs the fine-tuned one, on questions training never saw
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medr1/medr1/blob/main/notebooks/02_evaluate.ipynb)
+#
+# Run all in Colab (T4 GPU) after `01_finetune`, or headless:
+#
+# ```bash
+# papermill notebooks/02_evaluate.ipynb out.ipynb -p run_dir outputs/colab-t4-20261125-101500 -p mcq_file medqa.jsonl
+# python -m medr1 evaluate outputs/colab-t4-20261125-101500 --mcq medqa.jsonl      # the same, without a notebook
+# ```
+#
+# One model load: the base model's numbers come from the same weights with the adapter switched
+# off. On the run's held-out rows: loss and perplexity of the reference answers, format compliance
+# of greedy answers (a reasoning part, an answer part, EOS within the budget), and answers side by
+# side. Optionally, multiple-choice accuracy on a MedQA-style file (`question`, `options`,
+# `answer_idx`). Results go to `eval.json` and `eval.png` in the run's folder.
+
+# %% tags=["skip-execution"]
+# Install (Colab only; headless runs install from requirements.txt). Colab's own torch is kept.
+import sys
+
+if "google.colab" in sys.modules:
+    get_ipython().system("git clone -q --depth 1 https://github.com/medr1/medr1 /content/medr1")  # noqa: F821
+    get_ipython().run_line_magic("pip", "install -q -r /content/medr1/requirements.txt -e /content/medr1")  # noqa: F821
+
+# %% [markdown]
+# ## Parameters
+
+# %% tags=["parameters"]
+run_dir: str = ""  # output folder of a training run; "" = train a smoke run first (tiny offline model, CPU, seconds)
+mcq_file: str = ""  # multiple-choice questions: JSON list or JSONL of {question, options, answer_idx}; "" = skip
+max_rows: int = 0  # held-out rows to evaluate (0 = all the run kept out)
+max_questions: int = 0  # multiple-choice questions to use (0 = all)
+max_new_tokens: int = 0  # generation budget per answer (0 = the run's max_new_tokens)
+batch_size: int = 8  # prompts generated together; lower it if the GPU runs out of memory
+show_rows: int = 3  # questions in the side-by-side table
+
+# %% [markdown]
+# ## The run to evaluate
+# With no `run_dir`, a smoke run is trained here first, so the notebook runs anywhere.
+
+# %%
+from medr1 import build_config
+from medr1.evaluate import Evaluation
+from medr1.run import train
+
+if not run_dir:
+    run_dir = str(train(build_config("smoke", {"max_steps": 10})).out)
+ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+# %% [markdown]
+# ## Load the base model and the adapter (once)
+
+# %%
+ev.load()
+
+# %% [markdown]
+# ## Held-out loss and perplexity of the reference answers
+
+# %%
+losses = ev.held_out_loss()
+
+# %% [markdown]
+# ## Greedy answers from both models; format compliance
+
+# %%
+compliance = ev.generate()
+
+# %% [markdown]
+# ## Side by side
+
+# %%
+import pandas as pd
+
+pd.set_option("display.max_colwidth", 400)
+ev.side_by_side(show_rows)
+
+# %% [markdown]
+# ## Multiple-choice accuracy (with `mcq_file`)
+# Each model's generations are kept in `mcq_predictions_base.jsonl` and `mcq_predictions_finetuned.jsonl`;
+# `python -m medr1 evaluate --mcq FILE --predictions PRED.jsonl` scores them again, or any other model's.
+
+# %%
+mcq_scores = ev.mcq(mcq_file, max_questions)
+
+# %% [markdown]
+# ## Results: table, plot, and eval.json
+
+# %%
+ev.metrics_table()
+
+# %%
+from IPython.display import Image
+
+saved = ev.save()
+Image(filename=str(saved["png"]))

@@ -1,0 +1,106 @@
+# ---
+# jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
+#   jupytext:
+#     notebook_metadata_filter: kernelspec,accelerator,colab,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Export: the adapter, a merged 16-bit model, GGUF, and the hub
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medr1/medr1/blob/main/notebooks/03_export.ipynb)
+#
+# Run all in Colab (T4 GPU) after `01_finetune` (and `02_evaluate`, to have its results in the model
+# card), or headless:
+#
+# ```bash
+# papermill notebooks/03_export.ipynb out.ipynb -p run_dir outputs/colab-t4-20261125-101500 -p push_repo you/medr1-lora
+# python -m medr1 export outputs/colab-t4-20261125-101500 --merged --gguf q8_0,q4_k_m   # the same, without a notebook
+# ```
+#
+# Each export is a folder with a model card (`README.md`) written from the run record: base model,
+# data, prompt format, LoRA and trainer settings, metrics, evaluation results, intended use and the
+# medical disclaimer. Folders are written under a temporary name and renamed when complete; a
+# non-empty folder is never overwritten unless `overwrite=True`. Pushing needs `HF_TOKEN` in the
+# environment or in Colab's secrets (the key icon); it is never a parameter and never printed.
+
+# %% tags=["skip-execution"]
+# Install (Colab only; headless runs install from requirements.txt). Colab's own torch is kept.
+import sys
+
+if "google.colab" in sys.modules:
+    get_ipython().system("git clone -q --depth 1 https://github.com/medr1/medr1 /content/medr1")  # noqa: F821
+    get_ipython().run_line_magic("pip", "install -q -r /content/medr1/requirements.txt -e /content/medr1")  # noqa: F821
+
+# %% [markdown]
+# ## Parameters
+
+# %% tags=["parameters"]
+run_dir: str = ""  # output folder of a training run; "" = train a smoke run first (tiny offline model, CPU, seconds)
+export_dir: str = ""  # where the exports go; "" = <run_dir>/export
+overwrite: bool = False  # replace export folders that already hold files
+merged: bool = True  # also save base + adapter merged into 16-bit weights (about 16 GB for an 8B model)
+gguf: str = "q8_0,q4_k_m"  # GGUF quantizations, comma-separated; "" = none (needs llama.cpp, built by Unsloth)
+push_repo: str = ""  # hub repository to push to, e.g. "your-name/medr1-r1-8b-lora"; "" = no push
+push_what: str = "adapter"  # adapter | merged | gguf
+private: bool = True  # a new hub repository is private unless this is False
+
+# %% [markdown]
+# ## The run to export
+# With no `run_dir`, a smoke run is trained here first, so the notebook runs anywhere.
+
+# %%
+from medr1 import build_config
+from medr1.export import Export
+from medr1.run import train
+
+if not run_dir:
+    run_dir = str(train(build_config("smoke", {"max_steps": 10})).out)
+exp = Export(run_dir, export_dir, overwrite=overwrite)
+
+# %% [markdown]
+# ## The adapter, and a check that it reloads with Unsloth and with plain `peft`
+
+# %%
+exp.adapter()
+check = exp.verify_adapter()
+
+# %% [markdown]
+# ## The model card
+
+# %%
+from IPython.display import Markdown
+
+Markdown((exp.paths["adapter"] / "README.md").read_text())
+
+# %% [markdown]
+# ## Merged 16-bit model
+# Free disk space is checked first: the merge stops with a clear message if it would not fit.
+
+# %%
+if merged:
+    exp.merged()
+
+# %% [markdown]
+# ## GGUF (for llama.cpp, Ollama, LM Studio)
+# Needs llama.cpp; where it cannot be built here (no network, no compiler), one line says what is missing.
+
+# %%
+gguf_files = exp.gguf(gguf)
+
+# %% [markdown]
+# ## Push to the hub (with `push_repo`)
+
+# %%
+exp.push(push_repo, push_what, private=private)

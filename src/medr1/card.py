@@ -1,0 +1,175 @@
+"""The model card (README.md) of an exported adapter, merged model or GGUF, written from the run record.
+
+Every number in it comes from run.json (and eval.json when the run was evaluated), so the card
+describes the run that produced the weights, not the defaults of today's code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medr1 import prompts
+from medr1.config import SMOKE_MODEL
+
+KINDS = ("adapter", "merged", "gguf")
+HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
+
+INTENDED_USE = """\
+## Intended use
+
+Research and education on medical question answering with explicit reasoning: studying how
+fine-tuning changes a model's reasoning, building and testing evaluation pipelines, and teaching.
+It is not intended for clinical decision-making, for patient-facing use, for triage or emergencies,
+or for any use where an error could harm a person.
+"""
+
+DISCLAIMER = """\
+## Medical disclaimer
+
+This model is not a medical device and has not been validated clinically. It can produce answers that
+are wrong, incomplete, outdated or confidently stated without support, and its reasoning can look
+convincing when it is mistaken. Nothing it writes is medical advice: do not use it to diagnose, treat or
+manage any condition. Any output used in a health context must be checked by a qualified clinician
+against current guidelines. The training data are synthetic reasoning traces written by another model
+for exam-style questions; they can hold errors and do not represent any patient population.
+"""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows if v is not None and v != ""]
+    return "\n".join(lines)
+
+
+def load_eval(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "eval.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[str, Any] | None = None,
+               repo_id: str = "", files: list[str] | None = None) -> str:
+    """Markdown with a YAML header, from a run record (`rec`, the content of run.json)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    cfg = rec.get("config") or {}
+    data = rec.get("data") or {}
+    train = rec.get("train") or {}
+    losses = rec.get("losses") or []
+    base = cfg.get("model_name", "?")
+    from_hub = not cfg.get("data_path")
+    dataset = HUB_DATASET if from_hub and cfg.get("dataset_name") == HUB_DATASET else cfg.get("dataset_name")
+    header = ["---", f"base_model: {base}", "library_name: " + ("peft" if kind == "adapter" else "transformers"),
+              "pipeline_tag: text-generation", "language:", "- en", "tags:", "- medical", "- reasoning",
+              "- chain-of-thought", "- unsloth", "- lora" if kind == "adapter" else "- merged-lora"]
+    if kind == "gguf":
+        header.append("- gguf")
+    if from_hub and dataset:
+        header += ["datasets:", f"- {dataset}"]
+    header.append("---")
+    title = repo_id or f"{Path(str(base)).name} fine-tuned on medical reasoning ({kind})"
+    what = {"adapter": "a LoRA adapter (load it on top of the base model)",
+            "merged": "the base model with the LoRA adapter merged in, 16-bit weights",
+            "gguf": "GGUF files of the merged model, for llama.cpp and the tools built on it"}[kind]
+    source = (f"{cfg.get('dataset_name')} (config `{cfg.get('dataset_config')}`, split `{cfg.get('dataset_split')}`)"
+              if from_hub else f"local file `{Path(str(data.get('source') or cfg.get('data_path'))).name}`")
+    on_hub = base != SMOKE_MODEL and not Path(str(base)).exists()
+    base_ref = f"[{base}](https://huggingface.co/{base})" if on_hub else f"`{base}`"
+    parts = [
+        "\n".join(header), f"# {title}", "",
+        f"This is {what}, from a fine-tuning run of {base_ref} on medical questions with chain-of-thought "
+        f"answers, made with medr1 (Unsloth, LoRA{', 4-bit base' if cfg.get('load_in_4bit') else ''}).",
+        "", INTENDED_USE, DISCLAIMER,
+        "## Training data", "",
+        f"- source: {source}",
+        f"- rows trained on: {data.get('train_rows', '?')} (of which {(data.get('lengths') or {}).get('kept', '?')} "
+        f"fit in max_seq_length={cfg.get('max_seq_length')}; over-length policy `{cfg.get('over_length')}`)",
+        f"- rows held out for evaluation: {data.get('holdout_rows', '?')} (never trained on)",
+        "",
+        "## Prompt format", "",
+        f"Prompt style `{cfg.get('prompt_style')}`: ask in exactly this format (the question replaces `{{question}}`); "
+        "the model writes its reasoning, then its answer, then stops.", "",
+        "```text", prompts.inference_prompt("{question}", cfg.get("prompt_style") or "seed"), "```", "",
+        "## LoRA and trainer settings", "",
+        _table([("LoRA rank r", cfg.get("lora_r")), ("LoRA alpha", cfg.get("lora_alpha")),
+                ("LoRA dropout", cfg.get("lora_dropout")), ("target modules", cfg.get("lora_targets")),
+                ("max_seq_length", cfg.get("max_seq_length")), ("4-bit base", cfg.get("load_in_4bit")),
+                ("per-device batch", cfg.get("per_device_train_batch_size")),
+                ("gradient accumulation", cfg.get("gradient_accumulation_steps")),
+                ("effective batch", rec.get("effective_batch")), ("max steps", cfg.get("max_steps")),
+                ("learning rate", cfg.get("learning_rate")), ("warm-up steps", cfg.get("warmup_steps")),
+                ("scheduler", cfg.get("lr_scheduler_type")), ("optimizer", cfg.get("optim")),
+                ("weight decay", cfg.get("weight_decay")), ("packing", cfg.get("packing")),
+                ("seed", cfg.get("seed")), ("preset", rec.get("preset"))]),
+        "", "## Training metrics", "",
+        _table([("optimizer steps", train.get("steps")),
+                ("first logged loss", losses[0]["loss"] if losses else None),
+                ("last logged loss", losses[-1]["loss"] if losses else None),
+                ("mean training loss", train.get("final_loss")), ("trained tokens", train.get("trained_tokens")),
+                ("trained tokens / s", train.get("trained_tokens_per_s")), ("training time (s)", train.get("train_s")),
+                ("peak GPU memory (GiB)", train.get("peak_gib")),
+                ("hardware", (rec.get("hardware") or {}).get("gpu") or "CPU")]),
+        "", _evaluation_section(evaluation), _usage(kind, base, repo_id, cfg, files or []),
+        "## Reproducibility", "",
+        f"Trained with medr1 (commit `{rec.get('git_commit') or 'unknown'}`); package versions: "
+        + ", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items() if v) + ".",
+        "Use of these weights is bound by the licence of the base model and the terms of the training data.", "",
+    ]
+    return "\n".join(parts)
+
+
+def _evaluation_section(ev: dict[str, Any] | None) -> str:
+    if not ev:
+        return ("## Evaluation\n\nNot evaluated yet: run `python -m medr1 evaluate RUN_DIR` before exporting "
+                "to have the results here.\n")
+    m = ev.get("metrics") or {}
+    b, f = m.get("base") or {}, m.get("finetuned") or {}
+    rows = [("held-out loss (answer tokens)", "loss"), ("held-out perplexity", "perplexity"),
+            ("format compliance", "format_compliance"), ("stopped at EOS", "stopped_at_eos")]
+    shares = ("format_compliance", "stopped_at_eos")
+
+    def cell(d: dict[str, Any], key: str) -> str:
+        return f"{d[key]:.0%}" if key in shares and isinstance(d.get(key), (int, float)) else _fmt(d.get(key))
+
+    lines = [f"## Evaluation\n\nBase model vs fine-tuned, on {ev.get('holdout_rows')} held-out rows, greedy decoding, "
+             f"up to {ev.get('max_new_tokens')} new tokens.\n", "| metric | base | fine-tuned |", "|---|---|---|"]
+    lines += [f"| {label} | {cell(b, key)} | {cell(f, key)} |" for label, key in rows if key in b or key in f]
+    q = ev.get("mcq")
+    if q:
+        def acc(s: dict[str, Any]) -> str:
+            return f"{s['accuracy']:.1%} (95% CI {s['ci95'][0]:.1%}-{s['ci95'][1]:.1%}; {s['unparsed']} unparsed)"
+
+        lines.append(f"| multiple-choice accuracy, {q['questions']} questions from `{Path(q['file']).name}` "
+                     f"| {acc(q['base'])} | {acc(q['finetuned'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _usage(kind: str, base: str, repo_id: str, cfg: dict[str, Any], files: list[str]) -> str:
+    name = repo_id or "PATH_OR_REPO"
+    style = cfg.get("prompt_style") or "seed"
+    if kind == "gguf":
+        ggufs = [f for f in files if f.endswith(".gguf")] or ["MODEL.Q4_K_M.gguf"]
+        return ("## How to use\n\nFiles: " + ", ".join(f"`{f}`" for f in ggufs) + ".\n\n```bash\n"
+                f"llama-cli -m {ggufs[0]} -p \"$(cat prompt.txt)\" -n 1024 --temp 0\n```\n\n"
+                "where prompt.txt holds the prompt above with your question in it.\n")
+    load = ("from peft import AutoPeftModelForCausalLM\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{name}\")" if kind == "adapter" else
+            "from transformers import AutoModelForCausalLM\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{name}\", dtype=\"auto\")")
+    return ("## How to use\n\n```python\n" + load + "\n"
+            "from transformers import AutoTokenizer\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\")\n"
+            "from medr1.prompts import inference_prompt  # or write the prompt above by hand\n"
+            f"inputs = tokenizer(inference_prompt(\"A 60-year-old ... ?\", \"{style}\"), return_tensors=\"pt\")\n"
+            "out = model.generate(**inputs, max_new_tokens=1024, do_sample=False)\n"
+            "print(tokenizer.decode(out[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True))\n```\n\n"
+            "With Unsloth, `FastLanguageModel.from_pretrained(\"" + name + "\")` loads it the same way.\n")

@@ -1,0 +1,369 @@
+"""Base model vs base + adapter, side by side, on the rows training never saw.
+
+    ev = Evaluation("outputs/colab-t4-20261125")   # reads run.json and holdout.jsonl: nothing heavy
+    ev.load(); ev.held_out_loss(); ev.generate(); ev.side_by_side(); ev.save()
+
+The model is loaded once; the base model's numbers come from the same weights with the adapter
+switched off, so both sides see exactly the same base, tokenizer and prompts. Decoding is greedy:
+a second evaluation of the same run gives the same answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from medr1.model import for_inference, import_unsloth_first
+
+import_unsloth_first()
+
+import torch  # noqa: E402
+
+from medr1 import mcq, prompts, record  # noqa: E402
+from medr1.config import Config  # noqa: E402
+from medr1.errors import DataError, ModelError  # noqa: E402
+
+VARIANTS = ("base", "finetuned")
+LABELS = {"base": "base", "finetuned": "fine-tuned"}
+EVAL_JSON, EVAL_PNG = "eval.json", "eval.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder.
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """run.json of a training run's output folder; a clear error when the folder holds none."""
+    path = Path(run_dir).expanduser() / "run.json"
+    if not path.exists():
+        raise DataError(f"{path} not found: is {run_dir} the output folder of a medr1 training run?")
+    return record.read_record(path.parent)
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The Config a run was trained with, from its run.json (knobs this version does not know are ignored)."""
+    rec = read_run(run_dir)
+    saved = rec.get("config") or {}
+    known = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in saved.items() if k in known})
+
+
+def adapter_dir(run_dir: str | Path) -> Path:
+    rec = read_run(run_dir)
+    path = Path(run_dir) / (rec.get("adapter") or "adapter")
+    if not (path / "adapter_config.json").exists():
+        raise ModelError(f"{path} holds no adapter (adapter_config.json): did the run in {run_dir} finish? "
+                         f"(status in run.json: {rec.get('status')!r})")
+    return path
+
+
+def holdout_rows(run_dir: str | Path) -> list[dict[str, str]]:
+    """The held-out rows the run wrote (training never saw them)."""
+    rec = read_run(run_dir)
+    path = Path(run_dir) / ((rec.get("data") or {}).get("holdout_file") or "holdout.jsonl")
+    if not path.exists():
+        raise DataError(f"{path} not found: the run in {run_dir} recorded no held-out rows")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_base_and_adapter(config: Config, adapter: str | Path):
+    """(PeftModel, tokenizer): the run's base model loaded with the run's settings, the adapter on top.
+
+    The base is found through the run's config (not the path the adapter recorded), so a run folder
+    copied to another machine still evaluates.
+    """
+    from peft import PeftModel
+
+    from medr1.model import load_model
+
+    model, tokenizer = load_model(config)
+    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    for_inference(model, config.backend)
+    return model, tokenizer
+
+
+def adapter_off(model, variant: str):
+    """A context in which `model` answers as the base model ("base") or as base + adapter ("finetuned")."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant == "base":
+        return model.disable_adapter()
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements.
+
+
+@torch.inference_mode()
+def text_losses(model, tokenizer, rows: list[dict[str, str]], style: str = "seed",
+                max_seq_length: int = 2048) -> dict[str, Any]:
+    """Mean next-token loss and perplexity of the trained texts of `rows`.
+
+    `loss` counts only what the model has to write (reasoning, answer, EOS): the prompt is the same
+    template in every row, and counting it would credit a fine-tune for learning the template.
+    `loss_full` counts every token, as the training loss does.
+    """
+    if not rows:
+        raise DataError("no rows to measure the loss on")
+    device = next(model.parameters()).device
+    nll_completion = nll_all = 0.0
+    n_completion = n_all = truncated = 0
+    for row in rows:
+        text = prompts.format_row(row, tokenizer.eos_token, style)
+        prompt_chars = len(prompts.inference_prompt(row["Question"], style))
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True, verbose=False)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        if len(ids) > max_seq_length:
+            ids, offsets, truncated = ids[:max_seq_length], offsets[:max_seq_length], truncated + 1
+        targets = torch.tensor(ids[1:], device=device)
+        answer_part = torch.tensor([start >= prompt_chars for start, _ in offsets[1:]], device=device)
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, :-1]
+        nll = torch.cat([torch.nn.functional.cross_entropy(logits[i:i + 512].float(), targets[i:i + 512],
+                                                           reduction="none")
+                         for i in range(0, len(targets), 512)])
+        nll_all += nll.sum().item()
+        n_all += nll.numel()
+        nll_completion += nll[answer_part].sum().item()
+        n_completion += int(answer_part.sum().item())
+    loss = nll_completion / max(n_completion, 1)
+    return {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50.0)), 3),
+            "loss_full": round(nll_all / max(n_all, 1), 4), "tokens": n_completion, "rows": len(rows),
+            "truncated_rows": truncated}
+
+
+@torch.inference_mode()
+def generate_many(model, tokenizer, prompt_texts: list[str], *, max_new_tokens: int, batch_size: int = 8,
+                  style: str = "seed") -> list[dict[str, Any]]:
+    """Greedy continuations of many prompts, in batches (left padding), each split into reasoning and answer."""
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[dict[str, Any]] = []
+    try:
+        for start in range(0, len(prompt_texts), batch_size):
+            batch = prompt_texts[start:start + batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            generated = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                       use_cache=True)
+            for row in generated[:, enc["input_ids"].shape[1]:].tolist():
+                stopped = tokenizer.eos_token_id in row
+                if stopped:
+                    row = row[: row.index(tokenizer.eos_token_id)]
+                else:
+                    while row and row[-1] == tokenizer.pad_token_id:
+                        row = row[:-1]
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                parts = prompts.split_answer(text, style)
+                out.append({"text": text, "reasoning": parts.reasoning, "answer": parts.answer,
+                            "complete": parts.complete, "stopped": stopped, "new_tokens": len(row) + int(stopped)})
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def compliance(generations: list[dict[str, Any]]) -> dict[str, Any]:
+    """Share of generations in the trained format: a reasoning part, an answer part, and EOS within the budget."""
+    n = len(generations)
+    ok = sum(g["complete"] and g["stopped"] for g in generations)
+    return {"format_compliance": round(ok / n, 4) if n else 0.0,
+            "has_reasoning_and_answer": round(sum(g["complete"] for g in generations) / n, 4) if n else 0.0,
+            "stopped_at_eos": round(sum(g["stopped"] for g in generations) / n, 4) if n else 0.0,
+            "mean_new_tokens": round(sum(g["new_tokens"] for g in generations) / n, 1) if n else 0.0,
+            "generations": n, "compliant": ok}
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation of one run, step by step (the notebook's cells) or all at once (the CLI).
+
+
+class Evaluation:
+    """Base vs fine-tuned on one run's held-out rows; results go to eval.json and eval.png in the run folder."""
+
+    def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 8):
+        self.run_dir = Path(run_dir).expanduser()
+        self.config = run_config(self.run_dir)
+        self.adapter = adapter_dir(self.run_dir)
+        rows = holdout_rows(self.run_dir)
+        self.rows = rows[:max_rows] if max_rows else rows
+        self.max_new_tokens = max_new_tokens or self.config.max_new_tokens
+        self.batch_size = batch_size
+        self.model = self.tokenizer = None
+        self.results: dict[str, Any] = {
+            "run_dir": str(self.run_dir), "model_name": self.config.model_name, "adapter": str(self.adapter),
+            "prompt_style": self.config.prompt_style, "decoding": "greedy", "max_new_tokens": self.max_new_tokens,
+            "holdout_rows": len(self.rows), "metrics": {v: {} for v in VARIANTS},
+        }
+        print(f"medr1: evaluating {self.run_dir} ({self.config.model_name} + adapter) on {len(self.rows)} "
+              f"held-out rows; greedy, up to {self.max_new_tokens} new tokens")
+
+    def load(self) -> None:
+        t0 = time.perf_counter()
+        self.model, self.tokenizer = load_base_and_adapter(self.config, self.adapter)
+        self.results["load_s"] = round(time.perf_counter() - t0, 2)
+
+    def held_out_loss(self) -> dict[str, dict[str, Any]]:
+        """Loss and perplexity of the held-out rows' reference answers, base vs fine-tuned."""
+        self._need_model()
+        out = {}
+        for variant in VARIANTS:
+            with adapter_off(self.model, variant):
+                out[variant] = text_losses(self.model, self.tokenizer, self.rows, self.config.prompt_style,
+                                           self.config.max_seq_length)
+            self.results["metrics"][variant].update(out[variant])
+        print("medr1: held-out loss " + "; ".join(
+            f"{LABELS[v]} {out[v]['loss']:.3f} (perplexity {out[v]['perplexity']:.1f})" for v in VARIANTS))
+        return out
+
+    def generate(self) -> dict[str, dict[str, Any]]:
+        """Greedy answers to the held-out questions from both models; format compliance of each."""
+        self._need_model()
+        texts = [prompts.inference_prompt(r["Question"], self.config.prompt_style) for r in self.rows]
+        gens = {}
+        for variant in VARIANTS:
+            with adapter_off(self.model, variant):
+                gens[variant] = generate_many(self.model, self.tokenizer, texts, max_new_tokens=self.max_new_tokens,
+                                              batch_size=self.batch_size, style=self.config.prompt_style)
+            self.results["metrics"][variant].update(compliance(gens[variant]))
+        self.results["samples"] = [
+            {"question": r["Question"], "reference": r["Response"], **{v: gens[v][i] for v in VARIANTS}}
+            for i, r in enumerate(self.rows)]
+        print("medr1: format compliance " + "; ".join(
+            f"{LABELS[v]} {self.results['metrics'][v]['format_compliance']:.0%}" for v in VARIANTS))
+        return {v: self.results["metrics"][v] for v in VARIANTS}
+
+    def mcq(self, path: str | Path, max_questions: int = 0) -> dict[str, Any] | None:
+        """Multiple-choice accuracy of both models on a file of {question, options, answer_idx}.
+
+        Each model's generations are written to mcq_predictions_<variant>.jsonl in the run folder, so
+        `medr1 evaluate --mcq FILE --predictions ...` can score them again without a model. An empty
+        `path` skips this step.
+        """
+        if not path:
+            print("medr1: multiple-choice accuracy skipped (no questions file given)")
+            return None
+        self._need_model()
+        questions = mcq.load_questions(path)
+        if max_questions:
+            questions = questions[:max_questions]
+        texts = [mcq.mcq_prompt(q, self.config.prompt_style) for q in questions]
+        result: dict[str, Any] = {"file": str(path), "questions": len(questions)}
+        for variant in VARIANTS:
+            with adapter_off(self.model, variant):
+                gens = generate_many(self.model, self.tokenizer, texts, max_new_tokens=self.max_new_tokens,
+                                     batch_size=self.batch_size, style=self.config.prompt_style)
+            preds = [g["text"] for g in gens]
+            pred_file = self.run_dir / f"mcq_predictions_{variant}.jsonl"
+            pred_file.write_text("".join(json.dumps({"prediction": p}, ensure_ascii=False) + "\n" for p in preds),
+                                 encoding="utf-8")
+            result[variant] = {**mcq.score(questions, preds, self.config.prompt_style), "predictions": pred_file.name}
+        self.results["mcq"] = result
+        print(f"medr1: multiple-choice accuracy on {len(questions)} questions " + "; ".join(
+            f"{LABELS[v]} {result[v]['accuracy']:.0%} (95% CI {result[v]['ci95'][0]:.0%}-{result[v]['ci95'][1]:.0%}, "
+            f"{result[v]['unparsed']} unparsed)" for v in VARIANTS))
+        return result
+
+    def metrics_table(self):
+        """Base vs fine-tuned, one metric per row (a pandas DataFrame)."""
+        import pandas as pd
+
+        keys = ["loss", "perplexity", "loss_full", "format_compliance", "has_reasoning_and_answer",
+                "stopped_at_eos", "mean_new_tokens"]
+        table = {LABELS[v]: {k: self.results["metrics"][v].get(k) for k in keys} for v in VARIANTS}
+        if "mcq" in self.results:
+            for v in VARIANTS:
+                s = self.results["mcq"][v]
+                table[LABELS[v]].update(mcq_accuracy=s["accuracy"], mcq_ci95=f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}",
+                                        mcq_unparsed=s["unparsed"])
+        df = pd.DataFrame(table)
+        return df[df.notna().any(axis=1)]
+
+    def side_by_side(self, n: int = 3, width: int = 400):
+        """Question, reference answer, base answer, fine-tuned answer for the first `n` held-out rows."""
+        import pandas as pd
+
+        if "samples" not in self.results:
+            raise RuntimeError("no answers yet: call generate() first")
+
+        def cut(s: str) -> str:
+            return s if len(s) <= width else s[: width - 1] + "…"
+
+        def shown(g: dict[str, Any]) -> str:  # the answer part, else all the text (marked as such)
+            return g["answer"] or f"[no answer part] {g['text']}"
+
+        return pd.DataFrame([{"question": cut(s["question"]), "reference": cut(s["reference"]),
+                              "base": cut(shown(s["base"])), "fine-tuned": cut(shown(s["finetuned"]))}
+                             for s in self.results["samples"][:n]])
+
+    def save(self) -> dict[str, Path]:
+        """eval.json and eval.png in the run folder (eval.json is written atomically)."""
+        self.results["created"] = record.now()
+        json_path = self.run_dir / EVAL_JSON
+        record.write_json_atomic(json_path, self.results)
+        png = plot_results(self.results, self.run_dir / EVAL_PNG)
+        print(f"medr1: results in {json_path} and {png}")
+        return {"json": json_path, "png": png}
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers without the generated texts (what the CLI prints)."""
+        return {k: v for k, v in self.results.items() if k != "samples"}
+
+    def _need_model(self) -> None:
+        if self.model is None:
+            raise RuntimeError("the model is not loaded: call load() first")
+
+
+def plot_results(results: dict[str, Any], path: Path) -> Path:
+    """Bars, base vs fine-tuned: held-out loss, format compliance and (if measured) multiple-choice accuracy."""
+    import matplotlib.pyplot as plt
+
+    m = results["metrics"]
+    panels = []  # (title, values, error bars, is a share in [0, 1])
+    if "loss" in m["base"]:
+        panels.append(("held-out loss (lower is better)", [m[v]["loss"] for v in VARIANTS], None, False))
+    if "format_compliance" in m["base"]:
+        panels.append(("format compliance", [m[v]["format_compliance"] for v in VARIANTS], None, True))
+    if "mcq" in results:
+        s = [results["mcq"][v] for v in VARIANTS]
+        errors = [[x["accuracy"] - x["ci95"][0] for x in s], [x["ci95"][1] - x["accuracy"] for x in s]]
+        panels.append((f"multiple-choice accuracy (n={s[0]['n']}, 95% CI)", [x["accuracy"] for x in s], errors, True))
+    if not panels:
+        raise RuntimeError("nothing measured yet: call held_out_loss(), generate() or mcq() first")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (title, values, errors, share) in zip(axes[0], panels, strict=True):
+        ax.bar([LABELS[v] for v in VARIANTS], values, yerr=errors, capsize=4, color=["#9aa5b1", "#2f7ebc"])
+        for x, value in enumerate(values):
+            ax.annotate(f"{value:.0%}" if share else f"{value:.3g}", (x, value), xytext=(0, 2),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=9)
+        ax.set_ylim(0, 1.1 if share else max(values) * 1.15 or 1)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{Path(results['run_dir']).name}: base vs fine-tuned", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)  # shown from the PNG (IPython.display.Image), never twice
+    return path
+
+
+def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_rows: int = 0, max_new_tokens: int = 0,
+                 max_questions: int = 0, batch_size: int = 8) -> Evaluation:
+    """All of it without pauses (what `medr1 evaluate RUN_DIR` does)."""
+    ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ev.load()
+    if ev.rows:
+        ev.held_out_loss()
+        ev.generate()
+    elif not mcq_file:
+        raise DataError(f"the run in {run_dir} has no held-out rows (holdout_examples=0) and no --mcq file was given: "
+                        "nothing to evaluate on")
+    if mcq_file:
+        ev.mcq(mcq_file, max_questions)
+    ev.save()
+    return ev

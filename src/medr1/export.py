@@ -1,0 +1,439 @@
+"""Ship a run: the adapter, a merged 16-bit model, GGUF files, the hub; each with a model card.
+
+    exp = Export("outputs/colab-t4-20261125")      # reads run.json; writes under <run>/export/
+    exp.adapter(); exp.verify_adapter(); exp.merged(); exp.gguf("q8_0,q4_k_m"); exp.push("me/medr1-lora")
+
+Every folder is written beside its destination first and renamed into place when complete, so a
+crash leaves no half-written export. A non-empty destination is refused unless `overwrite=True`.
+Sizes are checked against free disk space before anything large is written.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+from medr1.model import UNSLOTH, import_unsloth_first
+
+import_unsloth_first()
+
+import torch  # noqa: E402
+
+from medr1 import card  # noqa: E402
+from medr1.config import Config  # noqa: E402
+from medr1.errors import MedR1Error, OutputDirError  # noqa: E402
+from medr1.evaluate import adapter_dir, load_base_and_adapter, read_run, run_config  # noqa: E402
+
+GGUF_METHODS = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "q4_0", "bf16", "f16")
+GGUF_BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
+                        "bf16": 2.0, "f16": 2.0}
+SLACK_BYTES = 64 * 2**20  # headroom on top of the estimate: config files, tokenizer, the filesystem's own blocks
+
+
+class ExportError(MedR1Error, RuntimeError):
+    """An export cannot be made here: says what is missing (disk space, llama.cpp, a token, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Destinations and disk space.
+
+
+def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
+    """Refuse a destination that is a file, or a folder holding anything, unless `overwrite`."""
+    dest = Path(dest).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise OutputDirError(f"export destination {str(dest)!r} is a file, not a folder")
+    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
+        held = sorted(p.name for p in dest.iterdir())[:5]
+        raise OutputDirError(f"export destination {str(dest)!r} is not empty (holds {held}); pass overwrite=True "
+                             "(--overwrite) to replace it, or choose another folder")
+    return dest
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free space on the filesystem that will hold `path` (its nearest existing parent)."""
+    p = Path(path).expanduser().absolute()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_disk(dest: str | Path, need: int, what: str) -> None:
+    """Fail before writing when `need` bytes will not fit where `dest` goes."""
+    free = free_bytes(dest)
+    if free < need:
+        raise ExportError(f"{what} needs about {need / 2**30:.2f} GiB at {dest}, but only {free / 2**30:.2f} GiB is "
+                          "free there: free some space or choose a folder on a larger disk")
+
+
+def count_parameters(config: Config) -> int:
+    """Parameters of the run's base model, counted on the meta device from its config (no weights loaded)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from medr1.model import hf_token, resolve_model_path
+
+    model_config = AutoConfig.from_pretrained(resolve_model_path(config.model_name), token=hf_token())
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(model_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def merged_bytes(n_params: int) -> int:
+    return 2 * n_params + SLACK_BYTES
+
+
+def gguf_bytes(n_params: int, methods: list[str]) -> int:
+    """Merged 16-bit staging + the bf16 GGUF that k-quants are made from + each requested file."""
+    return int(n_params * (4.0 + sum(GGUF_BYTES_PER_PARAM[m] for m in methods))) + SLACK_BYTES
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    """Move a finished folder into place (the old one, if any, is removed only after)."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        dest.rename(old)
+    tmp.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _staging(dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF: llama.cpp is needed; say what is missing instead of failing deep inside a build.
+
+
+def _llama_cpp_found() -> str | None:
+    """The llama.cpp folder Unsloth would use, if it holds a working quantizer and converter."""
+    if not UNSLOTH:
+        return None
+    try:
+        from unsloth_zoo.llama_cpp import LLAMA_CPP_DEFAULT_DIR, check_llama_cpp
+    except ImportError:
+        return None
+    for folder in (LLAMA_CPP_DEFAULT_DIR, os.path.join(os.getcwd(), "llama.cpp")):
+        try:
+            check_llama_cpp(llama_cpp_folder=folder)
+            return folder
+        except Exception:  # noqa: BLE001 - missing or broken: try the next place
+            continue
+    return None
+
+
+def _network(host: str = "github.com", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether llama.cpp's sources or binaries could be fetched."""
+    if os.environ.get("UNSLOTH_LLAMA_CPP_OFFLINE") == "1" or os.environ.get("UNSLOTH_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _compiler() -> list[str]:
+    """What a llama.cpp build needs and this machine lacks."""
+    missing = [] if shutil.which("cmake") else ["cmake"]
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        missing.append("a C++ compiler (g++ or clang++)")
+    return missing
+
+
+def gguf_blockers() -> list[str]:
+    """Why GGUF export cannot run here ([] when it can): no Unsloth, or no llama.cpp and no way to build it."""
+    if not UNSLOTH:
+        return ["Unsloth (GGUF export goes through it; install unsloth)"]
+    if _llama_cpp_found():
+        return []
+    missing = [] if _network() else ["network access (to fetch llama.cpp)"]
+    build = _compiler()
+    if missing:  # with network, Unsloth may fetch prebuilt binaries even without a compiler
+        missing += build
+    return missing
+
+
+def gguf_message(missing: list[str]) -> str:
+    from_unsloth = "llama.cpp (llama-quantize and convert_hf_to_gguf.py)"
+    return (f"GGUF export is not possible here: it needs {from_unsloth}, which is not installed, and "
+            f"{', '.join(missing)} is missing to get it. Install llama.cpp and set UNSLOTH_LLAMA_CPP_PATH to its "
+            "folder, or export GGUF where there is network and a compiler (Colab has both)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The exports of one run.
+
+
+class Export:
+    """Exports of one training run; each method writes one folder under `export_dir`."""
+
+    def __init__(self, run_dir: str | Path, export_dir: str | Path = "", *, overwrite: bool = False):
+        self.run_dir = Path(run_dir).expanduser()
+        self.record = read_run(self.run_dir)
+        self.config = run_config(self.run_dir)
+        self.adapter_src = adapter_dir(self.run_dir)
+        self.export_dir = Path(export_dir).expanduser() if export_dir else self.run_dir / "export"
+        self.overwrite = overwrite
+        self.evaluation = card.load_eval(self.run_dir)
+        self.paths: dict[str, Any] = {}
+        self._model = self._tokenizer = None
+        print(f"medr1: exporting the run in {self.run_dir} ({self.config.model_name}) to {self.export_dir}")
+
+    # -- adapter --------------------------------------------------------------------------------
+    def adapter(self, dest: str | Path = "") -> Path:
+        """The LoRA adapter and tokenizer, with a model card; copied into a temporary folder, then renamed."""
+        dest = check_destination(dest or self.export_dir / "adapter", self.overwrite)
+        size = sum(p.stat().st_size for p in self.adapter_src.iterdir() if p.is_file())
+        check_disk(dest, size + SLACK_BYTES, "the adapter")
+        tmp = _staging(dest)
+        try:
+            for item in self.adapter_src.iterdir():
+                if item.is_file() and item.name != "README.md":
+                    shutil.copy2(item, tmp / item.name)
+            self._write_card(tmp, "adapter")
+            _replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.paths["adapter"] = dest
+        print(f"medr1: adapter saved to {dest}")
+        return dest
+
+    def verify_adapter(self, path: str | Path = "", question: str = "") -> dict[str, Any]:
+        """Reload the exported adapter with Unsloth and with plain peft; both must give the same next tokens."""
+        path = Path(path or self.paths.get("adapter") or self.export_dir / "adapter")
+        question = question or self._question()
+        prompt = _prompt(question, self.config.prompt_style)
+        logits = {}
+        for how in (("unsloth", "peft") if UNSLOTH else ("peft",)):
+            model, tokenizer = reload_adapter(path, how, self.config)
+            ids = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+            with torch.inference_mode():
+                logits[how] = model(**ids).logits[0].float().cpu()
+            del model
+            _free_memory()
+        result: dict[str, Any] = {"loaded_with": list(logits)}
+        if len(logits) == 2:
+            a, b = logits["unsloth"], logits["peft"]
+            result["max_abs_logit_diff"] = round((a - b).abs().max().item(), 5)
+            result["same_next_token"] = round((a.argmax(-1) == b.argmax(-1)).float().mean().item(), 4)
+            if result["same_next_token"] < 0.9:
+                raise ExportError(f"the adapter in {path} gives different predictions when loaded with Unsloth and "
+                                  f"with peft (same next token at {result['same_next_token']:.0%} of positions)")
+            print(f"medr1: adapter reloads with Unsloth and with peft: same next token at "
+                  f"{result['same_next_token']:.0%} of positions, max logit difference {result['max_abs_logit_diff']}")
+        else:
+            print("medr1: adapter reloads with peft (Unsloth is not installed)")
+        return result
+
+    # -- merged ---------------------------------------------------------------------------------
+    def merged(self, dest: str | Path = "") -> Path:
+        """Base + adapter merged into 16-bit weights (Unsloth's save_pretrained_merged), with a model card."""
+        dest = check_destination(dest or self.export_dir / "merged-16bit", self.overwrite)
+        n = count_parameters(self.config)
+        check_disk(dest, merged_bytes(n), f"the merged 16-bit model ({n / 1e9:.2f} B parameters)")
+        model, tokenizer = self._load()
+        tmp = _staging(dest)
+        try:
+            if hasattr(model, "save_pretrained_merged") and UNSLOTH and self.config.backend == "unsloth":
+                model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
+            else:
+                _merge_with_peft(model, self.config).save_pretrained(str(tmp))
+                tokenizer.save_pretrained(str(tmp))
+            self._write_card(tmp, "merged")
+            _replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.paths["merged"] = dest
+        print(f"medr1: merged 16-bit model saved to {dest}")
+        return dest
+
+    # -- GGUF -----------------------------------------------------------------------------------
+    def gguf(self, methods: str | list[str] = "q8_0,q4_k_m", dest: str | Path = "", *,
+             strict: bool = False) -> list[Path] | None:
+        """GGUF files through Unsloth and llama.cpp. Where llama.cpp cannot be had, one line says what is
+        missing: an ExportError when `strict`, else a printed message and None (a notebook goes on)."""
+        wanted = [m.strip().lower() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+        if not wanted:
+            print("medr1: GGUF skipped (no quantization methods asked for)")
+            return None
+        unknown = [m for m in wanted if m not in GGUF_METHODS]
+        if unknown:
+            raise ExportError(f"unknown GGUF quantization {unknown}; choose from {list(GGUF_METHODS)}")
+        dest = check_destination(dest or self.export_dir / "gguf", self.overwrite)
+        missing = gguf_blockers()
+        if missing:
+            if strict:
+                raise ExportError(gguf_message(missing))
+            print(f"medr1: {gguf_message(missing)}")
+            return None
+        n = count_parameters(self.config)
+        check_disk(dest, gguf_bytes(n, wanted), f"GGUF {', '.join(wanted)} ({n / 1e9:.2f} B parameters)")
+        model, tokenizer = self._load()
+        tmp = _staging(dest)
+        try:
+            try:
+                model.save_pretrained_gguf(str(tmp), tokenizer, quantization_method=wanted)
+            except Exception as err:  # noqa: BLE001 - llama.cpp's build and converter fail in many ways
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ExportError(f"GGUF export failed in Unsloth/llama.cpp: {type(err).__name__}: {first}") from err
+            files = _collect_gguf(tmp)
+            if not files:
+                raise ExportError(f"GGUF export wrote no .gguf file under {tmp}")
+            self._write_card(tmp, "gguf", [f.name for f in files])
+            _replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        out = sorted(dest.glob("*.gguf"))
+        self.paths["gguf"] = dest
+        print(f"medr1: GGUF saved: {', '.join(str(p) for p in out)}")
+        return out
+
+    # -- hub ------------------------------------------------------------------------------------
+    def push(self, repo_id: str, what: str = "adapter", *, private: bool = True) -> str | None:
+        """Upload an exported folder (adapter, merged or gguf) to the hub; private unless told otherwise.
+
+        The token comes from HF_TOKEN in the environment or Colab's secrets, never from a parameter.
+        An empty `repo_id` skips the push (the notebook's default).
+        """
+        if not repo_id:
+            print("medr1: not pushed to the hub (no repository name given)")
+            return None
+        if what not in card.KINDS:
+            raise ExportError(f"push what={what!r}: choose one of {list(card.KINDS)}")
+        folder = self.paths.get(what) or self.export_dir / {"merged": "merged-16bit"}.get(what, what)
+        if not Path(folder).is_dir() or not any(Path(folder).iterdir()):
+            raise ExportError(f"nothing to push: {folder} does not exist yet; export the {what} first")
+        self._write_card(Path(folder), what, repo_id=repo_id)
+        return push_folder(folder, repo_id, private=private)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _load(self):
+        """Base + adapter, loaded once for the merged and GGUF exports."""
+        if self._model is None:
+            if UNSLOTH and self.config.backend == "unsloth":
+                self._model, self._tokenizer = reload_adapter(self.adapter_src, "unsloth", self.config)
+            else:
+                self._model, self._tokenizer = load_base_and_adapter(self.config, self.adapter_src)
+        return self._model, self._tokenizer
+
+    def _write_card(self, folder: Path, kind: str, files: list[str] | None = None, repo_id: str = "") -> None:
+        text = card.model_card(self.record, kind=kind, evaluation=self.evaluation, repo_id=repo_id,
+                               files=files or [p.name for p in folder.iterdir()])
+        (folder / "README.md").write_text(text, encoding="utf-8")
+
+    def _question(self) -> str:
+        from medr1.evaluate import holdout_rows
+
+        try:
+            rows = holdout_rows(self.run_dir)
+        except MedR1Error:
+            rows = []
+        return rows[0]["Question"] if rows else "What is the first-line treatment of anaphylaxis?"
+
+
+def _prompt(question: str, style: str) -> str:
+    from medr1.prompts import inference_prompt
+
+    return inference_prompt(question, style)
+
+
+def reload_adapter(path: str | Path, how: str, config: Config):
+    """(model, tokenizer) from an adapter folder: `how` = "unsloth" (FastLanguageModel) or "peft"
+    (AutoPeftModelForCausalLM). The base model is the one the adapter's config names."""
+    from medr1.model import bnb_config, ensure_pad_token, hf_token, torch_dtype
+
+    path = str(path)
+    if how == "unsloth":
+        if not UNSLOTH:
+            raise ExportError("reloading with Unsloth needs unsloth installed")
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=path, max_seq_length=config.max_seq_length, dtype=torch_dtype(config),
+            load_in_4bit=config.load_in_4bit, token=hf_token())
+        FastLanguageModel.for_inference(model)
+    elif how == "peft":
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        # the run's own weights: 4-bit where it trained in 4-bit, else the comparison is with another model
+        kwargs: dict[str, Any] = {"dtype": torch_dtype(config), "token": hf_token(),
+                                  "quantization_config": bnb_config(config)}
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": 0}
+        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, token=hf_token())
+        model.eval()
+    else:
+        raise ValueError(f"how must be 'unsloth' or 'peft', got {how!r}")
+    ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def _merge_with_peft(model, config: Config):
+    """Plain peft merge (backend 'hf', or no Unsloth) into 16-bit weights; a 4-bit base needs Unsloth's merge."""
+    if config.load_in_4bit:
+        raise ExportError("merging into a 4-bit base needs Unsloth (it merges into the 16-bit weights); "
+                          "install unsloth and use backend='unsloth'")
+    merged = model.merge_and_unload()
+    dtype = torch.bfloat16 if (not torch.cuda.is_available() or torch.cuda.is_bf16_supported()) else torch.float16
+    return merged.to(dtype)
+
+
+def _collect_gguf(folder: Path) -> list[Path]:
+    """Bring every .gguf Unsloth wrote (inside `folder` or a `<folder>_gguf` sibling) to the top of `folder`;
+    drop the merged staging checkpoint it leaves behind (the merged export is its own folder)."""
+    sibling = folder.with_name(folder.name + "_gguf")
+    for src in [*folder.rglob("*.gguf"), *(sibling.rglob("*.gguf") if sibling.exists() else [])]:
+        if src.parent != folder:
+            shutil.move(str(src), folder / src.name)
+    shutil.rmtree(sibling, ignore_errors=True)
+    for sub in folder.iterdir():
+        if sub.is_dir():
+            shutil.rmtree(sub, ignore_errors=True)
+    return sorted(folder.glob("*.gguf"))
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None) -> str:
+    """Create the repository (private by default; an existing one keeps its visibility) and upload `folder`.
+
+    Errors from the hub are re-raised as one line with the token masked out.
+    """
+    from medr1.model import hf_token
+
+    token = token or hf_token()
+    if not token:
+        raise ExportError("pushing to the hub needs a write token: set HF_TOKEN in the environment, or on Colab add "
+                          "a secret named HF_TOKEN (key icon in the left bar) and allow this notebook to read it")
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message=f"medr1 export: {Path(folder).name}")
+    except Exception as err:  # noqa: BLE001 - network, auth and hub errors: one clear line, token never shown
+        first = (str(err).strip().splitlines() or [""])[0].replace(token, "***")
+        raise ExportError(f"push of {folder} to {repo_id!r} failed: {type(err).__name__}: {first}") from None
+    print(f"medr1: pushed {folder} to the hub as {repo_id} ({'private' if private else 'public'})")
+    return repo_id

@@ -1,0 +1,262 @@
+"""Multiple-choice questions: load, prompt, read the chosen letter out of free text, score with a 95% interval.
+
+Light on purpose (no torch): `python -m medr1 evaluate --mcq FILE --predictions PRED.jsonl` scores what
+any model wrote without loading one. The file format is the one the dataset authors use for their
+evaluation sets: `question`, `options` (letter -> text) and `answer_idx` (the right letter).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medr1 import prompts
+from medr1.errors import DataError
+
+LETTERS = string.ascii_uppercase
+
+
+@dataclass
+class Question:
+    question: str
+    options: dict[str, str]  # letter -> option text, in the file's order
+    answer: str  # the correct letter
+    source: str = ""  # the benchmark it belongs to, when the file groups questions by benchmark
+
+
+def _read_json_or_jsonl(path: Path) -> list[Any] | dict[str, Any]:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    if path.suffix.lower() == ".jsonl":
+        items = []
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}: invalid JSON on line {line_no}: {err.msg}") from None
+        return items
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON on line {err.lineno}: {err.msg}") from None
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """Read a JSON list, a JSONL file, or a JSON object of benchmark name -> list of questions.
+
+    Every question is checked: a clear error names the row and the field at fault.
+    """
+    path = Path(path).expanduser()
+    raw = _read_json_or_jsonl(path)
+    if isinstance(raw, dict):  # {"MedQA": [...], "MedMCQA": [...]}: keep the benchmark name
+        items = [(name, item) for name, group in raw.items() if isinstance(group, list) for item in group]
+        if not items:
+            raise DataError(f"{path}: expected a list of questions, or an object of lists; got keys {list(raw)[:5]}")
+    elif isinstance(raw, list):
+        items = [("", item) for item in raw]
+    else:
+        raise DataError(f"{path}: expected a list of questions, got {type(raw).__name__}")
+    if not items:
+        raise DataError(f"{path}: holds no questions")
+    return [_question(item, source, i, path) for i, (source, item) in enumerate(items)]
+
+
+def _question(item: Any, source: str, i: int, path: Path) -> Question:
+    where = f"{path}: question {i}"
+    if not isinstance(item, dict):
+        raise DataError(f"{where} is {type(item).__name__}, expected an object with question, options, answer_idx")
+    for name in ("question", "options", "answer_idx"):
+        if name not in item:
+            raise DataError(f"{where} is missing field {name!r} (fields present: {sorted(item)})")
+    question, options, answer = item["question"], item["options"], item["answer_idx"]
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}: field 'question' must be a non-empty string")
+    if not isinstance(options, dict) or len(options) < 2:
+        raise DataError(f"{where}: field 'options' must be an object of at least two letter -> text entries")
+    clean = {}
+    for key, text in options.items():
+        letter = str(key).strip().upper()
+        if len(letter) != 1 or letter not in LETTERS:
+            raise DataError(f"{where}: option key {key!r} is not a single letter A-Z")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: option {letter} has no text")
+        clean[letter] = text.strip()
+    answer = str(answer).strip().upper()
+    if answer not in clean:
+        raise DataError(f"{where}: answer_idx {item['answer_idx']!r} is not one of the options {list(clean)}")
+    return Question(question.strip(), clean, answer, str(item.get("source") or source))
+
+
+def question_text(q: Question) -> str:
+    """The question with its options listed, and how to give the answer: what goes into the trained prompt."""
+    listed = "\n".join(f"{letter}. {text}" for letter, text in q.options.items())
+    letters = ", ".join(q.options)
+    return (f"{q.question}\n\nOptions:\n{listed}\n\n"
+            f"Choose one option ({letters}). End your answer with: The answer is <letter>.")
+
+
+def mcq_prompt(q: Question, style: str = "seed") -> str:
+    """The full inference prompt in the trained format (reasoning first, then the answer)."""
+    return prompts.inference_prompt(question_text(q), style)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the chosen option out of free text.
+
+_MARK = r"[\s*_`'\"(\[{:]*"  # markdown, quotes and brackets that may wrap a letter
+_PHRASES = [  # phrases that state a conclusion; a bare "option B" is only a mention (see _LONE_RE)
+    r"answer\s*(?:is|would be|will be|should be|:|=|-)\s*(?:option|choice|letter)?",
+    r"(?:correct|right|best|most likely)\s+(?:option|choice|answer)\s*(?:is|would be|:|=)?\s*(?:option|choice)?",
+    r"(?:i|we)(?:\s+would|\s+will|'d|'ll)?\s+(?:choose|pick|select|go with)\s*(?:option|choice)?",
+]
+_PHRASE_RE = [re.compile(rf"{p}{_MARK}([A-Z])(?![A-Za-z0-9])", re.IGNORECASE) for p in _PHRASES]
+_LONE_RE = [
+    re.compile(r"^\W*([A-Z])\W*$"),  # the whole answer is one letter: "C", "(C).", "**C**"
+    re.compile(r"\(([A-Z])\)|\[([A-Z])\]|\{([A-Z])\}"),  # (B) [B] {B}
+    re.compile(r"\*\*([A-Z])\*\*|__([A-Z])__"),  # **B** __B__
+    re.compile(r"(?m)^\W*([A-Z])[.):](?=\s|$)"),  # "B. Metformin" or "B)" at the start of a line
+    re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)\s+([A-Z])(?![A-Za-z0-9])"),  # "option B"
+]
+
+
+@dataclass
+class Extraction:
+    letter: str | None  # None: no option could be read out of the text
+    method: str  # phrase | letter | text | none
+
+
+def extract_choice(text: str, options: dict[str, str] | list[str], style: str = "seed") -> Extraction:
+    """Which option a generation chose, or None.
+
+    Looks first at the answer part of a trained-format generation (after "### Answer:" or "</think>"),
+    then at the whole text. In each, it tries in order: an "answer is X"-style phrase (the last one
+    wins: a model may revise itself), a lone option letter (bracketed, bold, or alone), then the text of
+    an option. Several different letters or option texts with nothing to choose between them: None
+    (an unparsed answer, counted as wrong), never a guess.
+    """
+    valid = list(options)
+    texts = []
+    parts = prompts.split_answer(text or "", style)
+    if parts.answer:
+        texts.append(parts.answer)
+    texts.append(text or "")
+    for t in texts:
+        t = t.replace("\u2019", "'")
+        letter = _by_phrase(t, valid)
+        if letter:
+            return Extraction(letter, "phrase")
+        letter = _by_lone_letter(t, valid)
+        if letter:
+            return Extraction(letter, "letter")
+        if isinstance(options, dict):
+            letter = _by_option_text(t, options)
+            if letter:
+                return Extraction(letter, "text")
+    return Extraction(None, "none")
+
+
+def _by_phrase(text: str, valid: list[str]) -> str | None:
+    found: list[tuple[int, str]] = []
+    for pattern in _PHRASE_RE:
+        for m in pattern.finditer(text):
+            letter = m.group(1)
+            # a capital letter, or a lower-case one only when it stands in quotes or brackets ("answer: (c)")
+            if letter.upper() in valid and (letter.isupper() or m.group(0)[-2:-1] in "([*'\""):
+                found.append((m.start(1), letter.upper()))
+    return max(found)[1] if found else None
+
+
+def _by_lone_letter(text: str, valid: list[str]) -> str | None:
+    letters = set()
+    for pattern in _LONE_RE:
+        for m in pattern.finditer(text.strip()):
+            letters.update(g for g in m.groups() if g and g in valid)
+    return letters.pop() if len(letters) == 1 else None
+
+
+def _norm(s: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
+
+
+def _by_option_text(text: str, options: dict[str, str]) -> str | None:
+    haystack = f" {_norm(text)} "
+    hits = {letter: _norm(t) for letter, t in options.items() if _norm(t) and f" {_norm(t)} " in haystack}
+    # "aspirin" inside "aspirin and clopidogrel": the longer option is the one named
+    hits = {k: v for k, v in hits.items() if not any(v != w and v in w for w in hits.values())}
+    return next(iter(hits)) if len(hits) == 1 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring.
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval: stays inside [0, 1] and behaves at 0% and 100% on few questions."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+
+
+def score(questions: list[Question], predictions: list[str], style: str = "seed",
+          details: bool = False) -> dict[str, Any]:
+    """Accuracy of `predictions` (free text, one per question, same order). Unparsed answers count as wrong."""
+    if len(predictions) != len(questions):
+        raise DataError(f"{len(predictions)} predictions for {len(questions)} questions: they must match one to one, "
+                        "in the questions file's order")
+    rows = []
+    for q, pred in zip(questions, predictions, strict=True):
+        ex = extract_choice(pred, q.options, style)
+        rows.append({"source": q.source, "answer": q.answer, "chosen": ex.letter, "method": ex.method,
+                     "correct": ex.letter == q.answer})
+    out = _summary(rows)
+    sources = sorted({r["source"] for r in rows if r["source"]})
+    if len(sources) > 1:
+        out["by_source"] = {s: _summary([r for r in rows if r["source"] == s]) for s in sources}
+    if details:
+        out["items"] = rows
+    return out
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    correct = sum(r["correct"] for r in rows)
+    methods = {m: sum(r["method"] == m for r in rows) for m in ("phrase", "letter", "text", "none")}
+    return {"n": n, "correct": correct, "accuracy": round(correct / n, 4) if n else 0.0,
+            "ci95": list(wilson_interval(correct, n)), "unparsed": methods.pop("none"), "parsed_by": methods}
+
+
+def read_predictions(path: str | Path) -> list[str]:
+    """PRED.jsonl: one object per line with the generated text under `prediction`."""
+    path = Path(path).expanduser()
+    raw = _read_json_or_jsonl(path)
+    if not isinstance(raw, list):
+        raise DataError(f"{path}: expected one JSON object per line with a 'prediction' field")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or "prediction" not in item:
+            raise DataError(f"{path}: line {i + 1} has no 'prediction' field")
+        value = item["prediction"]
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise DataError(f"{path}: line {i + 1}: 'prediction' is {type(value).__name__}, expected a string")
+        out.append(value)
+    return out
+
+
+def score_files(mcq_path: str | Path, predictions_path: str | Path, style: str = "seed") -> dict[str, Any]:
+    """What `medr1 evaluate --mcq FILE --predictions PRED.jsonl` prints."""
+    result = score(load_questions(mcq_path), read_predictions(predictions_path), style)
+    return {"file": str(mcq_path), "predictions": str(predictions_path), **result}

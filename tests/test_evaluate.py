@@ -1,0 +1,242 @@
+"""Evaluation: the answer extractor, the multiple-choice scorer, and base vs fine-tuned on a trained smoke run."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ASSETS
+
+from medr1 import mcq
+from medr1.errors import DataError
+
+OPTIONS = {"A": "Aspirin", "B": "Metformin", "C": "Aspirin and clopidogrel", "D": "Insulin"}
+
+
+@pytest.mark.parametrize("text, letter, method", [
+    ("The answer is B.", "B", "phrase"),
+    ("Final answer: C", "C", "phrase"),
+    ("Answer: **D**", "D", "phrase"),
+    ("The correct option is (d).", "D", "phrase"),
+    ("answer: (c)", "C", "phrase"),
+    ("I would go with A", "A", "phrase"),
+    ("A 45-year-old man ... so the answer is D.", "D", "phrase"),  # "A" as an article is no answer
+    ("The answer is A; no, on reflection the answer is D.", "D", "phrase"),  # the last conclusion wins
+    ("The answer is B, since option C is wrong.", "B", "phrase"),  # a phrase beats letters merely mentioned
+    ("(B)", "B", "letter"),
+    ("[C]", "C", "letter"),
+    ("**D**", "D", "letter"),
+    ("C", "C", "letter"),
+    ("B) Metformin", "B", "letter"),
+    ("Metformin is the usual first drug.", "B", "text"),
+    ("Give aspirin and clopidogrel together.", "C", "text"),  # the longer option that contains another
+    ("Option A is wrong and option C is wrong.", None, "none"),  # several letters, no conclusion
+    ("Between (A) and (C) I cannot decide.", None, "none"),
+    ("Either insulin or metformin could be used.", None, "none"),  # several option texts
+    ("The answer is a drug that lowers glucose.", None, "none"),  # lower-case "a" is a word
+    ("I don't know.", None, "none"),
+    ("", None, "none"),
+    ("The answer is E.", None, "none"),  # not one of the options
+])
+def test_extractor(text, letter, method):
+    got = mcq.extract_choice(text, OPTIONS)
+    assert (got.letter, got.method) == (letter, method)
+
+
+def test_extractor_reads_the_answer_part_first():
+    text = ("Option A looks tempting; the answer is not simply A.\n\n### Answer:\nThe answer is C.")
+    assert mcq.extract_choice(text, OPTIONS).letter == "C"
+    r1 = "<think>Maybe (A)? Or (B)?</think>\n\n**B**"
+    assert mcq.extract_choice(r1, OPTIONS, style="r1").letter == "B"
+
+
+def test_prompt_lists_the_options():
+    q = mcq.load_questions(ASSETS / "mcq_sample.jsonl")[0]
+    text = mcq.question_text(q)
+    assert q.question in text and all(f"{k}. {v}" in text for k, v in q.options.items())
+    assert mcq.mcq_prompt(q).endswith("### Chain of Thought:\n")
+
+
+def test_wilson_interval():
+    assert mcq.wilson_interval(5, 10) == (0.2366, 0.7634)
+    lo, hi = mcq.wilson_interval(0, 10)
+    assert lo == 0.0 and 0.25 < hi < 0.3
+    lo, hi = mcq.wilson_interval(10, 10)
+    assert hi == 1.0 and 0.7 < lo < 0.75
+    assert mcq.wilson_interval(0, 0) == (0.0, 0.0)
+
+
+def test_score_hand_made_predictions():
+    questions = mcq.load_questions(ASSETS / "mcq_sample.jsonl")
+    assert [q.answer for q in questions] == ["B", "C", "A", "D", "A", "B"]
+    predictions = [
+        "Reasoning...\n\n### Answer:\nThe answer is B.",  # right (phrase)
+        "**C**",  # right (letter)
+        "Metformin",  # right (option text)
+        "The answer is A.",  # wrong
+        "I am not sure.",  # unparsed
+        "",  # unparsed
+    ]
+    s = mcq.score(questions, predictions, details=True)
+    assert (s["n"], s["correct"], s["unparsed"]) == (6, 3, 2)
+    assert s["accuracy"] == 0.5 and s["ci95"] == list(mcq.wilson_interval(3, 6))
+    assert s["parsed_by"] == {"phrase": 2, "letter": 1, "text": 1}
+    assert [i["chosen"] for i in s["items"]] == ["B", "C", "A", "A", None, None]
+
+
+def test_score_needs_one_prediction_per_question():
+    questions = mcq.load_questions(ASSETS / "mcq_sample.json")
+    with pytest.raises(DataError, match="3 predictions for 4 questions"):
+        mcq.score(questions, ["A", "B", "C"])
+
+
+def test_load_questions_formats_and_errors(tmp_path):
+    rows = json.loads((ASSETS / "mcq_sample.json").read_text())
+    assert len(mcq.load_questions(ASSETS / "mcq_sample.json")) == 4
+    grouped = tmp_path / "grouped.json"
+    grouped.write_text(json.dumps({"MedQA": rows[:2], "MedMCQA": rows[2:]}))
+    qs = mcq.load_questions(grouped)
+    assert [q.source for q in qs] == ["MedQA", "MedQA", "MedMCQA", "MedMCQA"]
+    s = mcq.score(qs, ["The answer is B", "x", "x", "x"])
+    assert s["by_source"]["MedQA"]["correct"] == 1 and s["by_source"]["MedMCQA"]["n"] == 2
+
+    bad = tmp_path / "bad.jsonl"
+    for row, message in [
+        ({"question": "q", "options": {"A": "x", "B": "y"}}, "question 1 is missing field 'answer_idx'"),
+        ({"question": "q", "options": {"A": "x", "B": "y"}, "answer_idx": "E"}, "answer_idx 'E' is not one of"),
+        ({"question": "q", "options": ["x", "y"], "answer_idx": "A"}, "'options' must be an object"),
+        ({"question": "", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}, "'question' must be a non-empty"),
+    ]:
+        bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps(row) + "\n")
+        with pytest.raises(DataError, match=message):
+            mcq.load_questions(bad)
+    bad.write_text('{"question": "q",\n')
+    with pytest.raises(DataError, match="invalid JSON on line 1"):
+        mcq.load_questions(bad)
+
+
+def test_cli_scores_predictions_without_a_model(tmp_path):
+    """`medr1 evaluate --mcq FILE --predictions PRED.jsonl` prints one JSON object and imports no torch."""
+    pred = tmp_path / "pred.jsonl"
+    texts = ["The answer is B", "C", "no idea", "Final answer: D"]
+    pred.write_text("".join(json.dumps({"prediction": t}) + "\n" for t in texts))
+    code = ("import sys; from medr1.__main__ import main; rc = main(sys.argv[1:]); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "evaluate", "--mcq", str(ASSETS / "mcq_sample.json"),
+                           "--predictions", str(pred)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)  # exactly one JSON object, nothing else on stdout
+    assert (out["n"], out["correct"], out["unparsed"]) == (4, 3, 1)
+    assert out["accuracy"] == 0.75 and out["ci95"] == list(mcq.wilson_interval(3, 4))
+    assert "NO-TORCH" in proc.stderr
+
+    pred.write_text(json.dumps({"prediction": "B"}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "medr1", "evaluate", "--mcq", str(ASSETS / "mcq_sample.json"),
+                           "--predictions", str(pred)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "1 predictions for 4 questions" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# On the tiny model, with the session's smoke run (conftest.smoke_run), copied so nothing here touches it.
+
+
+@pytest.fixture(scope="module")
+def run_copy(smoke_run, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("eval") / "run"
+    shutil.copytree(smoke_run.out, dest, ignore=shutil.ignore_patterns("checkpoints"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def evaluation(run_copy):
+    from medr1.evaluate import Evaluation
+
+    ev = Evaluation(run_copy, max_new_tokens=8, batch_size=3)
+    ev.load()
+    return ev
+
+
+def test_training_lowers_the_loss_on_the_rows_it_saw(evaluation, smoke_run):
+    """After a smoke training that overfits the fixture, its loss on those rows is below the untrained model's."""
+    from medr1.evaluate import adapter_off, text_losses
+
+    rows = smoke_run.split.train[:8]
+    loss = {}
+    for variant in ("base", "finetuned"):
+        with adapter_off(evaluation.model, variant):
+            loss[variant] = text_losses(evaluation.model, evaluation.tokenizer, rows, "seed", 512)
+    assert loss["finetuned"]["loss"] < 0.9 * loss["base"]["loss"], loss
+    assert loss["finetuned"]["loss_full"] < 0.9 * loss["base"]["loss_full"], loss
+    assert loss["base"]["tokens"] == loss["finetuned"]["tokens"] > 0
+
+
+def test_held_out_loss_and_perplexity(evaluation):
+    out = evaluation.held_out_loss()
+    base, tuned = out["base"], out["finetuned"]
+    assert base["rows"] == tuned["rows"] == 4
+    assert tuned["loss"] < base["loss"]  # the answer format is learned, even on unseen questions
+    for m in (base, tuned):
+        assert m["perplexity"] == pytest.approx(2.718281828 ** m["loss"], rel=1e-3)
+
+
+def test_generation_compliance_table_mcq_and_saved_results(evaluation, run_copy):
+    from medr1.evaluate import compliance
+
+    comp = evaluation.generate()
+    for variant in ("base", "finetuned"):
+        assert comp[variant]["generations"] == 4
+        assert comp[variant]["mean_new_tokens"] <= 8
+        assert 0.0 <= comp[variant]["format_compliance"] <= comp[variant]["stopped_at_eos"] <= 1.0
+    table = evaluation.side_by_side(2)
+    assert list(table.columns) == ["question", "reference", "base", "fine-tuned"] and len(table) == 2
+    assert table.iloc[0]["question"].startswith(evaluation.rows[0]["Question"][:100])
+
+    scores = evaluation.mcq(ASSETS / "mcq_sample.jsonl", max_questions=4)
+    assert scores["questions"] == 4 and scores["base"]["n"] == 4
+    preds = mcq.read_predictions(run_copy / "mcq_predictions_finetuned.jsonl")
+    again = mcq.score(mcq.load_questions(ASSETS / "mcq_sample.jsonl")[:4], preds)
+    assert again["accuracy"] == scores["finetuned"]["accuracy"]
+
+    saved = evaluation.save()
+    data = json.loads(saved["json"].read_text())
+    assert set(data["metrics"]) == {"base", "finetuned"}
+    assert data["metrics"]["finetuned"]["loss"] < data["metrics"]["base"]["loss"]
+    assert data["decoding"] == "greedy" and len(data["samples"]) == 4 and data["mcq"]["questions"] == 4
+    assert saved["png"].stat().st_size > 5000
+    assert set(evaluation.metrics_table().columns) == {"base", "fine-tuned"}
+
+    gens = [{"complete": c, "stopped": s, "new_tokens": n}
+            for c, s, n in [(True, True, 5), (True, False, 8), (False, True, 2), (False, False, 8)]]
+    c = compliance(gens)
+    assert (c["format_compliance"], c["has_reasoning_and_answer"], c["stopped_at_eos"]) == (0.25, 0.5, 0.5)
+
+
+def test_greedy_generation_is_reproducible(evaluation):
+    from medr1.evaluate import generate_many
+    from medr1.prompts import inference_prompt
+
+    prompt = [inference_prompt(evaluation.rows[0]["Question"])]
+    a = generate_many(evaluation.model, evaluation.tokenizer, prompt, max_new_tokens=6)
+    b = generate_many(evaluation.model, evaluation.tokenizer, prompt, max_new_tokens=6)
+    assert a == b and a[0]["new_tokens"] <= 6
+
+
+def test_cli_evaluates_a_run_folder(run_copy, capsys):
+    from medr1.__main__ import main
+
+    (run_copy / "eval.json").unlink(missing_ok=True)
+    assert main(["evaluate", str(run_copy), "--max-new-tokens", "4", "--max-rows", "2"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{\n"):])
+    assert summary["holdout_rows"] == 2 and summary["max_new_tokens"] == 4
+    assert "samples" not in summary and (run_copy / "eval.json").exists() and (run_copy / "eval.png").exists()
+
+
+def test_cli_names_a_folder_that_is_no_run(tmp_path, capsys):
+    from medr1.__main__ import main
+
+    assert main(["evaluate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run.json'} not found" in err and "Traceback" not in err

@@ -1,0 +1,251 @@
+"""Export on the tiny model: adapter round trip, merged = adapter, the model card, refusals, disk, GGUF, the hub."""
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from medr1.errors import OutputDirError
+
+TOKEN = "hf_medr1TestToken0123456789"
+
+
+@pytest.fixture(scope="module")
+def run_copy(smoke_run, tmp_path_factory):
+    """The session's smoke run, copied (nothing here touches the original), with a known eval.json."""
+    dest = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(smoke_run.out, dest, ignore=shutil.ignore_patterns("checkpoints", "export", "eval.*"))
+    evaluation = {"holdout_rows": 4, "max_new_tokens": 8, "run_dir": str(dest),
+                  "metrics": {"base": {"loss": 7.4321, "perplexity": 1689.2, "format_compliance": 0.0},
+                              "finetuned": {"loss": 5.1234, "perplexity": 167.9, "format_compliance": 0.75}},
+                  "mcq": {"file": "medqa.jsonl", "questions": 6,
+                          "base": {"accuracy": 0.1667, "ci95": [0.03, 0.56], "unparsed": 3},
+                          "finetuned": {"accuracy": 0.5, "ci95": [0.19, 0.81], "unparsed": 1}}}
+    (dest / "eval.json").write_text(json.dumps(evaluation))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def exported(run_copy, tmp_path_factory):
+    """Adapter and merged model exported once for the module."""
+    from medr1.export import Export
+
+    exp = Export(run_copy, tmp_path_factory.mktemp("shipped"))
+    exp.adapter()
+    exp.merged()
+    return exp
+
+
+def _ids(exp):
+    from medr1.prompts import inference_prompt
+
+    rows = [json.loads(line) for line in (exp.run_dir / "holdout.jsonl").read_text().splitlines()]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(exp.paths["adapter"])
+    return tok([inference_prompt(rows[0]["Question"])], return_tensors="pt")
+
+
+def test_adapter_round_trip_with_unsloth_and_peft(exported):
+    from peft import PeftModel
+
+    from medr1.evaluate import load_base_and_adapter
+
+    folder = exported.paths["adapter"]
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= \
+        {p.name for p in folder.iterdir()}
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    check = exported.verify_adapter()
+    assert check["loaded_with"] == ["unsloth", "peft"]
+    assert check["same_next_token"] == 1.0 and check["max_abs_logit_diff"] < 1e-4
+
+    # the exported adapter is the trained one: same logits as the run's own adapter
+    ids = _ids(exported)
+    model, _ = load_base_and_adapter(exported.config, exported.run_dir / "adapter")
+    assert isinstance(model, PeftModel)
+    model.load_adapter(str(folder), adapter_name="exported")
+    with torch.no_grad():
+        model.set_adapter("default")
+        a = model(**ids).logits
+        model.set_adapter("exported")
+        b = model(**ids).logits
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_merged_logits_equal_adapter_logits(exported):
+    from transformers import AutoModelForCausalLM
+
+    from medr1.evaluate import adapter_off, load_base_and_adapter
+
+    folder = exported.paths["merged"]
+    assert (folder / "model.safetensors").exists() and (folder / "README.md").exists()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["dtype"] in ("bfloat16", "float16")  # 16-bit weights on disk
+    ids = _ids(exported)
+    peft_model, _ = load_base_and_adapter(exported.config, exported.run_dir / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        tuned = peft_model(**ids).logits
+        with adapter_off(peft_model, "base"):
+            base = peft_model(**ids).logits
+        got = merged(**ids).logits
+    assert (tuned - base).abs().max() > 1.0  # the adapter changes the model: the check below means something
+    torch.testing.assert_close(got, tuned, atol=0.15, rtol=0.02)  # 16-bit rounding of the merged weights
+    assert (got.argmax(-1) == tuned.argmax(-1)).float().mean() > 0.95
+
+
+def test_model_card_holds_the_runs_numbers(exported):
+    rec = json.loads((exported.run_dir / "run.json").read_text())
+    card = (exported.paths["adapter"] / "README.md").read_text()
+    assert card.startswith("---\nbase_model: medr1/tiny-llama\nlibrary_name: peft\n")
+    cfg = rec["config"]
+    for expected in [f"| LoRA rank r | {cfg['lora_r']} |", f"| LoRA alpha | {cfg['lora_alpha']} |",
+                     f"| learning rate | {cfg['learning_rate']:.4g} |", f"| max steps | {cfg['max_steps']} |",
+                     f"| optimizer steps | {rec['train']['steps']} |",
+                     f"| first logged loss | {rec['losses'][0]['loss']:.4g} |",
+                     f"| last logged loss | {rec['losses'][-1]['loss']:.4g} |",
+                     f"rows trained on: {rec['data']['train_rows']}",
+                     f"rows held out for evaluation: {rec['data']['holdout_rows']}",
+                     "Prompt style `seed`", "### Query:\n{question}\n\n### Chain of Thought:",
+                     "| held-out loss (answer tokens) | 7.432 | 5.123 |", "| format compliance | 0% | 75% |",
+                     "50.0% (95% CI 19.0%-81.0%; 1 unparsed)", "## Intended use", "## Medical disclaimer",
+                     "not a medical device", "AutoPeftModelForCausalLM"]:
+        assert expected in card, expected
+    merged_card = (exported.paths["merged"] / "README.md").read_text()
+    assert "library_name: transformers" in merged_card and "AutoModelForCausalLM" in merged_card
+
+
+def test_card_without_evaluation_says_how_to_get_one():
+    from medr1.card import model_card
+
+    text = model_card({"config": {"model_name": "unsloth/DeepSeek-R1-Distill-Llama-8B", "prompt_style": "r1",
+                                  "dataset_name": "FreedomIntelligence/medical-o1-reasoning-SFT"}}, kind="gguf",
+                      files=["m.Q8_0.gguf", "README.md"])
+    assert "Not evaluated yet" in text and "datasets:\n- FreedomIntelligence/medical-o1-reasoning-SFT" in text
+    assert "<think>" in text and "llama-cli -m m.Q8_0.gguf" in text and "- gguf" in text
+
+
+def test_refuses_a_non_empty_destination(exported, run_copy, tmp_path):
+    from medr1.export import Export
+
+    folder = exported.paths["adapter"]
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    with pytest.raises(OutputDirError, match="not empty .*overwrite=True"):
+        exported.adapter()
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputDirError, match="notes.txt"):
+        Export(run_copy, tmp_path).adapter(other)
+    assert (other / "notes.txt").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    assert Export(run_copy, tmp_path).adapter(tmp_path / "empty").joinpath("adapter_config.json").exists()
+    replaced = Export(run_copy, tmp_path, overwrite=True).adapter(other)
+    assert not (replaced / "notes.txt").exists() and (replaced / "adapter_model.safetensors").exists()
+
+
+def test_disk_check_fails_early_on_a_small_disk(run_copy, tmp_path, monkeypatch):
+    import medr1.export as export
+
+    exp = export.Export(run_copy, tmp_path / "out")
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda p: SimpleNamespace(total=2**34, used=2**34, free=2**20))
+    monkeypatch.setattr(export.Export, "_load", lambda self: pytest.fail("the model was loaded before the disk check"))
+    with pytest.raises(export.ExportError, match=r"merged 16-bit model .* needs about 0\.\d+ GiB .* only 0\.00 GiB"):
+        exp.merged()
+    assert not (tmp_path / "out").exists()
+    n = export.count_parameters(exp.config)
+    assert 100_000 < n < 10_000_000  # the tiny model, counted without loading weights
+    assert export.merged_bytes(8_000_000_000) > 16e9
+
+
+def test_gguf_says_what_is_missing(run_copy, tmp_path, monkeypatch, capsys):
+    import medr1.export as export
+    from medr1.__main__ import main
+
+    monkeypatch.setattr(export, "_llama_cpp_found", lambda: None)
+    monkeypatch.setattr(export, "_network", lambda *a, **k: False)
+    monkeypatch.setattr(export.shutil, "which", lambda name: None)
+    missing = export.gguf_blockers()
+    assert missing == ["network access (to fetch llama.cpp)", "cmake", "a C++ compiler (g++ or clang++)"]
+
+    exp = export.Export(run_copy, tmp_path / "out")
+    assert exp.gguf("q8_0,q4_k_m") is None  # a notebook goes on
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("medr1: GGUF export is not possible here") and "network access" in line
+    with pytest.raises(export.ExportError, match="unknown GGUF quantization"):
+        exp.gguf("q3_fancy")
+
+    assert main(["export", str(run_copy), "--to", str(tmp_path / "cli"), "--no-adapter", "--gguf", "q8_0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "GGUF export is not possible here" in err and "cmake" in err
+    assert "Traceback" not in err
+
+    monkeypatch.setattr(export, "_network", lambda *a, **k: True)  # with network, Unsloth can fetch binaries
+    assert export.gguf_blockers() == []
+
+
+def test_push_reads_the_token_from_the_environment_and_never_shows_it(exported, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    from medr1.export import ExportError
+
+    with pytest.raises(ExportError, match="needs a write token: set HF_TOKEN"):
+        exported.push("me/medr1-tiny")
+    assert not calls
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert exported.push("me/medr1-tiny") == "me/medr1-tiny"
+    assert calls[0] == ("init", TOKEN)
+    assert calls[1] == ("create_repo", "me/medr1-tiny", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert calls[2][1]["folder_path"] == str(exported.paths["adapter"])
+    exported.push("me/medr1-merged", "merged", private=False)
+    assert calls[4][2]["private"] is False and calls[5][1]["folder_path"] == str(exported.paths["merged"])
+    assert "# me/medr1-tiny" in (exported.paths["adapter"] / "README.md").read_text()
+
+    class FailingApi(FakeApi):
+        def upload_folder(self, **kwargs):
+            raise RuntimeError(f"401 Unauthorized for token {TOKEN}")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
+    with pytest.raises(ExportError) as err:
+        exported.push("me/medr1-tiny")
+    assert TOKEN not in str(err.value) and "401 Unauthorized" in str(err.value) and err.value.__cause__ is None
+    out = capsys.readouterr()
+    assert TOKEN not in out.out + out.err
+    for folder in (exported.paths["adapter"], exported.paths["merged"]):
+        for f in folder.rglob("*"):
+            if f.is_file():
+                assert TOKEN.encode() not in f.read_bytes(), f
+
+    with pytest.raises(ExportError, match="nothing to push"):
+        exported.push("me/x", "gguf")
+
+
+def test_cli_exports_a_run_folder(run_copy, tmp_path, capsys):
+    from medr1.__main__ import main
+
+    assert main(["export", str(run_copy), "--to", str(tmp_path / "cli"), "--merged"]) == 0
+    printed = capsys.readouterr().out
+    done = json.loads(printed[printed.index("{\n"):])
+    assert done == {"adapter": str(tmp_path / "cli" / "adapter"), "merged": str(tmp_path / "cli" / "merged-16bit")}
+    assert (tmp_path / "cli" / "merged-16bit" / "model.safetensors").exists()
+    assert main(["export", str(run_copy), "--to", str(tmp_path / "cli")]) == 2  # refused: not empty
+    assert "not empty" in capsys.readouterr().err
