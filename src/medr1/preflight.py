@@ -1,0 +1,173 @@
+"""Checks that run before any weights load: the model exists, takes max_seq_length, and 4-bit can run here.
+
+They read the model's config.json only (seconds, offline when it is cached), so a typo in model_name
+or an impossible setting stops a run with one line before minutes of loading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from medr1.config import SMOKE_MODEL, Config
+from medr1.errors import ConfigError, MedR1Error, ModelError
+
+LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\")  # a model_name starting so means a folder, never a hub id
+
+
+def check(config: Config) -> dict[str, Any]:
+    """Every model-side check, cheapest first; returns the model's config.json."""
+    model_config = check_model(config)
+    check_max_seq_length(config, model_config)
+    check_4bit(config)
+    return model_config
+
+
+def check_model(config: Config) -> dict[str, Any]:
+    """The model's config.json from a local folder or the hub cache; an error that says which was looked at."""
+    return _model_config(config.model_name, "model_name")
+
+
+def _model_config(name: str, knob: str, depth: int = 0) -> dict[str, Any]:
+    if name == SMOKE_MODEL:
+        from medr1.tiny import tiny_model_path
+
+        return _read_json(tiny_model_path() / "config.json")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if (local / "config.json").exists():
+            return _read_json(local / "config.json")
+        adapter = local / "adapter_config.json"
+        if adapter.exists() and depth == 0:  # a LoRA adapter folder: check the base model it names
+            base = _read_json(adapter).get("base_model_name_or_path")
+            if base:
+                return _model_config(base, f"{knob} (base model of {local})", depth + 1)
+        raise ModelError(f"{knob}: {local} is a folder without config.json or adapter_config.json")
+    if local.exists():
+        raise ModelError(f"{knob}: {local} is a file; give a model folder or a hub id")
+    if name.startswith(LOCAL_PREFIXES):
+        raise ModelError(f"{knob}: local folder {name!r} does not exist")
+    return _read_json(Path(_hub_config(name, knob)))
+
+
+def _hub_config(name: str, knob: str) -> str:
+    """Path of config.json from the hub cache (or the hub when online); the token comes from HF_TOKEN only."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    where = f"{knob}={name!r} is not a local folder"
+    try:
+        return hf_hub_download(name, "config.json")
+    except HFValidationError:
+        raise ModelError(f"{where}, nor a valid hub id (expected 'owner/name')") from None
+    except LocalEntryNotFoundError:
+        if offline:
+            raise ModelError(f"{where}, nor in the local hub cache (HF_HUB_OFFLINE=1, so the hub was not asked); "
+                             "download it once online or give a local folder") from None
+        raise ModelError(f"{where}, and the hub could not be reached (no network?) nor is it cached") from None
+    except GatedRepoError:
+        raise ModelError(f"{where}; on the hub it is gated: accept its terms and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"{where}, and the hub has no such model (a typo, or private: set HF_TOKEN)") from None
+    except EntryNotFoundError:
+        raise ModelError(f"{where}; the hub repository has no config.json, so it is not a transformers model") \
+            from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path} cannot be read as JSON: {err}") from None
+
+
+def position_limit(model_config: dict[str, Any]) -> int | None:
+    """max_position_embeddings of the model (or of its text part, for multimodal configs)."""
+    for cfg in (model_config, model_config.get("text_config") or {}):
+        limit = cfg.get("max_position_embeddings")
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
+
+
+def check_max_seq_length(config: Config, model_config: dict[str, Any]) -> None:
+    limit = position_limit(model_config)
+    if limit is not None and config.max_seq_length > limit:
+        raise ConfigError(f"max_seq_length={config.max_seq_length} is above what {config.model_name} takes "
+                          f"(max_position_embeddings={limit} in its config.json)")
+
+
+def bnb_4bit_problem(backend: str) -> str | None:
+    """Why bitsandbytes cannot run 4-bit weights on this machine, or None when it can.
+
+    Unsloth's own verdict counts first: where it finds bitsandbytes unusable it loads 16-bit
+    weights without a word, an 8B model then needs about four times the memory.
+    """
+    from medr1.model import UNSLOTH  # unsloth before anything it patches
+
+    if backend == "unsloth" and UNSLOTH:
+        from unsloth import device_type
+
+        if getattr(device_type, "ALLOW_BITSANDBYTES", True) is False:
+            return "Unsloth found bitsandbytes unusable on this machine and would load 16-bit weights"
+    try:
+        import bitsandbytes.functional as bnb_functional
+    except Exception as err:  # noqa: BLE001 - a broken native library raises many types
+        return f"bitsandbytes cannot be imported ({type(err).__name__}: {err})"
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        bnb_functional.quantize_4bit(torch.ones(64, 64, device=device), quant_type="nf4")
+    except Exception as err:  # noqa: BLE001 - whatever the kernel raises, 4-bit cannot run here
+        return f"bitsandbytes cannot quantize to 4-bit on {device} ({type(err).__name__}: {err})"
+    return None
+
+
+def check_4bit(config: Config) -> None:
+    if not config.load_in_4bit:
+        return
+    problem = bnb_4bit_problem(config.backend)
+    if problem:
+        raise ModelError(f"load_in_4bit=True but {problem}; set load_in_4bit=False for 16-bit weights "
+                         "(about 4x the memory)")
+
+
+def warn_if_not_4bit(model, config: Config) -> bool:
+    """After loading: True if the weights are 4-bit; one warning line if 4-bit was asked and they are not."""
+    four_bit = any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    if config.load_in_4bit and not four_bit:
+        print("medr1: warning: load_in_4bit=True but the model loaded without 4-bit layers "
+              "(bitsandbytes fell back); expect about 4x the memory")
+    return four_bit
+
+
+def short_errors() -> bool:
+    """In IPython/Jupyter, show a medr1 error as its one line instead of a traceback; True if installed.
+
+    The cell still fails (papermill and "Run all" stop there), only the display is shorter.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+
+    def one_line(shell, etype, value, tb, tb_offset=None):
+        stb = [f"{etype.__name__}: {value}"]
+        shell._showtraceback(etype, value, stb)  # the kernel's error message: papermill and Colab show this line
+        return stb
+
+    shell.set_custom_exc((MedR1Error,), one_line)
+    return True

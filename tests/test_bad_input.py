@@ -1,0 +1,230 @@
+"""Bad input is refused before the model loads: one line that names the culprit, and nothing written.
+
+Each case builds the config and the `Run` exactly as the notebook's first cell does; the output folder
+must not exist afterwards. The CLI cases check that the whole message is one line with no traceback.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medr1 import build_config
+from medr1.errors import ConfigError, DataError, MedR1Error, ModelError, OutputDirError
+from medr1.run import Run
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def refused(tmp_path, overrides, error=MedR1Error, preset="smoke"):
+    """The error message of a run that must be refused; asserts that its output folder was not created."""
+    out = tmp_path / "run"
+    with pytest.raises(error) as info:
+        Run(build_config(preset, {"output_dir": str(out), **overrides}, quiet=True))
+    assert not out.exists(), f"{out} was written although the run was refused"
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("data_path,words", [
+    ("bad_no_such_file.jsonl", ["file not found", "bad_no_such_file.jsonl"]),
+    ("bad_extension.txt", ["unknown extension '.txt'", "bad_extension.txt"]),
+    ("bad_empty.jsonl", ["bad_empty.jsonl is empty"]),
+    ("bad_invalid_json.jsonl", ["bad_invalid_json.jsonl", "invalid JSON on line 3"]),
+    ("bad_missing_field.jsonl", ["bad_missing_field.jsonl", "row 1 is missing field 'Response'"]),
+    ("bad_empty_value.jsonl", ["bad_empty_value.jsonl", "row 2 field 'Response' is empty"]),
+    ("bad_not_string.jsonl", ["bad_not_string.jsonl", "row 1 field 'Complex_CoT' is list, expected a string"]),
+])
+def test_bad_data_file_is_named(tmp_path, data_path, words):
+    message = refused(tmp_path, {"data_path": str(ASSETS / data_path)}, DataError)
+    for word in words:
+        assert word in message
+
+
+def test_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps({"Question": "Fi\u00e8vre?", "Complex_CoT": "c", "Response": "r"},
+                                ensure_ascii=False).encode("latin-1") + b"\n")
+    message = refused(tmp_path, {"data_path": str(path)}, DataError)
+    assert "latin1.jsonl" in message and "not UTF-8" in message
+
+
+def test_damaged_parquet_is_named(tmp_path):
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(b"PAR1 this is not really parquet")
+    assert "not a readable Parquet file" in refused(tmp_path, {"data_path": str(path)}, DataError)
+
+
+def test_every_row_over_max_seq_length(tmp_path):
+    message = refused(tmp_path, {"max_seq_length": 16}, DataError)
+    assert "every row" in message and "max_seq_length=16" in message
+
+
+def test_duplicate_rows_are_warned_and_counted(tmp_path, capsys):
+    out = tmp_path / "run"
+    run = Run(build_config("smoke", {"output_dir": str(out), "data_path": str(ASSETS / "bad_duplicates.jsonl"),
+                                     "holdout_examples": 2}, quiet=True))
+    assert "warning: 2 duplicate rows" in capsys.readouterr().out
+    assert run.record["data"]["duplicates"] == 2 and len(run.split.train) + len(run.split.holdout) == 6
+    assert not out.exists()  # preparing a run writes nothing; training creates the folder
+
+
+@pytest.mark.parametrize("preset,overrides,words", [
+    ("colab-t5", {}, ["unknown preset 'colab-t5'", "colab-t4"]),
+    ("smoke", {"max_step": 10}, ["unknown knob(s) ['max_step'] ('max_step': did you mean 'max_steps'?)"]),
+    ("smoke", {"max_steps": "ten"}, ["max_steps must be an integer, got 'ten'"]),
+    ("smoke", {"max_steps": -5}, ["max_steps must be >= 0, got -5"]),
+    ("smoke", {"max_steps": 0, "num_train_epochs": 0}, ["max_steps=0", "num_train_epochs must be > 0"]),
+    ("smoke", {"learning_rate": 0}, ["learning_rate must be > 0, got 0.0"]),
+    ("smoke", {"learning_rate": -2e-4}, ["learning_rate must be > 0"]),
+    ("smoke", {"lora_r": 0}, ["lora_r must be > 0, got 0"]),
+    ("smoke", {"lora_r": -16}, ["lora_r must be > 0, got -16"]),
+    ("smoke", {"max_seq_length": 8192}, ["max_seq_length=8192", "max_position_embeddings=4096"]),
+    ("smoke", {"resume": True, "output_dir": ""}, ["resume=True needs output_dir"]),
+])
+def test_bad_parameter_is_named(tmp_path, preset, overrides, words):
+    message = refused(tmp_path, overrides, ConfigError, preset=preset)
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("model_name,words", [
+    ("someone/no-such-model", ["model_name='someone/no-such-model' is not a local folder",
+                               "nor in the local hub cache", "HF_HUB_OFFLINE=1"]),
+    ("./models/no-such-folder", ["model_name: local folder './models/no-such-folder' does not exist"]),
+    ("not a model name!", ["is not a local folder, nor a valid hub id"]),
+])
+def test_unknown_model_says_where_it_looked(tmp_path, monkeypatch, model_name, words):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = refused(tmp_path, {"model_name": model_name}, ModelError)
+    for word in words:
+        assert word in message
+
+
+def test_unreachable_hub_is_told_apart_from_offline(tmp_path, monkeypatch):
+    """Online but without network the hub download fails the same way; the message then blames the network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # huggingface_hub read "1" at import, so it still asks no one
+    message = refused(tmp_path, {"model_name": "someone/no-such-model"}, ModelError)
+    assert "the hub could not be reached" in message
+
+
+def test_model_folder_without_config(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    message = refused(tmp_path, {"model_name": str(folder)}, ModelError)
+    assert str(folder) in message and "without config.json" in message
+
+
+def test_4bit_where_unsloth_finds_bitsandbytes_unusable(tmp_path, monkeypatch):
+    from unsloth import device_type
+
+    monkeypatch.setattr(device_type, "ALLOW_BITSANDBYTES", False)
+    message = refused(tmp_path, {"load_in_4bit": True}, ModelError)
+    assert message.startswith("load_in_4bit=True but Unsloth found bitsandbytes unusable")
+    assert "load_in_4bit=False" in message
+
+
+def test_4bit_where_bitsandbytes_cannot_quantize(tmp_path, monkeypatch):
+    import bitsandbytes.functional as bnb_functional
+
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("no 4-bit kernel for this device")
+
+    monkeypatch.setattr(bnb_functional, "quantize_4bit", no_kernel)
+    message = refused(tmp_path, {"load_in_4bit": True, "backend": "hf"}, ModelError)
+    assert "load_in_4bit=True but bitsandbytes cannot quantize to 4-bit" in message
+    assert "no 4-bit kernel" in message
+
+
+def test_16bit_weights_after_asking_4bit_are_warned(capsys):
+    import torch
+
+    from medr1.preflight import warn_if_not_4bit
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    assert warn_if_not_4bit(model, build_config("smoke", {"load_in_4bit": True}, quiet=True)) is False
+    assert "warning: load_in_4bit=True but the model loaded without 4-bit layers" in capsys.readouterr().out
+    assert warn_if_not_4bit(model, build_config("smoke", quiet=True)) is False
+    assert capsys.readouterr().out == ""
+
+
+def test_output_folder_that_is_a_file(tmp_path):
+    out = tmp_path / "run"
+    out.write_text("notes")
+    with pytest.raises(OutputDirError, match="output_dir=.*run' is a file, not a folder"):
+        Run(build_config("smoke", {"output_dir": str(out)}, quiet=True))
+    assert out.read_text() == "notes"
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "medr1", "train", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "data_path=missing.jsonl"], "data_path: file not found: missing.jsonl"),
+    (["--set", "lora_r=0"], "lora_r must be > 0, got 0"),
+    (["--set", "model_name=./nowhere"], "model_name: local folder './nowhere' does not exist"),
+])
+def test_cli_refuses_in_one_line_before_loading(tmp_path, args, message):
+    proc = cli("--preset", "smoke", "--set", "output_dir=out", *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"medr1: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+CHEAP = """
+import sys
+from medr1 import build_config
+from medr1.errors import MedR1Error
+from medr1.run import Run
+for overrides in {cases}:
+    try:
+        Run(build_config("smoke", {{"output_dir": "out", **overrides}}, quiet=True))
+    except MedR1Error as err:
+        print(type(err).__name__, err)
+heavy = sorted(m for m in ("torch", "transformers", "unsloth", "trl", "peft") if m in sys.modules)
+print("heavy:", heavy)
+"""
+
+
+def test_validation_loads_nothing_heavy(tmp_path):
+    """Data, parameter, model-name and output-folder mistakes are found without importing torch at all."""
+    from medr1.tiny import tiny_model_path
+
+    tiny_model_path()  # built once (that needs torch); afterwards its config.json is all the check reads
+    (tmp_path / "file").write_text("x")
+    cases = [{"data_path": "missing.jsonl"}, {"data_path": str(ASSETS / "bad_invalid_json.jsonl")},
+             {"max_seq_length": 8192}, {"model_name": "someone/no-such-model"}, {"output_dir": "file"}]
+    proc = subprocess.run([sys.executable, "-c", CHEAP.format(cases=cases)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line.split()[0] for line in lines[:-1]] == ["DataError", "DataError", "ConfigError", "ModelError",
+                                                        "OutputDirError"]
+    assert lines[-1] == "heavy: []"
+
+
+def test_notebook_shows_a_medr1_error_as_one_line(tmp_path):
+    """With short_errors() the failing cell shows the message alone, and the notebook still stops there."""
+    import nbformat
+    import papermill
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("from medr1.preflight import short_errors\nshort_errors()"),
+                nbformat.v4.new_code_cell("from medr1 import build_config\nbuild_config('smoke', {'lora_r': -1})"),
+                nbformat.v4.new_code_cell("print('not reached')")]
+    nbformat.write(nb, tmp_path / "bad.ipynb")
+    with pytest.raises(papermill.PapermillExecutionError, match="lora_r must be > 0, got -1"):
+        papermill.execute_notebook(str(tmp_path / "bad.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   progress_bar=False, cwd=str(tmp_path))
+    cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    error = [o for c in cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert [o.traceback for o in error] == [["ConfigError: lora_r must be > 0, got -1"]]
+    assert cells[-1].outputs == []

@@ -1,0 +1,202 @@
+"""Resume and no data loss: an interrupted run, resumed in a fresh process, ends where an uninterrupted one does.
+
+The interruption is what Colab's stop button raises (KeyboardInterrupt) during step 5; checkpoints come
+every 2 steps, so the resume starts from checkpoint-4. Twelve rows in batches of two make six steps an
+epoch: the resumed steps cross an epoch boundary, where data order is easiest to get wrong.
+"""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from safetensors.torch import load_file
+
+from medr1 import build_config, record
+from medr1.errors import OutputDirError
+from medr1.run import Run, check_output_dir
+from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
+
+SETTINGS = {"max_steps": 8, "save_steps": 2, "num_examples": 12, "per_device_train_batch_size": 2}
+CUT = 5  # the step during which the run is stopped
+TOLERANCE = 1e-6
+
+
+class StopAt(TrainerCallback):
+    """Raises what a notebook's stop button raises, at the end of step `step` (before it is checkpointed)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"stopped at step {self.step}")
+
+
+def prepared(out, **overrides) -> Run:
+    run = Run(build_config("smoke", {**SETTINGS, "output_dir": str(out), **overrides}, quiet=True))
+    run.load()
+    run.add_lora()
+    return run
+
+
+def lora_weights(out):
+    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    full = prepared(root / "full")
+    full.train()
+    full.save()
+
+    cut_dir = root / "cut"
+    cut = prepared(cut_dir)
+    with pytest.raises(KeyboardInterrupt):
+        cut.train(callbacks=[StopAt(CUT)])
+    after_cut = record.read_record(cut_dir)
+    kept = sorted(p.name for p in (cut_dir / "checkpoints").glob("checkpoint-*"))
+    # Then the machine goes away while it writes the next checkpoint: a folder without trainer_state.json,
+    # and no chance to record the interruption (status stays "training").
+    partial = cut_dir / "checkpoints" / "checkpoint-6"
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    record.write_json_atomic(cut_dir / "run.json", {**after_cut, "status": "training"})
+
+    # A fresh process, as after a Colab restart: the CLI with --resume and the same settings.
+    sets = [arg for k, v in {**SETTINGS, "output_dir": cut_dir}.items() for arg in ("--set", f"{k}={v}")]
+    proc = subprocess.run([sys.executable, "-m", "medr1", "train", "--preset", "smoke", *sets, "--resume"],
+                          capture_output=True, text=True, timeout=600)
+    return SimpleNamespace(full=full, cut_dir=cut_dir, after_cut=after_cut, kept=kept, proc=proc)
+
+
+def test_interruption_is_recorded_with_the_checkpoint_to_resume_from(runs):
+    rec = runs.after_cut
+    assert rec["status"] == "interrupted"
+    assert rec["interrupted"]["step"] == CUT and rec["interrupted"]["checkpoint"] == "checkpoint-4"
+    assert "KeyboardInterrupt" in rec["interrupted"]["error"]
+    assert [r["step"] for r in rec["losses"]] == [1, 2, 3, 4]
+    assert runs.kept == ["checkpoint-2", "checkpoint-4"]  # every 2 steps, the newest 2 kept
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(runs):
+    assert runs.proc.returncode == 0, runs.proc.stderr[-3000:]
+    assert "checkpoint-6 is incomplete" in runs.proc.stdout  # the cut-off save is skipped, not loaded
+    rec = record.read_record(runs.cut_dir)
+    full = record.read_record(runs.full.out)
+    assert rec["status"] == "complete" and rec["train"]["resumed_from"] == "checkpoint-4"
+    assert rec["train"]["steps"] == full["train"]["steps"] == SETTINGS["max_steps"]
+    assert [r["step"] for r in rec["losses"]] == [r["step"] for r in full["losses"]] == list(range(1, 9))
+    for mine, theirs in zip(rec["losses"], full["losses"], strict=True):
+        assert mine["loss"] == pytest.approx(theirs["loss"], abs=TOLERANCE), f"step {mine['step']}"
+    assert rec["train"]["final_loss"] == pytest.approx(full["train"]["final_loss"], abs=TOLERANCE)
+    resumed, uninterrupted = lora_weights(runs.cut_dir), lora_weights(runs.full.out)
+    assert resumed.keys() == uninterrupted.keys() and len(resumed) > 0
+    diff = max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed)
+    assert diff <= TOLERANCE, f"LoRA weights differ by up to {diff}"
+
+
+def test_resume_refuses_a_run_with_other_settings(runs):
+    config = build_config("smoke", {**SETTINGS, "output_dir": str(runs.cut_dir), "resume": True, "lora_r": 8,
+                                    "learning_rate": 1e-3}, quiet=True)
+    with pytest.raises(OutputDirError, match=r"other settings \(lora_r: 16 -> 8; learning_rate: 0.01 -> 0.001\)"):
+        check_output_dir(config)
+
+
+def test_resume_may_change_what_does_not_alter_training(runs):
+    config = build_config("smoke", {**SETTINGS, "output_dir": str(runs.cut_dir), "resume": True, "save_steps": 4,
+                                    "report_to": "none", "max_new_tokens": 5}, quiet=True)
+    assert check_output_dir(config) == runs.cut_dir
+
+
+def test_a_folder_holding_another_run_is_never_written_over(runs, tmp_path):
+    def config(out, **flags):
+        return build_config("smoke", {"output_dir": str(out), **flags}, quiet=True)
+
+    with pytest.raises(OutputDirError, match="already holds another run .run.json.; pass overwrite=True"):
+        Run(config(runs.full.out))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputDirError, match=r"already holds files \['notes.txt'\]"):
+        check_output_dir(config(mine))
+    with pytest.raises(OutputDirError, match="resume=True but .* holds no medr1 run"):
+        check_output_dir(config(mine, resume=True))
+    assert check_output_dir(config(mine, overwrite=True)) == mine
+    empty_but_notebook = tmp_path / "nb"
+    empty_but_notebook.mkdir()
+    (empty_but_notebook / "01_finetune.ipynb").write_text("{}")  # papermill's output may come first
+    (empty_but_notebook / ".ipynb_checkpoints").mkdir()
+    assert check_output_dir(config(empty_but_notebook)) == empty_but_notebook
+
+
+def test_overwrite_replaces_the_old_run_and_its_checkpoints(runs, tmp_path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(runs.full.out, out)
+    run = prepared(out, overwrite=True, max_steps=2, save_steps=0)
+    run.train()
+    run.save()
+    rec = record.read_record(out)
+    assert rec["status"] == "complete" and rec["train"]["steps"] == 2
+    assert not list((out / "checkpoints").glob("checkpoint-*")), "the old run's checkpoints were kept"
+    assert lora_weights(out).keys() == lora_weights(runs.full.out).keys()
+
+
+def test_adapter_write_is_atomic(runs, monkeypatch):
+    """A crash while saving the adapter leaves the previous adapter and run record as they were."""
+    target = runs.full.out / "adapter"
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    record_before = (runs.full.out / "run.json").read_text()
+
+    def crash(path, **kwargs):
+        (target.parent / path).joinpath("adapter_model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runs.full.model, "save_pretrained", crash)
+    with pytest.raises(OSError, match="disk full"):
+        runs.full.save()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert (runs.full.out / "run.json").read_text() == record_before
+    assert not [p.name for p in runs.full.out.iterdir() if p.name.startswith(".adapter")], "temporary left behind"
+
+
+def test_run_record_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "run.json"
+    record.write_json_atomic(path, {"status": "complete"})
+
+    def crash(data, fh, **kwargs):
+        fh.write('{"status": "tra')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(record.json, "dump", crash)
+    with pytest.raises(OSError, match="disk full"):
+        record.write_json_atomic(path, {"status": "training"})
+    assert json.loads(path.read_text()) == {"status": "complete"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_atomic_dir_puts_the_old_folder_back_if_the_swap_fails(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    real_rename = Path.rename
+    calls = []
+
+    def second_rename_fails(self, dest):
+        calls.append(self.name)
+        if len(calls) == 2:  # the first moves the old folder aside, the second would move the new one in
+            raise OSError("power cut")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", second_rename_fails)
+    with pytest.raises(OSError, match="power cut"), record.atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("new")
+    monkeypatch.undo()
+    assert (target / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
