@@ -1,0 +1,112 @@
+"""The benchmark harness on a CPU (tiny model), the fast preset's sizing rule, and packing that keeps rows apart."""
+
+import json
+import math
+
+import pytest
+
+from medr1 import speed
+from medr1.bench import CONFIGS, parse_variant, random_rows, row_lengths, table
+
+
+def test_bench_runs_every_configuration_and_writes_the_json(tmp_path):
+    from medr1.bench import main
+
+    out = tmp_path / "bench.json"
+    code = main(["--warmup", "1", "--measure", "1", "--rows", "24", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0, report
+    assert {"gpu", "date", "model_shape", "results"} <= set(report)
+    assert report["gpu"] == "cpu" and report["model_shape"] == "tiny"
+    results = {r["config"]: r for r in report["results"]}
+    assert list(results) == ["seed", "tutorial", "hf", "fast"]
+    for r in results.values():
+        assert r["trained_tokens_per_s"] > 0 and r["tokens_per_step"] > 0, r
+        assert 0 <= r["pad_fraction"] < 1 and r["peak_gib"] is None, r
+        assert r["s_per_60_steps"] == pytest.approx(60 * r["step_s"], rel=0.01)
+        seed_rate = results["seed"]["trained_tokens_per_s"]
+        assert r["speedup_vs_seed"] == pytest.approx(r["trained_tokens_per_s"] / seed_rate, rel=0.01)
+    assert results["seed"]["speedup_vs_seed"] == 1.0
+    # what each configuration is: the recipe, twice its rows per step, plain HF, the packed fast preset
+    assert results["seed"]["per_device_train_batch_size"] == 1 and results["seed"]["gradient_accumulation_steps"] == 4
+    assert results["tutorial"]["per_device_train_batch_size"] == 2
+    assert results["tutorial"]["tokens_per_step"] > 1.3 * results["seed"]["tokens_per_step"]
+    assert results["hf"]["backend"] == "hf" and results["seed"]["backend"] == "unsloth"
+    fast = results["fast"]
+    assert fast["packing"] and fast["max_steps_of_preset"] == 15 and fast["learning_rate"] == pytest.approx(4e-4)
+    assert fast["packing_check"]["rel_error"] < 1e-3
+    assert "| fast |" in table(report)
+
+
+def test_row_lengths_follow_the_real_data():
+    lengths = row_lengths(500)
+    assert min(lengths) >= 450 and max(lengths) <= 1500
+    assert 850 <= sorted(lengths)[250] <= 950
+    assert lengths == row_lengths(500)  # seeded
+    rows = random_rows([5, 7], vocab_size=10, excluded={0, 1, 2})
+    assert [len(r) for r in rows] == [5, 7] and not {0, 1, 2} & {t for r in rows for t in r}
+
+
+def test_variant_spec():
+    assert parse_variant("f4=fast:per_device_train_batch_size=4,env.X=1") == (
+        "f4", "fast", {"per_device_train_batch_size": "4", "env.X": "1"})
+    with pytest.raises(ValueError):
+        parse_variant("x=nope:lora_r=8")
+    assert set(CONFIGS) == {"seed", "tutorial", "hf", "fast"}
+
+
+def test_fast_schedule_keeps_the_recipe_data_budget():
+    s = speed.fast_schedule()
+    assert s == {"max_steps": 15, "learning_rate": pytest.approx(4e-4), "warmup_steps": 1}
+    # same number of training tokens: SCALE x the tokens per step, 1/SCALE of the steps
+    assert s["max_steps"] * speed.SCALE == pytest.approx(speed.RECIPE_STEPS, abs=speed.SCALE)
+    assert s["learning_rate"] == pytest.approx(speed.RECIPE_LR * math.sqrt(speed.SCALE))
+
+
+@pytest.mark.parametrize("free_gib,processes", [(78, 1), (70, 1), (47, 1), (39, 1), (22, 1), (15, 1), (7, 1),
+                                                (78, 2), (15, 4), (78, 8)])
+def test_micro_batch_plan_fits_and_keeps_rows_per_step(free_gib, processes):
+    plan = speed.plan_micro_batches(free_gib, processes=processes)
+    rows = plan["per_device_train_batch_size"] * plan["gradient_accumulation_steps"] * processes
+    assert rows == speed.PACKED_ROWS  # the optimizer step is the same on every GPU
+    estimate = speed.estimate_gib(plan["per_device_train_batch_size"], 2048, plan["gradient_checkpointing"])
+    assert estimate <= speed.HEADROOM * free_gib or plan["per_device_train_batch_size"] == 1
+
+
+def test_memory_decides_recomputation():
+    big, t4 = speed.plan_micro_batches(78), speed.plan_micro_batches(15)
+    assert big["gradient_checkpointing"] == "false" and big["per_device_train_batch_size"] >= 4
+    assert t4["gradient_checkpointing"] == "unsloth"
+
+
+def test_fast_preset_is_sized_by_free_memory(monkeypatch):
+    from medr1 import build_config
+
+    monkeypatch.setattr(speed, "free_gpu_gib", lambda: 15.0)
+    small = build_config("fast", {"output_dir": "/tmp/x"}, quiet=True)
+    assert small.gradient_checkpointing == "unsloth" and small.packing
+    monkeypatch.setattr(speed, "free_gpu_gib", lambda: 78.0)
+    big = build_config("fast", {"output_dir": "/tmp/x"}, quiet=True)
+    assert big.gradient_checkpointing == "false"
+    assert big.per_device_train_batch_size * big.gradient_accumulation_steps == speed.PACKED_ROWS
+    assert big.max_steps == 15 and big.learning_rate == pytest.approx(4e-4)
+    mine = build_config("fast", {"output_dir": "/tmp/x", "per_device_train_batch_size": 2}, quiet=True)
+    assert mine.per_device_train_batch_size == 2  # the user's override wins over the sizing
+
+
+def test_packed_rows_do_not_see_each_other_on_cpu():
+    """transformers' SDPA path, with the mask it builds from the restarted positions of a padding-free batch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medr1.tiny import tiny_model_path
+
+    path = str(tiny_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    excluded = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    rows = random_rows(row_lengths(6, seed=3, divisor=4), len(tokenizer), excluded, seed=3)
+    check = speed.packing_check(model, rows, tokenizer.pad_token_id, max_length=1024)
+    assert check["rows"] >= 3
+    assert check["rel_error"] < 1e-4, check
+    assert check["leak_gap"] > 100 * check["rel_error"], check  # rows that could see each other would show
