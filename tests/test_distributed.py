@@ -1,0 +1,140 @@
+"""Several processes on a CPU: two DDP processes (gloo) train exactly what one process with twice the batch trains.
+
+The two runs see the same rows in every optimizer step: the trainer shuffles one order with the same
+seed in both, and accelerate hands the processes alternate micro-batches of it, so the two halves of
+step k are the one-process batch k. DDP averages the gradients with token weighting, so the only
+difference left is floating-point summation order: the loss histories agree to about 5e-7 on the tiny
+model (fp32); the tolerance is 1e-4.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STEPS = 8
+TOLERANCE = 1e-4  # absolute, on losses of about 6 to 8
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def _train(cwd: Path, batch: int, processes: int, output_dir: str | None) -> subprocess.Popen:
+    knobs = ["--set", f"max_steps={STEPS}", "--set", f"per_device_train_batch_size={batch}", "--set", "save_steps=0"]
+    if output_dir:
+        knobs += ["--set", f"output_dir={output_dir}"]
+    launch = [str(BIN / "python")]
+    if processes > 1:  # what `make train GPUS=2` runs; without CUDA, medr1 makes the trainer use gloo
+        launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--main_process_port", str(_free_port())]
+    cmd = [*launch, "-m", "medr1", "train", "--preset", "smoke", *knobs]
+    return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process x 4 rows and two processes x 2 rows, run side by side; the second with no output_dir."""
+    root = tmp_path_factory.mktemp("ddp")
+    one = _train(root, batch=4, processes=1, output_dir=str(root / "one"))
+    two = _train(root, batch=2, processes=2, output_dir=None)
+    logs = {"one": _finish(one), "two": _finish(two)}
+    folders = sorted((root / "outputs").iterdir())
+    return root / "one", folders, logs
+
+
+def test_two_processes_give_the_loss_history_of_one_with_twice_the_batch(runs):
+    one_dir, folders, _ = runs
+    one = json.loads((one_dir / "run.json").read_text())
+    two = json.loads((folders[0] / "run.json").read_text())
+    assert two["distributed"]["processes"] == 2 and two["distributed"]["backend"] == "gloo", two["distributed"]
+    assert one["distributed"]["processes"] == 1
+    assert one["effective_batch"] == two["effective_batch"] == 4
+    a, b = one["losses"], two["losses"]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b]  # the same rows in every step
+    diff = max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b, strict=True))
+    assert diff < TOLERANCE, ([x["loss"] for x in a], [y["loss"] for y in b])
+    assert a[-1]["loss"] < a[0]["loss"] - 0.5  # it trained: the comparison is not of two untouched models
+
+
+def test_only_the_main_process_writes_and_prints(runs):
+    _, folders, logs = runs
+    assert len(folders) == 1, folders  # both processes used rank 0's timestamped default folder
+    out = folders[0]
+    assert {"run.json", "holdout.jsonl", "loss.png", "adapter"} <= {p.name for p in out.iterdir()}
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    log = logs["two"]
+    for line in ("medr1: preset 'smoke'", "medr1: effective batch 4 rows", "medr1: adapter saved to"):
+        assert log.count(line) == 1, (line, log[-3000:])
+    assert "learning_rate=0.01 is used as set, chosen for 2 rows per optimizer step; this run takes 4" in log
+    assert "learning_rate=0.0141 (x sqrt(2))" in log
+
+
+AGREE = """
+import json, os, sys
+from medr1 import build_config, distributed
+rank = distributed.rank()
+config = build_config("smoke", {"output_dir": f"out-of-rank-{rank}"}, quiet=True)
+agreed = distributed.agree(config)
+distributed.barrier()
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:
+    json.dump({"output_dir": agreed.output_dir, "backend": distributed.backend()}, fh)
+distributed.finish()
+"""
+
+
+def test_every_process_takes_rank_0s_config(tmp_path):
+    """Default folders carry a timestamp computed in each process: rank 0's config must win everywhere."""
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE)
+    cmd = [str(BIN / "python"), "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(script), str(tmp_path)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen == [{"output_dir": "out-of-rank-0", "backend": "gloo"}] * 2
+
+
+def test_learning_rate_rule_names_the_numbers():
+    from medr1 import build_config
+    from medr1.distributed import learning_rate_rule
+
+    recipe = build_config("colab-t4", quiet=True)  # 1 x 4 rows, lr 2e-4, 60 steps
+    assert learning_rate_rule(recipe, 1).endswith("as this run takes (1 x 4 x 1)")
+    rule = learning_rate_rule(recipe, 2)
+    assert "chosen for 4 rows per optimizer step; this run takes 8" in rule
+    assert "set gradient_accumulation_steps=2 (same learning rate and steps)" in rule
+    assert "learning_rate=0.000283 (x sqrt(2)) and max_steps=30" in rule
+    assert "do not split over 3 processes" in learning_rate_rule(recipe, 3)
+
+
+def test_make_train_launches_n_processes_or_one_plain():
+    repo = Path(__file__).resolve().parents[1]
+    dry = ["make", "-n", "-o", ".venv/.installed", "train", "PRESET=smoke", "ARGS=--set max_steps=2"]
+    two = subprocess.run([*dry, "GPUS=2"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "accelerate launch --multi_gpu --num_processes 2" in two
+    assert "-m medr1 train --preset smoke --set max_steps=2" in two
+    one = subprocess.run(dry, cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "accelerate" not in one and ".venv/bin/python -m medr1 train --preset smoke" in one
