@@ -12,10 +12,17 @@ HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # No GPU: the smoke preset needs no network; keep the hub libraries from looking anything up.
 OFFLINE := $(if $(HAVE_GPU),,HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1)
 NOTEBOOKS := $(wildcard notebooks/*.py)
+GPUS ?= 1
+ARGS ?=
+# GPUS=1: one plain process. GPUS=N: N data-parallel processes (DDP) started by accelerate (torchrun underneath);
+# the trainer picks NCCL on GPUs, gloo on a CPU. Mixed precision comes from the config, not from accelerate.
+LAUNCH = $(if $(filter 1,$(GPUS)),$(BIN)/python,$(BIN)/accelerate launch --multi_gpu --num_processes $(GPUS) \
+  --num_machines 1 --mixed_precision no --dynamo_backend no)
 
-.PHONY: run test lint sync bench help
+.PHONY: run train test lint sync bench help
 help:
 	@echo "make run [PRESET=auto|colab-t4|fast|smoke] [RUN_DIR=...]   fine-tune through the notebook"
+	@echo "make train [GPUS=N] [PRESET=...] [ARGS=\"--set k=v ...\"]      fine-tune from the command line, on N GPUs"
 	@echo "make test                                                  every test (CPU, offline)"
 	@echo "make sync | lint | bench"
 
@@ -36,6 +43,9 @@ run: $(VENV)/.installed
 	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb \
 	  --cwd notebooks -p preset $(PRESET) -p output_dir $(abspath $(RUN_DIR))
 	@echo "executed notebook, adapter and run.json: $(RUN_DIR)"
+
+train: $(VENV)/.installed
+	$(OFFLINE) $(LAUNCH) -m medr1 train --preset $(PRESET) $(ARGS)
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 tests notebooks

@@ -60,7 +60,7 @@ max_seq_length: Optional[int] = None  # longer rows are dropped and counted (col
 prompt_style: Optional[str] = None  # seed (### sections) | r1 (<think> ... </think>)
 save_steps: Optional[int] = None  # checkpoint every N steps (for resume)
 output_dir: Optional[str] = None  # None: a new folder outputs/<preset>-<time>; never overwrites a run
-resume: bool = False  # continue the run in output_dir from its newest checkpoint
+resume: bool = False  # continue the run in output_dir (on Colab: a Drive folder) from its newest checkpoint
 overwrite: bool = False  # replace the run in output_dir
 report_to: Optional[str] = None  # auto (W&B when a key is set) | wandb | none
 max_new_tokens: Optional[int] = None  # generation budget for the test answers
@@ -73,8 +73,10 @@ max_new_tokens: Optional[int] = None  # generation budget for the test answers
 # %%
 from medr1 import build_config
 from medr1.infer import show
+from medr1.preflight import short_errors
 from medr1.run import Run
 
+short_errors()  # a medr1 error shows as its one line, not a traceback
 config = build_config(preset, dict(
     model_name=model_name, data_path=data_path, num_examples=num_examples, max_steps=max_steps,
     learning_rate=learning_rate, lora_r=lora_r, max_seq_length=max_seq_length, prompt_style=prompt_style,

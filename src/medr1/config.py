@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from medr1.errors import ConfigError
+from medr1.speed import PACKED_ROWS, allocator_defaults, fast_schedule, fast_sizing
 
 SMOKE_MODEL = "medr1/tiny-llama"  # built offline by medr1.tiny; never downloaded
 FIXTURE = "medr1:fixture"  # the bundled 40-row fixture, src/medr1/assets/medical_tiny.jsonl
@@ -70,8 +71,8 @@ class Config:
     precision: str = "auto"  # auto: bf16 where the GPU supports it, else fp16; fp32 on a CPU
     packing: bool = False  # pack several rows into one sequence (many tokens per step)
     logging_steps: int = 1
-    save_steps: int = 0  # checkpoint every N steps (0 = only the final adapter)
-    save_total_limit: int = 2  # checkpoints kept
+    save_steps: int = 20  # checkpoint every N steps, for resume (0 = only the final adapter)
+    save_total_limit: int = 2  # checkpoints kept (the newest ones)
     # --- outputs ---
     output_dir: str = ""  # adapter, run.json, loss.png, checkpoints; "" = a new outputs/<preset>-<time>
     overwrite: bool = False  # allow writing into a folder that holds another run
@@ -115,6 +116,8 @@ class Config:
         unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
         if not self.lora_targets or unknown:
             raise ConfigError(f"lora_targets has unknown modules {unknown}; valid: {list(LORA_TARGETS)}")
+        if self.resume and not self.output_dir:
+            raise ConfigError("resume=True needs output_dir: the folder of the run to continue")
         if not self.output_dir:  # a fresh folder per run: a default can never overwrite an earlier run
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             self.output_dir = f"outputs/{self.preset or 'run'}-{stamp}"
@@ -191,15 +194,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         gradient_checkpointing="unsloth", per_device_train_batch_size=1, gradient_accumulation_steps=4,
         max_steps=60, learning_rate=2e-4, warmup_steps=5, optim="adamw_8bit", weight_decay=0.01,
         lr_scheduler_type="linear", seed=3407, precision="auto", packing=False,
+        save_steps=20, save_total_limit=2,  # a checkpoint every third of the run, for resume
     ),
-    # Large GPUs: the same learning problem with many tokens per step (see medr1.speed for sizing).
+    # Large GPUs: the recipe's data in 4x larger optimizer steps of 8 packed 2,048-token rows; 15 steps,
+    # lr x sqrt(4), warm-up 1 (medr1.speed). build_config splits the 8 rows into micro-batches by free memory.
     "fast": dict(
-        packing=True, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-        gradient_checkpointing="false", max_steps=60, learning_rate=2e-4,
+        packing=True, per_device_train_batch_size=PACKED_ROWS, gradient_accumulation_steps=1,
+        gradient_checkpointing="false", **fast_schedule(),
     ),
     # The tiny offline model on the bundled fixture: runs anywhere, on a CPU, in seconds.
     "smoke": dict(
-        model_name=SMOKE_MODEL, data_path=FIXTURE, load_in_4bit=False, max_seq_length=512,
+        model_name=SMOKE_MODEL, data_path=FIXTURE, load_in_4bit=False, max_seq_length=1024,
         num_examples=0, holdout_examples=4, per_device_train_batch_size=4, gradient_accumulation_steps=1,
         max_steps=40, learning_rate=1e-2, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
         precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=48,
@@ -225,6 +230,7 @@ def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None
 
 
 def _cuda_info() -> tuple[bool, float | None]:
+    allocator_defaults()  # before torch reads its allocator settings (medr1.speed)
     try:
         import torch
     except ImportError:
@@ -239,9 +245,18 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
     name, why = resolve_preset(preset)
     values: dict[str, Any] = dict(PRESETS[name])
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if name == "fast":  # micro-batch and recomputation from this GPU's free memory; overrides still win
+        sizing, sizing_why = fast_sizing(int(overrides.get("max_seq_length", Config.max_seq_length)))
+        values.update(sizing)
+        why = f"{why}; {sizing_why}"
     unknown = sorted(set(overrides) - set(knob_names()))
     if unknown:
-        raise ConfigError(f"unknown knob(s) {unknown}; valid knobs: {knob_names()}")
+        import difflib
+
+        hints = {k: difflib.get_close_matches(k, knob_names(), n=1) for k in unknown}
+        guess = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in hints.items() if m)
+        guess = f" ({guess})" if guess else ""
+        raise ConfigError(f"unknown knob(s) {unknown}{guess}; valid knobs: {knob_names()}")
     values.update(overrides)
     values["preset"] = name
     config = Config(**values)

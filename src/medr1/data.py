@@ -38,6 +38,16 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         raise DataError(f"data_path: {path} has unknown extension {suffix!r}; use one of {list(EXTENSIONS)}")
     if path.stat().st_size == 0:
         raise DataError(f"data_path: {path} is empty")
+    try:
+        rows = _parse(path, suffix)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    if not rows:
+        raise DataError(f"data_path: {path} holds no rows")
+    return rows
+
+
+def _parse(path: Path, suffix: str) -> list[Any]:
     if suffix == ".jsonl":
         rows = []
         with path.open(encoding="utf-8") as fh:
@@ -66,9 +76,10 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     else:
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
-    if not rows:
-        raise DataError(f"data_path: {path} holds no rows")
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
     return rows
 
 

@@ -82,24 +82,36 @@ def load_model(config: Config):
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=path, max_seq_length=config.max_seq_length, dtype=torch_dtype(config),
             load_in_4bit=config.load_in_4bit, token=hf_token())
+        if config.packing and torch.cuda.is_available():  # one varlen flash call per layer (medr1.speed)
+            from medr1.speed import enable_packed_varlen
+
+            print(f"medr1: packed attention through Unsloth's varlen path: {enable_packed_varlen()}")
     else:
         model, tokenizer = _load_hf(path, config)
     ensure_pad_token(model, tokenizer)
     return model, tokenizer
 
 
+def bnb_config(config: Config):
+    """4-bit NF4 with double quantization (what Unsloth loads) for the plain transformers path; None for 16-bit."""
+    if not config.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch_dtype(config))
+
+
 def _load_hf(path: str, config: Config):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch_dtype(config)
-    quant = None
-    if config.load_in_4bit:
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=dtype)
+    quant = bnb_config(config)
     tokenizer = AutoTokenizer.from_pretrained(path, token=hf_token())
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, quantization_config=quant, token=hf_token(),
-        device_map={"": 0} if torch.cuda.is_available() else None)
+        # one whole model per process, on this process's GPU (LOCAL_RANK under accelerate launch / torchrun)
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None)
     return model, tokenizer
 
 

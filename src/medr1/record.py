@@ -90,7 +90,12 @@ def atomic_dir(path: Path, overwrite: bool = True):
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except BaseException:
+            if old is not None:  # put the previous one back: never leave no adapter at all
+                old.rename(path)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -48,6 +48,9 @@ def _corpus() -> list[str]:
 
 def build_tokenizer(vocab_size: int = 1024):
     """A byte-level BPE tokenizer trained on the fixture, with Llama's BOS-prefix behaviour."""
+    from medr1.model import import_unsloth_first  # before transformers: Unsloth patches it on import
+
+    import_unsloth_first()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -68,10 +71,10 @@ def build_tokenizer(vocab_size: int = 1024):
 
 def build_tiny(path: Path, seed: int = 0) -> Path:
     """Write tokenizer + random-initialised Llama to `path` atomically (temporary folder, then rename)."""
+    tokenizer = build_tokenizer()  # imports unsloth first
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5, rope_theta=500000.0,

@@ -69,14 +69,14 @@ def reporting(config: Config) -> str:
     return "none"
 
 
-def sft_config(config: Config, checkpoint_dir: str, report_to: str = "none") -> SFTConfig:
+def sft_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none") -> dict:
     """Every trainer argument that changes the result is set here, not left to TRL's defaults.
 
     `max_length` is the config's max_seq_length: TRL's own default (1,024) would silently cut most
     medical reasoning rows (about 900 tokens, up to 1,500) off before their answers.
     """
     save = config.save_steps > 0
-    return SFTConfig(
+    return dict(
         output_dir=checkpoint_dir,
         per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -101,8 +101,17 @@ def sft_config(config: Config, checkpoint_dir: str, report_to: str = "none") -> 
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
         disable_tqdm=False,
+        # Several processes (medr1.distributed): without CUDA, use_cpu makes them train together over gloo
+        # (Unsloth's CPU trainer sets it too; said here for the hf backend). Every LoRA weight gets a gradient
+        # each step, so DDP need not search for unused ones (that search breaks under reentrant checkpointing).
+        use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
         **precision_flags(config),
     )
+
+
+def sft_config(config: Config, checkpoint_dir: str, report_to: str = "none") -> SFTConfig:
+    return SFTConfig(**sft_kwargs(config, checkpoint_dir, report_to))
 
 
 @dataclass
@@ -111,9 +120,13 @@ class LossHistory(TrainerCallback):
 
     records: list[dict] = field(default_factory=list)
     started: float = 0.0
+    start_tokens: int = 0  # tokens already seen when this session began (non-zero on resume)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.started or time.perf_counter()
+        self.start_tokens = int(state.num_input_tokens_seen)
+        if state.global_step and not self.records:  # resumed: the checkpoint's log is the history so far
+            self.records = [_from_log(e) for e in state.log_history if "loss" in e and "step" in e]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -128,6 +141,16 @@ class LossHistory(TrainerCallback):
     @property
     def losses(self) -> list[float]:
         return [r["loss"] for r in self.records]
+
+
+def _from_log(entry: dict) -> dict:
+    """A LossHistory record from a checkpoint's log entry (its wall time is not kept: seconds is None)."""
+    out = {"step": int(entry["step"]), "loss": float(entry["loss"]), "seconds": None,
+           "tokens": int(entry.get("num_input_tokens_seen", 0))}
+    for key in ("learning_rate", "grad_norm"):
+        if key in entry:
+            out[key] = float(entry[key])
+    return out
 
 
 def make_trainer(model, tokenizer, train_dataset, config: Config, checkpoint_dir: str,
