@@ -27,6 +27,7 @@ from medr1 import card  # noqa: E402
 from medr1.config import Config  # noqa: E402
 from medr1.errors import MedR1Error, OutputDirError  # noqa: E402
 from medr1.evaluate import adapter_dir, load_base_and_adapter, read_run, run_config  # noqa: E402
+from medr1.record import atomic_dir  # noqa: E402
 
 GGUF_METHODS = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "q4_0", "bf16", "f16")
 GGUF_BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
@@ -90,25 +91,6 @@ def merged_bytes(n_params: int) -> int:
 def gguf_bytes(n_params: int, methods: list[str]) -> int:
     """Merged 16-bit staging + the bf16 GGUF that k-quants are made from + each requested file."""
     return int(n_params * (4.0 + sum(GGUF_BYTES_PER_PARAM[m] for m in methods))) + SLACK_BYTES
-
-
-def _replace(tmp: Path, dest: Path) -> None:
-    """Move a finished folder into place (the old one, if any, is removed only after)."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        dest.rename(old)
-    tmp.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _staging(dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,16 +178,11 @@ class Export:
         dest = check_destination(dest or self.export_dir / "adapter", self.overwrite)
         size = sum(p.stat().st_size for p in self.adapter_src.iterdir() if p.is_file())
         check_disk(dest, size + SLACK_BYTES, "the adapter")
-        tmp = _staging(dest)
-        try:
+        with atomic_dir(dest) as tmp:
             for item in self.adapter_src.iterdir():
                 if item.is_file() and item.name != "README.md":
                     shutil.copy2(item, tmp / item.name)
             self._write_card(tmp, "adapter")
-            _replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.paths["adapter"] = dest
         print(f"medr1: adapter saved to {dest}")
         return dest
@@ -244,18 +221,13 @@ class Export:
         n = count_parameters(self.config)
         check_disk(dest, merged_bytes(n), f"the merged 16-bit model ({n / 1e9:.2f} B parameters)")
         model, tokenizer = self._load()
-        tmp = _staging(dest)
-        try:
+        with atomic_dir(dest) as tmp:
             if hasattr(model, "save_pretrained_merged") and UNSLOTH and self.config.backend == "unsloth":
                 model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
             else:
                 _merge_with_peft(model, self.config).save_pretrained(str(tmp))
                 tokenizer.save_pretrained(str(tmp))
             self._write_card(tmp, "merged")
-            _replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.paths["merged"] = dest
         print(f"medr1: merged 16-bit model saved to {dest}")
         return dest
@@ -282,8 +254,7 @@ class Export:
         n = count_parameters(self.config)
         check_disk(dest, gguf_bytes(n, wanted), f"GGUF {', '.join(wanted)} ({n / 1e9:.2f} B parameters)")
         model, tokenizer = self._load()
-        tmp = _staging(dest)
-        try:
+        with atomic_dir(dest) as tmp:
             try:
                 model.save_pretrained_gguf(str(tmp), tokenizer, quantization_method=wanted)
             except Exception as err:  # noqa: BLE001 - llama.cpp's build and converter fail in many ways
@@ -293,10 +264,6 @@ class Export:
             if not files:
                 raise ExportError(f"GGUF export wrote no .gguf file under {tmp}")
             self._write_card(tmp, "gguf", [f.name for f in files])
-            _replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         out = sorted(dest.glob("*.gguf"))
         self.paths["gguf"] = dest
         print(f"medr1: GGUF saved: {', '.join(str(p) for p in out)}")

@@ -140,7 +140,7 @@ class Run:
         import torch
 
         from medr1.model import for_training
-        from medr1.train import LossHistory, effective_batch, make_trainer, reporting, world_size
+        from medr1.train import LossHistory, effective_batch, make_trainer, reporting
 
         self._need_model()
         cfg = self.config
@@ -152,7 +152,7 @@ class Run:
         elif not cfg.resume and cfg.overwrite and distributed.is_main():
             for stale in (checkpoints, self.out / "adapter"):
                 shutil.rmtree(stale, ignore_errors=True)
-        procs = world_size()
+        procs = distributed.world_size()
         print(f"medr1: effective batch {effective_batch(cfg, procs)} rows per optimizer step "
               f"({cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation "
               f"x {procs} process{'es' if procs > 1 else ''}); packing={cfg.packing}")
@@ -251,7 +251,7 @@ class Run:
             raise RuntimeError("the model is not loaded: call load() first")
 
     def _write_record(self) -> None:
-        if _is_main_process():
+        if distributed.is_main():
             record.write_json_atomic(self.out / "run.json", self.record)
 
 
@@ -281,17 +281,13 @@ def _newest_checkpoint(folder: Path) -> Path | None:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    if not _is_main_process():
+    if not distributed.is_main():
         return
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
 
 
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def train(config: Config) -> Run:

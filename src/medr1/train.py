@@ -14,16 +14,13 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
+from medr1 import distributed  # noqa: E402
 from medr1.config import Config  # noqa: E402
 
 
-def world_size() -> int:
-    """Processes taking part in training (accelerate/torchrun set WORLD_SIZE); 1 otherwise."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def effective_batch(config: Config, processes: int | None = None) -> int:
-    return config.per_device_train_batch_size * config.gradient_accumulation_steps * (processes or world_size())
+    per_process = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    return per_process * (processes or distributed.world_size())
 
 
 def precision_flags(config: Config) -> dict[str, bool]:
