@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medr1 import speed
+from medr1 import record, speed
 from medr1.errors import MedR1Error
 
 # The 8B shape (Llama 3.1 8B, as in DeepSeek-R1-Distill-Llama-8B's config.json).
@@ -369,7 +369,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
         "model_shape": shape, "command": " ".join(["python -m medr1 bench", *argv]).strip(),
         "warmup_steps": args.warmup, "measured_steps": args.measure, "rows": args.rows,
         "row_tokens": {"median": sorted(lengths)[len(lengths) // 2], "min": min(lengths), "max": max(lengths)},
-        "model_build_s": round(build_s, 1), "versions": _versions(), "results": [],
+        "model_build_s": round(build_s, 1), "versions": record.versions(), "results": [],
     }
     print(f"medr1 bench: {gpu}, model {model_dir} ({'tiny' if cpu else '8B shape'}), {args.rows} rows "
           f"(median {report['row_tokens']['median']} tokens); {args.warmup} warm-up + {args.measure} timed steps")
@@ -426,18 +426,6 @@ def _run_one(label: str, name: str, extra: dict[str, Any], model_dir: Path, rows
     print(f"medr1 bench: {label}: {result['trained_tokens_per_s']:,.0f} trained tokens/s, "
           f"peak {result['peak_gib']} GiB, {result['process_s']} s in all", flush=True)
     return result
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for pkg in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "medr1"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 if __name__ == "__main__":

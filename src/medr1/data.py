@@ -47,8 +47,9 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _parse(path: Path, suffix: str) -> list[Any]:
-    if suffix == ".jsonl":
+def read_json_or_jsonl(path: Path) -> Any:
+    """A .jsonl file as a list of its lines' values, any other file as one JSON value; errors name the line."""
+    if path.suffix.lower() == ".jsonl":
         rows = []
         with path.open(encoding="utf-8") as fh:
             for line_no, line in enumerate(fh, start=1):
@@ -58,11 +59,18 @@ def _parse(path: Path, suffix: str) -> list[Any]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}: invalid JSON on line {line_no}: {err.msg}") from None
+        return rows
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON on line {err.lineno}: {err.msg}") from None
+
+
+def _parse(path: Path, suffix: str) -> list[Any]:
+    if suffix == ".jsonl":
+        rows = read_json_or_jsonl(path)
     elif suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: invalid JSON on line {err.lineno}: {err.msg}") from None
+        rows = read_json_or_jsonl(path)
         if isinstance(rows, dict):  # {"train": [...]} or {"data": [...]}: take the one list inside
             lists = [v for v in rows.values() if isinstance(v, list)]
             if len(lists) != 1:

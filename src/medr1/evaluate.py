@@ -39,10 +39,7 @@ EVAL_JSON, EVAL_PNG = "eval.json", "eval.png"
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
     """run.json of a training run's output folder; a clear error when the folder holds none."""
-    path = Path(run_dir).expanduser() / "run.json"
-    if not path.exists():
-        raise DataError(f"{path} not found: is {run_dir} the output folder of a medr1 training run?")
-    return record.read_record(path.parent)
+    return record.read_record(run_dir)
 
 
 def run_config(run_dir: str | Path) -> Config:

@@ -7,7 +7,6 @@ evaluation sets: `question`, `options` (letter -> text) and `answer_idx` (the ri
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import string
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import prompts
+from medr1.data import read_json_or_jsonl
 from medr1.errors import DataError
 
 LETTERS = string.ascii_uppercase
@@ -32,22 +32,9 @@ class Question:
 def _read_json_or_jsonl(path: Path) -> list[Any] | dict[str, Any]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
+    if not path.read_text(encoding="utf-8").strip():
         raise DataError(f"{path}: file is empty")
-    if path.suffix.lower() == ".jsonl":
-        items = []
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: invalid JSON on line {line_no}: {err.msg}") from None
-        return items
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON on line {err.lineno}: {err.msg}") from None
+    return read_json_or_jsonl(path)
 
 
 def load_questions(path: str | Path) -> list[Question]:

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from medr1.errors import DataError
+
 PACKAGES = ("medr1", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft", "datasets",
             "accelerate", "bitsandbytes")
 
@@ -104,9 +106,9 @@ def atomic_dir(path: Path, overwrite: bool = True):
 
 
 def read_record(output_dir: str | Path) -> dict[str, Any]:
-    path = Path(output_dir) / "run.json"
+    path = Path(output_dir).expanduser() / "run.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {output_dir} the output folder of a medr1 run?")
+        raise DataError(f"{path} not found: is {output_dir} the output folder of a medr1 training run?")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
