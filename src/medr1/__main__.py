@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from medr1.config import PRESET_NAMES, build_config, parse_overrides
@@ -51,7 +52,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     rows = data.validate_rows(data.read_rows(data.resolve_path(args.path)), args.path)
     unique, dups = data.drop_duplicates(rows)
     tokenizer = _load_tokenizer(config)
-    probe = build_config(args.preset, {**overrides, "over_length": "drop"}, quiet=True)
+    probe = dataclasses.replace(config, over_length="drop")  # count over-length rows whatever the policy
     _, report = data.tokenize_rows(unique, tokenizer, probe)
     print(f"{args.path}: {len(rows)} rows, {len(rows)} valid, {dups} duplicates")
     print(f"tokens per row: median {report.median_tokens:.0f}, max {report.max_tokens}; over "

@@ -67,9 +67,7 @@ def read_json_or_jsonl(path: Path) -> Any:
 
 
 def _parse(path: Path, suffix: str) -> list[Any]:
-    if suffix == ".jsonl":
-        rows = read_json_or_jsonl(path)
-    elif suffix == ".json":
+    if suffix in (".json", ".jsonl"):
         rows = read_json_or_jsonl(path)
         if isinstance(rows, dict):  # {"train": [...]} or {"data": [...]}: take the one list inside
             lists = [v for v in rows.values() if isinstance(v, list)]
