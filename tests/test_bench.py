@@ -5,12 +5,12 @@ import math
 
 import pytest
 
-from medr1 import speed
-from medr1.bench import CONFIGS, parse_variant, random_rows, row_lengths, table
+from medr1.speed import sizing, varlen
+from medr1.speed.bench import CONFIGS, parse_variant, random_rows, row_lengths, table
 
 
 def test_bench_runs_every_configuration_and_writes_the_json(tmp_path):
-    from medr1.bench import main
+    from medr1.speed.bench import main
 
     out = tmp_path / "bench.json"
     code = main(["--warmup", "1", "--measure", "1", "--rows", "24", "--json", str(out)])
@@ -56,25 +56,25 @@ def test_variant_spec():
 
 
 def test_fast_schedule_keeps_the_recipe_data_budget():
-    s = speed.fast_schedule()
+    s = sizing.fast_schedule()
     assert s == {"max_steps": 15, "learning_rate": pytest.approx(4e-4), "warmup_steps": 1}
     # same number of training tokens: SCALE x the tokens per step, 1/SCALE of the steps
-    assert s["max_steps"] * speed.SCALE == pytest.approx(speed.RECIPE_STEPS, abs=speed.SCALE)
-    assert s["learning_rate"] == pytest.approx(speed.RECIPE_LR * math.sqrt(speed.SCALE))
+    assert s["max_steps"] * sizing.SCALE == pytest.approx(sizing.RECIPE_STEPS, abs=sizing.SCALE)
+    assert s["learning_rate"] == pytest.approx(sizing.RECIPE_LR * math.sqrt(sizing.SCALE))
 
 
 @pytest.mark.parametrize("free_gib,processes", [(78, 1), (70, 1), (47, 1), (39, 1), (22, 1), (15, 1), (7, 1),
                                                 (78, 2), (15, 4), (78, 8)])
 def test_micro_batch_plan_fits_and_keeps_rows_per_step(free_gib, processes):
-    plan = speed.plan_micro_batches(free_gib, processes=processes)
+    plan = sizing.plan_micro_batches(free_gib, processes=processes)
     rows = plan["per_device_train_batch_size"] * plan["gradient_accumulation_steps"] * processes
-    assert rows == speed.PACKED_ROWS  # the optimizer step is the same on every GPU
-    estimate = speed.estimate_gib(plan["per_device_train_batch_size"], 2048, plan["gradient_checkpointing"])
-    assert estimate <= speed.HEADROOM * free_gib or plan["per_device_train_batch_size"] == 1
+    assert rows == sizing.PACKED_ROWS  # the optimizer step is the same on every GPU
+    estimate = sizing.estimate_gib(plan["per_device_train_batch_size"], 2048, plan["gradient_checkpointing"])
+    assert estimate <= sizing.HEADROOM * free_gib or plan["per_device_train_batch_size"] == 1
 
 
 def test_memory_decides_recomputation():
-    big, t4 = speed.plan_micro_batches(78), speed.plan_micro_batches(15)
+    big, t4 = sizing.plan_micro_batches(78), sizing.plan_micro_batches(15)
     assert big["gradient_checkpointing"] == "false" and big["per_device_train_batch_size"] >= 4
     assert t4["gradient_checkpointing"] == "unsloth"
 
@@ -82,13 +82,13 @@ def test_memory_decides_recomputation():
 def test_fast_preset_is_sized_by_free_memory(monkeypatch):
     from medr1 import build_config
 
-    monkeypatch.setattr(speed, "free_gpu_gib", lambda: 15.0)
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 15.0)
     small = build_config("fast", {"output_dir": "/tmp/x"}, quiet=True)
     assert small.gradient_checkpointing == "unsloth" and small.packing
-    monkeypatch.setattr(speed, "free_gpu_gib", lambda: 78.0)
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 78.0)
     big = build_config("fast", {"output_dir": "/tmp/x"}, quiet=True)
     assert big.gradient_checkpointing == "false"
-    assert big.per_device_train_batch_size * big.gradient_accumulation_steps == speed.PACKED_ROWS
+    assert big.per_device_train_batch_size * big.gradient_accumulation_steps == sizing.PACKED_ROWS
     assert big.max_steps == 15 and big.learning_rate == pytest.approx(4e-4)
     mine = build_config("fast", {"output_dir": "/tmp/x", "per_device_train_batch_size": 2}, quiet=True)
     assert mine.per_device_train_batch_size == 2  # the user's override wins over the sizing
@@ -106,7 +106,7 @@ def test_packed_rows_do_not_see_each_other_on_cpu():
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     excluded = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     rows = random_rows(row_lengths(6, seed=3, divisor=4), len(tokenizer), excluded, seed=3)
-    check = speed.packing_check(model, rows, tokenizer.pad_token_id, max_length=1024)
+    check = varlen.packing_check(model, rows, tokenizer.pad_token_id, max_length=1024)
     assert check["rows"] >= 3
     assert check["rel_error"] < 1e-4, check
     assert check["leak_gap"] > 100 * check["rel_error"], check  # rows that could see each other would show

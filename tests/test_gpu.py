@@ -47,7 +47,7 @@ def packed_model():
 
 
 def _rows(tokenizer, n=8):
-    from medr1.bench import random_rows, row_lengths
+    from medr1.speed.bench import random_rows, row_lengths
 
     excluded = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     return random_rows(row_lengths(n, seed=3, divisor=4), len(tokenizer), excluded, seed=3)
@@ -57,7 +57,7 @@ def _rows(tokenizer, n=8):
 def test_packed_loss_equals_separate_losses_on_gpu(packed_model, attention, monkeypatch):
     from unsloth.utils import attention_dispatch
 
-    from medr1.speed import packing_check
+    from medr1.speed.varlen import packing_check
 
     model, tokenizer, max_length = packed_model
     if attention == "per-example":  # Unsloth's fallback: one SDPA call per packed row
@@ -72,7 +72,7 @@ def test_packed_loss_equals_separate_losses_on_gpu(packed_model, attention, monk
 
 
 def test_varlen_adapter_self_check():
-    from medr1.speed import _varlen_error, enable_packed_varlen
+    from medr1.speed.varlen import _varlen_error, enable_packed_varlen
 
     status = enable_packed_varlen()
     assert status.startswith(("on", "not needed")), status

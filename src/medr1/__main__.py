@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--public", action="store_true", help="make a new hub repository public (default: private)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty export folder")
     p.set_defaults(func=cmd_export)
-    sub.add_parser("bench", add_help=False, help="training throughput: seed, tutorial, hf, fast (medr1.bench)")
+    sub.add_parser("bench", add_help=False, help="training throughput: seed, tutorial, hf, fast (medr1.speed.bench)")
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own options live in medr1.bench
-        from medr1.bench import main as bench_main
+    if argv[:1] == ["bench"]:  # its own options live in medr1.speed.bench
+        from medr1.speed.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from medr1.errors import ConfigError
-from medr1.speed import PACKED_ROWS, allocator_defaults, fast_schedule, fast_sizing
+from medr1.speed.sizing import PACKED_ROWS, allocator_defaults, fast_schedule, fast_sizing
 
 SMOKE_MODEL = "medr1/tiny-llama"  # built offline by medr1.tiny; never downloaded
 FIXTURE = "medr1:fixture"  # the bundled 40-row fixture, src/medr1/assets/medical_tiny.jsonl

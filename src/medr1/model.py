@@ -83,7 +83,7 @@ def load_model(config: Config):
             model_name=path, max_seq_length=config.max_seq_length, dtype=torch_dtype(config),
             load_in_4bit=config.load_in_4bit, token=hf_token())
         if config.packing and torch.cuda.is_available():  # one varlen flash call per layer (medr1.speed)
-            from medr1.speed import enable_packed_varlen
+            from medr1.speed.varlen import enable_packed_varlen
 
             print(f"medr1: packed attention through Unsloth's varlen path: {enable_packed_varlen()}")
     else:

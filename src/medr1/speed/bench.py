@@ -29,8 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medr1 import record, speed
+from medr1 import record
 from medr1.errors import MedR1Error
+from medr1.speed import sizing, varlen
 
 # The 8B shape (Llama 3.1 8B, as in DeepSeek-R1-Distill-Llama-8B's config.json).
 R1_8B_SHAPE: dict[str, Any] = dict(
@@ -50,7 +51,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 LENGTHS = dict(median=900, low=450, high=1500, sigma=0.3)  # tokens per training row in the real data
 CPU_DIVISOR = 10  # the tiny model on a CPU trains rows ten times shorter
 PACKING_CHECK_ROWS = 16  # candidates for the packed-vs-separate loss check (the shortest that fit one row)
-RECIPE_STEPS = speed.RECIPE_STEPS
+RECIPE_STEPS = sizing.RECIPE_STEPS
 
 
 def row_lengths(n: int, seed: int = 0, divisor: int = 1) -> list[int]:
@@ -220,7 +221,7 @@ def run_worker(name: str, model_path: str, rows_file: str, warmup: int, measure:
     rows = json.loads(Path(rows_file).read_text())
     check = None
     if config.packing:  # same weights (LoRA B starts at zero): packed loss vs the rows' separate losses
-        check = speed.packing_check(model, rows[:PACKING_CHECK_ROWS], tokenizer.pad_token_id, config.max_seq_length,
+        check = varlen.packing_check(model, rows[:PACKING_CHECK_ROWS], tokenizer.pad_token_id, config.max_seq_length,
                                     unsloth=config.backend == "unsloth" and torch.cuda.is_available())
     clock = _StepClock(warmup + measure if profile else -1)
     trainer = make_trainer(model, tokenizer, to_dataset(rows), config, os.path.join(out_dir, "checkpoints"),
@@ -406,7 +407,7 @@ def _run_one(label: str, name: str, extra: dict[str, Any], model_dir: Path, rows
             env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     elif {**CONFIGS[name][1], **extra}.get("backend") == "hf":
         env["MEDR1_BACKEND"] = "hf"  # keep Unsloth's patches out of the plain-transformers process
-    cmd = [sys.executable, "-m", "medr1.bench", "--worker", name, "--model-dir", str(model_dir),
+    cmd = [sys.executable, "-m", "medr1.speed.bench", "--worker", name, "--model-dir", str(model_dir),
            "--rows-file", str(rows_file), "--result", str(result_file), "--warmup", str(args.warmup),
            "--measure", str(args.measure), "--label", label, "--extra", json.dumps(extra)]
     cmd += ["--profile"] if args.profile else []

@@ -1,102 +1,12 @@
-"""How the `fast` preset is sized: the learning-problem rule and the micro-batch plan from free GPU memory.
+"""Packed rows kept apart: the varlen flash adapter for Unsloth on torch 2.11, and the check that packing leaks nothing.
 
-The learning problem stays the recipe's: the same rows, the same number of training tokens in all
-(60 steps x 4 rows, about 216k tokens), the same token-weighted loss. `fast` only changes how the
-work is cut: PACKED_ROWS packed sequences of max_seq_length per optimizer step (about SCALE times the
-recipe's tokens per step), so SCALE times fewer steps, with the learning rate scaled by sqrt(SCALE)
-(the usual rule for Adam when the batch grows) and the warm-up shortened to the same share of training.
-
-Memory decides only how those rows are split into micro-batches and whether activations are
-recomputed; the optimizer step is the same on every GPU.
+`medr1.model` calls `enable_packed_varlen` when a config packs; the training benchmark and the GPU tests call
+`packing_check` to compare a packed batch's loss with the rows' separate losses on the same weights.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Any
-
-RECIPE_STEPS, RECIPE_ROWS_PER_STEP, RECIPE_LR, RECIPE_WARMUP = 60, 4, 2e-4, 5  # the colab-t4 preset
-SCALE = 4  # tokens per optimizer step over the recipe's (8 x 2,048 packed ~ 15.6k vs ~3.9k tokens)
-PACKED_ROWS = 8  # packed sequences of max_seq_length per optimizer step (all processes together)
-
-# Peak GPU memory of an 8B 4-bit LoRA step on the H100, fitted to the figures in gpu/README.md:
-# a fixed part (weights, LoRA, optimizer state, CUDA context) plus a part per token in the micro-batch.
-BASE_GIB = 6.2
-GIB_PER_1K_TOKENS = {"false": 3.7, "unsloth": 0.25}  # no recomputation | Unsloth's offloaded checkpointing
-HEADROOM = 0.88  # use at most this share of the free memory (fragmentation, longer packs, logits)
-
-
-def fast_schedule(scale: int = SCALE) -> dict[str, Any]:
-    """Steps, learning rate and warm-up that keep the recipe's data budget at `scale` x tokens per step."""
-    return dict(max_steps=math.ceil(RECIPE_STEPS / scale), learning_rate=round(RECIPE_LR * math.sqrt(scale), 8),
-                warmup_steps=max(1, round(RECIPE_WARMUP / scale)))
-
-
-def estimate_gib(rows: int, seq_len: int, checkpointing: str) -> float:
-    return BASE_GIB + GIB_PER_1K_TOKENS[checkpointing] * rows * seq_len / 1000
-
-
-def plan_micro_batches(free_gib: float, seq_len: int = 2048, rows: int = PACKED_ROWS,
-                       processes: int = 1) -> dict[str, Any]:
-    """Largest micro-batch that fits `free_gib`; recomputation off unless that leaves one row or less.
-
-    Many tokens per micro-batch amortise the per-pass costs (dequantizing the 4-bit weights, kernel
-    launches); recomputation costs a third more arithmetic, so it is used only where the GPU is small.
-    """
-    per_process = max(1, rows // processes)
-    sizes = [m for m in (8, 4, 2, 1) if m <= per_process and per_process % m == 0]
-    budget = HEADROOM * free_gib
-    for checkpointing, smallest in (("false", 2), ("unsloth", 1)):
-        for m in sizes:
-            if m >= min(smallest, per_process) and estimate_gib(m, seq_len, checkpointing) <= budget:
-                return dict(per_device_train_batch_size=m, gradient_accumulation_steps=per_process // m,
-                            gradient_checkpointing=checkpointing)
-    return dict(per_device_train_batch_size=1, gradient_accumulation_steps=per_process,
-                gradient_checkpointing="unsloth")
-
-
-def allocator_defaults() -> None:
-    """Expandable segments for torch's CUDA allocator, unless the user chose: without them, 8 packed rows
-    per micro-batch on the H100 reserved 77.7 GiB for 64.5 GiB in use and ran slower than 4 rows.
-
-    Unsloth sets the same when it is imported, but medr1 may import torch (sizing `fast`) before it,
-    and torch reads the setting once. Not on Windows or WSL, where it is unsupported (as Unsloth does).
-    """
-    import platform
-
-    if os.name == "nt" or "microsoft" in platform.release().lower():
-        return
-    if not any(k in os.environ for k in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
-        os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"  # torch >= 2.10
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"  # older torch
-
-
-def free_gpu_gib() -> float | None:
-    """Free memory of this process's GPU in GiB; None without CUDA."""
-    allocator_defaults()
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available() or os.environ.get("UNSLOTH_FORCE_CPU") == "1":
-        return None
-    device = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
-    free, _ = torch.cuda.mem_get_info(device)
-    return free / 2**30
-
-
-def fast_sizing(seq_len: int = 2048) -> tuple[dict[str, Any], str]:
-    """The `fast` preset's memory-dependent knobs for this machine, and a line saying why."""
-    free = free_gpu_gib()
-    if free is None:
-        return {}, "no CUDA GPU: the preset's defaults"
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = plan_micro_batches(free, seq_len, processes=processes)
-    why = (f"{free:.0f} GiB free: {plan['per_device_train_batch_size']} packed rows x "
-           f"{plan['gradient_accumulation_steps']} accumulation x {processes} process(es), "
-           f"gradient_checkpointing={plan['gradient_checkpointing']}")
-    return plan, why
 
 
 def enable_packed_varlen() -> str:
