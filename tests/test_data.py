@@ -68,14 +68,15 @@ def test_num_examples_caps_training_rows(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from medr1.run import _load_tokenizer
+    from medr1.preflight import model_path
+    from medr1.tokenizer import load_tokenizer
 
-    return _load_tokenizer(build_config("smoke", quiet=True))
+    return load_tokenizer(model_path(build_config("smoke", quiet=True).model_name))
 
 
 def test_tokens_start_with_one_bos_and_end_with_one_eos(tokenizer):
-    ids, report = data.tokenize_rows(ROWS, tokenizer, build_config("smoke", quiet=True))
-    for row in ids:
+    encoded, report = data.tokenize_rows(ROWS, tokenizer, build_config("smoke", quiet=True))
+    for row in (e.ids for e in encoded):
         assert row[0] == tokenizer.bos_token_id and row.count(tokenizer.bos_token_id) == 1
         assert row[-1] == tokenizer.eos_token_id and row.count(tokenizer.eos_token_id) == 1
     assert report.kept == len(ROWS) and report.over_length == 0
@@ -83,16 +84,16 @@ def test_tokens_start_with_one_bos_and_end_with_one_eos(tokenizer):
 
 def over_length_setup(tokenizer, policy):
     long = dict(ROWS[0], Complex_CoT="very long reasoning " * 200)
-    lengths = [len(x) for x in data.tokenize_rows(ROWS, tokenizer, build_config("smoke", quiet=True))[0]]
+    lengths = [len(x.ids) for x in data.tokenize_rows(ROWS, tokenizer, build_config("smoke", quiet=True))[0]]
     cfg = build_config("smoke", {"max_seq_length": max(lengths) + 5, "over_length": policy}, quiet=True)
     return [*ROWS, long], cfg
 
 
 def test_over_length_rows_are_dropped_and_counted(tokenizer):
     rows, cfg = over_length_setup(tokenizer, "drop")
-    ids, report = data.tokenize_rows(rows, tokenizer, cfg)
+    encoded, report = data.tokenize_rows(rows, tokenizer, cfg)
     assert (report.rows, report.kept, report.over_length, report.dropped) == (7, 6, 1, 1)
-    assert report.over_length_rows == [6] and all(len(x) <= cfg.max_seq_length for x in ids)
+    assert report.over_length_rows == [6] and all(len(x.ids) <= cfg.max_seq_length for x in encoded)
 
 
 def test_over_length_error_names_the_row(tokenizer):
@@ -103,8 +104,9 @@ def test_over_length_error_names_the_row(tokenizer):
 
 def test_over_length_truncate_is_opt_in_and_counted(tokenizer):
     rows, cfg = over_length_setup(tokenizer, "truncate")
-    ids, report = data.tokenize_rows(rows, tokenizer, cfg)
-    assert report.truncated == 1 and len(ids) == 7 and len(ids[-1]) == cfg.max_seq_length
+    encoded, report = data.tokenize_rows(rows, tokenizer, cfg)
+    assert report.truncated == 1 and len(encoded) == 7 and len(encoded[-1].ids) == cfg.max_seq_length
+    assert len(encoded[-1].completion) == cfg.max_seq_length
 
 
 def test_every_row_over_length_is_an_error(tokenizer):

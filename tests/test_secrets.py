@@ -70,25 +70,39 @@ def test_notebook_run_writes_no_secret(tmp_path, monkeypatch):
 
 
 def fake_colab(monkeypatch, secrets: dict[str, str]) -> None:
-    userdata = types.SimpleNamespace(get=lambda name: secrets[name])
+    userdata = types.SimpleNamespace(get=lambda name: secrets[name], NotebookAccessError=KeyError,
+                                     SecretNotFoundError=KeyError)
     colab = types.ModuleType("google.colab")
     colab.userdata = userdata
+    errors = types.ModuleType("google.colab.errors")
+    errors.Error = RuntimeError
+    colab.errors = errors
+    monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
+    monkeypatch.setitem(sys.modules, "google.colab.errors", errors)
     google = types.ModuleType("google")
     google.colab = colab
     monkeypatch.setitem(sys.modules, "google", google)
     monkeypatch.setitem(sys.modules, "google.colab", colab)
 
 
-def test_secrets_come_from_the_environment_first_then_colab(monkeypatch):
-    from medr1.model import hf_token
+def test_secrets_come_from_the_environment_first_then_colab(monkeypatch, tmp_path):
+    """HF_TOKEN is found by huggingface_hub (medr1 passes no token anywhere); W&B's key by medr1.train."""
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import _auth
+
     from medr1.train import wandb_key
 
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # no stored login
+    monkeypatch.setattr(_auth.constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
     monkeypatch.setenv("HF_TOKEN", "from-env")
-    assert hf_token() == "from-env"
+    assert get_token() == "from-env"
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     fake_colab(monkeypatch, {"HF_TOKEN": HF_CANARY, "WANDB_API_KEY": WANDB_CANARY})
-    assert hf_token() == HF_CANARY
+    monkeypatch.setattr(_auth, "is_google_colab", lambda: True)
+    monkeypatch.setattr(_auth, "is_colab_enterprise", lambda: False)
+    monkeypatch.setattr(_auth, "_IS_GOOGLE_COLAB_CHECKED", False)
+    assert get_token() == HF_CANARY
     assert wandb_key() == WANDB_CANARY
     assert os.environ["WANDB_API_KEY"] == WANDB_CANARY  # handed to wandb through the environment only
 

@@ -46,12 +46,13 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     overrides["data_path"] = args.path
     config = build_config(args.preset, overrides, quiet=True)
     from medr1 import data
+    from medr1.preflight import model_path
     from medr1.prompts import format_row
-    from medr1.run import _load_tokenizer
+    from medr1.tokenizer import load_tokenizer
 
     rows = data.validate_rows(data.read_rows(data.resolve_path(args.path)), args.path)
     unique, dups = data.drop_duplicates(rows)
-    tokenizer = _load_tokenizer(config)
+    tokenizer = load_tokenizer(model_path(config.model_name), config.prompt_style)
     probe = dataclasses.replace(config, over_length="drop")  # count over-length rows whatever the policy
     _, report = data.tokenize_rows(unique, tokenizer, probe)
     print(f"{args.path}: {len(rows)} rows, {len(rows)} valid, {dups} duplicates")
@@ -63,6 +64,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
             return 2
         print(f"--- training text of row {args.show} ---")
         print(format_row(rows[args.show], tokenizer.eos_token, config.prompt_style))
+        print(data.token_view(rows[args.show], tokenizer, config))
     if config.over_length == "error" and report.over_length:
         return 1
     return 0
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-data", help="validate a data file and report token lengths")
     p.add_argument("path")
     _config_args(p)
-    p.add_argument("--show", type=int, default=None, metavar="N", help="print the training text of row N")
+    p.add_argument("--show", type=int, default=None, metavar="N", help="print row N's training text and its tokens: ids, pieces, loss mask, round trip, whether it fits")
     p.set_defaults(func=cmd_check_data)
     p = sub.add_parser("evaluate", help="base vs fine-tuned on held-out rows; multiple-choice accuracy")
     p.add_argument("run_dir", nargs="?", default="", metavar="RUN_DIR", help="output folder of a training run")

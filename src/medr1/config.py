@@ -33,6 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+    "loss_on": ("all", "completion"),
 @dataclass
 class Config:
     """One run's settings. Comments give the advice a user needs to change a knob."""
@@ -59,6 +60,7 @@ class Config:
     gradient_checkpointing: str = "unsloth"  # unsloth (offloaded) | true | false (fastest, most memory)
     # --- trainer ---
     per_device_train_batch_size: int = 1
+    loss_on: str = "all"  # all: every token, prompt included (the seed's) | completion: reasoning, answer, EOS only
     gradient_accumulation_steps: int = 4  # effective batch = per-device x accumulation x GPUs
     max_steps: int = 60  # optimizer steps; 0 = use num_train_epochs
     num_train_epochs: float = 1.0
@@ -204,7 +206,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The tiny offline model on the bundled fixture: runs anywhere, on a CPU, in seconds.
     "smoke": dict(
-        model_name=SMOKE_MODEL, data_path=FIXTURE, load_in_4bit=False, max_seq_length=1024,
+        model_name=SMOKE_MODEL, data_path=FIXTURE, load_in_4bit=False, max_seq_length=4096,  # the tiny model's limit
         num_examples=0, holdout_examples=4, per_device_train_batch_size=4, gradient_accumulation_steps=1,
         max_steps=40, learning_rate=1e-2, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
         precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=48,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,6 +187,7 @@ class LengthReport:
     truncated: int
     max_seq_length: int
     median_tokens: float
+    p95_tokens: int
     max_tokens: int
     total_tokens: int
     over_length_rows: list[int] = field(default_factory=list)
@@ -195,43 +197,104 @@ class LengthReport:
 
     def summary(self) -> str:
         return (f"{self.rows} rows, {self.kept} kept; tokens per row: median {self.median_tokens:.0f}, "
-                f"max {self.max_tokens}; over max_seq_length={self.max_seq_length}: {self.over_length} "
-                f"({self.dropped} dropped, {self.truncated} truncated)")
+                f"95th percentile {self.p95_tokens}, max {self.max_tokens}; over max_seq_length={self.max_seq_length}: "
+                f"{self.over_length} ({self.dropped} dropped, {self.truncated} truncated)")
+
+    def warning(self) -> str | None:
+        """A loud line when more than a quarter of the rows would not be trained on as they are."""
+        if self.rows and self.over_length > self.rows / 4:
+            share = self.over_length / self.rows
+            return (f"WARNING: {self.over_length} of {self.rows} rows ({share:.0%}) are longer than max_seq_length="
+                    f"{self.max_seq_length} tokens; max_seq_length={self.p95_tokens} would keep 95% of them")
+        return None
 
 
-def tokenize_rows(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list[list[int]], LengthReport]:
-    """Training texts -> token ids, applying `over_length` (drop | error | truncate).
+@dataclass
+class Encoded:
+    """A training text as token ids, with 1 for each token the completion owns (reasoning, answer, EOS)."""
+
+    ids: list[int]
+    completion: list[int]
+
+
+def encode_rows(rows: list[dict[str, str]], tokenizer, style: str) -> list[Encoded]:
+    """Training texts -> ids and completion masks. One rule for training and evaluation alike: a token belongs
+    to the completion when it starts at or after the end of the inference prompt (BOS and the prompt do not)."""
+    texts = [prompts.format_row(r, tokenizer.eos_token, style) for r in rows]
+    enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
+    out = []
+    for row, ids, offsets in zip(rows, enc["input_ids"], enc["offset_mapping"], strict=True):
+        prompt_chars = len(prompts.inference_prompt(row["Question"], style))
+        out.append(Encoded(ids, [int(start >= prompt_chars and end > start) for start, end in offsets]))
+    return out
+
+
+def tokenize_rows(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list[Encoded], LengthReport]:
+    """Training rows -> encoded texts, applying `over_length` (drop | error | truncate).
 
     Never cuts an answer off silently: dropping is counted and reported, truncation is opt-in.
     """
-    texts = [prompts.format_row(r, tokenizer.eos_token, config.prompt_style) for r in rows]
-    ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    lengths = [len(x) for x in ids]
+    encoded = encode_rows(rows, tokenizer, config.prompt_style)
+    lengths = [len(e.ids) for e in encoded]
     limit = config.max_seq_length
     over = [i for i, n in enumerate(lengths) if n > limit]
+    p95 = sorted(lengths)[max(0, math.ceil(0.95 * len(lengths)) - 1)] if lengths else 0
     if over and config.over_length == "error":
         raise DataError(f"{len(over)} rows are longer than max_seq_length={limit} tokens (first: row {over[0]}, "
-                        f"{lengths[over[0]]} tokens); raise max_seq_length or set over_length='drop'")
+                        f"{lengths[over[0]]} tokens); raise max_seq_length (95% of rows fit in {p95}) or set "
+                        "over_length='drop'")
     if over and len(over) == len(rows) and config.over_length == "drop":
         raise DataError(f"every row ({len(rows)}) is longer than max_seq_length={limit} tokens "
-                        f"(shortest: {min(lengths)}); raise max_seq_length")
-    kept: list[list[int]] = []
-    for i, x in enumerate(ids):
-        if lengths[i] <= limit:
-            kept.append(x)
+                        f"(shortest: {min(lengths)}); raise max_seq_length (95% of rows fit in {p95})")
+    kept: list[Encoded] = []
+    for e, n in zip(encoded, lengths, strict=True):
+        if n <= limit:
+            kept.append(e)
         elif config.over_length == "truncate":
-            kept.append(x[:limit])
+            kept.append(Encoded(e.ids[:limit], e.completion[:limit]))
     report = LengthReport(
         rows=len(rows), kept=len(kept), over_length=len(over),
         dropped=len(over) if config.over_length == "drop" else 0,
         truncated=len(over) if config.over_length == "truncate" else 0,
-        max_seq_length=limit, median_tokens=float(statistics.median(lengths)) if lengths else 0.0,
-        max_tokens=max(lengths, default=0), total_tokens=sum(len(x) for x in kept), over_length_rows=over)
+        max_seq_length=limit, median_tokens=float(statistics.median(lengths)) if lengths else 0.0, p95_tokens=p95,
+        max_tokens=max(lengths, default=0), total_tokens=sum(len(e.ids) for e in kept), over_length_rows=over)
     return kept, report
 
 
-def to_dataset(token_ids: list[list[int]]):
-    """A `datasets.Dataset` with `input_ids`, which SFTTrainer takes as already tokenized."""
+def to_dataset(encoded: list[Encoded] | list[list[int]], loss_on: str = "all"):
+    """A `datasets.Dataset` SFTTrainer takes as already tokenized (rows of ids count whole); with
+    `completion_mask` when only the completion counts in the loss (TRL turns it into labels of -100)."""
     from datasets import Dataset
 
-    return Dataset.from_dict({"input_ids": token_ids})
+    encoded = [e if isinstance(e, Encoded) else Encoded(list(e), [1] * len(e)) for e in encoded]
+    columns: dict[str, list] = {"input_ids": [e.ids for e in encoded]}
+    if loss_on == "completion":
+        columns["completion_mask"] = [e.completion for e in encoded]
+    return Dataset.from_dict(columns)
+
+
+def token_view(row: dict[str, str], tokenizer, config: Config) -> str:
+    """One row as the trainer sees it: each token's id and text, whether it counts in the loss, the round trip.
+
+    How template and tokenizer bugs are caught before training: a lost space or newline, a split `<think>`,
+    a missing EOS or a mask in the wrong place shows at a glance.
+    """
+    text = prompts.format_row(row, tokenizer.eos_token, config.prompt_style)
+    enc = encode_rows([row], tokenizer, config.prompt_style)[0]
+    counted = enc.completion if config.loss_on == "completion" else [1] * len(enc.ids)
+    counted = [0, *counted[1:]]  # the first token is never predicted
+    lines = [f"--- row at token level: {len(enc.ids)} tokens ({type(tokenizer).__name__}); loss_on="
+             f"{config.loss_on!r}: '+' counts in the loss, '.' does not ---"]
+    lines += [f"{i:6d} {tok:8d} {'+' if c else '.'} {tokenizer.decode([tok])!r}"
+              for i, (tok, c) in enumerate(zip(enc.ids, counted, strict=True))]
+    back = tokenizer.decode(enc.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    bos = tokenizer.bos_token or ""
+    same = back == text or (bos and back == bos + text)
+    lines.append(f"round trip: decode(ids) {'==' if same else '!='} the training text"
+                 f"{'' if same else ' (the tokenizer loses text: do not train on it)'}; "
+                 f"{sum(counted)} of {len(enc.ids)} tokens count in the loss")
+    fits = len(enc.ids) <= config.max_seq_length
+    lines.append(f"max_seq_length={config.max_seq_length}: " + (
+        "fits" if fits else f"over it: over_length={config.over_length!r} "
+        + {"drop": "drops this row", "error": "stops the run", "truncate": "cuts it"}[config.over_length]))
+    return "\n".join(lines)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medr1.model import for_inference, import_unsloth_first
+from medr1.model import import_unsloth_first
 
 import_unsloth_first()
 
@@ -69,19 +69,10 @@ def holdout_rows(run_dir: str | Path) -> list[dict[str, str]]:
 
 
 def load_base_and_adapter(config: Config, adapter: str | Path):
-    """(PeftModel, tokenizer): the run's base model loaded with the run's settings, the adapter on top.
+    """(PeftModel, tokenizer): the run's base model, loaded with the run's settings, the adapter on top."""
+    from medr1.model import load_adapter
 
-    The base is found through the run's config (not the path the adapter recorded), so a run folder
-    copied to another machine still evaluates.
-    """
-    from peft import PeftModel
-
-    from medr1.model import load_model
-
-    model, tokenizer = load_model(config)
-    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    for_inference(model, config.backend)
-    return model, tokenizer
+    return load_adapter(config, adapter)
 
 
 def adapter_off(model, variant: str):
@@ -183,10 +174,13 @@ def compliance(generations: list[dict[str, Any]]) -> dict[str, Any]:
 class Evaluation:
     """Base vs fine-tuned on one run's held-out rows; results go to eval.json and eval.png in the run folder."""
 
-    def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 8):
+    def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 8,
+                 mcq_file: str | Path = ""):
         self.run_dir = Path(run_dir).expanduser()
         self.config = run_config(self.run_dir)
         self.adapter = adapter_dir(self.run_dir)
+        if mcq_file:  # every question checked now (file, fields, answer_idx among the options), not after generating
+            mcq.load_questions(mcq_file)
         rows = holdout_rows(self.run_dir)
         self.rows = rows[:max_rows] if max_rows else rows
         self.max_new_tokens = max_new_tokens or self.config.max_new_tokens
@@ -352,14 +346,15 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
 def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_rows: int = 0, max_new_tokens: int = 0,
                  max_questions: int = 0, batch_size: int = 8) -> Evaluation:
     """All of it without pauses (what `medr1 evaluate RUN_DIR` does)."""
-    ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    mcq_file=mcq_file)
+    if not ev.rows and not mcq_file:
+        raise DataError(f"the run in {run_dir} has no held-out rows (holdout_examples=0) and no --mcq file was given: "
+                        "nothing to evaluate on")
     ev.load()
     if ev.rows:
         ev.held_out_loss()
         ev.generate()
-    elif not mcq_file:
-        raise DataError(f"the run in {run_dir} has no held-out rows (holdout_examples=0) and no --mcq file was given: "
-                        "nothing to evaluate on")
     if mcq_file:
         ev.mcq(mcq_file, max_questions)
     ev.save()

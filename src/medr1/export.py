@@ -14,6 +14,7 @@ import gc
 import os
 import shutil
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,17 @@ import_unsloth_first()
 import torch  # noqa: E402
 
 from medr1 import card  # noqa: E402
-from medr1.config import Config  # noqa: E402
+from medr1.config import Config, hint  # noqa: E402
 from medr1.errors import MedR1Error, OutputDirError  # noqa: E402
-from medr1.evaluate import adapter_dir, load_base_and_adapter, read_run, run_config  # noqa: E402
+from medr1.evaluate import adapter_dir, read_run, run_config  # noqa: E402
+from medr1.model import load_adapter, merge_16bit  # noqa: E402
 from medr1.record import atomic_dir  # noqa: E402
 
 GGUF_METHODS = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "q4_0", "bf16", "f16")
 GGUF_BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
                         "bf16": 2.0, "f16": 2.0}
 SLACK_BYTES = 64 * 2**20  # headroom on top of the estimate: config files, tokenizer, the filesystem's own blocks
+PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # what -> folder under export_dir
 
 
 class ExportError(MedR1Error, RuntimeError):
@@ -50,8 +53,8 @@ def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
         raise OutputDirError(f"export destination {str(dest)!r} is a file, not a folder")
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
         held = sorted(p.name for p in dest.iterdir())[:5]
-        raise OutputDirError(f"export destination {str(dest)!r} is not empty (holds {held}); pass overwrite=True "
-                             "(--overwrite) to replace it, or choose another folder")
+        raise OutputDirError(f"export destination {str(dest)!r} is not empty (holds {held}); pass {hint('overwrite')} "
+                             "to replace it, or choose another folder")
     return dest
 
 
@@ -76,9 +79,9 @@ def count_parameters(config: Config) -> int:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from medr1.model import hf_token, resolve_model_path
+    from medr1.model import resolve_model_path
 
-    model_config = AutoConfig.from_pretrained(resolve_model_path(config.model_name), token=hf_token())
+    model_config = AutoConfig.from_pretrained(resolve_model_path(config.model_name))
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(model_config)
     return sum(p.numel() for p in model.parameters())
@@ -146,6 +149,43 @@ def gguf_blockers() -> list[str]:
     return missing
 
 
+def gguf_methods(methods: str | list[str]) -> list[str]:
+    """`"q8_0,q4_k_m"` -> ["q8_0", "q4_k_m"], each checked against what Unsloth and llama.cpp make."""
+    wanted = [m.strip().lower() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+    unknown = [m for m in wanted if m not in GGUF_METHODS]
+    if unknown:
+        raise ExportError(f"unknown GGUF quantization {unknown}; choose from {list(GGUF_METHODS)}")
+    return wanted
+
+
+def hub_token() -> str:
+    """The hub token (HF_TOKEN, a stored login or Colab's secret, through huggingface_hub); never printed."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise ExportError("pushing to the hub needs a write token: set HF_TOKEN in the environment, or on Colab add "
+                          "a secret named HF_TOKEN (key icon in the left bar) and allow this notebook to read it")
+    return token
+
+
+@dataclass
+class Plan:
+    """What an export will write, every part checked before anything is: see `Export.plan`."""
+
+    folders: dict[str, Path] = field(default_factory=dict)  # what -> destination, in the order they are made
+    gguf: list[str] = field(default_factory=list)  # quantizations to make ([] when none, or not possible here)
+    push_repo: str = ""
+    push_what: str = "adapter"
+    need_bytes: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{what} -> {dest}" for what, dest in self.folders.items()]
+        if self.push_repo:
+            parts.append(f"push the {self.push_what} to {self.push_repo}")
+        return "; ".join(parts) or "nothing to do"
+
+
 def gguf_message(missing: list[str]) -> str:
     from_unsloth = "llama.cpp (llama-quantize and convert_hf_to_gguf.py)"
     return (f"GGUF export is not possible here: it needs {from_unsloth}, which is not installed, and "
@@ -172,6 +212,49 @@ class Export:
         self._model = self._tokenizer = None
         print(f"medr1: exporting the run in {self.run_dir} ({self.config.model_name}) to {self.export_dir}")
 
+    # -- the plan -------------------------------------------------------------------------------
+    def plan(self, *, adapter: bool = True, verify: bool = False, merged: bool = False, gguf: str | list[str] = "",
+             push_repo: str = "", push_what: str = "adapter", strict: bool = True) -> Plan:
+        """Check every input of an export before anything is written or loaded (seconds): the GGUF methods and
+        llama.cpp, the destinations, the free disk space for all of it, the repository name and the hub token.
+
+        Where llama.cpp cannot be had, `strict` raises; otherwise one line says so and GGUF is left out of the
+        plan (a notebook goes on). The CLI and notebook 03 both call this first.
+        """
+        out = Plan(gguf=gguf_methods(gguf), push_repo=push_repo, push_what=push_what)
+        if out.gguf and (missing := gguf_blockers()):
+            if strict:
+                raise ExportError(gguf_message(missing))
+            print(f"medr1: {gguf_message(missing)}")
+            out.gguf = []
+        wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
+        out.folders = {what: check_destination(self.export_dir / PUSHABLE[what], self.overwrite)
+                       for what, on in wanted.items() if on}
+        if verify and not adapter and not _filled(self.export_dir / "adapter"):
+            raise ExportError(f"nothing to verify: {self.export_dir / 'adapter'} does not exist; export the adapter")
+        if push_repo:
+            if push_what not in PUSHABLE:
+                raise ExportError(f"push what={push_what!r}: choose one of {list(PUSHABLE)}")
+            if push_what not in out.folders and not _filled(self.export_dir / PUSHABLE[push_what]):
+                raise ExportError(f"nothing to push: {self.export_dir / PUSHABLE[push_what]} does not exist and this "
+                                  f"export does not make the {push_what}")
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(push_repo)
+            except HFValidationError as err:
+                raise ExportError(f"push repository {push_repo!r} is not a valid hub name (you/name): {err}") from None
+            hub_token()
+        if adapter:
+            out.need_bytes += sum(p.stat().st_size for p in self.adapter_src.iterdir() if p.is_file()) + SLACK_BYTES
+        if merged or out.gguf:
+            n = count_parameters(self.config)
+            out.need_bytes += (merged_bytes(n) if merged else 0) + (gguf_bytes(n, out.gguf) if out.gguf else 0)
+        if out.folders:
+            check_disk(self.export_dir, out.need_bytes, " and ".join(out.folders))
+        print(f"medr1: export plan checked: {out.summary()}")
+        return out
+
     # -- adapter --------------------------------------------------------------------------------
     def adapter(self, dest: str | Path = "") -> Path:
         """The LoRA adapter and tokenizer, with a model card; copied into a temporary folder, then renamed."""
@@ -194,7 +277,7 @@ class Export:
         prompt = _prompt(question, self.config.prompt_style)
         logits = {}
         for how in (("unsloth", "peft") if UNSLOTH else ("peft",)):
-            model, tokenizer = reload_adapter(path, how, self.config)
+            model, tokenizer = load_adapter(self.config, path, via=how)
             ids = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
             with torch.inference_mode():
                 logits[how] = model(**ids).logits[0].float().cpu()
@@ -225,7 +308,7 @@ class Export:
             if hasattr(model, "save_pretrained_merged") and UNSLOTH and self.config.backend == "unsloth":
                 model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
             else:
-                _merge_with_peft(model, self.config).save_pretrained(str(tmp))
+                merge_16bit(model, self.config).save_pretrained(str(tmp))
                 tokenizer.save_pretrained(str(tmp))
             self._write_card(tmp, "merged")
         self.paths["merged"] = dest
@@ -237,13 +320,10 @@ class Export:
              strict: bool = False) -> list[Path] | None:
         """GGUF files through Unsloth and llama.cpp. Where llama.cpp cannot be had, one line says what is
         missing: an ExportError when `strict`, else a printed message and None (a notebook goes on)."""
-        wanted = [m.strip().lower() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+        wanted = gguf_methods(methods)
         if not wanted:
             print("medr1: GGUF skipped (no quantization methods asked for)")
             return None
-        unknown = [m for m in wanted if m not in GGUF_METHODS]
-        if unknown:
-            raise ExportError(f"unknown GGUF quantization {unknown}; choose from {list(GGUF_METHODS)}")
         dest = check_destination(dest or self.export_dir / "gguf", self.overwrite)
         missing = gguf_blockers()
         if missing:
@@ -279,10 +359,10 @@ class Export:
         if not repo_id:
             print("medr1: not pushed to the hub (no repository name given)")
             return None
-        if what not in card.KINDS:
-            raise ExportError(f"push what={what!r}: choose one of {list(card.KINDS)}")
-        folder = self.paths.get(what) or self.export_dir / {"merged": "merged-16bit"}.get(what, what)
-        if not Path(folder).is_dir() or not any(Path(folder).iterdir()):
+        if what not in PUSHABLE:
+            raise ExportError(f"push what={what!r}: choose one of {list(PUSHABLE)}")
+        folder = self.paths.get(what) or self.export_dir / PUSHABLE[what]
+        if not _filled(Path(folder)):
             raise ExportError(f"nothing to push: {folder} does not exist yet; export the {what} first")
         self._write_card(Path(folder), what, repo_id=repo_id)
         return push_folder(folder, repo_id, private=private)
@@ -292,15 +372,13 @@ class Export:
         """Base + adapter, loaded once for the merged and GGUF exports."""
         if self._model is None:
             if UNSLOTH and self.config.backend == "unsloth":
-                self._model, self._tokenizer = reload_adapter(self.adapter_src, "unsloth", self.config)
+                self._model, self._tokenizer = load_adapter(self.config, self.adapter_src, via="unsloth")
             else:
-                self._model, self._tokenizer = load_base_and_adapter(self.config, self.adapter_src)
+                self._model, self._tokenizer = load_adapter(self.config, self.adapter_src)
         return self._model, self._tokenizer
 
     def _write_card(self, folder: Path, kind: str, files: list[str] | None = None, repo_id: str = "") -> None:
-        text = card.model_card(self.record, kind=kind, evaluation=self.evaluation, repo_id=repo_id,
-                               files=files or [p.name for p in folder.iterdir()])
-        (folder / "README.md").write_text(text, encoding="utf-8")
+        card.write_card(folder, self.record, kind, evaluation=self.evaluation, repo_id=repo_id, files=files)
 
     def _question(self) -> str:
         from medr1.evaluate import holdout_rows
@@ -312,53 +390,14 @@ class Export:
         return rows[0]["Question"] if rows else "What is the first-line treatment of anaphylaxis?"
 
 
+def _filled(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
 def _prompt(question: str, style: str) -> str:
     from medr1.prompts import inference_prompt
 
     return inference_prompt(question, style)
-
-
-def reload_adapter(path: str | Path, how: str, config: Config):
-    """(model, tokenizer) from an adapter folder: `how` = "unsloth" (FastLanguageModel) or "peft"
-    (AutoPeftModelForCausalLM). The base model is the one the adapter's config names."""
-    from medr1.model import bnb_config, ensure_pad_token, hf_token, torch_dtype
-
-    path = str(path)
-    if how == "unsloth":
-        if not UNSLOTH:
-            raise ExportError("reloading with Unsloth needs unsloth installed")
-        from unsloth import FastLanguageModel
-
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=path, max_seq_length=config.max_seq_length, dtype=torch_dtype(config),
-            load_in_4bit=config.load_in_4bit, token=hf_token())
-        FastLanguageModel.for_inference(model)
-    elif how == "peft":
-        from peft import AutoPeftModelForCausalLM
-        from transformers import AutoTokenizer
-
-        # the run's own weights: 4-bit where it trained in 4-bit, else the comparison is with another model
-        kwargs: dict[str, Any] = {"dtype": torch_dtype(config), "token": hf_token(),
-                                  "quantization_config": bnb_config(config)}
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": 0}
-        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, token=hf_token())
-        model.eval()
-    else:
-        raise ValueError(f"how must be 'unsloth' or 'peft', got {how!r}")
-    ensure_pad_token(model, tokenizer)
-    return model, tokenizer
-
-
-def _merge_with_peft(model, config: Config):
-    """Plain peft merge (backend 'hf', or no Unsloth) into 16-bit weights; a 4-bit base needs Unsloth's merge."""
-    if config.load_in_4bit:
-        raise ExportError("merging into a 4-bit base needs Unsloth (it merges into the 16-bit weights); "
-                          "install unsloth and use backend='unsloth'")
-    merged = model.merge_and_unload()
-    dtype = torch.bfloat16 if (not torch.cuda.is_available() or torch.cuda.is_bf16_supported()) else torch.float16
-    return merged.to(dtype)
 
 
 def _collect_gguf(folder: Path) -> list[Path]:
@@ -386,12 +425,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token
 
     Errors from the hub are re-raised as one line with the token masked out.
     """
-    from medr1.model import hf_token
-
-    token = token or hf_token()
-    if not token:
-        raise ExportError("pushing to the hub needs a write token: set HF_TOKEN in the environment, or on Colab add "
-                          "a secret named HF_TOKEN (key icon in the left bar) and allow this notebook to read it")
+    token = token or hub_token()  # HF_TOKEN, else the login's token, else Colab's secret
     from huggingface_hub import HfApi
 
     try:

@@ -1,8 +1,9 @@
-"""Load model + tokenizer and add LoRA, through Unsloth (default) or plain transformers + peft + bitsandbytes.
+"""Loading, in one place: the base model (Unsloth or transformers + peft + bitsandbytes), base + adapter, LoRA.
 
-Unsloth must be imported before trl, transformers and peft (it patches them; on a CPU, trl's
-SFTTrainer even fails without it), so the heavy modules of medr1 call `import_unsloth_first()`
-before anything else.
+Every path takes its tokenizer from `medr1.tokenizer.load_tokenizer`, so the ids trained on and the ids
+generated from come from one faithful loader. Unsloth must be imported before trl, transformers and peft (it
+patches them; on a CPU, trl's SFTTrainer even fails without it): the heavy modules of medr1 import this one
+first. Tokens (HF_TOKEN, Colab's secret) are found by huggingface_hub itself, never passed around.
 """
 
 from __future__ import annotations
@@ -10,86 +11,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medr1.config import SMOKE_MODEL, Config
+import torch
+
+from medr1.config import Config
 from medr1.errors import ModelError
-
-
-def import_unsloth_first() -> bool:
-    """Import unsloth if it is installed and not switched off (`MEDR1_BACKEND=hf`); True if imported."""
-    if os.environ.get("MEDR1_BACKEND") == "hf":
-        return False
-    try:
-        import unsloth  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
+from medr1.preflight import model_path as resolve_model_path
+from medr1.stack import import_unsloth_first
+from medr1.tokenizer import load_tokenizer
 
 UNSLOTH = import_unsloth_first()
 
-import torch  # noqa: E402
 
-
-def resolve_model_path(name: str) -> str:
-    """The tiny smoke model's cached folder, a local folder, or a hub id as given."""
-    if name == SMOKE_MODEL:
-        from medr1.tiny import tiny_model_path
-
-        return str(tiny_model_path())
-    local = Path(name).expanduser()
-    if local.exists():
-        if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
-            raise ModelError(f"model_name: {local} is a folder without config.json or adapter_config.json")
-        return str(local)
-    return name
-
-
-def torch_dtype(config: Config) -> torch.dtype | None:
-    """The compute dtype: bf16 where the GPU supports it, else fp16 (a T4); fp32 on a CPU."""
-    if config.precision == "bf16":
-        return torch.bfloat16
-    if config.precision == "fp16":
-        return torch.float16
-    if config.precision == "fp32":
-        return torch.float32
+def torch_dtype(precision: str = "auto") -> torch.dtype:
+    """The one precision rule: bf16 where the GPU supports it, else fp16 (a T4); fp32 on a CPU."""
+    fixed = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if precision in fixed:
+        return fixed[precision]
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def hf_token() -> str | None:
-    """HF_TOKEN from the environment, else Colab's secrets; never a parameter, never printed."""
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        return token
-    try:
-        from google.colab import userdata  # type: ignore[import-not-found]
-
-        return userdata.get("HF_TOKEN")
-    except Exception:  # noqa: BLE001 - not on Colab, or the secret is not granted
-        return None
-
-
-def load_model(config: Config):
-    """(model, tokenizer) for `config`; pad token made distinct from EOS."""
-    path = resolve_model_path(config.model_name)
-    if config.backend == "unsloth":
-        if not UNSLOTH:
-            raise ModelError("backend='unsloth' but unsloth is not installed (or MEDR1_BACKEND=hf); "
-                             "install it or set backend='hf'")
-        from unsloth import FastLanguageModel
-
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=path, max_seq_length=config.max_seq_length, dtype=torch_dtype(config),
-            load_in_4bit=config.load_in_4bit, token=hf_token())
-        if config.packing and torch.cuda.is_available():  # one varlen flash call per layer (medr1.speed)
-            from medr1.speed.varlen import enable_packed_varlen
-
-            print(f"medr1: packed attention through Unsloth's varlen path: {enable_packed_varlen()}")
-    else:
-        model, tokenizer = _load_hf(path, config)
-    ensure_pad_token(model, tokenizer)
-    return model, tokenizer
 
 
 def bnb_config(config: Config):
@@ -99,37 +39,95 @@ def bnb_config(config: Config):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch_dtype(config))
+                              bnb_4bit_compute_dtype=torch_dtype(config.precision))
 
 
-def _load_hf(path: str, config: Config):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _device_map() -> dict | None:
+    # one whole model per process, on this process's GPU (LOCAL_RANK under accelerate launch / torchrun)
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None
 
-    dtype = torch_dtype(config)
-    quant = bnb_config(config)
-    tokenizer = AutoTokenizer.from_pretrained(path, token=hf_token())
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, quantization_config=quant, token=hf_token(),
-        # one whole model per process, on this process's GPU (LOCAL_RANK under accelerate launch / torchrun)
-        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None)
+
+def _need_unsloth(config: Config) -> None:
+    if not UNSLOTH:
+        raise ModelError("backend='unsloth' but unsloth is not installed (or MEDR1_BACKEND=hf); "
+                         "install it or set backend='hf'")
+
+
+def load_model(config: Config, tokenizer=None):
+    """(model, tokenizer) for `config`. Pass the tokenizer a run already tokenized its rows with, to keep it."""
+    path = resolve_model_path(config.model_name)
+    tokenizer = tokenizer or load_tokenizer(path, config.prompt_style)
+    if config.backend == "unsloth":
+        _need_unsloth(config)
+        from unsloth import FastLanguageModel
+
+        # Unsloth's own tokenizer is dropped: medr1's is the one the rows were tokenized with.
+        model, _ = FastLanguageModel.from_pretrained(
+            model_name=path, max_seq_length=config.max_seq_length, dtype=torch_dtype(config.precision),
+            load_in_4bit=config.load_in_4bit)
+        if config.packing and torch.cuda.is_available():  # one varlen flash call per layer (medr1.speed)
+            from medr1.speed.varlen import enable_packed_varlen
+
+            print(f"medr1: packed attention through Unsloth's varlen path: {enable_packed_varlen()}")
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(config.precision),
+                                                     quantization_config=bnb_config(config), device_map=_device_map())
+    match_tokenizer(model, tokenizer)
     return model, tokenizer
 
 
-def ensure_pad_token(model, tokenizer) -> None:
-    """A pad token equal to EOS makes the collator mask EOS out of the labels: the model never learns to stop."""
-    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return
-    vocab = tokenizer.get_vocab()
-    for candidate in ("<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|reserved_special_token_0|>"):
-        if candidate in vocab:
-            tokenizer.pad_token = candidate
-            break
-    else:
-        tokenizer.add_special_tokens({"pad_token": "<｜▁pad▁｜>"})
+def match_tokenizer(model, tokenizer) -> None:
+    """Grow the embeddings for a pad token the tokenizer had to add; tell the model which ids pad and stop."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def load_adapter(config: Config, adapter: str | Path, via: str = "medr1"):
+    """(PeftModel, tokenizer): a saved adapter on its base, ready for inference, with the adapter's tokenizer.
+
+    `via`: "medr1" loads the base from the run's config (a run folder copied to another machine still works),
+    "unsloth" lets `FastLanguageModel` read the adapter folder, "peft" uses `AutoPeftModelForCausalLM` (the
+    base the adapter names), as a user without medr1 would. The last two exist to prove the adapter reloads.
+    """
+    tokenizer = load_tokenizer(str(adapter), config.prompt_style)
+    if via == "medr1":
+        from peft import PeftModel
+
+        model, tokenizer = load_model(config, tokenizer)
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    elif via == "unsloth":
+        _need_unsloth(config)
+        from unsloth import FastLanguageModel
+
+        model, _ = FastLanguageModel.from_pretrained(
+            model_name=str(adapter), max_seq_length=config.max_seq_length, dtype=torch_dtype(config.precision),
+            load_in_4bit=config.load_in_4bit)
+    elif via == "peft":
+        from peft import AutoPeftModelForCausalLM
+
+        # the run's own weights: 4-bit where it trained in 4-bit, else the comparison is with another model
+        model = AutoPeftModelForCausalLM.from_pretrained(str(adapter), dtype=torch_dtype(config.precision),
+                                                         quantization_config=bnb_config(config),
+                                                         device_map=_device_map())
+    else:
+        raise ValueError(f"via must be 'medr1', 'unsloth' or 'peft', got {via!r}")
+    match_tokenizer(model, tokenizer)
+    for_inference(model, "unsloth" if via == "unsloth" else config.backend)
+    return model, tokenizer
+
+
+def merge_16bit(model, config: Config):
+    """Plain peft merge into 16-bit weights (backend 'hf', or no Unsloth); a 4-bit base needs Unsloth's merge."""
+    if config.load_in_4bit:
+        raise ModelError("merging into a 4-bit base needs Unsloth (it merges into the 16-bit weights); "
+                         "install unsloth and use backend='unsloth'")
+    return model.merge_and_unload().to(torch_dtype("auto") if torch.cuda.is_available() else torch.bfloat16)
 
 
 def add_lora(model, config: Config):

@@ -25,6 +25,20 @@ def check(config: Config) -> dict[str, Any]:
     return model_config
 
 
+def model_path(name: str) -> str:
+    """Where `name` loads from: a model medr1 builds itself (its cached folder), a local folder, or a hub id."""
+    if name == SMOKE_MODEL:
+        from medr1.tiny import tiny_model_path
+
+        return str(tiny_model_path())
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
+            raise ModelError(f"model_name: {local} is a folder without config.json or adapter_config.json")
+        return str(local)
+    return name
+
+
 def check_model(config: Config) -> dict[str, Any]:
     """The model's config.json from a local folder or the hub cache; an error that says which was looked at."""
     return _model_config(config.model_name, "model_name")
@@ -32,9 +46,7 @@ def check_model(config: Config) -> dict[str, Any]:
 
 def _model_config(name: str, knob: str, depth: int = 0) -> dict[str, Any]:
     if name == SMOKE_MODEL:
-        from medr1.tiny import tiny_model_path
-
-        return _read_json(tiny_model_path() / "config.json")
+        return _read_json(Path(model_path(name)) / "config.json")
     local = Path(name).expanduser()
     if local.is_dir():
         if (local / "config.json").exists():
@@ -112,9 +124,9 @@ def bnb_4bit_problem(backend: str) -> str | None:
     Unsloth's own verdict counts first: where it finds bitsandbytes unusable it loads 16-bit
     weights without a word, an 8B model then needs about four times the memory.
     """
-    from medr1.model import UNSLOTH  # unsloth before anything it patches
+    from medr1.stack import import_unsloth_first  # unsloth before anything it patches
 
-    if backend == "unsloth" and UNSLOTH:
+    if backend == "unsloth" and import_unsloth_first():
         from unsloth import device_type
 
         if getattr(device_type, "ALLOW_BITSANDBYTES", True) is False:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import data, distributed, preflight, record
-from medr1.config import Config
-from medr1.errors import ModelError, OutputDirError
+from medr1.config import Config, hint
+from medr1.errors import OutputDirError
+from medr1.tokenizer import load_tokenizer
 
 IGNORED_IN_OUTPUT = (".ipynb",)  # papermill may write the executed notebook into the run's folder
 
@@ -31,16 +32,16 @@ def check_output_dir(config: Config) -> Path:
         return out
     if config.resume:
         if not (out / "checkpoints").exists() and not (out / "run.json").exists():
-            raise OutputDirError(f"resume=True but {out} holds no medr1 run (found {sorted(held)[:5]})")
+            raise OutputDirError(f"{hint('resume')} but {out} holds no medr1 run (found {sorted(held)[:5]})")
         changed = _changed_settings(out, config)
         if changed:
-            raise OutputDirError(f"resume=True but the run in {out} was made with other settings "
-                                 f"({'; '.join(changed)}); resume with the same settings, or use overwrite=True "
+            raise OutputDirError(f"{hint('resume')} but the run in {out} was made with other settings "
+                                 f"({'; '.join(changed)}); resume with the same settings, or use {hint('overwrite')} "
                                  "or another output_dir")
         return out
     what = "another run (run.json)" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
-    raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass overwrite=True to replace it, "
-                         f"resume=True to continue it, or choose another output_dir")
+    raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass {hint('overwrite')} to replace it, "
+                         f"{hint('resume')} to continue it, or choose another output_dir")
 
 
 # Knobs a resumed run may change: they do not alter what is trained (the rest must match the checkpoint's run).
@@ -69,8 +70,8 @@ class Run:
         distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         self.split = data.load_split(config)
         preflight.check(config)  # model name, max_seq_length and 4-bit, from config.json alone
-        self.tokenizer = _load_tokenizer(config)
-        self.train_ids, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, config)
+        self.tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)  # probe-checked
+        self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, config)
         self.model = None
         self.trainer = None
         self.history = None
@@ -84,6 +85,8 @@ class Run:
         print(f"medr1: data from {self.split.source}: {len(self.split.train)} training rows, "
               f"{len(self.split.holdout)} held out")
         print(f"medr1: {self.lengths.summary()}")
+        if self.lengths.warning():
+            print(f"medr1: {self.lengths.warning()}")
 
     # -- the notebook's steps ---------------------------------------------------------------------
     @property
@@ -100,7 +103,7 @@ class Run:
         from medr1.model import load_model
 
         t0 = time.perf_counter()
-        self.model, self.tokenizer = load_model(self.config)
+        self.model, self.tokenizer = load_model(self.config, self.tokenizer)  # the tokenizer the rows were made with
         self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
         self.record["loaded_in_4bit"] = preflight.warn_if_not_4bit(self.model, self.config)
 
@@ -148,7 +151,7 @@ class Run:
         checkpoints = self.out / "checkpoints"
         resume_from = _newest_checkpoint(checkpoints) if cfg.resume else None
         if cfg.resume and resume_from is None:
-            print(f"medr1: resume=True but no checkpoint in {checkpoints}; starting from step 0")
+            print(f"medr1: {hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
         elif not cfg.resume and cfg.overwrite and distributed.is_main():
             for stale in (checkpoints, self.out / "adapter"):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -165,7 +168,7 @@ class Run:
         self._write_record()
         _write_jsonl(self.out / "holdout.jsonl", self.split.holdout)
         self.history = LossHistory()
-        self.trainer = make_trainer(self.model, self.tokenizer, data.to_dataset(self.train_ids), cfg,
+        self.trainer = make_trainer(self.model, self.tokenizer, data.to_dataset(self.encoded, cfg.loss_on), cfg,
                                     str(checkpoints), callbacks=[self.history, *(callbacks or [])],
                                     report_to=reporting(cfg))
         for_training(self.model, cfg.backend)
@@ -208,7 +211,7 @@ class Run:
             "checkpoint": newest.name if newest else None}, losses=self.history.records if self.history else [])
         self._write_record()
         if newest:
-            print(f"medr1: training stopped at step {step}; {newest.name} is kept: run again with resume=True "
+            print(f"medr1: training stopped at step {step}; {newest.name} is kept: run again with {hint('resume')} "
                   f"and output_dir={str(self.out)!r} to continue from it")
         else:
             print(f"medr1: training stopped at step {step} before the first checkpoint (save_steps="
@@ -253,21 +256,6 @@ class Run:
     def _write_record(self) -> None:
         if distributed.is_main():
             record.write_json_atomic(self.out / "run.json", self.record)
-
-
-def _load_tokenizer(config: Config):
-    """The model's tokenizer alone (seconds), so data problems show before the model loads."""
-    from medr1.model import hf_token, import_unsloth_first, resolve_model_path
-
-    import_unsloth_first()
-    from transformers import AutoTokenizer
-
-    path = resolve_model_path(config.model_name)
-    try:
-        return AutoTokenizer.from_pretrained(path, token=hf_token())
-    except OSError as err:
-        raise ModelError(f"model_name={config.model_name!r} is neither a local folder nor reachable on the hub: "
-                         f"{str(err).splitlines()[0]}") from err
 
 
 def _newest_checkpoint(folder: Path) -> Path | None:

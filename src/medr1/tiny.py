@@ -1,37 +1,49 @@
-"""An offline stand-in for DeepSeek-R1-Distill-Llama-8B: a tiny random Llama and a locally trained tokenizer.
+"""An offline stand-in for DeepSeek-R1-Distill-Llama-8B that fails the way the real one can.
 
-It has the R1 tokenizer's special tokens and a Llama architecture, so every code path (formatting,
-tokenizing, LoRA, SFTTrainer, generation, saving) runs on a CPU in seconds with no download.
-Built once and cached on disk (`MEDR1_CACHE`, default `~/.cache/medr1`).
+A tiny random Llama, and a tokenizer whose files are declared like the real model's: a Llama-3-style
+byte-level BPE tokenizer.json (trained locally on the fixture), a tokenizer_config.json naming
+`LlamaTokenizerFast` with `add_bos_token`, and R1's special tokens (BOS `<｜begin▁of▁sentence｜>`, EOS
+`<｜end▁of▁sentence｜>`, `<｜User｜>`, `<｜Assistant｜>`, `<think>`, `</think>`, `<|finetune_right_pad_id|>`).
+So `AutoTokenizer` mis-reads it exactly as it mis-reads the real one (spaces and newlines dropped), and
+every code path is proven on files shaped like the real ones. Two pad variants, as uploaded: Unsloth's
+(`<|finetune_right_pad_id|>`) and DeepSeek's (pad = EOS).
+
+Built once and cached on disk (`MEDR1_CACHE`, default `~/.cache/medr1`); `hub_cache()` also serves it under
+a hub id from an offline `HF_HOME`, the way users load the real model.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from medr1 import prompts
+from medr1.record import atomic_dir
 
-BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
-SPECIAL_TOKENS = [BOS, EOS, PAD, prompts.R1_USER, prompts.R1_ASSISTANT]
-ADDED_TOKENS = [prompts.THINK_OPEN, prompts.THINK_CLOSE]  # normal tokens: decoding keeps them, as in R1
-TINY_VERSION = 2  # bump when the recipe below changes, so stale caches are rebuilt
+BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+PAD = "<|finetune_right_pad_id|>"
+# R1's added tokens; in the real vocabulary BOS/EOS/pad are special, the chat and reasoning markers are not.
+SPECIAL = [BOS, EOS, PAD]
+MARKERS = [prompts.R1_USER, prompts.R1_ASSISTANT, prompts.THINK_OPEN, prompts.THINK_CLOSE]
+# Llama-3's pre-tokenizer split: contractions, words, 1-3 digit numbers, punctuation runs, newlines, spaces.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+TINY_VERSION = 3  # bump when the recipe below changes, so stale caches are rebuilt
 TINY_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=4096)
+PAD_VARIANTS = ("unsloth", "deepseek")
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("MEDR1_CACHE", Path.home() / ".cache" / "medr1"))
 
 
-def tiny_model_path(root: Path | None = None) -> Path:
+def tiny_model_path(root: Path | None = None, pad: str = "unsloth") -> Path:
     """The folder of the tiny model, building it first if it is not cached."""
-    path = (root or cache_dir()) / f"tiny-llama-v{TINY_VERSION}"
+    path = (root or cache_dir()) / f"tiny-llama-v{TINY_VERSION}-{pad}"
     if not (path / "config.json").exists():
-        build_tiny(path)
+        build_tiny(path, pad=pad)
     return path
 
 
@@ -39,60 +51,87 @@ def _corpus() -> list[str]:
     from medr1.data import read_rows
 
     rows = read_rows(Path(__file__).parent / "assets" / "medical_tiny.jsonl")
-    texts = []
-    for row in rows:
-        for style in prompts.STYLES:
-            texts.append(prompts.format_row(row, EOS, style))
-    return texts
+    return [prompts.format_row(row, EOS, style) for row in rows for style in prompts.STYLES]
 
 
-def build_tokenizer(vocab_size: int = 1024):
-    """A byte-level BPE tokenizer trained on the fixture, with Llama's BOS-prefix behaviour."""
+def tokenizer_json(vocab_size: int = 1024):
+    """A `tokenizers.Tokenizer` with Llama-3's pipeline: regex split, byte-level BPE, BOS added by a template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.add_tokens(MARKERS)
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
+                                      special_tokens=[(BOS, tok.token_to_id(BOS))])])
+    return tok
+
+
+def tokenizer_config(tok, pad: str = "unsloth") -> dict:
+    """tokenizer_config.json as the real uploads write it (the class name is what trips transformers 5)."""
+    if pad not in PAD_VARIANTS:
+        raise ValueError(f"pad must be one of {PAD_VARIANTS}, got {pad!r}")
+
+    def added(content: str, special: bool) -> dict:
+        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                "special": special}
+
+    return {
+        "add_bos_token": True, "add_eos_token": False,
+        "added_tokens_decoder": {str(tok.token_to_id(t)): added(t, t in SPECIAL) for t in SPECIAL + MARKERS},
+        "bos_token": BOS, "eos_token": EOS, "pad_token": PAD if pad == "unsloth" else EOS, "unk_token": None,
+        "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 16384,
+        "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizerFast", "use_default_system_prompt": False,
+    }
+
+
+def build_tiny(path: Path, seed: int = 0, pad: str = "unsloth") -> Path:
+    """Write the tokenizer files and a random-initialised Llama to `path` atomically."""
     from medr1.model import import_unsloth_first  # before transformers: Unsloth patches it on import
 
     import_unsloth_first()
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   model_max_length=TINY_SHAPE["max_position_embeddings"])
-    fast.add_tokens(ADDED_TOKENS)
-    fast.add_special_tokens({"additional_special_tokens": [prompts.R1_USER, prompts.R1_ASSISTANT]})
-    return fast
-
-
-def build_tiny(path: Path, seed: int = 0) -> Path:
-    """Write tokenizer + random-initialised Llama to `path` atomically (temporary folder, then rename)."""
-    tokenizer = build_tokenizer()  # imports unsloth first
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    tok = tokenizer_json()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5, rope_theta=500000.0,
-        tie_word_embeddings=False, torch_dtype="float32", initializer_range=0.1, **TINY_SHAPE)
+        vocab_size=tok.get_vocab_size(), bos_token_id=tok.token_to_id(BOS), eos_token_id=tok.token_to_id(EOS),
+        pad_token_id=tok.token_to_id(PAD if pad == "unsloth" else EOS), rms_norm_eps=1e-5, rope_theta=500000.0,
+        tie_word_embeddings=False, dtype="float32", initializer_range=0.1, **TINY_SHAPE)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "medr1_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
-        if path.exists():  # another process won the race; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        tok.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok, pad), indent=2,
+                                                              ensure_ascii=False), encoding="utf-8")
+        (tmp / "medr1_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "pad": pad}))
     return path
+
+
+def hub_cache(hf_home: Path, repo_id: str = "unsloth/DeepSeek-R1-Distill-Llama-8B", pad: str = "unsloth",
+              revision: str = "0" * 40) -> Path:
+    """Serve the tiny model under `repo_id` from an offline hub cache in `hf_home` (HF_HOME), as a download would.
+
+    With HF_HOME=hf_home and HF_HUB_OFFLINE=1, `from_pretrained(repo_id)` finds it and records the id as
+    `_name_or_path`, so the code path is the real model's, id included.
+    """
+    import shutil
+
+    src = tiny_model_path(pad=pad)
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.is_file() and item.name != "medr1_tiny.json":
+            shutil.copy2(item, snapshot / item.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot

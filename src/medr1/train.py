@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from medr1.model import import_unsloth_first
+from medr1.model import import_unsloth_first, torch_dtype
 
 import_unsloth_first()
 
@@ -24,16 +24,9 @@ def effective_batch(config: Config, processes: int | None = None) -> int:
 
 
 def precision_flags(config: Config) -> dict[str, bool]:
-    """bf16 where the GPU supports it, fp16 on older GPUs (a T4), neither on a CPU or when fp32 is asked."""
-    cuda = torch.cuda.is_available()
-    if config.precision == "fp32" or (config.precision == "auto" and not cuda):
-        return {"bf16": False, "fp16": False}
-    if config.precision == "bf16":
-        return {"bf16": True, "fp16": False}
-    if config.precision == "fp16":
-        return {"bf16": False, "fp16": True}
-    bf16 = torch.cuda.is_bf16_supported()
-    return {"bf16": bf16, "fp16": not bf16}
+    """The trainer's mixed-precision switches, from the one precision rule (medr1.model.torch_dtype)."""
+    dtype = torch_dtype(config.precision)
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
 def wandb_key() -> str | None:
@@ -88,6 +81,7 @@ def sft_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none") -> 
         data_seed=config.seed,
         max_length=config.max_seq_length,
         packing=config.packing,
+        completion_only_loss=config.loss_on == "completion",  # labels -100 where completion_mask is 0
         logging_steps=config.logging_steps,
         logging_first_step=True,
         save_strategy="steps" if save else "no",

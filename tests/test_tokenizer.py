@@ -1,0 +1,205 @@
+"""The tokenizer trap (transformers 5 reads R1's byte-level tokenizer as a space-dropping LlamaTokenizer), on a
+stand-in whose files are declared like the real model's, loaded the ways users load the real one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import medr1.model  # noqa: F401 - unsloth before transformers, as in the library
+from medr1 import build_config, data, prompts
+from medr1.errors import ModelError
+from medr1.tiny import BOS, EOS, PAD, tiny_model_path
+
+TEXT = "Hello world\n<think>\nok"
+HUB_ID = "unsloth/DeepSeek-R1-Distill-Llama-8B"
+
+
+def truth(folder: Path, text: str) -> list[int]:
+    """The correct ids: the tokenizers library on the folder's own tokenizer.json (the issue's reference)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids
+
+
+@pytest.fixture(scope="module", params=["unsloth", "deepseek"])
+def stand_in(request) -> Path:
+    return tiny_model_path(pad=request.param)
+
+
+def test_the_stand_in_is_declared_like_the_real_model_and_fails_like_it(stand_in):
+    from transformers import AutoTokenizer
+
+    cfg = json.loads((stand_in / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert cfg["tokenizer_class"] == "LlamaTokenizerFast" and cfg["add_bos_token"] is True
+    assert (cfg["bos_token"], cfg["eos_token"]) == (BOS, EOS)
+    assert cfg["pad_token"] in (PAD, EOS) and cfg["model_max_length"] == 16384
+    named = {v["content"] for v in cfg["added_tokens_decoder"].values()}
+    assert {BOS, EOS, PAD, "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"} <= named
+    pre = json.loads((stand_in / "tokenizer.json").read_text(encoding="utf-8"))["pre_tokenizer"]
+    assert [p["type"] for p in pre["pretokenizers"]] == ["Split", "ByteLevel"]
+    broken = AutoTokenizer.from_pretrained(stand_in)  # what a plain transformers 5.17 user gets
+    assert type(broken).__name__ == "LlamaTokenizer"
+    assert broken(TEXT)["input_ids"] != truth(stand_in, TEXT)
+    assert "Hello world" not in broken.decode(broken(TEXT)["input_ids"])
+
+
+def test_load_tokenizer_reads_the_real_ids_and_a_distinct_pad(stand_in):
+    from medr1.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(stand_in))
+    assert tok(TEXT)["input_ids"] == truth(stand_in, TEXT)
+    assert tok.decode(tok(TEXT)["input_ids"], skip_special_tokens=True) == TEXT
+    assert tok.pad_token == PAD and tok.pad_token_id != tok.eos_token_id  # also for DeepSeek's pad = EOS upload
+    assert len(tok("<think>", add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_the_probe_refuses_a_space_dropping_tokenizer_before_any_weights(stand_in):
+    from transformers import AutoTokenizer
+
+    from medr1.tokenizer import check_tokenizer
+
+    with pytest.raises(ModelError, match=r"the tokenizer of my/model \(LlamaTokenizer\) does not round-trip text: "
+                                         r"at character 5 expected ' world"):
+        check_tokenizer(AutoTokenizer.from_pretrained(stand_in), "my/model")
+
+
+def test_training_rows_are_tokenized_faithfully(stand_in):
+    from medr1.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(stand_in))
+    row = {"Question": "A 58-year-old man, BP 90/60,\tHR 40.", "Complex_CoT": "Inferior STEMI.\nβ-blocker: no.",
+           "Response": "RCA; 37.5 °C."}
+    enc = data.encode_rows([row], tok, "seed")[0]
+    text = prompts.format_row(row, EOS, "seed")
+    assert enc.ids == truth(stand_in, text)
+    assert tok.decode(enc.ids) == BOS + text
+
+
+def test_what_medr1_saves_reloads_with_plain_autotokenizer_and_serves_the_trained_prompt(smoke_run):
+    from transformers import AutoTokenizer
+
+    from medr1.tokenizer import generation_text
+
+    folders = [smoke_run.out / "adapter", *sorted((smoke_run.out / "checkpoints").glob("checkpoint-*"))]
+    assert len(folders) >= 2
+    question = "What is the first-line treatment of anaphylaxis?"
+    for folder in folders:
+        plain = AutoTokenizer.from_pretrained(folder)
+        assert plain(TEXT)["input_ids"] == smoke_run.tokenizer(TEXT)["input_ids"], folder
+        rendered = plain.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                             tokenize=False)
+        assert rendered == BOS + prompts.inference_prompt(question, "seed") == generation_text(
+            smoke_run.tokenizer, question, "seed")
+        # as a server tokenizes a rendered template: no second BOS, the ids medr1 generates from
+        assert plain(rendered, add_special_tokens=False)["input_ids"] == smoke_run.tokenizer(
+            prompts.inference_prompt(question, "seed"))["input_ids"]
+
+
+@pytest.mark.parametrize("style", prompts.STYLES)
+def test_the_chat_template_renders_each_prompt_style_and_a_training_example(stand_in, style):
+    from medr1.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(stand_in), style)
+    q, cot = "Why?", "Because."
+    assert tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                   tokenize=False) == BOS + prompts.inference_prompt(q, style)
+    example = tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": cot}],
+                                      tokenize=False)
+    assert example == BOS + prompts.inference_prompt(q, style) + cot + EOS
+
+
+def test_a_run_from_the_hub_id_in_an_offline_cache_trains_and_generates_on_the_real_ids(tmp_path):
+    """The default model name, through HF_HOME as a download would leave it: rows tokenized before load()
+    are the ids of tokenizer.json, and the model is loaded and answers with the very same tokenizer object."""
+    from medr1.tiny import hub_cache
+
+    snapshot = hub_cache(tmp_path / "hf", HUB_ID)
+    script = f"""
+import json
+from medr1 import build_config, prompts
+from medr1.run import Run
+from tokenizers import Tokenizer
+cfg = build_config("smoke", {{"model_name": "{HUB_ID}", "output_dir": "{tmp_path / 'run'}", "max_steps": 2}},
+                   quiet=True)
+run = Run(cfg)
+truth = Tokenizer.from_file("{snapshot / 'tokenizer.json'}")
+text = prompts.format_row(run.split.train[0], run.tokenizer.eos_token, "seed")
+before = run.tokenizer
+run.load()
+gen = run.answer(run.holdout[0]["Question"], max_new_tokens=4)
+print(json.dumps({{"same": run.encoded[0].ids == truth.encode(text).ids, "kept": run.tokenizer is before,
+                  "name": run.model.config._name_or_path, "cls": type(run.tokenizer).__name__}}))
+"""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"same": True, "kept": True, "name": HUB_ID, "cls": "TokenizersBackend"}
+
+
+def test_check_data_shows_a_row_at_token_level_with_the_loss_mask(tmp_path, capsys):
+    from medr1.__main__ import main
+
+    assert main(["check-data", str(data.FIXTURE_PATH), "--preset", "smoke", "--show", "0",
+                 "--set", "loss_on=completion"]) == 0
+    out = capsys.readouterr().out
+    assert "row at token level" in out and "loss_on='completion'" in out
+    assert "round trip: decode(ids) == the training text" in out
+    assert "'<｜end▁of▁sentence｜>'" in out and "max_seq_length=4096: fits" in out
+    marks = [line.split()[2] for line in out.splitlines() if line[:6].strip().isdigit() and len(line.split()) >= 4]
+    assert marks[0] == "." and marks[-1] == "+" and "." in marks[1:] and "+" in marks  # prompt masked, EOS counted
+
+
+def test_a_loud_warning_when_a_quarter_of_the_rows_do_not_fit(stand_in):
+    from medr1.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(stand_in))
+    rows = data.read_rows(data.FIXTURE_PATH)[:8]
+    lengths = sorted(len(e.ids) for e in data.encode_rows(rows, tok, "seed"))
+    cfg = build_config("smoke", {"max_seq_length": lengths[4] - 1}, quiet=True)
+    _, report = data.tokenize_rows(rows, tok, cfg)
+    assert report.dropped == 4
+    assert report.warning() == (f"WARNING: 4 of 8 rows (50%) are longer than max_seq_length={lengths[4] - 1} tokens; "
+                                f"max_seq_length={lengths[-1]} would keep 95% of them")
+
+
+@pytest.mark.parametrize("loss_on", ["completion", "all"])
+def test_masked_positions_do_not_move_the_gradient(loss_on, tmp_path):
+    """Through SFTTrainer's own data path: with loss_on=completion the gradient equals that of the completion
+    tokens' loss alone; with loss_on=all (the seed's) it does not."""
+    import torch
+
+    from medr1.model import add_lora, load_model
+    from medr1.train import make_trainer
+
+    cfg = build_config("smoke", {"loss_on": loss_on, "output_dir": str(tmp_path), "per_device_train_batch_size": 2},
+                       quiet=True)
+    model, tok = load_model(cfg)
+    model = add_lora(model, cfg)
+    encoded = data.encode_rows(data.read_rows(data.FIXTURE_PATH)[:2], tok, "seed")
+    trainer = make_trainer(model, tok, data.to_dataset(encoded, loss_on), cfg, str(tmp_path / "ck"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in params])
+
+    model.train()
+    trained = grads(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss)
+    logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    keep = torch.zeros_like(targets, dtype=torch.bool)
+    for i, row in enumerate(batch["input_ids"].tolist()):  # the loader shuffles: match each row to its encoding
+        e = next(e for e in encoded if row[: len(e.ids)] == e.ids)
+        keep[i, : len(e.ids) - 1] = torch.tensor(e.completion[1:], dtype=torch.bool)
+    completion_only = grads(torch.nn.functional.cross_entropy(logits[keep], targets[keep]))
+    same = torch.allclose(trained, completion_only, atol=1e-6, rtol=1e-4)
+    assert same == (loss_on == "completion")
+    assert int((batch["labels"] != -100).sum()) == (int(keep.sum()) if loss_on == "completion"
+                                                    else sum(len(e.ids) for e in encoded))
