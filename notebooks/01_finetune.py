@@ -27,11 +27,13 @@
 # ```bash
 # make run                                                      # PRESET=auto
 # papermill notebooks/01_finetune.ipynb out.ipynb -p preset colab-t4 -p max_steps 60
+# papermill --help-notebook notebooks/01_finetune.ipynb         # every parameter, with its type
 # ```
 #
-# Steps: install -> parameters -> check data -> load the model -> the prompt -> answer a held-out
-# question -> add LoRA -> train -> loss curve -> answer it again -> save the adapter.
-# All logic lives in the `medr1` library; each cell is a call or two.
+# The recipe, step by step: load the 4-bit model and its tokenizer, write the prompt, ask a held-out
+# question, add LoRA adapters, build the trainer, train, ask again, save. Each step is one `medr1` call
+# that returns the plain Unsloth / TRL object (inspect it, change it); `medr1` adds the checks, the
+# guards and the run record (`run.json`) around it.
 
 # %% tags=["skip-execution"]
 # Install (Colab only; headless runs install from requirements.txt). Colab's own torch is kept.
@@ -43,78 +45,124 @@ if "google.colab" in sys.modules:
 
 # %% [markdown]
 # ## Parameters
-# `None` keeps the preset's value. Secrets (HF_TOKEN, WANDB_API_KEY) are never parameters: set them
-# in the environment or in Colab's secrets (the key icon). Without a W&B key, logs stay local.
+# `preset` picks the defaults; every other knob left at `None` keeps the preset's value. A name that
+# is not a knob stops the run (with a "did you mean"). Secrets (HF_TOKEN, WANDB_API_KEY) are never
+# parameters: set them in the environment or in Colab's secrets (the key icon).
 
 # %% tags=["parameters"]
 from typing import Optional
 
-preset: str = "auto"  # auto | colab-t4 | fast | smoke (auto: smoke without a GPU, else by GPU memory)
-model_name: Optional[str] = None  # hub id or local folder (colab-t4: unsloth/DeepSeek-R1-Distill-Llama-8B)
-data_path: Optional[str] = None  # local .json/.jsonl/.csv/.parquet instead of the hub dataset
-num_examples: Optional[int] = None  # training rows (colab-t4: 500)
-max_steps: Optional[int] = None  # optimizer steps (colab-t4: 60)
-learning_rate: Optional[float] = None  # colab-t4: 2e-4
-lora_r: Optional[int] = None  # LoRA rank (colab-t4: 16)
-max_seq_length: Optional[int] = None  # longer rows are dropped and counted (colab-t4: 2048)
-prompt_style: Optional[str] = None  # seed (### sections) | r1 (<think> ... </think>)
-save_steps: Optional[int] = None  # checkpoint every N steps (for resume)
-output_dir: Optional[str] = None  # None: a new folder outputs/<preset>-<time>; never overwrites a run
-resume: bool = False  # continue the run in output_dir (on Colab: a Drive folder) from its newest checkpoint
-overwrite: bool = False  # replace the run in output_dir
-report_to: Optional[str] = None  # auto (W&B when a key is set) | wandb | none
+preset: str = "auto"  # auto | colab-t4 | fast | cpu | smoke (auto: by the GPU, cpu or smoke without one)
+# model
+model_name: Optional[str] = None  # hub id or local folder
+backend: Optional[str] = None  # unsloth (fast kernels) | hf (transformers + peft + bitsandbytes)
+max_seq_length: Optional[int] = None  # longer rows are handled by over_length
+load_in_4bit: Optional[bool] = None  # 4-bit weights: an 8B model in about 6 GB of GPU memory
+# data
+dataset_name: Optional[str] = None  # hub dataset: Question, Complex_CoT, Response
+dataset_config: Optional[str] = None  # en | zh | ... (the dataset configs)
+dataset_split: Optional[str] = None  # the split rows are taken from (training and held-out rows alike)
+data_path: Optional[str] = None  # local .json/.jsonl/.csv/.parquet with the same fields; overrides the hub
+num_examples: Optional[int] = None  # training rows (0 for all); the hub loads the first num_examples rows
+holdout_examples: Optional[int] = None  # rows kept out of training for the before/after and evaluation
+over_length: Optional[str] = None  # rows longer than max_seq_length: drop (counted) | error | truncate
+prompt_style: Optional[str] = None  # seed (### Query / Chain of Thought / Answer) | r1 (<think> ... </think>)
+loss_on: Optional[str] = None  # all: every token, prompt too (the seed recipe) | completion: reasoning, answer, EOS
+# LoRA
+lora_r: Optional[int] = None  # higher rank: more capacity, more memory
+lora_alpha: Optional[int] = None  # scale alpha / r
+lora_dropout: Optional[float] = None  # 0 lets Unsloth use its fast path
+lora_targets: Optional[str] = None  # comma-separated projections that get adapters; fewer: less memory, less capacity
+gradient_checkpointing: Optional[str] = None  # unsloth (offloaded) | true | false (fastest, most memory)
+# trainer
+per_device_train_batch_size: Optional[int] = None  # rows per forward pass; raise it while GPU memory allows
+gradient_accumulation_steps: Optional[int] = None  # effective batch: per-device x accumulation x GPUs
+max_steps: Optional[int] = None  # optimizer steps; 0 trains num_train_epochs instead
+num_train_epochs: Optional[float] = None  # passes over the data, used only when max_steps is 0
+learning_rate: Optional[float] = None  # LoRA usually wants 1e-4 to 3e-4; scale by sqrt(k) for a k-times larger batch
+warmup_steps: Optional[int] = None  # steps of linearly rising learning rate at the start
+optim: Optional[str] = None  # adamw_8bit keeps optimizer state small; adamw_torch on a CPU
+weight_decay: Optional[float] = None  # mild regularisation of the LoRA weights
+lr_scheduler_type: Optional[str] = None  # how the learning rate falls after warm-up: linear | cosine | constant ...
+seed: Optional[int] = None  # seeds data order, LoRA init and training
+precision: Optional[str] = None  # auto: bf16 where the GPU supports it, else fp16; fp32 on a CPU
+packing: Optional[bool] = None  # pack several rows into one sequence (many tokens per step)
+logging_steps: Optional[int] = None  # log the loss every N steps
+save_steps: Optional[int] = None  # checkpoint every N steps, for resume (0: only the final adapter)
+save_total_limit: Optional[int] = None  # checkpoints kept (the newest ones)
+# outputs
+output_dir: Optional[str] = None  # adapter, run.json, loss.png, checkpoints; None: a new outputs/PRESET-TIME
+overwrite: Optional[bool] = None  # allow writing into a folder that holds another run
+resume: Optional[bool] = None  # continue from the newest checkpoint in output_dir
+report_to: Optional[str] = None  # auto: W&B when WANDB_API_KEY is set, else none | wandb | none
+wandb_project: Optional[str] = None  # W&B project the run is logged to (when W&B is on)
+# generation
 max_new_tokens: Optional[int] = None  # generation budget for the test answers
 
 # %% [markdown]
-# ## Check the data and the parameters
-# Seconds, before anything heavy loads: a wrong parameter, a bad row or an output folder holding
-# another run stops here with a one-line message.
+# ## Check the parameters and the data
+# Seconds, before anything heavy loads: a wrong parameter, a bad row, a tokenizer that loses text or
+# an output folder holding another run stops here with a one-line message.
 
 # %%
-from medr1 import build_config
+from medr1.config import notebook_config
 from medr1.infer import show
 from medr1.preflight import short_errors
 from medr1.run import Run
 
 short_errors()  # a medr1 error shows as its one line, not a traceback
-config = build_config(preset, dict(
-    model_name=model_name, data_path=data_path, num_examples=num_examples, max_steps=max_steps,
-    learning_rate=learning_rate, lora_r=lora_r, max_seq_length=max_seq_length, prompt_style=prompt_style,
-    save_steps=save_steps, output_dir=output_dir, resume=resume, overwrite=overwrite, report_to=report_to,
-    max_new_tokens=max_new_tokens))
+config = notebook_config(globals())
 run = Run(config)
 
 # %% [markdown]
-# ## Load the model (4-bit through Unsloth on a GPU)
+# ## Load the model and the tokenizer
+# Unsloth's `FastLanguageModel` in 4-bit on a GPU; the tokenizer is the one the training rows were
+# tokenized with (read from the model's tokenizer.json and checked by a round trip).
 
 # %%
-run.load()
+model, tokenizer = run.load()
+print(type(model).__name__, type(tokenizer).__name__, f"EOS {tokenizer.eos_token!r}, pad {tokenizer.pad_token!r}")
 
 # %% [markdown]
 # ## The prompt: one training text exactly as the model sees it (ending with EOS)
 
 # %%
-print(run.example_text(0))
+print(run.example_text())
 
 # %% [markdown]
 # ## Before training: a held-out question (never trained on), greedy decoding
+# Then the held-out figures: the loss of the reference answers, and the share of greedy answers in
+# the trained format that stop at EOS.
 
 # %%
 case = run.holdout[0]
 before = run.answer(case["Question"], stream=True, label="before")
 show(before, reference=case["Response"])
+run.measure("before")
 
 # %% [markdown]
 # ## Add LoRA adapters
 
 # %%
-run.add_lora()
+model = run.add_lora()
+model.print_trainable_parameters()
+
+# %% [markdown]
+# ## The trainer: TRL's `SFTTrainer`, every argument from the config
+
+# %%
+trainer = run.trainer()
+print({k: getattr(trainer.args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                             "max_steps", "learning_rate", "max_length", "bf16", "fp16")})
 
 # %% [markdown]
 # ## Train
+# `run.recording()` writes the run record around training: timings, tokens/s, peak memory and the
+# losses, or, if training stops (the stop button, a disconnect), where to resume from.
 
 # %%
-stats = run.train()
+with run.recording():
+    trainer.train(resume_from_checkpoint=run.resume_from)
 
 # %%
 from IPython.display import Image
@@ -122,17 +170,19 @@ from IPython.display import Image
 Image(filename=str(run.plot_loss()))
 
 # %% [markdown]
-# ## After training: the same question
+# ## After training: the same question, and the held-out figures again
 
 # %%
 after = run.answer(case["Question"], stream=True, label="after")
 show(after, reference=case["Response"])
+run.measure("after")
 
 # %% [markdown]
 # ## Save the adapter (and the run record)
-# `output_dir/adapter` reloads with Unsloth or `peft`; `output_dir/run.json` holds the config,
-# versions, timings, tokens/s, peak memory and losses. Evaluate it with `02_evaluate`, ship it with
-# `03_export`.
+# `output_dir/adapter` reloads with Unsloth or `peft`, with the tokenizer and a chat template that
+# renders the trained prompt; `output_dir/run.json` holds the config, versions, timings, tokens/s,
+# peak memory, losses, the before/after answers and held-out figures. Evaluate it with
+# `02_evaluate`, ship it with `03_export`.
 
 # %%
 run.save()

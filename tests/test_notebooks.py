@@ -56,10 +56,16 @@ def test_finetune_notebook_runs_headless_with_parameters(tmp_path):
     executed = tmp_path / "01_finetune.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOKS / "01_finetune.ipynb"), str(executed), cwd=str(NOTEBOOKS), kernel_name="python3",
-        parameters={"preset": "smoke", "max_steps": 6, "output_dir": str(out), "max_new_tokens": 8},
+        parameters={"preset": "smoke", "max_steps": 6, "output_dir": str(out), "max_new_tokens": 8,
+                    "lora_alpha": 8, "holdout_examples": 3, "loss_on": "completion"},
         progress_bar=False)
     rec = json.loads((out / "run.json").read_text())
     assert rec["status"] == "complete" and rec["config"]["max_steps"] == 6 and len(rec["losses"]) == 6
+    assert (rec["config"]["lora_alpha"], rec["config"]["holdout_examples"], rec["config"]["loss_on"]) == (
+        8, 3, "completion")  # knobs the notebook did not pass before
+    for label in ("before", "after"):
+        figures = rec["holdout_eval"][label]
+        assert figures["rows"] == 3 and 0 <= figures["stopped_at_eos"] <= 1 and figures["answer_loss"] > 0
     assert rec["answers"]["before"]["new_tokens"] <= 8 and "after" in rec["answers"]
     assert rec["answers"]["before"]["question"] == rec["answers"]["after"]["question"]
     assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "loss.png").exists()
@@ -76,3 +82,27 @@ def test_wrong_parameter_type_fails_with_the_knob_named(tmp_path):
             kernel_name="python3", parameters={"preset": "smoke", "max_steps": "ten",
                                                "output_dir": str(tmp_path / "run")}, progress_bar=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_mistyped_parameter_stops_the_notebook_naming_it(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError,
+                       match=r"unknown parameter\(s\) \['lora_rank'\] \('lora_rank': did you mean 'lora_r'\?\)"):
+        papermill.execute_notebook(
+            str(NOTEBOOKS / "01_finetune.ipynb"), str(tmp_path / "bad.ipynb"), cwd=str(NOTEBOOKS),
+            kernel_name="python3", parameters={"preset": "smoke", "lora_rank": 8,
+                                               "output_dir": str(tmp_path / "run")}, progress_bar=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_finetune_parameters_cell_lists_every_training_knob():
+    from medr1.config import knob_sections
+
+    nb = nbformat.read(NOTEBOOKS / "01_finetune.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    listed = {n.target.id: ast.unparse(n.annotation) for n in ast.parse(cell.source).body
+              if isinstance(n, ast.AnnAssign)}
+    wanted = [k for section, names in knob_sections().items() if section != "reinforcement" for k in names]
+    assert set(listed) == {"preset", *wanted}
+    assert all(t.startswith("Optional[") for k, t in listed.items() if k != "preset")

@@ -14,6 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from medr1 import build_config, record
+from medr1.data import FIXTURE_PATH
 from medr1.errors import OutputDirError
 from medr1.run import Run, check_output_dir
 from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
@@ -63,7 +64,7 @@ def runs(tmp_path_factory):
     partial = cut_dir / "checkpoints" / "checkpoint-6"
     partial.mkdir()
     (partial / "adapter_model.safetensors").write_bytes(b"\0" * 64)
-    record.write_json_atomic(cut_dir / "run.json", {**after_cut, "status": "training"})
+    record.atomic_write_json(cut_dir / "run.json", {**after_cut, "status": "training"})
 
     # A fresh process, as after a Colab restart: the CLI with --resume and the same settings.
     sets = [arg for k, v in {**SETTINGS, "output_dir": cut_dir}.items() for arg in ("--set", f"{k}={v}")]
@@ -84,6 +85,8 @@ def test_interruption_is_recorded_with_the_checkpoint_to_resume_from(runs):
 def test_resumed_run_ends_like_an_uninterrupted_one(runs):
     assert runs.proc.returncode == 0, runs.proc.stderr[-3000:]
     assert "checkpoint-6 is incomplete" in runs.proc.stdout  # the cut-off save is skipped, not loaded
+    assert "medr1: resuming from checkpoint-4: step 4 of 8 done" in runs.proc.stdout  # it says it resumes
+    assert "medr1: 4 steps (5-8, resumed from checkpoint-4) in" in runs.proc.stdout  # and counts what it ran
     rec = record.read_record(runs.cut_dir)
     full = record.read_record(runs.full.out)
     assert rec["status"] == "complete" and rec["train"]["resumed_from"] == "checkpoint-4"
@@ -91,7 +94,11 @@ def test_resumed_run_ends_like_an_uninterrupted_one(runs):
     assert [r["step"] for r in rec["losses"]] == [r["step"] for r in full["losses"]] == list(range(1, 9))
     for mine, theirs in zip(rec["losses"], full["losses"], strict=True):
         assert mine["loss"] == pytest.approx(theirs["loss"], abs=TOLERANCE), f"step {mine['step']}"
-    assert rec["train"]["final_loss"] == pytest.approx(full["train"]["final_loss"], abs=TOLERANCE)
+    assert rec["train"]["mean_loss"] == pytest.approx(full["train"]["mean_loss"], abs=TOLERANCE)
+    assert rec["train"]["steps_run"] == 4 and full["train"]["steps_run"] == 8
+    losses = [r["loss"] for r in full["losses"]]
+    assert full["train"]["last_loss"] == losses[-1] != full["train"]["mean_loss"]
+    assert full["train"]["mean_loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-4)
     resumed, uninterrupted = lora_weights(runs.cut_dir), lora_weights(runs.full.out)
     assert resumed.keys() == uninterrupted.keys() and len(resumed) > 0
     diff = max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed)
@@ -166,7 +173,7 @@ def test_adapter_write_is_atomic(runs, monkeypatch):
 
 def test_run_record_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "run.json"
-    record.write_json_atomic(path, {"status": "complete"})
+    record.atomic_write_json(path, {"status": "complete"})
 
     def crash(data, fh, **kwargs):
         fh.write('{"status": "tra')
@@ -174,7 +181,7 @@ def test_run_record_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(record.json, "dump", crash)
     with pytest.raises(OSError, match="disk full"):
-        record.write_json_atomic(path, {"status": "training"})
+        record.atomic_write_json(path, {"status": "training"})
     assert json.loads(path.read_text()) == {"status": "complete"}
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
@@ -200,3 +207,35 @@ def test_atomic_dir_puts_the_old_folder_back_if_the_swap_fails(tmp_path, monkeyp
     monkeypatch.undo()
     assert (target / "weights").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_resume_of_a_complete_run_says_so_and_changes_nothing(runs):
+    out = runs.full.out
+    before = {p: p.read_bytes() for p in [out / "run.json", *sorted((out / "adapter").iterdir())]}
+    sets = [arg for k, v in {**SETTINGS, "output_dir": out}.items() for arg in ("--set", f"{k}={v}")]
+    proc = subprocess.run([sys.executable, "-m", "medr1", "train", "--preset", "smoke", *sets, "--resume"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"the run in {out} is complete (8 steps)" in proc.stdout and "trained tokens/s" not in proc.stdout
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_interruption_before_the_first_step_is_recorded(tmp_path):
+    run = prepared(tmp_path / "run")
+    run.trainer()
+    with pytest.raises(KeyboardInterrupt), run.recording():
+        raise KeyboardInterrupt("stopped while the trainer was starting")
+    rec = record.read_record(tmp_path / "run")
+    assert rec["status"] == "interrupted" and rec["interrupted"]["step"] == 0
+    assert rec["interrupted"]["checkpoint"] is None
+
+
+def test_the_example_text_is_a_row_that_is_trained_on(tmp_path):
+    rows = [json.loads(line) for line in FIXTURE_PATH.read_text().splitlines()[:6]]
+    rows[0] = dict(rows[0], Complex_CoT=rows[0]["Complex_CoT"] * 20)  # row 0 is dropped for length
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = Run(build_config("smoke", {"data_path": str(path), "holdout_examples": 1, "max_seq_length": 1024,
+                                     "output_dir": str(tmp_path / "run")}, quiet=True))
+    assert run.lengths.over_length_rows == [0]
+    assert rows[1]["Question"] in run.example_text() and rows[0]["Question"] not in run.example_text()

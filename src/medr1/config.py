@@ -276,3 +276,76 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         out[key.strip()] = value.strip()
     return out
+def check_parameters(given: Iterable[str], known: Iterable[str], *, what: str = "parameter") -> None:
+    """Stop on a name nobody reads (papermill only warns "Passed unknown parameter"), with a "did you mean"."""
+    known = list(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        guess = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in hints.items() if m)
+        guess = f" ({guess})" if guess else ""
+        raise ConfigError(f"unknown {what}(s) {unknown}{guess}; valid {what}s: {known}")
+
+
+def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The values papermill injected into a notebook, `{}` when none were: the names assigned in its
+    "# Parameters" cell, read from IPython's input history (`In`). A notebook's own variables never count."""
+    for source in reversed(namespace.get("In") or []):
+        if source.startswith("# Parameters"):
+            names = [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                     for t in node.targets if isinstance(t, ast.Name)]
+            return {name: namespace.get(name) for name in names}
+    return {}
+
+
+_CLI_HINTS = False  # set by `python -m medr1` (cli_hints), so that error hints name its flags
+CLI_FLAGS = {"overwrite": "--overwrite", "resume": "--resume"}
+
+
+def hint(knob: str, value: Any = True) -> str:
+    """How to set `knob` where the user is: `overwrite=True` in Python and notebooks, `--overwrite` on the CLI."""
+    if _CLI_HINTS:
+        return CLI_FLAGS[knob] if knob in CLI_FLAGS and value is True else f"--set {knob}={value}"
+    return f"{knob}={value!r}"
+
+
+@contextlib.contextmanager
+def cli_hints() -> Iterator[None]:
+    global _CLI_HINTS
+    before, _CLI_HINTS = _CLI_HINTS, True
+    try:
+        yield
+    finally:
+        _CLI_HINTS = before
+
+
+def knob_advice() -> dict[str, str]:
+    """Each knob's advice: the comment beside it in Config's source, the one place it is written."""
+    src = textwrap.dedent(inspect.getsource(Config))
+    comments = {t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                if t.type == tokenize.COMMENT}
+    return {n.target.id: comments.get(n.end_lineno or n.lineno, "") for n in ast.parse(src).body[0].body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+def knob_sections() -> dict[str, list[str]]:
+    """Knob names under each `# --- section ---` comment of Config's source (model, data, LoRA, ..., GRPO)."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in (raw.strip() for raw in inspect.getsource(Config).splitlines()):
+        name = line.split(":")[0]
+        if line.startswith("# ---"):
+            current = line.strip(" #-").split(" (")[0].split(":")[0].strip()
+        elif current and name.isidentifier() and name in knob_names():
+            sections.setdefault(current, []).append(name)
+    return sections
+
+
+def notebook_config(namespace: dict[str, Any]) -> Config:
+    """The config of a notebook run from its variables: `preset` plus every knob it sets (None keeps the
+    preset's value). A name papermill injected that is no knob stops the run, with a "did you mean"."""
+    check_parameters(papermill_parameters(namespace), ["preset", *knob_names()])
+    overrides = {k: namespace[k] for k in knob_names() if namespace.get(k) is not None}
+    return build_config(namespace.get("preset") or "auto", overrides)
+
+

@@ -1,13 +1,12 @@
 """Several processes (one per GPU): what medr1 itself must decide when `accelerate launch` or torchrun start it.
 
-The engine is not ours. accelerate/torchrun start one process per GPU and set RANK and WORLD_SIZE; the
-Hugging Face Trainer wraps the model in DDP, gives each process its own share of every batch and
-averages the gradients (NCCL on GPUs, gloo on a CPU). Unsloth places each process's model on its own
-GPU (LOCAL_RANK). What is left to medr1, and lives here:
+The engine is not ours. accelerate/torchrun start one process per GPU; accelerate's `PartialState` holds the
+process group (NCCL on GPUs, gloo on a CPU), the Hugging Face Trainer wraps the model in DDP and averages the
+gradients. What is left to medr1, and lives here:
 
 - every process must train the same config: rank 0's is the one (the default output folder carries a
   timestamp, and the `fast` preset sizes batches from free memory: both could differ between processes);
-- only rank 0 writes the run's files and prints; the others wait at barriers where files must exist;
+- only rank 0 writes the run's files and prints; the others wait where files must exist;
 - the learning-rate rule for more processes, stated with the run's own numbers.
 
 Nothing here starts a process group without WORLD_SIZE > 1: one process behaves exactly as before.
@@ -28,7 +27,7 @@ T = TypeVar("T")
 
 
 def world_size() -> int:
-    """Processes taking part in training (accelerate/torchrun set WORLD_SIZE); 1 otherwise."""
+    """Processes taking part (accelerate/torchrun set WORLD_SIZE); read before anything heavy is imported."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -41,64 +40,46 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init() -> None:
-    """Start the process group the trainer will reuse, through accelerate (NCCL with CUDA, gloo without).
-
-    The Trainer would start it anyway; medr1 starts it a little earlier so that the processes can agree
-    on the config and wait for each other before training. The CPU flag is what makes accelerate pick
-    gloo: without it, processes on a machine without CUDA would each train alone on all the data.
-    """
-    if world_size() <= 1:
-        return
+def state():
+    """accelerate's PartialState; with several processes it starts the group the Trainer then reuses. The CPU
+    flag makes accelerate pick gloo: without it, processes on a machine without CUDA would each train alone."""
     import torch
-
-    if torch.distributed.is_initialized():
-        return
     from accelerate import PartialState
 
-    PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def init() -> None:
+    if world_size() > 1:
+        state()
 
 
 def agree(value: T) -> T:
     """Rank 0's `value` on every process (a copy sent over the process group); `value` itself with one process."""
     if world_size() <= 1:
         return value
-    import torch
+    from accelerate.utils import broadcast_object_list
 
     init()
-    box = [value if is_main() else None]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
+    return broadcast_object_list([value if is_main() else None], from_process=0)[0]
 
 
 def barrier() -> None:
     """Wait until every process gets here (after rank 0 wrote something the others will read)."""
-    if world_size() <= 1:
-        return
-    import torch
-
-    init()
-    torch.distributed.barrier()
+    if world_size() > 1:
+        state().wait_for_everyone()
 
 
 def backend() -> str | None:
     """The process group's backend ('nccl', 'gloo'), None when there is none."""
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return str(torch.distributed.get_backend())
-    return None
+    return state().backend if world_size() > 1 else None
 
 
 def finish() -> None:
     """End the process group cleanly (torch warns at exit about one left open)."""
-    if world_size() <= 1:
-        return
-    import torch
-
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    if world_size() > 1:
+        state().wait_for_everyone()
+        state().destroy_process_group()
 
 
 def quiet_replicas() -> None:

@@ -1,14 +1,22 @@
-"""One fine-tuning run, step by step: the notebook calls these steps one cell at a time, the CLI all at once.
+"""One fine-tuning run, step by step. Each step returns the plain Unsloth/TRL object it builds, so a notebook
+reader can inspect and change it; medr1 adds the checks, the guards and the run record around it.
 
-    run = Run(build_config("smoke"))   # checks data, parameters and output folder: seconds, nothing heavy
-    run.load(); run.add_lora(); run.train(); run.save()
+    run = Run(build_config("smoke"))     # data, parameters, tokenizer and output folder checked: seconds
+    model, tokenizer = run.load()        # Unsloth's FastLanguageModel (or transformers), medr1's tokenizer
+    model = run.add_lora()               # a PeftModel
+    trainer = run.trainer()              # TRL's SFTTrainer
+    with run.recording():                # status, timings, tokens/s, peak memory, losses -> run.json
+        trainer.train(resume_from_checkpoint=run.resume_from)
+    run.save()                           # adapter/ (weights, tokenizer, card) and run.json
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -72,46 +80,52 @@ class Run:
         preflight.check(config)  # model name, max_seq_length and 4-bit, from config.json alone
         self.tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)  # probe-checked
         self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, config)
-        self.model = None
-        self.trainer = None
-        self.history = None
-        self.record: dict[str, Any] = {
+        self.model = self._trainer = self.history = None
+        self.resume_from: str | None = None
+        earlier = _read_record(self.out) if config.resume else {}
+        self.complete = earlier.get("status") == "complete"
+        self.record: dict[str, Any] = earlier if self.complete else {
             "status": "prepared", "created": record.now(), "preset": config.preset, "config": config.to_dict(),
             "data": {"source": self.split.source, "train_rows": len(self.split.train),
                      "holdout_rows": len(self.split.holdout), "duplicates": self.split.duplicates,
                      "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()},
             "timings": {"prepare_s": round(time.perf_counter() - t0, 2)},
-        }
+            **{k: earlier[k] for k in ("answers", "holdout_eval") if k in earlier}}
         print(f"medr1: data from {self.split.source}: {len(self.split.train)} training rows, "
               f"{len(self.split.holdout)} held out")
         print(f"medr1: {self.lengths.summary()}")
         if self.lengths.warning():
             print(f"medr1: {self.lengths.warning()}")
+        if self.complete:
+            print(f"medr1: the run in {self.out} is complete ({self.record.get('train', {}).get('steps')} steps): "
+                  "resuming it trains nothing and changes none of its files")
 
     # -- the notebook's steps ---------------------------------------------------------------------
     @property
     def holdout(self) -> list[dict[str, str]]:
         return self.split.holdout
 
-    def example_text(self, i: int = 0) -> str:
-        """The exact training text of training row `i` (prompt, reasoning, answer, EOS)."""
+    def example_text(self) -> str:
+        """The exact training text (prompt, reasoning, answer, EOS) of the first row that is trained on."""
         from medr1.prompts import format_row
 
-        return format_row(self.split.train[i], self.tokenizer.eos_token, self.config.prompt_style)
+        skipped = set(self.lengths.over_length_rows) if self.config.over_length == "drop" else set()
+        first = next(i for i in range(len(self.split.train)) if i not in skipped)
+        return format_row(self.split.train[first], self.tokenizer.eos_token, self.config.prompt_style)
 
-    def load(self) -> None:
+    def load(self):
+        """(model, tokenizer): the base model, and the very tokenizer the training rows were made with."""
         from medr1.model import load_model
 
         t0 = time.perf_counter()
-        self.model, self.tokenizer = load_model(self.config, self.tokenizer)  # the tokenizer the rows were made with
+        self.model, self.tokenizer = load_model(self.config, self.tokenizer)
         self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
         self.record["loaded_in_4bit"] = preflight.warn_if_not_4bit(self.model, self.config)
+        return self.model, self.tokenizer
 
     def answer(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None,
                label: str | None = None):
         """Greedy answer to `question`; with `label` ("before", "after") it is kept in run.json's `answers`."""
-        from dataclasses import asdict
-
         from medr1.infer import generate
 
         self._need_model()
@@ -120,11 +134,37 @@ class Run:
                        backend=self.config.backend)
         if label:
             self.record.setdefault("answers", {})[label] = asdict(gen)
-            if self.out.exists():
-                self._write_record()
+            self._write_record()
         return gen
 
-    def add_lora(self) -> None:
+    def measure(self, label: str, max_new_tokens: int | None = None) -> dict[str, Any]:
+        """Held-out figures under `label` ("before", "after") in run.json: the loss of the reference answers (the
+        completion tokens, the measure of loss_on=completion) and, from greedy answers, format compliance and
+        the share that stopped at EOS."""
+        from medr1.evaluate import compliance, text_losses
+        from medr1.infer import generate_many
+        from medr1.model import for_inference
+        from medr1.prompts import inference_prompt
+
+        self._need_model()
+        if not self.holdout:
+            return {}
+        cfg = self.config
+        for_inference(self.model, cfg.backend)
+        losses = text_losses(self.model, self.tokenizer, self.holdout, cfg.prompt_style, cfg.max_seq_length)
+        gens = generate_many(self.model, self.tokenizer, [inference_prompt(r["Question"], cfg.prompt_style)
+                                                          for r in self.holdout],
+                             max_new_tokens=max_new_tokens or cfg.max_new_tokens, style=cfg.prompt_style)
+        figures = {"answer_loss": losses["loss"], "rows": len(self.holdout), **compliance(gens)}
+        self.record.setdefault("holdout_eval", {})[label] = figures
+        self._write_record()
+        print(f"medr1: held-out ({label}): answer loss {figures['answer_loss']:.3f}; format compliance "
+              f"{figures['format_compliance']:.0%}; stopped at EOS {figures['stopped_at_eos']:.0%} "
+              f"({len(self.holdout)} rows, greedy)")
+        return figures
+
+    def add_lora(self):
+        """The model wrapped with LoRA adapters (a PeftModel); prints how many parameters train."""
         from medr1.model import add_lora
 
         self._need_model()
@@ -134,81 +174,111 @@ class Run:
         self.record["trainable_parameters"] = trainable
         print(f"medr1: LoRA r={self.config.lora_r}: {trainable:,} trainable of {total:,} parameters "
               f"({100 * trainable / total:.2f}%)")
+        return self.model
 
-    def train(self, callbacks: list | None = None) -> dict[str, Any]:
-        """Train with a progress bar; prints and records time, tokens/s, peak memory and the losses.
-
-        Interrupted (Colab's stop button, an error), it records where and how to resume, then re-raises.
-        """
-        import torch
-
+    def trainer(self, callbacks: list | None = None):
+        """TRL's SFTTrainer over the tokenized rows, every argument from the config; finds the checkpoint a
+        resume starts from (`self.resume_from`) and says so."""
         from medr1.model import for_training
-        from medr1.train import LossHistory, effective_batch, make_trainer, reporting
+        from medr1.train import CheckpointCards, LossHistory, effective_batch, make_trainer, reporting
 
         self._need_model()
-        cfg = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        checkpoints = self.out / "checkpoints"
-        resume_from = _newest_checkpoint(checkpoints) if cfg.resume else None
-        if cfg.resume and resume_from is None:
+        cfg, checkpoints = self.config, self.out / "checkpoints"
+        newest = _newest_checkpoint(checkpoints) if cfg.resume else None
+        self.resume_from = str(newest) if newest else None
+        if newest:
+            done = int(newest.name.split("-")[-1])
+            print(f"medr1: resuming from {newest.name}: step {done} of {cfg.max_steps or '?'} done")
+        elif cfg.resume:
             print(f"medr1: {hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
-        elif not cfg.resume and cfg.overwrite and distributed.is_main():
+        elif cfg.overwrite and distributed.is_main():
             for stale in (checkpoints, self.out / "adapter"):
                 shutil.rmtree(stale, ignore_errors=True)
         procs = distributed.world_size()
         print(f"medr1: effective batch {effective_batch(cfg, procs)} rows per optimizer step "
               f"({cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation "
-              f"x {procs} process{'es' if procs > 1 else ''}); packing={cfg.packing}")
+              f"x {procs} process{'es' if procs > 1 else ''}); packing={cfg.packing}; loss_on={cfg.loss_on}")
         rule = distributed.learning_rate_rule(cfg, procs)
         if procs > 1:
             print(f"medr1: {rule}")
-        self.record["distributed"] = {"processes": procs, "backend": distributed.backend(), "learning_rate_rule": rule}
-        self.record.update(status="training", effective_batch=effective_batch(cfg, procs), processes=procs,
-                           versions=record.versions(), git_commit=record.git_commit(), hardware=record.hardware())
-        self._write_record()
-        _write_jsonl(self.out / "holdout.jsonl", self.split.holdout)
+        if not self.complete:
+            self.record["distributed"] = {"processes": procs, "backend": distributed.backend(),
+                                          "learning_rate_rule": rule}
+            self.record.update(effective_batch=effective_batch(cfg, procs), processes=procs)
         self.history = LossHistory()
-        self.trainer = make_trainer(self.model, self.tokenizer, data.to_dataset(self.encoded, cfg.loss_on), cfg,
-                                    str(checkpoints), callbacks=[self.history, *(callbacks or [])],
-                                    report_to=reporting(cfg))
+        self._trainer = make_trainer(self.model, self.tokenizer, data.to_dataset(self.encoded, cfg.loss_on), cfg,
+                                     str(checkpoints),
+                                     callbacks=[self.history, CheckpointCards(self.record), *(callbacks or [])],
+                                     report_to=reporting(cfg))
         for_training(self.model, cfg.backend)
+        return self._trainer
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Around `trainer.train()`: run.json says `training`, then `trained` with the figures, or `interrupted`
+        with the step and the checkpoint to resume from (the error is re-raised)."""
+        import torch
+
+        if self._trainer is None:
+            raise RuntimeError("no trainer yet: call trainer() first")
+        if self.complete:
+            yield
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
+                           hardware=record.hardware())
+        self._write_record()
+        if distributed.is_main():
+            record.atomic_write_jsonl(self.out / "holdout.jsonl", self.split.holdout)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         try:
-            result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            yield
         except BaseException as err:
-            self._record_interruption(err, checkpoints)
+            self._record_interruption(err)
             raise
-        seconds = time.perf_counter() - t0
-        tokens = int(self.trainer.state.num_input_tokens_seen)
-        resumed_tokens = self.history.start_tokens
-        final_loss = float(result.training_loss)
-        if resume_from and self.history.records:  # the trainer averages only the steps of this session
-            final_loss = sum(self.losses) / len(self.losses)
+        self._record_training(time.perf_counter() - t0)
+
+    def train(self, callbacks: list | None = None) -> dict[str, Any]:
+        """trainer() and trainer.train() inside recording(): what `medr1 train` does; returns the figures."""
+        trainer = self.trainer(callbacks)
+        with self.recording():
+            trainer.train(resume_from_checkpoint=self.resume_from)
+        return self.record.get("train", {})
+
+    def _record_training(self, seconds: float) -> None:
+        state, hist = self._trainer.state, self.history
+        steps_run = int(state.global_step) - hist.start_step
+        tokens = int(state.num_input_tokens_seen)
+        losses = self.losses
         stats = {
-            "train_s": round(seconds, 2), "steps": int(self.trainer.state.global_step),
+            "train_s": round(seconds, 2), "steps": int(state.global_step), "steps_run": steps_run,
             "trained_tokens": tokens,
-            "trained_tokens_per_s": round((tokens - resumed_tokens) / seconds, 1) if seconds else None,
-            "peak_gib": record.peak_memory_gib(), "final_loss": final_loss,
-            "resumed_from": resume_from.name if resume_from else None,
+            "trained_tokens_per_s": round((tokens - hist.start_tokens) / seconds, 1) if seconds else None,
+            "steady_tokens_per_s": hist.steady_tokens_per_s(),
+            "peak_gib": record.peak_memory_gib(),
+            "mean_loss": round(sum(losses) / len(losses), 4) if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "resumed_from": Path(self.resume_from).name if self.resume_from else None,
         }
         self.record["timings"]["train_s"] = stats["train_s"]
-        self.record.update(status="trained", train=stats, losses=self.history.records)
+        self.record.update(status="trained", train=stats, losses=hist.records)
         self._write_record()
+        first = hist.start_step + 1
+        what = (f"{steps_run} steps ({first}-{stats['steps']}, resumed from {stats['resumed_from']})"
+                if self.resume_from else f"{steps_run} steps")
         peak = f"{stats['peak_gib']} GiB peak GPU memory" if stats["peak_gib"] is not None else "CPU run"
-        loss = f"; loss {self.losses[0]:.3f} -> {self.losses[-1]:.3f}" if self.losses else ""
-        print(f"medr1: {stats['steps']} steps in {seconds:.1f} s; {stats['trained_tokens_per_s']} trained tokens/s; "
-              f"{peak}{loss}")
-        return stats
+        loss = f"; loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
+        print(f"medr1: {what} in {seconds:.1f} s; {stats['trained_tokens_per_s']} trained tokens/s; {peak}{loss}")
 
-    def _record_interruption(self, err: BaseException, checkpoints: Path) -> None:
+    def _record_interruption(self, err: BaseException) -> None:
         """Write status 'interrupted' with the step reached and the checkpoint a resume would start from."""
-        step = int(self.trainer.state.global_step) if self.trainer else 0
-        newest = _newest_checkpoint(checkpoints)
+        step = int(self._trainer.state.global_step)
+        newest = _newest_checkpoint(self.out / "checkpoints")
         self.record.update(status="interrupted", interrupted={
             "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
-            "checkpoint": newest.name if newest else None}, losses=self.history.records if self.history else [])
+            "checkpoint": newest.name if newest else None}, losses=self.history.records)
         self._write_record()
         if newest:
             print(f"medr1: training stopped at step {step}; {newest.name} is kept: run again with {hint('resume')} "
@@ -223,27 +293,30 @@ class Run:
 
     def plot_loss(self) -> Path:
         if not self.history or not self.history.records:
-            raise RuntimeError("no losses yet: call train() first")
-        if not distributed.is_main():  # one process writes the run's files
+            if self.complete and (self.out / "loss.png").exists():
+                return self.out / "loss.png"
+            raise RuntimeError("no losses yet: train first")
+        if not distributed.is_main() or self.complete:  # one process writes; a complete run is left as it is
             return self.out / "loss.png"
         return record.plot_losses(self.history.records, self.out / "loss.png",
                                   title=f"medr1 {self.config.preset}: training loss")
 
-    def note(self, key: str, value: Any) -> None:
-        """Add something to the run record (before/after answers, for instance)."""
-        self.record[key] = value
-        self._write_record()
-
     def save(self) -> Path:
-        """Save the LoRA adapter and tokenizer atomically to output_dir/adapter, then the run record."""
+        """Save the LoRA adapter, tokenizer and card atomically to output_dir/adapter, then the run record."""
+        from medr1.card import write_card
+
         self._need_model()
         target = self.out / "adapter"
+        if self.complete:
+            print(f"medr1: the run was already complete; {target} is unchanged")
+            return target
+        self.record.update(status="complete", adapter="adapter", finished=record.now())
         if distributed.is_main():  # self.model is the bare PEFT model: DDP only wraps it inside the trainer
             with record.atomic_dir(target) as tmp:
                 self.model.save_pretrained(str(tmp))
                 self.tokenizer.save_pretrained(str(tmp))
+                write_card(tmp, self.record, "adapter")
         distributed.barrier()  # when any process returns, the adapter is there
-        self.record.update(status="complete", adapter="adapter", finished=record.now())
         self._write_record()
         print(f"medr1: adapter saved to {target}")
         return target
@@ -254,12 +327,20 @@ class Run:
             raise RuntimeError("the model is not loaded: call load() first")
 
     def _write_record(self) -> None:
-        if distributed.is_main():
-            record.write_json_atomic(self.out / "run.json", self.record)
+        if distributed.is_main() and self.out.exists() and not self.complete:
+            record.atomic_write_json(self.out / "run.json", self.record)
+
+
+def _read_record(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _newest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint: the trainer writes trainer_state.json last, so one without it was cut off."""
+    """The newest complete checkpoint. transformers' get_last_checkpoint takes the highest number even when it
+    was cut off while saving; the trainer writes trainer_state.json last, so one without it is skipped."""
     found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.exists() else []
     for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
         if (path / "trainer_state.json").exists():
@@ -268,22 +349,13 @@ def _newest_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    if not distributed.is_main():
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-
-
-
-
 def train(config: Config) -> Run:
     """The whole run without pauses: prepare, load, LoRA, train, plot, save (what `medr1 train` does)."""
     run = Run(config)
     run.load()
     run.add_lora()
     run.train()
-    run.plot_loss()
+    if run.history and run.history.records:
+        run.plot_loss()
     run.save()
     return run

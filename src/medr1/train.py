@@ -112,10 +112,13 @@ class LossHistory(TrainerCallback):
     records: list[dict] = field(default_factory=list)
     started: float = 0.0
     start_tokens: int = 0  # tokens already seen when this session began (non-zero on resume)
+    start_step: int = 0  # optimizer steps already done when this session began
+    warmup_steps: int = 2  # steps left out of the steady-state figure (compilation, allocator, first batches)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.started or time.perf_counter()
         self.start_tokens = int(state.num_input_tokens_seen)
+        self.start_step = int(state.global_step)
         if state.global_step and not self.records:  # resumed: the checkpoint's log is the history so far
             self.records = [_from_log(e) for e in state.log_history if "loss" in e and "step" in e]
 
@@ -132,6 +135,30 @@ class LossHistory(TrainerCallback):
     @property
     def losses(self) -> list[float]:
         return [r["loss"] for r in self.records]
+
+    def steady_tokens_per_s(self) -> float | None:
+        """Trained tokens per second after the first `warmup_steps` steps of this session (None: too few steps)."""
+        timed = [r for r in self.records if r["seconds"] is not None and r["step"] > self.start_step]
+        if len(timed) <= self.warmup_steps + 1:
+            return None
+        a, b = timed[self.warmup_steps - 1] if self.warmup_steps else None, timed[-1]
+        t0, n0 = (a["seconds"], a["tokens"]) if a else (0.0, self.start_tokens)
+        return round((b["tokens"] - n0) / (b["seconds"] - t0), 1) if b["seconds"] > t0 else None
+
+
+class CheckpointCards(TrainerCallback):
+    """Each checkpoint gets medr1's model card instead of PEFT's stub ("[More Information Needed]")."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from medr1.card import write_card
+
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                write_card(folder, self.record, "checkpoint")
 
 
 def _from_log(entry: dict) -> dict:
