@@ -5,6 +5,9 @@ Importing medr1 is light (no torch): the config and data checks run in seconds, 
 
 from medr1.config import PRESET_NAMES, Config, build_config
 from medr1.errors import ConfigError, DataError, MedR1Error, ModelError, OutputDirError
+from medr1.noise import silence_known_noise
+
+silence_known_noise()  # before any heavy library is imported (medr1.noise says what and why)
 
 __all__ = ["Config", "ConfigError", "DataError", "MedR1Error", "ModelError", "OutputDirError", "PRESET_NAMES",
            "build_config"]

@@ -1,7 +1,9 @@
-"""The model card (README.md) of an exported adapter, merged model or GGUF, written from the run record.
+"""The model card (README.md) of an adapter, a training checkpoint, a merged model or GGUF files, from the run record.
 
 Every number in it comes from run.json (and eval.json when the run was evaluated), so the card
-describes the run that produced the weights, not the defaults of today's code.
+describes the run that produced the weights, not the defaults of today's code. The YAML header is
+huggingface_hub's `ModelCardData`; medr1 writes only the text. PEFT's own stub card ("[More
+Information Needed]") is never left in a folder medr1 writes: `write_card` replaces it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import ModelCard, ModelCardData
+
 from medr1 import prompts
 from medr1.config import SMOKE_MODEL
+from medr1.record import atomic_write_text
 
-KINDS = ("adapter", "merged", "gguf")
-HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
+KINDS = ("adapter", "checkpoint", "merged", "gguf")
+# Data sets whose reasoning traces another model wrote (FreedomIntelligence built theirs with GPT-4o).
+SYNTHETIC_TRACES = ("FreedomIntelligence/medical-o1-reasoning-SFT",)
 
 INTENDED_USE = """\
 ## Intended use
@@ -32,9 +38,20 @@ This model is not a medical device and has not been validated clinically. It can
 are wrong, incomplete, outdated or confidently stated without support, and its reasoning can look
 convincing when it is mistaken. Nothing it writes is medical advice: do not use it to diagnose, treat or
 manage any condition. Any output used in a health context must be checked by a qualified clinician
-against current guidelines. The training data are synthetic reasoning traces written by another model
-for exam-style questions; they can hold errors and do not represent any patient population.
-"""
+against current guidelines."""
+
+
+def base_license(model_name: str) -> tuple[str, str]:
+    """(hub licence id, a sentence for the card) of the base model, where medr1 knows it."""
+    name = str(model_name).lower()
+    if model_name == SMOKE_MODEL:
+        return "apache-2.0", "The base is medr1's own randomly initialised test model (Apache-2.0, like medr1)."
+    if "deepseek-r1-distill" in name:
+        note = ("DeepSeek publishes the R1 distills under the MIT licence"
+                + ("; the Llama-based ones are derived from Llama 3.1/3.3 and carry the Llama licence's terms too"
+                   if "llama" in name else "") + ".")
+        return "mit", note
+    return "unknown", f"Licence unknown: check the licence of the base model `{model_name}` before using or sharing."
 
 
 def _fmt(value: Any) -> str:
@@ -56,43 +73,63 @@ def load_eval(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def _on_hub(base: str) -> bool:
+    """A hub id (not the offline smoke model, not a local folder): only those belong in `base_model`."""
+    return base != SMOKE_MODEL and "/" in base and not Path(base).expanduser().exists() and not base.startswith(
+        ("/", ".", "~"))
+
+
+def card_data(rec: dict[str, Any], kind: str) -> ModelCardData:
+    cfg = rec.get("config") or {}
+    base = str(cfg.get("model_name") or "")
+    dataset = cfg.get("dataset_name") if not cfg.get("data_path") else None
+    tags = ["medical", "reasoning", "chain-of-thought", "unsloth", "lora" if kind in ("adapter", "checkpoint")
+            else "merged-lora"] + (["gguf"] if kind == "gguf" else [])
+    return ModelCardData(
+        base_model=base if _on_hub(base) else None, license=base_license(base)[0],
+        library_name="peft" if kind in ("adapter", "checkpoint") else "transformers",
+        pipeline_tag="text-generation", language=["en"], tags=tags, datasets=[dataset] if dataset else None)
+
+
 def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[str, Any] | None = None,
-               repo_id: str = "", files: list[str] | None = None) -> str:
+               repo_id: str = "", files: list[str] | None = None, step: int | None = None) -> str:
     """Markdown with a YAML header, from a run record (`rec`, the content of run.json)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     cfg = rec.get("config") or {}
     data = rec.get("data") or {}
+    lengths = data.get("lengths") or {}
     train = rec.get("train") or {}
     losses = rec.get("losses") or []
-    base = cfg.get("model_name", "?")
+    base = str(cfg.get("model_name") or "?")
     from_hub = not cfg.get("data_path")
-    dataset = HUB_DATASET if from_hub and cfg.get("dataset_name") == HUB_DATASET else cfg.get("dataset_name")
-    header = ["---", f"base_model: {base}", "library_name: " + ("peft" if kind == "adapter" else "transformers"),
-              "pipeline_tag: text-generation", "language:", "- en", "tags:", "- medical", "- reasoning",
-              "- chain-of-thought", "- unsloth", "- lora" if kind == "adapter" else "- merged-lora"]
-    if kind == "gguf":
-        header.append("- gguf")
-    if from_hub and dataset:
-        header += ["datasets:", f"- {dataset}"]
-    header.append("---")
-    title = repo_id or f"{Path(str(base)).name} fine-tuned on medical reasoning ({kind})"
+    at = f"step {step} of {cfg.get('max_steps')}" if step is not None else "an unfinished run"
+    title = repo_id or f"{Path(base).name} fine-tuned on medical reasoning ({kind})"
     what = {"adapter": "a LoRA adapter (load it on top of the base model)",
+            "checkpoint": f"a training checkpoint ({at}) of a LoRA adapter: resume from it with resume=True "
+                          "(`--resume`); the finished adapter is written to the run's `adapter/` folder",
             "merged": "the base model with the LoRA adapter merged in, 16-bit weights",
             "gguf": "GGUF files of the merged model, for llama.cpp and the tools built on it"}[kind]
     source = (f"{cfg.get('dataset_name')} (config `{cfg.get('dataset_config')}`, split `{cfg.get('dataset_split')}`)"
               if from_hub else f"local file `{Path(str(data.get('source') or cfg.get('data_path'))).name}`")
-    on_hub = base != SMOKE_MODEL and not Path(str(base)).exists()
-    base_ref = f"[{base}](https://huggingface.co/{base})" if on_hub else f"`{base}`"
+    base_ref = f"[{base}](https://huggingface.co/{base})" if _on_hub(base) else f"`{base}`"
+    kept = lengths.get("kept", data.get("train_rows", "?"))
+    cut = (f"; {lengths.get('dropped', 0)} dropped and {lengths.get('truncated', 0)} truncated as longer than "
+           f"max_seq_length={cfg.get('max_seq_length')} (policy `{cfg.get('over_length')}`)" if lengths else "")
+    provenance = (
+        "The training data are synthetic reasoning traces written by another model for exam-style questions; "
+        "they can hold errors and do not represent any patient population."
+        if from_hub and cfg.get("dataset_name") in SYNTHETIC_TRACES else
+        f"The training data ({source}) were chosen by whoever trained this model; this card cannot say where they "
+        "come from or how they were checked.")
     parts = [
-        "\n".join(header), f"# {title}", "",
+        f"# {title}", "",
         f"This is {what}, from a fine-tuning run of {base_ref} on medical questions with chain-of-thought "
         f"answers, made with medr1 (Unsloth, LoRA{', 4-bit base' if cfg.get('load_in_4bit') else ''}).",
-        "", INTENDED_USE, DISCLAIMER,
+        "", INTENDED_USE, DISCLAIMER + " " + provenance, "",
         "## Training data", "",
         f"- source: {source}",
-        f"- rows trained on: {data.get('train_rows', '?')} (of which {(data.get('lengths') or {}).get('kept', '?')} "
-        f"fit in max_seq_length={cfg.get('max_seq_length')}; over-length policy `{cfg.get('over_length')}`)",
+        f"- rows trained on: {kept} of {data.get('train_rows', '?')} loaded{cut}",
         f"- rows held out for evaluation: {data.get('holdout_rows', '?')} (never trained on)",
         "",
         "## Prompt format", "",
@@ -114,20 +151,34 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
         _table([("optimizer steps", train.get("steps")),
                 ("first logged loss", losses[0]["loss"] if losses else None),
                 ("last logged loss", losses[-1]["loss"] if losses else None),
-                ("mean training loss", train.get("final_loss")), ("trained tokens", train.get("trained_tokens")),
+                ("mean training loss", train.get("mean_loss", train.get("final_loss"))),
+                ("trained tokens", train.get("trained_tokens")),
                 ("trained tokens / s", train.get("trained_tokens_per_s")), ("training time (s)", train.get("train_s")),
                 ("peak GPU memory (GiB)", train.get("peak_gib")),
                 ("hardware", (rec.get("hardware") or {}).get("gpu") or "CPU")]),
-        "", _evaluation_section(evaluation), _usage(kind, base, repo_id, cfg, files or []),
+        "", _evaluation_section(evaluation, cfg), _usage(kind, repo_id, cfg, files or []),
+        "## Licence", "", base_license(base)[1] + " The terms of the training data apply as well.", "",
         "## Reproducibility", "",
         f"Trained with medr1 (commit `{rec.get('git_commit') or 'unknown'}`); package versions: "
-        + ", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items() if v) + ".",
-        "Use of these weights is bound by the licence of the base model and the terms of the training data.", "",
+        + ", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items() if v) + ".", "",
     ]
-    return "\n".join(parts)
+    return str(ModelCard(f"---\n{card_data(rec, kind).to_yaml()}\n---\n\n" + "\n".join(parts)))
 
 
-def _evaluation_section(ev: dict[str, Any] | None) -> str:
+def write_card(folder: str | Path, record: dict[str, Any], kind: str = "adapter", *,
+               evaluation: dict[str, Any] | None = None, repo_id: str = "", files: list[str] | None = None) -> Path:
+    """Write medr1's card as `folder`/README.md, replacing whatever is there (PEFT's stub, an older card).
+
+    For a `checkpoint-N` folder the step is read from its name.
+    """
+    folder = Path(folder)
+    step = int(folder.name.rsplit("-", 1)[-1]) if kind == "checkpoint" and folder.name[-1:].isdigit() else None
+    text = model_card(record, kind=kind, evaluation=evaluation, repo_id=repo_id, step=step,
+                      files=files if files is not None else [p.name for p in folder.iterdir()])
+    return atomic_write_text(folder / "README.md", text)
+
+
+def _evaluation_section(ev: dict[str, Any] | None, cfg: dict[str, Any]) -> str:
     if not ev:
         return ("## Evaluation\n\nNot evaluated yet: run `python -m medr1 evaluate RUN_DIR` before exporting "
                 "to have the results here.\n")
@@ -150,10 +201,14 @@ def _evaluation_section(ev: dict[str, Any] | None) -> str:
 
         lines.append(f"| multiple-choice accuracy, {q['questions']} questions from `{Path(q['file']).name}` "
                      f"| {acc(q['base'])} | {acc(q['finetuned'])} |")
+    cut = f.get("truncated_rows", b.get("truncated_rows"))
+    if cut:
+        lines.append(f"\n{cut} of the {ev.get('holdout_rows')} held-out rows are longer than max_seq_length="
+                     f"{cfg.get('max_seq_length')} tokens: their losses count only the first max_seq_length tokens.")
     return "\n".join(lines) + "\n"
 
 
-def _usage(kind: str, base: str, repo_id: str, cfg: dict[str, Any], files: list[str]) -> str:
+def _usage(kind: str, repo_id: str, cfg: dict[str, Any], files: list[str]) -> str:
     name = repo_id or "PATH_OR_REPO"
     style = cfg.get("prompt_style") or "seed"
     if kind == "gguf":
@@ -162,7 +217,7 @@ def _usage(kind: str, base: str, repo_id: str, cfg: dict[str, Any], files: list[
                 f"llama-cli -m {ggufs[0]} -p \"$(cat prompt.txt)\" -n 1024 --temp 0\n```\n\n"
                 "where prompt.txt holds the prompt above with your question in it.\n")
     load = ("from peft import AutoPeftModelForCausalLM\n"
-            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{name}\")" if kind == "adapter" else
+            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{name}\")" if kind in ("adapter", "checkpoint") else
             "from transformers import AutoModelForCausalLM\n"
             f"model = AutoModelForCausalLM.from_pretrained(\"{name}\", dtype=\"auto\")")
     return ("## How to use\n\n```python\n" + load + "\n"

@@ -1,4 +1,7 @@
-"""The run record (run.json), the loss plot, and atomic writes: a crash mid-write leaves the old file intact."""
+"""The run folder: the record (run.json), the loss plot, and atomic writes (a crash mid-write leaves the old
+file or folder intact; what is written gets the usual 0644/0755 modes). Every atomic write in medr1 goes
+through `atomic_write_text`, `atomic_write_json`, `atomic_write_jsonl` and `atomic_dir`.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,12 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from medr1.errors import DataError
 
@@ -65,29 +69,79 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary file beside `path`, then rename over it."""
+def _modes() -> tuple[int, int]:
+    """(file mode, folder mode) a plain `open`/`mkdir` would give: 0644/0755 under the usual umask 022.
+
+    tempfile makes 0600 files and 0700 folders, and an atomic rename keeps that mode: other users and
+    containers could not read the run. Reading the umask means setting it, so it is put straight back.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask, 0o777 & ~umask
+
+
+def _usual_modes(path: Path) -> None:
+    """Give `path` (and everything under a folder) the modes of a plain write; executables stay executable."""
+    file_mode, dir_mode = _modes()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            p.chmod(dir_mode)
+        else:
+            p.chmod(dir_mode if p.stat().st_mode & 0o100 else file_mode)
+
+
+def _atomic_write(path: str | Path, write: Callable[[IO[str]], object]) -> Path:
+    """Call `write(fh)` on a temporary file beside `path`, then rename it over `path`: a crash leaves the old file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
+            write(fh)
+        _usual_modes(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return _atomic_write(path, lambda fh: fh.write(text))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """`data` as indented JSON, written atomically."""
+    def write(fh: IO[str]) -> None:
+        json.dump(data, fh, indent=2, default=str)
+        fh.write("\n")
+
+    return _atomic_write(path, write)
+
+
+def atomic_write_jsonl(path: str | Path, rows: list[Any]) -> Path:
+    """One JSON object per line, written atomically."""
+    return _atomic_write(path, lambda fh: fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+write_json_atomic = atomic_write_json  # the old name, until every caller uses atomic_write_json
 
 
 @contextmanager
-def atomic_dir(path: Path, overwrite: bool = True):
-    """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed."""
+def atomic_dir(path: str | Path):
+    """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed.
+
+    The finished folder and its files get the usual modes (0755/0644 under umask 022), whatever the
+    libraries that wrote into it chose.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        _usual_modes(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
