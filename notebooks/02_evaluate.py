@@ -46,26 +46,34 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-run_dir: str = ""  # output folder of a training run; "" = train a smoke run first (tiny offline model, CPU, seconds)
-mcq_file: str = ""  # multiple-choice questions: JSON list or JSONL of {question, options, answer_idx}; "" = skip
-max_rows: int = 0  # held-out rows to evaluate (0 = all the run kept out)
-max_questions: int = 0  # multiple-choice questions to use (0 = all)
-max_new_tokens: int = 0  # generation budget per answer (0 = the run's max_new_tokens)
+run_dir: str = ""  # output folder of a training run; empty: train a smoke run first (tiny offline model, CPU, seconds)
+mcq_file: str = ""  # multiple-choice questions: JSON list or JSONL of {question, options, answer_idx}; empty: skip
+max_rows: int = 0  # held-out rows to evaluate; 0: all the run kept out
+max_questions: int = 0  # multiple-choice questions to use; 0: all
+max_new_tokens: int = 0  # generation budget per answer; 0: the run's max_new_tokens
 batch_size: int = 8  # prompts generated together; lower it if the GPU runs out of memory
 show_rows: int = 3  # questions in the side-by-side table
 
 # %% [markdown]
 # ## The run to evaluate
-# With no `run_dir`, a smoke run is trained here first, so the notebook runs anywhere.
+# Seconds, before any model loads: a mistyped parameter (`papermill -p`), a run folder without an adapter or
+# a multiple-choice file with a bad question stops here with one line. With no `run_dir`, a smoke run is
+# trained here first, so the notebook runs anywhere.
 
 # %%
 from medr1 import build_config
+from medr1.config import check_parameters, papermill_parameters
+from medr1.preflight import short_errors
+
+short_errors()  # a medr1 error shows as its one line, not a traceback
+check_parameters(papermill_parameters(globals()), known=__annotations__)  # noqa: F821 - the parameters above
+
 from medr1.evaluate import Evaluation
 from medr1.run import train
 
 if not run_dir:
     run_dir = str(train(build_config("smoke", {"max_steps": 10})).out)
-ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size)
+ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, mcq_file=mcq_file)
 
 # %% [markdown]
 # ## Load the base model and the adapter (once)

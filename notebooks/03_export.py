@@ -47,27 +47,37 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-run_dir: str = ""  # output folder of a training run; "" = train a smoke run first (tiny offline model, CPU, seconds)
-export_dir: str = ""  # where the exports go; "" = <run_dir>/export
+run_dir: str = ""  # output folder of a training run; empty: train a smoke run first (tiny offline model, CPU, seconds)
+export_dir: str = ""  # where the exports go; empty: <run_dir>/export
 overwrite: bool = False  # replace export folders that already hold files
 merged: bool = True  # also save base + adapter merged into 16-bit weights (about 16 GB for an 8B model)
-gguf: str = "q8_0,q4_k_m"  # GGUF quantizations, comma-separated; "" = none (needs llama.cpp, built by Unsloth)
-push_repo: str = ""  # hub repository to push to, e.g. "your-name/medr1-r1-8b-lora"; "" = no push
+gguf: str = "q8_0,q4_k_m"  # GGUF quantizations, comma-separated; empty: none (needs llama.cpp, built by Unsloth)
+push_repo: str = ""  # hub repository to push to, such as your-name/medr1-r1-8b-lora; empty: no push
 push_what: str = "adapter"  # adapter | merged | gguf
 private: bool = True  # a new hub repository is private unless this is False
 
 # %% [markdown]
-# ## The run to export
-# With no `run_dir`, a smoke run is trained here first, so the notebook runs anywhere.
+# ## The run to export, and the whole plan checked first
+# Seconds, before anything is written: a mistyped parameter (`papermill -p`), an unknown GGUF quantization, a
+# destination that holds files, too little disk space, or a push without a token stops here with one line
+# (where llama.cpp cannot be had, one line says so and GGUF is left out). With no `run_dir`, a smoke run is
+# trained here first, so the notebook runs anywhere.
 
 # %%
 from medr1 import build_config
+from medr1.config import check_parameters, papermill_parameters
+from medr1.preflight import short_errors
+
+short_errors()  # a medr1 error shows as its one line, not a traceback
+check_parameters(papermill_parameters(globals()), known=__annotations__)  # noqa: F821 - the parameters above
+
 from medr1.export import Export
 from medr1.run import train
 
 if not run_dir:
     run_dir = str(train(build_config("smoke", {"max_steps": 10})).out)
 exp = Export(run_dir, export_dir, overwrite=overwrite)
+plan = exp.plan(merged=merged, gguf=gguf, push_repo=push_repo, push_what=push_what, strict=False)
 
 # %% [markdown]
 # ## The adapter, and a check that it reloads with Unsloth and with plain `peft`
@@ -97,7 +107,7 @@ if merged:
 # Needs llama.cpp; where it cannot be built here (no network, no compiler), one line says what is missing.
 
 # %%
-gguf_files = exp.gguf(gguf)
+gguf_files = exp.gguf(plan.gguf)
 
 # %% [markdown]
 # ## Push to the hub (with `push_repo`)

@@ -15,7 +15,7 @@ def test_check_data_reports_counts_and_shows_a_row(capsys):
     out = capsys.readouterr().out
     assert "40 rows, 40 valid, 0 duplicates" in out and "median" in out
     row = json.loads(FIXTURE_PATH.read_text().splitlines()[2])
-    assert row["Question"] in out and out.rstrip().endswith("<｜end▁of▁sentence｜>")
+    assert row["Question"] in out and row["Response"] + "<｜end▁of▁sentence｜>\n" in out  # the text ends with EOS
 
 
 def test_check_data_fails_on_a_bad_row(tmp_path, capsys):

@@ -1,0 +1,394 @@
+"""What a user reads and trips over (issue 12): notebook parameters, checks before the expensive work, noise,
+model cards, hints that fit the entry point, file modes, and the CLI's help.
+
+The papermill cases run papermill; the CLI cases run `python -m medr1` (in this process where the stack is
+already imported, in a subprocess where what is printed at import time matters).
+"""
+
+import ast
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ASSETS
+
+from medr1.__main__ import main
+from medr1.data import FIXTURE_PATH
+
+NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+PAPERMILL = Path(sys.executable).with_name("papermill")
+
+
+def _parameters(ipynb: Path) -> list[str]:
+    """The names assigned in a notebook's cell tagged `parameters`."""
+    nb = nbformat.read(ipynb, as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    tree = ast.parse(cell.source)
+    return [n.target.id if isinstance(n, ast.AnnAssign) else n.targets[0].id
+            for n in tree.body if isinstance(n, (ast.AnnAssign, ast.Assign))]
+
+
+def _execute(name: str, out: Path, parameters: dict, cwd: Path = NOTEBOOKS):
+    import papermill
+
+    return papermill.execute_notebook(str(NOTEBOOKS / name), str(out), cwd=str(cwd), kernel_name="python3",
+                                      parameters=parameters, progress_bar=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook parameters: listed with their types; a mistyped one stops the run.
+
+
+@pytest.mark.parametrize("ipynb", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_help_notebook_lists_every_parameter_with_its_type(ipynb):
+    proc = subprocess.run([str(PAPERMILL), "--log-level", "WARNING", "--help-notebook", str(ipynb)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert "Unable to parse" not in text
+    listed = dict(re.findall(r"^\s+(\w+): (\S+) \(default", text, re.MULTILINE))
+    names = _parameters(ipynb)
+    assert names
+    for name in names:
+        assert name in listed, f"{ipynb.name}: parameter {name!r} is not listed by --help-notebook:\n{text}"
+        assert listed[name] != "None", f"{ipynb.name}: parameter {name!r} is listed without a type"
+
+
+@pytest.mark.parametrize("name,typo,meant", [("02_evaluate.ipynb", "max_row", "max_rows"),
+                                             ("03_export.ipynb", "push_rep", "push_repo")])
+def test_an_unknown_notebook_parameter_stops_the_run_with_a_did_you_mean(tmp_path, name, typo, meant):
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as err:
+        _execute(name, tmp_path / name, {"run_dir": str(tmp_path / "no-run"), typo: 2})
+    assert f"unknown parameter(s) ['{typo}'] ('{typo}': did you mean '{meant}'?)" in str(err.value)
+    assert "Traceback" not in err.value.evalue  # medr1's one line, not a traceback
+    assert not (tmp_path / "no-run").exists()
+
+
+def test_papermill_parameters_are_the_injected_ones_only():
+    from medr1.config import check_parameters, papermill_parameters
+
+    # a notebook's own variables (a second "Run all" in the same kernel) are never taken for parameters
+    namespace = {"In": ["", "x: int = 1", "# Parameters\nx = 3\nlora_rank = 8\n", "losses = {}"], "x": 3,
+                 "lora_rank": 8, "losses": {}}
+    assert papermill_parameters(namespace) == {"x": 3, "lora_rank": 8}
+    assert papermill_parameters({"In": ["x: int = 1"], "x": 1, "losses": {}}) == {}
+    check_parameters({"x": 3}, ["x", "y"])
+    with pytest.raises(Exception, match=r"unknown parameter\(s\) \['lora_rank'\]; valid parameters: \['x'\]"):
+        check_parameters(papermill_parameters(namespace), ["x"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Every input of evaluate and export is checked before any model loads, and nothing is written.
+
+
+@pytest.fixture(scope="module")
+def run_copy(smoke_run, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("polish") / "run"
+    shutil.copytree(smoke_run.out, dest, ignore=shutil.ignore_patterns("checkpoints", "export", "eval.*", "mcq_*"))
+    return dest
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any model load fails the test: the refusals below must come first."""
+    import medr1.evaluate
+    import medr1.export
+
+    def loaded(*args, **kwargs):
+        pytest.fail("a model was loaded before the bad input was found")
+
+    monkeypatch.setattr(medr1.evaluate, "load_base_and_adapter", loaded)
+    monkeypatch.setattr(medr1.export.Export, "_load", loaded)
+    monkeypatch.setattr(medr1.export, "load_adapter", loaded)
+
+
+def _refused(args: list[str], capsys) -> str:
+    t0 = time.perf_counter()
+    assert main(args) == 2
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert seconds < 20, f"refused only after {seconds:.0f} s"
+    assert err.startswith("medr1: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_evaluate_checks_the_questions_file_first(run_copy, tmp_path, capsys, no_model):
+    before = sorted(p.name for p in run_copy.iterdir())
+    err = _refused(["evaluate", str(run_copy), "--mcq", str(tmp_path / "nope.jsonl")], capsys)
+    assert "nope.jsonl: file not found" in err
+
+    bad = tmp_path / "bad_answer.jsonl"
+    rows = ASSETS.joinpath("mcq_sample.jsonl").read_text().splitlines()
+    wrong = {**json.loads(rows[1]), "answer_idx": "E"}
+    bad.write_text(rows[0] + "\n" + json.dumps(wrong) + "\n")
+    err = _refused(["evaluate", str(run_copy), "--mcq", str(bad)], capsys)
+    assert "bad_answer.jsonl: question 1: answer_idx 'E' is not one of the options ['A', 'B', 'C', 'D']" in err
+    assert sorted(p.name for p in run_copy.iterdir()) == before  # no eval.json, no predictions
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--gguf", "q3_x"], ["unknown GGUF quantization ['q3_x']"]),
+    (["--gguf", "q8_0"], ["GGUF export is not possible here", "llama.cpp"]),
+    (["--merged", "--push", "me/medr1-tiny"], ["needs a write token", "HF_TOKEN"]),
+    (["--push", "not a repo"], ["'not a repo' is not a valid hub name"]),
+    (["--no-adapter", "--push", "me/x", "--push-what", "merged"], ["nothing to push", "merged-16bit"]),
+])
+def test_export_checks_the_whole_plan_first(run_copy, tmp_path, capsys, monkeypatch, no_model, extra, words):
+    import medr1.export as export
+
+    monkeypatch.setattr(export, "gguf_blockers", lambda: ["network access (to fetch llama.cpp)", "cmake"])
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored login either
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+    monkeypatch.setitem(sys.modules, "google.colab", None)
+    out = tmp_path / "out"
+    err = _refused(["export", str(run_copy), "--to", str(out), *extra], capsys)
+    for word in words:
+        assert word in err
+    assert not out.exists(), "something was written before the refusal"
+
+
+def test_export_checks_every_destination_and_the_disk_first(run_copy, tmp_path, capsys, monkeypatch, no_model):
+    import medr1.export as export
+
+    out = tmp_path / "out"
+    (out / "merged-16bit").mkdir(parents=True)
+    (out / "merged-16bit" / "notes.txt").write_text("keep me")
+    err = _refused(["export", str(run_copy), "--to", str(out), "--merged"], capsys)
+    assert "merged-16bit" in err and "not empty" in err and "--overwrite" in err and "overwrite=True" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["merged-16bit"]  # the adapter was not written first
+
+    small = type("Usage", (), {"total": 2**34, "used": 2**34, "free": 2**20})
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda p: small)
+    err = _refused(["export", str(run_copy), "--to", str(tmp_path / "other"), "--merged"], capsys)
+    assert "adapter and merged needs about" in err and "only 0.00 GiB is free" in err
+    assert not (tmp_path / "other").exists()
+
+
+def test_export_notebook_checks_the_push_before_writing(run_copy, tmp_path, monkeypatch):
+    from papermill.exceptions import PapermillExecutionError
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the kernel inherits this: no token anywhere
+    out = tmp_path / "shipped"
+    with pytest.raises(PapermillExecutionError) as err:
+        _execute("03_export.ipynb", tmp_path / "03.ipynb", {
+            "run_dir": str(run_copy), "export_dir": str(out), "gguf": "", "push_repo": "me/medr1-tiny"})
+    assert "pushing to the hub needs a write token" in str(err.value)
+    assert not out.exists(), "exports were written before the missing token was found"
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise: bitsandbytes' kernels line, tqdm's IProgress warning.
+
+# Run the CLI as on a CPU with AVX512-BF16, where bitsandbytes looks for the `kernels` package at import.
+BNB_AS_ON_AVX512 = """
+import importlib.abc, importlib.machinery, logging, runpy, sys
+
+class Patch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            module.has_avx512bf16 = lambda: True
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, Patch())
+if sys.argv[1] == "unfiltered":  # the control: medr1's filter taken off again
+    import medr1
+    logging.getLogger("bitsandbytes.backends.cpu.ops").filters.clear()
+sys.argv = ["medr1", *sys.argv[2:]]
+runpy.run_module("medr1", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("mode", ["unfiltered", "medr1"])
+def test_cli_stderr_holds_no_bitsandbytes_kernels_line(tmp_path, mode):
+    proc = subprocess.run([sys.executable, "-c", BNB_AS_ON_AVX512, mode, "check-data", str(FIXTURE_PATH),
+                           "--preset", "smoke"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if mode == "unfiltered":  # the line is really emitted on such a CPU: the check below can fail
+        assert "Failed to load CPU gemm_4bit_forward" in proc.stderr
+    else:
+        assert "gemm_4bit_forward" not in proc.stderr and "pip install kernels" not in proc.stderr
+
+
+def test_a_notebook_shows_no_iprogress_warning(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import medr1"),
+                                         nbformat.v4.new_code_cell("from medr1.evaluate import Evaluation\n"
+                                                                   "from tqdm.auto import tqdm\n"
+                                                                   "list(tqdm(range(3)))")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src = tmp_path / "bars.ipynb"
+    nbformat.write(nb, src)
+    import papermill
+
+    done = papermill.execute_notebook(str(src), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                      progress_bar=False, cwd=str(tmp_path))
+    printed = "".join(o.get("text", "") for c in done.cells for o in c.get("outputs", []))
+    assert "3/3" in printed  # the bar was drawn (as text)
+    assert "IProgress" not in printed and "TqdmWarning" not in printed
+
+
+# ---------------------------------------------------------------------------------------------
+# Model cards: medr1's own, never PEFT's stub; licence; what the data are; truncated held-out rows.
+
+
+def test_write_card_replaces_peft_stub(run_copy, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from medr1.card import write_card
+
+    rec = json.loads((run_copy / "run.json").read_text())
+    folder = tmp_path / "checkpoint-20"
+    shutil.copytree(run_copy / "adapter", folder)
+    (folder / "README.md").write_text("---\nbase_model: /root/.cache/x\n---\n[More Information Needed] "
+                                      "fine-tuned version of [None]")
+    write_card(folder, rec, "checkpoint")
+    text = (folder / "README.md").read_text()
+    assert "More Information Needed" not in text and "[None]" not in text and "/root/.cache" not in text
+    assert "step 20 of" in text and "resume" in text
+    data = ModelCard.load(folder / "README.md").data
+    assert data.library_name == "peft" and data.license == "apache-2.0" and data.base_model is None
+    assert "synthetic reasoning traces" not in text  # the fixture is the user's own file here
+    assert "local file `medical_tiny.jsonl`" in text
+
+
+def test_card_licence_data_claim_and_truncated_rows():
+    from huggingface_hub import ModelCard
+
+    from medr1.card import model_card
+
+    hub = {"config": {"model_name": "unsloth/DeepSeek-R1-Distill-Llama-8B", "max_seq_length": 2048,
+                      "dataset_name": "FreedomIntelligence/medical-o1-reasoning-SFT", "data_path": ""}}
+    ev = {"holdout_rows": 20, "max_new_tokens": 8, "metrics": {"base": {"loss": 2.0, "truncated_rows": 3},
+                                                               "finetuned": {"loss": 1.5, "truncated_rows": 3}}}
+    card = ModelCard(model_card(hub, kind="merged", evaluation=ev))
+    assert card.data.license == "mit" and card.data.base_model == "unsloth/DeepSeek-R1-Distill-Llama-8B"
+    assert card.data.datasets == ["FreedomIntelligence/medical-o1-reasoning-SFT"]
+    assert "synthetic reasoning traces written by another model" in card.text
+    assert "3 of the 20 held-out rows are longer than max_seq_length=2048" in card.text
+
+    own = {"config": {"model_name": "my-org/my-llama", "data_path": "/data/mine.jsonl",
+                      "dataset_name": "FreedomIntelligence/medical-o1-reasoning-SFT"}}
+    card = ModelCard(model_card(own, kind="adapter"))
+    assert card.data.license == "unknown" and "check the licence of the base model" in card.text
+    assert "synthetic" not in card.text and card.data.datasets is None and "mine.jsonl" in card.text
+
+
+@pytest.mark.xfail(strict=True, reason="run.py's save and checkpoint callback do not call card.write_card yet")
+def test_the_run_folder_holds_medr1_cards_only(smoke_run):
+    cards = [smoke_run.out / "adapter" / "README.md", *smoke_run.out.glob("checkpoints/*/README.md")]
+    assert cards
+    for path in cards:
+        text = path.read_text()
+        assert "More Information Needed" not in text and "[None]" not in text, path
+
+
+# ---------------------------------------------------------------------------------------------
+# Hints in the words of the entry point.
+
+
+def test_hints_name_cli_flags_on_the_cli_and_python_arguments_elsewhere(tmp_path, capsys):
+    from medr1 import build_config
+    from medr1.errors import OutputDirError
+    from medr1.run import check_output_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    err = _refused(["train", "--preset", "smoke", "--set", f"output_dir={out}"], capsys)
+    assert "pass --overwrite to replace it, --resume to continue it" in err and "=True" not in err
+    with pytest.raises(OutputDirError, match="pass overwrite=True to replace it, resume=True to continue it"):
+        check_output_dir(build_config("smoke", {"output_dir": str(out)}, quiet=True))
+    err = _refused(["train", "--preset", "smoke", "--set", "resume=true"], capsys)
+    assert "--resume needs output_dir" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# File modes: what medr1 writes is readable by others (0644/0755 under umask 022).
+
+
+def test_run_files_get_the_usual_modes(run_copy, smoke_run):
+    from medr1.evaluate import Evaluation
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    out = smoke_run.out  # written by Run.save: run.json and the adapter folder
+    assert mode(out / "run.json") == file_mode
+    assert mode(out / "adapter") == dir_mode
+    assert {p.name: mode(p) for p in (out / "adapter").iterdir()} == \
+        {p.name: file_mode for p in (out / "adapter").iterdir()}
+    ev = Evaluation(run_copy, max_rows=1)
+    ev.load()
+    ev.held_out_loss()
+    saved = ev.save()
+    assert mode(saved["json"]) == file_mode
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    from medr1 import record
+
+    before = os.umask(0o027)
+    try:
+        record.atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with record.atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "weights").write_bytes(b"w")
+            (tmp / "weights").chmod(0o600)  # as safetensors writes them
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "folder" / "weights").stat().st_mode) == 0o640
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI's help: defaults shown, every knob listed, the preset `auto` picked said.
+
+
+def test_help_shows_defaults_and_check_data_path_has_help(capsys):
+    for command, expected in [("evaluate", "(default: 8)"), ("export", "(default: adapter)"),
+                              ("train", "(default: auto)"), ("check-data", "Question, Complex_CoT, Response")]:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert expected in capsys.readouterr().out, command
+
+
+def test_knobs_lists_every_knob_with_type_default_and_advice(capsys):
+    from medr1.config import knob_names
+
+    assert main(["knobs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in knob_names():
+        (line,) = [ln for ln in lines if ln.split()[:1] == [name]]
+        assert len(line.split()) >= 4, f"{name} lacks a type, default or advice: {line!r}"
+    assert re.search(r"^lora_r\s+int\s+16\s+higher rank", "\n".join(lines), re.MULTILINE)
+    assert main(["knobs", "--preset", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "preset 'smoke'" in out and re.search(r"^model_name\s+str\s+'medr1/tiny-llama'", out, re.MULTILINE)
+
+
+def test_check_data_says_which_preset_auto_picked(capsys, monkeypatch):
+    monkeypatch.setattr("medr1.config._cuda_info", lambda: (False, None))
+    assert main(["check-data", str(FIXTURE_PATH)]) == 0
+    assert "medr1: preset 'smoke' (no CUDA GPU" in capsys.readouterr().out
