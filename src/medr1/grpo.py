@@ -1,0 +1,382 @@
+"""Reinforcement on verifiable medical answers: GRPO with LoRA, the stage after SFT.
+
+    run = GrpoRun(build_config("smoke"))   # checks knobs, questions, start adapter, output folder: nothing heavy
+    run.load(); run.add_lora(); run.train(); run.plot_rewards(); run.save()
+
+Each question is asked `num_generations` times in the run's prompt style; every answer is scored by the rewards
+of medr1.rewards, weighted as the config says, and GRPO moves the LoRA weights towards the answers that beat
+their group's mean. TRL's GRPOTrainer does the work (Unsloth's patched one on a GPU: medr1 imports unsloth
+first); medr1 adds the checks, the SFT adapter to start from, checkpoints and resume, and the run record.
+Light to import: `score_verifiable` (the `evaluate --verifiable` command) loads no model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from medr1 import data, mcq, prompts, record, rewards
+from medr1.config import Config, hint
+from medr1.errors import ConfigError, DataError, ModelError
+
+FIELDS = ("Open-ended Verifiable Question", "Ground-True Answer")
+FIXTURE = "medr1:verifiable"  # the bundled questions, src/medr1/assets/verifiable_tiny.jsonl
+FIXTURE_PATH = Path(__file__).parent / "assets" / "verifiable_tiny.jsonl"
+REWARD_KNOBS = {"correctness": "reward_correctness", "format": "reward_format", "stop": "reward_stop",
+                "verifier": "reward_verifier"}
+
+
+def check(config: Config) -> None:
+    """The GRPO knobs, before anything loads: each error names the knob."""
+    if config.num_generations < 2:
+        raise ConfigError(f"num_generations must be >= 2 (got {config.num_generations}): GRPO learns from the "
+                          "differences between the answers to one question")
+    for name in ("max_completion_length", "grpo_questions_per_step", "grpo_max_steps", "grpo_learning_rate",
+                 "grpo_temperature"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(config, name)!r}")
+    for name in ("grpo_num_examples", "beta", *REWARD_KNOBS.values()):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
+    if not any(getattr(config, k) for k in REWARD_KNOBS.values()):
+        raise ConfigError(f"every reward weight is 0 ({', '.join(REWARD_KNOBS.values())}): nothing to learn from")
+    if config.max_completion_length >= config.max_seq_length:
+        raise ConfigError(f"max_completion_length={config.max_completion_length} leaves no room for the question "
+                          f"within max_seq_length={config.max_seq_length}")
+
+
+def reward_weights(config: Config) -> dict[str, float]:
+    """The rewards in use and their weights, as run.json records them (the verifier only when weighted)."""
+    return {name: getattr(config, knob) for name, knob in REWARD_KNOBS.items()
+            if name != "verifier" or getattr(config, knob) > 0}
+
+
+def validate(rows: list[Any], source: str) -> list[dict[str, str]]:
+    """Every row has both fields as non-empty strings; returns rows with only those fields."""
+    clean = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{source}: row {i} is {type(row).__name__}, expected an object with fields {list(FIELDS)}")
+        for name in FIELDS:
+            if name not in row:
+                raise DataError(f"{source}: row {i} is missing field {name!r} (fields present: {sorted(row)})")
+            if not isinstance(row[name], str):
+                raise DataError(f"{source}: row {i} field {name!r} is {type(row[name]).__name__}, expected a string")
+            if not row[name].strip():
+                raise DataError(f"{source}: row {i} field {name!r} is empty")
+        clean.append({name: row[name] for name in FIELDS})
+    return clean
+
+
+def read_questions(path: str | Path) -> list[dict[str, str]]:
+    """A local .json/.jsonl/.csv/.parquet of verifiable questions (or the bundled fixture), validated."""
+    path = FIXTURE_PATH if str(path) == FIXTURE else Path(path).expanduser()
+    return validate(data.read_rows(path), str(path))
+
+
+def load_questions(config: Config) -> tuple[list[dict[str, str]], str]:
+    """(rows, source): `grpo_data_path` if set, else the first `grpo_num_examples` rows of the hub dataset."""
+    n = config.grpo_num_examples
+    if config.grpo_data_path:
+        rows = read_questions(config.grpo_data_path)
+        source = str(FIXTURE_PATH if config.grpo_data_path == FIXTURE else config.grpo_data_path)
+        rows = rows[:n] if n else rows
+    else:
+        hub = dataclasses.replace(config, dataset_name=config.grpo_dataset_name,
+                                  dataset_config=config.grpo_dataset_config, dataset_split=config.grpo_dataset_split)
+        source = f"{hub.dataset_name} ({hub.dataset_config}, {hub.dataset_split})"
+        rows = validate(data._hub_rows(hub, f"{hub.dataset_split}[:{n}]" if n else hub.dataset_split), source)
+    return rows, source
+
+
+def score_verifiable(questions_path: str | Path, predictions_path: str | Path, style: str = "seed") -> dict[str, Any]:
+    """What `medr1 evaluate --verifiable FILE --predictions PRED.jsonl` prints: the correctness reward, no model.
+
+    Only each prediction's answer part (after `### Answer:` or `</think>`) is judged, as in training.
+    """
+    rows = read_questions(questions_path)
+    predictions = mcq.read_predictions(predictions_path)
+    if len(predictions) != len(rows):
+        raise DataError(f"{len(predictions)} predictions for {len(rows)} questions: they must match one to one, "
+                        "in the questions file's order")
+    verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]]) for p, r in zip(predictions, rows,
+                                                                                            strict=True)]
+    correct = sum(v.correct for v in verdicts)
+    reasons = {k: sum(v.reason == k for v in verdicts) for k in
+               ("match", "not found", "negated", "several candidates", "no answer")}
+    return {"file": str(questions_path), "predictions": str(predictions_path), "n": len(rows), "correct": correct,
+            "accuracy": round(correct / len(rows), 4), "ci95": list(mcq.wilson_interval(correct, len(rows))),
+            "by_reason": reasons}
+
+
+def start_adapter(config: Config) -> Path | None:
+    """The adapter folder `init_adapter` names (a run folder or its adapter/), checked against this config."""
+    if not config.init_adapter:
+        return None
+    path = Path(config.init_adapter).expanduser()
+    run_dir = path if (path / "run.json").exists() else path.parent if (path.parent / "run.json").exists() else None
+    adapter = path
+    if not (path / "adapter_config.json").exists():
+        if run_dir != path:
+            raise ConfigError(f"init_adapter={config.init_adapter!r} is neither a medr1 run folder (run.json) nor "
+                              "an adapter folder (adapter_config.json)")
+        rec = record.read_record(path)
+        adapter = path / (rec.get("adapter") or "adapter")
+        if not (adapter / "adapter_config.json").exists():
+            raise ConfigError(f"init_adapter={config.init_adapter!r}: the run holds no adapter yet (status "
+                              f"{rec.get('status')!r}); finish or resume it first")
+    if run_dir is not None:
+        trained = record.read_record(run_dir).get("config", {})
+        differ = [f"{k}={trained[k]!r} (this config: {getattr(config, k)!r})" for k in ("model_name", "prompt_style")
+                  if k in trained and trained[k] != getattr(config, k)]
+        if differ:
+            raise ConfigError(f"init_adapter={config.init_adapter!r} was trained with {'; '.join(differ)}: set the "
+                              "same values, so the adapter meets the base and the prompts it learned")
+    return adapter
+
+
+class GrpoRun:
+    """A GRPO run's state across notebook cells: config, questions, model, trainer, record."""
+
+    def __init__(self, config: Config):
+        from medr1 import preflight
+        from medr1.run import check_output_dir
+        from medr1.tokenizer import load_tokenizer
+
+        t0 = time.perf_counter()
+        check(config)
+        self.config, self.out = config, check_output_dir(config)
+        self.questions, self.source = load_questions(config)
+        self.adapter = start_adapter(config)
+        preflight.check(config)
+        self.tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
+        self.weights = reward_weights(config)
+        self.model = self.trainer = None
+        self.rewards: list[dict[str, Any]] = []
+        self.record: dict[str, Any] = {
+            "kind": "grpo", "status": "prepared", "created": record.now(), "preset": config.preset,
+            "config": config.to_dict(), "reward_weights": self.weights,
+            "init_adapter": str(self.adapter) if self.adapter else None,
+            "data": {"source": self.source, "questions": len(self.questions)},
+            "timings": {"prepare_s": round(time.perf_counter() - t0, 2)}}
+        print(f"medr1: {len(self.questions)} verifiable questions from {self.source}; rewards {self.weights}")
+
+    def prompt(self, i: int = 0) -> str:
+        """What the model is asked for question `i`: the inference prompt of the run's style."""
+        return prompts.inference_prompt(self.questions[i][FIELDS[0]], self.config.prompt_style)
+
+    def load(self) -> None:
+        from medr1.model import load_model
+
+        t0 = time.perf_counter()
+        self.model, self.tokenizer = load_model(self.config, self.tokenizer)
+        self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
+
+    def add_lora(self) -> None:
+        """New LoRA as the config says, or the SFT adapter's shape with its trained weights loaded into it."""
+        from medr1.model import add_lora
+
+        self._need_model()
+        cfg = self.config
+        if self.adapter:
+            shape = json.loads((self.adapter / "adapter_config.json").read_text(encoding="utf-8"))
+            targets = shape.get("target_modules")
+            if not isinstance(targets, list):
+                raise ModelError(f"{self.adapter}: target_modules {targets!r} is not a list of module names")
+            cfg = dataclasses.replace(cfg, lora_r=shape["r"], lora_alpha=shape["lora_alpha"],
+                                      lora_dropout=shape.get("lora_dropout", 0.0), lora_targets=tuple(sorted(targets)))
+        self.model = add_lora(self.model, cfg)
+        if self.adapter:
+            self.record["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": list(cfg.lora_targets),
+                                   "loaded_tensors": _load_adapter_weights(self.model, self.adapter)}
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.record["trainable_parameters"] = trainable
+        print(f"medr1: LoRA r={cfg.lora_r} ({f'weights from {self.adapter}' if self.adapter else 'new'}): "
+              f"{trainable:,} trainable parameters")
+
+    def trainer_args(self, checkpoint_dir: str, report_to: str = "none") -> dict[str, Any]:
+        """GRPOConfig's arguments: one question's group per micro-batch, `grpo_questions_per_step` per step."""
+        import torch
+
+        from medr1.train import precision_flags
+
+        cfg, save = self.config, self.config.save_steps > 0
+        return dict(
+            output_dir=checkpoint_dir, per_device_train_batch_size=cfg.num_generations,
+            gradient_accumulation_steps=cfg.grpo_questions_per_step, num_generations=cfg.num_generations,
+            max_completion_length=cfg.max_completion_length, temperature=cfg.grpo_temperature, beta=cfg.beta,
+            learning_rate=cfg.grpo_learning_rate, max_steps=cfg.grpo_max_steps, warmup_steps=cfg.warmup_steps,
+            optim=cfg.optim, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, seed=cfg.seed,
+            data_seed=cfg.seed, reward_weights=list(self.weights.values()), logging_steps=cfg.logging_steps,
+            save_strategy="steps" if save else "no", save_steps=cfg.save_steps if save else 500,
+            save_total_limit=cfg.save_total_limit, report_to=report_to, run_name=self.out.name,
+            gradient_checkpointing=False,  # add_lora set it up as the config says; TRL's default would redo it
+            use_cpu=not torch.cuda.is_available(), disable_tqdm=False, **precision_flags(cfg))
+
+    def reward_funcs(self) -> list:
+        eos, style = self.tokenizer.eos_token_id, self.config.prompt_style
+        made = {"correctness": lambda: rewards.correctness_reward(style),
+                "format": lambda: rewards.format_reward(eos, style), "stop": lambda: rewards.stop_reward(eos),
+                "verifier": lambda: rewards.Verifier(self.config.verifier_model, style)}
+        return [made[name]() for name in self.weights]
+
+    def train(self, callbacks: list | None = None) -> dict[str, Any]:
+        """GRPO steps with a progress bar; rewards per step, time, generated tokens/s and peak memory recorded."""
+        from medr1.stack import import_unsloth_first
+
+        import_unsloth_first()
+        import torch
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer
+
+        from medr1.model import for_training
+        from medr1.run import _newest_checkpoint
+        from medr1.train import reporting
+
+        self._need_model()
+        cfg, checkpoints = self.config, self.out / "checkpoints"
+        resume_from = _newest_checkpoint(checkpoints) if cfg.resume else None
+        if cfg.resume and resume_from is None:
+            print(f"medr1: {hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
+        elif not cfg.resume and cfg.overwrite:
+            for stale in (checkpoints, self.out / "adapter"):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
+                           hardware=record.hardware())
+        self._write_record()
+        dataset = Dataset.from_dict({"prompt": [self.prompt(i) for i in range(len(self.questions))],
+                                     "ground_truth": [q[FIELDS[1]] for q in self.questions]})
+        self.trainer = GRPOTrainer(model=self.model, reward_funcs=self.reward_funcs(), train_dataset=dataset,
+                                   args=GRPOConfig(**self.trainer_args(str(checkpoints), reporting(cfg))),
+                                   processing_class=self.tokenizer, callbacks=callbacks)
+        for_training(self.model, cfg.backend)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except BaseException as err:
+            self._record_interruption(err, checkpoints)
+            raise
+        seconds = time.perf_counter() - t0
+        self.rewards = reward_history(self.trainer.state.log_history, list(self.weights))
+        new = [r for r in self.rewards if r["step"] > (int(resume_from.name.split("-")[-1]) if resume_from else 0)]
+        generated = sum(r["completion_length"] * cfg.num_generations * cfg.grpo_questions_per_step for r in new)
+        stats = {"train_s": round(seconds, 2), "steps": int(self.trainer.state.global_step),
+                 "steps_per_s": round(len(new) / seconds, 4) if seconds else None,
+                 "generated_tokens_per_s": round(generated / seconds, 1) if seconds else None,
+                 "peak_gib": record.peak_memory_gib(), "resumed_from": resume_from.name if resume_from else None}
+        self.record["timings"]["train_s"] = stats["train_s"]
+        self.record.update(status="trained", train=stats, rewards=self.rewards)
+        self._write_record()
+        first, last = (self.rewards[0]["reward"], self.rewards[-1]["reward"]) if self.rewards else (None, None)
+        print(f"medr1: {stats['steps']} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
+              f"tokens/s; mean reward {first} -> {last}")
+        return stats
+
+    def _record_interruption(self, err: BaseException, checkpoints: Path) -> None:
+        from medr1.run import _newest_checkpoint
+
+        step = int(self.trainer.state.global_step) if self.trainer else 0
+        newest = _newest_checkpoint(checkpoints)
+        self.record.update(status="interrupted", interrupted={
+            "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
+            "checkpoint": newest.name if newest else None},
+            rewards=reward_history(self.trainer.state.log_history, list(self.weights)) if self.trainer else [])
+        self._write_record()
+        print(f"medr1: GRPO stopped at step {step}; " + (
+            f"run again with {hint('resume')} and output_dir={str(self.out)!r} to continue from {newest.name}"
+            if newest else "no checkpoint yet, a resume starts from step 0"))
+
+    def plot_rewards(self) -> Path:
+        if not self.rewards:
+            raise RuntimeError("no rewards yet: call train() first")
+        return plot_rewards(self.rewards, self.out / "rewards.png", f"medr1 {self.config.preset}: GRPO rewards")
+
+    def save(self) -> Path:
+        """The LoRA adapter and tokenizer, atomically, to output_dir/adapter; then the run record."""
+        self._need_model()
+        target = self.out / "adapter"
+        with record.atomic_dir(target) as tmp:
+            self.model.save_pretrained(str(tmp))
+            self.tokenizer.save_pretrained(str(tmp))
+        self.record.update(status="complete", adapter="adapter", finished=record.now())
+        self._write_record()
+        print(f"medr1: adapter saved to {target}")
+        return target
+
+    def _need_model(self) -> None:
+        if self.model is None:
+            raise RuntimeError("the model is not loaded: call load() first")
+
+    def _write_record(self) -> None:
+        record.atomic_write_json(self.out / "run.json", self.record)
+
+
+def _load_adapter_weights(model, adapter: Path) -> int:
+    """Copy a saved adapter's LoRA tensors into `model`'s fresh LoRA; every tensor must find its place."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ModelError(f"{adapter} does not fit the LoRA built from its own config (unexpected "
+                         f"{list(result.unexpected_keys)[:3]}, missing {missing[:3]})")
+    return len(weights)
+
+
+def reward_history(log_history: list[dict], names: list[str]) -> list[dict[str, Any]]:
+    """One record per logged step: mean reward (weighted sum), each reward's mean, answer length, KL, loss."""
+    out = []
+    for e in log_history:
+        if "reward" not in e or "step" not in e:
+            continue
+        out.append({"step": int(e["step"]), "reward": round(float(e["reward"]), 4),
+                    "reward_std": round(float(e.get("reward_std", 0.0)), 4),
+                    "rewards": {n: round(float(e.get(f"rewards/{n}/mean", float("nan"))), 4) for n in names},
+                    "completion_length": float(e.get("completions/mean_length", 0.0)),
+                    "clipped_ratio": float(e.get("completions/clipped_ratio", 0.0)),
+                    "kl": e.get("kl"), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
+                    "step_time": e.get("step_time")})
+    return out
+
+
+def plot_rewards(records: list[dict[str, Any]], path: Path, title: str = "GRPO rewards") -> Path:
+    """Mean reward (weighted sum) and each reward's mean against optimizer step, saved as PNG."""
+    import matplotlib
+
+    if not record._in_notebook():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in records]
+    ax.plot(steps, [r["reward"] for r in records], marker=".", linewidth=2, label="reward (weighted sum)")
+    for name in records[0]["rewards"]:
+        ax.plot(steps, [r["rewards"][name] for r in records], linewidth=1, alpha=0.8, label=name)
+    ax.set(xlabel="optimizer step", ylabel="mean over the step's answers", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    if not record._in_notebook():
+        plt.close(fig)
+    return path
+
+
+def grpo(config: Config) -> GrpoRun:
+    """The whole stage without pauses (what `medr1 grpo` does): prepare, load, LoRA, train, plot, save."""
+    run = GrpoRun(config)
+    run.load()
+    run.add_lora()
+    run.train()
+    run.plot_rewards()
+    run.save()
+    return run

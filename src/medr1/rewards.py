@@ -1,0 +1,359 @@
+"""Rewards for reinforcement on verifiable medical answers: correctness, format, stopping, an optional verifier.
+
+Only the answer part of a generation counts (`prompts.split_answer`): a right answer that appears in the
+reasoning alone earns nothing. Correctness is normalized matching against the row's `Ground-True Answer`
+(case, punctuation, articles, plurals, British spellings and a small table of abbreviations and synonyms),
+and it refuses the two ways a policy learns to game a string match: a negated mention ("not X", "X is
+unlikely", "rule out X") and hedging over several candidates ("X or Y", "X, Y and Z", "the differential
+includes"). The matching is deliberately strict (precision over recall): a correct answer in other words
+earns nothing here; the verifier model (off by default) is the tool for those.
+
+The `*_reward` factories return TRL reward callables, `reward(completions, **kwargs) -> list[float]`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from medr1 import prompts
+from medr1.errors import ModelError
+
+# Canonical phrase: its abbreviations and synonyms. Written for medr1; ambiguous short forms (PE, MS, ALL, DM,
+# IV, CF) are left out on purpose: mapping them would reward the wrong disease as often as the right one.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "myocardial infarction": ("mi", "heart attack"),
+    "acute myocardial infarction": ("ami",),
+    "st elevation myocardial infarction": ("stemi",),
+    "non st elevation myocardial infarction": ("nstemi",),
+    "deep vein thrombosis": ("dvt", "deep venous thrombosis"),
+    "chronic obstructive pulmonary disease": ("copd",),
+    "congestive heart failure": ("chf",),
+    "hypertension": ("htn", "high blood pressure"),
+    "tuberculosis": ("tb",),
+    "urinary tract infection": ("uti",),
+    "systemic lupus erythematosus": ("sle", "lupus"),
+    "rheumatoid arthritis": ("ra",),
+    "gastroesophageal reflux disease": ("gerd", "gord", "gastro oesophageal reflux disease"),
+    "irritable bowel syndrome": ("ibs",),
+    "inflammatory bowel disease": ("ibd",),
+    "acute kidney injury": ("aki", "acute renal failure"),
+    "chronic kidney disease": ("ckd",),
+    "atrial fibrillation": ("af", "afib", "a fib"),
+    "stroke": ("cva", "cerebrovascular accident"),
+    "subarachnoid hemorrhage": ("sah",),
+    "diabetic ketoacidosis": ("dka",),
+    "acute respiratory distress syndrome": ("ards",),
+    "disseminated intravascular coagulation": ("dic",),
+    "immune thrombocytopenia": ("itp", "idiopathic thrombocytopenic purpura", "immune thrombocytopenic purpura"),
+    "thrombotic thrombocytopenic purpura": ("ttp",),
+    "human immunodeficiency virus": ("hiv",),
+    "cytomegalovirus": ("cmv",),
+    "epstein barr virus": ("ebv",),
+    "herpes simplex virus": ("hsv",),
+    "methicillin resistant staphylococcus aureus": ("mrsa",),
+    "nonsteroidal anti inflammatory drug": ("nsaid", "non steroidal anti inflammatory drug"),
+    "angiotensin converting enzyme inhibitor": ("ace inhibitor", "acei"),
+    "angiotensin receptor blocker": ("arb", "angiotensin ii receptor blocker"),
+    "selective serotonin reuptake inhibitor": ("ssri",),
+    "proton pump inhibitor": ("ppi",),
+    "benign prostatic hyperplasia": ("bph", "benign prostatic hypertrophy"),
+    "polycystic ovary syndrome": ("pcos", "polycystic ovarian syndrome"),
+    "tetralogy of fallot": ("tof",),
+    "amyotrophic lateral sclerosis": ("als", "lou gehrig disease"),
+    "acute myeloid leukemia": ("aml",),
+    "chronic myeloid leukemia": ("cml",),
+    "chronic lymphocytic leukemia": ("cll",),
+    "attention deficit hyperactivity disorder": ("adhd",),
+    "post traumatic stress disorder": ("ptsd",),
+    "obsessive compulsive disorder": ("ocd",),
+    "acetaminophen": ("paracetamol",),
+    "epinephrine": ("adrenaline",),
+    "norepinephrine": ("noradrenaline",),
+    "albuterol": ("salbutamol",),
+    "nitroglycerin": ("glyceryl trinitrate", "gtn"),
+    "cyanocobalamin": ("vitamin b12", "cobalamin"),
+    "thiamine": ("vitamin b1",),
+    "folate": ("folic acid", "vitamin b9"),
+    "computed tomography": ("ct", "ct scan", "cat scan"),
+    "magnetic resonance imaging": ("mri",),
+    "electrocardiogram": ("ecg", "ekg"),
+}
+GREEK = {"α": " alpha ", "β": " beta ", "γ": " gamma ", "δ": " delta ", "κ": " kappa ", "μ": " mu "}
+SPELLING = ((re.compile(r"^oe(?=[a-z])"), "e"), (re.compile(r"aem"), "em"), (re.compile(r"oea"), "ea"),
+            (re.compile(r"^tumour$"), "tumor"), (re.compile(r"^haemo"), "hemo"))
+ARTICLES = {"a", "an", "the"}
+COMMA, BREAK = ",", "|"  # tokens kept from punctuation: a list separator, and a clause boundary
+SENTENCE_END = re.compile(r"(?<!\d)[.!?](?!\d)|[;\n]")
+# Before a mention (in its clause), or just after it: the mention is denied, not asserted.
+NEGATION_BEFORE = ("not", "no", "never", "without", "unlikely", "exclude", "excluded", "excluding", "neither", "nor",
+                   "against", "absence", "absent", "rule out", "ruled out", "rather than", "instead of",
+                   "less likely", "other than", "free of", "negative for")
+NEGATION_AFTER = ("unlikely", "excluded", "ruled out", "rule out", "is not", "was not", "less likely",
+                  "absent", "negative", "can be excluded", "doubtful")
+CLAUSE_WORDS = {"but", "however", "whereas", "although", "though", "yet", "while"}
+DISJUNCTIONS = {"or", "either", "versus", "vs", "nor"}
+HEDGES = ("differential", "alternatively", "could also be", "might also be", "may also be", "another possibility",
+          "other possibility", "possibilities")
+LIST_WORDS = {"and", "plus", COMMA}
+PLURAL_VERBS = {"are", "were", "both"}
+# A word that opens an explanation or a clause, never a second candidate ("MI, given the ST elevation").
+LINKING = {"given", "which", "as", "because", "due", "since", "with", "caused", "based", "supported", "that", "who",
+           "in", "on", "for", "from", "by", "confirmed", "secondary", "following", "after", "associated", "leading",
+           "resulting", "presenting", "where", "when", "is", "was", "should", "must", "will", "can", "may", "has",
+           "have", "needs", "requires", "this", "it", "likely", "most", "probably", "especially", "particularly"}
+
+
+def _singular(word: str) -> str:
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("sses", "shes", "ches", "xes", "zes", "uses")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words of `text`, accents, articles and plurals removed; commas and clause breaks as tokens."""
+    text = "".join(GREEK.get(ch, ch) for ch in text)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    text = re.sub(r"n't\b", " not", text).replace("no doubt", " ").replace("/", " or ")
+    text = re.sub(r"'s\b", "", text)
+    text = re.sub(r"(\d)([a-z])", r"\1 \2", text)
+    text = re.sub(r"[:()\[\]{}\u2014]|--", f" {BREAK} ", text).replace(",", f" {COMMA} ")
+    out = []
+    for word in re.findall(r"[a-z0-9]+|[,|]", text):
+        for pattern, repl in SPELLING:
+            word = pattern.sub(repl, word)
+        if word not in ARTICLES:
+            out.append(_singular(word))
+    return out
+
+
+def _phrase(text: str) -> tuple[str, ...]:
+    return tuple(w for w in _words(text) if w not in (COMMA, BREAK))
+
+
+ALIASES: dict[tuple[str, ...], tuple[str, ...]] = {}
+for _canon, _aliases in SYNONYMS.items():
+    for _alias in (_canon, *_aliases):
+        ALIASES[_phrase(_alias)] = _phrase(_canon)
+LONGEST_ALIAS = max(len(a) for a in ALIASES)
+
+
+def canonical(words: list[str] | tuple[str, ...]) -> list[str]:
+    """Replace every abbreviation or synonym (longest first) by its canonical phrase."""
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        for n in range(min(LONGEST_ALIAS, len(words) - i), 0, -1):
+            hit = ALIASES.get(tuple(words[i:i + n]))
+            if hit:
+                out.extend(hit)
+                i += n
+                break
+        else:
+            out.append(words[i])
+            i += 1
+    return out
+
+
+def normalize(text: str) -> str:
+    """The form two answers are compared in: `normalize("The Heart-Attacks.") == "myocardial infarction"`."""
+    return " ".join(canonical(_phrase(text)))
+
+
+def answer_part(text: str, style: str = "seed") -> str:
+    """The answer part of a generation ("" when it has none): the only part correctness looks at."""
+    return prompts.split_answer(text, style).answer
+
+
+@dataclass
+class Verdict:
+    correct: bool
+    reason: str  # match | no answer | not found | negated | several candidates
+
+
+def _has(words: list[str], cues: tuple[str, ...] | set[str]) -> bool:
+    text = f" {' '.join(words)} "
+    return any(f" {cue} " in text for cue in cues)
+
+
+def _find(words: list[str], target: list[str]) -> list[int]:
+    n = len(target)
+    return [i for i in range(len(words) - n + 1) if words[i:i + n] == target] if n else []
+
+
+def _clause_before(words: list[str], start: int) -> list[str]:
+    i = start
+    while i > 0 and words[i - 1] not in (COMMA, BREAK) and words[i - 1] not in CLAUSE_WORDS:
+        i -= 1
+    return words[i:start]
+
+
+def _item(words: list[str], step: int, at: int) -> list[str]:
+    """The phrase next to a list word, walking away from the mention until the next separator or linking word."""
+    item = []
+    while 0 <= at < len(words) and words[at] not in LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS:
+        item.append(words[at])
+        at += step
+    return item
+
+
+def _listed(words: list[str], start: int, end: int) -> bool:
+    """Is the mention words[start:end] one item of a list of candidates ("X and Y", "Y, Z and X", "X, Y are")?"""
+    after = words[end] if end < len(words) else None
+    if after in LIST_WORDS:
+        j = end
+        while j < len(words) and words[j] in LIST_WORDS:
+            j += 1
+        if j < len(words) and words[j] not in LINKING and _item(words, 1, j):
+            nxt = j + len(_item(words, 1, j))
+            if nxt >= len(words) or words[nxt] in LIST_WORDS | PLURAL_VERBS | {BREAK}:
+                return True
+    before = words[start - 1] if start > 0 else None
+    if before in LIST_WORDS and (after is None or after in LIST_WORDS | PLURAL_VERBS | {BREAK}):
+        j = start - 1
+        while j >= 0 and words[j] in LIST_WORDS:
+            j -= 1
+        return bool(_item(words, -1, j))
+    return False
+
+
+def truth_variants(truth: str) -> list[list[str]]:
+    """The reference as words; "Myocardial infarction (MI)" also as its outside and inside parts."""
+    inside = re.findall(r"\(([^()]*)\)", truth)
+    outside = re.sub(r"\([^()]*\)", " ", truth)
+    texts = [outside, *inside] if inside else [truth]
+    return [v for v in (canonical(_phrase(t)) for t in texts) if v]
+
+
+def judge(answer: str, truth: str) -> Verdict:
+    """Does the answer part `answer` assert the reference `truth`, once, without denying or hedging it?"""
+    if not answer.strip():
+        return Verdict(False, "no answer")
+    sentences = [canonical(_words(s)) for s in SENTENCE_END.split(answer) if s.strip()]
+    found = [(s, i, i + len(v)) for v in truth_variants(truth) for s in sentences for i in _find(s, v)]
+    if not found:
+        return Verdict(False, "not found")
+    for s, i, j in found:
+        after = s[j:j + 4]
+        cut = next((k for k, w in enumerate(after) if w in CLAUSE_WORDS | {"and", COMMA, BREAK}), len(after))
+        non = i > 0 and s[i - 1] == "non"  # "non-Hodgkin lymphoma" is not "Hodgkin lymphoma"
+        if non or _has(_clause_before(s, i), NEGATION_BEFORE) or _has(after[:cut], NEGATION_AFTER):
+            return Verdict(False, "negated")
+    for s, i, j in found:
+        rest = s[:i] + s[j:]
+        if DISJUNCTIONS & set(rest) or _listed(s, i, j):
+            return Verdict(False, "several candidates")
+    if _has([w for s in sentences for w in s], HEDGES):
+        return Verdict(False, "several candidates")
+    return Verdict(True, "match")
+
+
+def is_correct(generated: str, truth: str, style: str = "seed") -> bool:
+    """Correctness of a whole generation: only its answer part is judged."""
+    return judge(answer_part(generated, style), truth).correct
+
+
+def format_ok(generated: str, stopped: bool, style: str = "seed") -> bool:
+    """A reasoning part, then one answer part, then EOS within the budget (`stopped`)."""
+    marker = prompts.ANSWER_HEADER.strip() if style == "seed" else prompts.THINK_CLOSE
+    parts = prompts.split_answer(generated, style)
+    return stopped and parts.complete and generated.count(marker) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL reward callables: reward(completions, **kwargs) -> list[float], one float per completion.
+
+
+def _stopped(completion_ids: list[list[int]] | None, n: int, eos_token_id: int) -> list[bool]:
+    if completion_ids is None:  # without ids, EOS cannot be seen (the decoded text drops it)
+        return [False] * n
+    return [bool(ids) and ids[-1] == eos_token_id for ids in completion_ids]
+
+
+def _named(fn: Callable, name: str) -> Callable:
+    fn.__name__ = fn.__qualname__ = name  # TRL logs each reward as rewards/<name>/mean
+    return fn
+
+
+def correctness_reward(style: str = "seed") -> Callable:
+    def reward(completions: list[str], ground_truth: list[str], **kwargs) -> list[float]:
+        return [float(is_correct(c, t, style)) for c, t in zip(completions, ground_truth, strict=True)]
+
+    return _named(reward, "correctness")
+
+
+def format_reward(eos_token_id: int, style: str = "seed") -> Callable:
+    def reward(completions: list[str], completion_ids: list[list[int]] | None = None, **kwargs) -> list[float]:
+        stops = _stopped(completion_ids, len(completions), eos_token_id)
+        return [float(format_ok(c, s, style)) for c, s in zip(completions, stops, strict=True)]
+
+    return _named(reward, "format")
+
+
+def stop_reward(eos_token_id: int) -> Callable:
+    """1 for a completion that ends with EOS within the budget: what a model that never stops must learn first."""
+    def reward(completions: list[str], completion_ids: list[list[int]] | None = None, **kwargs) -> list[float]:
+        return [float(s) for s in _stopped(completion_ids, len(completions), eos_token_id)]
+
+    return _named(reward, "stop")
+
+
+VERIFIER_MODEL = "FreedomIntelligence/medical_o1_verifier_3B"
+# The input format the verifier was trained on (the dataset authors' reward model): response, reference, EOS.
+VERIFIER_TEMPLATE = ("<Model Response>\n{}\n</Model Response>\n\n<Reference Answer>\n{}\n</Reference Answer>\n\n"
+                     "Your task is to evaluate the model response by comparing it to the reference answer. If the "
+                     "model response is correct and aligns with the reference answer, output \"True\" . If it is "
+                     "incorrect or fails to select the correct option (if options are provided), output \"False\" . {}")
+
+
+class Verifier:
+    """The authors' verifier (a 2-label sequence classifier): reward = P(correct) of the answer part.
+
+    Loaded on first use only, so nothing downloads unless the weight `reward_verifier` is above 0.
+    """
+
+    def __init__(self, model_name: str = VERIFIER_MODEL, style: str = "seed", batch_size: int = 8,
+                 max_length: int = 4096):
+        self.model_name, self.style, self.batch_size, self.max_length = model_name, style, batch_size, max_length
+        self.model = self.tokenizer = None
+        self.__name__ = "verifier"
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                self.model_name, num_labels=2, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+                device_map={"": 0} if torch.cuda.is_available() else None).eval()
+        except OSError as err:
+            raise ModelError(f"verifier_model={self.model_name!r} could not be loaded ({str(err).splitlines()[0]}); "
+                             "offline it must be in the hub cache first. Set reward_verifier=0 to train "
+                             "without it.") from None
+
+    def __call__(self, completions: list[str], ground_truth: list[str], **kwargs) -> list[float]:
+        import torch
+
+        answers = [answer_part(c, self.style) for c in completions]
+        todo = [k for k, a in enumerate(answers) if a]  # no answer part: 0, like correctness
+        if todo and self.model is None:
+            self.load()
+        texts = [VERIFIER_TEMPLATE.format(answers[k], ground_truth[k], self.tokenizer.eos_token) for k in todo]
+        out = [0.0] * len(completions)
+        with torch.inference_mode():
+            for k in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[k:k + self.batch_size], return_tensors="pt", padding=True,
+                                     truncation=True, max_length=self.max_length).to(self.model.device)
+                probs = torch.softmax(self.model(**enc).logits.float(), dim=-1)[:, 1].tolist()
+                for idx, p in zip(todo[k:k + self.batch_size], probs, strict=True):
+                    out[idx] = p
+        return out

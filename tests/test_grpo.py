@@ -1,0 +1,200 @@
+"""GRPO on the tiny model (CPU): the reward it can learn rises, an interrupted run resumes to the same end,
+a run starts from another run's adapter, bad rows and knobs fail before anything loads, and the
+`grpo` and `evaluate --verifiable` commands work.
+
+What the tiny random model can learn: it has no medical knowledge and never writes `### Answer:`, so
+correctness and format stay at 0 (and are logged as such). It can learn to stop: the smoke preset adds
+`reward_stop` (EOS within 24 tokens). At the start about 5% of its sampled answers stop by chance; GRPO
+raises the probability of those within each group, and in a dozen steps at lr 2e-2 most answers stop.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from medr1 import build_config, record
+from medr1.__main__ import main
+from medr1.errors import ConfigError, DataError
+from medr1.grpo import FIELDS, FIXTURE_PATH, GrpoRun, score_verifiable
+from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
+
+SETTINGS = {"grpo_max_steps": 12, "save_steps": 4, "save_total_limit": 3}
+CUT = 6  # the step during which the interrupted run is stopped; checkpoint-4 is the newest before it
+
+
+class StopAt(TrainerCallback):
+    """Raises what a notebook's stop button raises, at the end of step `step` (before it is checkpointed)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"stopped at step {self.step}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's matrices are too small to share out: on a busy 2-core machine a second thread only waits
+    (a step took 20x longer). One thread keeps this file near a minute wherever it runs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def prepared(out, **overrides) -> GrpoRun:
+    run = GrpoRun(build_config("smoke", {**SETTINGS, "output_dir": str(out), **overrides}, quiet=True))
+    run.load()
+    run.add_lora()
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpo")
+    full = prepared(root / "full")
+    full.train()
+    full.plot_rewards()
+    full.save()
+
+    cut_dir = root / "cut"
+    cut = prepared(cut_dir)
+    with pytest.raises(KeyboardInterrupt):
+        cut.train(callbacks=[StopAt(CUT)])
+    after_cut = record.read_record(cut_dir)
+    resumed = prepared(cut_dir, resume=True)
+    resumed.train()
+    resumed.save()
+    return full, after_cut, resumed
+
+
+def test_reward_it_can_learn_rises(runs):
+    full, _, _ = runs
+    steps = full.rewards
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    stop = [r["rewards"]["stop"] for r in steps]
+    first, last = sum(stop[:3]) / 3, sum(stop[-3:]) / 3
+    assert last > first + 0.3, stop
+    assert steps[-1]["completion_length"] < steps[0]["completion_length"]  # it stops earlier
+    assert {r["rewards"]["correctness"] for r in steps} == {0.0}  # nothing medical is learnt by a random model
+
+
+def test_run_record(runs):
+    full, _, _ = runs
+    rec = record.read_record(full.out)
+    assert rec["status"] == "complete" and rec["kind"] == "grpo"
+    assert rec["reward_weights"] == {"correctness": 1.0, "format": 0.5, "stop": 1.0}
+    assert len(rec["rewards"]) == 12 and rec["train"]["steps"] == 12
+    assert rec["train"]["generated_tokens_per_s"] > 0 and rec["train"]["steps_per_s"] > 0
+    assert rec["data"]["questions"] == len(FIXTURE_PATH.read_text().splitlines())
+    assert (full.out / "rewards.png").stat().st_size > 0
+    assert (full.out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_interrupted_run_resumes_to_the_same_end(runs):
+    full, after_cut, resumed = runs
+    assert after_cut["status"] == "interrupted"
+    assert after_cut["interrupted"]["checkpoint"] == "checkpoint-4"
+    assert resumed.record["train"]["resumed_from"] == "checkpoint-4"
+    assert [r["step"] for r in resumed.rewards] == list(range(1, 13))
+    for a, b in zip(full.rewards, resumed.rewards, strict=True):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6), (a, b)
+        assert a["completion_length"] == pytest.approx(b["completion_length"]), (a, b)
+    w_full = load_file(str(full.out / "adapter" / "adapter_model.safetensors"))
+    w_resumed = load_file(str(resumed.out / "adapter" / "adapter_model.safetensors"))
+    assert w_full.keys() == w_resumed.keys()
+    assert max((w_full[k] - w_resumed[k]).abs().max().item() for k in w_full) < 1e-5
+
+
+def test_starts_from_a_runs_adapter(runs, tmp_path):
+    full, _, _ = runs
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "next"), "init_adapter": str(full.out)},
+                               quiet=True))
+    assert run.adapter == full.out / "adapter"
+    run.load()
+    run.add_lora()
+    saved = load_file(str(full.out / "adapter" / "adapter_model.safetensors"))
+    state = {k.replace(".default", ""): v for k, v in run.model.state_dict().items() if "lora_" in k}
+    assert run.record["lora"]["loaded_tensors"] == len(saved) > 0
+    for key, value in saved.items():
+        assert (state[key] - value).abs().max().item() == 0, key
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # trained weights, not a fresh LoRA
+
+
+def test_start_adapter_errors(runs, tmp_path):
+    full, _, _ = runs
+    with pytest.raises(ConfigError, match="init_adapter=.*neither a medr1 run folder"):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "a"), "init_adapter": str(tmp_path)}, quiet=True))
+    with pytest.raises(ConfigError, match="prompt_style='seed'"):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "b"), "init_adapter": str(full.out),
+                                       "prompt_style": "r1"}, quiet=True))
+
+
+@pytest.mark.parametrize("row, message", [
+    ({FIELDS[0]: "q"}, "row 1 is missing field 'Ground-True Answer'"),
+    ({FIELDS[0]: "q", FIELDS[1]: 3}, "row 1 field 'Ground-True Answer' is int, expected a string"),
+    ({FIELDS[0]: "  ", FIELDS[1]: "a"}, "row 1 field 'Open-ended Verifiable Question' is empty"),
+    (["q", "a"], "row 1 is list"),
+])
+def test_bad_rows_name_row_and_field(tmp_path, row, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(FIXTURE_PATH.read_text().splitlines()[0] + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=message):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "out"), "grpo_data_path": str(path)},
+                             quiet=True))
+    assert not (tmp_path / "out").exists()  # nothing written before the data is known to be good
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_generations": 1}, "num_generations must be >= 2"),
+    ({"grpo_learning_rate": 0}, "grpo_learning_rate must be > 0"),
+    ({"reward_correctness": 0, "reward_format": 0, "reward_stop": 0}, "every reward weight is 0"),
+    ({"beta": -0.1}, "beta must be >= 0"),
+    ({"max_completion_length": 5000}, "max_completion_length=5000 leaves no room"),
+])
+def test_bad_knobs(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path), **overrides}, quiet=True))
+
+
+def test_grpo_command(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["grpo", "--preset", "smoke", "--set", "grpo_max_steps=1", "--set", f"output_dir={out}"]) == 0
+    rec = record.read_record(out)
+    assert rec["status"] == "complete" and len(rec["rewards"]) == 1
+    assert main(["grpo", "--preset", "smoke", "--set", "num_generations=1", "--set", f"output_dir={tmp_path / 'x'}"]) \
+        == 2
+    assert "num_generations must be >= 2" in capsys.readouterr().err
+
+
+def test_evaluate_verifiable_scores_answer_parts_without_a_model(tmp_path):
+    rows = [json.loads(line) for line in FIXTURE_PATH.read_text().splitlines()[:5]]
+    predictions = [
+        "ST elevation in II, III, aVF.\n\n### Answer:\nAn inferior STEMI.",  # right, abbreviated
+        "Low MCV, spoon nails: iron deficiency.\n\n### Answer:\nThalassemia trait",  # right only in the reasoning
+        "Hyperglycemia and ketones.\n\n### Answer:\nNot diabetic ketoacidosis.",  # negated
+        "Malar rash.\n\n### Answer:\nSLE or rheumatoid arthritis",  # two candidates
+        "Deep vein thrombosis",  # no answer part
+    ]
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("".join(json.dumps({"prediction": p}) + "\n" for p in predictions))
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = ("import json, sys; from medr1.__main__ import main; "
+            f"rc = main(['evaluate', '--verifiable', {str(questions)!r}, '--predictions', {str(pred)!r}]); "
+            "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))")
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    result, status = json.loads(lines[-2]), json.loads(lines[-1])
+    assert status == {"rc": 0, "torch": False}  # no model, not even torch
+    assert (result["n"], result["correct"], result["accuracy"]) == (5, 1, 0.2)
+    assert result["by_reason"] == {"match": 1, "not found": 1, "negated": 1, "several candidates": 1, "no answer": 1}
+    assert score_verifiable(questions, pred)["correct"] == 1
+    pred.write_text(json.dumps({"prediction": "x"}) + "\n")
+    with pytest.raises(DataError, match="1 predictions for 5 questions"):
+        score_verifiable(questions, pred)

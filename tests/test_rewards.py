@@ -1,0 +1,121 @@
+"""The GRPO rewards on hand-written cases, false friends first: what a string match would wrongly reward."""
+
+import pytest
+
+from medr1 import rewards
+from medr1.errors import ModelError
+from medr1.prompts import ANSWER_HEADER, THINK_CLOSE
+
+MI = "Myocardial infarction"
+
+
+def seed(reasoning: str, answer: str) -> str:
+    """A completion in the seed style (what follows the inference prompt)."""
+    return f"{reasoning}\n\n{ANSWER_HEADER}{answer}"
+
+
+@pytest.mark.parametrize("answer, truth", [
+    ("The most likely diagnosis is acute MI.", "Acute myocardial infarction"),
+    ("Heart attack", MI),  # synonym
+    ("myocardial infarction!", MI),  # case, punctuation
+    ("An MI", MI),  # article
+    ("Kidney stones", "Kidney stone"),  # plural
+    ("Hodgkin's lymphoma", "Hodgkin lymphoma"),  # possessive
+    ("Anaemia of chronic disease", "Anemia of chronic disease"),  # British spelling
+    ("Haemorrhage into the subarachnoid space: SAH.", "Subarachnoid hemorrhage"),  # abbreviation
+    ("β-blockers", "Beta blocker"),
+    ("Paracetamol", "Acetaminophen"),
+    ("Give 5mg lorazepam", "5 mg lorazepam"),
+    ("Myocardial infarction (MI)", "MI"),
+    ("The answer is MI, given the ST elevation and the troponin rise.", MI),  # a reason, not a second candidate
+    ("Troponin is raised and MI is the diagnosis.", MI),
+    ("This is not pericarditis but an MI.", MI),  # the negation belongs to the other clause
+    ("Inferior STEMI", "Inferior ST elevation myocardial infarction"),
+    ("MI; pulmonary embolism is unlikely.", MI),
+])
+def test_correct_answers_match(answer, truth):
+    verdict = rewards.judge(answer, truth)
+    assert verdict.correct, verdict
+
+
+@pytest.mark.parametrize("answer, truth, reason", [
+    ("This is not MI.", MI, "negated"),
+    ("It isn't tuberculosis.", "TB", "negated"),
+    ("MI is unlikely given the normal troponin.", MI, "negated"),
+    ("We must rule out MI first.", MI, "negated"),
+    ("MI has been ruled out.", MI, "negated"),
+    ("Pericarditis rather than MI", MI, "negated"),
+    ("Non-Hodgkin lymphoma", "Hodgkin lymphoma", "negated"),
+    ("NSTEMI", "STEMI", "negated"),
+    ("MI or pulmonary embolism", MI, "several candidates"),
+    ("Either MI or aortic dissection", MI, "several candidates"),
+    ("MI/PE", MI, "several candidates"),
+    ("MI vs. aortic dissection", MI, "several candidates"),
+    ("MI, pulmonary embolism and aortic dissection", MI, "several candidates"),
+    ("Pulmonary embolism, aortic dissection and MI", MI, "several candidates"),
+    ("MI and pulmonary embolism are both possible.", MI, "several candidates"),
+    ("The differential includes MI.", MI, "several candidates"),
+    ("It is MI. It could also be pericarditis.", MI, "several candidates"),
+    ("Mitral valve prolapse", MI, "not found"),  # "mi" is a word, not a prefix
+    ("Administer lorazepam", "5 mg lorazepam", "not found"),
+    ("", MI, "no answer"),
+])
+def test_false_friends_earn_nothing(answer, truth, reason):
+    verdict = rewards.judge(answer, truth)
+    assert not verdict.correct
+    assert verdict.reason == reason, verdict
+
+
+def test_only_the_answer_part_counts():
+    truth = "Iron deficiency"
+    assert rewards.is_correct(seed("Spoon nails and a low MCV.", "Iron deficiency anaemia."), truth)
+    # the right answer in the reasoning, a wrong one in the answer part
+    assert not rewards.is_correct(seed("Could be iron deficiency.", "Anemia of chronic disease"), truth)
+    # no answer part at all: the reasoning never earns the reward
+    assert not rewards.is_correct("Iron deficiency is the answer", truth)
+    assert rewards.answer_part("Iron deficiency is the answer") == ""
+    # the r1 style's answer part follows </think>
+    r1 = f"Low MCV, spoon nails.\n{THINK_CLOSE}\n\nIron deficiency"
+    assert rewards.is_correct(r1, truth, style="r1")
+    assert not rewards.is_correct(f"Iron deficiency?\n{THINK_CLOSE}\n\nThalassemia", truth, style="r1")
+
+
+def test_normalize():
+    assert rewards.normalize("The Heart-Attacks.") == "myocardial infarction"
+    assert rewards.normalize("Crohn's disease") == rewards.normalize("Crohn disease")
+    assert rewards.normalize("Guillain-Barré syndrome") == "guillain barre syndrome"
+
+
+def test_format_needs_reasoning_one_answer_and_eos():
+    good = seed("Chest pain, ST elevation.", "MI")
+    assert rewards.format_ok(good, stopped=True)
+    assert not rewards.format_ok(good, stopped=False)  # cut off at the budget, or never stopped
+    assert not rewards.format_ok(seed("", "MI"), stopped=True)  # no reasoning
+    assert not rewards.format_ok(seed("Chest pain.", ""), stopped=True)  # no answer
+    assert not rewards.format_ok(good + "\n\n" + ANSWER_HEADER + "PE", stopped=True)  # two answer parts
+    assert not rewards.format_ok("MI", stopped=True)
+    assert rewards.format_ok(f"Chest pain.\n{THINK_CLOSE}\n\nMI", stopped=True, style="r1")
+
+
+def test_trl_callables():
+    eos = 7
+    completions = [seed("Chest pain.", "Acute MI"), seed("Chest pain.", "Not MI"), "no structure"]
+    ids = [[3, 4, eos], [3, 4, eos], [3, 4, 5]]  # the last was cut off at the budget
+    truth = [MI] * 3
+    correctness = rewards.correctness_reward()
+    assert correctness.__name__ == "correctness"
+    assert correctness(completions=completions, ground_truth=truth, completion_ids=ids, prompts=["q"] * 3) \
+        == [1.0, 0.0, 0.0]
+    assert rewards.format_reward(eos)(completions=completions, completion_ids=ids) == [1.0, 1.0, 0.0]
+    assert rewards.stop_reward(eos)(completions=completions, completion_ids=ids) == [1.0, 1.0, 0.0]
+    assert rewards.stop_reward(eos)(completions=completions) == [0.0, 0.0, 0.0]  # no ids: EOS unseen
+
+
+def test_verifier_is_lazy_and_fails_clearly_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: the model is not there
+    verifier = rewards.Verifier()
+    assert verifier.model is None  # nothing loaded by building it
+    assert verifier(completions=["no answer part"], ground_truth=[MI]) == [0.0]  # no answer: no model needed
+    with pytest.raises(ModelError, match="verifier_model=.*medical_o1_verifier_3B.*reward_verifier=0"):
+        verifier(completions=[seed("Chest pain.", "MI")], ground_truth=[MI])
