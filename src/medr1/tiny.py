@@ -94,7 +94,7 @@ def tokenizer_config(tok, pad: str = "unsloth") -> dict:
 
 def build_tiny(path: Path, seed: int = 0, pad: str = "unsloth") -> Path:
     """Write the tokenizer files and a random-initialised Llama to `path` atomically."""
-    from medr1.model import import_unsloth_first  # before transformers: Unsloth patches it on import
+    from medr1.stack import import_unsloth_first  # before transformers: Unsloth patches it on import
 
     import_unsloth_first()
     import torch
