@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from medr1 import build_config, record
 from medr1.data import FIXTURE_PATH
 from medr1.errors import OutputDirError
-from medr1.run import Run, check_output_dir
+from medr1.record import check_output_dir
+from medr1.run import Run
 from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
 
 SETTINGS = {"max_steps": 8, "save_steps": 2, "num_examples": 12, "per_device_train_batch_size": 2}

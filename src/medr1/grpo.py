@@ -7,11 +7,12 @@ Each question is asked `num_generations` times in the run's prompt style; every 
 of medr1.rewards, weighted as the config says, and GRPO moves the LoRA weights towards the answers that beat
 their group's mean. TRL's GRPOTrainer does the work (Unsloth's patched one on a GPU: medr1 imports unsloth
 first); medr1 adds the checks, the SFT adapter to start from, checkpoints and resume, and the run record.
-Light to import: `score_verifiable` (the `evaluate --verifiable` command) loads no model.
+The questions and `evaluate --verifiable` live in medr1.verifiable (light: no torch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -19,13 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medr1 import data, mcq, prompts, record, rewards
+from medr1 import prompts, record, rewards
 from medr1.config import Config, hint
-from medr1.errors import ConfigError, DataError, ModelError
+from medr1.errors import ConfigError, ModelError
+from medr1.verifiable import FIELDS, load_questions
 
-FIELDS = ("Open-ended Verifiable Question", "Ground-True Answer")
-FIXTURE = "medr1:verifiable"  # the bundled questions, src/medr1/assets/verifiable_tiny.jsonl
-FIXTURE_PATH = Path(__file__).parent / "assets" / "verifiable_tiny.jsonl"
 REWARD_KNOBS = {"correctness": "reward_correctness", "format": "reward_format", "stop": "reward_stop",
                 "verifier": "reward_verifier"}
 
@@ -55,64 +54,6 @@ def reward_weights(config: Config) -> dict[str, float]:
             if name != "verifier" or getattr(config, knob) > 0}
 
 
-def validate(rows: list[Any], source: str) -> list[dict[str, str]]:
-    """Every row has both fields as non-empty strings; returns rows with only those fields."""
-    clean = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DataError(f"{source}: row {i} is {type(row).__name__}, expected an object with fields {list(FIELDS)}")
-        for name in FIELDS:
-            if name not in row:
-                raise DataError(f"{source}: row {i} is missing field {name!r} (fields present: {sorted(row)})")
-            if not isinstance(row[name], str):
-                raise DataError(f"{source}: row {i} field {name!r} is {type(row[name]).__name__}, expected a string")
-            if not row[name].strip():
-                raise DataError(f"{source}: row {i} field {name!r} is empty")
-        clean.append({name: row[name] for name in FIELDS})
-    return clean
-
-
-def read_questions(path: str | Path) -> list[dict[str, str]]:
-    """A local .json/.jsonl/.csv/.parquet of verifiable questions (or the bundled fixture), validated."""
-    path = FIXTURE_PATH if str(path) == FIXTURE else Path(path).expanduser()
-    return validate(data.read_rows(path), str(path))
-
-
-def load_questions(config: Config) -> tuple[list[dict[str, str]], str]:
-    """(rows, source): `grpo_data_path` if set, else the first `grpo_num_examples` rows of the hub dataset."""
-    n = config.grpo_num_examples
-    if config.grpo_data_path:
-        rows = read_questions(config.grpo_data_path)
-        source = str(FIXTURE_PATH if config.grpo_data_path == FIXTURE else config.grpo_data_path)
-        rows = rows[:n] if n else rows
-    else:
-        hub = dataclasses.replace(config, dataset_name=config.grpo_dataset_name,
-                                  dataset_config=config.grpo_dataset_config, dataset_split=config.grpo_dataset_split)
-        source = f"{hub.dataset_name} ({hub.dataset_config}, {hub.dataset_split})"
-        rows = validate(data._hub_rows(hub, f"{hub.dataset_split}[:{n}]" if n else hub.dataset_split), source)
-    return rows, source
-
-
-def score_verifiable(questions_path: str | Path, predictions_path: str | Path, style: str = "seed") -> dict[str, Any]:
-    """What `medr1 evaluate --verifiable FILE --predictions PRED.jsonl` prints: the correctness reward, no model.
-
-    Only each prediction's answer part (after `### Answer:` or `</think>`) is judged, as in training.
-    """
-    rows = read_questions(questions_path)
-    predictions = mcq.read_predictions(predictions_path)
-    if len(predictions) != len(rows):
-        raise DataError(f"{len(predictions)} predictions for {len(rows)} questions: they must match one to one, "
-                        "in the questions file's order")
-    verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]]) for p, r in zip(predictions, rows,
-                                                                                            strict=True)]
-    correct = sum(v.correct for v in verdicts)
-    reasons = {k: sum(v.reason == k for v in verdicts) for k in
-               ("match", "not found", "negated", "several candidates", "no answer")}
-    return {"file": str(questions_path), "predictions": str(predictions_path), "n": len(rows), "correct": correct,
-            "accuracy": round(correct / len(rows), 4), "ci95": list(mcq.wilson_interval(correct, len(rows))),
-            "by_reason": reasons}
-
-
 def start_adapter(config: Config) -> Path | None:
     """The adapter folder `init_adapter` names (a run folder or its adapter/), checked against this config."""
     if not config.init_adapter:
@@ -140,11 +81,15 @@ def start_adapter(config: Config) -> Path | None:
 
 
 class GrpoRun:
-    """A GRPO run's state across notebook cells: config, questions, model, trainer, record."""
+    """A GRPO run's state across notebook cells: config, questions, model, trainer, record.
+
+    Each step returns the plain object it built (model and tokenizer, the LoRA model, TRL's GRPOTrainer),
+    as `medr1.run.Run` does for SFT.
+    """
 
     def __init__(self, config: Config):
         from medr1 import preflight
-        from medr1.run import check_output_dir
+        from medr1.record import check_output_dir
         from medr1.tokenizer import load_tokenizer
 
         t0 = time.perf_counter()
@@ -155,7 +100,8 @@ class GrpoRun:
         preflight.check(config)
         self.tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
         self.weights = reward_weights(config)
-        self.model = self.trainer = None
+        self.model = self._trainer = None
+        self.resume_from: str | None = None
         self.rewards: list[dict[str, Any]] = []
         self.record: dict[str, Any] = {
             "kind": "grpo", "status": "prepared", "created": record.now(), "preset": config.preset,
@@ -163,21 +109,23 @@ class GrpoRun:
             "init_adapter": str(self.adapter) if self.adapter else None,
             "data": {"source": self.source, "questions": len(self.questions)},
             "timings": {"prepare_s": round(time.perf_counter() - t0, 2)}}
-        print(f"medr1: {len(self.questions)} verifiable questions from {self.source}; rewards {self.weights}")
+        print(f"medr1: {len(self.questions)} verifiable questions from {self.source}; reward weights {self.weights}")
 
     def prompt(self, i: int = 0) -> str:
         """What the model is asked for question `i`: the inference prompt of the run's style."""
         return prompts.inference_prompt(self.questions[i][FIELDS[0]], self.config.prompt_style)
 
-    def load(self) -> None:
+    def load(self):
+        """(model, tokenizer): the base model, with the tokenizer checked before it loaded."""
         from medr1.model import load_model
 
         t0 = time.perf_counter()
         self.model, self.tokenizer = load_model(self.config, self.tokenizer)
         self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
+        return self.model, self.tokenizer
 
-    def add_lora(self) -> None:
-        """New LoRA as the config says, or the SFT adapter's shape with its trained weights loaded into it."""
+    def add_lora(self):
+        """New LoRA as the config says, or the start adapter's shape with its trained weights loaded into it."""
         from medr1.model import add_lora
 
         self._need_model()
@@ -193,10 +141,10 @@ class GrpoRun:
         if self.adapter:
             self.record["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": list(cfg.lora_targets),
                                    "loaded_tensors": _load_adapter_weights(self.model, self.adapter)}
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.record["trainable_parameters"] = trainable
-        print(f"medr1: LoRA r={cfg.lora_r} ({f'weights from {self.adapter}' if self.adapter else 'new'}): "
-              f"{trainable:,} trainable parameters")
+        self.record["trainable_parameters"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        print(f"medr1: LoRA r={cfg.lora_r} ({f'trained weights from {self.adapter}' if self.adapter else 'new'}): "
+              f"{self.record['trainable_parameters']:,} trainable parameters")
+        return self.model
 
     def trainer_args(self, checkpoint_dir: str, report_to: str = "none") -> dict[str, Any]:
         """GRPOConfig's arguments: one question's group per micro-batch, `grpo_questions_per_step` per step."""
@@ -218,83 +166,113 @@ class GrpoRun:
             use_cpu=not torch.cuda.is_available(), disable_tqdm=False, **precision_flags(cfg))
 
     def reward_funcs(self) -> list:
+        """The weighted rewards as TRL callables, in the order of `self.weights`."""
         eos, style = self.tokenizer.eos_token_id, self.config.prompt_style
         made = {"correctness": lambda: rewards.correctness_reward(style),
                 "format": lambda: rewards.format_reward(eos, style), "stop": lambda: rewards.stop_reward(eos),
                 "verifier": lambda: rewards.Verifier(self.config.verifier_model, style)}
         return [made[name]() for name in self.weights]
 
-    def train(self, callbacks: list | None = None) -> dict[str, Any]:
-        """GRPO steps with a progress bar; rewards per step, time, generated tokens/s and peak memory recorded."""
+    def trainer(self, callbacks: list | None = None):
+        """TRL's GRPOTrainer (Unsloth's patched one on a GPU) over the questions; finds the checkpoint a resume
+        starts from (`self.resume_from`)."""
         from medr1.stack import import_unsloth_first
 
         import_unsloth_first()
-        import torch
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
         from medr1.model import for_training
-        from medr1.run import _newest_checkpoint
+        from medr1.record import newest_checkpoint
         from medr1.train import reporting
 
         self._need_model()
         cfg, checkpoints = self.config, self.out / "checkpoints"
-        resume_from = _newest_checkpoint(checkpoints) if cfg.resume else None
-        if cfg.resume and resume_from is None:
+        newest = newest_checkpoint(checkpoints) if cfg.resume else None
+        self.resume_from = str(newest) if newest else None
+        if newest:
+            print(f"medr1: resuming from {newest.name}")
+        elif cfg.resume:
             print(f"medr1: {hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
-        elif not cfg.resume and cfg.overwrite:
+        elif cfg.overwrite:
             for stale in (checkpoints, self.out / "adapter"):
                 shutil.rmtree(stale, ignore_errors=True)
-        self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
-                           hardware=record.hardware())
-        self._write_record()
         dataset = Dataset.from_dict({"prompt": [self.prompt(i) for i in range(len(self.questions))],
                                      "ground_truth": [q[FIELDS[1]] for q in self.questions]})
-        self.trainer = GRPOTrainer(model=self.model, reward_funcs=self.reward_funcs(), train_dataset=dataset,
-                                   args=GRPOConfig(**self.trainer_args(str(checkpoints), reporting(cfg))),
-                                   processing_class=self.tokenizer, callbacks=callbacks)
+        self._trainer = GRPOTrainer(model=self.model, reward_funcs=self.reward_funcs(), train_dataset=dataset,
+                                    args=GRPOConfig(**self.trainer_args(str(checkpoints), reporting(cfg))),
+                                    processing_class=self.tokenizer, callbacks=callbacks)
         for_training(self.model, cfg.backend)
+        return self._trainer
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Around `trainer.train()`: run.json says `training`, then `trained` with rewards per step and timings,
+        or `interrupted` with the step and the checkpoint to resume from (the error is re-raised)."""
+        import torch
+
+        if self._trainer is None:
+            raise RuntimeError("no trainer yet: call trainer() first")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
+                           hardware=record.hardware())
+        held = self.adapter.parent / "holdout.jsonl" if self.adapter else None
+        if held and held.exists():  # the SFT run's held-out rows: `medr1 evaluate` compares on the same ones
+            shutil.copyfile(held, self.out / "holdout.jsonl")
+            self.record["data"]["holdout_file"] = "holdout.jsonl"
+        self._write_record()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         try:
-            self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            yield
         except BaseException as err:
-            self._record_interruption(err, checkpoints)
+            self._record_interruption(err)
             raise
-        seconds = time.perf_counter() - t0
-        self.rewards = reward_history(self.trainer.state.log_history, list(self.weights))
-        new = [r for r in self.rewards if r["step"] > (int(resume_from.name.split("-")[-1]) if resume_from else 0)]
-        generated = sum(r["completion_length"] * cfg.num_generations * cfg.grpo_questions_per_step for r in new)
-        stats = {"train_s": round(seconds, 2), "steps": int(self.trainer.state.global_step),
+        self._record_training(time.perf_counter() - t0)
+
+    def train(self, callbacks: list | None = None) -> dict[str, Any]:
+        """trainer() and trainer.train() inside recording(): what `medr1 grpo` does; returns the figures."""
+        trainer = self.trainer(callbacks)
+        with self.recording():
+            trainer.train(resume_from_checkpoint=self.resume_from)
+        return self.record["train"]
+
+    def _record_training(self, seconds: float) -> None:
+        cfg, state = self.config, self._trainer.state
+        self.rewards = reward_history(state.log_history, list(self.weights))
+        start = int(Path(self.resume_from).name.split("-")[-1]) if self.resume_from else 0
+        new = [r for r in self.rewards if r["step"] > start]
+        generated = sum(r["completion_length"] for r in new) * cfg.num_generations * cfg.grpo_questions_per_step
+        stats = {"train_s": round(seconds, 2), "steps": int(state.global_step), "steps_run": len(new),
                  "steps_per_s": round(len(new) / seconds, 4) if seconds else None,
                  "generated_tokens_per_s": round(generated / seconds, 1) if seconds else None,
-                 "peak_gib": record.peak_memory_gib(), "resumed_from": resume_from.name if resume_from else None}
+                 "peak_gib": record.peak_memory_gib(),
+                 "resumed_from": Path(self.resume_from).name if self.resume_from else None}
         self.record["timings"]["train_s"] = stats["train_s"]
         self.record.update(status="trained", train=stats, rewards=self.rewards)
         self._write_record()
         first, last = (self.rewards[0]["reward"], self.rewards[-1]["reward"]) if self.rewards else (None, None)
-        print(f"medr1: {stats['steps']} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
+        print(f"medr1: {len(new)} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
               f"tokens/s; mean reward {first} -> {last}")
-        return stats
 
-    def _record_interruption(self, err: BaseException, checkpoints: Path) -> None:
-        from medr1.run import _newest_checkpoint
+    def _record_interruption(self, err: BaseException) -> None:
+        from medr1.record import newest_checkpoint
 
-        step = int(self.trainer.state.global_step) if self.trainer else 0
-        newest = _newest_checkpoint(checkpoints)
+        step = int(self._trainer.state.global_step)
+        newest = newest_checkpoint(self.out / "checkpoints")
         self.record.update(status="interrupted", interrupted={
             "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
             "checkpoint": newest.name if newest else None},
-            rewards=reward_history(self.trainer.state.log_history, list(self.weights)) if self.trainer else [])
+            rewards=reward_history(self._trainer.state.log_history, list(self.weights)))
         self._write_record()
         print(f"medr1: GRPO stopped at step {step}; " + (
             f"run again with {hint('resume')} and output_dir={str(self.out)!r} to continue from {newest.name}"
-            if newest else "no checkpoint yet, a resume starts from step 0"))
+            if newest else "no checkpoint yet: a resume starts from step 0"))
 
     def plot_rewards(self) -> Path:
         if not self.rewards:
-            raise RuntimeError("no rewards yet: call train() first")
+            raise RuntimeError("no rewards yet: train first")
         return plot_rewards(self.rewards, self.out / "rewards.png", f"medr1 {self.config.preset}: GRPO rewards")
 
     def save(self) -> Path:

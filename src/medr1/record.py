@@ -18,7 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from medr1.errors import DataError
+from medr1.config import Config, hint
+from medr1.errors import DataError, OutputDirError
 
 PACKAGES = ("medr1", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft", "datasets",
             "accelerate", "bitsandbytes")
@@ -164,6 +165,70 @@ def read_record(output_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise DataError(f"{path} not found: is {output_dir} the output folder of a medr1 training run?")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Which folder a run may write into, and where it resumes from.
+
+IGNORED_IN_OUTPUT = (".ipynb",)  # papermill may write the executed notebook into the run's folder
+
+
+def check_output_dir(config: Config) -> Path:
+    """Refuse to write a run over another one unless `overwrite` (or `resume` of that same run) says so."""
+    out = Path(config.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"output_dir={str(out)!r} is a file, not a folder")
+    if not out.exists():
+        return out
+    held = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.suffix not in IGNORED_IN_OUTPUT]
+    if not held or config.overwrite:
+        return out
+    if config.resume:
+        if not (out / "checkpoints").exists() and not (out / "run.json").exists():
+            raise OutputDirError(f"{hint('resume')} but {out} holds no medr1 run (found {sorted(held)[:5]})")
+        changed = changed_settings(out, config)
+        if changed:
+            raise OutputDirError(f"{hint('resume')} but the run in {out} was made with other settings "
+                                 f"({'; '.join(changed)}); resume with the same settings, or use {hint('overwrite')} "
+                                 "or another output_dir")
+        return out
+    what = "another run (run.json)" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
+    raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass {hint('overwrite')} to replace it, "
+                         f"{hint('resume')} to continue it, or choose another output_dir")
+
+
+# Knobs a resumed run may change: they do not alter what is trained (the rest must match the checkpoint's run).
+RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "report_to", "wandb_project", "max_new_tokens",
+                     "logging_steps", "save_steps", "save_total_limit", "preset")
+
+
+def changed_settings(out: Path, config: Config) -> list[str]:
+    """'knob: old -> new' for each setting that differs from the run recorded in out/run.json."""
+    try:
+        before = json.loads((out / "run.json").read_text(encoding="utf-8")).get("config", {})
+    except (OSError, ValueError):
+        return []  # no readable record (killed before it was written): the checkpoints alone decide
+    now = config.to_dict()
+    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now
+            if k not in RESUME_MAY_CHANGE and k in before and before[k] != now[k]]
+
+
+def read_record_or_empty(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint. transformers' get_last_checkpoint takes the highest number even when it
+    was cut off while saving; the trainer writes trainer_state.json last, so one without it is skipped."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.exists() else []
+    for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (path / "trainer_state.json").exists():
+            return path
+        print(f"medr1: {path.name} is incomplete (no trainer_state.json; cut off while saving): skipped")
+    return None
 
 
 def plot_losses(records: list[dict], path: Path, title: str = "training loss") -> Path:

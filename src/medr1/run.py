@@ -13,7 +13,6 @@ reader can inspect and change it; medr1 adds the checks, the guards and the run 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from dataclasses import asdict
@@ -22,50 +21,7 @@ from typing import Any
 
 from medr1 import data, distributed, preflight, record
 from medr1.config import Config, hint
-from medr1.errors import OutputDirError
 from medr1.tokenizer import load_tokenizer
-
-IGNORED_IN_OUTPUT = (".ipynb",)  # papermill may write the executed notebook into the run's folder
-
-
-def check_output_dir(config: Config) -> Path:
-    """Refuse to write a run over another one unless `overwrite` (or `resume` of that same run) says so."""
-    out = Path(config.output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output_dir={str(out)!r} is a file, not a folder")
-    if not out.exists():
-        return out
-    held = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.suffix not in IGNORED_IN_OUTPUT]
-    if not held or config.overwrite:
-        return out
-    if config.resume:
-        if not (out / "checkpoints").exists() and not (out / "run.json").exists():
-            raise OutputDirError(f"{hint('resume')} but {out} holds no medr1 run (found {sorted(held)[:5]})")
-        changed = _changed_settings(out, config)
-        if changed:
-            raise OutputDirError(f"{hint('resume')} but the run in {out} was made with other settings "
-                                 f"({'; '.join(changed)}); resume with the same settings, or use {hint('overwrite')} "
-                                 "or another output_dir")
-        return out
-    what = "another run (run.json)" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
-    raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass {hint('overwrite')} to replace it, "
-                         f"{hint('resume')} to continue it, or choose another output_dir")
-
-
-# Knobs a resumed run may change: they do not alter what is trained (the rest must match the checkpoint's run).
-RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "report_to", "wandb_project", "max_new_tokens",
-                     "logging_steps", "save_steps", "save_total_limit", "preset")
-
-
-def _changed_settings(out: Path, config: Config) -> list[str]:
-    """'knob: old -> new' for each setting that differs from the run recorded in out/run.json."""
-    try:
-        before = json.loads((out / "run.json").read_text(encoding="utf-8")).get("config", {})
-    except (OSError, ValueError):
-        return []  # no readable record (killed before it was written): the checkpoints alone decide
-    now = config.to_dict()
-    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now
-            if k not in RESUME_MAY_CHANGE and k in before and before[k] != now[k]]
 
 
 class Run:
@@ -74,7 +30,7 @@ class Run:
     def __init__(self, config: Config):
         t0 = time.perf_counter()
         self.config = config = distributed.agree(config)  # several processes train rank 0's config, one folder
-        self.out = check_output_dir(config)
+        self.out = record.check_output_dir(config)
         distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         self.split = data.load_split(config)
         preflight.check(config)  # model name, max_seq_length and 4-bit, from config.json alone
@@ -82,7 +38,7 @@ class Run:
         self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, config)
         self.model = self._trainer = self.history = None
         self.resume_from: str | None = None
-        earlier = _read_record(self.out) if config.resume else {}
+        earlier = record.read_record_or_empty(self.out) if config.resume else {}
         self.complete = earlier.get("status") == "complete"
         self.record: dict[str, Any] = earlier if self.complete else {
             "status": "prepared", "created": record.now(), "preset": config.preset, "config": config.to_dict(),
@@ -184,7 +140,7 @@ class Run:
 
         self._need_model()
         cfg, checkpoints = self.config, self.out / "checkpoints"
-        newest = _newest_checkpoint(checkpoints) if cfg.resume else None
+        newest = record.newest_checkpoint(checkpoints) if cfg.resume else None
         self.resume_from = str(newest) if newest else None
         if newest:
             done = int(newest.name.split("-")[-1])
@@ -275,7 +231,7 @@ class Run:
     def _record_interruption(self, err: BaseException) -> None:
         """Write status 'interrupted' with the step reached and the checkpoint a resume would start from."""
         step = int(self._trainer.state.global_step)
-        newest = _newest_checkpoint(self.out / "checkpoints")
+        newest = record.newest_checkpoint(self.out / "checkpoints")
         self.record.update(status="interrupted", interrupted={
             "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
             "checkpoint": newest.name if newest else None}, losses=self.history.records)
@@ -329,24 +285,6 @@ class Run:
     def _write_record(self) -> None:
         if distributed.is_main() and self.out.exists() and not self.complete:
             record.atomic_write_json(self.out / "run.json", self.record)
-
-
-def _read_record(out: Path) -> dict[str, Any]:
-    try:
-        return json.loads((out / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _newest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint. transformers' get_last_checkpoint takes the highest number even when it
-    was cut off while saving; the trainer writes trainer_state.json last, so one without it is skipped."""
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.exists() else []
-    for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        if (path / "trainer_state.json").exists():
-            return path
-        print(f"medr1: {path.name} is incomplete (no trainer_state.json; cut off while saving): skipped")
-    return None
 
 
 def train(config: Config) -> Run:
