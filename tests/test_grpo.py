@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from medr1 import build_config, record
 from medr1.__main__ import main
 from medr1.errors import ConfigError, DataError
-from medr1.grpo import FIELDS, FIXTURE_PATH, GrpoRun, score_verifiable
+from medr1.grpo import GrpoRun
 from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
+from medr1.verifiable import FIELDS, FIXTURE_PATH, score_verifiable
 
 SETTINGS = {"grpo_max_steps": 12, "save_steps": 4, "save_total_limit": 3}
 CUT = 6  # the step during which the interrupted run is stopped; checkpoint-4 is the newest before it

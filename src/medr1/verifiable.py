@@ -1,0 +1,78 @@
+"""Verifiable questions (`Open-ended Verifiable Question`, `Ground-True Answer`): read, validate, score.
+
+The data of the GRPO stage (the dataset authors' FreedomIntelligence/medical-o1-verifiable-problem, or a
+local file with the same fields), and `medr1 evaluate --verifiable FILE --predictions PRED.jsonl`, which
+scores any model's generations with the correctness reward. Light on purpose: no torch, no model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from medr1 import data, mcq, rewards
+from medr1.config import Config
+from medr1.errors import DataError
+
+FIELDS = ("Open-ended Verifiable Question", "Ground-True Answer")
+FIXTURE = "medr1:verifiable"  # the bundled questions, src/medr1/assets/verifiable_tiny.jsonl
+FIXTURE_PATH = Path(__file__).parent / "assets" / "verifiable_tiny.jsonl"
+
+
+def validate(rows: list[Any], source: str) -> list[dict[str, str]]:
+    """Every row has both fields as non-empty strings; returns rows with only those fields."""
+    clean = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{source}: row {i} is {type(row).__name__}, expected an object with fields {list(FIELDS)}")
+        for name in FIELDS:
+            if name not in row:
+                raise DataError(f"{source}: row {i} is missing field {name!r} (fields present: {sorted(row)})")
+            if not isinstance(row[name], str):
+                raise DataError(f"{source}: row {i} field {name!r} is {type(row[name]).__name__}, expected a string")
+            if not row[name].strip():
+                raise DataError(f"{source}: row {i} field {name!r} is empty")
+        clean.append({name: row[name] for name in FIELDS})
+    return clean
+
+
+def read_questions(path: str | Path) -> list[dict[str, str]]:
+    """A local .json/.jsonl/.csv/.parquet of verifiable questions (or the bundled fixture), validated."""
+    path = FIXTURE_PATH if str(path) == FIXTURE else Path(path).expanduser()
+    return validate(data.read_rows(path), str(path))
+
+
+def load_questions(config: Config) -> tuple[list[dict[str, str]], str]:
+    """(rows, source): `grpo_data_path` if set, else the first `grpo_num_examples` rows of the hub dataset."""
+    n = config.grpo_num_examples
+    if config.grpo_data_path:
+        rows = read_questions(config.grpo_data_path)
+        source = str(FIXTURE_PATH if config.grpo_data_path == FIXTURE else config.grpo_data_path)
+        rows = rows[:n] if n else rows
+    else:
+        hub = dataclasses.replace(config, dataset_name=config.grpo_dataset_name,
+                                  dataset_config=config.grpo_dataset_config, dataset_split=config.grpo_dataset_split)
+        source = f"{hub.dataset_name} ({hub.dataset_config}, {hub.dataset_split})"
+        rows = validate(data._hub_rows(hub, f"{hub.dataset_split}[:{n}]" if n else hub.dataset_split), source)
+    return rows, source
+
+
+def score_verifiable(questions_path: str | Path, predictions_path: str | Path, style: str = "seed") -> dict[str, Any]:
+    """What `medr1 evaluate --verifiable FILE --predictions PRED.jsonl` prints: the correctness reward, no model.
+
+    Only each prediction's answer part (after `### Answer:` or `</think>`) is judged, as in training.
+    """
+    rows = read_questions(questions_path)
+    predictions = mcq.read_predictions(predictions_path)
+    if len(predictions) != len(rows):
+        raise DataError(f"{len(predictions)} predictions for {len(rows)} questions: they must match one to one, "
+                        "in the questions file's order")
+    verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]]) for p, r in zip(predictions, rows,
+                                                                                            strict=True)]
+    correct = sum(v.correct for v in verdicts)
+    reasons = {k: sum(v.reason == k for v in verdicts) for k in
+               ("match", "not found", "negated", "several candidates", "no answer")}
+    return {"file": str(questions_path), "predictions": str(predictions_path), "n": len(rows), "correct": correct,
+            "accuracy": round(correct / len(rows), 4), "ci95": list(mcq.wilson_interval(correct, len(rows))),
+            "by_reason": reasons}
