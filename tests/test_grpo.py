@@ -199,3 +199,25 @@ def test_evaluate_verifiable_scores_answer_parts_without_a_model(tmp_path):
     pred.write_text(json.dumps({"prediction": "x"}) + "\n")
     with pytest.raises(DataError, match="1 predictions for 5 questions"):
         score_verifiable(questions, pred)
+
+
+def test_medr1_rollout_samples_the_policy_and_trains(tmp_path):
+    """grpo_generation=medr1: the evaluation's batched decoder writes the answers. Near temperature 0 it must
+    give the policy's own greedy answer (model.generate's), EOS kept when it stopped; then a short run trains."""
+    from types import SimpleNamespace
+
+    import torch
+
+    run = prepared(tmp_path / "rollout", grpo_generation="medr1", grpo_temperature=1e-6, grpo_max_steps=2)
+    prompts = [run.prompt(0), run.prompt(1)]
+    out = run.rollout(prompts, SimpleNamespace(state=SimpleNamespace(global_step=0)))
+    assert out["prompt_ids"] == run.tokenizer(prompts)["input_ids"] and out["logprobs"] is None
+    eos = run.tokenizer.eos_token_id
+    for ids, completion in zip(out["prompt_ids"], out["completion_ids"], strict=True):
+        with torch.no_grad():
+            greedy = run.model.generate(input_ids=torch.tensor([ids]), max_new_tokens=run.config.max_completion_length,
+                                        do_sample=False, eos_token_id=eos, pad_token_id=run.tokenizer.pad_token_id)
+        assert completion == greedy[0, len(ids):].tolist()
+        assert len(completion) <= run.config.max_completion_length and eos not in completion[:-1]
+    run.train()
+    assert [r["step"] for r in run.rewards] == [1, 2]

@@ -25,6 +25,7 @@ from medr1.config import Config, hint
 from medr1.errors import ConfigError, ModelError
 from medr1.verifiable import FIELDS, load_questions
 
+GENERATION = ("trl", "medr1")  # who samples the answers: TRL's model.generate, or medr1.decode
 REWARD_KNOBS = {"correctness": "reward_correctness", "format": "reward_format", "stop": "reward_stop",
                 "verifier": "reward_verifier"}
 
@@ -43,6 +44,8 @@ def check(config: Config) -> None:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
     if not any(getattr(config, k) for k in REWARD_KNOBS.values()):
         raise ConfigError(f"every reward weight is 0 ({', '.join(REWARD_KNOBS.values())}): nothing to learn from")
+    if config.grpo_generation not in GENERATION:
+        raise ConfigError(f"grpo_generation={config.grpo_generation!r} is not valid; choose one of {list(GENERATION)}")
     if config.max_completion_length >= config.max_seq_length:
         raise ConfigError(f"max_completion_length={config.max_completion_length} leaves no room for the question "
                           f"within max_seq_length={config.max_seq_length}")
@@ -102,6 +105,7 @@ class GrpoRun:
         self.weights = reward_weights(config)
         self.model = self._trainer = None
         self.resume_from: str | None = None
+        self.rollout_memory_gib = 0.0  # grpo_generation=medr1: plan the decoder for this much GPU memory (0: free)
         self.rewards: list[dict[str, Any]] = []
         self.record: dict[str, Any] = {
             "kind": "grpo", "status": "prepared", "created": record.now(), "preset": config.preset,
@@ -199,11 +203,25 @@ class GrpoRun:
                 shutil.rmtree(stale, ignore_errors=True)
         dataset = Dataset.from_dict({"prompt": [self.prompt(i) for i in range(len(self.questions))],
                                      "ground_truth": [q[FIELDS[1]] for q in self.questions]})
+        rollout = self.rollout if cfg.grpo_generation == "medr1" else None
         self._trainer = GRPOTrainer(model=self.model, reward_funcs=self.reward_funcs(), train_dataset=dataset,
                                     args=GRPOConfig(**self.trainer_args(str(checkpoints), reporting(cfg))),
-                                    processing_class=self.tokenizer, callbacks=callbacks)
+                                    processing_class=self.tokenizer, callbacks=callbacks, rollout_func=rollout)
         for_training(self.model, cfg.backend)
         return self._trainer
+
+    def rollout(self, prompt_texts: list[str], trainer) -> dict[str, Any]:
+        """TRL's rollout hook, `grpo_generation="medr1"`: the answers come from medr1's batched decoder (the
+        evaluation's fast path) with the policy's current weights, sampled at `grpo_temperature`, seeded by step."""
+        from medr1.decode import Sampling, decode
+
+        cfg, eos = self.config, self.tokenizer.eos_token_id
+        ids = self.tokenizer(prompt_texts, add_special_tokens=True)["input_ids"]  # as TRL tokenizes prompts
+        done = decode(self.model, ids, max_new_tokens=cfg.max_completion_length, eos_ids={eos},
+                      sampling=Sampling(temperature=cfg.grpo_temperature, top_p=1.0,
+                                        seed=cfg.seed + trainer.state.global_step), memory_gib=self.rollout_memory_gib)
+        # EOS is part of the answer GRPO scores and trains on (TRL's own path keeps it too)
+        return {"prompt_ids": ids, "completion_ids": [d.tokens + [eos] * d.stopped for d in done], "logprobs": None}
 
     @contextlib.contextmanager
     def recording(self):
