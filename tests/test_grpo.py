@@ -221,3 +221,18 @@ def test_medr1_rollout_samples_the_policy_and_trains(tmp_path):
         assert len(completion) <= run.config.max_completion_length and eos not in completion[:-1]
     run.train()
     assert [r["step"] for r in run.rewards] == [1, 2]
+
+
+def test_after_sft_the_run_evaluates_on_the_sft_holdout(smoke_run, tmp_path):
+    """SFT -> GRPO -> `medr1 evaluate`: the GRPO run starts from the SFT adapter and carries the SFT run's held-out
+    rows, so evaluating both runs compares them on the same questions."""
+    from medr1.evaluate import Evaluation
+
+    out = tmp_path / "after-sft"
+    run = prepared(out, init_adapter=str(smoke_run.out), grpo_max_steps=1)
+    run.train()
+    run.save()
+    assert (out / "holdout.jsonl").read_text() == (smoke_run.out / "holdout.jsonl").read_text()
+    assert record.read_record(out)["init_adapter"] == str(smoke_run.out / "adapter")
+    ev = Evaluation(out)  # reads run.json, the adapter and the held-out rows; loads no model yet
+    assert ev.adapter == out / "adapter" and len(ev.rows) == len(smoke_run.holdout) > 0
