@@ -4,7 +4,10 @@
     python -m medr1 check-data my_rows.jsonl --preset colab-t4 --show 0
     python -m medr1 evaluate outputs/try --mcq medqa.jsonl
     python -m medr1 evaluate --mcq medqa.jsonl --predictions pred.jsonl
+    python -m medr1 grpo --preset colab-t4 --set init_adapter=outputs/try --set output_dir=outputs/try-grpo
+    python -m medr1 evaluate --verifiable questions.jsonl --predictions pred.jsonl
     python -m medr1 export outputs/try --merged --gguf q8_0,q4_k_m --push me/medr1-lora
+    python -m medr1 knobs --preset colab-t4
 """
 
 from __future__ import annotations
@@ -13,14 +16,39 @@ import argparse
 import dataclasses
 import sys
 
-from medr1.config import PRESET_NAMES, build_config, parse_overrides
+from medr1.config import PRESET_NAMES, build_config, cli_hints, parse_overrides
 from medr1.errors import MedR1Error
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, where there is one to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default in ("", []) \
+                or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="auto", help=f"one of {list(PRESET_NAMES)} (default: auto)")
+    p.add_argument("--preset", default="auto", help=f"named settings, one of {list(PRESET_NAMES)}; auto: smoke "
+                   "without a CUDA GPU, else colab-t4 or fast by GPU memory")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KNOB=VALUE",
-                   help="override a knob of medr1.config.Config (repeatable)")
+                   help="override a knob (repeatable); `python -m medr1 knobs` lists them")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= minimum, else a one-line usage error naming the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -41,10 +69,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grpo(args: argparse.Namespace) -> int:
+    """Reinforcement on verifiable questions (GRPO with LoRA), from an SFT run's adapter or the base."""
+    overrides = parse_overrides(args.overrides)
+    for flag in ("resume", "overwrite"):
+        if getattr(args, flag):
+            overrides[flag] = "true"
+    config = build_config(args.preset, overrides)
+    from medr1.grpo import grpo
+
+    run = grpo(config)
+    print(f"medr1: run record {run.out / 'run.json'}")
+    return 0
+
+
 def cmd_check_data(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     overrides["data_path"] = args.path
-    config = build_config(args.preset, overrides, quiet=True)
+    config = build_config(args.preset, overrides)  # says which preset `auto` picked, and why
     from medr1 import data
     from medr1.preflight import model_path
     from medr1.prompts import format_row
@@ -74,22 +116,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score predictions without a model (--mcq + --predictions), or evaluate a run's base vs fine-tuned."""
     import json
 
+    if args.verifiable:  # open questions with a short reference answer: the GRPO correctness reward, no model
+        if not args.predictions:
+            print("medr1: error: --verifiable FILE needs --predictions PRED.jsonl", file=sys.stderr)
+            return 2
+        from medr1.verifiable import score_verifiable
+
+        print(json.dumps(score_verifiable(args.verifiable, args.predictions, args.style)))
+        return 0
     if args.predictions:
         if not args.mcq:
             print("medr1: error: --predictions needs --mcq FILE (the questions they answer)", file=sys.stderr)
             return 2
         from medr1.mcq import score_files
 
-        print(json.dumps(score_files(args.mcq, args.predictions, args.style)))
+        print(json.dumps(score_files(args.mcq, args.predictions, args.style, args.max_questions)))
         return 0
     if not args.run_dir:
         print("medr1: error: give a run folder (RUN_DIR), or --mcq FILE --predictions PRED.jsonl", file=sys.stderr)
         return 2
+    from medr1 import distributed
+
+    distributed.quiet_replicas()  # under accelerate launch the questions are shared out; rank 0 prints and writes
     from medr1.evaluate import evaluate_run
 
     ev = evaluate_run(args.run_dir, mcq_file=args.mcq or "", max_rows=args.max_rows,
-                      max_new_tokens=args.max_new_tokens, max_questions=args.max_questions, batch_size=args.batch_size)
+                      max_new_tokens=args.max_new_tokens, max_questions=args.max_questions, batch_size=args.batch_size,
+                      samples=args.samples, engine=args.engine)
     print(json.dumps(ev.summary(), indent=2, default=str))
+    distributed.finish()
     return 0
 
 
@@ -100,6 +155,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from medr1.export import Export
 
     exp = Export(args.run_dir, args.to or "", overwrite=args.overwrite)
+    exp.plan(adapter=not args.no_adapter, verify=args.verify, merged=args.merged, gguf=args.gguf,
+             push_repo=args.push, push_what=args.push_what)  # every input checked before anything is written
     done: dict[str, object] = {}
     if not args.no_adapter:
         done["adapter"] = str(exp.adapter())
@@ -115,43 +172,87 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_knobs(args: argparse.Namespace) -> int:
+    """Every knob of medr1.config.Config: type, default (or the preset's value) and the advice beside it."""
+    import typing
+
+    from medr1.config import PRESETS, Config, knob_advice, knob_names
+
+    hints, advice = typing.get_type_hints(Config), knob_advice()
+    values = {n: getattr(Config, n, None) for n in knob_names()}
+    if args.preset:
+        values = build_config(args.preset).to_dict()
+    rows = [(n, "list of str" if n == "lora_targets" else getattr(hints[n], "__name__", str(hints[n])),
+             ",".join(v) if isinstance(v := values[n], (list, tuple)) else repr(v), advice[n]) for n in knob_names()]
+    head = ("knob", "type", f"preset {values['preset']!r}" if args.preset else "default", "advice")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    for r in [head, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+    if args.preset and values["preset"] in PRESETS:
+        print(f"(values of preset {values['preset']!r}: Config's defaults with its overrides; set one with "
+              "--set KNOB=VALUE, or as a notebook parameter)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medr1", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="medr1", description=__doc__.splitlines()[0], formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="fine-tune (the notebook's steps, end to end)")
+    p = sub.add_parser("train", help="fine-tune (the notebook's steps, end to end)", formatter_class=_Help)
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("check-data", help="validate a data file and report token lengths")
-    p.add_argument("path")
+    p = sub.add_parser("grpo", help="reinforce on verifiable questions (GRPO + LoRA), after SFT (init_adapter)",
+                       formatter_class=_Help)
     _config_args(p)
-    p.add_argument("--show", type=int, default=None, metavar="N", help="print row N's training text and its tokens: ids, pieces, loss mask, round trip, whether it fits")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+    p.set_defaults(func=cmd_grpo)
+    p = sub.add_parser("check-data", help="validate a data file and report token lengths", formatter_class=_Help)
+    p.add_argument("path", help="rows to check: .json, .jsonl, .csv or .parquet with Question, Complex_CoT, Response")
+    _config_args(p)
+    p.add_argument("--show", type=int, default=None, metavar="N",
+                   help="print row N's training text and tokens: ids, pieces, loss mask, round trip, whether it fits")
     p.set_defaults(func=cmd_check_data)
-    p = sub.add_parser("evaluate", help="base vs fine-tuned on held-out rows; multiple-choice accuracy")
+    p = sub.add_parser("evaluate", help="base vs fine-tuned on held-out rows; multiple-choice accuracy",
+                       formatter_class=_Help)
     p.add_argument("run_dir", nargs="?", default="", metavar="RUN_DIR", help="output folder of a training run")
     p.add_argument("--mcq", default="", metavar="FILE",
                    help="questions: JSON list or JSONL of question/options/answer_idx")
     p.add_argument("--predictions", default="", metavar="PRED.jsonl",
                    help="score these generations (one {'prediction': ...} per line, FILE's order); loads no model")
-    p.add_argument("--max-rows", type=int, default=0, help="held-out rows to use (0 = all)")
-    p.add_argument("--max-questions", type=int, default=0, help="multiple-choice questions to use (0 = all)")
-    p.add_argument("--max-new-tokens", type=int, default=0, help="generation budget (0 = the run's max_new_tokens)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    p.add_argument("--verifiable", default="", metavar="FILE", help="open questions with `Open-ended Verifiable "
+                   "Question` and `Ground-True Answer`: score --predictions' answer parts against them (medr1.rewards)")
+    p.add_argument("--max-rows", type=_count(0), default=0, help="held-out rows to use (0 = all)")
+    p.add_argument("--max-questions", type=_count(0), default=0, help="multiple-choice questions to use (0 = all)")
+    p.add_argument("--max-new-tokens", type=_count(0), default=0,
+                   help="generation budget (0 = the run's max_new_tokens)")
+    p.add_argument("--batch-size", type=_count(0), default=0,
+                   help="rows generated together (0 = as many as free GPU memory holds)")
+    p.add_argument("--samples", type=_count(0), default=0,
+                   help="k sampled answers per question at R1's temperature 0.6 / top_p 0.95, seeded (0 = greedy)")
+    p.add_argument("--engine", default="auto", choices=("auto", "medr1", "hf"),
+                   help="medr1: the batched decoder; hf: model.generate in batches; auto: medr1 where it applies")
     p.add_argument("--style", default="seed", choices=("seed", "r1"), help="prompt style of the predictions")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("export", help="adapter, merged 16-bit, GGUF, push to the hub (with a model card)")
+    p = sub.add_parser("export", help="adapter, merged 16-bit, GGUF, push to the hub (with a model card)",
+                       formatter_class=_Help)
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a training run")
-    p.add_argument("--to", default="", metavar="DIR", help="export folder (default: RUN_DIR/export)")
+    p.add_argument("--to", default="", metavar="DIR", help="export folder; default: RUN_DIR/export")
     p.add_argument("--no-adapter", action="store_true", help="skip the adapter export")
     p.add_argument("--verify", action="store_true", help="reload the adapter with Unsloth and with peft and compare")
     p.add_argument("--merged", action="store_true", help="also save the merged 16-bit model")
     p.add_argument("--gguf", default="", metavar="METHODS", help="also save GGUF, e.g. q8_0,q4_k_m (needs llama.cpp)")
     p.add_argument("--push", default="", metavar="REPO", help="push to this hub repository (token: HF_TOKEN)")
     p.add_argument("--push-what", default="adapter", choices=("adapter", "merged", "gguf"), help="what to push")
-    p.add_argument("--public", action="store_true", help="make a new hub repository public (default: private)")
+    p.add_argument("--public", action="store_true", help="make a new hub repository public; default: private")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty export folder")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("knobs", help="list every knob: type, default (or a preset's value) and advice",
+                       formatter_class=_Help)
+    p.add_argument("--preset", default="", metavar="PRESET",
+                   help=f"show this preset's values instead of Config's defaults: one of {list(PRESET_NAMES)}")
+    p.set_defaults(func=cmd_knobs)
     sub.add_parser("bench", add_help=False, help="training throughput: seed, tutorial, hf, fast (medr1.speed.bench)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own options live in medr1.speed.bench
@@ -160,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with cli_hints():  # error hints name --overwrite, --resume, --set KNOB=VALUE
+            return args.func(args)
     except MedR1Error as err:
         print(f"medr1: error: {err}", file=sys.stderr)
         return 2

@@ -6,25 +6,39 @@ applies a preset and then the user's overrides and validates the result before a
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
+import difflib
+import inspect
+import io
 import os
+import textwrap
+import tokenize
 import types
 import typing
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from medr1.errors import ConfigError
+from medr1.log import log
 from medr1.speed.sizing import PACKED_ROWS, allocator_defaults, fast_schedule, fast_sizing
 
 SMOKE_MODEL = "medr1/tiny-llama"  # built offline by medr1.tiny; never downloaded
 FIXTURE = "medr1:fixture"  # the bundled 40-row fixture, src/medr1/assets/medical_tiny.jsonl
+CPU_MODEL = "medr1/smollm2-135m"  # SmolLM2-135M-Instruct, converted by medr1.smollm from a pinned package
+CPU_DATA = str(Path(__file__).parent / "assets" / "medical_cpu.jsonl")  # 84 short rows written for medr1
+CPU_PRESET_ENV = "MEDR1_CPU_PRESET"  # what `auto` picks without a GPU: cpu (default) | smoke (the tests)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("unsloth", "hf"),
     "prompt_style": ("seed", "r1"),
     "over_length": ("drop", "error", "truncate"),
+    "loss_on": ("all", "completion"),
     "gradient_checkpointing": ("unsloth", "true", "false"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "report_to": ("auto", "wandb", "none"),
@@ -33,7 +47,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-    "loss_on": ("all", "completion"),
 @dataclass
 class Config:
     """One run's settings. Comments give the advice a user needs to change a knob."""
@@ -44,35 +57,35 @@ class Config:
     max_seq_length: int = 2048  # longer rows are handled by `over_length`
     load_in_4bit: bool = True  # 4-bit weights: an 8B model in about 6 GB of GPU memory
     # --- data ---
-    dataset_name: str = "FreedomIntelligence/medical-o1-reasoning-SFT"
+    dataset_name: str = "FreedomIntelligence/medical-o1-reasoning-SFT"  # hub dataset: Question, Complex_CoT, Response
     dataset_config: str = "en"  # en | zh | ... (the dataset's configs)
-    dataset_split: str = "train"
+    dataset_split: str = "train"  # the split rows are taken from (training and held-out rows alike)
     data_path: str = ""  # local .json/.jsonl/.csv/.parquet with the same fields; overrides the hub
     num_examples: int = 500  # training rows (0 = all); the hub loads `train[:num_examples]`
     holdout_examples: int = 20  # rows kept out of training for the before/after and evaluation
     over_length: str = "drop"  # rows longer than max_seq_length: drop (counted) | error | truncate
     prompt_style: str = "seed"  # seed (### Query / Chain of Thought / Answer) | r1 (<think> ... </think>)
+    loss_on: str = "all"  # all: every token, prompt included (the seed's) | completion: reasoning, answer, EOS only
     # --- LoRA ---
     lora_r: int = 16  # higher rank: more capacity, more memory
     lora_alpha: int = 16  # scale = alpha / r
     lora_dropout: float = 0.0  # 0 lets Unsloth use its fast path
-    lora_targets: tuple[str, ...] = LORA_TARGETS
+    lora_targets: tuple[str, ...] = LORA_TARGETS  # projections that get adapters; fewer: less memory, less capacity
     gradient_checkpointing: str = "unsloth"  # unsloth (offloaded) | true | false (fastest, most memory)
     # --- trainer ---
-    per_device_train_batch_size: int = 1
-    loss_on: str = "all"  # all: every token, prompt included (the seed's) | completion: reasoning, answer, EOS only
+    per_device_train_batch_size: int = 1  # rows per forward pass; raise it while GPU memory allows
     gradient_accumulation_steps: int = 4  # effective batch = per-device x accumulation x GPUs
     max_steps: int = 60  # optimizer steps; 0 = use num_train_epochs
-    num_train_epochs: float = 1.0
-    learning_rate: float = 2e-4
-    warmup_steps: int = 5
-    optim: str = "adamw_8bit"
-    weight_decay: float = 0.01
-    lr_scheduler_type: str = "linear"
+    num_train_epochs: float = 1.0  # passes over the data, used only when max_steps is 0
+    learning_rate: float = 2e-4  # LoRA usually wants 1e-4 to 3e-4; scale by sqrt(k) for a k-times larger batch
+    warmup_steps: int = 5  # steps of linearly rising learning rate at the start
+    optim: str = "adamw_8bit"  # adamw_8bit keeps optimizer state small; adamw_torch on a CPU
+    weight_decay: float = 0.01  # mild regularisation of the LoRA weights
+    lr_scheduler_type: str = "linear"  # how the learning rate falls after warm-up: linear | cosine | constant ...
     seed: int = 3407  # seeds data order, LoRA init and training
     precision: str = "auto"  # auto: bf16 where the GPU supports it, else fp16; fp32 on a CPU
     packing: bool = False  # pack several rows into one sequence (many tokens per step)
-    logging_steps: int = 1
+    logging_steps: int = 1  # log the loss every N steps
     save_steps: int = 20  # checkpoint every N steps, for resume (0 = only the final adapter)
     save_total_limit: int = 2  # checkpoints kept (the newest ones)
     # --- outputs ---
@@ -80,9 +93,29 @@ class Config:
     overwrite: bool = False  # allow writing into a folder that holds another run
     resume: bool = False  # continue from the newest checkpoint in output_dir
     report_to: str = "auto"  # auto: W&B when WANDB_API_KEY is set, else none | wandb | none
-    wandb_project: str = "medr1"
+    wandb_project: str = "medr1"  # W&B project the run is logged to (when W&B is on)
     # --- generation ---
     max_new_tokens: int = 1024  # generation budget for the test answers
+    # --- reinforcement (GRPO): `python -m medr1 grpo`, notebook 04; medr1.grpo checks these ---
+    grpo_dataset_name: str = "FreedomIntelligence/medical-o1-verifiable-problem"  # hub: questions with short answers
+    grpo_dataset_config: str = "default"  # the dataset's config
+    grpo_dataset_split: str = "train"  # the split questions are taken from
+    grpo_data_path: str = ""  # local file with Open-ended Verifiable Question, Ground-True Answer; overrides the hub
+    grpo_num_examples: int = 1000  # questions loaded (0 = all); each step samples from them
+    init_adapter: str = ""  # a medr1 SFT run folder (or its adapter/) to start from; "" = new LoRA on the base
+    num_generations: int = 8  # answers sampled per question; rewards are compared within this group
+    max_completion_length: int = 512  # token budget per answer; an answer cut off here gets no format reward
+    grpo_questions_per_step: int = 1  # questions per optimizer step, each with num_generations answers
+    grpo_max_steps: int = 100  # optimizer steps of reinforcement
+    grpo_learning_rate: float = 5e-6  # far below SFT's: small steps keep the policy near what SFT taught
+    grpo_temperature: float = 1.0  # sampling temperature; lower gives less varied answers (less to learn from)
+    grpo_generation: str = "trl"  # trl: TRL's model.generate | medr1: medr1's batched decoder, faster on a GPU
+    beta: float = 0.0  # KL penalty towards the base model; 0 = none (no reference pass); DeepSeek-R1 used 0.001
+    reward_correctness: float = 1.0  # weight: the answer part matches Ground-True Answer (medr1.rewards)
+    reward_format: float = 0.5  # weight: reasoning, then one answer part, then EOS within the budget
+    reward_stop: float = 0.0  # weight: EOS within the budget, whatever the text (what a tiny model can learn)
+    reward_verifier: float = 0.0  # weight of the verifier's P(correct); > 0 loads verifier_model (3B)
+    verifier_model: str = "FreedomIntelligence/medical_o1_verifier_3B"  # hub id or folder; loaded only if weighted
     preset: str = field(default="", metadata={"derived": True})  # the preset this came from
 
     def __post_init__(self) -> None:
@@ -119,7 +152,7 @@ class Config:
         if not self.lora_targets or unknown:
             raise ConfigError(f"lora_targets has unknown modules {unknown}; valid: {list(LORA_TARGETS)}")
         if self.resume and not self.output_dir:
-            raise ConfigError("resume=True needs output_dir: the folder of the run to continue")
+            raise ConfigError(f"{hint('resume')} needs output_dir: the folder of the run to continue")
         if not self.output_dir:  # a fresh folder per run: a default can never overwrite an earlier run
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             self.output_dir = f"outputs/{self.preset or 'run'}-{stamp}"
@@ -211,7 +244,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_steps=40, learning_rate=1e-2, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
         precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=48,
     ),
+    # A real pretrained model on a CPU (medr1.smollm) and 72 short bundled rows (12 more held out): the seed's
+    # prompt and LoRA, sized so that `make run` (training, before/after answers, evaluation) fits 8 minutes on 2 cores.
+    "cpu": dict(
+        model_name=CPU_MODEL, data_path=CPU_DATA, load_in_4bit=False, max_seq_length=1024, num_examples=0,
+        holdout_examples=12, lora_r=16, lora_alpha=16, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+        max_steps=24, learning_rate=1e-3, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
+        precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=200, save_steps=0,
+    ),
 }
+# Reinforcement (GRPO) per preset. colab-t4: one question x 8 answers of 512 tokens per step (sized for a 16 GB
+# T4 in 4-bit; the README says what was measured); fast: 4 questions per step (generation, the cost, runs
+# batched), lr x sqrt(4) as for SFT; smoke: the tiny model learns to stop (reward_stop), see tests/test_grpo.py.
+for _name, _grpo in {
+    "colab-t4": dict(num_generations=8, max_completion_length=512, grpo_questions_per_step=1, grpo_max_steps=100,
+                     grpo_learning_rate=5e-6, beta=0.0, grpo_num_examples=1000),
+    "fast": dict(num_generations=8, max_completion_length=1024, grpo_questions_per_step=4, grpo_max_steps=100,
+                 grpo_learning_rate=1e-5),
+    "smoke": dict(grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=8,
+                  max_completion_length=24, grpo_questions_per_step=2, grpo_max_steps=12, grpo_learning_rate=2e-2,
+                  reward_stop=1.0),
+    # offline on a CPU: the bundled questions, short answers (not tuned; 4 answers of 64 tokens took 30-50 s a step
+    # on 2 busy cores)
+    "cpu": dict(grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=4, max_completion_length=128,
+                grpo_questions_per_step=1, grpo_max_steps=10, grpo_learning_rate=5e-5),
+}.items():
+    if _name in PRESETS:
+        PRESETS[_name].update(_grpo)
 PRESET_NAMES = ("auto", *PRESETS)
 FAST_MIN_GIB = 40.0  # GPUs with at least this much memory get the `fast` preset under `auto`
 
@@ -225,10 +284,28 @@ def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None
     if cuda is None:
         cuda, gpu_gib = _cuda_info()
     if not cuda or os.environ.get("UNSLOTH_FORCE_CPU") == "1":
-        return "smoke", "no CUDA GPU: the tiny offline model on the bundled fixture"
+        return _cpu_preset()
     if gpu_gib is not None and gpu_gib >= FAST_MIN_GIB:
         return "fast", f"CUDA GPU with {gpu_gib:.0f} GiB (>= {FAST_MIN_GIB:.0f}): packed, many tokens per step"
     return "colab-t4", f"CUDA GPU with {gpu_gib or 0:.0f} GiB (< {FAST_MIN_GIB:.0f}): the seed recipe"
+
+
+def _cpu_preset() -> tuple[str, str]:
+    """`cpu` (a real small model) without a GPU; `smoke` where that model cannot be had, or where the environment
+    asks for it (`MEDR1_CPU_PRESET=smoke`: the Makefile's `test` target and tests/conftest.py, to keep tests fast)."""
+    smoke = "the tiny offline model on the bundled fixture"
+    wanted = os.environ.get(CPU_PRESET_ENV, "cpu")
+    if wanted not in ("cpu", "smoke"):
+        raise ConfigError(f"{CPU_PRESET_ENV}={wanted!r} is not valid; choose 'cpu' or 'smoke'")
+    if wanted == "smoke":
+        return "smoke", f"no CUDA GPU and {CPU_PRESET_ENV}=smoke: {smoke}"
+    from medr1.smollm import unavailable
+
+    problem = unavailable()
+    if problem:
+        log.info(f"no CUDA GPU, and the cpu preset's model cannot be had ({problem}); falling back to 'smoke'")
+        return "smoke", f"no CUDA GPU, {CPU_MODEL} unavailable: {smoke}"
+    return "cpu", f"no CUDA GPU: {CPU_MODEL} (SmolLM2-135M-Instruct) on the bundled medical rows"
 
 
 def _cuda_info() -> tuple[bool, float | None]:
@@ -251,31 +328,15 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
         sizing, sizing_why = fast_sizing(int(overrides.get("max_seq_length", Config.max_seq_length)))
         values.update(sizing)
         why = f"{why}; {sizing_why}"
-    unknown = sorted(set(overrides) - set(knob_names()))
-    if unknown:
-        import difflib
-
-        hints = {k: difflib.get_close_matches(k, knob_names(), n=1) for k in unknown}
-        guess = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in hints.items() if m)
-        guess = f" ({guess})" if guess else ""
-        raise ConfigError(f"unknown knob(s) {unknown}{guess}; valid knobs: {knob_names()}")
+    check_parameters(overrides, knob_names(), what="knob")
     values.update(overrides)
     values["preset"] = name
     config = Config(**values)
     if not quiet:
-        print(f"medr1: preset {name!r} ({why})")
+        log.info(f"preset {name!r} ({why})")
     return config
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, str]:
-    """`["max_steps=10", "lora_r=8"]` -> dict; types are checked later by Config."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
 def check_parameters(given: Iterable[str], known: Iterable[str], *, what: str = "parameter") -> None:
     """Stop on a name nobody reads (papermill only warns "Passed unknown parameter"), with a "did you mean"."""
     known = list(known)
@@ -349,3 +410,12 @@ def notebook_config(namespace: dict[str, Any]) -> Config:
     return build_config(namespace.get("preset") or "auto", overrides)
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`["max_steps=10", "lora_r=8"]` -> dict; types are checked later by Config."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out

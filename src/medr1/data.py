@@ -17,6 +17,7 @@ from typing import Any
 from medr1 import prompts
 from medr1.config import FIXTURE, Config
 from medr1.errors import DataError
+from medr1.log import log
 
 FIELDS = ("Question", "Complex_CoT", "Response")
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
@@ -158,9 +159,9 @@ def load_split(config: Config) -> Split:
     overlap = sum(r["Question"] in train_questions for r in holdout)
     if overlap:
         holdout = [r for r in holdout if r["Question"] not in train_questions]
-        print(f"medr1: {overlap} hold-out rows also appear in training; removed from the hold-out")
+        log.info(f"{overlap} hold-out rows also appear in training; removed from the hold-out")
     if dups:
-        print(f"medr1: warning: {dups} duplicate rows in {source}; each kept once")
+        log.warning(f"{dups} duplicate rows in {source}; each kept once")
     return Split(train=train, holdout=holdout, source=source, duplicates=dups)
 
 

@@ -28,6 +28,7 @@ from medr1 import card  # noqa: E402
 from medr1.config import Config, hint  # noqa: E402
 from medr1.errors import MedR1Error, OutputDirError  # noqa: E402
 from medr1.evaluate import adapter_dir, read_run, run_config  # noqa: E402
+from medr1.log import log  # noqa: E402
 from medr1.model import load_adapter, merge_16bit  # noqa: E402
 from medr1.record import atomic_dir  # noqa: E402
 
@@ -210,7 +211,7 @@ class Export:
         self.evaluation = card.load_eval(self.run_dir)
         self.paths: dict[str, Any] = {}
         self._model = self._tokenizer = None
-        print(f"medr1: exporting the run in {self.run_dir} ({self.config.model_name}) to {self.export_dir}")
+        log.info(f"exporting the run in {self.run_dir} ({self.config.model_name}) to {self.export_dir}")
 
     # -- the plan -------------------------------------------------------------------------------
     def plan(self, *, adapter: bool = True, verify: bool = False, merged: bool = False, gguf: str | list[str] = "",
@@ -225,7 +226,7 @@ class Export:
         if out.gguf and (missing := gguf_blockers()):
             if strict:
                 raise ExportError(gguf_message(missing))
-            print(f"medr1: {gguf_message(missing)}")
+            log.info(f"{gguf_message(missing)}")
             out.gguf = []
         wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
         out.folders = {what: check_destination(self.export_dir / PUSHABLE[what], self.overwrite)
@@ -252,7 +253,7 @@ class Export:
             out.need_bytes += (merged_bytes(n) if merged else 0) + (gguf_bytes(n, out.gguf) if out.gguf else 0)
         if out.folders:
             check_disk(self.export_dir, out.need_bytes, " and ".join(out.folders))
-        print(f"medr1: export plan checked: {out.summary()}")
+        log.info(f"export plan checked: {out.summary()}")
         return out
 
     # -- adapter --------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ class Export:
                     shutil.copy2(item, tmp / item.name)
             self._write_card(tmp, "adapter")
         self.paths["adapter"] = dest
-        print(f"medr1: adapter saved to {dest}")
+        log.info(f"adapter saved to {dest}")
         return dest
 
     def verify_adapter(self, path: str | Path = "", question: str = "") -> dict[str, Any]:
@@ -291,10 +292,10 @@ class Export:
             if result["same_next_token"] < 0.9:
                 raise ExportError(f"the adapter in {path} gives different predictions when loaded with Unsloth and "
                                   f"with peft (same next token at {result['same_next_token']:.0%} of positions)")
-            print(f"medr1: adapter reloads with Unsloth and with peft: same next token at "
+            log.info(f"adapter reloads with Unsloth and with peft: same next token at "
                   f"{result['same_next_token']:.0%} of positions, max logit difference {result['max_abs_logit_diff']}")
         else:
-            print("medr1: adapter reloads with peft (Unsloth is not installed)")
+            log.info("adapter reloads with peft (Unsloth is not installed)")
         return result
 
     # -- merged ---------------------------------------------------------------------------------
@@ -312,7 +313,7 @@ class Export:
                 tokenizer.save_pretrained(str(tmp))
             self._write_card(tmp, "merged")
         self.paths["merged"] = dest
-        print(f"medr1: merged 16-bit model saved to {dest}")
+        log.info(f"merged 16-bit model saved to {dest}")
         return dest
 
     # -- GGUF -----------------------------------------------------------------------------------
@@ -322,14 +323,14 @@ class Export:
         missing: an ExportError when `strict`, else a printed message and None (a notebook goes on)."""
         wanted = gguf_methods(methods)
         if not wanted:
-            print("medr1: GGUF skipped (no quantization methods asked for)")
+            log.info("GGUF skipped (no quantization methods asked for)")
             return None
         dest = check_destination(dest or self.export_dir / "gguf", self.overwrite)
         missing = gguf_blockers()
         if missing:
             if strict:
                 raise ExportError(gguf_message(missing))
-            print(f"medr1: {gguf_message(missing)}")
+            log.info(f"{gguf_message(missing)}")
             return None
         n = count_parameters(self.config)
         check_disk(dest, gguf_bytes(n, wanted), f"GGUF {', '.join(wanted)} ({n / 1e9:.2f} B parameters)")
@@ -346,7 +347,7 @@ class Export:
             self._write_card(tmp, "gguf", [f.name for f in files])
         out = sorted(dest.glob("*.gguf"))
         self.paths["gguf"] = dest
-        print(f"medr1: GGUF saved: {', '.join(str(p) for p in out)}")
+        log.info(f"GGUF saved: {', '.join(str(p) for p in out)}")
         return out
 
     # -- hub ------------------------------------------------------------------------------------
@@ -357,7 +358,7 @@ class Export:
         An empty `repo_id` skips the push (the notebook's default).
         """
         if not repo_id:
-            print("medr1: not pushed to the hub (no repository name given)")
+            log.info("not pushed to the hub (no repository name given)")
             return None
         if what not in PUSHABLE:
             raise ExportError(f"push what={what!r}: choose one of {list(PUSHABLE)}")
@@ -436,5 +437,5 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token
     except Exception as err:  # noqa: BLE001 - network, auth and hub errors: one clear line, token never shown
         first = (str(err).strip().splitlines() or [""])[0].replace(token, "***")
         raise ExportError(f"push of {folder} to {repo_id!r} failed: {type(err).__name__}: {first}") from None
-    print(f"medr1: pushed {folder} to the hub as {repo_id} ({'private' if private else 'public'})")
+    log.info(f"pushed {folder} to the hub as {repo_id} ({'private' if private else 'public'})")
     return repo_id

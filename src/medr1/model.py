@@ -15,6 +15,7 @@ import torch
 
 from medr1.config import Config
 from medr1.errors import ModelError
+from medr1.log import log
 from medr1.preflight import model_path as resolve_model_path
 from medr1.stack import import_unsloth_first
 from medr1.tokenizer import load_tokenizer
@@ -68,7 +69,7 @@ def load_model(config: Config, tokenizer=None):
         if config.packing and torch.cuda.is_available():  # one varlen flash call per layer (medr1.speed)
             from medr1.speed.varlen import enable_packed_varlen
 
-            print(f"medr1: packed attention through Unsloth's varlen path: {enable_packed_varlen()}")
+            log.info(f"packed attention through Unsloth's varlen path: {enable_packed_varlen()}")
     else:
         from transformers import AutoModelForCausalLM
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from medr1.config import Config, hint
 from medr1.errors import DataError, OutputDirError
+from medr1.log import log
 
 PACKAGES = ("medr1", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft", "datasets",
             "accelerate", "bitsandbytes")
@@ -227,7 +228,7 @@ def newest_checkpoint(folder: Path) -> Path | None:
     for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
         if (path / "trainer_state.json").exists():
             return path
-        print(f"medr1: {path.name} is incomplete (no trainer_state.json; cut off while saving): skipped")
+        log.info(f"{path.name} is incomplete (no trainer_state.json; cut off while saving): skipped")
     return None
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from medr1 import data, distributed, preflight, record
 from medr1.config import Config, hint
+from medr1.log import log
 from medr1.tokenizer import load_tokenizer
 
 
@@ -47,13 +48,13 @@ class Run:
                      "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()},
             "timings": {"prepare_s": round(time.perf_counter() - t0, 2)},
             **{k: earlier[k] for k in ("answers", "holdout_eval") if k in earlier}}
-        print(f"medr1: data from {self.split.source}: {len(self.split.train)} training rows, "
+        log.info(f"data from {self.split.source}: {len(self.split.train)} training rows, "
               f"{len(self.split.holdout)} held out")
-        print(f"medr1: {self.lengths.summary()}")
+        log.info(f"{self.lengths.summary()}")
         if self.lengths.warning():
-            print(f"medr1: {self.lengths.warning()}")
+            log.info(f"{self.lengths.warning()}")
         if self.complete:
-            print(f"medr1: the run in {self.out} is complete ({self.record.get('train', {}).get('steps')} steps): "
+            log.info(f"the run in {self.out} is complete ({self.record.get('train', {}).get('steps')} steps): "
                   "resuming it trains nothing and changes none of its files")
 
     # -- the notebook's steps ---------------------------------------------------------------------
@@ -114,7 +115,7 @@ class Run:
         figures = {"answer_loss": losses["loss"], "rows": len(self.holdout), **compliance(gens)}
         self.record.setdefault("holdout_eval", {})[label] = figures
         self._write_record()
-        print(f"medr1: held-out ({label}): answer loss {figures['answer_loss']:.3f}; format compliance "
+        log.info(f"held-out ({label}): answer loss {figures['answer_loss']:.3f}; format compliance "
               f"{figures['format_compliance']:.0%}; stopped at EOS {figures['stopped_at_eos']:.0%} "
               f"({len(self.holdout)} rows, greedy)")
         return figures
@@ -128,7 +129,7 @@ class Run:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         self.record["trainable_parameters"] = trainable
-        print(f"medr1: LoRA r={self.config.lora_r}: {trainable:,} trainable of {total:,} parameters "
+        log.info(f"LoRA r={self.config.lora_r}: {trainable:,} trainable of {total:,} parameters "
               f"({100 * trainable / total:.2f}%)")
         return self.model
 
@@ -144,19 +145,19 @@ class Run:
         self.resume_from = str(newest) if newest else None
         if newest:
             done = int(newest.name.split("-")[-1])
-            print(f"medr1: resuming from {newest.name}: step {done} of {cfg.max_steps or '?'} done")
+            log.info(f"resuming from {newest.name}: step {done} of {cfg.max_steps or '?'} done")
         elif cfg.resume:
-            print(f"medr1: {hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
+            log.info(f"{hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
         elif cfg.overwrite and distributed.is_main():
             for stale in (checkpoints, self.out / "adapter"):
                 shutil.rmtree(stale, ignore_errors=True)
         procs = distributed.world_size()
-        print(f"medr1: effective batch {effective_batch(cfg, procs)} rows per optimizer step "
+        log.info(f"effective batch {effective_batch(cfg, procs)} rows per optimizer step "
               f"({cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation "
               f"x {procs} process{'es' if procs > 1 else ''}); packing={cfg.packing}; loss_on={cfg.loss_on}")
         rule = distributed.learning_rate_rule(cfg, procs)
         if procs > 1:
-            print(f"medr1: {rule}")
+            log.info(f"{rule}")
         if not self.complete:
             self.record["distributed"] = {"processes": procs, "backend": distributed.backend(),
                                           "learning_rate_rule": rule}
@@ -226,7 +227,7 @@ class Run:
                 if self.resume_from else f"{steps_run} steps")
         peak = f"{stats['peak_gib']} GiB peak GPU memory" if stats["peak_gib"] is not None else "CPU run"
         loss = f"; loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
-        print(f"medr1: {what} in {seconds:.1f} s; {stats['trained_tokens_per_s']} trained tokens/s; {peak}{loss}")
+        log.info(f"{what} in {seconds:.1f} s; {stats['trained_tokens_per_s']} trained tokens/s; {peak}{loss}")
 
     def _record_interruption(self, err: BaseException) -> None:
         """Write status 'interrupted' with the step reached and the checkpoint a resume would start from."""
@@ -237,10 +238,10 @@ class Run:
             "checkpoint": newest.name if newest else None}, losses=self.history.records)
         self._write_record()
         if newest:
-            print(f"medr1: training stopped at step {step}; {newest.name} is kept: run again with {hint('resume')} "
+            log.info(f"training stopped at step {step}; {newest.name} is kept: run again with {hint('resume')} "
                   f"and output_dir={str(self.out)!r} to continue from it")
         else:
-            print(f"medr1: training stopped at step {step} before the first checkpoint (save_steps="
+            log.info(f"training stopped at step {step} before the first checkpoint (save_steps="
                   f"{self.config.save_steps}); a resume starts from step 0")
 
     @property
@@ -264,7 +265,7 @@ class Run:
         self._need_model()
         target = self.out / "adapter"
         if self.complete:
-            print(f"medr1: the run was already complete; {target} is unchanged")
+            log.info(f"the run was already complete; {target} is unchanged")
             return target
         self.record.update(status="complete", adapter="adapter", finished=record.now())
         if distributed.is_main():  # self.model is the bare PEFT model: DDP only wraps it inside the trainer
@@ -274,7 +275,7 @@ class Run:
                 write_card(tmp, self.record, "adapter")
         distributed.barrier()  # when any process returns, the adapter is there
         self._write_record()
-        print(f"medr1: adapter saved to {target}")
+        log.info(f"adapter saved to {target}")
         return target
 
     # -- helpers ----------------------------------------------------------------------------------

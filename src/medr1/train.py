@@ -16,6 +16,7 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from medr1 import distributed  # noqa: E402
 from medr1.config import Config  # noqa: E402
+from medr1.log import log  # noqa: E402
 
 
 def effective_batch(config: Config, processes: int | None = None) -> int:
@@ -53,9 +54,9 @@ def reporting(config: Config) -> str:
         os.environ.setdefault("WANDB_PROJECT", config.wandb_project)
         return "wandb"
     if config.report_to == "wandb":
-        print("medr1: report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off")
+        log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off")
     else:
-        print("medr1: no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
+        log.info("no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
     return "none"
 
 
