@@ -1,8 +1,20 @@
-"""Answer a question with the model: greedy by default (reproducible), optional streaming, stops at EOS."""
+"""Generation, in one place: one answer (streaming, for the notebooks) and many answers at the speed of the hardware.
+
+    generate(model, tokenizer, question, stream=True)            # one answer, printed as it comes
+    generate_many(model, tokenizer, prompts, max_new_tokens=1024)  # many: batched decoder (medr1.decode)
+
+Greedy by default, so a second run gives the same answers; R1's recommended sampling (temperature 0.6,
+top_p 0.95, seeded; DeepSeek warns that greedy decoding of R1-distill models can repeat endlessly) with
+`sampling=Sampling()` and `samples=k` answers per prompt. Every answer says whether it stopped at EOS.
+Under `accelerate launch` (several processes, one GPU each), `generate_many` shares the prompts out over
+the processes and every process gets all the answers back, in order.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from medr1.model import for_inference, import_unsloth_first
 
@@ -10,7 +22,10 @@ import_unsloth_first()
 
 import torch  # noqa: E402
 
-from medr1 import prompts  # noqa: E402
+from medr1 import decode, distributed, prompts  # noqa: E402
+from medr1.decode import Sampling, Stats  # noqa: E402, F401 - part of this module's interface
+
+ENGINES = ("auto", "medr1", "hf")
 
 
 @dataclass
@@ -28,7 +43,7 @@ class Generation:
 def generate(model, tokenizer, question: str, *, style: str = "seed", max_new_tokens: int = 1024,
              stream: bool = False, do_sample: bool = False, temperature: float = 0.6,
              backend: str = "unsloth") -> Generation:
-    """Generate an answer to `question` in the trained format.
+    """Generate an answer to `question` in the trained format, through the model's own `generate` (streams).
 
     Greedy decoding gives the same answer on every run; `do_sample=True` samples (R1's advice is
     temperature 0.6) for variety instead.
@@ -62,3 +77,116 @@ def show(gen: Generation, reference: str | None = None) -> None:
     if reference is not None:
         print(f"REFERENCE\n{reference}\n")
     print(f"[{gen.new_tokens} new tokens; {'stopped at EOS' if gen.stopped else 'hit the token budget'}]")
+
+
+@torch.inference_mode()
+def generate_many(model, tokenizer, prompt_texts: list[str], *, max_new_tokens: int, batch_size: int = 0,
+                  style: str = "seed", sampling: Sampling | None = None, samples: int = 1, engine: str = "auto",
+                  merge: str = "auto", memory_gib: float = 0, stats: Stats | None = None,
+                  shard: bool = True) -> list[dict[str, Any]]:
+    """Continuations of many prompts, each split into reasoning and answer; prompt-major with `samples` per prompt.
+
+    `batch_size`: rows decoded together (0 = as many as free memory holds). `engine`: "medr1" (the batched
+    decoder), "hf" (`model.generate` in left-padded batches, the plain-transformers way), "auto" (medr1
+    where the model is Llama-shaped). `merge`: "auto" (a 16-bit copy with the adapter merged where memory
+    allows), "yes", "no"; `memory_gib`: plan for this much GPU memory (0 = what is free). Greedy answers
+    do not depend on `batch_size` (see medr1.decode).
+    `shard`: with several processes, each answers its share of the prompts (round robin) and all get all.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if samples < 1 or (samples > 1 and sampling is None):
+        raise ValueError(f"samples={samples}: several samples per prompt need sampling=Sampling(...)")
+    stats = stats if stats is not None else Stats()
+    if shard and distributed.world_size() > 1:
+        return _sharded(model, tokenizer, prompt_texts, stats, samples=samples, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, style=style, sampling=sampling, engine=engine, merge=merge,
+                        memory_gib=memory_gib)
+    texts = [t for t in prompt_texts for _ in range(samples)]
+    eos = tokenizer.eos_token_id
+    why_not = decode.unsupported(model) if engine != "hf" else "engine='hf'"
+    if why_not is None:
+        ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
+        results = decode.decode(model, ids, max_new_tokens=max_new_tokens, eos_ids={eos}, slots=batch_size,
+                                sampling=sampling, merge=merge, memory_gib=memory_gib, stats=stats)
+        rows = [(r.tokens, r.stopped) for r in results]
+    else:
+        if engine == "medr1":
+            raise ValueError(f"engine='medr1' cannot run this model: {why_not}")
+        stats.notes.append(f"model.generate ({why_not})")
+        rows = hf_generate(model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size or 8,
+                           sampling=sampling, stats=stats)
+    out = []
+    for tokens, stopped in rows:
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        parts = prompts.split_answer(text, style)
+        out.append({"text": text, "reasoning": parts.reasoning, "answer": parts.answer, "complete": parts.complete,
+                    "stopped": stopped, "new_tokens": len(tokens) + int(stopped)})
+    return out
+
+
+def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batch_size: int = 8,
+                sampling: Sampling | None = None, stats: Stats | None = None) -> list[tuple[list[int], bool]]:
+    """(tokens, stopped) per text through `model.generate`, in left-padded batches: the plain-transformers way,
+    kept for models the batched decoder does not run and as the benchmark's baseline."""
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    kwargs: dict[str, Any] = dict(do_sample=False)
+    if sampling is not None:
+        torch.manual_seed(sampling.seed)
+        kwargs = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+    rows: list[tuple[list[int], bool]] = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True).to(device)
+            generated = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id, use_cache=True, **kwargs)
+            new = generated[:, enc["input_ids"].shape[1]:]
+            if stats is not None:
+                stats.steps += new.shape[1]
+            for row in new.tolist():
+                stopped = tokenizer.eos_token_id in row
+                if stopped:
+                    row = row[: row.index(tokenizer.eos_token_id)]
+                else:
+                    while row and row[-1] == tokenizer.pad_token_id:
+                        row = row[:-1]
+                rows.append((row, stopped))
+    finally:
+        tokenizer.padding_side = side
+    if stats is not None:
+        stats.slots, stats.prompts = batch_size, len(texts)
+        stats.generated_tokens += sum(len(t) + int(s) for t, s in rows)
+        stats.seconds += time.perf_counter() - t0
+        if device.type == "cuda":
+            stats.peak_gib = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return rows
+
+
+def _sharded(model, tokenizer, prompt_texts: list[str], stats: Stats, *, samples: int,
+             **kwargs: Any) -> list[dict[str, Any]]:
+    """This process's share of the prompts (every world_size-th), then every process's answers, in prompt order."""
+    t0 = time.perf_counter()
+    distributed.init()
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = list(range(rank, len(prompt_texts), world))
+    part_stats = Stats()
+    part = generate_many(model, tokenizer, [prompt_texts[i] for i in mine], samples=samples, stats=part_stats,
+                         shard=False, **kwargs)
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, (mine, part, asdict(part_stats)))
+    out: list[dict[str, Any]] = [{}] * (len(prompt_texts) * samples)
+    for indices, answers, _ in gathered:
+        for j, i in enumerate(indices):
+            out[i * samples:(i + 1) * samples] = answers[j * samples:(j + 1) * samples]
+    parts = [g[2] for g in gathered]
+    stats.slots, stats.merged = sum(p["slots"] for p in parts), part_stats.merged
+    stats.prompts = sum(p["prompts"] for p in parts)
+    stats.generated_tokens = sum(p["generated_tokens"] for p in parts)
+    stats.steps = max(p["steps"] for p in parts)
+    stats.peak_gib = max((p["peak_gib"] or 0.0) for p in parts) or None
+    stats.seconds = time.perf_counter() - t0  # until the slowest process is done
+    stats.notes.append(f"{world} processes: {parts[0]['notes'][0] if parts[0]['notes'] else ''} each")
+    return out

@@ -1,0 +1,146 @@
+"""Many answers at once (medr1.infer.generate_many, medr1.decode) against the model's own forward and `generate`.
+
+On the tiny offline Llama in fp32 with a LoRA adapter whose B matrices are random (so base and fine-tuned
+differ): the batched decoder must give what `model.generate` gives, token for token; the same answers at
+batch 1 and batch 64 and with fewer slots than prompts (rows refilled as others finish); stop at EOS;
+and honour the adapter being switched off, merged into a 16-bit copy or called as modules.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medr1 import decode, infer, prompts
+from medr1.decode import Sampling, Stats
+
+NEW = 20  # new tokens per answer: enough to diverge if anything differs
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from medr1.config import LORA_TARGETS
+    from medr1.tiny import tiny_model_path
+    from medr1.tokenizer import load_tokenizer
+
+    path = str(tiny_model_path())
+    tokenizer = load_tokenizer(path, "seed")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(LORA_TARGETS)))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # a trained-looking adapter: base and fine-tuned answers differ
+            p.data.normal_(0, 0.05)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def texts():
+    import medr1
+    from medr1.data import read_rows
+
+    rows = read_rows(Path(medr1.__file__).parent / "assets" / "medical_tiny.jsonl")  # the bundled fixture
+    # 80 prompts: every fixture question in both prompt styles
+    return [prompts.inference_prompt(r["Question"], style) for style in prompts.STYLES for r in rows]
+
+
+def _tokens(gens):
+    return [(g["text"], g["stopped"], g["new_tokens"]) for g in gens]
+
+
+def test_decoder_logits_equal_the_models_forward(lm, texts):
+    model, tokenizer = lm
+    ids = tokenizer(texts[0])["input_ids"]
+    for merge in (False, True):
+        dec = decode.Decoder(model, slots=2, max_len=len(ids) + 8, merge=merge)
+        with torch.inference_mode():
+            ours = dec.prefill([(1, ids)])[0]
+            theirs = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4), (merge, (ours - theirs).abs().max())
+
+
+@pytest.mark.parametrize("variant", ["finetuned", "base"])
+def test_greedy_answers_equal_model_generate(lm, texts, variant):
+    model, tokenizer = lm
+    ctx = model.disable_adapter() if variant == "base" else torch.no_grad()
+    with ctx:
+        hf = infer.generate_many(model, tokenizer, texts[:6], max_new_tokens=NEW, engine="hf", batch_size=1)
+        for merge in ("no", "yes"):
+            ours = infer.generate_many(model, tokenizer, texts[:6], max_new_tokens=NEW, engine="medr1", merge=merge)
+            assert _tokens(ours) == _tokens(hf), merge
+    assert all(g["new_tokens"] == NEW for g in hf)  # random LoRA: no EOS, every answer runs to the budget
+
+
+def test_adapter_changes_the_answers(lm, texts):
+    """The comparison above is of two different models: switching the adapter off changes the answers."""
+    model, tokenizer = lm
+    tuned = infer.generate_many(model, tokenizer, texts[:4], max_new_tokens=NEW, merge="yes")
+    with model.disable_adapter():
+        base = infer.generate_many(model, tokenizer, texts[:4], max_new_tokens=NEW, merge="yes")
+    assert all(a["text"] != b["text"] for a, b in zip(tuned, base, strict=True))
+
+
+def test_the_same_answers_at_batch_1_and_batch_64(lm, texts):
+    model, tokenizer = lm
+    stats = {b: Stats() for b in (1, 5, 64)}
+    runs = {b: infer.generate_many(model, tokenizer, texts, max_new_tokens=NEW, batch_size=b, stats=stats[b])
+            for b in (1, 5, 64)}
+    assert len(texts) == 80 and stats[64].slots == 64 and stats[1].slots == 1
+    assert _tokens(runs[1]) == _tokens(runs[64]) == _tokens(runs[5])  # 5 slots: rows refilled as others finish
+    assert stats[64].generated_tokens == 80 * NEW and stats[64].steps < stats[1].steps / 30
+
+
+def test_stops_at_eos_and_counts_it(lm, texts):
+    """Make the 6th greedy token of each answer the stop token: every row must stop right there."""
+    model, tokenizer = lm
+    ids = [tokenizer(t)["input_ids"] for t in texts[:8]]
+    free = decode.decode(model, ids, max_new_tokens=NEW, eos_ids=set())
+    stop = {r.tokens[5] for r in free}
+    stopped = decode.decode(model, ids, max_new_tokens=NEW, eos_ids=stop, slots=3)
+    for f, s in zip(free, stopped, strict=True):
+        first = next(j for j, t in enumerate(f.tokens) if t in stop)
+        assert s.stopped and s.tokens == f.tokens[:first] and first <= 5
+    assert not any(r.stopped for r in free)
+
+
+def test_sampling_is_seeded_and_top_p_keeps_the_top(lm, texts):
+    model, tokenizer = lm
+    kw = dict(max_new_tokens=NEW, merge="yes")
+    a = infer.generate_many(model, tokenizer, texts[:3], sampling=Sampling(seed=1), samples=2, **kw)
+    b = infer.generate_many(model, tokenizer, texts[:3], sampling=Sampling(seed=1), samples=2, **kw)
+    c = infer.generate_many(model, tokenizer, texts[:3], sampling=Sampling(seed=2), samples=2, **kw)
+    assert len(a) == 6 and _tokens(a) == _tokens(b) and _tokens(a) != _tokens(c)
+    assert a[0]["text"] != a[1]["text"]  # two samples of one question differ
+    greedy = infer.generate_many(model, tokenizer, texts[:3], **kw)
+    nearly = infer.generate_many(model, tokenizer, texts[:3], sampling=Sampling(top_p=1e-9), **kw)
+    assert _tokens(nearly) == _tokens(greedy)  # top_p that keeps one token is greedy
+    with pytest.raises(ValueError, match="need sampling"):
+        infer.generate_many(model, tokenizer, texts[:3], samples=2, **kw)
+
+
+def test_models_the_decoder_does_not_run_fall_back_to_generate(lm, texts, monkeypatch):
+    model, tokenizer = lm
+    hf = infer.generate_many(model, tokenizer, texts[:2], max_new_tokens=NEW, engine="hf")
+    monkeypatch.setattr(model.get_base_model().config, "model_type", "gpt2")
+    assert "gpt2" in decode.unsupported(model)
+    stats = Stats()
+    assert _tokens(infer.generate_many(model, tokenizer, texts[:2], max_new_tokens=NEW, stats=stats)) == _tokens(hf)
+    assert "model.generate" in stats.notes[0]
+    with pytest.raises(ValueError, match="cannot run this model"):
+        infer.generate_many(model, tokenizer, texts[:2], max_new_tokens=NEW, engine="medr1")
+
+
+def test_memory_plan_on_a_cpu_and_sizes(lm):
+    model, _ = lm
+    c = model.get_base_model().config
+    head_dim = c.hidden_size // c.num_attention_heads
+    assert decode.kv_bytes_per_slot(model, 128) == c.num_hidden_layers * 2 * c.num_key_value_heads * 128 * head_dim * 4
+    assert decode.plan(model, rows=500, max_len=128) == (64, False, "64 slots on cpu")  # the CPU's step rows
+    assert decode.plan(model, rows=7, max_len=128, slots=3)[0] == 3
+    with pytest.raises(ValueError, match="at most 64 rows per step"):
+        decode.plan(model, rows=500, max_len=128, slots=65)
+    assert decode.merged_bytes(model) == 4 * sum(
+        p.numel() for n, p in model.named_parameters() if "proj.base_layer.weight" in n)
