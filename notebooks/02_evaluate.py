@@ -51,7 +51,8 @@ mcq_file: str = ""  # multiple-choice questions: JSON list or JSONL of {question
 max_rows: int = 0  # held-out rows to evaluate; 0: all the run kept out
 max_questions: int = 0  # multiple-choice questions to use; 0: all
 max_new_tokens: int = 0  # generation budget per answer; 0: the run's max_new_tokens
-batch_size: int = 8  # prompts generated together; lower it if the GPU runs out of memory
+batch_size: int = 0  # rows generated together; 0: as many as free GPU memory holds
+samples: int = 0  # sampled answers per question (R1's temperature 0.6, top_p 0.95, seeded); 0: greedy
 show_rows: int = 3  # questions in the side-by-side table
 
 # %% [markdown]
@@ -73,7 +74,8 @@ from medr1.run import train
 
 if not run_dir:
     run_dir = str(train(build_config("smoke", {"max_steps": 10})).out)
-ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, mcq_file=mcq_file)
+ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, mcq_file=mcq_file,
+                samples=samples)
 
 # %% [markdown]
 # ## Load the base model and the adapter (once)

@@ -85,6 +85,48 @@ def test_score_hand_made_predictions():
     assert [i["chosen"] for i in s["items"]] == ["B", "C", "A", "A", None, None]
 
 
+@pytest.mark.parametrize("text, first, last", [
+    ("The answer is A. On reflection, the answer is C.", "A", "C"),  # two conclusions: first and last differ
+    ("Reasoning about (B) and (D).\n\n### Answer:\nThe answer is D.", "D", "D"),  # the answer part decides
+    ("Between (A) and (C) I cannot decide.", "A", "C"),  # strict reading: unparsed; HuatuoGPT's: either
+    ("Insulin, or else metformin.", "D", "B"),  # option texts, in the order they appear
+    ("I don't know.", None, None),
+])
+def test_first_and_last_match(text, first, last):
+    assert mcq.first_last(text, OPTIONS) == (first, last)
+
+
+def test_first_last_and_either_accuracy_and_samples():
+    questions = mcq.load_questions(ASSETS / "mcq_sample.jsonl")[:4]  # answers B, C, A, D
+    predictions = ["The answer is A. No: the answer is B.",  # strict right (last wins); first wrong, last right
+                   "The answer is C, not A.",  # right everywhere
+                   "Between (A) and (C) I cannot decide.",  # strict unparsed; first A right; last C wrong
+                   "I don't know."]  # nothing
+    s = mcq.score(questions, predictions)
+    assert (s["accuracy"], s["first_match"], s["last_match"], s["either_match"]) == (0.5, 0.5, 0.5, 0.75)
+    many = mcq.score_samples(questions, [predictions, ["The answer is B", "C", "A", "D"]])
+    assert many["accuracy"] == 0.5 and many["samples"]["accuracies"] == [0.5, 1.0]
+    assert many["samples"]["mean"] == 0.75 and many["samples"]["std"] == pytest.approx(0.3536, abs=1e-4)
+    assert many["_correct"] == [[True, True, False, False], [True] * 4]
+
+
+def test_mcnemar_exact():
+    # 10 questions only the second model gets right, 2 only the first: p = 2 * P(X <= 2), X ~ Bin(12, 1/2)
+    a = [True] * 2 + [False] * 10 + [True] * 5
+    b = [False] * 2 + [True] * 10 + [True] * 5
+    m = mcq.mcnemar(a, b)
+    assert (m["only_first"], m["only_second"]) == (2, 10)
+    assert m["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 4096, abs=1e-4)
+    assert mcq.mcnemar([True, False], [True, False])["p_value"] == 1.0
+
+
+def test_published_anchors_by_benchmark_name():
+    assert mcq.anchors_for("MedQA_USLME_test") == ("MedQA", mcq.ANCHORS["MedQA"])
+    assert mcq.anchors_for("medmcqa")[1]["HuatuoGPT-o1-8B"] == 60.4
+    assert mcq.anchors_for("PubMedQA_test")[1]["Llama-3.1-8B-Instruct"] == 75.2
+    assert mcq.anchors_for("MMLU-Pro_Medical") is None
+
+
 def test_score_needs_one_prediction_per_question():
     questions = mcq.load_questions(ASSETS / "mcq_sample.json")
     with pytest.raises(DataError, match="3 predictions for 4 questions"):
@@ -136,6 +178,13 @@ def test_cli_scores_predictions_without_a_model(tmp_path):
                            "--predictions", str(pred)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "1 predictions for 4 questions" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+    # --max-questions: the first N questions, so N predictions score (issue 12: it used to be ignored)
+    proc = subprocess.run([sys.executable, "-m", "medr1", "evaluate", "--mcq", str(ASSETS / "mcq_sample.json"),
+                           "--predictions", str(pred), "--max-questions", "1"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n"] == 1 and json.loads(proc.stdout)["correct"] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,8 +245,18 @@ def test_generation_compliance_table_mcq_and_saved_results(evaluation, run_copy)
     scores = evaluation.mcq(ASSETS / "mcq_sample.jsonl", max_questions=4)
     assert scores["questions"] == 4 and scores["base"]["n"] == 4
     preds = mcq.read_predictions(run_copy / "mcq_predictions_finetuned.jsonl")
-    again = mcq.score(mcq.load_questions(ASSETS / "mcq_sample.jsonl")[:4], preds)
+    questions = mcq.load_questions(ASSETS / "mcq_sample.jsonl")[:4]
+    again = mcq.score(questions, preds)
     assert again["accuracy"] == scores["finetuned"]["accuracy"]
+    rows = mcq.read_prediction_rows(run_copy / "mcq_predictions_finetuned.jsonl")
+    assert [(r["index"], r["sample"], r["gold"]) for r in rows] == [(i, 0, q.answer) for i, q in enumerate(questions)]
+    for r, q in zip(rows, questions, strict=True):
+        ex = mcq.extract_choice(r["prediction"], q.options)
+        assert (r["parsed"], r["parsed_by"], r["correct"]) == (ex.letter, ex.method, ex.letter == q.answer)
+        assert (r["first_match"], r["last_match"]) == mcq.first_last(r["prediction"], q.options)
+    assert {"first_match", "last_match", "either_match"} <= set(scores["base"])
+    assert set(scores["mcnemar"]) == {"only_first", "only_second", "p_value"} and scores["anchors"] == {}
+    assert "mcq_generated_tokens_per_s" not in scores and evaluation.results["speed"]["mcq_finetuned"]["answers"] == 4
 
     saved = evaluation.save()
     data = json.loads(saved["json"].read_text())
@@ -214,7 +273,7 @@ def test_generation_compliance_table_mcq_and_saved_results(evaluation, run_copy)
 
 
 def test_greedy_generation_is_reproducible(evaluation):
-    from medr1.evaluate import generate_many
+    from medr1.infer import generate_many
     from medr1.prompts import inference_prompt
 
     prompt = [inference_prompt(evaluation.rows[0]["Question"])]

@@ -4,8 +4,11 @@
     ev.load(); ev.held_out_loss(); ev.generate(); ev.side_by_side(); ev.save()
 
 The model is loaded once; the base model's numbers come from the same weights with the adapter
-switched off, so both sides see exactly the same base, tokenizer and prompts. Decoding is greedy:
-a second evaluation of the same run gives the same answers.
+switched off, so both sides see exactly the same base, tokenizer and prompts. Answers come from
+`medr1.infer.generate_many` (the batched decoder). Decoding is greedy, so a second evaluation of the same
+run gives the same answers; `samples=k` draws k answers per question with R1's sampling instead (seeded)
+and reports the mean and spread. Under `accelerate launch` the questions are shared out over the
+processes and rank 0 writes the results.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import_unsloth_first()
 
 import torch  # noqa: E402
 
-from medr1 import mcq, prompts, record  # noqa: E402
+from medr1 import distributed, mcq, prompts, record  # noqa: E402
 from medr1.config import Config  # noqa: E402
 from medr1.errors import DataError, ModelError  # noqa: E402
+from medr1.infer import Sampling, Stats, generate_many  # noqa: E402
 
 VARIANTS = ("base", "finetuned")
 LABELS = {"base": "base", "finetuned": "fine-tuned"}
@@ -125,37 +129,6 @@ def text_losses(model, tokenizer, rows: list[dict[str, str]], style: str = "seed
             "truncated_rows": truncated}
 
 
-@torch.inference_mode()
-def generate_many(model, tokenizer, prompt_texts: list[str], *, max_new_tokens: int, batch_size: int = 8,
-                  style: str = "seed") -> list[dict[str, Any]]:
-    """Greedy continuations of many prompts, in batches (left padding), each split into reasoning and answer."""
-    device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    out: list[dict[str, Any]] = []
-    try:
-        for start in range(0, len(prompt_texts), batch_size):
-            batch = prompt_texts[start:start + batch_size]
-            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
-            generated = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                       use_cache=True)
-            for row in generated[:, enc["input_ids"].shape[1]:].tolist():
-                stopped = tokenizer.eos_token_id in row
-                if stopped:
-                    row = row[: row.index(tokenizer.eos_token_id)]
-                else:
-                    while row and row[-1] == tokenizer.pad_token_id:
-                        row = row[:-1]
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                parts = prompts.split_answer(text, style)
-                out.append({"text": text, "reasoning": parts.reasoning, "answer": parts.answer,
-                            "complete": parts.complete, "stopped": stopped, "new_tokens": len(row) + int(stopped)})
-    finally:
-        tokenizer.padding_side = side
-    return out
-
-
 def compliance(generations: list[dict[str, Any]]) -> dict[str, Any]:
     """Share of generations in the trained format: a reasoning part, an answer part, and EOS within the budget."""
     n = len(generations)
@@ -164,6 +137,9 @@ def compliance(generations: list[dict[str, Any]]) -> dict[str, Any]:
             "has_reasoning_and_answer": round(sum(g["complete"] for g in generations) / n, 4) if n else 0.0,
             "stopped_at_eos": round(sum(g["stopped"] for g in generations) / n, 4) if n else 0.0,
             "mean_new_tokens": round(sum(g["new_tokens"] for g in generations) / n, 1) if n else 0.0,
+            # ran out of tokens before writing an answer: a budget too small, or a model that repeats itself
+            "budget_without_answer": round(sum(not g["stopped"] and not g.get("answer") for g in generations) / n, 4)
+            if n else 0.0,
             "generations": n, "compliant": ok}
 
 
@@ -174,8 +150,8 @@ def compliance(generations: list[dict[str, Any]]) -> dict[str, Any]:
 class Evaluation:
     """Base vs fine-tuned on one run's held-out rows; results go to eval.json and eval.png in the run folder."""
 
-    def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 8,
-                 mcq_file: str | Path = ""):
+    def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 0,
+                 mcq_file: str | Path = "", samples: int = 0, engine: str = "auto"):
         self.run_dir = Path(run_dir).expanduser()
         self.config = run_config(self.run_dir)
         self.adapter = adapter_dir(self.run_dir)
@@ -184,15 +160,21 @@ class Evaluation:
         rows = holdout_rows(self.run_dir)
         self.rows = rows[:max_rows] if max_rows else rows
         self.max_new_tokens = max_new_tokens or self.config.max_new_tokens
-        self.batch_size = batch_size
+        self.batch_size, self.engine = batch_size, engine  # batch_size 0: as many rows as free memory holds
+        self.samples = max(1, samples)
+        self.sampling = Sampling(seed=self.config.seed) if samples else None
+        decoding: Any = "greedy" if self.sampling is None else {
+            **dataclasses.asdict(self.sampling), "samples": self.samples}
         self.model = self.tokenizer = None
         self.results: dict[str, Any] = {
             "run_dir": str(self.run_dir), "model_name": self.config.model_name, "adapter": str(self.adapter),
-            "prompt_style": self.config.prompt_style, "decoding": "greedy", "max_new_tokens": self.max_new_tokens,
-            "holdout_rows": len(self.rows), "metrics": {v: {} for v in VARIANTS},
+            "prompt_style": self.config.prompt_style, "decoding": decoding, "max_new_tokens": self.max_new_tokens,
+            "holdout_rows": len(self.rows), "metrics": {v: {} for v in VARIANTS}, "speed": {},
         }
+        how = "greedy" if self.sampling is None else (f"{self.samples} sampled answers per question (temperature "
+                                                      f"{self.sampling.temperature}, top_p {self.sampling.top_p})")
         print(f"medr1: evaluating {self.run_dir} ({self.config.model_name} + adapter) on {len(self.rows)} "
-              f"held-out rows; greedy, up to {self.max_new_tokens} new tokens")
+              f"held-out rows; {how}, up to {self.max_new_tokens} new tokens")
 
     def load(self) -> None:
         t0 = time.perf_counter()
@@ -212,29 +194,46 @@ class Evaluation:
             f"{LABELS[v]} {out[v]['loss']:.3f} (perplexity {out[v]['perplexity']:.1f})" for v in VARIANTS))
         return out
 
+    def answers(self, texts: list[str], variant: str, step: str) -> list[dict[str, Any]]:
+        """Answers of one model to `texts` (prompt-major, `samples` per prompt), timed into results["speed"]."""
+        stats = Stats()
+        with adapter_off(self.model, variant):
+            gens = generate_many(self.model, self.tokenizer, texts, max_new_tokens=self.max_new_tokens,
+                                 batch_size=self.batch_size, style=self.config.prompt_style, sampling=self.sampling,
+                                 samples=self.samples, engine=self.engine, stats=stats)
+        rate = stats.generated_tokens / stats.seconds if stats.seconds else 0.0
+        self.results["speed"][f"{step}_{variant}"] = {
+            "answers": len(gens), "generated_tokens": stats.generated_tokens, "seconds": round(stats.seconds, 1),
+            "generated_tokens_per_s": round(rate, 1), "batch": stats.slots, "merged": stats.merged,
+            "processes": distributed.world_size(), "how": "; ".join(stats.notes)}
+        print(f"medr1: {LABELS[variant]}: {len(gens)} answers, {stats.generated_tokens:,} tokens in "
+              f"{stats.seconds:.1f} s ({rate:,.0f} tokens/s; {'; '.join(stats.notes)})")
+        return gens
+
     def generate(self) -> dict[str, dict[str, Any]]:
-        """Greedy answers to the held-out questions from both models; format compliance of each."""
+        """Answers to the held-out questions from both models; format compliance of each."""
         self._need_model()
         texts = [prompts.inference_prompt(r["Question"], self.config.prompt_style) for r in self.rows]
         gens = {}
         for variant in VARIANTS:
-            with adapter_off(self.model, variant):
-                gens[variant] = generate_many(self.model, self.tokenizer, texts, max_new_tokens=self.max_new_tokens,
-                                              batch_size=self.batch_size, style=self.config.prompt_style)
+            gens[variant] = self.answers(texts, variant, "holdout")
             self.results["metrics"][variant].update(compliance(gens[variant]))
+        k = self.samples
         self.results["samples"] = [
-            {"question": r["Question"], "reference": r["Response"], **{v: gens[v][i] for v in VARIANTS}}
+            {"question": r["Question"], "reference": r["Response"], **{v: gens[v][i * k] for v in VARIANTS}}
             for i, r in enumerate(self.rows)]
         print("medr1: format compliance " + "; ".join(
             f"{LABELS[v]} {self.results['metrics'][v]['format_compliance']:.0%}" for v in VARIANTS))
         return {v: self.results["metrics"][v] for v in VARIANTS}
 
     def mcq(self, path: str | Path, max_questions: int = 0) -> dict[str, Any] | None:
-        """Multiple-choice accuracy of both models on a file of {question, options, answer_idx}.
+        """Multiple-choice accuracy of both models on a file of {question, options, answer_idx}, compared.
 
-        Each model's generations are written to mcq_predictions_<variant>.jsonl in the run folder, so
-        `medr1 evaluate --mcq FILE --predictions ...` can score them again without a model. An empty
-        `path` skips this step.
+        Each model's answers go to mcq_predictions_<variant>.jsonl in the run folder, one row per question (and
+        sample) with the gold letter, the letter read and how, and whether it is right, so that
+        `medr1 evaluate --mcq FILE --predictions ...` can score them again without a model. Base and fine-tuned
+        are compared on the same questions by an exact McNemar test; published figures are printed beside
+        benchmarks they exist for. An empty `path` skips this step.
         """
         if not path:
             print("medr1: multiple-choice accuracy skipped (no questions file given)")
@@ -245,19 +244,22 @@ class Evaluation:
             questions = questions[:max_questions]
         texts = [mcq.mcq_prompt(q, self.config.prompt_style) for q in questions]
         result: dict[str, Any] = {"file": str(path), "questions": len(questions)}
+        correct = {}
         for variant in VARIANTS:
-            with adapter_off(self.model, variant):
-                gens = generate_many(self.model, self.tokenizer, texts, max_new_tokens=self.max_new_tokens,
-                                     batch_size=self.batch_size, style=self.config.prompt_style)
-            preds = [g["text"] for g in gens]
+            gens = self.answers(texts, variant, "mcq")
+            by_sample = [[g["text"] for g in gens[s::self.samples]] for s in range(self.samples)]
+            scored = mcq.score_samples(questions, by_sample, self.config.prompt_style)
+            correct[variant] = scored.pop("_correct")
             pred_file = self.run_dir / f"mcq_predictions_{variant}.jsonl"
-            pred_file.write_text("".join(json.dumps({"prediction": p}, ensure_ascii=False) + "\n" for p in preds),
-                                 encoding="utf-8")
-            result[variant] = {**mcq.score(questions, preds, self.config.prompt_style), "predictions": pred_file.name}
+            if distributed.is_main():
+                _write_predictions(pred_file, questions, by_sample, self.config.prompt_style)
+            result[variant] = {**scored, "budget_without_answer": compliance(gens)["budget_without_answer"],
+                               "predictions": pred_file.name}
+        result["mcnemar"] = mcq.mcnemar(correct["base"][0], correct["finetuned"][0])
+        names = sorted({q.source for q in questions if q.source}) or [Path(path).stem]
+        result["anchors"] = dict(a for a in map(mcq.anchors_for, names) if a)
         self.results["mcq"] = result
-        print(f"medr1: multiple-choice accuracy on {len(questions)} questions " + "; ".join(
-            f"{LABELS[v]} {result[v]['accuracy']:.0%} (95% CI {result[v]['ci95'][0]:.0%}-{result[v]['ci95'][1]:.0%}, "
-            f"{result[v]['unparsed']} unparsed)" for v in VARIANTS))
+        _print_mcq(result, self.run_dir)
         return result
 
     def metrics_table(self):
@@ -271,7 +273,8 @@ class Evaluation:
             for v in VARIANTS:
                 s = self.results["mcq"][v]
                 table[LABELS[v]].update(mcq_accuracy=s["accuracy"], mcq_ci95=f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}",
-                                        mcq_unparsed=s["unparsed"])
+                                        mcq_unparsed=s["unparsed"], mcq_first_match=s["first_match"],
+                                        mcq_last_match=s["last_match"], mcq_either_match=s["either_match"])
         df = pd.DataFrame(table)
         return df[df.notna().any(axis=1)]
 
@@ -293,10 +296,12 @@ class Evaluation:
                              for s in self.results["samples"][:n]])
 
     def save(self) -> dict[str, Path]:
-        """eval.json and eval.png in the run folder (eval.json is written atomically)."""
+        """eval.json and eval.png in the run folder (eval.json is written atomically); rank 0 only."""
+        if not distributed.is_main():
+            return {}
         self.results["created"] = record.now()
         json_path = self.run_dir / EVAL_JSON
-        record.write_json_atomic(json_path, self.results)
+        record.atomic_write_json(json_path, self.results)
         png = plot_results(self.results, self.run_dir / EVAL_PNG)
         print(f"medr1: results in {json_path} and {png}")
         return {"json": json_path, "png": png}
@@ -344,10 +349,10 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
 
 
 def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_rows: int = 0, max_new_tokens: int = 0,
-                 max_questions: int = 0, batch_size: int = 8) -> Evaluation:
+                 max_questions: int = 0, batch_size: int = 0, samples: int = 0, engine: str = "auto") -> Evaluation:
     """All of it without pauses (what `medr1 evaluate RUN_DIR` does)."""
     ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    mcq_file=mcq_file)
+                    mcq_file=mcq_file, samples=samples, engine=engine)
     if not ev.rows and not mcq_file:
         raise DataError(f"the run in {run_dir} has no held-out rows (holdout_examples=0) and no --mcq file was given: "
                         "nothing to evaluate on")
@@ -359,3 +364,37 @@ def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_rows: int = 0, 
         ev.mcq(mcq_file, max_questions)
     ev.save()
     return ev
+
+
+def _write_predictions(path: Path, questions: list[mcq.Question], by_sample: list[list[str]], style: str) -> None:
+    lines = []
+    for s, preds in enumerate(by_sample):
+        for i, (q, text) in enumerate(zip(questions, preds, strict=True)):
+            ex = mcq.extract_choice(text, q.options, style)
+            first, last = mcq.first_last(text, q.options, style)
+            lines.append({"index": i, "sample": s, "source": q.source, "gold": q.answer, "parsed": ex.letter,
+                          "parsed_by": ex.method, "correct": ex.letter == q.answer, "first_match": first,
+                          "last_match": last, "prediction": text})
+    record.atomic_write_jsonl(path, lines)
+
+
+def _print_mcq(result: dict[str, Any], run_dir: Path) -> None:
+    def line(s: dict[str, Any]) -> str:
+        spread = f", mean of {s['samples']['k']} samples {s['samples']['mean']:.1%} +/- {s['samples']['std']:.1%}" \
+            if "samples" in s else ""
+        return (f"{s['accuracy']:.1%} (95% CI {s['ci95'][0]:.0%}-{s['ci95'][1]:.0%}; "
+                f"first-match {s['first_match']:.1%}, last-match {s['last_match']:.1%}, "
+                f"better of the two {s['either_match']:.1%}; {s['unparsed']} unparsed"
+                f"{spread})")
+
+    print(f"medr1: multiple-choice accuracy on {result['questions']} questions")
+    for v in VARIANTS:
+        print(f"medr1:   {LABELS[v]:>10}: {line(result[v])}")
+    m = result["mcnemar"]
+    print(f"medr1:   paired (McNemar, exact): {m['only_first']} right only for base, {m['only_second']} only for "
+          f"fine-tuned, p = {m['p_value']:.3g}")
+    for bench, figures in result["anchors"].items():
+        print(f"medr1:   published {bench} (HuatuoGPT-o1 paper, Table 1): "
+              + ", ".join(f"{k} {v:.1f}%" for k, v in figures.items()))
+    print("medr1:   per-question answers in " + " and ".join(
+        str(run_dir / result[v]["predictions"]) for v in VARIANTS))

@@ -131,27 +131,26 @@ def extract_choice(text: str, options: dict[str, str] | list[str], style: str = 
     (an unparsed answer, counted as wrong), never a guess.
     """
     valid = list(options)
-    texts = []
-    parts = prompts.split_answer(text or "", style)
-    if parts.answer:
-        texts.append(parts.answer)
-    texts.append(text or "")
-    for t in texts:
-        t = t.replace("\u2019", "'")
-        letter = _by_phrase(t, valid)
-        if letter:
-            return Extraction(letter, "phrase")
-        letter = _by_lone_letter(t, valid)
-        if letter:
-            return Extraction(letter, "letter")
-        if isinstance(options, dict):
-            letter = _by_option_text(t, options)
-            if letter:
-                return Extraction(letter, "text")
+    for t in _places(text, style):
+        found = _phrases(t, valid)
+        if found:  # the last conclusion wins: a model may revise itself
+            return Extraction(found[-1][1], "phrase")
+        letters = {letter for _, letter in _lone_letters(t, valid)}
+        if len(letters) == 1:
+            return Extraction(letters.pop(), "letter")
+        hits = _option_texts(t, options) if isinstance(options, dict) else []
+        if len(hits) == 1:
+            return Extraction(hits[0][1], "text")
     return Extraction(None, "none")
 
 
-def _by_phrase(text: str, valid: list[str]) -> str | None:
+def _places(text: str, style: str) -> list[str]:
+    """Where to look for the chosen option: the answer part of a trained-format generation, then the whole text."""
+    parts = prompts.split_answer(text or "", style)
+    return [t.replace("\u2019", "'") for t in ([parts.answer] if parts.answer else []) + [text or ""]]
+
+
+def _phrases(text: str, valid: list[str]) -> list[tuple[int, str]]:
     found: list[tuple[int, str]] = []
     for pattern in _PHRASE_RE:
         for m in pattern.finditer(text):
@@ -159,27 +158,38 @@ def _by_phrase(text: str, valid: list[str]) -> str | None:
             # a capital letter, or a lower-case one only when it stands in quotes or brackets ("answer: (c)")
             if letter.upper() in valid and (letter.isupper() or m.group(0)[-2:-1] in "([*'\""):
                 found.append((m.start(1), letter.upper()))
-    return max(found)[1] if found else None
+    return sorted(found)
 
 
-def _by_lone_letter(text: str, valid: list[str]) -> str | None:
-    letters = set()
-    for pattern in _LONE_RE:
-        for m in pattern.finditer(text.strip()):
-            letters.update(g for g in m.groups() if g and g in valid)
-    return letters.pop() if len(letters) == 1 else None
+def _lone_letters(text: str, valid: list[str]) -> list[tuple[int, str]]:
+    text = text.strip()
+    return sorted({(m.start(), g) for pattern in _LONE_RE for m in pattern.finditer(text)
+                   for g in m.groups() if g and g in valid})
 
 
 def _norm(s: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
 
 
-def _by_option_text(text: str, options: dict[str, str]) -> str | None:
+def _option_texts(text: str, options: dict[str, str]) -> list[tuple[int, str]]:
     haystack = f" {_norm(text)} "
     hits = {letter: _norm(t) for letter, t in options.items() if _norm(t) and f" {_norm(t)} " in haystack}
     # "aspirin" inside "aspirin and clopidogrel": the longer option is the one named
     hits = {k: v for k, v in hits.items() if not any(v != w and v in w for w in hits.values())}
-    return next(iter(hits)) if len(hits) == 1 else None
+    return sorted((haystack.index(f" {v} "), k) for k, v in hits.items())
+
+
+def first_last(text: str, options: dict[str, str] | list[str], style: str = "seed") -> tuple[str | None, str | None]:
+    """The first and the last option named, HuatuoGPT's way of reading an answer: in the answer part if it names
+    one (else the whole text), by conclusion phrases, else lone letters, else option texts. Where the two differ,
+    the dataset authors' scorer counts the question right if either is (`either_match`, optimistic)."""
+    valid = list(options)
+    for t in _places(text, style):
+        found = _phrases(t, valid) or _lone_letters(t, valid) or (
+            _option_texts(t, options) if isinstance(options, dict) else [])
+        if found:
+            return found[0][1], found[-1][1]
+    return None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,15 +208,21 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 
 def score(questions: list[Question], predictions: list[str], style: str = "seed",
           details: bool = False) -> dict[str, Any]:
-    """Accuracy of `predictions` (free text, one per question, same order). Unparsed answers count as wrong."""
+    """Accuracy of `predictions` (free text, one per question, same order). Unparsed answers count as wrong.
+
+    `accuracy` is medr1's strict reading (`extract_choice`); `first_match`, `last_match` and `either_match` are
+    the first / last option named and the better of the two (HuatuoGPT's scorer, optimistic), for comparison
+    with published tables.
+    """
     if len(predictions) != len(questions):
         raise DataError(f"{len(predictions)} predictions for {len(questions)} questions: they must match one to one, "
                         "in the questions file's order")
     rows = []
     for q, pred in zip(questions, predictions, strict=True):
         ex = extract_choice(pred, q.options, style)
+        first, last = first_last(pred, q.options, style)
         rows.append({"source": q.source, "answer": q.answer, "chosen": ex.letter, "method": ex.method,
-                     "correct": ex.letter == q.answer})
+                     "correct": ex.letter == q.answer, "first": first, "last": last})
     out = _summary(rows)
     sources = sorted({r["source"] for r in rows if r["source"]})
     if len(sources) > 1:
@@ -220,30 +236,84 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(rows)
     correct = sum(r["correct"] for r in rows)
     methods = {m: sum(r["method"] == m for r in rows) for m in ("phrase", "letter", "text", "none")}
-    return {"n": n, "correct": correct, "accuracy": round(correct / n, 4) if n else 0.0,
-            "ci95": list(wilson_interval(correct, n)), "unparsed": methods.pop("none"), "parsed_by": methods}
+
+    def share(hits: int) -> float:
+        return round(hits / n, 4) if n else 0.0
+
+    return {"n": n, "correct": correct, "accuracy": share(correct), "ci95": list(wilson_interval(correct, n)),
+            "unparsed": methods.pop("none"), "parsed_by": methods,
+            "first_match": share(sum(r["first"] == r["answer"] for r in rows)),
+            "last_match": share(sum(r["last"] == r["answer"] for r in rows)),
+            "either_match": share(sum(r["answer"] in (r["first"], r["last"]) for r in rows))}
 
 
-def read_predictions(path: str | Path) -> list[str]:
-    """PRED.jsonl: one object per line with the generated text under `prediction`."""
+def score_samples(questions: list[Question], samples: list[list[str]], style: str = "seed") -> dict[str, Any]:
+    """k sampled answers per question (`samples[j]` = the j-th answer to every question): the first set's scores,
+    and the mean and spread of accuracy over the k sets."""
+    scores = [score(questions, preds, style, details=True) for preds in samples]
+    out = {k: v for k, v in scores[0].items() if k != "items"}
+    if len(scores) > 1:
+        accuracies = [s["accuracy"] for s in scores]
+        mean = sum(accuracies) / len(accuracies)
+        out["samples"] = {"k": len(scores), "accuracies": accuracies, "mean": round(mean, 4),
+                          "std": round(math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (len(scores) - 1)), 4)}
+    out["_correct"] = [[r["correct"] for r in s["items"]] for s in scores]  # for the paired test; not printed
+    return out
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    """Exact McNemar test of two models on the same questions: a two-sided binomial test on the questions only one
+    of them got right. A small p-value says the difference is unlikely to be chance."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"only_first": only_a, "only_second": only_b, "p_value": round(p, 4)}
+
+
+# Accuracy (%) from the HuatuoGPT-o1 paper (Chen et al., 2024), Table 1: anchors printed beside our results.
+ANCHORS: dict[str, dict[str, float]] = {
+    "MedQA": {"HuatuoGPT-o1-8B": 72.6, "HuatuoGPT-o1-8B (SFT only)": 69.0, "Llama-3.1-8B-Instruct": 58.7},
+    "MedMCQA": {"HuatuoGPT-o1-8B": 60.4, "HuatuoGPT-o1-8B (SFT only)": 57.9, "Llama-3.1-8B-Instruct": 56.0},
+    "PubMedQA": {"HuatuoGPT-o1-8B": 79.2, "HuatuoGPT-o1-8B (SFT only)": 77.7, "Llama-3.1-8B-Instruct": 75.2},
+}
+
+
+def anchors_for(name: str) -> tuple[str, dict[str, float]] | None:
+    """The published figures for a benchmark name ("MedQA_USLME_test" -> MedQA's), or None."""
+    key = re.sub(r"[^a-z]", "", name.lower())
+    return next(((b, v) for b, v in ANCHORS.items() if key.startswith(b.lower())), None)
+
+
+def read_prediction_rows(path: str | Path) -> list[dict[str, Any]]:
+    """PRED.jsonl: one object per line with the generated text under `prediction` (and, from medr1, `sample`)."""
     path = Path(path).expanduser()
     raw = _read_json_or_jsonl(path)
     if not isinstance(raw, list):
         raise DataError(f"{path}: expected one JSON object per line with a 'prediction' field")
-    out = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or "prediction" not in item:
             raise DataError(f"{path}: line {i + 1} has no 'prediction' field")
-        value = item["prediction"]
-        if value is None:
-            value = ""
-        if not isinstance(value, str):
-            raise DataError(f"{path}: line {i + 1}: 'prediction' is {type(value).__name__}, expected a string")
-        out.append(value)
-    return out
+        if item["prediction"] is None:
+            item["prediction"] = ""
+        if not isinstance(item["prediction"], str):
+            raise DataError(f"{path}: line {i + 1}: 'prediction' is {type(item['prediction']).__name__}, "
+                            "expected a string")
+    return raw
 
 
-def score_files(mcq_path: str | Path, predictions_path: str | Path, style: str = "seed") -> dict[str, Any]:
-    """What `medr1 evaluate --mcq FILE --predictions PRED.jsonl` prints."""
-    result = score(load_questions(mcq_path), read_predictions(predictions_path), style)
+def read_predictions(path: str | Path) -> list[str]:
+    return [item["prediction"] for item in read_prediction_rows(path)]
+
+
+def score_files(mcq_path: str | Path, predictions_path: str | Path, style: str = "seed",
+                max_questions: int = 0) -> dict[str, Any]:
+    """What `medr1 evaluate --mcq FILE --predictions PRED.jsonl [--max-questions N]` prints."""
+    questions = load_questions(mcq_path)
+    questions = questions[:max_questions] if max_questions else questions
+    groups: dict[int, list[str]] = {}
+    for item in read_prediction_rows(predictions_path):
+        groups.setdefault(int(item.get("sample") or 0), []).append(item["prediction"])
+    result = score_samples(questions, list(groups.values()), style)
+    result.pop("_correct")
     return {"file": str(mcq_path), "predictions": str(predictions_path), **result}
