@@ -110,3 +110,42 @@ def test_packed_rows_do_not_see_each_other_on_cpu():
     assert check["rows"] >= 3
     assert check["rel_error"] < 1e-4, check
     assert check["leak_gap"] > 100 * check["rel_error"], check  # rows that could see each other would show
+
+
+def test_eval_bench_writes_the_json(tmp_path):
+    """`medr1 bench --eval` on a CPU: the tiny model through plain `generate` and through medr1's decoder."""
+    from medr1.speed.bench import main
+
+    out = tmp_path / "eval.json"
+    code = main(["--eval", "--prompts", "6", "--baseline-prompts", "3", "--max-new-tokens", "6", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0, report
+    results = {r["config"]: r for r in report["results"]}
+    assert list(results) == ["hf-generate", "medr1"]
+    for r in results.values():
+        assert {"config", "generated_tokens_per_s", "batch", "ms_per_step", "peak_gib"} <= set(r), r
+        assert r["generated_tokens_per_s"] > 0 and r["ms_per_step"] > 0 and r["peak_gib"] is None
+    assert results["hf-generate"]["prompts"] == 3 and results["medr1"]["prompts"] == 6
+    assert 0 < results["medr1"]["generated_tokens"] <= 6 * 6 and results["medr1"]["batch"] == 6
+    for check in results["medr1"]["agreement"].values():  # the same tokens at every batch size
+        assert check["token_agreement"] == 1.0 and check["identical_rows"] == check["rows"], check
+    assert report["speedup"] > 0 and report["estimates"]["medqa_minutes_medr1"] > 0
+
+
+def test_several_gpus_are_compared_with_one():
+    """`--gpus`: the process counts to add, and each N-GPU result against the same configuration on one GPU."""
+    from medr1.speed.bench import _finish, _gpu_counts
+
+    assert _gpu_counts("1,2,4") == [2, 4] and _gpu_counts("") == []
+    with pytest.raises(ValueError, match="--gpus"):
+        _gpu_counts("0,2")
+    one = {"config": "fast", "base": "fast", "gpus": 1, "trained_tokens_per_s": 100.0, "tokens_per_step": 10,
+           "losses": [3.0, 2.5, 2.0]}
+    split = {"config": "fast-2gpu", "base": "fast", "gpus": 2, "trained_tokens_per_s": 180.0, "tokens_per_step": 10,
+             "losses": [3.0, 2.5004, 2.0]}
+    same = {"config": "fast-2gpu-same-micro", "base": "fast", "gpus": 2, "trained_tokens_per_s": 190.0,
+            "tokens_per_step": 20, "losses": [3.0, 2.6, 2.2]}
+    _finish([one, split, same])
+    assert split["speedup_vs_1gpu"] == 1.8 and same["speedup_vs_1gpu"] == 1.9
+    assert split["loss_max_abs_diff_vs_1gpu"] == pytest.approx(4e-4)  # the same global batch: the same losses
+    assert "loss_max_abs_diff_vs_1gpu" not in same  # twice the batch: another loss history, not compared

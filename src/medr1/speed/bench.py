@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,11 +77,13 @@ def build_8b(path: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from medr1.tiny import build_tokenizer
+    from medr1.tiny import tiny_model_path
+    from medr1.tokenizer import load_tokenizer
 
     if (path / "config.json").exists():
         return path
-    tokenizer = build_tokenizer()
+    tiny = tiny_model_path()  # its tokenizer files are shaped like the real model's
+    tokenizer = load_tokenizer(str(tiny))
     config = LlamaConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, torch_dtype="bfloat16", **R1_8B_SHAPE)
     torch.manual_seed(0)
@@ -93,7 +96,8 @@ def build_8b(path: Path) -> Path:
         torch.set_default_dtype(previous)
     tmp = path.with_name(path.name + ".partial")
     model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny / name, tmp / name)
     del model
     torch.cuda.empty_cache()
     tmp.rename(path)
@@ -264,6 +268,14 @@ def run_worker(name: str, model_path: str, rows_file: str, warmup: int, measure:
     }
 
 
+def _gpu_counts(spec: str) -> list[int]:
+    """`--gpus 1,2,4` -> [2, 4]: the process counts to add (one GPU is every configuration's own run)."""
+    counts = [int(g) for g in spec.split(",") if g.strip()] if spec else []
+    if any(g < 1 for g in counts):
+        raise ValueError(f"--gpus expects numbers of GPUs >= 1, got {spec!r}")
+    return [g for g in counts if g > 1]
+
+
 def _finish(results: list[dict[str, Any]]) -> None:
     """Speed-up over the seed recipe and time for the recipe's data (60 seed steps' tokens), in place."""
     seed = next((r for r in results if r["config"] == "seed" and "trained_tokens_per_s" in r), None)
@@ -273,6 +285,14 @@ def _finish(results: list[dict[str, Any]]) -> None:
         r["speedup_vs_seed"] = round(r["trained_tokens_per_s"] / seed["trained_tokens_per_s"], 2)
         recipe_tokens = RECIPE_STEPS * seed["tokens_per_step"]
         r["s_recipe_data"] = round(recipe_tokens / r["trained_tokens_per_s"], 1)
+    one_gpu = {r["base"]: r for r in results if r.get("gpus", 1) == 1 and r.get("config") == r.get("base")}
+    for r in results:  # several GPUs against one: throughput, and the loss history of the same global batch
+        single = one_gpu.get(r.get("base"))
+        if r.get("gpus", 1) > 1 and single and "trained_tokens_per_s" in r:
+            r["speedup_vs_1gpu"] = round(r["trained_tokens_per_s"] / single["trained_tokens_per_s"], 2)
+            if not r["config"].endswith("-same-micro") and r["losses"] and single["losses"]:
+                r["loss_max_abs_diff_vs_1gpu"] = round(max(
+                    abs(a - b) for a, b in zip(r["losses"], single["losses"], strict=False)), 5)
 
 
 def table(report: dict[str, Any]) -> str:
@@ -299,6 +319,11 @@ def _device() -> tuple[bool, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--eval" in argv:  # generation throughput: medr1.speed.bench_eval
+        from medr1.speed.bench_eval import main as eval_main
+
+        return eval_main([a for a in argv if a != "--eval"])
     p = argparse.ArgumentParser(prog="medr1 bench", description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configurations to run, in order")
     p.add_argument("--warmup", type=int, default=3, help="optimizer steps before timing starts")
@@ -312,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="profile one extra step per configuration (in the JSON)")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=BASE:KNOB=V,...",
                    help="also run BASE with these knobs, reported as LABEL (repeatable)")
+    p.add_argument("--gpus", default="", metavar="1,2",
+                   help="also run each configuration data-parallel on these numbers of GPUs (accelerate launch)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--label", default="", help=argparse.SUPPRESS)
     p.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
@@ -320,11 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         cpu = os.environ.get("MEDR1_BENCH_CPU") == "1"
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cpu:  # one GPU per process, before anything loads
+            import torch
+
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         result = run_worker(args.worker, args.model_dir, args.rows_file, args.warmup, args.measure, cpu,
                             args.label, json.loads(args.extra), args.profile)
-        Path(args.result).write_text(json.dumps(result, indent=1))
+        if os.environ.get("RANK", "0") == "0":
+            Path(args.result).write_text(json.dumps(result, indent=1))
         return 0
-    return bench(args, argv if argv is not None else sys.argv[1:])
+    return bench(args, argv)
 
 
 def bench(args: argparse.Namespace, argv: list[str]) -> int:
@@ -335,6 +367,8 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     try:
         runs = [(n, n, {}) for n in names] + [parse_variant(v) for v in args.variant]
+        runs += [(f"{n}-{g}gpu{tail}", n, {"_gpus": g, **same}) for g in _gpu_counts(args.gpus) for n in names
+                 for tail, same in [("", {}), ("-same-micro", {"_same_micro": True})] if tail == "" or n == "fast"]
     except (ValueError, MedR1Error) as err:
         print(f"medr1 bench: {err}", file=sys.stderr)
         return 2
@@ -374,12 +408,20 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     }
     print(f"medr1 bench: {gpu}, model {model_dir} ({'tiny' if cpu else '8B shape'}), {args.rows} rows "
           f"(median {report['row_tokens']['median']} tokens); {args.warmup} warm-up + {args.measure} timed steps")
-    jobs = args.jobs or (len(runs) if cpu else 1)  # a GPU is timed one process at a time
+    jobs = args.jobs or (len(runs) if cpu and not args.gpus else 1)  # a GPU is timed one process at a time
     done: dict[int, dict[str, Any]] = {}
     lock = threading.Lock()
 
     def one(i: int) -> None:
         label, name, extra = runs[i]
+        if extra.pop("_same_micro", False):  # each GPU takes the micro-batch one GPU took: N x the global batch
+            single = next((r for r in done.values() if r.get("config") == name and "error" not in r), None)
+            if single is None:
+                with lock:
+                    done[i] = {"config": label, "error": f"needs {name} on one GPU first"}
+                return
+            extra.update(per_device_train_batch_size=single["per_device_train_batch_size"],
+                         gradient_accumulation_steps=single["gradient_accumulation_steps"])
         result = _run_one(label, name, extra, model_dir, rows_file, work, args, cpu)
         with lock:
             done[i] = result
@@ -400,6 +442,7 @@ def _run_one(label: str, name: str, extra: dict[str, Any], model_dir: Path, rows
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env_extra = {k[4:]: str(v) for k, v in extra.items() if k.startswith("env.")}  # env.NAME=value knobs
     env.update(env_extra)
+    gpus = int(extra.pop("_gpus", 1))
     extra = {k: v for k, v in extra.items() if not k.startswith("env.")}
     if cpu:
         env["MEDR1_BENCH_CPU"] = "1"
@@ -407,7 +450,11 @@ def _run_one(label: str, name: str, extra: dict[str, Any], model_dir: Path, rows
             env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     elif {**CONFIGS[name][1], **extra}.get("backend") == "hf":
         env["MEDR1_BACKEND"] = "hf"  # keep Unsloth's patches out of the plain-transformers process
-    cmd = [sys.executable, "-m", "medr1.speed.bench", "--worker", name, "--model-dir", str(model_dir),
+    cmd = [sys.executable, "-m", "medr1.speed.bench"]
+    if gpus > 1:  # what `make train GPUS=N` runs
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medr1.speed.bench"]
+    cmd += ["--worker", name, "--model-dir", str(model_dir),
            "--rows-file", str(rows_file), "--result", str(result_file), "--warmup", str(args.warmup),
            "--measure", str(args.measure), "--label", label, "--extra", json.dumps(extra)]
     cmd += ["--profile"] if args.profile else []
@@ -422,6 +469,7 @@ def _run_one(label: str, name: str, extra: dict[str, Any], model_dir: Path, rows
         return {"config": label, "error": f"worker exited with {code}"}
     result = json.loads(result_file.read_text())
     result["process_s"] = round(time.perf_counter() - t0, 1)
+    result["gpus"] = gpus
     if env_extra:
         result["env"] = env_extra
     print(f"medr1 bench: {label}: {result['trained_tokens_per_s']:,.0f} trained tokens/s, "
