@@ -18,6 +18,7 @@ import sys
 
 from medr1.config import PRESET_NAMES, build_config, cli_hints, parse_overrides
 from medr1.errors import MedR1Error
+from medr1.log import log
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -64,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medr1.run import train
 
     run = train(config)
-    print(f"medr1: run record {run.out / 'run.json'}")
+    log.info(f"run record {run.out / 'run.json'}")
     distributed.finish()
     return 0
 
@@ -79,7 +80,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     from medr1.grpo import grpo
 
     run = grpo(config)
-    print(f"medr1: run record {run.out / 'run.json'}")
+    log.info(f"run record {run.out / 'run.json'}")
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from fractions import Fraction
 from typing import TYPE_CHECKING, TypeVar
 
@@ -83,18 +82,18 @@ def finish() -> None:
 
 
 def quiet_replicas() -> None:
-    """Silence the standard output and progress bars of every process but rank 0, so that logs are not repeated.
-
-    Errors and warnings (standard error) stay, so a failing process still says why. Call it before the
-    heavy libraries are imported: they read these variables when they load.
+    """Every process but rank 0 keeps only warnings and errors of its own and shows no progress bars, so the
+    log is not repeated. Call it before the heavy libraries are imported: they read these variables on load.
     """
     if world_size() <= 1 or is_main():
         return
+    from medr1.log import quiet
+
+    quiet()
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
 
 
 def tuned_batch(config: Config) -> int:

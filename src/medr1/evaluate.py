@@ -31,6 +31,7 @@ from medr1 import distributed, mcq, prompts, record  # noqa: E402
 from medr1.config import Config  # noqa: E402
 from medr1.errors import DataError, ModelError  # noqa: E402
 from medr1.infer import Sampling, Stats, generate_many  # noqa: E402
+from medr1.log import log  # noqa: E402
 
 VARIANTS = ("base", "finetuned")
 LABELS = {"base": "base", "finetuned": "fine-tuned"}
@@ -173,7 +174,7 @@ class Evaluation:
         }
         how = "greedy" if self.sampling is None else (f"{self.samples} sampled answers per question (temperature "
                                                       f"{self.sampling.temperature}, top_p {self.sampling.top_p})")
-        print(f"medr1: evaluating {self.run_dir} ({self.config.model_name} + adapter) on {len(self.rows)} "
+        log.info(f"evaluating {self.run_dir} ({self.config.model_name} + adapter) on {len(self.rows)} "
               f"held-out rows; {how}, up to {self.max_new_tokens} new tokens")
 
     def load(self) -> None:
@@ -190,7 +191,7 @@ class Evaluation:
                 out[variant] = text_losses(self.model, self.tokenizer, self.rows, self.config.prompt_style,
                                            self.config.max_seq_length)
             self.results["metrics"][variant].update(out[variant])
-        print("medr1: held-out loss " + "; ".join(
+        log.info("held-out loss " + "; ".join(
             f"{LABELS[v]} {out[v]['loss']:.3f} (perplexity {out[v]['perplexity']:.1f})" for v in VARIANTS))
         return out
 
@@ -206,7 +207,7 @@ class Evaluation:
             "answers": len(gens), "generated_tokens": stats.generated_tokens, "seconds": round(stats.seconds, 1),
             "generated_tokens_per_s": round(rate, 1), "batch": stats.slots, "merged": stats.merged,
             "processes": distributed.world_size(), "how": "; ".join(stats.notes)}
-        print(f"medr1: {LABELS[variant]}: {len(gens)} answers, {stats.generated_tokens:,} tokens in "
+        log.info(f"{LABELS[variant]}: {len(gens)} answers, {stats.generated_tokens:,} tokens in "
               f"{stats.seconds:.1f} s ({rate:,.0f} tokens/s; {'; '.join(stats.notes)})")
         return gens
 
@@ -222,7 +223,7 @@ class Evaluation:
         self.results["samples"] = [
             {"question": r["Question"], "reference": r["Response"], **{v: gens[v][i * k] for v in VARIANTS}}
             for i, r in enumerate(self.rows)]
-        print("medr1: format compliance " + "; ".join(
+        log.info("format compliance " + "; ".join(
             f"{LABELS[v]} {self.results['metrics'][v]['format_compliance']:.0%}" for v in VARIANTS))
         return {v: self.results["metrics"][v] for v in VARIANTS}
 
@@ -236,7 +237,7 @@ class Evaluation:
         benchmarks they exist for. An empty `path` skips this step.
         """
         if not path:
-            print("medr1: multiple-choice accuracy skipped (no questions file given)")
+            log.info("multiple-choice accuracy skipped (no questions file given)")
             return None
         self._need_model()
         questions = mcq.load_questions(path)
@@ -303,7 +304,7 @@ class Evaluation:
         json_path = self.run_dir / EVAL_JSON
         record.atomic_write_json(json_path, self.results)
         png = plot_results(self.results, self.run_dir / EVAL_PNG)
-        print(f"medr1: results in {json_path} and {png}")
+        log.info(f"results in {json_path} and {png}")
         return {"json": json_path, "png": png}
 
     def summary(self) -> dict[str, Any]:
@@ -387,14 +388,14 @@ def _print_mcq(result: dict[str, Any], run_dir: Path) -> None:
                 f"better of the two {s['either_match']:.1%}; {s['unparsed']} unparsed"
                 f"{spread})")
 
-    print(f"medr1: multiple-choice accuracy on {result['questions']} questions")
+    log.info(f"multiple-choice accuracy on {result['questions']} questions")
     for v in VARIANTS:
-        print(f"medr1:   {LABELS[v]:>10}: {line(result[v])}")
+        log.info(f"  {LABELS[v]:>10}: {line(result[v])}")
     m = result["mcnemar"]
-    print(f"medr1:   paired (McNemar, exact): {m['only_first']} right only for base, {m['only_second']} only for "
+    log.info(f"  paired (McNemar, exact): {m['only_first']} right only for base, {m['only_second']} only for "
           f"fine-tuned, p = {m['p_value']:.3g}")
     for bench, figures in result["anchors"].items():
-        print(f"medr1:   published {bench} (HuatuoGPT-o1 paper, Table 1): "
+        log.info(f"  published {bench} (HuatuoGPT-o1 paper, Table 1): "
               + ", ".join(f"{k} {v:.1f}%" for k, v in figures.items()))
-    print("medr1:   per-question answers in " + " and ".join(
+    log.info("  per-question answers in " + " and ".join(
         str(run_dir / result[v]["predictions"]) for v in VARIANTS))

@@ -23,6 +23,7 @@ from typing import Any
 from medr1 import prompts, record, rewards
 from medr1.config import Config, hint
 from medr1.errors import ConfigError, ModelError
+from medr1.log import log
 from medr1.verifiable import FIELDS, load_questions
 
 GENERATION = ("trl", "medr1")  # who samples the answers: TRL's model.generate, or medr1.decode
@@ -113,7 +114,7 @@ class GrpoRun:
             "init_adapter": str(self.adapter) if self.adapter else None,
             "data": {"source": self.source, "questions": len(self.questions)},
             "timings": {"prepare_s": round(time.perf_counter() - t0, 2)}}
-        print(f"medr1: {len(self.questions)} verifiable questions from {self.source}; reward weights {self.weights}")
+        log.info(f"{len(self.questions)} verifiable questions from {self.source}; reward weights {self.weights}")
 
     def prompt(self, i: int = 0) -> str:
         """What the model is asked for question `i`: the inference prompt of the run's style."""
@@ -146,7 +147,7 @@ class GrpoRun:
             self.record["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": list(cfg.lora_targets),
                                    "loaded_tensors": _load_adapter_weights(self.model, self.adapter)}
         self.record["trainable_parameters"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        print(f"medr1: LoRA r={cfg.lora_r} ({f'trained weights from {self.adapter}' if self.adapter else 'new'}): "
+        log.info(f"LoRA r={cfg.lora_r} ({f'trained weights from {self.adapter}' if self.adapter else 'new'}): "
               f"{self.record['trainable_parameters']:,} trainable parameters")
         return self.model
 
@@ -195,9 +196,9 @@ class GrpoRun:
         newest = newest_checkpoint(checkpoints) if cfg.resume else None
         self.resume_from = str(newest) if newest else None
         if newest:
-            print(f"medr1: resuming from {newest.name}")
+            log.info(f"resuming from {newest.name}")
         elif cfg.resume:
-            print(f"medr1: {hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
+            log.info(f"{hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
         elif cfg.overwrite:
             for stale in (checkpoints, self.out / "adapter"):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -271,7 +272,7 @@ class GrpoRun:
         self.record.update(status="trained", train=stats, rewards=self.rewards)
         self._write_record()
         first, last = (self.rewards[0]["reward"], self.rewards[-1]["reward"]) if self.rewards else (None, None)
-        print(f"medr1: {len(new)} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
+        log.info(f"{len(new)} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
               f"tokens/s; mean reward {first} -> {last}")
 
     def _record_interruption(self, err: BaseException) -> None:
@@ -284,7 +285,7 @@ class GrpoRun:
             "checkpoint": newest.name if newest else None},
             rewards=reward_history(self._trainer.state.log_history, list(self.weights)))
         self._write_record()
-        print(f"medr1: GRPO stopped at step {step}; " + (
+        log.info(f"GRPO stopped at step {step}; " + (
             f"run again with {hint('resume')} and output_dir={str(self.out)!r} to continue from {newest.name}"
             if newest else "no checkpoint yet: a resume starts from step 0"))
 
@@ -302,7 +303,7 @@ class GrpoRun:
             self.tokenizer.save_pretrained(str(tmp))
         self.record.update(status="complete", adapter="adapter", finished=record.now())
         self._write_record()
-        print(f"medr1: adapter saved to {target}")
+        log.info(f"adapter saved to {target}")
         return target
 
     def _need_model(self) -> None:
