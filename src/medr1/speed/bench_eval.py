@@ -264,8 +264,8 @@ def _run_one(name: str, label: str, gpus: int, model_dir: Path, work: Path, args
              cpu: bool) -> list[dict[str, Any]]:
     result = work / f"{label}.json"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if cpu:
-        env["MEDR1_BENCH_CPU"] = "1"
+    if cpu:  # timings on a CPU are only a test; one thread each keeps them from waiting on busy cores
+        env.update(MEDR1_BENCH_CPU="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if name == "hf-generate":
         env["MEDR1_BACKEND"] = "hf"  # keep Unsloth's patches out of the plain-transformers process
     cmd = [sys.executable, "-m", "medr1.speed.bench_eval"]
