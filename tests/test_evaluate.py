@@ -293,6 +293,39 @@ def test_cli_evaluates_a_run_folder(run_copy, capsys):
     assert "samples" not in summary and (run_copy / "eval.json").exists() and (run_copy / "eval.png").exists()
 
 
+def test_two_processes_share_the_questions_out_and_write_what_one_writes(run_copy, tmp_path):
+    """`accelerate launch --num_processes 2 -m medr1 evaluate`: each process answers every other question (gloo
+    on a CPU), rank 0 gathers them in order and writes; the answers and scores equal one process's."""
+    import os
+    import socket
+
+    folders = {}
+    for n in (1, 2):
+        folders[n] = tmp_path / f"run{n}"
+        shutil.copytree(run_copy, folders[n], ignore=shutil.ignore_patterns("eval.*", "mcq_predictions_*"))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    args = ["-m", "medr1", "evaluate", "--max-new-tokens", "6", "--mcq", str(ASSETS / "mcq_sample.jsonl")]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(port)]
+    procs = [subprocess.run(cmd + [str(folders[n])], capture_output=True, text=True, timeout=600, env=env)
+             for n, cmd in [(1, [sys.executable, *args]), (2, [*launch, *args])]]
+    for proc in procs:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    one, two = (json.loads((folders[n] / "eval.json").read_text()) for n in (1, 2))
+    assert two["speed"]["mcq_finetuned"]["processes"] == 2 and one["speed"]["mcq_finetuned"]["processes"] == 1
+    assert two["samples"] == one["samples"] and len(one["samples"]) == 4
+    for variant in ("base", "finetuned"):
+        assert two["mcq"][variant]["accuracy"] == one["mcq"][variant]["accuracy"]
+        rows = [(folders[n] / f"mcq_predictions_{variant}.jsonl").read_text() for n in (1, 2)]
+        assert rows[0] == rows[1] and rows[0].count("\n") == 6
+    assert procs[1].stdout.count("multiple-choice accuracy on 6 questions") == 1  # rank 0 prints, once
+
+
 def test_cli_names_a_folder_that_is_no_run(tmp_path, capsys):
     from medr1.__main__ import main
 
