@@ -79,3 +79,24 @@ def test_varlen_adapter_self_check():
     from unsloth.utils import attention_dispatch
 
     assert _varlen_error(attention_dispatch._TORCH_VARLEN_ATTN) < 2e-2
+
+
+def test_batched_decoder_on_gpu_gives_the_same_answers_at_any_batch():
+    """The evaluation's decoder through Unsloth's 4-bit load: batch 1 and batch 64 identical (fixed step shapes),
+    and its next-token logits close to the model's own forward, merged into 16 bits or through the modules."""
+    from medr1 import build_config, decode
+    from medr1.model import add_lora, for_inference, load_model
+
+    config = build_config("smoke", {"load_in_4bit": "true", "precision": "auto",
+                                    "output_dir": "/tmp/medr1-gpu-decode"}, quiet=True)
+    model, tokenizer = load_model(config)
+    model = add_lora(model, config)
+    for_inference(model, config.backend)
+    ids = [tokenizer(f"Question {i}: which drug lowers blood glucose first?")["input_ids"] for i in range(70)]
+    runs = {b: decode.decode(model, ids, max_new_tokens=16, eos_ids=set(), slots=b) for b in (1, 64)}
+    assert [r.tokens for r in runs[1]] == [r.tokens for r in runs[64]]
+    with torch.inference_mode():
+        want = model(input_ids=torch.tensor([ids[0]], device="cuda")).logits[0, -1].float()
+        for merge in (True, False):
+            got = decode.Decoder(model, slots=1, max_len=128, merge=merge).prefill([(0, ids[0])])[0].float()
+            assert float((got - want).norm() / want.norm()) < 0.05, merge
