@@ -13,6 +13,7 @@ from typing import Any
 
 from medr1.config import CPU_MODEL, SMOKE_MODEL, Config
 from medr1.errors import ConfigError, MedR1Error, ModelError
+from medr1.log import log
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\")  # a model_name starting so means a folder, never a hub id
 
@@ -162,8 +163,8 @@ def warn_if_not_4bit(model, config: Config) -> bool:
     """After loading: True if the weights are 4-bit; one warning line if 4-bit was asked and they are not."""
     four_bit = any(type(m).__name__ == "Linear4bit" for m in model.modules())
     if config.load_in_4bit and not four_bit:
-        print("medr1: warning: load_in_4bit=True but the model loaded without 4-bit layers "
-              "(bitsandbytes fell back); expect about 4x the memory")
+        log.warning("load_in_4bit=True but the model loaded without 4-bit layers "
+                    "(bitsandbytes fell back); expect about 4x the memory")
     return four_bit
 
 
