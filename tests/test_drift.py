@@ -21,8 +21,9 @@ def test_every_sft_argument_we_pass_exists(preset, tmp_path):
     kwargs = sft_kwargs(build_config(preset, quiet=True), str(tmp_path))
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
     assert not set(kwargs) - fields, f"SFTConfig no longer takes {sorted(set(kwargs) - fields)}"
-    args = sft_config(build_config("smoke", quiet=True), str(tmp_path))
-    assert args.max_length == 1024  # ours, not TRL's default
+    smoke = build_config("smoke", quiet=True)
+    args = sft_config(smoke, str(tmp_path))
+    assert args.max_length == smoke.max_seq_length == 4096  # ours, not TRL's default of 1,024
 
 
 def test_sft_trainer_takes_our_keywords():
