@@ -366,7 +366,7 @@ def test_atomic_writes_respect_the_umask(tmp_path):
 
 
 def test_help_shows_defaults_and_check_data_path_has_help(capsys):
-    for command, expected in [("evaluate", "(default: 8)"), ("export", "(default: adapter)"),
+    for command, expected in [("evaluate", "(default: seed)"), ("export", "(default: adapter)"),
                               ("train", "(default: auto)"), ("check-data", "Question, Complex_CoT, Response")]:
         with pytest.raises(SystemExit):
             main([command, "--help"])
