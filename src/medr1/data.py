@@ -91,13 +91,14 @@ def _parse(path: Path, suffix: str) -> list[Any]:
     return rows
 
 
-def validate_rows(rows: list[Any], source: str) -> list[dict[str, str]]:
-    """Check every row has the three fields as non-empty strings; return rows with only those fields."""
+def validate_rows(rows: list[Any], source: str, fields: tuple[str, ...] = FIELDS) -> list[dict[str, str]]:
+    """Check every row has `fields` (the SFT data's three by default) as non-empty strings; return rows with only
+    those fields. Errors name the source, the row and the field."""
     clean = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DataError(f"{source}: row {i} is {type(row).__name__}, expected an object with fields {list(FIELDS)}")
-        for name in FIELDS:
+            raise DataError(f"{source}: row {i} is {type(row).__name__}, expected an object with fields {list(fields)}")
+        for name in fields:
             if name not in row:
                 raise DataError(f"{source}: row {i} is missing field {name!r} (fields present: {sorted(row)})")
             value = row[name]
@@ -105,7 +106,7 @@ def validate_rows(rows: list[Any], source: str) -> list[dict[str, str]]:
                 raise DataError(f"{source}: row {i} field {name!r} is {type(value).__name__}, expected a string")
             if not value.strip():
                 raise DataError(f"{source}: row {i} field {name!r} is empty")
-        clean.append({name: row[name] for name in FIELDS})
+        clean.append({name: row[name] for name in fields})
     return clean
 
 

@@ -21,20 +21,10 @@ FIXTURE_PATH = Path(__file__).parent / "assets" / "verifiable_tiny.jsonl"
 
 
 def validate(rows: list[Any], source: str) -> list[dict[str, str]]:
-    """Every row has both fields as non-empty strings; returns rows with only those fields."""
-    clean = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DataError(f"{source}: row {i} is {type(row).__name__}, expected an object with fields {list(FIELDS)}")
-        for name in FIELDS:
-            if name not in row:
-                raise DataError(f"{source}: row {i} is missing field {name!r} (fields present: {sorted(row)})")
-            if not isinstance(row[name], str):
-                raise DataError(f"{source}: row {i} field {name!r} is {type(row[name]).__name__}, expected a string")
-            if not row[name].strip():
-                raise DataError(f"{source}: row {i} field {name!r} is empty")
-        clean.append({name: row[name] for name in FIELDS})
-    return clean
+    """Every row has both fields as non-empty strings (medr1.data's check); returns rows with only those fields."""
+    from medr1.data import validate_rows
+
+    return validate_rows(rows, source, FIELDS)
 
 
 def read_questions(path: str | Path) -> list[dict[str, str]]:
