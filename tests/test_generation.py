@@ -13,6 +13,7 @@ import torch
 
 from medr1 import decode, infer, prompts
 from medr1.decode import Sampling, Stats
+from medr1.llama import shape_limits
 
 NEW = 20  # new tokens per answer: enough to diverge if anything differs
 
@@ -92,15 +93,18 @@ def test_adapter_changes_the_answers(lm, texts):
     assert all(a["text"] != b["text"] for a, b in zip(tuned, base, strict=True))
 
 
-def test_the_same_answers_at_batch_1_and_batch_64(lm, texts):
+def test_the_same_answers_at_batch_1_and_the_most_rows_a_step(lm, texts):
     model, tokenizer = lm
-    stats = {b: Stats() for b in (1, 5, 64)}
+    most = shape_limits(torch.device("cpu"))[0]  # 16 rows a step on a CPU (64 or 256 on a GPU)
+    stats = {b: Stats() for b in (1, 5, most)}
     runs = {b: infer.generate_many(model, tokenizer, texts, max_new_tokens=NEW, batch_size=b, stats=stats[b])
-            for b in (1, 5, 64)}
-    assert len(texts) == 80 and stats[64].slots == 64 and stats[1].slots == 1
-    assert _tokens(runs[1]) == _tokens(runs[64]) == _tokens(runs[5])  # 5 slots: rows refilled as others finish
-    assert stats[64].generated_tokens == sum(g["new_tokens"] for g in runs[64]) > 60 * NEW
-    assert stats[64].steps < stats[1].steps / 20  # up to 64 rows a step
+            for b in (1, 5, most)}
+    assert len(texts) == 80 and stats[most].slots == most and stats[1].slots == 1
+    assert _tokens(runs[1]) == _tokens(runs[most]) == _tokens(runs[5])  # 5 slots: rows refilled as others finish
+    assert stats[most].generated_tokens == sum(g["new_tokens"] for g in runs[most]) > 60 * NEW
+    assert stats[most].steps < stats[1].steps / (most // 2)  # up to `most` rows a step
+    with pytest.raises(ValueError, match=f"at most {most} rows per step"):
+        infer.generate_many(model, tokenizer, texts[:2], max_new_tokens=2, batch_size=most + 1)
 
 
 def test_stops_at_eos_and_counts_it(lm, texts):
@@ -148,9 +152,9 @@ def test_memory_plan_on_a_cpu_and_sizes(lm):
     c = model.get_base_model().config
     head_dim = c.hidden_size // c.num_attention_heads
     assert decode.kv_bytes_per_slot(model, 128) == c.num_hidden_layers * 2 * c.num_key_value_heads * 128 * head_dim * 4
-    assert decode.plan(model, rows=500, max_len=128) == (64, False, "64 slots on cpu")  # the CPU's step rows
+    assert decode.plan(model, rows=500, max_len=128) == (16, False, "16 slots on cpu")  # the CPU's step rows
     assert decode.plan(model, rows=7, max_len=128, slots=3)[0] == 3
-    with pytest.raises(ValueError, match="at most 64 rows per step"):
-        decode.plan(model, rows=500, max_len=128, slots=65)
+    with pytest.raises(ValueError, match="at most 16 rows per step"):
+        decode.plan(model, rows=500, max_len=128, slots=17)
     assert decode.merged_bytes(model) == 4 * sum(
         p.numel() for n, p in model.named_parameters() if "proj.base_layer.weight" in n)
