@@ -5,15 +5,14 @@ import importlib.metadata
 import json
 import re
 
+from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers, as in medr1 itself
+
 import pytest
 
 from medr1 import smollm
 from medr1.config import CPU_DATA, CPU_MODEL, build_config, resolve_preset
 from medr1.errors import ModelError
-from medr1.stack import import_unsloth_first
 from medr1.tokenizer import PROBE
-
-import_unsloth_first()  # before transformers, as in medr1 itself
 
 
 @pytest.fixture(scope="module")

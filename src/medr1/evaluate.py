@@ -21,17 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medr1.model import import_unsloth_first
+from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and peft
 
-import_unsloth_first()
+import torch
 
-import torch  # noqa: E402
-
-from medr1 import distributed, mcq, prompts, record  # noqa: E402
-from medr1.config import Config  # noqa: E402
-from medr1.errors import DataError, ModelError  # noqa: E402
-from medr1.infer import Sampling, Stats, generate_many  # noqa: E402
-from medr1.log import log  # noqa: E402
+from medr1 import distributed, mcq, prompts, record
+from medr1.config import Config
+from medr1.errors import DataError, ModelError
+from medr1.infer import Sampling, Stats, generate_many
+from medr1.log import log
 
 VARIANTS = ("base", "finetuned")
 LABELS = {"base": "base", "finetuned": "fine-tuned"}

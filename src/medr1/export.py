@@ -18,19 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medr1.model import UNSLOTH, import_unsloth_first
+from medr1.stack import UNSLOTH
 
-import_unsloth_first()
+import torch
 
-import torch  # noqa: E402
-
-from medr1 import card  # noqa: E402
-from medr1.config import Config, hint  # noqa: E402
-from medr1.errors import MedR1Error, OutputDirError  # noqa: E402
-from medr1.evaluate import adapter_dir, read_run, run_config  # noqa: E402
-from medr1.log import log  # noqa: E402
-from medr1.model import load_adapter, merge_16bit  # noqa: E402
-from medr1.record import atomic_dir  # noqa: E402
+from medr1 import card
+from medr1.config import Config, hint
+from medr1.errors import MedR1Error, OutputDirError
+from medr1.evaluate import adapter_dir, read_run, run_config
+from medr1.log import log
+from medr1.model import load_adapter, merge_16bit
+from medr1.record import atomic_dir
 
 GGUF_METHODS = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "q4_0", "bf16", "f16")
 GGUF_BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,

@@ -16,14 +16,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from medr1.model import for_inference, import_unsloth_first
+from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and peft
 
-import_unsloth_first()
+import torch
 
-import torch  # noqa: E402
-
-from medr1 import decode, distributed, prompts  # noqa: E402
-from medr1.decode import Sampling, Stats  # noqa: E402, F401 - part of this module's interface
+from medr1 import decode, distributed, prompts
+from medr1.decode import Sampling, Stats  # noqa: F401 - part of this module's interface
+from medr1.model import for_inference
 
 ENGINES = ("auto", "medr1", "hf")
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medr1.stack import UNSLOTH
+
 import torch
 
 from medr1.config import Config
 from medr1.errors import ModelError
 from medr1.log import log
 from medr1.preflight import model_path as resolve_model_path
-from medr1.stack import import_unsloth_first
 from medr1.tokenizer import load_tokenizer
-
-UNSLOTH = import_unsloth_first()
 
 
 def torch_dtype(precision: str = "auto") -> torch.dtype:

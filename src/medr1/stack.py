@@ -1,7 +1,9 @@
 """The heavy stack, imported in the order Unsloth needs: unsloth before trl, transformers and peft.
 
 Unsloth patches those libraries when it is imported (on a CPU, trl's SFTTrainer even fails without it), so
-every medr1 module that uses them calls `import_unsloth_first()` before importing them.
+every medr1 module that uses them starts with `from medr1.stack import UNSLOTH` (ruff's isort keeps that line
+above the third-party imports: the `stack` section in pyproject.toml); code that loads lazily calls
+`import_unsloth_first()`.
 """
 
 from __future__ import annotations
@@ -18,3 +20,10 @@ def import_unsloth_first() -> bool:
     except ImportError:
         return False
     return True
+
+
+def __getattr__(name: str) -> bool:
+    """`from medr1.stack import UNSLOTH` imports unsloth at that line (PEP 562), and says whether it did."""
+    if name == "UNSLOTH":
+        return import_unsloth_first()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,9 +12,10 @@ it with a probe before any weights load. Saved, the tokenizer declares `Tokenize
 
 from __future__ import annotations
 
+from medr1.stack import import_unsloth_first
+
 from medr1 import prompts
 from medr1.errors import ModelError
-from medr1.stack import import_unsloth_first
 
 # Spaces, newlines, tabs, unicode, digits and R1's reasoning markers: what a broken pre-tokenizer loses first.
 PROBE = "Hello world\n\tβ-blocker 5 mg/kg, 37.5 °C;  two  spaces\n<think>\nreasoning</think>\n\nanswer"

@@ -6,17 +6,16 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from medr1.model import import_unsloth_first, torch_dtype
+from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and trl
 
-import_unsloth_first()
+import torch
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
 
-import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-from trl import SFTConfig, SFTTrainer  # noqa: E402
-
-from medr1 import distributed  # noqa: E402
-from medr1.config import Config  # noqa: E402
-from medr1.log import log  # noqa: E402
+from medr1 import distributed
+from medr1.config import Config
+from medr1.log import log
+from medr1.model import torch_dtype
 
 
 def effective_batch(config: Config, processes: int | None = None) -> int:
