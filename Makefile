@@ -71,4 +71,4 @@ sync: $(VENV)/.installed
 	$(BIN)/jupytext --sync $(NOTEBOOKS)
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m medr1 bench
+	$(BIN)/python benchmarks/bench.py

@@ -5,7 +5,7 @@
 
 The `colab-t4` GRPO recipe (4-bit, LoRA r=16, Unsloth checkpointing; one question x a group of 8 answers
 of 512 tokens per optimizer step) through `medr1.grpo.GrpoRun`, the path `medr1 grpo` takes. No download:
-DeepSeek-R1-Distill-Llama-8B's architecture with random weights, built on the GPU (medr1.speed.bench.build_8b,
+DeepSeek-R1-Distill-Llama-8B's architecture with random weights, built on the GPU (bench.py's build_8b,
 16 GB in /tmp). Random weights never emit EOS, so every answer runs to 512 tokens: the worst case, and the
 same work in every step. Configurations, each in its own process:
 - `trl`: the answers from TRL's generation (Unsloth's patched GRPOTrainer, `model.generate`);
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                               "device": "cpu" if cpu else torch.cuda.get_device_name(0), "started": record.now(),
                               "versions": record.versions(), "git_commit": record.git_commit(), "results": []}
     if not cpu:
-        from medr1.speed.bench import build_8b
+        from bench import build_8b  # this folder's bench.py (the script's folder is on sys.path)
 
         t0 = time.perf_counter()
         build_8b(Path(args.model_dir))

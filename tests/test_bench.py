@@ -1,19 +1,33 @@
-"""The benchmark harness on a CPU (tiny model), the fast preset's sizing rule, and packing that keeps rows apart."""
+"""The benchmark scripts on a CPU (tiny model), the fast preset's sizing rule, and packing that keeps rows apart."""
 
+import importlib
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
 from medr1.speed import sizing, varlen
-from medr1.speed.bench import CONFIGS, parse_variant, random_rows, row_lengths, table
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def script(name: str):
+    """benchmarks/<name>.py as a module; its folder on sys.path, as when it runs (bench_eval imports bench)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+bench = script("bench")
+CONFIGS, parse_variant, random_rows, row_lengths, table = (
+    bench.CONFIGS, bench.parse_variant, bench.random_rows, bench.row_lengths, bench.table)
 
 
 def test_bench_runs_every_configuration_and_writes_the_json(tmp_path):
-    from medr1.speed.bench import main
-
     out = tmp_path / "bench.json"
-    code = main(["--warmup", "1", "--measure", "1", "--rows", "24", "--json", str(out)])
+    code = bench.main(["--warmup", "1", "--measure", "1", "--rows", "24", "--json", str(out)])
     report = json.loads(out.read_text())
     assert code == 0, report
     assert {"gpu", "date", "model_shape", "results"} <= set(report)
@@ -113,11 +127,10 @@ def test_packed_rows_do_not_see_each_other_on_cpu():
 
 
 def test_eval_bench_writes_the_json(tmp_path):
-    """`medr1 bench --eval` on a CPU: the tiny model through plain `generate` and through medr1's decoder."""
-    from medr1.speed.bench import main
-
+    """benchmarks/bench_eval.py on a CPU: the tiny model through plain `generate` and through medr1's decoder."""
     out = tmp_path / "eval.json"
-    code = main(["--eval", "--prompts", "6", "--baseline-prompts", "3", "--max-new-tokens", "6", "--json", str(out)])
+    code = script("bench_eval").main(
+        ["--prompts", "6", "--baseline-prompts", "3", "--max-new-tokens", "6", "--json", str(out)])
     report = json.loads(out.read_text())
     assert code == 0, report
     results = {r["config"]: r for r in report["results"]}
@@ -134,8 +147,7 @@ def test_eval_bench_writes_the_json(tmp_path):
 
 def test_several_gpus_are_compared_with_one():
     """`--gpus`: the process counts to add, and each N-GPU result against the same configuration on one GPU."""
-    from medr1.speed.bench import _finish, _gpu_counts
-
+    _finish, _gpu_counts = bench._finish, bench._gpu_counts
     assert _gpu_counts("1,2,4") == [2, 4] and _gpu_counts("") == []
     with pytest.raises(ValueError, match="--gpus"):
         _gpu_counts("0,2")

@@ -4,6 +4,8 @@ Run on a CUDA machine with `pytest -m gpu tests`; everything here skips without 
 """
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,7 +49,8 @@ def packed_model():
 
 
 def _rows(tokenizer, n=8):
-    from medr1.speed.bench import random_rows, row_lengths
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the benchmark scripts' folder
+    from bench import random_rows, row_lengths
 
     excluded = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     return random_rows(row_lengths(n, seed=3, divisor=4), len(tokenizer), excluded, seed=3)

@@ -254,12 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="", metavar="PRESET",
                    help=f"show this preset's values instead of Config's defaults: one of {list(PRESET_NAMES)}")
     p.set_defaults(func=cmd_knobs)
-    sub.add_parser("bench", add_help=False, help="training throughput: seed, tutorial, hf, fast (medr1.speed.bench)")
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own options live in medr1.speed.bench
-        from medr1.speed.bench import main as bench_main
-
-        return bench_main(argv[1:])
+    if argv[:1] == ["bench"]:  # recorded commands in benchmarks/*.json still say `python -m medr1 bench`
+        print("medr1: the benchmarks are scripts now: python benchmarks/bench.py (training), "
+              "python benchmarks/bench_eval.py (evaluation, was --eval)", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         with cli_hints():  # error hints name --overwrite, --resume, --set KNOB=VALUE

@@ -1,7 +1,7 @@
 """Training throughput, side by side: the seed recipe, the tutorial's batch, plain HF, and the `fast` preset.
 
-    python -m medr1 bench                      # GPU: an 8B-shaped random model; CPU: the tiny model
-    python -m medr1 bench --only seed,fast --warmup 3 --measure 5 --json benchmarks/mine.json
+    python benchmarks/bench.py                 # GPU: an 8B-shaped random model; CPU: the tiny model
+    python benchmarks/bench.py --only seed,fast --warmup 3 --measure 5 --json benchmarks/mine.json
 
 Each configuration runs in its own process (Unsloth patches libraries globally, so one process
 cannot host both it and plain transformers) through the same load/LoRA/trainer code as
@@ -10,6 +10,7 @@ random weights (speed and memory depend on the shape, not the values); the rows 
 ids whose lengths follow the real data (median ~900 tokens, 450 to 1,500). Timing starts after the
 warm-up steps; "s/60 steps" and "s/recipe data" are extrapolated from the measured step time.
 The JSON is rewritten as each configuration finishes, so a run cut short keeps what it measured.
+A script, not part of the package (it only measures it): bench_eval.py and grpo_gpu.py import its helpers.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ LENGTHS = dict(median=900, low=450, high=1500, sigma=0.3)  # tokens per training
 CPU_DIVISOR = 10  # the tiny model on a CPU trains rows ten times shorter
 PACKING_CHECK_ROWS = 16  # candidates for the packed-vs-separate loss check (the shortest that fit one row)
 RECIPE_STEPS = sizing.RECIPE_STEPS
+SCRIPT = str(Path(__file__).resolve())  # workers are this script again, so no import path is assumed
 
 
 def row_lengths(n: int, seed: int = 0, divisor: int = 1) -> list[int]:
@@ -171,11 +173,8 @@ def _top_kernels(prof, top: int = 30) -> dict[str, Any]:
     """GPU time per kernel/op name for one profiled step: where the step's time goes."""
     rows = []
     for e in prof.key_averages():
-        device_us = getattr(e, "self_device_time_total", None)
-        if device_us is None:
-            device_us = getattr(e, "self_cuda_time_total", 0)
-        if device_us:
-            rows.append((device_us, e.count, e.key))
+        if e.self_device_time_total:
+            rows.append((e.self_device_time_total, e.count, e.key))
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
     return {"gpu_ms": round(total / 1000, 1),
@@ -310,7 +309,8 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _device() -> tuple[bool, str]:
+def device() -> tuple[bool, str]:
+    """(on a CPU?, device name): the tiny model on a CPU, the 8B shape on a GPU."""
     import torch
 
     if torch.cuda.is_available() and os.environ.get("UNSLOTH_FORCE_CPU") != "1":
@@ -318,13 +318,33 @@ def _device() -> tuple[bool, str]:
     return True, "cpu"
 
 
+def worker_command(script: str, gpus: int) -> list[str]:
+    """The command that runs `script` as a worker: plain, or data-parallel as `make train GPUS=N` runs it."""
+    if gpus == 1:
+        return [sys.executable, script]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script]
+
+
+def worker_setup() -> bool:
+    """In a worker, before anything loads: one GPU per process under accelerate. Returns whether on a CPU."""
+    cpu = os.environ.get("MEDR1_BENCH_CPU") == "1"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cpu:
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return cpu
+
+
+def write_result(path: str, result: Any) -> None:
+    """Rank 0 writes the worker's figures for the parent process."""
+    if os.environ.get("RANK", "0") == "0":
+        Path(path).write_text(json.dumps(result, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--eval" in argv:  # generation throughput: medr1.speed.bench_eval
-        from medr1.speed.bench_eval import main as eval_main
-
-        return eval_main([a for a in argv if a != "--eval"])
-    p = argparse.ArgumentParser(prog="medr1 bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configurations to run, in order")
     p.add_argument("--warmup", type=int, default=3, help="optimizer steps before timing starts")
     p.add_argument("--measure", type=int, default=5, help="optimizer steps timed")
@@ -339,22 +359,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run BASE with these knobs, reported as LABEL (repeatable)")
     p.add_argument("--gpus", default="", metavar="1,2",
                    help="also run each configuration data-parallel on these numbers of GPUs (accelerate launch)")
-    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    p.add_argument("--label", default="", help=argparse.SUPPRESS)
+    for hidden in ("--worker", "--label", "--rows-file", "--result"):  # a worker's, from _run_one
+        p.add_argument(hidden, default="", help=argparse.SUPPRESS)
     p.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
-    p.add_argument("--rows-file", default="", help=argparse.SUPPRESS)
-    p.add_argument("--result", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        cpu = os.environ.get("MEDR1_BENCH_CPU") == "1"
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cpu:  # one GPU per process, before anything loads
-            import torch
-
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        result = run_worker(args.worker, args.model_dir, args.rows_file, args.warmup, args.measure, cpu,
-                            args.label, json.loads(args.extra), args.profile)
-        if os.environ.get("RANK", "0") == "0":
-            Path(args.result).write_text(json.dumps(result, indent=1))
+        cpu = worker_setup()
+        write_result(args.result, run_worker(args.worker, args.model_dir, args.rows_file, args.warmup, args.measure,
+                                             cpu, args.label, json.loads(args.extra), args.profile))
         return 0
     return bench(args, argv)
 
@@ -363,16 +375,16 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        print(f"medr1 bench: unknown configuration(s) {unknown}; choose from {list(CONFIGS)}", file=sys.stderr)
+        print(f"bench.py: unknown configuration(s) {unknown}; choose from {list(CONFIGS)}", file=sys.stderr)
         return 2
     try:
         runs = [(n, n, {}) for n in names] + [parse_variant(v) for v in args.variant]
         runs += [(f"{n}-{g}gpu{tail}", n, {"_gpus": g, **same}) for g in _gpu_counts(args.gpus) for n in names
                  for tail, same in [("", {}), ("-same-micro", {"_same_micro": True})] if tail == "" or n == "fast"]
     except (ValueError, MedR1Error) as err:
-        print(f"medr1 bench: {err}", file=sys.stderr)
+        print(f"bench.py: {err}", file=sys.stderr)
         return 2
-    cpu, gpu = _device()
+    cpu, gpu = device()
     stamp = datetime.now(timezone.utc)
     out = Path(args.json or f"outputs/bench-{stamp:%Y%m%d-%H%M%S}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -401,12 +413,12 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     rows_file.write_text(json.dumps(random_rows(lengths, vocab_size, excluded)))
     report: dict[str, Any] = {
         "gpu": gpu, "date": stamp.strftime("%Y-%m-%d"), "time_utc": stamp.isoformat(timespec="seconds"),
-        "model_shape": shape, "command": " ".join(["python -m medr1 bench", *argv]).strip(),
+        "model_shape": shape, "command": " ".join(["python benchmarks/bench.py", *argv]).strip(),
         "warmup_steps": args.warmup, "measured_steps": args.measure, "rows": args.rows,
         "row_tokens": {"median": sorted(lengths)[len(lengths) // 2], "min": min(lengths), "max": max(lengths)},
         "model_build_s": round(build_s, 1), "versions": record.versions(), "results": [],
     }
-    print(f"medr1 bench: {gpu}, model {model_dir} ({'tiny' if cpu else '8B shape'}), {args.rows} rows "
+    print(f"bench.py: {gpu}, model {model_dir} ({'tiny' if cpu else '8B shape'}), {args.rows} rows "
           f"(median {report['row_tokens']['median']} tokens); {args.warmup} warm-up + {args.measure} timed steps")
     jobs = args.jobs or (len(runs) if cpu and not args.gpus else 1)  # a GPU is timed one process at a time
     done: dict[int, dict[str, Any]] = {}
@@ -432,7 +444,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, range(len(runs))))
     print(table(report))
-    print(f"medr1 bench: JSON in {out}")
+    print(f"bench.py: JSON in {out}")
     return 0 if all("error" not in r for r in report["results"]) else 1
 
 
@@ -450,19 +462,14 @@ def _run_one(label: str, name: str, extra: dict[str, Any], model_dir: Path, rows
             env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     elif {**CONFIGS[name][1], **extra}.get("backend") == "hf":
         env["MEDR1_BACKEND"] = "hf"  # keep Unsloth's patches out of the plain-transformers process
-    cmd = [sys.executable, "-m", "medr1.speed.bench"]
-    if gpus > 1:  # what `make train GPUS=N` runs
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medr1.speed.bench"]
-    cmd += ["--worker", name, "--model-dir", str(model_dir),
-           "--rows-file", str(rows_file), "--result", str(result_file), "--warmup", str(args.warmup),
-           "--measure", str(args.measure), "--label", label, "--extra", json.dumps(extra)]
+    cmd = worker_command(SCRIPT, gpus) + [
+        "--worker", name, "--model-dir", str(model_dir), "--rows-file", str(rows_file), "--result", str(result_file),
+        "--warmup", str(args.warmup), "--measure", str(args.measure), "--label", label, "--extra", json.dumps(extra)]
     cmd += ["--profile"] if args.profile else []
-    print(f"medr1 bench: {label} ...", flush=True)
+    print(f"bench.py: {label} ...", flush=True)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=env, timeout=args.timeout or None)
-        code = proc.returncode
+        code = subprocess.run(cmd, env=env, timeout=args.timeout or None).returncode
     except subprocess.TimeoutExpired:
         return {"config": label, "error": f"timed out after {args.timeout:.0f} s"}
     if code != 0 or not result_file.exists():
@@ -472,7 +479,7 @@ def _run_one(label: str, name: str, extra: dict[str, Any], model_dir: Path, rows
     result["gpus"] = gpus
     if env_extra:
         result["env"] = env_extra
-    print(f"medr1 bench: {label}: {result['trained_tokens_per_s']:,.0f} trained tokens/s, "
+    print(f"bench.py: {label}: {result['trained_tokens_per_s']:,.0f} trained tokens/s, "
           f"peak {result['peak_gib']} GiB, {result['process_s']} s in all", flush=True)
     return result
 

@@ -1,7 +1,7 @@
 """Generation throughput of the evaluation path: plain transformers `generate` against medr1's batched decoder.
 
-    python -m medr1 bench --eval                          # GPU: the 8B shape, 4-bit, LoRA r=16; CPU: the tiny model
-    python -m medr1 bench --eval --prompts 512 --max-new-tokens 512 --gpus 1,2
+    python benchmarks/bench_eval.py                       # GPU: the 8B shape, 4-bit, LoRA r=16; CPU: the tiny model
+    python benchmarks/bench_eval.py --prompts 512 --max-new-tokens 512 --gpus 1,2
 
 Each configuration runs in its own process (plain transformers must run without Unsloth's patches):
 - `hf-generate`: transformers + peft + bitsandbytes 4-bit, `model.generate` in left-padded batches of 64
@@ -13,6 +13,7 @@ Each configuration runs in its own process (plain transformers must run without 
 - `medr1-<N>gpu`: the same `medr1` run under `accelerate launch` with N processes, prompts shared out.
 Random weights never emit EOS, so every answer runs to the budget: a worst case, and exactly reproducible.
 Prompts are random token ids with the lengths of MedQA questions in the trained prompt (median ~350 tokens).
+The model, the device and the worker processes are bench.py's (this script's folder).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench import build_8b, device, worker_command, worker_setup, write_result
+
 from medr1 import record
 
 PROMPT_TOKENS = dict(median=350, low=200, high=600, sigma=0.25)  # MedQA question + options in the seed prompt
@@ -37,6 +40,7 @@ MEDQA = dict(questions=1273, variants=2, max_new_tokens=1024)  # the MedQA test 
 T4_GIB = 15.0  # what a 16 GB T4 leaves to PyTorch
 T4_BANDWIDTH_RATIO = 3350 / 320  # H100 SXM vs T4 memory bandwidth (GB/s, datasheets): a memory-bound step scales so
 BASELINE_BATCH = 64
+SCRIPT = str(Path(__file__).resolve())
 
 
 def prompt_ids(n: int, vocab: int, excluded: set[int], seed: int = 0, divisor: int = 1) -> list[list[int]]:
@@ -122,12 +126,8 @@ def _forward_check(model, ids: list[int]) -> dict[str, Any]:
 
 def worker(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One configuration in this process; returns its result entries."""
-    cpu = os.environ.get("MEDR1_BENCH_CPU") == "1"
     t0 = time.perf_counter()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cpu:
-        import torch
-
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    cpu = worker_setup()
     hf = args.worker == "hf-generate"
     model, tokenizer = _load(args.model_dir, "hf" if hf else "unsloth", cpu)
     import torch
@@ -194,7 +194,7 @@ def _checks(model, tokenizer, texts: list[str], max_new_tokens: int, batch: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="medr1 bench --eval", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="bench_eval.py", description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=512, help="prompts for medr1's path")
     p.add_argument("--baseline-prompts", type=int, default=BASELINE_BATCH, help="prompts for hf-generate")
     p.add_argument("--t4-prompts", type=int, default=64, help="prompts for the T4-memory run")
@@ -208,17 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(hidden, default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        results = worker(args)
-        if os.environ.get("RANK", "0") == "0":
-            Path(args.result).write_text(json.dumps(results, indent=1))
+        write_result(args.result, worker(args))
         return 0
     return bench(args, argv if argv is not None else sys.argv[1:])
 
 
 def bench(args: argparse.Namespace, argv: list[str]) -> int:
-    from medr1.speed.bench import _device, build_8b
-
-    cpu, gpu = _device()
+    cpu, gpu = device()
     stamp = datetime.now(timezone.utc)
     slug = "cpu" if cpu else gpu.lower().replace("nvidia", "").split()[0]
     out = Path(args.json or f"benchmarks/eval-{slug}-{stamp:%Y-%m-%d}.json")
@@ -239,7 +235,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     lengths = sorted(len(p) for p in ids)
     report: dict[str, Any] = {
         "gpu": gpu, "date": stamp.strftime("%Y-%m-%d"), "time_utc": stamp.isoformat(timespec="seconds"),
-        "command": " ".join(["python -m medr1 bench --eval", *argv]).strip(), "model": "tiny" if cpu else
+        "command": " ".join(["python benchmarks/bench_eval.py", *argv]).strip(), "model": "tiny" if cpu else
         "DeepSeek-R1-Distill-Llama-8B's shape, random weights, 4-bit, LoRA r=16 on 7 projections (B random)",
         "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
         "prompt_tokens": {"median": lengths[len(lengths) // 2], "min": lengths[0], "max": lengths[-1]},
@@ -256,7 +252,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"| {r['config']} | {r.get('generated_tokens_per_s', 0):,.0f} tok/s | batch {r.get('batch')} | "
               f"{r.get('ms_per_step')} ms/step | peak {r.get('peak_gib')} GiB | {r.get('error', '')}")
     print(json.dumps({k: v for k, v in report.items() if k in ("speedup", "estimates")}, indent=1))
-    print(f"medr1 bench --eval: JSON in {out}")
+    print(f"bench_eval.py: JSON in {out}")
     return 0 if all("error" not in r for r in report["results"]) else 1
 
 
@@ -268,16 +264,12 @@ def _run_one(name: str, label: str, gpus: int, model_dir: Path, work: Path, args
         env.update(MEDR1_BENCH_CPU="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if name == "hf-generate":
         env["MEDR1_BACKEND"] = "hf"  # keep Unsloth's patches out of the plain-transformers process
-    cmd = [sys.executable, "-m", "medr1.speed.bench_eval"]
-    if gpus > 1:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
-               "medr1.speed.bench_eval"]
-    cmd += ["--worker", name, "--model-dir", str(model_dir), "--prompts-file", str(work / "prompts.json"),
-            "--result", str(result), "--max-new-tokens", str(args.max_new_tokens),
-            "--baseline-prompts", str(args.baseline_prompts), "--t4-prompts", str(args.t4_prompts)]
+    cmd = worker_command(SCRIPT, gpus) + [
+        "--worker", name, "--model-dir", str(model_dir), "--prompts-file", str(work / "prompts.json"),
+        "--result", str(result), "--max-new-tokens", str(args.max_new_tokens),
+        "--baseline-prompts", str(args.baseline_prompts), "--t4-prompts", str(args.t4_prompts)]
     cmd += ["--label", label] if gpus > 1 else []
-    print(f"medr1 bench --eval: {label} ...", flush=True)
+    print(f"bench_eval.py: {label} ...", flush=True)
     try:
         code = subprocess.run(cmd, env=env, timeout=args.timeout or None).returncode
     except subprocess.TimeoutExpired:
@@ -286,7 +278,7 @@ def _run_one(name: str, label: str, gpus: int, model_dir: Path, work: Path, args
         return [{"config": label, "error": f"worker exited with {code}"}]
     entries = json.loads(result.read_text())
     for e in entries:
-        print(f"medr1 bench --eval: {e['config']}: {e['generated_tokens_per_s']:,.0f} generated tokens/s at batch "
+        print(f"bench_eval.py: {e['config']}: {e['generated_tokens_per_s']:,.0f} generated tokens/s at batch "
               f"{e['batch']}, {e['ms_per_step']} ms/step, peak {e['peak_gib']} GiB", flush=True)
     return entries
 
