@@ -12,7 +12,6 @@ The questions and `evaluate --verifiable` live in medr1.verifiable (light: no to
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import shutil
@@ -21,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import prompts, record, rewards
-from medr1.config import Config, hint
+from medr1.config import Config
 from medr1.errors import ConfigError, ModelError
 from medr1.log import log
+from medr1.stage import Stage
 from medr1.verifiable import FIELDS, load_questions
 
 GENERATION = ("trl", "medr1")  # who samples the answers: TRL's model.generate, or medr1.decode
@@ -84,31 +84,30 @@ def start_adapter(config: Config) -> Path | None:
     return adapter
 
 
-class GrpoRun:
+class GrpoRun(Stage):
     """A GRPO run's state across notebook cells: config, questions, model, trainer, record.
 
     Each step returns the plain object it built (model and tokenizer, the LoRA model, TRL's GRPOTrainer),
-    as `medr1.run.Run` does for SFT.
+    as `medr1.run.Run` does for SFT; medr1.stage holds the run folder, resume, recording and saving.
     """
+
+    STAGE = "GRPO"
 
     def __init__(self, config: Config):
         from medr1 import preflight
-        from medr1.record import check_output_dir
         from medr1.tokenizer import load_tokenizer
 
         t0 = time.perf_counter()
         check(config)
-        self.config, self.out = config, check_output_dir(config)
+        super().__init__(config)
         self.questions, self.source = load_questions(config)
         self.adapter = start_adapter(config)
         preflight.check(config)
         self.tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
         self.weights = reward_weights(config)
-        self.model = self._trainer = None
-        self.resume_from: str | None = None
         self.rollout_memory_gib = 0.0  # grpo_generation=medr1: plan the decoder for this much GPU memory (0: free)
         self.rewards: list[dict[str, Any]] = []
-        self.record: dict[str, Any] = {
+        self.record = {
             "kind": "grpo", "status": "prepared", "created": record.now(), "preset": config.preset,
             "config": config.to_dict(), "reward_weights": self.weights,
             "init_adapter": str(self.adapter) if self.adapter else None,
@@ -119,15 +118,6 @@ class GrpoRun:
     def prompt(self, i: int = 0) -> str:
         """What the model is asked for question `i`: the inference prompt of the run's style."""
         return prompts.inference_prompt(self.questions[i][FIELDS[0]], self.config.prompt_style)
-
-    def load(self):
-        """(model, tokenizer): the base model, with the tokenizer checked before it loaded."""
-        from medr1.model import load_model
-
-        t0 = time.perf_counter()
-        self.model, self.tokenizer = load_model(self.config, self.tokenizer)
-        self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
-        return self.model, self.tokenizer
 
     def add_lora(self):
         """New LoRA as the config says, or the start adapter's shape with its trained weights loaded into it."""
@@ -188,20 +178,10 @@ class GrpoRun:
         from trl import GRPOConfig, GRPOTrainer
 
         from medr1.model import for_training
-        from medr1.record import newest_checkpoint
         from medr1.train import reporting
 
         self._need_model()
-        cfg, checkpoints = self.config, self.out / "checkpoints"
-        newest = newest_checkpoint(checkpoints) if cfg.resume else None
-        self.resume_from = str(newest) if newest else None
-        if newest:
-            log.info(f"resuming from {newest.name}")
-        elif cfg.resume:
-            log.info(f"{hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
-        elif cfg.overwrite:
-            for stale in (checkpoints, self.out / "adapter"):
-                shutil.rmtree(stale, ignore_errors=True)
+        cfg, checkpoints = self.config, self._checkpoints(self.config.grpo_max_steps)
         dataset = Dataset.from_dict({"prompt": [self.prompt(i) for i in range(len(self.questions))],
                                      "ground_truth": [q[FIELDS[1]] for q in self.questions]})
         rollout = self.rollout if cfg.grpo_generation == "medr1" else None
@@ -224,39 +204,6 @@ class GrpoRun:
         # EOS is part of the answer GRPO scores and trains on (TRL's own path keeps it too)
         return {"prompt_ids": ids, "completion_ids": [d.tokens + [eos] * d.stopped for d in done], "logprobs": None}
 
-    @contextlib.contextmanager
-    def recording(self):
-        """Around `trainer.train()`: run.json says `training`, then `trained` with rewards per step and timings,
-        or `interrupted` with the step and the checkpoint to resume from (the error is re-raised)."""
-        import torch
-
-        if self._trainer is None:
-            raise RuntimeError("no trainer yet: call trainer() first")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
-                           hardware=record.hardware())
-        held = self.adapter.parent / "holdout.jsonl" if self.adapter else None
-        if held and held.exists():  # the SFT run's held-out rows: `medr1 evaluate` compares on the same ones
-            shutil.copyfile(held, self.out / "holdout.jsonl")
-            self.record["data"]["holdout_file"] = "holdout.jsonl"
-        self._write_record()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        try:
-            yield
-        except BaseException as err:
-            self._record_interruption(err)
-            raise
-        self._record_training(time.perf_counter() - t0)
-
-    def train(self, callbacks: list | None = None) -> dict[str, Any]:
-        """trainer() and trainer.train() inside recording(): what `medr1 grpo` does; returns the figures."""
-        trainer = self.trainer(callbacks)
-        with self.recording():
-            trainer.train(resume_from_checkpoint=self.resume_from)
-        return self.record["train"]
-
     def _record_training(self, seconds: float) -> None:
         cfg, state = self.config, self._trainer.state
         self.rewards = reward_history(state.log_history, list(self.weights))
@@ -268,50 +215,24 @@ class GrpoRun:
                  "generated_tokens_per_s": round(generated / seconds, 1) if seconds else None,
                  "peak_gib": record.peak_memory_gib(),
                  "resumed_from": Path(self.resume_from).name if self.resume_from else None}
-        self.record["timings"]["train_s"] = stats["train_s"]
-        self.record.update(status="trained", train=stats, rewards=self.rewards)
-        self._write_record()
+        self._keep_training(stats, rewards=self.rewards)
         first, last = (self.rewards[0]["reward"], self.rewards[-1]["reward"]) if self.rewards else (None, None)
         log.info(f"{len(new)} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
               f"tokens/s; mean reward {first} -> {last}")
 
-    def _record_interruption(self, err: BaseException) -> None:
-        from medr1.record import newest_checkpoint
+    def _progress(self) -> dict[str, Any]:
+        return {"rewards": reward_history(self._trainer.state.log_history, list(self.weights))}
 
-        step = int(self._trainer.state.global_step)
-        newest = newest_checkpoint(self.out / "checkpoints")
-        self.record.update(status="interrupted", interrupted={
-            "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
-            "checkpoint": newest.name if newest else None},
-            rewards=reward_history(self._trainer.state.log_history, list(self.weights)))
-        self._write_record()
-        log.info(f"GRPO stopped at step {step}; " + (
-            f"run again with {hint('resume')} and output_dir={str(self.out)!r} to continue from {newest.name}"
-            if newest else "no checkpoint yet: a resume starts from step 0"))
+    def _hold_out(self) -> None:
+        held = self.adapter.parent / "holdout.jsonl" if self.adapter else None
+        if held and held.exists():  # the SFT run's held-out rows: `medr1 evaluate` compares on the same ones
+            shutil.copyfile(held, self.out / "holdout.jsonl")
+            self.record["data"]["holdout_file"] = "holdout.jsonl"
 
     def plot_rewards(self) -> Path:
         if not self.rewards:
             raise RuntimeError("no rewards yet: train first")
         return plot_rewards(self.rewards, self.out / "rewards.png", f"medr1 {self.config.preset}: GRPO rewards")
-
-    def save(self) -> Path:
-        """The LoRA adapter and tokenizer, atomically, to output_dir/adapter; then the run record."""
-        self._need_model()
-        target = self.out / "adapter"
-        with record.atomic_dir(target) as tmp:
-            self.model.save_pretrained(str(tmp))
-            self.tokenizer.save_pretrained(str(tmp))
-        self.record.update(status="complete", adapter="adapter", finished=record.now())
-        self._write_record()
-        log.info(f"adapter saved to {target}")
-        return target
-
-    def _need_model(self) -> None:
-        if self.model is None:
-            raise RuntimeError("the model is not loaded: call load() first")
-
-    def _write_record(self) -> None:
-        record.atomic_write_json(self.out / "run.json", self.record)
 
 
 def _load_adapter_weights(model, adapter: Path) -> int:

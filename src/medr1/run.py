@@ -12,36 +12,35 @@ reader can inspect and change it; medr1 adds the checks, the guards and the run 
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from medr1 import data, distributed, preflight, record
-from medr1.config import Config, hint
+from medr1.config import Config
 from medr1.log import log
+from medr1.stage import Stage
 from medr1.tokenizer import load_tokenizer
 
 
-class Run:
-    """A fine-tuning run's state across notebook cells: config, data, model, trainer, record."""
+class Run(Stage):
+    """A fine-tuning run's state across notebook cells: config, data, model, trainer, record (medr1.stage's
+    run folder, resume, recording and saving; here what SFT adds: the rows, their losses, the card)."""
 
     def __init__(self, config: Config):
         t0 = time.perf_counter()
-        self.config = config = distributed.agree(config)  # several processes train rank 0's config, one folder
-        self.out = record.check_output_dir(config)
+        super().__init__(distributed.agree(config))  # several processes train rank 0's config, one folder
+        config = self.config
         distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         self.split = data.load_split(config)
         preflight.check(config)  # model name, max_seq_length and 4-bit, from config.json alone
         self.tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)  # probe-checked
         self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, config)
-        self.model = self._trainer = self.history = None
-        self.resume_from: str | None = None
+        self.history = None
         earlier = record.read_record_or_empty(self.out) if config.resume else {}
         self.complete = earlier.get("status") == "complete"
-        self.record: dict[str, Any] = earlier if self.complete else {
+        self.record = earlier if self.complete else {
             "status": "prepared", "created": record.now(), "preset": config.preset, "config": config.to_dict(),
             "data": {"source": self.split.source, "train_rows": len(self.split.train),
                      "holdout_rows": len(self.split.holdout), "duplicates": self.split.duplicates,
@@ -72,11 +71,7 @@ class Run:
 
     def load(self):
         """(model, tokenizer): the base model, and the very tokenizer the training rows were made with."""
-        from medr1.model import load_model
-
-        t0 = time.perf_counter()
-        self.model, self.tokenizer = load_model(self.config, self.tokenizer)
-        self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
+        super().load()
         self.record["loaded_in_4bit"] = preflight.warn_if_not_4bit(self.model, self.config)
         return self.model, self.tokenizer
 
@@ -140,17 +135,7 @@ class Run:
         from medr1.train import CheckpointCards, LossHistory, effective_batch, make_trainer, reporting
 
         self._need_model()
-        cfg, checkpoints = self.config, self.out / "checkpoints"
-        newest = record.newest_checkpoint(checkpoints) if cfg.resume else None
-        self.resume_from = str(newest) if newest else None
-        if newest:
-            done = int(newest.name.split("-")[-1])
-            log.info(f"resuming from {newest.name}: step {done} of {cfg.max_steps or '?'} done")
-        elif cfg.resume:
-            log.info(f"{hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
-        elif cfg.overwrite and distributed.is_main():
-            for stale in (checkpoints, self.out / "adapter"):
-                shutil.rmtree(stale, ignore_errors=True)
+        cfg, checkpoints = self.config, self._checkpoints(self.config.max_steps)
         procs = distributed.world_size()
         log.info(f"effective batch {effective_batch(cfg, procs)} rows per optimizer step "
               f"({cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation "
@@ -170,40 +155,6 @@ class Run:
         for_training(self.model, cfg.backend)
         return self._trainer
 
-    @contextlib.contextmanager
-    def recording(self):
-        """Around `trainer.train()`: run.json says `training`, then `trained` with the figures, or `interrupted`
-        with the step and the checkpoint to resume from (the error is re-raised)."""
-        import torch
-
-        if self._trainer is None:
-            raise RuntimeError("no trainer yet: call trainer() first")
-        if self.complete:
-            yield
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
-                           hardware=record.hardware())
-        self._write_record()
-        if distributed.is_main():
-            record.atomic_write_jsonl(self.out / "holdout.jsonl", self.split.holdout)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        try:
-            yield
-        except BaseException as err:
-            self._record_interruption(err)
-            raise
-        self._record_training(time.perf_counter() - t0)
-
-    def train(self, callbacks: list | None = None) -> dict[str, Any]:
-        """trainer() and trainer.train() inside recording(): what `medr1 train` does; returns the figures."""
-        trainer = self.trainer(callbacks)
-        with self.recording():
-            trainer.train(resume_from_checkpoint=self.resume_from)
-        return self.record.get("train", {})
-
     def _record_training(self, seconds: float) -> None:
         state, hist = self._trainer.state, self.history
         steps_run = int(state.global_step) - hist.start_step
@@ -219,30 +170,13 @@ class Run:
             "last_loss": losses[-1] if losses else None,
             "resumed_from": Path(self.resume_from).name if self.resume_from else None,
         }
-        self.record["timings"]["train_s"] = stats["train_s"]
-        self.record.update(status="trained", train=stats, losses=hist.records)
-        self._write_record()
+        self._keep_training(stats, losses=hist.records)
         first = hist.start_step + 1
         what = (f"{steps_run} steps ({first}-{stats['steps']}, resumed from {stats['resumed_from']})"
                 if self.resume_from else f"{steps_run} steps")
         peak = f"{stats['peak_gib']} GiB peak GPU memory" if stats["peak_gib"] is not None else "CPU run"
         loss = f"; loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
         log.info(f"{what} in {seconds:.1f} s; {stats['trained_tokens_per_s']} trained tokens/s; {peak}{loss}")
-
-    def _record_interruption(self, err: BaseException) -> None:
-        """Write status 'interrupted' with the step reached and the checkpoint a resume would start from."""
-        step = int(self._trainer.state.global_step)
-        newest = record.newest_checkpoint(self.out / "checkpoints")
-        self.record.update(status="interrupted", interrupted={
-            "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
-            "checkpoint": newest.name if newest else None}, losses=self.history.records)
-        self._write_record()
-        if newest:
-            log.info(f"training stopped at step {step}; {newest.name} is kept: run again with {hint('resume')} "
-                  f"and output_dir={str(self.out)!r} to continue from it")
-        else:
-            log.info(f"training stopped at step {step} before the first checkpoint (save_steps="
-                  f"{self.config.save_steps}); a resume starts from step 0")
 
     @property
     def losses(self) -> list[float]:
@@ -258,34 +192,19 @@ class Run:
         return record.plot_losses(self.history.records, self.out / "loss.png",
                                   title=f"medr1 {self.config.preset}: training loss")
 
-    def save(self) -> Path:
-        """Save the LoRA adapter, tokenizer and card atomically to output_dir/adapter, then the run record."""
+    # -- what medr1.stage asks of a stage ------------------------------------------------------------
+    def _progress(self) -> dict[str, Any]:
+        return {"losses": self.history.records}
+
+    def _hold_out(self) -> None:
+        if distributed.is_main():
+            record.atomic_write_jsonl(self.out / "holdout.jsonl", self.split.holdout)
+
+    def _add_to_adapter(self, folder: Path) -> None:
+        """The model card, written from the run record."""
         from medr1.card import write_card
 
-        self._need_model()
-        target = self.out / "adapter"
-        if self.complete:
-            log.info(f"the run was already complete; {target} is unchanged")
-            return target
-        self.record.update(status="complete", adapter="adapter", finished=record.now())
-        if distributed.is_main():  # self.model is the bare PEFT model: DDP only wraps it inside the trainer
-            with record.atomic_dir(target) as tmp:
-                self.model.save_pretrained(str(tmp))
-                self.tokenizer.save_pretrained(str(tmp))
-                write_card(tmp, self.record, "adapter")
-        distributed.barrier()  # when any process returns, the adapter is there
-        self._write_record()
-        log.info(f"adapter saved to {target}")
-        return target
-
-    # -- helpers ----------------------------------------------------------------------------------
-    def _need_model(self) -> None:
-        if self.model is None:
-            raise RuntimeError("the model is not loaded: call load() first")
-
-    def _write_record(self) -> None:
-        if distributed.is_main() and self.out.exists() and not self.complete:
-            record.atomic_write_json(self.out / "run.json", self.record)
+        write_card(folder, self.record, "adapter")
 
 
 def train(config: Config) -> Run:

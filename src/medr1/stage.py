@@ -1,0 +1,154 @@
+"""What the SFT run (`medr1.run.Run`) and the GRPO run (`medr1.grpo.GrpoRun`) share: the run folder and its
+run.json, checkpoints and resume, `recording()` around training, and the atomic adapter save. One home, so a
+fix to resume or to the record reaches both stages; each subclass keeps only what its stage does differently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from medr1 import distributed, record
+from medr1.config import Config, hint
+from medr1.log import log
+
+
+class Stage:
+    """A training stage's run folder, record, model and trainer across notebook cells.
+
+    Subclasses build `self.record` and `self.tokenizer`, and define `trainer()`, `_record_training(seconds)` and
+    `_progress()` (what run.json keeps of an interrupted run's steps); `_hold_out()` and `_add_to_adapter()`
+    are optional.
+    """
+
+    STAGE = "training"  # how the logs name the stage
+
+    def __init__(self, config: Config):
+        self.config, self.out = config, record.check_output_dir(config)
+        self.model = self._trainer = self.tokenizer = None
+        self.resume_from: str | None = None
+        self.complete = False  # a finished run resumed: nothing trains, no file changes
+        self.record: dict[str, Any] = {}
+
+    def load(self):
+        """(model, tokenizer): the base model, and the tokenizer that was checked before it loaded."""
+        from medr1.model import load_model
+
+        t0 = time.perf_counter()
+        self.model, self.tokenizer = load_model(self.config, self.tokenizer)
+        self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
+        return self.model, self.tokenizer
+
+    def trainer(self, callbacks: list | None = None):
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Around `trainer.train()`: run.json says `training`, then `trained` with the figures, or `interrupted`
+        with the step and the checkpoint to resume from (the error is re-raised)."""
+        import torch
+
+        if self._trainer is None:
+            raise RuntimeError("no trainer yet: call trainer() first")
+        if self.complete:
+            yield
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
+                           hardware=record.hardware())
+        self._hold_out()
+        self._write_record()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            yield
+        except BaseException as err:
+            self._record_interruption(err)
+            raise
+        self._record_training(time.perf_counter() - t0)
+
+    def train(self, callbacks: list | None = None) -> dict[str, Any]:
+        """trainer() and trainer.train() inside recording(): what the command line does; returns the figures."""
+        trainer = self.trainer(callbacks)
+        with self.recording():
+            trainer.train(resume_from_checkpoint=self.resume_from)
+        return self.record.get("train", {})
+
+    def save(self) -> Path:
+        """Save the LoRA adapter and tokenizer atomically to output_dir/adapter, then the run record."""
+        self._need_model()
+        target = self.out / "adapter"
+        if self.complete:
+            log.info(f"the run was already complete; {target} is unchanged")
+            return target
+        self.record.update(status="complete", adapter="adapter", finished=record.now())
+        if distributed.is_main():  # self.model is the bare PEFT model: DDP only wraps it inside the trainer
+            with record.atomic_dir(target) as tmp:
+                self.model.save_pretrained(str(tmp))
+                self.tokenizer.save_pretrained(str(tmp))
+                self._add_to_adapter(tmp)
+        distributed.barrier()  # when any process returns, the adapter is there
+        self._write_record()
+        log.info(f"adapter saved to {target}")
+        return target
+
+    # -- for the subclasses ---------------------------------------------------------------------------
+    def _checkpoints(self, max_steps: int) -> Path:
+        """output_dir/checkpoints. With resume, finds the newest checkpoint (`self.resume_from`) and says so;
+        with overwrite, clears the old run's checkpoints and adapter."""
+        cfg, checkpoints = self.config, self.out / "checkpoints"
+        newest = record.newest_checkpoint(checkpoints) if cfg.resume else None
+        self.resume_from = str(newest) if newest else None
+        if newest:
+            log.info(f"resuming from {newest.name}: step {newest.name.split('-')[-1]} of {max_steps or '?'} done")
+        elif cfg.resume:
+            log.info(f"{hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
+        elif cfg.overwrite and distributed.is_main():
+            for stale in (checkpoints, self.out / "adapter"):
+                shutil.rmtree(stale, ignore_errors=True)
+        return checkpoints
+
+    def _keep_training(self, stats: dict[str, Any], **kept: Any) -> None:
+        """run.json after training: status `trained`, the figures, and the stage's per-step history."""
+        self.record["timings"]["train_s"] = stats["train_s"]
+        self.record.update(status="trained", train=stats, **kept)
+        self._write_record()
+
+    def _record_training(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def _progress(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _record_interruption(self, err: BaseException) -> None:
+        """Write status 'interrupted' with the step reached and the checkpoint a resume would start from."""
+        step = int(self._trainer.state.global_step)
+        newest = record.newest_checkpoint(self.out / "checkpoints")
+        self.record.update(status="interrupted", interrupted={
+            "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
+            "checkpoint": newest.name if newest else None}, **self._progress())
+        self._write_record()
+        if newest:
+            log.info(f"{self.STAGE} stopped at step {step}; {newest.name} is kept: run again with "
+                     f"{hint('resume')} and output_dir={str(self.out)!r} to continue from it")
+        else:
+            log.info(f"{self.STAGE} stopped at step {step} before the first checkpoint (save_steps="
+                     f"{self.config.save_steps}); a resume starts from step 0")
+
+    def _hold_out(self) -> None:
+        """Before training: put the held-out rows a later `medr1 evaluate` compares on into the run folder."""
+
+    def _add_to_adapter(self, folder: Path) -> None:
+        """While the adapter is saved: anything else that belongs in its folder."""
+
+    def _need_model(self) -> None:
+        if self.model is None:
+            raise RuntimeError("the model is not loaded: call load() first")
+
+    def _write_record(self) -> None:
+        if distributed.is_main() and self.out.exists() and not self.complete:
+            record.atomic_write_json(self.out / "run.json", self.record)
