@@ -5,6 +5,7 @@ import pytest
 from medr1 import rewards
 from medr1.errors import ModelError
 from medr1.prompts import ANSWER_HEADER, THINK_CLOSE
+from medr1.verifier import Verifier
 
 MI = "Myocardial infarction"
 
@@ -114,7 +115,7 @@ def test_trl_callables():
 def test_verifier_is_lazy_and_fails_clearly_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: the model is not there
-    verifier = rewards.Verifier()
+    verifier = Verifier()
     assert verifier.model is None  # nothing loaded by building it
     assert verifier(completions=["no answer part"], ground_truth=[MI]) == [0.0]  # no answer: no model needed
     with pytest.raises(ModelError, match="verifier_model=.*medical_o1_verifier_3B.*reward_verifier=0"):

@@ -162,10 +162,12 @@ class GrpoRun(Stage):
 
     def reward_funcs(self) -> list:
         """The weighted rewards as TRL callables, in the order of `self.weights`."""
+        from medr1.verifier import Verifier
+
         eos, style = self.tokenizer.eos_token_id, self.config.prompt_style
         made = {"correctness": lambda: rewards.correctness_reward(style),
                 "format": lambda: rewards.format_reward(eos, style), "stop": lambda: rewards.stop_reward(eos),
-                "verifier": lambda: rewards.Verifier(self.config.verifier_model, style)}
+                "verifier": lambda: Verifier(self.config.verifier_model, style)}
         return [made[name]() for name in self.weights]
 
     def trainer(self, callbacks: list | None = None):
@@ -210,12 +212,9 @@ class GrpoRun(Stage):
         start = int(Path(self.resume_from).name.split("-")[-1]) if self.resume_from else 0
         new = [r for r in self.rewards if r["step"] > start]
         generated = sum(r["completion_length"] for r in new) * cfg.num_generations * cfg.grpo_questions_per_step
-        stats = {"train_s": round(seconds, 2), "steps": int(state.global_step), "steps_run": len(new),
-                 "steps_per_s": round(len(new) / seconds, 4) if seconds else None,
-                 "generated_tokens_per_s": round(generated / seconds, 1) if seconds else None,
-                 "peak_gib": record.peak_memory_gib(),
-                 "resumed_from": Path(self.resume_from).name if self.resume_from else None}
-        self._keep_training(stats, rewards=self.rewards)
+        stats = self._keep_training(seconds, {
+            "steps_run": len(new), "steps_per_s": round(len(new) / seconds, 4) if seconds else None,
+            "generated_tokens_per_s": round(generated / seconds, 1) if seconds else None}, rewards=self.rewards)
         first, last = (self.rewards[0]["reward"], self.rewards[-1]["reward"]) if self.rewards else (None, None)
         log.info(f"{len(new)} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
               f"tokens/s; mean reward {first} -> {last}")

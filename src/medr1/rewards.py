@@ -1,4 +1,4 @@
-"""Rewards for reinforcement on verifiable medical answers: correctness, format, stopping, an optional verifier.
+"""Rule-based rewards for reinforcement on verifiable medical answers: correctness, format, stopping.
 
 Only the answer part of a generation counts (`prompts.split_answer`): a right answer that appears in the
 reasoning alone earns nothing. Correctness is normalized matching against the row's `Ground-True Answer`
@@ -6,7 +6,7 @@ reasoning alone earns nothing. Correctness is normalized matching against the ro
 and it refuses the two ways a policy learns to game a string match: a negated mention ("not X", "X is
 unlikely", "rule out X") and hedging over several candidates ("X or Y", "X, Y and Z", "the differential
 includes"). The matching is deliberately strict (precision over recall): a correct answer in other words
-earns nothing here; the verifier model (off by default) is the tool for those.
+earns nothing here; the verifier model (medr1.verifier, off by default) is the tool for those.
 
 The `*_reward` factories return TRL reward callables, `reward(completions, **kwargs) -> list[float]`.
 """
@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from medr1 import prompts
-from medr1.errors import ModelError
 
 # Canonical phrase: its abbreviations and synonyms. Written for medr1; ambiguous short forms (PE, MS, ALL, DM,
 # IV, CF) are left out on purpose: mapping them would reward the wrong disease as often as the right one.
@@ -113,10 +112,7 @@ def _phrase(text: str) -> tuple[str, ...]:
     return tuple(w for w in _words(text) if w not in (COMMA, BREAK))
 
 
-ALIASES: dict[tuple[str, ...], tuple[str, ...]] = {}
-for _canon, _aliases in SYNONYMS.items():
-    for _alias in (_canon, *_aliases):
-        ALIASES[_phrase(_alias)] = _phrase(_canon)
+ALIASES = {_phrase(alias): _phrase(canon) for canon, aliases in SYNONYMS.items() for alias in (canon, *aliases)}
 LONGEST_ALIAS = max(len(a) for a in ALIASES)
 
 
@@ -179,24 +175,25 @@ def _item(words: list[str], step: int, at: int) -> list[str]:
     return item
 
 
+def _past_list_words(words: list[str], step: int, at: int) -> int:
+    while 0 <= at < len(words) and words[at] in LIST_WORDS:
+        at += step
+    return at
+
+
 def _listed(words: list[str], start: int, end: int) -> bool:
     """Is the mention words[start:end] one item of a list of candidates ("X and Y", "Y, Z and X", "X, Y are")?"""
+    ends_item = LIST_WORDS | PLURAL_VERBS | {BREAK, None}  # what may follow the last item (None: the end)
     after = words[end] if end < len(words) else None
     if after in LIST_WORDS:
-        j = end
-        while j < len(words) and words[j] in LIST_WORDS:
-            j += 1
-        if j < len(words) and words[j] not in LINKING and _item(words, 1, j):
-            nxt = j + len(_item(words, 1, j))
-            if nxt >= len(words) or words[nxt] in LIST_WORDS | PLURAL_VERBS | {BREAK}:
-                return True
+        j = _past_list_words(words, 1, end)
+        nxt = j + len(_item(words, 1, j))
+        if nxt > j and (words[nxt] if nxt < len(words) else None) in ends_item:
+            return True
     before = words[start - 1] if start > 0 else None
-    if before in LIST_WORDS and (after is None or after in LIST_WORDS | PLURAL_VERBS | {BREAK}):
-        j = start - 1
-        while j >= 0 and words[j] in LIST_WORDS:
-            j -= 1
-        return bool(_item(words, -1, j))
-    return False
+    if before not in LIST_WORDS or after not in ends_item:
+        return False
+    return bool(_item(words, -1, _past_list_words(words, -1, start - 1)))
 
 
 def truth_variants(truth: str) -> list[list[str]]:
@@ -278,56 +275,3 @@ def stop_reward(eos_token_id: int) -> Callable:
         return [float(s) for s in _stopped(completion_ids, len(completions), eos_token_id)]
 
     return _named(reward, "stop")
-
-
-VERIFIER_MODEL = "FreedomIntelligence/medical_o1_verifier_3B"
-# The input format the verifier was trained on (the dataset authors' reward model): response, reference, EOS.
-VERIFIER_TEMPLATE = ("<Model Response>\n{}\n</Model Response>\n\n<Reference Answer>\n{}\n</Reference Answer>\n\n"
-                     "Your task is to evaluate the model response by comparing it to the reference answer. If the "
-                     "model response is correct and aligns with the reference answer, output \"True\" . If it is "
-                     "incorrect or fails to select the correct option (if options are provided), output \"False\" . {}")
-
-
-class Verifier:
-    """The authors' verifier (a 2-label sequence classifier): reward = P(correct) of the answer part.
-
-    Loaded on first use only, so nothing downloads unless the weight `reward_verifier` is above 0.
-    """
-
-    def __init__(self, model_name: str = VERIFIER_MODEL, style: str = "seed", batch_size: int = 8,
-                 max_length: int = 4096):
-        self.model_name, self.style, self.batch_size, self.max_length = model_name, style, batch_size, max_length
-        self.model = self.tokenizer = None
-        self.__name__ = "verifier"
-
-    def load(self) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                self.model_name, num_labels=2, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
-                device_map={"": 0} if torch.cuda.is_available() else None).eval()
-        except OSError as err:
-            raise ModelError(f"verifier_model={self.model_name!r} could not be loaded ({str(err).splitlines()[0]}); "
-                             "offline it must be in the hub cache first. Set reward_verifier=0 to train "
-                             "without it.") from None
-
-    def __call__(self, completions: list[str], ground_truth: list[str], **kwargs) -> list[float]:
-        import torch
-
-        answers = [answer_part(c, self.style) for c in completions]
-        todo = [k for k, a in enumerate(answers) if a]  # no answer part: 0, like correctness
-        if todo and self.model is None:
-            self.load()
-        texts = [VERIFIER_TEMPLATE.format(answers[k], ground_truth[k], self.tokenizer.eos_token) for k in todo]
-        out = [0.0] * len(completions)
-        with torch.inference_mode():
-            for k in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[k:k + self.batch_size], return_tensors="pt", padding=True,
-                                     truncation=True, max_length=self.max_length).to(self.model.device)
-                probs = torch.softmax(self.model(**enc).logits.float(), dim=-1)[:, 1].tolist()
-                for idx, p in zip(todo[k:k + self.batch_size], probs, strict=True):
-                    out[idx] = p
-        return out

@@ -160,17 +160,13 @@ class Run(Stage):
         steps_run = int(state.global_step) - hist.start_step
         tokens = int(state.num_input_tokens_seen)
         losses = self.losses
-        stats = {
-            "train_s": round(seconds, 2), "steps": int(state.global_step), "steps_run": steps_run,
-            "trained_tokens": tokens,
+        stats = self._keep_training(seconds, {
+            "steps_run": steps_run, "trained_tokens": tokens,
             "trained_tokens_per_s": round((tokens - hist.start_tokens) / seconds, 1) if seconds else None,
             "steady_tokens_per_s": hist.steady_tokens_per_s(),
-            "peak_gib": record.peak_memory_gib(),
             "mean_loss": round(sum(losses) / len(losses), 4) if losses else None,
             "last_loss": losses[-1] if losses else None,
-            "resumed_from": Path(self.resume_from).name if self.resume_from else None,
-        }
-        self._keep_training(stats, losses=hist.records)
+        }, losses=hist.records)
         first = hist.start_step + 1
         what = (f"{steps_run} steps ({first}-{stats['steps']}, resumed from {stats['resumed_from']})"
                 if self.resume_from else f"{steps_run} steps")

@@ -112,11 +112,16 @@ class Stage:
                 shutil.rmtree(stale, ignore_errors=True)
         return checkpoints
 
-    def _keep_training(self, stats: dict[str, Any], **kept: Any) -> None:
-        """run.json after training: status `trained`, the figures, and the stage's per-step history."""
+    def _keep_training(self, seconds: float, figures: dict[str, Any], **kept: Any) -> dict[str, Any]:
+        """run.json after training: status `trained`, the stage's `figures` among those every stage records, and
+        its per-step history (`kept`). Returns the figures as recorded."""
+        stats = {"train_s": round(seconds, 2), "steps": int(self._trainer.state.global_step), **figures,
+                 "peak_gib": record.peak_memory_gib(),
+                 "resumed_from": Path(self.resume_from).name if self.resume_from else None}
         self.record["timings"]["train_s"] = stats["train_s"]
         self.record.update(status="trained", train=stats, **kept)
         self._write_record()
+        return stats
 
     def _record_training(self, seconds: float) -> None:
         raise NotImplementedError

@@ -1,0 +1,62 @@
+"""The optional model-judged reward: the dataset authors' verifier scores an answer part against the reference.
+
+Apart from the rule-based rewards (medr1.rewards) because it is a model: torch and transformers, a 3B
+download, and its own failure when offline. Used only when the weight `reward_verifier` is above 0.
+"""
+
+from __future__ import annotations
+
+from medr1.config import Config
+from medr1.errors import ModelError
+from medr1.rewards import answer_part
+
+# The input format the verifier was trained on (the dataset authors' reward model): response, reference, EOS.
+VERIFIER_TEMPLATE = ("<Model Response>\n{}\n</Model Response>\n\n<Reference Answer>\n{}\n</Reference Answer>\n\n"
+                     "Your task is to evaluate the model response by comparing it to the reference answer. If the "
+                     "model response is correct and aligns with the reference answer, output \"True\" . If it is "
+                     "incorrect or fails to select the correct option (if options are provided), output \"False\" . {}")
+
+
+class Verifier:
+    """The authors' verifier (a 2-label sequence classifier): reward = P(correct) of the answer part.
+
+    Loaded on first use only, so nothing downloads unless the weight `reward_verifier` is above 0.
+    """
+
+    def __init__(self, model_name: str = Config.verifier_model, style: str = "seed", batch_size: int = 8,
+                 max_length: int = 4096):
+        self.model_name, self.style, self.batch_size, self.max_length = model_name, style, batch_size, max_length
+        self.model = self.tokenizer = None
+        self.__name__ = "verifier"
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                self.model_name, num_labels=2, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+                device_map={"": 0} if torch.cuda.is_available() else None).eval()
+        except OSError as err:
+            raise ModelError(f"verifier_model={self.model_name!r} could not be loaded ({str(err).splitlines()[0]}); "
+                             "offline it must be in the hub cache first. Set reward_verifier=0 to train "
+                             "without it.") from None
+
+    def __call__(self, completions: list[str], ground_truth: list[str], **kwargs) -> list[float]:
+        import torch
+
+        answers = [answer_part(c, self.style) for c in completions]
+        todo = [k for k, a in enumerate(answers) if a]  # no answer part: 0, like correctness
+        if todo and self.model is None:
+            self.load()
+        texts = [VERIFIER_TEMPLATE.format(answers[k], ground_truth[k], self.tokenizer.eos_token) for k in todo]
+        out = [0.0] * len(completions)
+        with torch.inference_mode():
+            for k in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[k:k + self.batch_size], return_tensors="pt", padding=True,
+                                     truncation=True, max_length=self.max_length).to(self.model.device)
+                probs = torch.softmax(self.model(**enc).logits.float(), dim=-1)[:, 1].tolist()
+                for idx, p in zip(todo[k:k + self.batch_size], probs, strict=True):
+                    out[idx] = p
+        return out
