@@ -57,18 +57,25 @@ RECIPE_STEPS = sizing.RECIPE_STEPS
 SCRIPT = str(Path(__file__).resolve())  # workers are this script again, so no import path is assumed
 
 
+def clipped_length(rng: random.Random, dist: dict[str, float]) -> int:
+    """A log-normal token count around `dist`'s median, clipped to its range (bench_eval's prompts use it too)."""
+    x = math.exp(rng.gauss(math.log(dist["median"]), dist["sigma"]))
+    return int(max(dist["low"], min(dist["high"], round(x))))
+
+
 def row_lengths(n: int, seed: int = 0, divisor: int = 1) -> list[int]:
-    """Log-normal lengths around the real data's median, clipped to its range."""
+    """Lengths like the real data's training rows."""
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        x = math.exp(rng.gauss(math.log(LENGTHS["median"]), LENGTHS["sigma"]))
-        out.append(max(LENGTHS["low"], min(LENGTHS["high"], round(x))) // divisor)
-    return out
+    return [clipped_length(rng, LENGTHS) // divisor for _ in range(n)]
+
+
+def special_ids(tokenizer) -> set[int]:
+    """Ids random rows must not hold (pad, EOS, added tokens), so none appears by chance."""
+    return set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
 
 
 def random_rows(lengths: list[int], vocab_size: int, excluded: set[int], seed: int = 0) -> list[list[int]]:
-    """Random token ids other than the special ones, so no row holds a pad or EOS by chance."""
+    """Random token ids other than `excluded` (special_ids)."""
     rng = random.Random(seed + 1)
     allowed = [i for i in range(vocab_size) if i not in excluded]
     return [rng.choices(allowed, k=n) for n in lengths]
@@ -104,6 +111,18 @@ def build_8b(path: Path) -> Path:
     torch.cuda.empty_cache()
     tmp.rename(path)
     return path
+
+
+def bench_model(model_dir: str, cpu: bool) -> Path:
+    """The model to time: on a GPU the 8B shape; on a CPU the tiny model (built into `model_dir` if given)."""
+    if not cpu:
+        return build_8b(Path(model_dir or "/tmp/medr1-8b"))
+    from medr1.tiny import build_tiny, tiny_model_path
+
+    if not model_dir:
+        return tiny_model_path()
+    path = Path(model_dir)
+    return path if (path / "config.json").exists() else build_tiny(path)
 
 
 def parse_variant(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -389,23 +408,13 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.json or f"outputs/bench-{stamp:%Y%m%d-%H%M%S}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if cpu:
-        from medr1.tiny import tiny_model_path
-
-        model_dir = Path(args.model_dir) if args.model_dir else tiny_model_path()
-        if args.model_dir:
-            from medr1.tiny import build_tiny
-
-            model_dir = model_dir if (model_dir / "config.json").exists() else build_tiny(model_dir)
-        shape = "tiny"
-    else:
-        model_dir = build_8b(Path(args.model_dir or "/tmp/medr1-8b"))
-        shape = {k: v for k, v in R1_8B_SHAPE.items() if k != "rope_scaling"}
+    model_dir = bench_model(args.model_dir, cpu)
     build_s = time.perf_counter() - t0
+    shape = "tiny" if cpu else {k: v for k, v in R1_8B_SHAPE.items() if k != "rope_scaling"}
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    excluded = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    excluded = special_ids(tokenizer)
     vocab_size = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     lengths = row_lengths(args.rows, divisor=CPU_DIVISOR if cpu else 1)
     work = Path(tempfile.mkdtemp(prefix="medr1-bench-"))

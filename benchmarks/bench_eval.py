@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import subprocess
@@ -31,7 +30,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import build_8b, device, worker_command, worker_setup, write_result
+from bench import (
+    CPU_DIVISOR,
+    bench_model,
+    clipped_length,
+    device,
+    special_ids,
+    worker_command,
+    worker_setup,
+    write_result,
+)
 
 from medr1 import record
 
@@ -44,14 +52,10 @@ SCRIPT = str(Path(__file__).resolve())
 
 
 def prompt_ids(n: int, vocab: int, excluded: set[int], seed: int = 0, divisor: int = 1) -> list[list[int]]:
+    """Random prompts with MedQA's lengths, other than the `excluded` ids."""
     rng = random.Random(seed)
     allowed = [i for i in range(vocab) if i not in excluded]
-    out = []
-    for _ in range(n):
-        x = math.exp(rng.gauss(math.log(PROMPT_TOKENS["median"]), PROMPT_TOKENS["sigma"]))
-        length = max(PROMPT_TOKENS["low"], min(PROMPT_TOKENS["high"], round(x))) // divisor
-        out.append(rng.choices(allowed, k=length))
-    return out
+    return [rng.choices(allowed, k=clipped_length(rng, PROMPT_TOKENS) // divisor) for _ in range(n)]
 
 
 def _load(model_dir: str, backend: str, cpu: bool):
@@ -80,10 +84,6 @@ def _load(model_dir: str, backend: str, cpu: bool):
             p.data.copy_(torch.randn(p.shape, generator=gen) * 0.01)
     for_inference(model, backend)
     return model, tokenizer
-
-
-def _texts(tokenizer, ids: list[list[int]]) -> list[str]:
-    return [tokenizer.decode(p, skip_special_tokens=True) for p in ids]
 
 
 def _entry(config: str, stats, **extra: Any) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def worker(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     load_s = round(time.perf_counter() - t0, 1)
     ids = json.loads(Path(args.prompts_file).read_text())
-    texts = _texts(tokenizer, ids)
+    texts = [tokenizer.decode(p, skip_special_tokens=True) for p in ids]
     cuda = torch.cuda.is_available() and not cpu
     generate_many(model, tokenizer, texts[:2], max_new_tokens=4, engine="hf" if hf else "medr1")  # warm-up
 
@@ -219,18 +219,13 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     slug = "cpu" if cpu else gpu.lower().replace("nvidia", "").split()[0]
     out = Path(args.json or f"benchmarks/eval-{slug}-{stamp:%Y-%m-%d}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if cpu:
-        from medr1.tiny import tiny_model_path
-
-        model_dir = Path(args.model_dir) if args.model_dir else tiny_model_path()
-    else:
-        model_dir = build_8b(Path(args.model_dir or "/tmp/medr1-8b"))
+    model_dir = bench_model(args.model_dir, cpu)
     from medr1.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
-    excluded = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    excluded = special_ids(tokenizer)
     work = Path(tempfile.mkdtemp(prefix="medr1-bench-eval-"))
-    ids = prompt_ids(args.prompts, len(tokenizer), excluded, divisor=10 if cpu else 1)
+    ids = prompt_ids(args.prompts, len(tokenizer), excluded, divisor=CPU_DIVISOR if cpu else 1)
     (work / "prompts.json").write_text(json.dumps(ids))
     lengths = sorted(len(p) for p in ids)
     report: dict[str, Any] = {
