@@ -2,8 +2,9 @@
 
 import pytest
 
-from medr1.config import LORA_TARGETS, PRESET_NAMES, Config, build_config, parse_overrides, resolve_preset
+from medr1.config import Config, build_config, parse_overrides
 from medr1.errors import ConfigError
+from medr1.presets import LORA_TARGETS, PRESET_NAMES, resolve_preset
 
 
 def test_colab_t4_is_the_seed_recipe():

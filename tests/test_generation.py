@@ -32,7 +32,7 @@ def lm():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from medr1.config import LORA_TARGETS
+    from medr1.presets import LORA_TARGETS
     from medr1.tiny import tiny_model_path
     from medr1.tokenizer import load_tokenizer
 

@@ -4,6 +4,7 @@ The plain execution of every notebook (no parameters) happens through nbmake: `p
 """
 
 import ast
+import inspect
 import json
 from pathlib import Path
 
@@ -96,9 +97,22 @@ def test_a_mistyped_parameter_stops_the_notebook_naming_it(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_the_finetune_parameters_cell_lists_every_training_knob():
-    from medr1.config import knob_sections
+def knob_sections() -> dict[str, list[str]]:
+    """Knob names under each `# --- section ---` comment of Config's source (model, data, LoRA, ..., GRPO)."""
+    from medr1.config import Config, knob_names
 
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in (raw.strip() for raw in inspect.getsource(Config).splitlines()):
+        name = line.split(":")[0]
+        if line.startswith("# ---"):
+            current = line.strip(" #-").split(" (")[0].split(":")[0].strip()
+        elif current and name.isidentifier() and name in knob_names():
+            sections.setdefault(current, []).append(name)
+    return sections
+
+
+def test_the_finetune_parameters_cell_lists_every_training_knob():
     nb = nbformat.read(NOTEBOOKS / "01_finetune.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     listed = {n.target.id: ast.unparse(n.annotation) for n in ast.parse(cell.source).body

@@ -10,8 +10,9 @@ from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers, as 
 import pytest
 
 from medr1 import smollm
-from medr1.config import CPU_DATA, CPU_MODEL, build_config, resolve_preset
+from medr1.config import build_config
 from medr1.errors import ModelError
+from medr1.presets import CPU_DATA, CPU_MODEL, resolve_preset
 from medr1.tokenizer import PROBE
 
 

@@ -3,9 +3,10 @@
 Importing medr1 is light (no torch): the config and data checks run in seconds, before anything heavy.
 """
 
-from medr1.config import PRESET_NAMES, Config, build_config
+from medr1.config import Config, build_config
 from medr1.errors import ConfigError, DataError, MedR1Error, ModelError, OutputDirError
 from medr1.noise import silence_known_noise
+from medr1.presets import PRESET_NAMES
 
 silence_known_noise()  # before any heavy library is imported (medr1.noise says what and why)
 

@@ -16,9 +16,10 @@ import argparse
 import dataclasses
 import sys
 
-from medr1.config import PRESET_NAMES, build_config, cli_hints, parse_overrides
+from medr1.config import build_config, cli_hints, parse_overrides
 from medr1.errors import MedR1Error
 from medr1.log import log
+from medr1.presets import PRESET_NAMES
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -177,7 +178,8 @@ def cmd_knobs(args: argparse.Namespace) -> int:
     """Every knob of medr1.config.Config: type, default (or the preset's value) and the advice beside it."""
     import typing
 
-    from medr1.config import PRESETS, Config, knob_advice, knob_names
+    from medr1.config import Config, knob_advice, knob_names
+    from medr1.presets import PRESETS
 
     hints, advice = typing.get_type_hints(Config), knob_advice()
     values = {n: getattr(Config, n, None) for n in knob_names()}

@@ -15,7 +15,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from medr1 import prompts
-from medr1.config import SMOKE_MODEL
+from medr1.presets import SMOKE_MODEL
 from medr1.record import atomic_write_text
 
 KINDS = ("adapter", "checkpoint", "merged", "gguf")

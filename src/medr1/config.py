@@ -1,6 +1,6 @@
-"""Every knob of a medr1 run, its default, the named presets, and validation.
+"""Every knob of a medr1 run, its default and its checks, and how users reach it (notebook, papermill, CLI).
 
-`Config` is the single source of defaults. A preset is a named set of overrides; `build_config`
+`Config` is the single source of defaults. A preset (medr1.presets) is a named set of overrides; `build_config`
 applies a preset and then the user's overrides and validates the result before anything heavy loads.
 """
 
@@ -12,28 +12,19 @@ import dataclasses
 import difflib
 import inspect
 import io
-import os
 import textwrap
 import tokenize
-import types
 import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from medr1.errors import ConfigError
 from medr1.log import log
-from medr1.speed.sizing import PACKED_ROWS, allocator_defaults, fast_schedule, fast_sizing
+from medr1.presets import LORA_TARGETS, PRESETS, resolve_preset
+from medr1.speed.sizing import fast_sizing
 
-SMOKE_MODEL = "medr1/tiny-llama"  # built offline by medr1.tiny; never downloaded
-FIXTURE = "medr1:fixture"  # the bundled 40-row fixture, src/medr1/assets/medical_tiny.jsonl
-CPU_MODEL = "medr1/smollm2-135m"  # SmolLM2-135M-Instruct, converted by medr1.smollm from a pinned package
-CPU_DATA = str(Path(__file__).parent / "assets" / "medical_cpu.jsonl")  # 84 short rows written for medr1
-CPU_PRESET_ENV = "MEDR1_CPU_PRESET"  # what `auto` picks without a GPU: cpu (default) | smoke (the tests)
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("unsloth", "hf"),
     "prompt_style": ("seed", "r1"),
@@ -168,158 +159,32 @@ def knob_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config) if not f.metadata.get("derived")]
 
 
-def coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check `value` against the annotation of knob `name`, converting strings from a CLI or papermill.
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
-    A string is converted only where the knob is not a string (`--set max_steps=10`); a value that
-    cannot be converted is an error naming the knob, the expected type and what was given.
-    """
-    origin = typing.get_origin(hint)
-    if origin is tuple or hint is tuple:
+
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the annotation of knob `name`, converting the strings a CLI or papermill gives
+    (`--set max_steps=10`); a value that cannot be converted is an error naming the knob, the expected type
+    and what was given."""
+    if hint == tuple[str, ...]:
         if isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"{name} must be a list of strings, got {value!r}")
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"internal: {name} has a union type")  # Config uses no unions
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{name} must be true or false, got {value!r} ({type(value).__name__})")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{name} must be a string, got {value!r} ({type(value).__name__})")
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets: named overrides of Config's defaults.
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The seed recipe exactly; the published tutorial's trainer values where the seed names none.
-    # These are Config's defaults, spelled out so that a change of default cannot move the recipe.
-    "colab-t4": dict(
-        model_name="unsloth/DeepSeek-R1-Distill-Llama-8B", backend="unsloth", max_seq_length=2048,
-        load_in_4bit=True, dataset_config="en", dataset_split="train", num_examples=500,
-        lora_r=16, lora_alpha=16, lora_dropout=0.0, lora_targets=LORA_TARGETS,
-        gradient_checkpointing="unsloth", per_device_train_batch_size=1, gradient_accumulation_steps=4,
-        max_steps=60, learning_rate=2e-4, warmup_steps=5, optim="adamw_8bit", weight_decay=0.01,
-        lr_scheduler_type="linear", seed=3407, precision="auto", packing=False,
-        save_steps=20, save_total_limit=2,  # a checkpoint every third of the run, for resume
-    ),
-    # Large GPUs: the recipe's data in 4x larger optimizer steps of 8 packed 2,048-token rows; 15 steps,
-    # lr x sqrt(4), warm-up 1 (medr1.speed). build_config splits the 8 rows into micro-batches by free memory.
-    "fast": dict(
-        packing=True, per_device_train_batch_size=PACKED_ROWS, gradient_accumulation_steps=1,
-        gradient_checkpointing="false", **fast_schedule(),
-    ),
-    # The tiny offline model on the bundled fixture: runs anywhere, on a CPU, in seconds.
-    "smoke": dict(
-        model_name=SMOKE_MODEL, data_path=FIXTURE, load_in_4bit=False, max_seq_length=4096,  # the tiny model's limit
-        num_examples=0, holdout_examples=4, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-        max_steps=40, learning_rate=1e-2, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
-        precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=48,
-    ),
-    # A real pretrained model on a CPU (medr1.smollm) and 72 short bundled rows (12 more held out): the seed's
-    # prompt and LoRA, sized so that `make run` (training, before/after answers, evaluation) fits 8 minutes on 2 cores.
-    # 24 steps of 4 rows (1.3 epochs, ~25k tokens, ~4 min at ~100 tokens/s): 11 of 12 held-out answers in the format
-    # and stopped at EOS (20 steps: 6 of 12; lr 1e-3: 5 of 12). 256 new tokens: the rows' answers take 94 to 172.
-    # No checkpoints (save_steps=0): a run this short is rerun, not resumed.
-    "cpu": dict(
-        model_name=CPU_MODEL, data_path=CPU_DATA, load_in_4bit=False, max_seq_length=1024, num_examples=0,
-        holdout_examples=12, lora_r=16, lora_alpha=16, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-        max_steps=24, learning_rate=2e-3, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
-        precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=256, save_steps=0,
-    ),
-}
-# Reinforcement (GRPO) per preset. colab-t4: one question x 8 answers of 512 tokens per step (sized for a 16 GB
-# T4 in 4-bit; the README says what was measured); fast: 4 questions per step (generation, the cost, runs
-# batched), lr x sqrt(4) as for SFT; smoke: the tiny model learns to stop (reward_stop), see tests/test_grpo.py.
-for _name, _grpo in {
-    "colab-t4": dict(num_generations=8, max_completion_length=512, grpo_questions_per_step=1, grpo_max_steps=100,
-                     grpo_learning_rate=5e-6, beta=0.0, grpo_num_examples=1000),
-    "fast": dict(num_generations=8, max_completion_length=1024, grpo_questions_per_step=4, grpo_max_steps=100,
-                 grpo_learning_rate=1e-5),
-    "smoke": dict(grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=8,
-                  max_completion_length=24, grpo_questions_per_step=2, grpo_max_steps=12, grpo_learning_rate=2e-2,
-                  reward_stop=1.0),
-    # offline on a CPU: the bundled questions, short answers (not tuned; 4 answers of 64 tokens took 30-50 s a step
-    # on 2 busy cores)
-    "cpu": dict(grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=4, max_completion_length=128,
-                grpo_questions_per_step=1, grpo_max_steps=10, grpo_learning_rate=5e-5),
-}.items():
-    if _name in PRESETS:
-        PRESETS[_name].update(_grpo)
-PRESET_NAMES = ("auto", *PRESETS)
-FAST_MIN_GIB = 40.0  # GPUs with at least this much memory get the `fast` preset under `auto`
-
-
-def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None = None) -> tuple[str, str]:
-    """Turn `auto` into a concrete preset name; returns (name, why)."""
-    if name not in PRESET_NAMES:
-        raise ConfigError(f"unknown preset {name!r}; valid presets: {list(PRESET_NAMES)}")
-    if name != "auto":
-        return name, "asked for"
-    if cuda is None:
-        cuda, gpu_gib = _cuda_info()
-    if not cuda or os.environ.get("UNSLOTH_FORCE_CPU") == "1":
-        return _cpu_preset()
-    if gpu_gib is not None and gpu_gib >= FAST_MIN_GIB:
-        return "fast", f"CUDA GPU with {gpu_gib:.0f} GiB (>= {FAST_MIN_GIB:.0f}): packed, many tokens per step"
-    return "colab-t4", f"CUDA GPU with {gpu_gib or 0:.0f} GiB (< {FAST_MIN_GIB:.0f}): the seed recipe"
-
-
-def _cpu_preset() -> tuple[str, str]:
-    """`cpu` (a real small model) without a GPU; `smoke` where that model cannot be had, or where the environment
-    asks for it (`MEDR1_CPU_PRESET=smoke`: the Makefile's `test` target and tests/conftest.py, to keep tests fast)."""
-    smoke = "the tiny offline model on the bundled fixture"
-    wanted = os.environ.get(CPU_PRESET_ENV, "cpu")
-    if wanted not in ("cpu", "smoke"):
-        raise ConfigError(f"{CPU_PRESET_ENV}={wanted!r} is not valid; choose 'cpu' or 'smoke'")
-    if wanted == "smoke":
-        return "smoke", f"no CUDA GPU and {CPU_PRESET_ENV}=smoke: {smoke}"
-    from medr1.smollm import unavailable
-
-    problem = unavailable()
-    if problem:
-        log.info(f"no CUDA GPU, and the cpu preset's model cannot be had ({problem}); falling back to 'smoke'")
-        return "smoke", f"no CUDA GPU, {CPU_MODEL} unavailable: {smoke}"
-    return "cpu", f"no CUDA GPU: {CPU_MODEL} (SmolLM2-135M-Instruct) on the bundled medical rows"
-
-
-def _cuda_info() -> tuple[bool, float | None]:
-    allocator_defaults()  # before torch reads its allocator settings (medr1.speed)
-    try:
-        import torch
-    except ImportError:
-        return False, None
-    if not torch.cuda.is_available():
-        return False, None
-    return True, torch.cuda.get_device_properties(0).total_memory / 2**30
+    if isinstance(value, str) and hint is bool and value.lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.lower()]
+    if isinstance(value, str) and hint in (int, float):
+        with contextlib.suppress(ValueError):
+            return hint(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and (hint is bool or not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{name} must be {TYPE_WORDS[hint]}, got {value!r} ({type(value).__name__})")
 
 
 def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, *, quiet: bool = False) -> Config:
@@ -390,19 +255,6 @@ def knob_advice() -> dict[str, str]:
                 if t.type == tokenize.COMMENT}
     return {n.target.id: comments.get(n.end_lineno or n.lineno, "") for n in ast.parse(src).body[0].body
             if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-
-
-def knob_sections() -> dict[str, list[str]]:
-    """Knob names under each `# --- section ---` comment of Config's source (model, data, LoRA, ..., GRPO)."""
-    sections: dict[str, list[str]] = {}
-    current = ""
-    for line in (raw.strip() for raw in inspect.getsource(Config).splitlines()):
-        name = line.split(":")[0]
-        if line.startswith("# ---"):
-            current = line.strip(" #-").split(" (")[0].split(":")[0].strip()
-        elif current and name.isidentifier() and name in knob_names():
-            sections.setdefault(current, []).append(name)
-    return sections
 
 
 def notebook_config(namespace: dict[str, Any]) -> Config:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import prompts
-from medr1.config import FIXTURE, Config
+from medr1.config import Config
 from medr1.errors import DataError
 from medr1.log import log
+from medr1.presets import FIXTURE
 
 FIELDS = ("Question", "Complex_CoT", "Response")
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")

