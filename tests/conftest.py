@@ -1,4 +1,5 @@
-"""Shared test set-up: offline, and one smoke training run shared by the tests that need a trained model."""
+"""Shared test set-up: offline; one smoke training run shared by the tests that need a trained model; and, for
+the resume tests of both stages (test_resume, test_grpo), a prepared run and a run stopped mid-training."""
 
 import os
 
@@ -37,3 +38,48 @@ def smoke_run(tmp_path_factory):
     run.weights_before = before  # type: ignore[attr-defined]
     torch.manual_seed(0)
     return run
+
+
+@pytest.fixture(scope="module")
+def prepared(request):
+    """prepared(out, **overrides): the test module's `RUN` class (Run or GrpoRun) on the smoke preset with the
+    module's `SETTINGS` and `overrides`, writing to `out`; model loaded and LoRA added."""
+    from medr1 import build_config
+
+    def prepared(out, **overrides):
+        config = build_config("smoke", {**request.module.SETTINGS, "output_dir": str(out), **overrides}, quiet=True)
+        run = request.module.RUN(config)
+        run.load()
+        run.add_lora()
+        return run
+
+    return prepared
+
+
+@pytest.fixture(scope="module")
+def full_and_cut(prepared):
+    """full_and_cut(root, step): a run trained to the end and saved (root/full), and one stopped during `step` by
+    what a notebook's stop button raises (root/cut). Returns (the full run, the cut folder, the cut run.json)."""
+    from medr1 import record
+    from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
+
+    class StopAt(TrainerCallback):
+        """Raises KeyboardInterrupt at the end of step `step` (before it is checkpointed)."""
+
+        def __init__(self, step: int):
+            self.step = step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == self.step:
+                raise KeyboardInterrupt(f"stopped at step {self.step}")
+
+    def full_and_cut(root, step):
+        full = prepared(root / "full")
+        full.train()
+        full.save()
+        cut = prepared(root / "cut")
+        with pytest.raises(KeyboardInterrupt):
+            cut.train(callbacks=[StopAt(step)])
+        return full, cut.out, record.read_record(cut.out)
+
+    return full_and_cut

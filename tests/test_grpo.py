@@ -19,22 +19,11 @@ from medr1 import build_config, record
 from medr1.__main__ import main
 from medr1.errors import ConfigError, DataError
 from medr1.grpo import GrpoRun
-from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
 from medr1.verifiable import FIELDS, FIXTURE_PATH, score_verifiable
 
+RUN = GrpoRun  # what conftest's `prepared` builds, with these settings
 SETTINGS = {"grpo_max_steps": 12, "save_steps": 4, "save_total_limit": 3}
 CUT = 6  # the step during which the interrupted run is stopped; checkpoint-4 is the newest before it
-
-
-class StopAt(TrainerCallback):
-    """Raises what a notebook's stop button raises, at the end of step `step` (before it is checkpointed)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"stopped at step {self.step}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,26 +38,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def prepared(out, **overrides) -> GrpoRun:
-    run = GrpoRun(build_config("smoke", {**SETTINGS, "output_dir": str(out), **overrides}, quiet=True))
-    run.load()
-    run.add_lora()
-    return run
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grpo")
-    full = prepared(root / "full")
-    full.train()
+def runs(tmp_path_factory, prepared, full_and_cut):
+    full, cut_dir, after_cut = full_and_cut(tmp_path_factory.mktemp("grpo"), CUT)
     full.plot_rewards()
-    full.save()
-
-    cut_dir = root / "cut"
-    cut = prepared(cut_dir)
-    with pytest.raises(KeyboardInterrupt):
-        cut.train(callbacks=[StopAt(CUT)])
-    after_cut = record.read_record(cut_dir)
     resumed = prepared(cut_dir, resume=True)
     resumed.train()
     resumed.save()
@@ -201,7 +174,7 @@ def test_evaluate_verifiable_scores_answer_parts_without_a_model(tmp_path):
         score_verifiable(questions, pred)
 
 
-def test_medr1_rollout_samples_the_policy_and_trains(tmp_path):
+def test_medr1_rollout_samples_the_policy_and_trains(tmp_path, prepared):
     """grpo_generation=medr1: the evaluation's batched decoder writes the answers. Near temperature 0 it must
     give the policy's own greedy answer (model.generate's), EOS kept when it stopped; then a short run trains."""
     from types import SimpleNamespace
@@ -223,7 +196,7 @@ def test_medr1_rollout_samples_the_policy_and_trains(tmp_path):
     assert [r["step"] for r in run.rewards] == [1, 2]
 
 
-def test_after_sft_the_run_evaluates_on_the_sft_holdout(smoke_run, tmp_path):
+def test_after_sft_the_run_evaluates_on_the_sft_holdout(smoke_run, tmp_path, prepared):
     """SFT -> GRPO -> `medr1 evaluate`: the GRPO run starts from the SFT adapter and carries the SFT run's held-out
     rows, so evaluating both runs compares them on the same questions."""
     from medr1.evaluate import Evaluation

@@ -18,29 +18,11 @@ from medr1.data import FIXTURE_PATH
 from medr1.errors import OutputDirError
 from medr1.record import check_output_dir
 from medr1.run import Run
-from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
 
+RUN = Run  # what conftest's `prepared` builds, with these settings
 SETTINGS = {"max_steps": 8, "save_steps": 2, "num_examples": 12, "per_device_train_batch_size": 2}
 CUT = 5  # the step during which the run is stopped
 TOLERANCE = 1e-6
-
-
-class StopAt(TrainerCallback):
-    """Raises what a notebook's stop button raises, at the end of step `step` (before it is checkpointed)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt(f"stopped at step {self.step}")
-
-
-def prepared(out, **overrides) -> Run:
-    run = Run(build_config("smoke", {**SETTINGS, "output_dir": str(out), **overrides}, quiet=True))
-    run.load()
-    run.add_lora()
-    return run
 
 
 def lora_weights(out):
@@ -48,17 +30,8 @@ def lora_weights(out):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    full = prepared(root / "full")
-    full.train()
-    full.save()
-
-    cut_dir = root / "cut"
-    cut = prepared(cut_dir)
-    with pytest.raises(KeyboardInterrupt):
-        cut.train(callbacks=[StopAt(CUT)])
-    after_cut = record.read_record(cut_dir)
+def runs(tmp_path_factory, full_and_cut):
+    full, cut_dir, after_cut = full_and_cut(tmp_path_factory.mktemp("resume"), CUT)
     kept = sorted(p.name for p in (cut_dir / "checkpoints").glob("checkpoint-*"))
     # Then the machine goes away while it writes the next checkpoint: a folder without trainer_state.json,
     # and no chance to record the interruption (status stays "training").
@@ -140,7 +113,7 @@ def test_a_folder_holding_another_run_is_never_written_over(runs, tmp_path):
     assert check_output_dir(config(empty_but_notebook)) == empty_but_notebook
 
 
-def test_overwrite_replaces_the_old_run_and_its_checkpoints(runs, tmp_path):
+def test_overwrite_replaces_the_old_run_and_its_checkpoints(runs, tmp_path, prepared):
     import shutil
 
     out = tmp_path / "again"
@@ -221,7 +194,7 @@ def test_resume_of_a_complete_run_says_so_and_changes_nothing(runs):
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_an_interruption_before_the_first_step_is_recorded(tmp_path):
+def test_an_interruption_before_the_first_step_is_recorded(tmp_path, prepared):
     run = prepared(tmp_path / "run")
     run.trainer()
     with pytest.raises(KeyboardInterrupt), run.recording():
