@@ -48,9 +48,8 @@ def tiny_model_path(root: Path | None = None, pad: str = "unsloth") -> Path:
 
 
 def _corpus() -> list[str]:
-    from medr1.data import read_rows
-
-    rows = read_rows(Path(__file__).parent / "assets" / "medical_tiny.jsonl")
+    lines = (Path(__file__).parent / "assets" / "medical_tiny.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
     return [prompts.format_row(row, EOS, style) for row in rows for style in prompts.STYLES]
 
 
