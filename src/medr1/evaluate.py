@@ -3,19 +3,16 @@
     ev = Evaluation("outputs/colab-t4-20261125")   # reads run.json and holdout.jsonl: nothing heavy
     ev.load(); ev.held_out_loss(); ev.generate(); ev.side_by_side(); ev.save()
 
-The model is loaded once; the base model's numbers come from the same weights with the adapter
-switched off, so both sides see exactly the same base, tokenizer and prompts. Answers come from
-`medr1.infer.generate_many` (the batched decoder). Decoding is greedy, so a second evaluation of the same
-run gives the same answers; `samples=k` draws k answers per question with R1's sampling instead (seeded)
-and reports the mean and spread. Under `accelerate launch` the questions are shared out over the
-processes and rank 0 writes the results.
+The model is loaded once; the base model's numbers come from the same weights with the adapter switched off, so
+both sides see the same base, tokenizer and prompts. Answers come from `medr1.infer.generate_many`, greedy (a
+second evaluation gives the same answers), or `samples=k` seeded answers per question with R1's sampling (mean
+and spread reported). Under `accelerate launch` the questions are shared out and rank 0 writes the results.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -24,71 +21,24 @@ from typing import Any
 from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and peft
 
 import torch
+import torch.nn.functional as F
 
 from medr1 import distributed, mcq, prompts, record
-from medr1.config import Config
-from medr1.errors import DataError, ModelError
+from medr1.data import encode_rows
+from medr1.errors import DataError
 from medr1.infer import Sampling, Stats, generate_many
 from medr1.log import log
+from medr1.model import load_adapter as load_base_and_adapter  # (PeftModel, tokenizer) with the run's settings
 
 VARIANTS = ("base", "finetuned")
 LABELS = {"base": "base", "finetuned": "fine-tuned"}
-EVAL_JSON, EVAL_PNG = "eval.json", "eval.png"
-
-
-# ---------------------------------------------------------------------------------------------
-# The run folder.
-
-
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """run.json of a training run's output folder; a clear error when the folder holds none."""
-    return record.read_record(run_dir)
-
-
-def run_config(run_dir: str | Path) -> Config:
-    """The Config a run was trained with, from its run.json (knobs this version does not know are ignored)."""
-    rec = read_run(run_dir)
-    saved = rec.get("config") or {}
-    known = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in saved.items() if k in known})
-
-
-def adapter_dir(run_dir: str | Path) -> Path:
-    rec = read_run(run_dir)
-    path = Path(run_dir) / (rec.get("adapter") or "adapter")
-    if not (path / "adapter_config.json").exists():
-        raise ModelError(f"{path} holds no adapter (adapter_config.json): did the run in {run_dir} finish? "
-                         f"(status in run.json: {rec.get('status')!r})")
-    return path
-
-
-def holdout_rows(run_dir: str | Path) -> list[dict[str, str]]:
-    """The held-out rows the run wrote (training never saw them)."""
-    rec = read_run(run_dir)
-    path = Path(run_dir) / ((rec.get("data") or {}).get("holdout_file") or "holdout.jsonl")
-    if not path.exists():
-        raise DataError(f"{path} not found: the run in {run_dir} recorded no held-out rows")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def load_base_and_adapter(config: Config, adapter: str | Path):
-    """(PeftModel, tokenizer): the run's base model, loaded with the run's settings, the adapter on top."""
-    from medr1.model import load_adapter
-
-    return load_adapter(config, adapter)
 
 
 def adapter_off(model, variant: str):
     """A context in which `model` answers as the base model ("base") or as base + adapter ("finetuned")."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if variant == "base":
-        return model.disable_adapter()
-    return contextlib.nullcontext()
-
-
-# ---------------------------------------------------------------------------------------------
-# Measurements.
+    return model.disable_adapter() if variant == "base" else contextlib.nullcontext()
 
 
 @torch.inference_mode()
@@ -96,84 +46,70 @@ def text_losses(model, tokenizer, rows: list[dict[str, str]], style: str = "seed
                 max_seq_length: int = 2048) -> dict[str, Any]:
     """Mean next-token loss and perplexity of the trained texts of `rows`.
 
-    `loss` counts only what the model has to write (reasoning, answer, EOS): the prompt is the same
-    template in every row, and counting it would credit a fine-tune for learning the template.
-    `loss_full` counts every token, as the training loss does.
+    `loss` counts only what the model has to write (reasoning, answer, EOS; `medr1.data.encode_rows`, the
+    training rule): the prompt is the same template in every row, and counting it would credit a fine-tune for
+    learning the template. `loss_full` counts every token, as the training loss does.
     """
     if not rows:
         raise DataError("no rows to measure the loss on")
     device = next(model.parameters()).device
-    nll_completion = nll_all = 0.0
-    n_completion = n_all = truncated = 0
-    for row in rows:
-        text = prompts.format_row(row, tokenizer.eos_token, style)
-        prompt_chars = len(prompts.inference_prompt(row["Question"], style))
-        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True, verbose=False)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        if len(ids) > max_seq_length:
-            ids, offsets, truncated = ids[:max_seq_length], offsets[:max_seq_length], truncated + 1
-        targets = torch.tensor(ids[1:], device=device)
-        answer_part = torch.tensor([start >= prompt_chars for start, _ in offsets[1:]], device=device)
-        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, :-1]
-        nll = torch.cat([torch.nn.functional.cross_entropy(logits[i:i + 512].float(), targets[i:i + 512],
-                                                           reduction="none")
-                         for i in range(0, len(targets), 512)])
-        nll_all += nll.sum().item()
-        n_all += nll.numel()
-        nll_completion += nll[answer_part].sum().item()
-        n_completion += int(answer_part.sum().item())
-    loss = nll_completion / max(n_completion, 1)
+    nlls, counted, truncated = [], [], 0
+    for enc in encode_rows(rows, tokenizer, style):
+        truncated += len(enc.ids) > max_seq_length
+        ids = torch.tensor([enc.ids[:max_seq_length]], device=device)
+        logits, targets = model(input_ids=ids).logits[0, :-1], ids[0, 1:]
+        nlls += [F.cross_entropy(logits[i:i + 512].float(), targets[i:i + 512], reduction="none").cpu()
+                 for i in range(0, len(targets), 512)]  # 512 positions at a time: float32 logits of a long row are big
+        counted += enc.completion[1:max_seq_length]
+    nll, answer = torch.cat(nlls).double(), torch.tensor(counted, dtype=torch.bool)
+    loss = nll[answer].sum().item() / max(int(answer.sum()), 1)
     return {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50.0)), 3),
-            "loss_full": round(nll_all / max(n_all, 1), 4), "tokens": n_completion, "rows": len(rows),
+            "loss_full": round(nll.mean().item(), 4), "tokens": int(answer.sum()), "rows": len(rows),
             "truncated_rows": truncated}
 
 
 def compliance(generations: list[dict[str, Any]]) -> dict[str, Any]:
     """Share of generations in the trained format: a reasoning part, an answer part, and EOS within the budget."""
-    n = len(generations)
-    ok = sum(g["complete"] and g["stopped"] for g in generations)
-    return {"format_compliance": round(ok / n, 4) if n else 0.0,
-            "has_reasoning_and_answer": round(sum(g["complete"] for g in generations) / n, 4) if n else 0.0,
-            "stopped_at_eos": round(sum(g["stopped"] for g in generations) / n, 4) if n else 0.0,
-            "mean_new_tokens": round(sum(g["new_tokens"] for g in generations) / n, 1) if n else 0.0,
+    ok = [g["complete"] and g["stopped"] for g in generations]
+
+    def share(values: list, digits: int = 4) -> float:
+        return round(sum(values) / max(len(values), 1), digits)
+
+    return {"format_compliance": share(ok), "has_reasoning_and_answer": share([g["complete"] for g in generations]),
+            "stopped_at_eos": share([g["stopped"] for g in generations]),
+            "mean_new_tokens": share([g["new_tokens"] for g in generations], 1),
             # ran out of tokens before writing an answer: a budget too small, or a model that repeats itself
-            "budget_without_answer": round(sum(not g["stopped"] and not g.get("answer") for g in generations) / n, 4)
-            if n else 0.0,
-            "generations": n, "compliant": ok}
-
-
-# ---------------------------------------------------------------------------------------------
-# The evaluation of one run, step by step (the notebook's cells) or all at once (the CLI).
+            "budget_without_answer": share([not g["stopped"] and not g.get("answer") for g in generations]),
+            "generations": len(generations), "compliant": sum(ok)}
 
 
 class Evaluation:
-    """Base vs fine-tuned on one run's held-out rows; results go to eval.json and eval.png in the run folder."""
+    """Base vs fine-tuned on one run's held-out rows, step by step (the notebook's cells) or all at once
+    (`evaluate_run`, the CLI); results go to eval.json and eval.png in the run folder."""
 
     def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 0,
                  mcq_file: str | Path = "", samples: int = 0, engine: str = "auto"):
         self.run_dir = Path(run_dir).expanduser()
-        self.config = run_config(self.run_dir)
-        self.adapter = adapter_dir(self.run_dir)
+        self.config = record.run_config(self.run_dir)
+        self.adapter = record.adapter_dir(self.run_dir)
         if mcq_file:  # every question checked now (file, fields, answer_idx among the options), not after generating
             mcq.load_questions(mcq_file)
-        rows = holdout_rows(self.run_dir)
-        self.rows = rows[:max_rows] if max_rows else rows
+        self.rows = record.holdout_rows(self.run_dir)[:max_rows or None]
         self.max_new_tokens = max_new_tokens or self.config.max_new_tokens
         self.batch_size, self.engine = batch_size, engine  # batch_size 0: as many rows as free memory holds
         self.samples = max(1, samples)
         self.sampling = Sampling(seed=self.config.seed) if samples else None
-        decoding: Any = "greedy" if self.sampling is None else {
-            **dataclasses.asdict(self.sampling), "samples": self.samples}
+        decoding = {**dataclasses.asdict(self.sampling), "samples": self.samples} if self.sampling else "greedy"
         self.model = self.tokenizer = None
         self.results: dict[str, Any] = {
             "run_dir": str(self.run_dir), "model_name": self.config.model_name, "adapter": str(self.adapter),
             "prompt_style": self.config.prompt_style, "decoding": decoding, "max_new_tokens": self.max_new_tokens,
             "holdout_rows": len(self.rows), "metrics": {v: {} for v in VARIANTS}, "speed": {},
         }
-        how = "greedy" if self.sampling is None else (f"{self.samples} sampled answers per question (temperature "
-                                                      f"{self.sampling.temperature}, top_p {self.sampling.top_p})")
-        log.info(f"evaluating {self.run_dir} ({self.config.model_name} + adapter) on {len(self.rows)} "
-              f"held-out rows; {how}, up to {self.max_new_tokens} new tokens")
+        how = f"{self.samples} sampled answers per question (temperature {self.sampling.temperature}, top_p " \
+              f"{self.sampling.top_p})" if self.sampling else "greedy"
+        log.info(f"evaluating {self.run_dir} ({self.config.model_name} + adapter) on {len(self.rows)} held-out rows; "
+                 f"{how}, up to {self.max_new_tokens} new tokens")
 
     def load(self) -> None:
         t0 = time.perf_counter()
@@ -217,30 +153,25 @@ class Evaluation:
         for variant in VARIANTS:
             gens[variant] = self.answers(texts, variant, "holdout")
             self.results["metrics"][variant].update(compliance(gens[variant]))
-        k = self.samples
         self.results["samples"] = [
-            {"question": r["Question"], "reference": r["Response"], **{v: gens[v][i * k] for v in VARIANTS}}
+            {"question": r["Question"], "reference": r["Response"], **{v: gens[v][i * self.samples] for v in VARIANTS}}
             for i, r in enumerate(self.rows)]
         log.info("format compliance " + "; ".join(
             f"{LABELS[v]} {self.results['metrics'][v]['format_compliance']:.0%}" for v in VARIANTS))
         return {v: self.results["metrics"][v] for v in VARIANTS}
 
     def mcq(self, path: str | Path, max_questions: int = 0) -> dict[str, Any] | None:
-        """Multiple-choice accuracy of both models on a file of {question, options, answer_idx}, compared.
+        """Multiple-choice accuracy of both models on a file of {question, options, answer_idx}, compared by an exact
+        McNemar test, with published figures beside benchmarks they exist for. An empty `path` skips this step.
 
-        Each model's answers go to mcq_predictions_<variant>.jsonl in the run folder, one row per question (and
-        sample) with the gold letter, the letter read and how, and whether it is right, so that
-        `medr1 evaluate --mcq FILE --predictions ...` can score them again without a model. Base and fine-tuned
-        are compared on the same questions by an exact McNemar test; published figures are printed beside
-        benchmarks they exist for. An empty `path` skips this step.
+        Each model's answers go to mcq_predictions_<variant>.jsonl in the run folder (one row per question and
+        sample: gold letter, letter read and how, right or not): `--predictions` scores them again without a model.
         """
         if not path:
             log.info("multiple-choice accuracy skipped (no questions file given)")
             return None
         self._need_model()
-        questions = mcq.load_questions(path)
-        if max_questions:
-            questions = questions[:max_questions]
+        questions = mcq.load_questions(path)[:max_questions or None]
         texts = [mcq.mcq_prompt(q, self.config.prompt_style) for q in questions]
         result: dict[str, Any] = {"file": str(path), "questions": len(questions)}
         correct = {}
@@ -248,17 +179,31 @@ class Evaluation:
             gens = self.answers(texts, variant, "mcq")
             by_sample = [[g["text"] for g in gens[s::self.samples]] for s in range(self.samples)]
             scored = mcq.score_samples(questions, by_sample, self.config.prompt_style)
-            correct[variant] = scored.pop("_correct")
+            correct[variant], rows = scored.pop("_correct"), scored.pop("_rows")
             pred_file = self.run_dir / f"mcq_predictions_{variant}.jsonl"
             if distributed.is_main():
-                _write_predictions(pred_file, questions, by_sample, self.config.prompt_style)
+                record.atomic_write_jsonl(pred_file, rows)
             result[variant] = {**scored, "budget_without_answer": compliance(gens)["budget_without_answer"],
                                "predictions": pred_file.name}
         result["mcnemar"] = mcq.mcnemar(correct["base"][0], correct["finetuned"][0])
         names = sorted({q.source for q in questions if q.source}) or [Path(path).stem]
         result["anchors"] = dict(a for a in map(mcq.anchors_for, names) if a)
         self.results["mcq"] = result
-        _print_mcq(result, self.run_dir)
+        log.info(f"multiple-choice accuracy on {result['questions']} questions")
+        for v in VARIANTS:
+            s, k = result[v], result[v].get("samples")
+            spread = f", mean of {k['k']} samples {k['mean']:.1%} +/- {k['std']:.1%}" if k else ""
+            log.info(f"  {LABELS[v]:>10}: {s['accuracy']:.1%} (95% CI {s['ci95'][0]:.0%}-{s['ci95'][1]:.0%}; "
+                     f"first-match {s['first_match']:.1%}, last-match {s['last_match']:.1%}, better of the two "
+                     f"{s['either_match']:.1%}; {s['unparsed']} unparsed{spread})")
+        m = result["mcnemar"]
+        log.info(f"  paired (McNemar, exact): {m['only_first']} right only for base, {m['only_second']} only for "
+                 f"fine-tuned, p = {m['p_value']:.3g}")
+        for bench, figures in result["anchors"].items():
+            log.info(f"  published {bench} (HuatuoGPT-o1 paper, Table 1): "
+                     + ", ".join(f"{k} {v:.1f}%" for k, v in figures.items()))
+        log.info(f"  per-question answers in {self.run_dir / result['base']['predictions']} and "
+                 f"{self.run_dir / result['finetuned']['predictions']}")
         return result
 
     def metrics_table(self):
@@ -287,21 +232,17 @@ class Evaluation:
         def cut(s: str) -> str:
             return s if len(s) <= width else s[: width - 1] + "…"
 
-        def shown(g: dict[str, Any]) -> str:  # the answer part, else all the text (marked as such)
-            return g["answer"] or f"[no answer part] {g['text']}"
-
         return pd.DataFrame([{"question": cut(s["question"]), "reference": cut(s["reference"]),
-                              "base": cut(shown(s["base"])), "fine-tuned": cut(shown(s["finetuned"]))}
-                             for s in self.results["samples"][:n]])
+                              **{LABELS[v]: cut(s[v]["answer"] or f"[no answer part] {s[v]['text']}")
+                                 for v in VARIANTS}} for s in self.results["samples"][:n]])
 
     def save(self) -> dict[str, Path]:
         """eval.json and eval.png in the run folder (eval.json is written atomically); rank 0 only."""
         if not distributed.is_main():
             return {}
         self.results["created"] = record.now()
-        json_path = self.run_dir / EVAL_JSON
-        record.atomic_write_json(json_path, self.results)
-        png = plot_results(self.results, self.run_dir / EVAL_PNG)
+        json_path = record.atomic_write_json(self.run_dir / "eval.json", self.results)
+        png = plot_results(self.results, self.run_dir / "eval.png")
         log.info(f"results in {json_path} and {png}")
         return {"json": json_path, "png": png}
 
@@ -319,11 +260,9 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     m = results["metrics"]
-    panels = []  # (title, values, error bars, is a share in [0, 1])
-    if "loss" in m["base"]:
-        panels.append(("held-out loss (lower is better)", [m[v]["loss"] for v in VARIANTS], None, False))
-    if "format_compliance" in m["base"]:
-        panels.append(("format compliance", [m[v]["format_compliance"] for v in VARIANTS], None, True))
+    panels = [(title, [m[v][key] for v in VARIANTS], None, share)  # (title, values, error bars, a share in [0, 1])
+              for title, key, share in [("held-out loss (lower is better)", "loss", False),
+                                        ("format compliance", "format_compliance", True)] if key in m["base"]]
     if "mcq" in results:
         s = [results["mcq"][v] for v in VARIANTS]
         errors = [[x["accuracy"] - x["ci95"][0] for x in s], [x["ci95"][1] - x["accuracy"] for x in s]]
@@ -364,36 +303,3 @@ def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_rows: int = 0, 
     ev.save()
     return ev
 
-
-def _write_predictions(path: Path, questions: list[mcq.Question], by_sample: list[list[str]], style: str) -> None:
-    lines = []
-    for s, preds in enumerate(by_sample):
-        for i, (q, text) in enumerate(zip(questions, preds, strict=True)):
-            ex = mcq.extract_choice(text, q.options, style)
-            first, last = mcq.first_last(text, q.options, style)
-            lines.append({"index": i, "sample": s, "source": q.source, "gold": q.answer, "parsed": ex.letter,
-                          "parsed_by": ex.method, "correct": ex.letter == q.answer, "first_match": first,
-                          "last_match": last, "prediction": text})
-    record.atomic_write_jsonl(path, lines)
-
-
-def _print_mcq(result: dict[str, Any], run_dir: Path) -> None:
-    def line(s: dict[str, Any]) -> str:
-        spread = f", mean of {s['samples']['k']} samples {s['samples']['mean']:.1%} +/- {s['samples']['std']:.1%}" \
-            if "samples" in s else ""
-        return (f"{s['accuracy']:.1%} (95% CI {s['ci95'][0]:.0%}-{s['ci95'][1]:.0%}; "
-                f"first-match {s['first_match']:.1%}, last-match {s['last_match']:.1%}, "
-                f"better of the two {s['either_match']:.1%}; {s['unparsed']} unparsed"
-                f"{spread})")
-
-    log.info(f"multiple-choice accuracy on {result['questions']} questions")
-    for v in VARIANTS:
-        log.info(f"  {LABELS[v]:>10}: {line(result[v])}")
-    m = result["mcnemar"]
-    log.info(f"  paired (McNemar, exact): {m['only_first']} right only for base, {m['only_second']} only for "
-          f"fine-tuned, p = {m['p_value']:.3g}")
-    for bench, figures in result["anchors"].items():
-        log.info(f"  published {bench} (HuatuoGPT-o1 paper, Table 1): "
-              + ", ".join(f"{k} {v:.1f}%" for k, v in figures.items()))
-    log.info("  per-question answers in " + " and ".join(
-        str(run_dir / result[v]["predictions"]) for v in VARIANTS))

@@ -25,10 +25,9 @@ import torch
 from medr1 import card
 from medr1.config import Config, hint
 from medr1.errors import MedR1Error, OutputDirError
-from medr1.evaluate import adapter_dir, read_run, run_config
 from medr1.log import log
 from medr1.model import load_adapter, merge_16bit
-from medr1.record import atomic_dir
+from medr1.record import adapter_dir, atomic_dir, holdout_rows, read_record, run_config
 
 GGUF_METHODS = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "q4_0", "bf16", "f16")
 GGUF_BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
@@ -201,7 +200,7 @@ class Export:
 
     def __init__(self, run_dir: str | Path, export_dir: str | Path = "", *, overwrite: bool = False):
         self.run_dir = Path(run_dir).expanduser()
-        self.record = read_run(self.run_dir)
+        self.record = read_record(self.run_dir)
         self.config = run_config(self.run_dir)
         self.adapter_src = adapter_dir(self.run_dir)
         self.export_dir = Path(export_dir).expanduser() if export_dir else self.run_dir / "export"
@@ -380,8 +379,6 @@ class Export:
         card.write_card(folder, self.record, kind, evaluation=self.evaluation, repo_id=repo_id, files=files)
 
     def _question(self) -> str:
-        from medr1.evaluate import holdout_rows
-
         try:
             rows = holdout_rows(self.run_dir)
         except MedR1Error:

@@ -1,15 +1,16 @@
 """Multiple-choice questions: load, prompt, read the chosen letter out of free text, score with a 95% interval.
 
-Light on purpose (no torch): `python -m medr1 evaluate --mcq FILE --predictions PRED.jsonl` scores what
-any model wrote without loading one. The file format is the one the dataset authors use for their
-evaluation sets: `question`, `options` (letter -> text) and `answer_idx` (the right letter).
+Light on purpose (no torch): `medr1 evaluate --mcq FILE --predictions PRED.jsonl` scores what any model wrote
+without loading one. The file format is the dataset authors' for their evaluation sets: `question`, `options`
+(letter -> text) and `answer_idx` (the right letter).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import string
+import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,6 @@ from typing import Any
 from medr1 import prompts
 from medr1.data import read_json_or_jsonl
 from medr1.errors import DataError
-
-LETTERS = string.ascii_uppercase
 
 
 @dataclass
@@ -38,10 +37,8 @@ def _read_json_or_jsonl(path: Path) -> list[Any] | dict[str, Any]:
 
 
 def load_questions(path: str | Path) -> list[Question]:
-    """Read a JSON list, a JSONL file, or a JSON object of benchmark name -> list of questions.
-
-    Every question is checked: a clear error names the row and the field at fault.
-    """
+    """A JSON list, a JSONL file, or a JSON object of benchmark name -> list of questions; every question checked
+    (an error names the row and the field at fault)."""
     path = Path(path).expanduser()
     raw = _read_json_or_jsonl(path)
     if isinstance(raw, dict):  # {"MedQA": [...], "MedMCQA": [...]}: keep the benchmark name
@@ -72,7 +69,7 @@ def _question(item: Any, source: str, i: int, path: Path) -> Question:
     clean = {}
     for key, text in options.items():
         letter = str(key).strip().upper()
-        if len(letter) != 1 or letter not in LETTERS:
+        if not re.fullmatch("[A-Z]", letter):
             raise DataError(f"{where}: option key {key!r} is not a single letter A-Z")
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: option {letter} has no text")
@@ -86,18 +83,14 @@ def _question(item: Any, source: str, i: int, path: Path) -> Question:
 def question_text(q: Question) -> str:
     """The question with its options listed, and how to give the answer: what goes into the trained prompt."""
     listed = "\n".join(f"{letter}. {text}" for letter, text in q.options.items())
-    letters = ", ".join(q.options)
     return (f"{q.question}\n\nOptions:\n{listed}\n\n"
-            f"Choose one option ({letters}). End your answer with: The answer is <letter>.")
+            f"Choose one option ({', '.join(q.options)}). End your answer with: The answer is <letter>.")
 
 
 def mcq_prompt(q: Question, style: str = "seed") -> str:
     """The full inference prompt in the trained format (reasoning first, then the answer)."""
     return prompts.inference_prompt(question_text(q), style)
 
-
-# ---------------------------------------------------------------------------------------------
-# Reading the chosen option out of free text.
 
 _MARK = r"[\s*_`'\"(\[{:]*"  # markdown, quotes and brackets that may wrap a letter
 _PHRASES = [  # phrases that state a conclusion; a bare "option B" is only a mention (see _LONE_RE)
@@ -122,32 +115,29 @@ class Extraction:
 
 
 def extract_choice(text: str, options: dict[str, str] | list[str], style: str = "seed") -> Extraction:
-    """Which option a generation chose, or None.
-
-    Looks first at the answer part of a trained-format generation (after "### Answer:" or "</think>"),
-    then at the whole text. In each, it tries in order: an "answer is X"-style phrase (the last one
-    wins: a model may revise itself), a lone option letter (bracketed, bold, or alone), then the text of
-    an option. Several different letters or option texts with nothing to choose between them: None
-    (an unparsed answer, counted as wrong), never a guess.
-    """
-    valid = list(options)
-    for t in _places(text, style):
-        found = _phrases(t, valid)
-        if found:  # the last conclusion wins: a model may revise itself
-            return Extraction(found[-1][1], "phrase")
-        letters = {letter for _, letter in _lone_letters(t, valid)}
+    """Which option a generation chose, or None: in the answer part of a trained-format generation (after
+    "### Answer:" or "</think>"), then in the whole text, an "answer is X"-style phrase (the last one wins), else
+    a lone option letter (bracketed, bold, or alone), else an option's text. Several letters or option texts with
+    nothing to choose between them: None (unparsed, counted as wrong), never a guess."""
+    for phrases, lone, texts in _named(text, options, style):
+        if phrases:  # the last conclusion wins: a model may revise itself
+            return Extraction(phrases[-1][1], "phrase")
+        letters = {letter for _, letter in lone}
         if len(letters) == 1:
             return Extraction(letters.pop(), "letter")
-        hits = _option_texts(t, options) if isinstance(options, dict) else []
-        if len(hits) == 1:
-            return Extraction(hits[0][1], "text")
+        if len(texts) == 1:
+            return Extraction(texts[0][1], "text")
     return Extraction(None, "none")
 
 
-def _places(text: str, style: str) -> list[str]:
-    """Where to look for the chosen option: the answer part of a trained-format generation, then the whole text."""
+def _named(text: str, options: dict[str, str] | list[str], style: str) -> Iterator[tuple[list, list, list]]:
+    """(position, letter) of the conclusion phrases, lone letters and option texts in the answer part of a
+    trained-format generation, then in the whole text."""
     parts = prompts.split_answer(text or "", style)
-    return [t.replace("\u2019", "'") for t in ([parts.answer] if parts.answer else []) + [text or ""]]
+    for t in ([parts.answer] if parts.answer else []) + [text or ""]:
+        t, valid = t.replace("\u2019", "'"), list(options)
+        yield (_phrases(t, valid), _lone_letters(t, valid),
+               _option_texts(t, options) if isinstance(options, dict) else [])
 
 
 def _phrases(text: str, valid: list[str]) -> list[tuple[int, str]]:
@@ -162,7 +152,6 @@ def _phrases(text: str, valid: list[str]) -> list[tuple[int, str]]:
 
 
 def _lone_letters(text: str, valid: list[str]) -> list[tuple[int, str]]:
-    text = text.strip()
     return sorted({(m.start(), g) for pattern in _LONE_RE for m in pattern.finditer(text)
                    for g in m.groups() if g and g in valid})
 
@@ -183,17 +172,11 @@ def first_last(text: str, options: dict[str, str] | list[str], style: str = "see
     """The first and the last option named, HuatuoGPT's way of reading an answer: in the answer part if it names
     one (else the whole text), by conclusion phrases, else lone letters, else option texts. Where the two differ,
     the dataset authors' scorer counts the question right if either is (`either_match`, optimistic)."""
-    valid = list(options)
-    for t in _places(text, style):
-        found = _phrases(t, valid) or _lone_letters(t, valid) or (
-            _option_texts(t, options) if isinstance(options, dict) else [])
-        if found:
-            return found[0][1], found[-1][1]
+    for found in _named(text, options, style):
+        hits = next(filter(None, found), None)
+        if hits:
+            return hits[0][1], hits[-1][1]
     return None, None
-
-
-# ---------------------------------------------------------------------------------------------
-# Scoring.
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -208,11 +191,10 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 
 def score(questions: list[Question], predictions: list[str], style: str = "seed",
           details: bool = False) -> dict[str, Any]:
-    """Accuracy of `predictions` (free text, one per question, same order). Unparsed answers count as wrong.
+    """Accuracy of `predictions` (free text, one per question, same order); unparsed answers count as wrong.
 
-    `accuracy` is medr1's strict reading (`extract_choice`); `first_match`, `last_match` and `either_match` are
-    the first / last option named and the better of the two (HuatuoGPT's scorer, optimistic), for comparison
-    with published tables.
+    `accuracy` is medr1's strict reading (`extract_choice`); `first_match`, `last_match` and `either_match`
+    (HuatuoGPT's scorer: the first / last option named, the better of the two) compare with published tables.
     """
     if len(predictions) != len(questions):
         raise DataError(f"{len(predictions)} predictions for {len(questions)} questions: they must match one to one, "
@@ -249,15 +231,20 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def score_samples(questions: list[Question], samples: list[list[str]], style: str = "seed") -> dict[str, Any]:
     """k sampled answers per question (`samples[j]` = the j-th answer to every question): the first set's scores,
-    and the mean and spread of accuracy over the k sets."""
+    and the mean and spread of accuracy over the k sets. `_correct` (for the paired test) and `_rows` (one per
+    answer, as mcq_predictions_<variant>.jsonl holds them) are not printed."""
     scores = [score(questions, preds, style, details=True) for preds in samples]
     out = {k: v for k, v in scores[0].items() if k != "items"}
     if len(scores) > 1:
         accuracies = [s["accuracy"] for s in scores]
-        mean = sum(accuracies) / len(accuracies)
-        out["samples"] = {"k": len(scores), "accuracies": accuracies, "mean": round(mean, 4),
-                          "std": round(math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (len(scores) - 1)), 4)}
-    out["_correct"] = [[r["correct"] for r in s["items"]] for s in scores]  # for the paired test; not printed
+        out["samples"] = {"k": len(scores), "accuracies": accuracies, "mean": round(statistics.mean(accuracies), 4),
+                          "std": round(statistics.stdev(accuracies), 4)}
+    out["_correct"] = [[r["correct"] for r in s["items"]] for s in scores]
+    out["_rows"] = [{"index": i, "sample": j, "source": r["source"], "gold": r["answer"], "parsed": r["chosen"],
+                     "parsed_by": r["method"], "correct": r["correct"], "first_match": r["first"],
+                     "last_match": r["last"], "prediction": pred}
+                    for j, (s, preds) in enumerate(zip(scores, samples, strict=True))
+                    for i, (r, pred) in enumerate(zip(s["items"], preds, strict=True))]
     return out
 
 
@@ -291,14 +278,12 @@ def read_prediction_rows(path: str | Path) -> list[dict[str, Any]]:
     raw = _read_json_or_jsonl(path)
     if not isinstance(raw, list):
         raise DataError(f"{path}: expected one JSON object per line with a 'prediction' field")
-    for i, item in enumerate(raw):
+    for i, item in enumerate(raw, start=1):
         if not isinstance(item, dict) or "prediction" not in item:
-            raise DataError(f"{path}: line {i + 1} has no 'prediction' field")
-        if item["prediction"] is None:
-            item["prediction"] = ""
+            raise DataError(f"{path}: line {i} has no 'prediction' field")
+        item["prediction"] = "" if item["prediction"] is None else item["prediction"]
         if not isinstance(item["prediction"], str):
-            raise DataError(f"{path}: line {i + 1}: 'prediction' is {type(item['prediction']).__name__}, "
-                            "expected a string")
+            raise DataError(f"{path}: line {i}: 'prediction' is {type(item['prediction']).__name__}, expected a string")
     return raw
 
 
@@ -309,11 +294,10 @@ def read_predictions(path: str | Path) -> list[str]:
 def score_files(mcq_path: str | Path, predictions_path: str | Path, style: str = "seed",
                 max_questions: int = 0) -> dict[str, Any]:
     """What `medr1 evaluate --mcq FILE --predictions PRED.jsonl [--max-questions N]` prints."""
-    questions = load_questions(mcq_path)
-    questions = questions[:max_questions] if max_questions else questions
+    questions = load_questions(mcq_path)[:max_questions or None]
     groups: dict[int, list[str]] = {}
     for item in read_prediction_rows(predictions_path):
         groups.setdefault(int(item.get("sample") or 0), []).append(item["prediction"])
     result = score_samples(questions, list(groups.values()), style)
-    result.pop("_correct")
+    del result["_correct"], result["_rows"]
     return {"file": str(mcq_path), "predictions": str(predictions_path), **result}

@@ -1,10 +1,12 @@
-"""The run folder: the record (run.json), the loss plot, and atomic writes (a crash mid-write leaves the old
-file or folder intact; what is written gets the usual 0644/0755 modes). Every atomic write in medr1 goes
-through `atomic_write_text`, `atomic_write_json`, `atomic_write_jsonl` and `atomic_dir`.
+"""The run folder: the record (run.json) and what evaluation and export read back from it (config, adapter,
+held-out rows), the loss plot, and atomic writes (a crash mid-write leaves the old file or folder intact; what
+is written gets the usual 0644/0755 modes). Every atomic write in medr1 goes through `atomic_write_text`,
+`atomic_write_json`, `atomic_write_jsonl` and `atomic_dir`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from medr1.config import Config, hint
-from medr1.errors import DataError, OutputDirError
+from medr1.errors import DataError, ModelError, OutputDirError
 from medr1.log import log
 
 PACKAGES = ("medr1", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft", "datasets",
@@ -128,9 +130,6 @@ def atomic_write_jsonl(path: str | Path, rows: list[Any]) -> Path:
     return _atomic_write(path, lambda fh: fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-write_json_atomic = atomic_write_json  # the old name, until every caller uses atomic_write_json
-
-
 @contextmanager
 def atomic_dir(path: str | Path):
     """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed.
@@ -166,6 +165,30 @@ def read_record(output_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise DataError(f"{path} not found: is {output_dir} the output folder of a medr1 training run?")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The Config a run was trained with, from its run.json (knobs this version does not know are ignored)."""
+    saved = read_record(run_dir).get("config") or {}
+    known = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in saved.items() if k in known})
+
+
+def adapter_dir(run_dir: str | Path) -> Path:
+    rec = read_record(run_dir)
+    path = Path(run_dir) / (rec.get("adapter") or "adapter")
+    if not (path / "adapter_config.json").exists():
+        raise ModelError(f"{path} holds no adapter (adapter_config.json): did the run in {run_dir} finish? "
+                         f"(status in run.json: {rec.get('status')!r})")
+    return path
+
+
+def holdout_rows(run_dir: str | Path) -> list[dict[str, str]]:
+    """The held-out rows the run wrote (training never saw them)."""
+    path = Path(run_dir) / ((read_record(run_dir).get("data") or {}).get("holdout_file") or "holdout.jsonl")
+    if not path.exists():
+        raise DataError(f"{path} not found: the run in {run_dir} recorded no held-out rows")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------
