@@ -3,9 +3,9 @@
     exp = Export("outputs/colab-t4-20261125")      # reads run.json; writes under <run>/export/
     exp.adapter(); exp.verify_adapter(); exp.merged(); exp.gguf("q8_0,q4_k_m"); exp.push("me/medr1-lora")
 
-Every folder is written beside its destination first and renamed into place when complete, so a
-crash leaves no half-written export. A non-empty destination is refused unless `overwrite=True`.
-Sizes are checked against free disk space before anything large is written.
+Every folder is written beside its destination and renamed into place when complete (`record.atomic_dir`), so a
+crash leaves no half-written export. A non-empty destination is refused unless `overwrite=True`; sizes are
+checked against free disk space before anything large is written.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from medr1 import card
 from medr1.config import Config, hint
 from medr1.errors import MedR1Error, OutputDirError
 from medr1.log import log
-from medr1.model import load_adapter, merge_16bit
+from medr1.model import load_adapter, merge_16bit, resolve_model_path
+from medr1.prompts import inference_prompt
 from medr1.record import adapter_dir, atomic_dir, holdout_rows, read_record, run_config
 
-GGUF_METHODS = ("q8_0", "q4_k_m", "q5_k_m", "q6_k", "q4_0", "bf16", "f16")
 GGUF_BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
-                        "bf16": 2.0, "f16": 2.0}
+                        "bf16": 2.0, "f16": 2.0}  # the quantizations Unsloth and llama.cpp make
 SLACK_BYTES = 64 * 2**20  # headroom on top of the estimate: config files, tokenizer, the filesystem's own blocks
 PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # what -> folder under export_dir
 
@@ -40,33 +40,24 @@ class ExportError(MedR1Error, RuntimeError):
     """An export cannot be made here: says what is missing (disk space, llama.cpp, a token, ...)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Destinations and disk space.
-
-
 def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
     """Refuse a destination that is a file, or a folder holding anything, unless `overwrite`."""
     dest = Path(dest).expanduser()
     if dest.exists() and not dest.is_dir():
         raise OutputDirError(f"export destination {str(dest)!r} is a file, not a folder")
-    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
+    if _filled(dest) and not overwrite:
         held = sorted(p.name for p in dest.iterdir())[:5]
         raise OutputDirError(f"export destination {str(dest)!r} is not empty (holds {held}); pass {hint('overwrite')} "
                              "to replace it, or choose another folder")
     return dest
 
 
-def free_bytes(path: str | Path) -> int:
-    """Free space on the filesystem that will hold `path` (its nearest existing parent)."""
-    p = Path(path).expanduser().absolute()
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
 def check_disk(dest: str | Path, need: int, what: str) -> None:
-    """Fail before writing when `need` bytes will not fit where `dest` goes."""
-    free = free_bytes(dest)
+    """Fail before writing when `need` bytes will not fit on the filesystem that will hold `dest`."""
+    existing = Path(dest).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if free < need:
         raise ExportError(f"{what} needs about {need / 2**30:.2f} GiB at {dest}, but only {free / 2**30:.2f} GiB is "
                           "free there: free some space or choose a folder on a larger disk")
@@ -77,11 +68,8 @@ def count_parameters(config: Config) -> int:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from medr1.model import resolve_model_path
-
-    model_config = AutoConfig.from_pretrained(resolve_model_path(config.model_name))
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(model_config)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(config.model_name)))
     return sum(p.numel() for p in model.parameters())
 
 
@@ -94,14 +82,8 @@ def gguf_bytes(n_params: int, methods: list[str]) -> int:
     return int(n_params * (4.0 + sum(GGUF_BYTES_PER_PARAM[m] for m in methods))) + SLACK_BYTES
 
 
-# ---------------------------------------------------------------------------------------------
-# GGUF: llama.cpp is needed; say what is missing instead of failing deep inside a build.
-
-
 def _llama_cpp_found() -> str | None:
-    """The llama.cpp folder Unsloth would use, if it holds a working quantizer and converter."""
-    if not UNSLOTH:
-        return None
+    """The llama.cpp folder Unsloth would use, if it holds a working quantizer and converter (Unsloth is there)."""
     try:
         from unsloth_zoo.llama_cpp import LLAMA_CPP_DEFAULT_DIR, check_llama_cpp
     except ImportError:
@@ -126,33 +108,25 @@ def _network(host: str = "github.com", port: int = 443, timeout: float = 3.0) ->
         return False
 
 
-def _compiler() -> list[str]:
-    """What a llama.cpp build needs and this machine lacks."""
-    missing = [] if shutil.which("cmake") else ["cmake"]
-    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        missing.append("a C++ compiler (g++ or clang++)")
-    return missing
-
-
 def gguf_blockers() -> list[str]:
-    """Why GGUF export cannot run here ([] when it can): no Unsloth, or no llama.cpp and no way to build it."""
+    """Why GGUF export cannot run here ([] when it can): no Unsloth, or no llama.cpp and no way to build it.
+    With network, Unsloth may fetch prebuilt binaries even without a compiler."""
     if not UNSLOTH:
         return ["Unsloth (GGUF export goes through it; install unsloth)"]
-    if _llama_cpp_found():
+    if _llama_cpp_found() or _network():
         return []
-    missing = [] if _network() else ["network access (to fetch llama.cpp)"]
-    build = _compiler()
-    if missing:  # with network, Unsloth may fetch prebuilt binaries even without a compiler
-        missing += build
+    missing = ["network access (to fetch llama.cpp)"] + ([] if shutil.which("cmake") else ["cmake"])
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        missing.append("a C++ compiler (g++ or clang++)")
     return missing
 
 
 def gguf_methods(methods: str | list[str]) -> list[str]:
     """`"q8_0,q4_k_m"` -> ["q8_0", "q4_k_m"], each checked against what Unsloth and llama.cpp make."""
     wanted = [m.strip().lower() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
-    unknown = [m for m in wanted if m not in GGUF_METHODS]
+    unknown = [m for m in wanted if m not in GGUF_BYTES_PER_PARAM]
     if unknown:
-        raise ExportError(f"unknown GGUF quantization {unknown}; choose from {list(GGUF_METHODS)}")
+        raise ExportError(f"unknown GGUF quantization {unknown}; choose from {list(GGUF_BYTES_PER_PARAM)}")
     return wanted
 
 
@@ -177,22 +151,19 @@ class Plan:
     push_what: str = "adapter"
     need_bytes: int = 0
 
-    def summary(self) -> str:
-        parts = [f"{what} -> {dest}" for what, dest in self.folders.items()]
-        if self.push_repo:
-            parts.append(f"push the {self.push_what} to {self.push_repo}")
-        return "; ".join(parts) or "nothing to do"
 
-
-def gguf_message(missing: list[str]) -> str:
-    from_unsloth = "llama.cpp (llama-quantize and convert_hf_to_gguf.py)"
-    return (f"GGUF export is not possible here: it needs {from_unsloth}, which is not installed, and "
-            f"{', '.join(missing)} is missing to get it. Install llama.cpp and set UNSLOTH_LLAMA_CPP_PATH to its "
-            "folder, or export GGUF where there is network and a compiler (Colab has both)")
-
-
-# ---------------------------------------------------------------------------------------------
-# The exports of one run.
+def gguf_possible(strict: bool) -> bool:
+    """Whether GGUF export can run here; if not, an ExportError when `strict`, else one line (a notebook goes on)."""
+    missing = gguf_blockers()
+    if missing:
+        message = ("GGUF export is not possible here: it needs llama.cpp (llama-quantize and convert_hf_to_gguf.py), "
+                   f"which is not installed, and {', '.join(missing)} is missing to get it. Install llama.cpp and set "
+                   "UNSLOTH_LLAMA_CPP_PATH to its folder, or export GGUF where there is network and a compiler (Colab "
+                   "has both)")
+        if strict:
+            raise ExportError(message)
+        log.info(message)
+    return not missing
 
 
 class Export:
@@ -210,20 +181,13 @@ class Export:
         self._model = self._tokenizer = None
         log.info(f"exporting the run in {self.run_dir} ({self.config.model_name}) to {self.export_dir}")
 
-    # -- the plan -------------------------------------------------------------------------------
     def plan(self, *, adapter: bool = True, verify: bool = False, merged: bool = False, gguf: str | list[str] = "",
              push_repo: str = "", push_what: str = "adapter", strict: bool = True) -> Plan:
-        """Check every input of an export before anything is written or loaded (seconds): the GGUF methods and
-        llama.cpp, the destinations, the free disk space for all of it, the repository name and the hub token.
-
-        Where llama.cpp cannot be had, `strict` raises; otherwise one line says so and GGUF is left out of the
-        plan (a notebook goes on). The CLI and notebook 03 both call this first.
-        """
+        """Check every input of an export before anything is written or loaded (seconds; the CLI and notebook 03
+        call this first): GGUF methods and llama.cpp, destinations, free disk for all of it, repository name, token.
+        Where llama.cpp cannot be had, `strict` raises; otherwise one line says so and GGUF is left out."""
         out = Plan(gguf=gguf_methods(gguf), push_repo=push_repo, push_what=push_what)
-        if out.gguf and (missing := gguf_blockers()):
-            if strict:
-                raise ExportError(gguf_message(missing))
-            log.info(f"{gguf_message(missing)}")
+        if out.gguf and not gguf_possible(strict):
             out.gguf = []
         wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
         out.folders = {what: check_destination(self.export_dir / PUSHABLE[what], self.overwrite)
@@ -231,11 +195,10 @@ class Export:
         if verify and not adapter and not _filled(self.export_dir / "adapter"):
             raise ExportError(f"nothing to verify: {self.export_dir / 'adapter'} does not exist; export the adapter")
         if push_repo:
-            if push_what not in PUSHABLE:
-                raise ExportError(f"push what={push_what!r}: choose one of {list(PUSHABLE)}")
-            if push_what not in out.folders and not _filled(self.export_dir / PUSHABLE[push_what]):
-                raise ExportError(f"nothing to push: {self.export_dir / PUSHABLE[push_what]} does not exist and this "
-                                  f"export does not make the {push_what}")
+            folder = self._push_folder(push_what)
+            if push_what not in out.folders and not _filled(folder):
+                raise ExportError(f"nothing to push: {folder} does not exist and this export does not make the "
+                                  f"{push_what}")
             from huggingface_hub.utils import HFValidationError, validate_repo_id
 
             try:
@@ -244,21 +207,21 @@ class Export:
                 raise ExportError(f"push repository {push_repo!r} is not a valid hub name (you/name): {err}") from None
             hub_token()
         if adapter:
-            out.need_bytes += sum(p.stat().st_size for p in self.adapter_src.iterdir() if p.is_file()) + SLACK_BYTES
+            out.need_bytes += self._adapter_bytes()
         if merged or out.gguf:
             n = count_parameters(self.config)
             out.need_bytes += (merged_bytes(n) if merged else 0) + (gguf_bytes(n, out.gguf) if out.gguf else 0)
         if out.folders:
             check_disk(self.export_dir, out.need_bytes, " and ".join(out.folders))
-        log.info(f"export plan checked: {out.summary()}")
+        done = [f"{what} -> {dest}" for what, dest in out.folders.items()]
+        done += [f"push the {push_what} to {push_repo}"] if push_repo else []
+        log.info(f"export plan checked: {'; '.join(done) or 'nothing to do'}")
         return out
 
-    # -- adapter --------------------------------------------------------------------------------
     def adapter(self, dest: str | Path = "") -> Path:
         """The LoRA adapter and tokenizer, with a model card; copied into a temporary folder, then renamed."""
         dest = check_destination(dest or self.export_dir / "adapter", self.overwrite)
-        size = sum(p.stat().st_size for p in self.adapter_src.iterdir() if p.is_file())
-        check_disk(dest, size + SLACK_BYTES, "the adapter")
+        check_disk(dest, self._adapter_bytes(), "the adapter")
         with atomic_dir(dest) as tmp:
             for item in self.adapter_src.iterdir():
                 if item.is_file() and item.name != "README.md":
@@ -271,8 +234,7 @@ class Export:
     def verify_adapter(self, path: str | Path = "", question: str = "") -> dict[str, Any]:
         """Reload the exported adapter with Unsloth and with plain peft; both must give the same next tokens."""
         path = Path(path or self.paths.get("adapter") or self.export_dir / "adapter")
-        question = question or self._question()
-        prompt = _prompt(question, self.config.prompt_style)
+        prompt = inference_prompt(question or self._question(), self.config.prompt_style)
         logits = {}
         for how in (("unsloth", "peft") if UNSLOTH else ("peft",)):
             model, tokenizer = load_adapter(self.config, path, via=how)
@@ -280,7 +242,8 @@ class Export:
             with torch.inference_mode():
                 logits[how] = model(**ids).logits[0].float().cpu()
             del model
-            _free_memory()
+            gc.collect()
+            torch.cuda.empty_cache()  # a no-op where CUDA was never used
         result: dict[str, Any] = {"loaded_with": list(logits)}
         if len(logits) == 2:
             a, b = logits["unsloth"], logits["peft"]
@@ -289,13 +252,12 @@ class Export:
             if result["same_next_token"] < 0.9:
                 raise ExportError(f"the adapter in {path} gives different predictions when loaded with Unsloth and "
                                   f"with peft (same next token at {result['same_next_token']:.0%} of positions)")
-            log.info(f"adapter reloads with Unsloth and with peft: same next token at "
-                  f"{result['same_next_token']:.0%} of positions, max logit difference {result['max_abs_logit_diff']}")
+            log.info(f"adapter reloads with Unsloth and with peft: same next token at {result['same_next_token']:.0%} "
+                     f"of positions, max logit difference {result['max_abs_logit_diff']}")
         else:
             log.info("adapter reloads with peft (Unsloth is not installed)")
         return result
 
-    # -- merged ---------------------------------------------------------------------------------
     def merged(self, dest: str | Path = "") -> Path:
         """Base + adapter merged into 16-bit weights (Unsloth's save_pretrained_merged), with a model card."""
         dest = check_destination(dest or self.export_dir / "merged-16bit", self.overwrite)
@@ -303,7 +265,7 @@ class Export:
         check_disk(dest, merged_bytes(n), f"the merged 16-bit model ({n / 1e9:.2f} B parameters)")
         model, tokenizer = self._load()
         with atomic_dir(dest) as tmp:
-            if hasattr(model, "save_pretrained_merged") and UNSLOTH and self.config.backend == "unsloth":
+            if hasattr(model, "save_pretrained_merged") and self._unsloth():
                 model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
             else:
                 merge_16bit(model, self.config).save_pretrained(str(tmp))
@@ -313,7 +275,6 @@ class Export:
         log.info(f"merged 16-bit model saved to {dest}")
         return dest
 
-    # -- GGUF -----------------------------------------------------------------------------------
     def gguf(self, methods: str | list[str] = "q8_0,q4_k_m", dest: str | Path = "", *,
              strict: bool = False) -> list[Path] | None:
         """GGUF files through Unsloth and llama.cpp. Where llama.cpp cannot be had, one line says what is
@@ -323,11 +284,7 @@ class Export:
             log.info("GGUF skipped (no quantization methods asked for)")
             return None
         dest = check_destination(dest or self.export_dir / "gguf", self.overwrite)
-        missing = gguf_blockers()
-        if missing:
-            if strict:
-                raise ExportError(gguf_message(missing))
-            log.info(f"{gguf_message(missing)}")
+        if not gguf_possible(strict):
             return None
         n = count_parameters(self.config)
         check_disk(dest, gguf_bytes(n, wanted), f"GGUF {', '.join(wanted)} ({n / 1e9:.2f} B parameters)")
@@ -347,32 +304,34 @@ class Export:
         log.info(f"GGUF saved: {', '.join(str(p) for p in out)}")
         return out
 
-    # -- hub ------------------------------------------------------------------------------------
     def push(self, repo_id: str, what: str = "adapter", *, private: bool = True) -> str | None:
-        """Upload an exported folder (adapter, merged or gguf) to the hub; private unless told otherwise.
-
-        The token comes from HF_TOKEN in the environment or Colab's secrets, never from a parameter.
-        An empty `repo_id` skips the push (the notebook's default).
-        """
+        """Upload an exported folder (adapter, merged or gguf) to the hub, private unless told otherwise, with the
+        token `hub_token` finds (never a parameter). An empty `repo_id` skips the push (the notebook's default)."""
         if not repo_id:
             log.info("not pushed to the hub (no repository name given)")
             return None
-        if what not in PUSHABLE:
-            raise ExportError(f"push what={what!r}: choose one of {list(PUSHABLE)}")
-        folder = self.paths.get(what) or self.export_dir / PUSHABLE[what]
-        if not _filled(Path(folder)):
+        folder = self._push_folder(what)
+        if not _filled(folder):
             raise ExportError(f"nothing to push: {folder} does not exist yet; export the {what} first")
-        self._write_card(Path(folder), what, repo_id=repo_id)
+        self._write_card(folder, what, repo_id=repo_id)
         return push_folder(folder, repo_id, private=private)
 
-    # -- helpers --------------------------------------------------------------------------------
+    def _push_folder(self, what: str) -> Path:
+        if what not in PUSHABLE:
+            raise ExportError(f"push what={what!r}: choose one of {list(PUSHABLE)}")
+        return Path(self.paths.get(what) or self.export_dir / PUSHABLE[what])
+
+    def _adapter_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.adapter_src.iterdir() if p.is_file()) + SLACK_BYTES
+
+    def _unsloth(self) -> bool:
+        return UNSLOTH and self.config.backend == "unsloth"
+
     def _load(self):
         """Base + adapter, loaded once for the merged and GGUF exports."""
         if self._model is None:
-            if UNSLOTH and self.config.backend == "unsloth":
-                self._model, self._tokenizer = load_adapter(self.config, self.adapter_src, via="unsloth")
-            else:
-                self._model, self._tokenizer = load_adapter(self.config, self.adapter_src)
+            via = "unsloth" if self._unsloth() else "medr1"
+            self._model, self._tokenizer = load_adapter(self.config, self.adapter_src, via=via)
         return self._model, self._tokenizer
 
     def _write_card(self, folder: Path, kind: str, files: list[str] | None = None, repo_id: str = "") -> None:
@@ -380,20 +339,13 @@ class Export:
 
     def _question(self) -> str:
         try:
-            rows = holdout_rows(self.run_dir)
-        except MedR1Error:
-            rows = []
-        return rows[0]["Question"] if rows else "What is the first-line treatment of anaphylaxis?"
+            return holdout_rows(self.run_dir)[0]["Question"]
+        except (MedR1Error, IndexError):  # no held-out rows
+            return "What is the first-line treatment of anaphylaxis?"
 
 
 def _filled(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
-
-
-def _prompt(question: str, style: str) -> str:
-    from medr1.prompts import inference_prompt
-
-    return inference_prompt(question, style)
 
 
 def _collect_gguf(folder: Path) -> list[Path]:
@@ -410,17 +362,9 @@ def _collect_gguf(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.gguf"))
 
 
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None) -> str:
-    """Create the repository (private by default; an existing one keeps its visibility) and upload `folder`.
-
-    Errors from the hub are re-raised as one line with the token masked out.
-    """
+    """Create the repository (private by default; an existing one keeps its visibility) and upload `folder`;
+    errors from the hub come back as one line with the token masked out."""
     token = token or hub_token()  # HF_TOKEN, else the login's token, else Colab's secret
     from huggingface_hub import HfApi
 
