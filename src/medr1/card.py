@@ -19,6 +19,7 @@ from medr1.presets import SMOKE_MODEL
 from medr1.record import atomic_write_text
 
 KINDS = ("adapter", "checkpoint", "merged", "gguf")
+PEFT_KINDS = ("adapter", "checkpoint")  # loaded with peft on top of the base; the others are whole models
 # Data sets whose reasoning traces another model wrote (FreedomIntelligence built theirs with GPT-4o).
 SYNTHETIC_TRACES = ("FreedomIntelligence/medical-o1-reasoning-SFT",)
 
@@ -39,6 +40,16 @@ are wrong, incomplete, outdated or confidently stated without support, and its r
 convincing when it is mistaken. Nothing it writes is medical advice: do not use it to diagnose, treat or
 manage any condition. Any output used in a health context must be checked by a qualified clinician
 against current guidelines."""
+
+
+# The settings table: (label, a knob of the run's config, or a key of run.json, which wins: the resolved preset).
+SETTINGS = [("LoRA rank r", "lora_r"), ("LoRA alpha", "lora_alpha"), ("LoRA dropout", "lora_dropout"),
+            ("target modules", "lora_targets"), ("max_seq_length", "max_seq_length"), ("4-bit base", "load_in_4bit"),
+            ("per-device batch", "per_device_train_batch_size"),
+            ("gradient accumulation", "gradient_accumulation_steps"), ("effective batch", "effective_batch"),
+            ("max steps", "max_steps"), ("learning rate", "learning_rate"), ("warm-up steps", "warmup_steps"),
+            ("scheduler", "lr_scheduler_type"), ("optimizer", "optim"), ("weight decay", "weight_decay"),
+            ("packing", "packing"), ("seed", "seed"), ("preset", "preset")]
 
 
 def base_license(model_name: str) -> tuple[str, str]:
@@ -83,11 +94,11 @@ def card_data(rec: dict[str, Any], kind: str) -> ModelCardData:
     cfg = rec.get("config") or {}
     base = str(cfg.get("model_name") or "")
     dataset = cfg.get("dataset_name") if not cfg.get("data_path") else None
-    tags = ["medical", "reasoning", "chain-of-thought", "unsloth", "lora" if kind in ("adapter", "checkpoint")
-            else "merged-lora"] + (["gguf"] if kind == "gguf" else [])
+    tags = ["medical", "reasoning", "chain-of-thought", "unsloth", "lora" if kind in PEFT_KINDS else "merged-lora",
+            *(["gguf"] if kind == "gguf" else [])]
     return ModelCardData(
         base_model=base if _on_hub(base) else None, license=base_license(base)[0],
-        library_name="peft" if kind in ("adapter", "checkpoint") else "transformers",
+        library_name="peft" if kind in PEFT_KINDS else "transformers",
         pipeline_tag="text-generation", language=["en"], tags=tags, datasets=[dataset] if dataset else None)
 
 
@@ -137,16 +148,7 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
         "the model writes its reasoning, then its answer, then stops.", "",
         "```text", prompts.inference_prompt("{question}", cfg.get("prompt_style") or "seed"), "```", "",
         "## LoRA and trainer settings", "",
-        _table([("LoRA rank r", cfg.get("lora_r")), ("LoRA alpha", cfg.get("lora_alpha")),
-                ("LoRA dropout", cfg.get("lora_dropout")), ("target modules", cfg.get("lora_targets")),
-                ("max_seq_length", cfg.get("max_seq_length")), ("4-bit base", cfg.get("load_in_4bit")),
-                ("per-device batch", cfg.get("per_device_train_batch_size")),
-                ("gradient accumulation", cfg.get("gradient_accumulation_steps")),
-                ("effective batch", rec.get("effective_batch")), ("max steps", cfg.get("max_steps")),
-                ("learning rate", cfg.get("learning_rate")), ("warm-up steps", cfg.get("warmup_steps")),
-                ("scheduler", cfg.get("lr_scheduler_type")), ("optimizer", cfg.get("optim")),
-                ("weight decay", cfg.get("weight_decay")), ("packing", cfg.get("packing")),
-                ("seed", cfg.get("seed")), ("preset", rec.get("preset"))]),
+        _table([(label, {**cfg, **rec}.get(key)) for label, key in SETTINGS]),
         "", "## Training metrics", "",
         _table([("optimizer steps", train.get("steps")),
                 ("first logged loss", losses[0]["loss"] if losses else None),
@@ -167,10 +169,8 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
 
 def write_card(folder: str | Path, record: dict[str, Any], kind: str = "adapter", *,
                evaluation: dict[str, Any] | None = None, repo_id: str = "", files: list[str] | None = None) -> Path:
-    """Write medr1's card as `folder`/README.md, replacing whatever is there (PEFT's stub, an older card).
-
-    For a `checkpoint-N` folder the step is read from its name.
-    """
+    """Write medr1's card as `folder`/README.md, replacing whatever is there (PEFT's stub, an older card); for a
+    `checkpoint-N` folder the step is read from its name."""
     folder = Path(folder)
     step = int(folder.name.rsplit("-", 1)[-1]) if kind == "checkpoint" and folder.name[-1:].isdigit() else None
     text = model_card(record, kind=kind, evaluation=evaluation, repo_id=repo_id, step=step,
@@ -191,8 +191,11 @@ def _evaluation_section(ev: dict[str, Any] | None, cfg: dict[str, Any]) -> str:
     def cell(d: dict[str, Any], key: str) -> str:
         return f"{d[key]:.0%}" if key in shares and isinstance(d.get(key), (int, float)) else _fmt(d.get(key))
 
-    lines = [f"## Evaluation\n\nBase model vs fine-tuned, on {ev.get('holdout_rows')} held-out rows, greedy decoding, "
-             f"up to {ev.get('max_new_tokens')} new tokens.\n", "| metric | base | fine-tuned |", "|---|---|---|"]
+    dec = ev.get("decoding") or "greedy"  # eval.json's: "greedy", or the sampling settings with `samples`
+    how = "greedy decoding" if dec == "greedy" else \
+        f"{dec.get('samples')} sampled answers per question (temperature {dec.get('temperature')})"
+    lines = [f"## Evaluation\n\nBase model vs fine-tuned, on {ev.get('holdout_rows')} held-out rows, {how}, up to "
+             f"{ev.get('max_new_tokens')} new tokens.\n", "| metric | base | fine-tuned |", "|---|---|---|"]
     lines += [f"| {label} | {cell(b, key)} | {cell(f, key)} |" for label, key in rows if key in b or key in f]
     q = ev.get("mcq")
     if q:
@@ -217,7 +220,7 @@ def _usage(kind: str, repo_id: str, cfg: dict[str, Any], files: list[str]) -> st
                 f"llama-cli -m {ggufs[0]} -p \"$(cat prompt.txt)\" -n 1024 --temp 0\n```\n\n"
                 "where prompt.txt holds the prompt above with your question in it.\n")
     load = ("from peft import AutoPeftModelForCausalLM\n"
-            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{name}\")" if kind in ("adapter", "checkpoint") else
+            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{name}\")" if kind in PEFT_KINDS else
             "from transformers import AutoModelForCausalLM\n"
             f"model = AutoModelForCausalLM.from_pretrained(\"{name}\", dtype=\"auto\")")
     return ("## How to use\n\n```python\n" + load + "\n"
