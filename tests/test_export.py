@@ -167,12 +167,13 @@ def test_disk_check_fails_early_on_a_small_disk(run_copy, tmp_path, monkeypatch)
 
 def test_gguf_says_what_is_missing(run_copy, tmp_path, monkeypatch, capsys):
     import medr1.export as export
+    import medr1.gguf as gguf
     from medr1.__main__ import main
 
-    monkeypatch.setattr(export, "_llama_cpp_found", lambda: None)
-    monkeypatch.setattr(export, "_network", lambda *a, **k: False)
-    monkeypatch.setattr(export.shutil, "which", lambda name: None)
-    missing = export.gguf_blockers()
+    monkeypatch.setattr(gguf, "_llama_cpp_found", lambda: None)
+    monkeypatch.setattr(gguf, "_network", lambda *a, **k: False)
+    monkeypatch.setattr(gguf.shutil, "which", lambda name: None)
+    missing = gguf.blockers()
     assert missing == ["network access (to fetch llama.cpp)", "cmake", "a C++ compiler (g++ or clang++)"]
 
     exp = export.Export(run_copy, tmp_path / "out")
@@ -187,8 +188,8 @@ def test_gguf_says_what_is_missing(run_copy, tmp_path, monkeypatch, capsys):
     assert err.count("\n") == 1 and "GGUF export is not possible here" in err and "cmake" in err
     assert "Traceback" not in err
 
-    monkeypatch.setattr(export, "_network", lambda *a, **k: True)  # with network, Unsloth can fetch binaries
-    assert export.gguf_blockers() == []
+    monkeypatch.setattr(gguf, "_network", lambda *a, **k: True)  # with network, Unsloth can fetch binaries
+    assert gguf.blockers() == []
 
 
 def test_push_reads_the_token_from_the_environment_and_never_shows_it(exported, monkeypatch, capsys):

@@ -144,9 +144,9 @@ def test_evaluate_checks_the_questions_file_first(run_copy, tmp_path, capsys, no
     (["--no-adapter", "--push", "me/x", "--push-what", "merged"], ["nothing to push", "merged-16bit"]),
 ])
 def test_export_checks_the_whole_plan_first(run_copy, tmp_path, capsys, monkeypatch, no_model, extra, words):
-    import medr1.export as export
+    import medr1.gguf as gguf
 
-    monkeypatch.setattr(export, "gguf_blockers", lambda: ["network access (to fetch llama.cpp)", "cmake"])
+    monkeypatch.setattr(gguf, "blockers", lambda: ["network access (to fetch llama.cpp)", "cmake"])
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored login either
     monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))

@@ -19,3 +19,7 @@ class OutputDirError(MedR1Error, FileExistsError):
 
 class ModelError(MedR1Error, RuntimeError):
     """The model cannot be loaded as asked: says which setting and why."""
+
+
+class ExportError(MedR1Error, RuntimeError):
+    """An export cannot be made here: says what is missing (disk space, llama.cpp, a token, ...)."""

@@ -11,9 +11,7 @@ checked against free disk space before anything large is written.
 from __future__ import annotations
 
 import gc
-import os
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,21 +21,16 @@ from medr1.stack import UNSLOTH
 import torch
 
 from medr1 import card
+from medr1 import gguf as to_gguf
 from medr1.config import Config, hint
-from medr1.errors import MedR1Error, OutputDirError
+from medr1.errors import ExportError, MedR1Error, OutputDirError
 from medr1.log import log
 from medr1.model import load_adapter, merge_16bit, resolve_model_path
 from medr1.prompts import inference_prompt
 from medr1.record import adapter_dir, atomic_dir, holdout_rows, read_record, run_config
 
-GGUF_BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
-                        "bf16": 2.0, "f16": 2.0}  # the quantizations Unsloth and llama.cpp make
 SLACK_BYTES = 64 * 2**20  # headroom on top of the estimate: config files, tokenizer, the filesystem's own blocks
 PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # what -> folder under export_dir
-
-
-class ExportError(MedR1Error, RuntimeError):
-    """An export cannot be made here: says what is missing (disk space, llama.cpp, a token, ...)."""
 
 
 def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
@@ -77,59 +70,6 @@ def merged_bytes(n_params: int) -> int:
     return 2 * n_params + SLACK_BYTES
 
 
-def gguf_bytes(n_params: int, methods: list[str]) -> int:
-    """Merged 16-bit staging + the bf16 GGUF that k-quants are made from + each requested file."""
-    return int(n_params * (4.0 + sum(GGUF_BYTES_PER_PARAM[m] for m in methods))) + SLACK_BYTES
-
-
-def _llama_cpp_found() -> str | None:
-    """The llama.cpp folder Unsloth would use, if it holds a working quantizer and converter (Unsloth is there)."""
-    try:
-        from unsloth_zoo.llama_cpp import LLAMA_CPP_DEFAULT_DIR, check_llama_cpp
-    except ImportError:
-        return None
-    for folder in (LLAMA_CPP_DEFAULT_DIR, os.path.join(os.getcwd(), "llama.cpp")):
-        try:
-            check_llama_cpp(llama_cpp_folder=folder)
-            return folder
-        except Exception:  # noqa: BLE001 - missing or broken: try the next place
-            continue
-    return None
-
-
-def _network(host: str = "github.com", port: int = 443, timeout: float = 3.0) -> bool:
-    """Whether llama.cpp's sources or binaries could be fetched."""
-    if os.environ.get("UNSLOTH_LLAMA_CPP_OFFLINE") == "1" or os.environ.get("UNSLOTH_OFFLINE") == "1":
-        return False
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def gguf_blockers() -> list[str]:
-    """Why GGUF export cannot run here ([] when it can): no Unsloth, or no llama.cpp and no way to build it.
-    With network, Unsloth may fetch prebuilt binaries even without a compiler."""
-    if not UNSLOTH:
-        return ["Unsloth (GGUF export goes through it; install unsloth)"]
-    if _llama_cpp_found() or _network():
-        return []
-    missing = ["network access (to fetch llama.cpp)"] + ([] if shutil.which("cmake") else ["cmake"])
-    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        missing.append("a C++ compiler (g++ or clang++)")
-    return missing
-
-
-def gguf_methods(methods: str | list[str]) -> list[str]:
-    """`"q8_0,q4_k_m"` -> ["q8_0", "q4_k_m"], each checked against what Unsloth and llama.cpp make."""
-    wanted = [m.strip().lower() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
-    unknown = [m for m in wanted if m not in GGUF_BYTES_PER_PARAM]
-    if unknown:
-        raise ExportError(f"unknown GGUF quantization {unknown}; choose from {list(GGUF_BYTES_PER_PARAM)}")
-    return wanted
-
-
 def hub_token() -> str:
     """The hub token (HF_TOKEN, a stored login or Colab's secret, through huggingface_hub); never printed."""
     from huggingface_hub import get_token
@@ -152,20 +92,6 @@ class Plan:
     need_bytes: int = 0
 
 
-def gguf_possible(strict: bool) -> bool:
-    """Whether GGUF export can run here; if not, an ExportError when `strict`, else one line (a notebook goes on)."""
-    missing = gguf_blockers()
-    if missing:
-        message = ("GGUF export is not possible here: it needs llama.cpp (llama-quantize and convert_hf_to_gguf.py), "
-                   f"which is not installed, and {', '.join(missing)} is missing to get it. Install llama.cpp and set "
-                   "UNSLOTH_LLAMA_CPP_PATH to its folder, or export GGUF where there is network and a compiler (Colab "
-                   "has both)")
-        if strict:
-            raise ExportError(message)
-        log.info(message)
-    return not missing
-
-
 class Export:
     """Exports of one training run; each method writes one folder under `export_dir`."""
 
@@ -186,8 +112,8 @@ class Export:
         """Check every input of an export before anything is written or loaded (seconds; the CLI and notebook 03
         call this first): GGUF methods and llama.cpp, destinations, free disk for all of it, repository name, token.
         Where llama.cpp cannot be had, `strict` raises; otherwise one line says so and GGUF is left out."""
-        out = Plan(gguf=gguf_methods(gguf), push_repo=push_repo, push_what=push_what)
-        if out.gguf and not gguf_possible(strict):
+        out = Plan(gguf=to_gguf.methods(gguf), push_repo=push_repo, push_what=push_what)
+        if out.gguf and not to_gguf.possible(strict):
             out.gguf = []
         wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
         out.folders = {what: check_destination(self.export_dir / PUSHABLE[what], self.overwrite)
@@ -210,7 +136,8 @@ class Export:
             out.need_bytes += self._adapter_bytes()
         if merged or out.gguf:
             n = count_parameters(self.config)
-            out.need_bytes += (merged_bytes(n) if merged else 0) + (gguf_bytes(n, out.gguf) if out.gguf else 0)
+            out.need_bytes += merged_bytes(n) if merged else 0
+            out.need_bytes += to_gguf.size(n, out.gguf) + SLACK_BYTES if out.gguf else 0
         if out.folders:
             check_disk(self.export_dir, out.need_bytes, " and ".join(out.folders))
         done = [f"{what} -> {dest}" for what, dest in out.folders.items()]
@@ -279,25 +206,19 @@ class Export:
              strict: bool = False) -> list[Path] | None:
         """GGUF files through Unsloth and llama.cpp. Where llama.cpp cannot be had, one line says what is
         missing: an ExportError when `strict`, else a printed message and None (a notebook goes on)."""
-        wanted = gguf_methods(methods)
+        wanted = to_gguf.methods(methods)
         if not wanted:
             log.info("GGUF skipped (no quantization methods asked for)")
             return None
         dest = check_destination(dest or self.export_dir / "gguf", self.overwrite)
-        if not gguf_possible(strict):
+        if not to_gguf.possible(strict):
             return None
         n = count_parameters(self.config)
-        check_disk(dest, gguf_bytes(n, wanted), f"GGUF {', '.join(wanted)} ({n / 1e9:.2f} B parameters)")
+        need = to_gguf.size(n, wanted) + SLACK_BYTES
+        check_disk(dest, need, f"GGUF {', '.join(wanted)} ({n / 1e9:.2f} B parameters)")
         model, tokenizer = self._load()
         with atomic_dir(dest) as tmp:
-            try:
-                model.save_pretrained_gguf(str(tmp), tokenizer, quantization_method=wanted)
-            except Exception as err:  # noqa: BLE001 - llama.cpp's build and converter fail in many ways
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise ExportError(f"GGUF export failed in Unsloth/llama.cpp: {type(err).__name__}: {first}") from err
-            files = _collect_gguf(tmp)
-            if not files:
-                raise ExportError(f"GGUF export wrote no .gguf file under {tmp}")
+            files = to_gguf.write(model, tokenizer, tmp, wanted)
             self._write_card(tmp, "gguf", [f.name for f in files])
         out = sorted(dest.glob("*.gguf"))
         self.paths["gguf"] = dest
@@ -346,20 +267,6 @@ class Export:
 
 def _filled(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
-
-
-def _collect_gguf(folder: Path) -> list[Path]:
-    """Bring every .gguf Unsloth wrote (inside `folder` or a `<folder>_gguf` sibling) to the top of `folder`;
-    drop the merged staging checkpoint it leaves behind (the merged export is its own folder)."""
-    sibling = folder.with_name(folder.name + "_gguf")
-    for src in [*folder.rglob("*.gguf"), *(sibling.rglob("*.gguf") if sibling.exists() else [])]:
-        if src.parent != folder:
-            shutil.move(str(src), folder / src.name)
-    shutil.rmtree(sibling, ignore_errors=True)
-    for sub in folder.iterdir():
-        if sub.is_dir():
-            shutil.rmtree(sub, ignore_errors=True)
-    return sorted(folder.glob("*.gguf"))
 
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None) -> str:

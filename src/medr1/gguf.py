@@ -1,0 +1,114 @@
+"""GGUF files (for llama.cpp, Ollama, LM Studio): which quantizations, what they weigh, whether llama.cpp can be had
+here, and the files Unsloth writes brought into one folder. `medr1.export` calls this; Unsloth and llama.cpp do
+the work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from medr1.stack import UNSLOTH
+
+from medr1.errors import ExportError
+from medr1.log import log
+
+BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
+                   "bf16": 2.0, "f16": 2.0}  # the quantizations Unsloth and llama.cpp make
+
+
+def methods(given: str | list[str]) -> list[str]:
+    """`"q8_0,q4_k_m"` -> ["q8_0", "q4_k_m"], each checked against what Unsloth and llama.cpp make."""
+    wanted = [m.strip().lower() for m in (given.split(",") if isinstance(given, str) else given) if m.strip()]
+    unknown = [m for m in wanted if m not in BYTES_PER_PARAM]
+    if unknown:
+        raise ExportError(f"unknown GGUF quantization {unknown}; choose from {list(BYTES_PER_PARAM)}")
+    return wanted
+
+
+def size(n_params: int, wanted: list[str]) -> int:
+    """Bytes: merged 16-bit staging + the bf16 GGUF that k-quants are made from + each requested file."""
+    return int(n_params * (4.0 + sum(BYTES_PER_PARAM[m] for m in wanted)))
+
+
+def _llama_cpp_found() -> str | None:
+    """The llama.cpp folder Unsloth would use, if it holds a working quantizer and converter (Unsloth is there)."""
+    try:
+        from unsloth_zoo.llama_cpp import LLAMA_CPP_DEFAULT_DIR, check_llama_cpp
+    except ImportError:
+        return None
+    for folder in (LLAMA_CPP_DEFAULT_DIR, os.path.join(os.getcwd(), "llama.cpp")):
+        try:
+            check_llama_cpp(llama_cpp_folder=folder)
+            return folder
+        except Exception:  # noqa: BLE001 - missing or broken: try the next place
+            continue
+    return None
+
+
+def _network(host: str = "github.com", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether llama.cpp's sources or binaries could be fetched."""
+    if os.environ.get("UNSLOTH_LLAMA_CPP_OFFLINE") == "1" or os.environ.get("UNSLOTH_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def blockers() -> list[str]:
+    """Why GGUF export cannot run here ([] when it can): no Unsloth, or no llama.cpp and no way to build it.
+    With network, Unsloth may fetch prebuilt binaries even without a compiler."""
+    if not UNSLOTH:
+        return ["Unsloth (GGUF export goes through it; install unsloth)"]
+    if _llama_cpp_found() or _network():
+        return []
+    missing = ["network access (to fetch llama.cpp)"] + ([] if shutil.which("cmake") else ["cmake"])
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        missing.append("a C++ compiler (g++ or clang++)")
+    return missing
+
+
+def possible(strict: bool) -> bool:
+    """Whether GGUF export can run here; if not, an ExportError when `strict`, else one line (a notebook goes on)."""
+    missing = blockers()
+    if missing:
+        message = ("GGUF export is not possible here: it needs llama.cpp (llama-quantize and convert_hf_to_gguf.py), "
+                   f"which is not installed, and {', '.join(missing)} is missing to get it. Install llama.cpp and set "
+                   "UNSLOTH_LLAMA_CPP_PATH to its folder, or export GGUF where there is network and a compiler (Colab "
+                   "has both)")
+        if strict:
+            raise ExportError(message)
+        log.info(message)
+    return not missing
+
+
+def write(model, tokenizer, folder: Path, wanted: list[str]) -> list[Path]:
+    """Unsloth's save_pretrained_gguf into `folder`, then every .gguf brought to its top; a failure deep inside
+    llama.cpp comes back as one line."""
+    try:
+        model.save_pretrained_gguf(str(folder), tokenizer, quantization_method=wanted)
+    except Exception as err:  # noqa: BLE001 - llama.cpp's build and converter fail in many ways
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ExportError(f"GGUF export failed in Unsloth/llama.cpp: {type(err).__name__}: {first}") from err
+    files = _collect(folder)
+    if not files:
+        raise ExportError(f"GGUF export wrote no .gguf file under {folder}")
+    return files
+
+
+def _collect(folder: Path) -> list[Path]:
+    """Bring every .gguf Unsloth wrote (inside `folder` or a `<folder>_gguf` sibling) to the top of `folder`;
+    drop the merged staging checkpoint it leaves behind (the merged export is its own folder)."""
+    sibling = folder.with_name(folder.name + "_gguf")
+    for src in [*folder.rglob("*.gguf"), *(sibling.rglob("*.gguf") if sibling.exists() else [])]:
+        if src.parent != folder:
+            shutil.move(str(src), folder / src.name)
+    shutil.rmtree(sibling, ignore_errors=True)
+    for sub in folder.iterdir():
+        if sub.is_dir():
+            shutil.rmtree(sub, ignore_errors=True)
+    return sorted(folder.glob("*.gguf"))
