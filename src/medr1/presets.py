@@ -48,13 +48,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=48,
     ),
     # A real pretrained model on a CPU (medr1.smollm) and 72 short bundled rows (12 more held out): the seed's
-    # prompt and LoRA, sized so that `make run` (training, before/after answers, evaluation) fits 8 minutes on 2 cores.
-    # 24 steps of 4 rows (1.3 epochs, ~25k tokens, ~4 min at ~100 tokens/s): 11 of 12 held-out answers in the format
-    # and stopped at EOS (20 steps: 6 of 12; lr 1e-3: 5 of 12). 256 new tokens: the rows' answers take 94 to 172.
+    # prompt and LoRA, sized so that `make run` (training, before/after answers) fits 8 minutes on 2 cores.
+    # 24 steps of 3 rows (one pass over the 72 rows, ~19k tokens, 217 s at ~88 tokens/s): 10 of 12 held-out answers
+    # in the format and stopped at EOS, 12 of 12 with reasoning and an answer; `make run` 6 min 48 s. 4 rows a step
+    # gave 11 of 12 but `make run` took 8 min 7 s to 8 min 50 s; 20 steps of 4: 6 of 12; lr 1e-3: 5 of 12.
+    # 256 new tokens: the rows' answers take 94 to 172.
     # No checkpoints (save_steps=0): a run this short is rerun, not resumed.
     "cpu": dict(
         model_name=CPU_MODEL, data_path=CPU_DATA, load_in_4bit=False, max_seq_length=1024, num_examples=0,
-        holdout_examples=12, lora_r=16, lora_alpha=16, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+        holdout_examples=12, lora_r=16, lora_alpha=16, per_device_train_batch_size=3, gradient_accumulation_steps=1,
         max_steps=24, learning_rate=2e-3, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
         precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=256, save_steps=0,
     ),
