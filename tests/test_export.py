@@ -51,7 +51,7 @@ def _ids(exp):
 def test_adapter_round_trip_with_unsloth_and_peft(exported):
     from peft import PeftModel
 
-    from medr1.evaluate import load_base_and_adapter
+    from medr1.model import load_adapter
 
     folder = exported.paths["adapter"]
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= \
@@ -63,7 +63,7 @@ def test_adapter_round_trip_with_unsloth_and_peft(exported):
 
     # the exported adapter is the trained one: same logits as the run's own adapter
     ids = _ids(exported)
-    model, _ = load_base_and_adapter(exported.config, exported.run_dir / "adapter")
+    model, _ = load_adapter(exported.config, exported.run_dir / "adapter")
     assert isinstance(model, PeftModel)
     model.load_adapter(str(folder), adapter_name="exported")
     with torch.no_grad():
@@ -77,14 +77,15 @@ def test_adapter_round_trip_with_unsloth_and_peft(exported):
 def test_merged_logits_equal_adapter_logits(exported):
     from transformers import AutoModelForCausalLM
 
-    from medr1.evaluate import adapter_off, load_base_and_adapter
+    from medr1.evaluate import adapter_off
+    from medr1.model import load_adapter
 
     folder = exported.paths["merged"]
     assert (folder / "model.safetensors").exists() and (folder / "README.md").exists()
     config = json.loads((folder / "config.json").read_text())
     assert config["dtype"] in ("bfloat16", "float16")  # 16-bit weights on disk
     ids = _ids(exported)
-    peft_model, _ = load_base_and_adapter(exported.config, exported.run_dir / "adapter")
+    peft_model, _ = load_adapter(exported.config, exported.run_dir / "adapter")
     merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         tuned = peft_model(**ids).logits

@@ -107,7 +107,7 @@ def no_model(monkeypatch):
     def loaded(*args, **kwargs):
         pytest.fail("a model was loaded before the bad input was found")
 
-    monkeypatch.setattr(medr1.evaluate, "load_base_and_adapter", loaded)
+    monkeypatch.setattr(medr1.evaluate, "load_adapter", loaded)
     monkeypatch.setattr(medr1.export.Export, "_load", loaded)
     monkeypatch.setattr(medr1.export, "load_adapter", loaded)
 

@@ -28,7 +28,7 @@ from medr1.data import encode_rows
 from medr1.errors import DataError
 from medr1.infer import Sampling, Stats, generate_many
 from medr1.log import log
-from medr1.model import load_adapter as load_base_and_adapter  # (PeftModel, tokenizer) with the run's settings
+from medr1.model import load_adapter
 
 VARIANTS = ("base", "finetuned")
 LABELS = {"base": "base", "finetuned": "fine-tuned"}
@@ -113,7 +113,7 @@ class Evaluation:
 
     def load(self) -> None:
         t0 = time.perf_counter()
-        self.model, self.tokenizer = load_base_and_adapter(self.config, self.adapter)
+        self.model, self.tokenizer = load_adapter(self.config, self.adapter)  # PeftModel, with the run's settings
         self.results["load_s"] = round(time.perf_counter() - t0, 2)
 
     def held_out_loss(self) -> dict[str, dict[str, Any]]:
