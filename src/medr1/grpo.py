@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medr1 import prompts, record, rewards
+from medr1 import distributed, prompts, record, rewards
 from medr1.config import Config
 from medr1.errors import ConfigError, ModelError
 from medr1.log import log
@@ -225,7 +225,8 @@ class GrpoRun(Stage):
     def _hold_out(self) -> None:
         held = self.adapter.parent / "holdout.jsonl" if self.adapter else None
         if held and held.exists():  # the SFT run's held-out rows: `medr1 evaluate` compares on the same ones
-            shutil.copyfile(held, self.out / "holdout.jsonl")
+            if distributed.is_main():
+                shutil.copyfile(held, self.out / "holdout.jsonl")
             self.record["data"]["holdout_file"] = "holdout.jsonl"
 
     def plot_rewards(self) -> Path:
