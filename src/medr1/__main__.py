@@ -33,10 +33,24 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="auto", help=f"named settings, one of {list(PRESET_NAMES)}; auto: smoke "
-                   "without a CUDA GPU, else colab-t4 or fast by GPU memory")
+    p.add_argument("--preset", default="auto", help=f"named settings, one of {list(PRESET_NAMES)}; auto: cpu "
+                   "without a CUDA GPU (smoke where its model cannot be had), else colab-t4 or fast by GPU memory")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KNOB=VALUE",
                    help="override a knob (repeatable); `python -m medr1 knobs` lists them")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """The options of a training stage (train, grpo): the config's, and resume/overwrite of its output_dir."""
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """--set KNOB=VALUE pairs, with --resume and --overwrite as the knobs they stand for."""
+    overrides = parse_overrides(args.overrides)
+    overrides.update({flag: "true" for flag in ("resume", "overwrite") if getattr(args, flag)})
+    return overrides
 
 
 def _count(minimum: int):
@@ -54,15 +68,10 @@ def _count(minimum: int):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    overrides = parse_overrides(args.overrides)
-    if args.resume:
-        overrides["resume"] = "true"
-    if args.overwrite:
-        overrides["overwrite"] = "true"
     from medr1 import distributed
 
     distributed.quiet_replicas()  # under accelerate launch / torchrun, only rank 0 prints
-    config = build_config(args.preset, overrides)
+    config = build_config(args.preset, _run_overrides(args))
     from medr1.run import train
 
     run = train(config)
@@ -73,11 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_grpo(args: argparse.Namespace) -> int:
     """Reinforcement on verifiable questions (GRPO with LoRA), from an SFT run's adapter or the base."""
-    overrides = parse_overrides(args.overrides)
-    for flag in ("resume", "overwrite"):
-        if getattr(args, flag):
-            overrides[flag] = "true"
-    config = build_config(args.preset, overrides)
+    config = build_config(args.preset, _run_overrides(args))
     from medr1.grpo import grpo
 
     run = grpo(config)
@@ -201,15 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medr1", description=__doc__.splitlines()[0], formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="fine-tune (the notebook's steps, end to end)", formatter_class=_Help)
-    _config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+    _run_args(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("grpo", help="reinforce on verifiable questions (GRPO + LoRA), after SFT (init_adapter)",
                        formatter_class=_Help)
-    _config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+    _run_args(p)
     p.set_defaults(func=cmd_grpo)
     p = sub.add_parser("check-data", help="validate a data file and report token lengths", formatter_class=_Help)
     p.add_argument("path", help="rows to check: .json, .jsonl, .csv or .parquet with Question, Complex_CoT, Response")
