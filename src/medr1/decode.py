@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from medr1.llama import GIB, Decoder, _causal_lm, dense_weight, shape_limits  # noqa: F401 - Decoder, dense_weight: API
+from medr1.llama import GIB, Decoder, _causal_lm, dense_weight, head_dim, shape_limits  # noqa: F401 - Decoder, dense_weight: API
 
 SUPPORTED = ("llama", "qwen2", "mistral")  # Llama-shaped decoder layers (qwen2: with q/k/v biases)
 
@@ -83,17 +83,15 @@ def unsupported(model) -> str | None:
 
 def kv_bytes_per_slot(model, max_len: int) -> int:
     c = _causal_lm(model).config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     itemsize = _causal_lm(model).get_input_embeddings().weight.element_size()
-    return c.num_hidden_layers * 2 * c.num_key_value_heads * max_len * head_dim * itemsize
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * max_len * head_dim(c) * itemsize
 
 
 def merged_bytes(model) -> int:
     """Memory a 16-bit copy of the seven projections of every layer takes."""
     base = _causal_lm(model)
     c = base.config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    per_layer = c.hidden_size * head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads) \
+    per_layer = c.hidden_size * head_dim(c) * (2 * c.num_attention_heads + 2 * c.num_key_value_heads) \
         + 3 * c.hidden_size * c.intermediate_size
     return c.num_hidden_layers * per_layer * base.get_input_embeddings().weight.element_size()
 

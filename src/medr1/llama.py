@@ -33,6 +33,11 @@ def _causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def head_dim(config) -> int:
+    """Width of one attention head: the config's `head_dim` where it names one, else hidden size / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def dense_weight(module) -> torch.Tensor:
     """A projection's weight as the model computes with it now: the base weight (4-bit dequantized) plus the
     LoRA delta of the active adapters, unless they are switched off (`disable_adapter()`) or already merged."""
@@ -60,7 +65,7 @@ class Decoder:
         self.lm_head = base.get_output_embeddings().weight
         self.device, self.dtype = self.embed.device, self.embed.dtype
         self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
-        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self.head_dim = head_dim(c)
         self.eps = c.rms_norm_eps
         from transformers.activations import ACT2FN
 
