@@ -58,14 +58,22 @@ def generate(model, tokenizer, question: str, *, style: str = "seed", max_new_to
     sampling = dict(do_sample=True, temperature=temperature, top_p=0.95) if do_sample else dict(do_sample=False)
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, streamer=streamer, use_cache=True, **sampling)
-    new = out[0, inputs["input_ids"].shape[1]:].tolist()
-    stopped = tokenizer.eos_token_id in new
-    if stopped:
-        new = new[: new.index(tokenizer.eos_token_id)]
-    text = tokenizer.decode(new, skip_special_tokens=True)
+    new, stopped = _cut_at_eos(out[0, inputs["input_ids"].shape[1]:].tolist(), tokenizer.eos_token_id)
+    return Generation(question=question, **_answer(tokenizer, new, stopped, style))
+
+
+def _cut_at_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
+    """(the tokens before the first EOS, whether there was one)."""
+    return (tokens[:tokens.index(eos)], True) if eos in tokens else (tokens, False)
+
+
+def _answer(tokenizer, tokens: list[int], stopped: bool, style: str) -> dict[str, Any]:
+    """A generation's fields: the text (special tokens removed), its reasoning and answer parts, whether it
+    stopped at EOS, and the new tokens counted with that EOS."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
     parts = prompts.split_answer(text, style)
-    return Generation(question=question, text=text, reasoning=parts.reasoning, answer=parts.answer,
-                      complete=parts.complete, stopped=stopped, new_tokens=len(new) + int(stopped))
+    return {"text": text, "reasoning": parts.reasoning, "answer": parts.answer, "complete": parts.complete,
+            "stopped": stopped, "new_tokens": len(tokens) + int(stopped)}
 
 
 def show(gen: Generation, reference: str | None = None) -> None:
@@ -115,13 +123,7 @@ def generate_many(model, tokenizer, prompt_texts: list[str], *, max_new_tokens: 
         stats.notes.append(f"model.generate ({why_not})")
         rows = hf_generate(model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size or 8,
                            sampling=sampling, stats=stats)
-    out = []
-    for tokens, stopped in rows:
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        parts = prompts.split_answer(text, style)
-        out.append({"text": text, "reasoning": parts.reasoning, "answer": parts.answer, "complete": parts.complete,
-                    "stopped": stopped, "new_tokens": len(tokens) + int(stopped)})
-    return out
+    return [_answer(tokenizer, tokens, stopped, style) for tokens, stopped in rows]
 
 
 def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batch_size: int = 8,
@@ -146,12 +148,9 @@ def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batc
             if stats is not None:
                 stats.steps += new.shape[1]
             for row in new.tolist():
-                stopped = tokenizer.eos_token_id in row
-                if stopped:
-                    row = row[: row.index(tokenizer.eos_token_id)]
-                else:
-                    while row and row[-1] == tokenizer.pad_token_id:
-                        row = row[:-1]
+                row, stopped = _cut_at_eos(row, tokenizer.eos_token_id)
+                while not stopped and row and row[-1] == tokenizer.pad_token_id:  # a shorter row's padding
+                    row = row[:-1]
                 rows.append((row, stopped))
     finally:
         tokenizer.padding_side = side
