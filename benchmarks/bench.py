@@ -358,7 +358,7 @@ def worker_setup() -> bool:
 def write_result(path: str, result: Any) -> None:
     """Rank 0 writes the worker's figures for the parent process."""
     if os.environ.get("RANK", "0") == "0":
-        Path(path).write_text(json.dumps(result, indent=1))
+        record.atomic_write_json(path, result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,7 +448,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
             done[i] = result
             report["results"] = [done[k] for k in sorted(done)]
             _finish(report["results"])
-            out.write_text(json.dumps(report, indent=1) + "\n")
+            record.atomic_write_json(out, report)  # a crash mid-write keeps the last complete report
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, range(len(runs))))

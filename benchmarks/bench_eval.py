@@ -242,7 +242,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
         label = name if gpus == 1 else f"medr1-{gpus}gpu"
         report["results"] += _run_one(name, label, gpus, model_dir, work, args, cpu)
         _finish(report)
-        out.write_text(json.dumps(report, indent=1) + "\n")
+        record.atomic_write_json(out, report)  # a crash mid-write keeps the last complete report
     for r in report["results"]:
         print(f"| {r['config']} | {r.get('generated_tokens_per_s', 0):,.0f} tok/s | batch {r.get('batch')} | "
               f"{r.get('ms_per_step')} ms/step | peak {r.get('peak_gib')} GiB | {r.get('error', '')}")
