@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and trl
 
 import torch
+import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -171,7 +172,34 @@ def _from_log(entry: dict) -> dict:
     return out
 
 
+class PlainLogProbs:
+    """TRL's fused LM-head log-probabilities (`trl.kernels.ChunkedLogProbFunction`) in plain torch.
+
+    TRL 1.15's SFTTrainer computes every loss through that Triton kernel, and torch builds without Triton (CPU
+    builds) get None in its place: `'NoneType' object has no attribute 'apply'` at the first step. Unsloth
+    replaces that loss, so only backend='hf' without a GPU needs this. Same maths, full logits (autograd's
+    gradients): scale, soft-cap, temperature, then log-softmax; outputs TRL did not ask for are None.
+    """
+
+    @staticmethod
+    def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
+        z = F.linear(hidden, weight, bias).float() * logit_scale
+        if softcap is not None:
+            z = softcap * torch.tanh(z / softcap)
+        log_p = (z / temperature).log_softmax(-1)
+        want = set(outputs)
+        return (log_p.gather(-1, targets[:, None])[:, 0],
+                -(log_p.exp() * log_p).sum(-1) if "entropy" in want else None,
+                torch.logsumexp(2 * log_p, -1).detach() if "log_sum_sq_probs" in want else None,
+                (z / temperature).mean(-1).detach() if "mean_logits" in want else None,
+                log_p.argmax(-1) == targets if "is_top1" in want else None)
+
+
 def make_trainer(model, tokenizer, train_dataset, config: Config, checkpoint_dir: str,
                  callbacks: list | None = None, report_to: str = "none") -> SFTTrainer:
+    from trl.trainer import utils as trl_utils
+
+    if trl_utils._ChunkedLogProbFunction is None:  # no Triton here (PlainLogProbs says why)
+        trl_utils._ChunkedLogProbFunction = PlainLogProbs
     return SFTTrainer(model=model, args=sft_config(config, checkpoint_dir, report_to), train_dataset=train_dataset,
                       processing_class=tokenizer, callbacks=callbacks or [])
