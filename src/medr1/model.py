@@ -32,25 +32,27 @@ def torch_dtype(precision: str = "auto") -> torch.dtype:
     return torch.float32
 
 
-def bnb_config(config: Config):
-    """4-bit NF4 with double quantization (what Unsloth loads) for the plain transformers path; None for 16-bit."""
-    if not config.load_in_4bit:
-        return None
+def _hf_kwargs(config: Config) -> dict:
+    """transformers' loading arguments: 4-bit NF4 with double quantization (what Unsloth loads) or 16-bit; one
+    whole model per process, on this process's GPU (LOCAL_RANK under accelerate launch / torchrun)."""
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch_dtype(config.precision))
+    dtype = torch_dtype(config.precision)
+    four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=dtype) if config.load_in_4bit else None
+    return dict(dtype=dtype, quantization_config=four_bit,
+                device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None)
 
 
-def _device_map() -> dict | None:
-    # one whole model per process, on this process's GPU (LOCAL_RANK under accelerate launch / torchrun)
-    return {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None
-
-
-def _need_unsloth(config: Config) -> None:
+def _fast_model(name: str, config: Config):
+    """Unsloth's model for a base or an adapter folder; its tokenizer is dropped (medr1's tokenized the rows)."""
     if not UNSLOTH:
         raise ModelError("backend='unsloth' but unsloth is not installed (or MEDR1_BACKEND=hf); "
                          "install it or set backend='hf'")
+    from unsloth import FastLanguageModel
+
+    return FastLanguageModel.from_pretrained(model_name=name, max_seq_length=config.max_seq_length,
+                                             dtype=torch_dtype(config.precision), load_in_4bit=config.load_in_4bit)[0]
 
 
 def load_model(config: Config, tokenizer=None):
@@ -58,13 +60,7 @@ def load_model(config: Config, tokenizer=None):
     path = resolve_model_path(config.model_name)
     tokenizer = tokenizer or load_tokenizer(path, config.prompt_style)
     if config.backend == "unsloth":
-        _need_unsloth(config)
-        from unsloth import FastLanguageModel
-
-        # Unsloth's own tokenizer is dropped: medr1's is the one the rows were tokenized with.
-        model, _ = FastLanguageModel.from_pretrained(
-            model_name=path, max_seq_length=config.max_seq_length, dtype=torch_dtype(config.precision),
-            load_in_4bit=config.load_in_4bit)
+        model = _fast_model(path, config)
         if config.packing and torch.cuda.is_available():  # one varlen flash call per layer (medr1.speed)
             from medr1.speed.varlen import enable_packed_varlen
 
@@ -72,8 +68,7 @@ def load_model(config: Config, tokenizer=None):
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(config.precision),
-                                                     quantization_config=bnb_config(config), device_map=_device_map())
+        model = AutoModelForCausalLM.from_pretrained(path, **_hf_kwargs(config))
     match_tokenizer(model, tokenizer)
     return model, tokenizer
 
@@ -102,19 +97,12 @@ def load_adapter(config: Config, adapter: str | Path, via: str = "medr1"):
         model, tokenizer = load_model(config, tokenizer)
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     elif via == "unsloth":
-        _need_unsloth(config)
-        from unsloth import FastLanguageModel
-
-        model, _ = FastLanguageModel.from_pretrained(
-            model_name=str(adapter), max_seq_length=config.max_seq_length, dtype=torch_dtype(config.precision),
-            load_in_4bit=config.load_in_4bit)
+        model = _fast_model(str(adapter), config)
     elif via == "peft":
         from peft import AutoPeftModelForCausalLM
 
         # the run's own weights: 4-bit where it trained in 4-bit, else the comparison is with another model
-        model = AutoPeftModelForCausalLM.from_pretrained(str(adapter), dtype=torch_dtype(config.precision),
-                                                         quantization_config=bnb_config(config),
-                                                         device_map=_device_map())
+        model = AutoPeftModelForCausalLM.from_pretrained(str(adapter), **_hf_kwargs(config))
     else:
         raise ValueError(f"via must be 'medr1', 'unsloth' or 'peft', got {via!r}")
     match_tokenizer(model, tokenizer)
@@ -133,13 +121,13 @@ def merge_16bit(model, config: Config):
 def add_lora(model, config: Config):
     """Wrap `model` with LoRA adapters as the config says; returns the PEFT model."""
     checkpointing = {"unsloth": "unsloth", "true": True, "false": False}[config.gradient_checkpointing]
+    lora = dict(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                target_modules=list(config.lora_targets), bias="none")
     if config.backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        return FastLanguageModel.get_peft_model(
-            model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_targets), bias="none", use_gradient_checkpointing=checkpointing,
-            random_state=config.seed, max_seq_length=config.max_seq_length)
+        return FastLanguageModel.get_peft_model(model, **lora, use_gradient_checkpointing=checkpointing,
+                                                random_state=config.seed, max_seq_length=config.max_seq_length)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     torch.manual_seed(config.seed)
@@ -148,25 +136,18 @@ def add_lora(model, config: Config):
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_targets), bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    return get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
 
 
-def for_inference(model, backend: str = "unsloth") -> None:
-    """Unsloth's fast generation path where it applies; a plain eval() otherwise."""
+def for_inference(model, backend: str = "unsloth", *, training: bool = False) -> None:
+    """Unsloth's fast generation path (its training mode with `training`) where it applies; eval()/train() otherwise."""
     if UNSLOTH and backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        FastLanguageModel.for_inference(model)
+        (FastLanguageModel.for_training if training else FastLanguageModel.for_inference)(model)
     else:
-        model.eval()
+        model.train(training)
 
 
 def for_training(model, backend: str = "unsloth") -> None:
-    if UNSLOTH and backend == "unsloth":
-        from unsloth import FastLanguageModel
-
-        FastLanguageModel.for_training(model)
-    else:
-        model.train()
+    for_inference(model, backend, training=True)
