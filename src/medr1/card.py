@@ -168,13 +168,13 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
 
 
 def write_card(folder: str | Path, record: dict[str, Any], kind: str = "adapter", *,
-               evaluation: dict[str, Any] | None = None, repo_id: str = "", files: list[str] | None = None) -> Path:
+               evaluation: dict[str, Any] | None = None, repo_id: str = "") -> Path:
     """Write medr1's card as `folder`/README.md, replacing whatever is there (PEFT's stub, an older card); for a
     `checkpoint-N` folder the step is read from its name."""
     folder = Path(folder)
     step = int(folder.name.rsplit("-", 1)[-1]) if kind == "checkpoint" and folder.name[-1:].isdigit() else None
     text = model_card(record, kind=kind, evaluation=evaluation, repo_id=repo_id, step=step,
-                      files=files if files is not None else [p.name for p in folder.iterdir()])
+                      files=sorted(p.name for p in folder.iterdir()))
     return atomic_write_text(folder / "README.md", text)
 
 
@@ -199,11 +199,10 @@ def _evaluation_section(ev: dict[str, Any] | None, cfg: dict[str, Any]) -> str:
     lines += [f"| {label} | {cell(b, key)} | {cell(f, key)} |" for label, key in rows if key in b or key in f]
     q = ev.get("mcq")
     if q:
-        def acc(s: dict[str, Any]) -> str:
-            return f"{s['accuracy']:.1%} (95% CI {s['ci95'][0]:.1%}-{s['ci95'][1]:.1%}; {s['unparsed']} unparsed)"
-
+        base, tuned = (f"{s['accuracy']:.1%} (95% CI {s['ci95'][0]:.1%}-{s['ci95'][1]:.1%}; {s['unparsed']} unparsed)"
+                       for s in (q["base"], q["finetuned"]))
         lines.append(f"| multiple-choice accuracy, {q['questions']} questions from `{Path(q['file']).name}` "
-                     f"| {acc(q['base'])} | {acc(q['finetuned'])} |")
+                     f"| {base} | {tuned} |")
     cut = f.get("truncated_rows", b.get("truncated_rows"))
     if cut:
         lines.append(f"\n{cut} of the {ev.get('holdout_rows')} held-out rows are longer than max_seq_length="
@@ -219,11 +218,9 @@ def _usage(kind: str, repo_id: str, cfg: dict[str, Any], files: list[str]) -> st
         return ("## How to use\n\nFiles: " + ", ".join(f"`{f}`" for f in ggufs) + ".\n\n```bash\n"
                 f"llama-cli -m {ggufs[0]} -p \"$(cat prompt.txt)\" -n 1024 --temp 0\n```\n\n"
                 "where prompt.txt holds the prompt above with your question in it.\n")
-    load = ("from peft import AutoPeftModelForCausalLM\n"
-            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{name}\")" if kind in PEFT_KINDS else
-            "from transformers import AutoModelForCausalLM\n"
-            f"model = AutoModelForCausalLM.from_pretrained(\"{name}\", dtype=\"auto\")")
-    return ("## How to use\n\n```python\n" + load + "\n"
+    lib, cls, dtype = ("peft", "AutoPeftModelForCausalLM", "") if kind in PEFT_KINDS else \
+        ("transformers", "AutoModelForCausalLM", ', dtype="auto"')
+    return (f"## How to use\n\n```python\nfrom {lib} import {cls}\nmodel = {cls}.from_pretrained(\"{name}\"{dtype})\n"
             "from transformers import AutoTokenizer\n"
             f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\")\n"
             "from medr1.prompts import inference_prompt  # or write the prompt above by hand\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,12 +133,8 @@ class Export:
             except HFValidationError as err:
                 raise ExportError(f"push repository {push_repo!r} is not a valid hub name (you/name): {err}") from None
             hub_token()
-        if adapter:
-            out.need_bytes += self._adapter_bytes()
-        if merged or out.gguf:
-            n = count_parameters(self.config)
-            out.need_bytes += merged_bytes(n) if merged else 0
-            out.need_bytes += to_gguf.size(n, out.gguf) + SLACK_BYTES if out.gguf else 0
+        n = count_parameters(self.config) if merged or out.gguf else 0
+        out.need_bytes = sum(self._bytes(what, n, out.gguf) for what in out.folders)
         if out.folders:
             check_disk(self.export_dir, out.need_bytes, " and ".join(out.folders))
         done = [f"{what} -> {dest}" for what, dest in out.folders.items()]
@@ -147,15 +144,11 @@ class Export:
 
     def adapter(self, dest: str | Path = "") -> Path:
         """The LoRA adapter and tokenizer, with a model card; copied into a temporary folder, then renamed."""
-        dest = check_destination(dest or self.export_dir / "adapter", self.overwrite)
-        check_disk(dest, self._adapter_bytes(), "the adapter")
-        with atomic_dir(dest) as tmp:
+        dest = self._destination("adapter", dest)
+        with self._writing("adapter", dest, "the adapter") as tmp:
             for item in self.adapter_src.iterdir():
                 if item.is_file() and item.name != "README.md":
                     shutil.copy2(item, tmp / item.name)
-            self._write_card(tmp, "adapter")
-        self.paths["adapter"] = dest
-        log.info(f"adapter saved to {dest}")
         return dest
 
     def verify_adapter(self, path: str | Path = "", question: str = "") -> dict[str, Any]:
@@ -187,19 +180,15 @@ class Export:
 
     def merged(self, dest: str | Path = "") -> Path:
         """Base + adapter merged into 16-bit weights (Unsloth's save_pretrained_merged), with a model card."""
-        dest = check_destination(dest or self.export_dir / "merged-16bit", self.overwrite)
+        dest = self._destination("merged", dest)
         n = count_parameters(self.config)
-        check_disk(dest, merged_bytes(n), f"the merged 16-bit model ({n / 1e9:.2f} B parameters)")
-        model, tokenizer = self._load()
-        with atomic_dir(dest) as tmp:
+        with self._writing("merged", dest, f"the merged 16-bit model ({n / 1e9:.2f} B parameters)", n) as tmp:
+            model, tokenizer = self._load()
             if hasattr(model, "save_pretrained_merged") and self._unsloth():
                 model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
             else:
                 merge_16bit(model, self.config).save_pretrained(str(tmp))
                 tokenizer.save_pretrained(str(tmp))
-            self._write_card(tmp, "merged")
-        self.paths["merged"] = dest
-        log.info(f"merged 16-bit model saved to {dest}")
         return dest
 
     def gguf(self, methods: str | list[str] = "q8_0,q4_k_m", dest: str | Path = "", *,
@@ -210,20 +199,13 @@ class Export:
         if not wanted:
             log.info("GGUF skipped (no quantization methods asked for)")
             return None
-        dest = check_destination(dest or self.export_dir / "gguf", self.overwrite)
+        dest = self._destination("gguf", dest)
         if not to_gguf.possible(strict):
             return None
         n = count_parameters(self.config)
-        need = to_gguf.size(n, wanted) + SLACK_BYTES
-        check_disk(dest, need, f"GGUF {', '.join(wanted)} ({n / 1e9:.2f} B parameters)")
-        model, tokenizer = self._load()
-        with atomic_dir(dest) as tmp:
-            files = to_gguf.write(model, tokenizer, tmp, wanted)
-            self._write_card(tmp, "gguf", [f.name for f in files])
-        out = sorted(dest.glob("*.gguf"))
-        self.paths["gguf"] = dest
-        log.info(f"GGUF saved: {', '.join(str(p) for p in out)}")
-        return out
+        with self._writing("gguf", dest, f"GGUF {', '.join(wanted)} ({n / 1e9:.2f} B parameters)", n, wanted) as tmp:
+            to_gguf.write(*self._load(), tmp, wanted)
+        return sorted(dest.glob("*.gguf"))
 
     def push(self, repo_id: str, what: str = "adapter", *, private: bool = True) -> str | None:
         """Upload an exported folder (adapter, merged or gguf) to the hub, private unless told otherwise, with the
@@ -234,7 +216,7 @@ class Export:
         folder = self._push_folder(what)
         if not _filled(folder):
             raise ExportError(f"nothing to push: {folder} does not exist yet; export the {what} first")
-        self._write_card(folder, what, repo_id=repo_id)
+        card.write_card(folder, self.record, what, evaluation=self.evaluation, repo_id=repo_id)
         return push_folder(folder, repo_id, private=private)
 
     def _push_folder(self, what: str) -> Path:
@@ -242,8 +224,11 @@ class Export:
             raise ExportError(f"push what={what!r}: choose one of {list(PUSHABLE)}")
         return Path(self.paths.get(what) or self.export_dir / PUSHABLE[what])
 
-    def _adapter_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.adapter_src.iterdir() if p.is_file()) + SLACK_BYTES
+    def _bytes(self, what: str, n: int = 0, wanted: list[str] | tuple = ()) -> int:
+        """Bytes the `what` folder takes; `n`: the base model's parameters, `wanted`: the GGUF quantizations."""
+        if what == "adapter":
+            return sum(p.stat().st_size for p in self.adapter_src.iterdir() if p.is_file()) + SLACK_BYTES
+        return merged_bytes(n) if what == "merged" else to_gguf.size(n, list(wanted)) + SLACK_BYTES
 
     def _unsloth(self) -> bool:
         return UNSLOTH and self.config.backend == "unsloth"
@@ -255,8 +240,18 @@ class Export:
             self._model, self._tokenizer = load_adapter(self.config, self.adapter_src, via=via)
         return self._model, self._tokenizer
 
-    def _write_card(self, folder: Path, kind: str, files: list[str] | None = None, repo_id: str = "") -> None:
-        card.write_card(folder, self.record, kind, evaluation=self.evaluation, repo_id=repo_id, files=files)
+    def _destination(self, what: str, dest: str | Path) -> Path:
+        return check_destination(dest or self.export_dir / PUSHABLE[what], self.overwrite)
+
+    @contextmanager
+    def _writing(self, what: str, dest: Path, label: str, n: int = 0, wanted: list[str] | tuple = ()):
+        """Check the disk, yield a temporary folder to fill, add the card, rename it into place as `dest`."""
+        check_disk(dest, self._bytes(what, n, wanted), label)
+        with atomic_dir(dest) as tmp:
+            yield tmp
+            card.write_card(tmp, self.record, what, evaluation=self.evaluation)
+        self.paths[what] = dest
+        log.info(f"{label} saved to {dest}")
 
     def _question(self) -> str:
         try:
