@@ -20,31 +20,25 @@ FIXTURE = "medr1:verifiable"  # the bundled questions, src/medr1/assets/verifiab
 FIXTURE_PATH = Path(__file__).parent / "assets" / "verifiable_tiny.jsonl"
 
 
-def validate(rows: list[Any], source: str) -> list[dict[str, str]]:
-    """Every row has both fields as non-empty strings (medr1.data's check); returns rows with only those fields."""
-    from medr1.data import validate_rows
-
-    return validate_rows(rows, source, FIELDS)
-
-
 def read_questions(path: str | Path) -> list[dict[str, str]]:
-    """A local .json/.jsonl/.csv/.parquet of verifiable questions (or the bundled fixture), validated."""
+    """A local .json/.jsonl/.csv/.parquet of verifiable questions (or the bundled fixture), validated: both fields
+    non-empty strings (medr1.data's check), and only those fields kept."""
     path = FIXTURE_PATH if str(path) == FIXTURE else Path(path).expanduser()
-    return validate(data.read_rows(path), str(path))
+    return data.validate_rows(data.read_rows(path), str(path), FIELDS)
 
 
 def load_questions(config: Config) -> tuple[list[dict[str, str]], str]:
     """(rows, source): `grpo_data_path` if set, else the first `grpo_num_examples` rows of the hub dataset."""
     n = config.grpo_num_examples
     if config.grpo_data_path:
-        rows = read_questions(config.grpo_data_path)
+        rows = read_questions(config.grpo_data_path)[:n or None]
         source = str(FIXTURE_PATH if config.grpo_data_path == FIXTURE else config.grpo_data_path)
-        rows = rows[:n] if n else rows
     else:
         hub = dataclasses.replace(config, dataset_name=config.grpo_dataset_name,
                                   dataset_config=config.grpo_dataset_config, dataset_split=config.grpo_dataset_split)
         source = f"{hub.dataset_name} ({hub.dataset_config}, {hub.dataset_split})"
-        rows = validate(data._hub_rows(hub, f"{hub.dataset_split}[:{n}]" if n else hub.dataset_split), source)
+        split = f"{hub.dataset_split}[:{n}]" if n else hub.dataset_split
+        rows = data.validate_rows(data._hub_rows(hub, split), source, FIELDS)
     return rows, source
 
 
@@ -58,8 +52,8 @@ def score_verifiable(questions_path: str | Path, predictions_path: str | Path, s
     if len(predictions) != len(rows):
         raise DataError(f"{len(predictions)} predictions for {len(rows)} questions: they must match one to one, "
                         "in the questions file's order")
-    verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]]) for p, r in zip(predictions, rows,
-                                                                                            strict=True)]
+    verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]])
+                for p, r in zip(predictions, rows, strict=True)]
     correct = sum(v.correct for v in verdicts)
     reasons = {k: sum(v.reason == k for v in verdicts) for k in
                ("match", "not found", "negated", "several candidates", "no answer")}
