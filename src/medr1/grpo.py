@@ -267,25 +267,14 @@ def reward_history(log_history: list[dict], names: list[str]) -> list[dict[str, 
 
 def plot_rewards(records: list[dict[str, Any]], path: Path, title: str = "GRPO rewards") -> Path:
     """Mean reward (weighted sum) and each reward's mean against optimizer step, saved as PNG."""
-    import matplotlib
-
-    if not record._in_notebook():
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in records]
-    ax.plot(steps, [r["reward"] for r in records], marker=".", linewidth=2, label="reward (weighted sum)")
-    for name in records[0]["rewards"]:
-        ax.plot(steps, [r["rewards"][name] for r in records], linewidth=1, alpha=0.8, label=name)
-    ax.set(xlabel="optimizer step", ylabel="mean over the step's answers", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    if not record._in_notebook():
-        plt.close(fig)
+    with record.figure(path, figsize=(6, 3.5)) as (_, ax):
+        ax.plot(steps, [r["reward"] for r in records], marker=".", linewidth=2, label="reward (weighted sum)")
+        for name in records[0]["rewards"]:
+            ax.plot(steps, [r["rewards"][name] for r in records], linewidth=1, alpha=0.8, label=name)
+        ax.set(xlabel="optimizer step", ylabel="mean over the step's answers", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return path
 
 

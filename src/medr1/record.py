@@ -73,20 +73,14 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _modes() -> tuple[int, int]:
-    """(file mode, folder mode) a plain `open`/`mkdir` would give: 0644/0755 under the usual umask 022.
-
-    tempfile makes 0600 files and 0700 folders, and an atomic rename keeps that mode: other users and
-    containers could not read the run. Reading the umask means setting it, so it is put straight back.
-    """
+def _usual_modes(path: Path) -> None:
+    """Give `path` (and everything under a folder) the modes a plain `open`/`mkdir` would: 0644/0755 under the
+    usual umask 022; executables stay executable. tempfile makes 0600 files and 0700 folders, and an atomic
+    rename keeps that mode: other users and containers could not read the run. Reading the umask means setting
+    it, so it is put straight back."""
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask, 0o777 & ~umask
-
-
-def _usual_modes(path: Path) -> None:
-    """Give `path` (and everything under a folder) the modes of a plain write; executables stay executable."""
-    file_mode, dir_mode = _modes()
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
     for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
         if p.is_symlink():
             continue
@@ -228,10 +222,7 @@ RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "report_to", "wandb_pr
 
 def changed_settings(out: Path, config: Config) -> list[str]:
     """'knob: old -> new' for each setting that differs from the run recorded in out/run.json."""
-    try:
-        before = json.loads((out / "run.json").read_text(encoding="utf-8")).get("config", {})
-    except (OSError, ValueError):
-        return []  # no readable record (killed before it was written): the checkpoints alone decide
+    before = read_record_or_empty(out).get("config", {})  # none (killed before it was written): checkpoints decide
     now = config.to_dict()
     return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now
             if k not in RESUME_MAY_CHANGE and k in before and before[k] != now[k]]
@@ -255,25 +246,31 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def plot_losses(records: list[dict], path: Path, title: str = "training loss") -> Path:
-    """Loss against optimizer step, saved as PNG (headless: the Agg backend)."""
+@contextmanager
+def figure(path: Path, **subplots: Any):
+    """Yield (fig, axes) from `plt.subplots(**subplots)`; on exit it is saved to `path` as PNG. Headless, the Agg
+    backend; in a notebook the figure is left open (its backend shows it), elsewhere it is closed."""
     import matplotlib
 
     if "ipykernel" not in os.environ.get("MPLBACKEND", "") and not _in_notebook():
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], marker=".", linewidth=1)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(**subplots)
+    yield fig, axes
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     if not _in_notebook():
         plt.close(fig)
+
+
+def plot_losses(records: list[dict], path: Path, title: str = "training loss") -> Path:
+    """Loss against optimizer step, saved as PNG."""
+    with figure(path, figsize=(6, 3.5)) as (_, ax):
+        ax.plot([r["step"] for r in records], [r["loss"] for r in records], marker=".", linewidth=1)
+        ax.set(xlabel="optimizer step", ylabel="loss", title=title)
+        ax.grid(alpha=0.3)
     return path
 
 
