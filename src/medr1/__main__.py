@@ -17,7 +17,7 @@ import dataclasses
 import sys
 
 from medr1.config import build_config, cli_hints, parse_overrides
-from medr1.errors import MedR1Error
+from medr1.errors import ConfigError, MedR1Error
 from medr1.log import log
 from medr1.presets import PRESET_NAMES
 
@@ -26,10 +26,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each option's default, where there is one to show."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or action.default in ("", []) \
-                or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
+        hidden = action.default is None or action.default is False or action.default in ("", [])
+        return action.help if hidden else super()._get_help_string(action)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -53,18 +51,15 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, str]:
     return overrides
 
 
-def _count(minimum: int):
-    """An argparse type: an integer >= minimum, else a one-line usage error naming the option."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0, else a one-line usage error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -125,23 +120,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.verifiable:  # open questions with a short reference answer: the GRPO correctness reward, no model
         if not args.predictions:
-            print("medr1: error: --verifiable FILE needs --predictions PRED.jsonl", file=sys.stderr)
-            return 2
+            raise ConfigError("--verifiable FILE needs --predictions PRED.jsonl")
         from medr1.verifiable import score_verifiable
 
         print(json.dumps(score_verifiable(args.verifiable, args.predictions, args.style)))
         return 0
     if args.predictions:
         if not args.mcq:
-            print("medr1: error: --predictions needs --mcq FILE (the questions they answer)", file=sys.stderr)
-            return 2
+            raise ConfigError("--predictions needs --mcq FILE (the questions they answer)")
         from medr1.mcq import score_files
 
         print(json.dumps(score_files(args.mcq, args.predictions, args.style, args.max_questions)))
         return 0
     if not args.run_dir:
-        print("medr1: error: give a run folder (RUN_DIR), or --mcq FILE --predictions PRED.jsonl", file=sys.stderr)
-        return 2
+        raise ConfigError("give a run folder (RUN_DIR), or --mcq FILE --predictions PRED.jsonl")
     from medr1 import distributed
 
     distributed.quiet_replicas()  # under accelerate launch the questions are shared out; rank 0 prints and writes
@@ -205,21 +197,20 @@ def cmd_knobs(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medr1", description=__doc__.splitlines()[0], formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="fine-tune (the notebook's steps, end to end)", formatter_class=_Help)
-    _run_args(p)
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("grpo", help="reinforce on verifiable questions (GRPO + LoRA), after SFT (init_adapter)",
-                       formatter_class=_Help)
-    _run_args(p)
-    p.set_defaults(func=cmd_grpo)
-    p = sub.add_parser("check-data", help="validate a data file and report token lengths", formatter_class=_Help)
+
+    def command(name: str, func, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, formatter_class=_Help)
+        p.set_defaults(func=func)
+        return p
+
+    _run_args(command("train", cmd_train, "fine-tune (the notebook's steps, end to end)"))
+    _run_args(command("grpo", cmd_grpo, "reinforce on verifiable questions (GRPO + LoRA), after SFT (init_adapter)"))
+    p = command("check-data", cmd_check_data, "validate a data file and report token lengths")
     p.add_argument("path", help="rows to check: .json, .jsonl, .csv or .parquet with Question, Complex_CoT, Response")
     _config_args(p)
     p.add_argument("--show", type=int, default=None, metavar="N",
                    help="print row N's training text and tokens: ids, pieces, loss mask, round trip, whether it fits")
-    p.set_defaults(func=cmd_check_data)
-    p = sub.add_parser("evaluate", help="base vs fine-tuned on held-out rows; multiple-choice accuracy",
-                       formatter_class=_Help)
+    p = command("evaluate", cmd_evaluate, "base vs fine-tuned on held-out rows; multiple-choice accuracy")
     p.add_argument("run_dir", nargs="?", default="", metavar="RUN_DIR", help="output folder of a training run")
     p.add_argument("--mcq", default="", metavar="FILE",
                    help="questions: JSON list or JSONL of question/options/answer_idx")
@@ -227,20 +218,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="score these generations (one {'prediction': ...} per line, FILE's order); loads no model")
     p.add_argument("--verifiable", default="", metavar="FILE", help="open questions with `Open-ended Verifiable "
                    "Question` and `Ground-True Answer`: score --predictions' answer parts against them (medr1.rewards)")
-    p.add_argument("--max-rows", type=_count(0), default=0, help="held-out rows to use (0 = all)")
-    p.add_argument("--max-questions", type=_count(0), default=0, help="multiple-choice questions to use (0 = all)")
-    p.add_argument("--max-new-tokens", type=_count(0), default=0,
-                   help="generation budget (0 = the run's max_new_tokens)")
-    p.add_argument("--batch-size", type=_count(0), default=0,
-                   help="rows generated together (0 = as many as free GPU memory holds)")
-    p.add_argument("--samples", type=_count(0), default=0,
-                   help="k sampled answers per question at R1's temperature 0.6 / top_p 0.95, seeded (0 = greedy)")
+    for flag, text in (("--max-rows", "held-out rows to use (0 = all)"),
+                       ("--max-questions", "multiple-choice questions to use (0 = all)"),
+                       ("--max-new-tokens", "generation budget (0 = the run's max_new_tokens)"),
+                       ("--batch-size", "rows generated together (0 = as many as free GPU memory holds)"),
+                       ("--samples", "k sampled answers per question at R1's temperature 0.6 / top_p 0.95, seeded "
+                                     "(0 = greedy)")):
+        p.add_argument(flag, type=_count, default=0, help=text)
     p.add_argument("--engine", default="auto", choices=("auto", "medr1", "hf"),
                    help="medr1: the batched decoder; hf: model.generate in batches; auto: medr1 where it applies")
     p.add_argument("--style", default="seed", choices=("seed", "r1"), help="prompt style of the predictions")
-    p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("export", help="adapter, merged 16-bit, GGUF, push to the hub (with a model card)",
-                       formatter_class=_Help)
+    p = command("export", cmd_export, "adapter, merged 16-bit, GGUF, push to the hub (with a model card)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a training run")
     p.add_argument("--to", default="", metavar="DIR", help="export folder; default: RUN_DIR/export")
     p.add_argument("--no-adapter", action="store_true", help="skip the adapter export")
@@ -251,12 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--push-what", default="adapter", choices=("adapter", "merged", "gguf"), help="what to push")
     p.add_argument("--public", action="store_true", help="make a new hub repository public; default: private")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty export folder")
-    p.set_defaults(func=cmd_export)
-    p = sub.add_parser("knobs", help="list every knob: type, default (or a preset's value) and advice",
-                       formatter_class=_Help)
+    p = command("knobs", cmd_knobs, "list every knob: type, default (or a preset's value) and advice")
     p.add_argument("--preset", default="", metavar="PRESET",
                    help=f"show this preset's values instead of Config's defaults: one of {list(PRESET_NAMES)}")
-    p.set_defaults(func=cmd_knobs)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # recorded commands in benchmarks/*.json still say `python -m medr1 bench`
         print("medr1: the benchmarks are scripts now: python benchmarks/bench.py (training), "
