@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import operator
 import textwrap
 import tokenize
 import typing
@@ -36,6 +37,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_scheduler_type": ("linear", "cosine", "constant", "constant_with_warmup"),
     "optim": ("adamw_8bit", "adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "sgd"),
 }
+POSITIVE = ("max_seq_length", "lora_r", "lora_alpha", "per_device_train_batch_size", "gradient_accumulation_steps",
+            "learning_rate", "logging_steps", "save_total_limit", "max_new_tokens")
+NON_NEGATIVE = ("max_steps", "num_examples", "holdout_examples", "warmup_steps", "weight_decay", "save_steps",
+                "num_train_epochs")
 
 
 @dataclass
@@ -110,31 +115,16 @@ class Config:
     preset: str = field(default="", metadata={"derived": True})  # the preset this came from
 
     def __post_init__(self) -> None:
-        self._check_types()
-        self._check_values()
-
-    def _check_types(self) -> None:
         hints = typing.get_type_hints(Config)
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            coerced = coerce(f.name, value, hints[f.name])
-            object.__setattr__(self, f.name, coerced)
-
-    def _check_values(self) -> None:
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not valid; choose one of {list(allowed)}")
-        positive = ["max_seq_length", "lora_r", "lora_alpha", "per_device_train_batch_size",
-                    "gradient_accumulation_steps", "learning_rate", "logging_steps", "save_total_limit",
-                    "max_new_tokens"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        non_negative = ["max_steps", "num_examples", "holdout_examples", "warmup_steps", "weight_decay",
-                        "save_steps", "num_train_epochs"]
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for names, ok, bound in ((POSITIVE, operator.gt, "> 0"), (NON_NEGATIVE, operator.ge, ">= 0")):
+            for name in names:
+                if not ok(getattr(self, name), 0):
+                    raise ConfigError(f"{name} must be {bound}, got {getattr(self, name)!r}")
         if self.max_steps == 0 and self.num_train_epochs <= 0:
             raise ConfigError("max_steps=0 trains by epochs, so num_train_epochs must be > 0")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -173,11 +163,9 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"{name} must be a list of strings, got {value!r}")
-    if isinstance(value, str) and hint is bool and value.lower() in BOOL_WORDS:
-        return BOOL_WORDS[value.lower()]
-    if isinstance(value, str) and hint in (int, float):
-        with contextlib.suppress(ValueError):
-            return hint(value)
+    if isinstance(value, str) and hint in (bool, int, float):
+        with contextlib.suppress(KeyError, ValueError):
+            return BOOL_WORDS[value.lower()] if hint is bool else hint(value)
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -228,13 +216,12 @@ def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
 
 
 _CLI_HINTS = False  # set by `python -m medr1` (cli_hints), so that error hints name its flags
-CLI_FLAGS = {"overwrite": "--overwrite", "resume": "--resume"}
 
 
 def hint(knob: str, value: Any = True) -> str:
     """How to set `knob` where the user is: `overwrite=True` in Python and notebooks, `--overwrite` on the CLI."""
     if _CLI_HINTS:
-        return CLI_FLAGS[knob] if knob in CLI_FLAGS and value is True else f"--set {knob}={value}"
+        return f"--{knob}" if knob in ("overwrite", "resume") and value is True else f"--set {knob}={value}"
     return f"{knob}={value!r}"
 
 
