@@ -19,18 +19,15 @@ from medr1.errors import ModelError
 
 # Spaces, newlines, tabs, unicode, digits and R1's reasoning markers: what a broken pre-tokenizer loses first.
 PROBE = "Hello world\n\tβ-blocker 5 mg/kg, 37.5 °C;  two  spaces\n<think>\nreasoning</think>\n\nanswer"
-THINK_TOKENS = (prompts.THINK_OPEN, prompts.THINK_CLOSE)
 # Pad candidates that are not EOS, in the order R1-distill and Llama-3 vocabularies hold them.
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|reserved_special_token_0|>")
 ADDED_PAD = "<｜▁pad▁｜>"
 
 
 def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, check: bool = True):
-    """The tokenizer of a hub id, a local folder, a saved adapter or checkpoint, read from its tokenizer.json.
-
-    Falls back to `AutoTokenizer` only where there is no tokenizer.json (a SentencePiece-only model). The
-    pad token is made distinct from EOS, and the chat template renders medr1's prompt for `prompt_style`.
-    """
+    """The tokenizer of a hub id, a local folder, a saved adapter or checkpoint, read from its tokenizer.json
+    (`AutoTokenizer` only where there is none: a SentencePiece-only model). The pad token is made distinct from
+    EOS, and the chat template renders medr1's prompt for `prompt_style`."""
     import_unsloth_first()
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -65,7 +62,7 @@ def check_tokenizer(tokenizer, name: str = "") -> None:
         raise ModelError(f"{what} does not encode its EOS {tokenizer.eos_token!r} as the single token "
                          f"{tokenizer.eos_token_id}")
     vocab = tokenizer.get_vocab()
-    for marker in THINK_TOKENS:
+    for marker in (prompts.THINK_OPEN, prompts.THINK_CLOSE):
         if marker in vocab and tokenizer(marker, add_special_tokens=False)["input_ids"] != [vocab[marker]]:
             raise ModelError(f"{what} splits {marker!r} into several tokens although its vocabulary has it as one")
 
@@ -78,11 +75,8 @@ def _first_difference(want: str, got: str) -> str:
 
 
 def set_pad_token(tokenizer) -> bool:
-    """Make pad differ from EOS; True when a new token was added (the model's embeddings must then grow).
-
-    A pad equal to EOS (DeepSeek's own upload) lets a collator mask EOS out of the labels, and the model
-    never learns to stop.
-    """
+    """Make pad differ from EOS; True when a new token was added (the model's embeddings must then grow). A pad
+    equal to EOS (DeepSeek's own upload) lets a collator mask EOS out of the labels: the model never learns to stop."""
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         return False
     vocab = tokenizer.get_vocab()
@@ -95,12 +89,10 @@ def set_pad_token(tokenizer) -> bool:
 
 
 def chat_template(style: str) -> str:
-    """A Jinja chat template that renders exactly medr1's generation prompt (BOS + inference prompt).
-
-    Servers that read the template (vLLM, TGI, llama.cpp through GGUF metadata) then ask the model the way it
-    was trained. The last user message is the question; an assistant message after it (a training example)
-    is rendered as reasoning and answer would be written, ending with EOS.
-    """
+    """A Jinja chat template that renders exactly medr1's generation prompt (BOS + inference prompt), so servers
+    that read it (vLLM, TGI, llama.cpp through GGUF metadata) ask the model the way it was trained. The last user
+    message is the question; an assistant message after it (a training example) is rendered after the prompt,
+    ending with EOS."""
     prefix, suffix = prompts.inference_prompt("\x00", style).split("\x00")
     return (
         "{{ bos_token }}{% set q = (messages | selectattr('role', 'equalto', 'user') | list | last).content %}"
