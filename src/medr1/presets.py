@@ -33,12 +33,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_steps=60, learning_rate=2e-4, warmup_steps=5, optim="adamw_8bit", weight_decay=0.01,
         lr_scheduler_type="linear", seed=3407, precision="auto", packing=False,
         save_steps=20, save_total_limit=2,  # a checkpoint every third of the run, for resume
+        # GRPO: one question x 8 answers of 512 tokens per step (sized for a 16 GB T4 in 4-bit; see the README)
+        num_generations=8, max_completion_length=512, grpo_questions_per_step=1, grpo_max_steps=100,
+        grpo_learning_rate=5e-6, beta=0.0, grpo_num_examples=1000,
     ),
     # Large GPUs: the recipe's data in 4x larger optimizer steps of 8 packed 2,048-token rows; 15 steps,
     # lr x sqrt(4), warm-up 1 (medr1.speed). build_config splits the 8 rows into micro-batches by free memory.
     "fast": dict(
         packing=True, per_device_train_batch_size=PACKED_ROWS, gradient_accumulation_steps=1,
         gradient_checkpointing="false", **fast_schedule(),
+        # GRPO: 4 questions per step (generation, the cost, runs batched), lr x sqrt(4) as for SFT
+        num_generations=8, max_completion_length=1024, grpo_questions_per_step=4, grpo_max_steps=100,
+        grpo_learning_rate=1e-5,
     ),
     # The tiny offline model on the bundled fixture: runs anywhere, on a CPU, in seconds.
     "smoke": dict(
@@ -46,39 +52,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_examples=0, holdout_examples=4, per_device_train_batch_size=4, gradient_accumulation_steps=1,
         max_steps=40, learning_rate=1e-2, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
         precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=48,
+        # GRPO: the tiny model learns to stop (reward_stop), see tests/test_grpo.py
+        grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=8, max_completion_length=24,
+        grpo_questions_per_step=2, grpo_max_steps=12, grpo_learning_rate=2e-2, reward_stop=1.0,
     ),
-    # A real pretrained model on a CPU (medr1.smollm) and 72 short bundled rows (12 more held out): the seed's
-    # prompt and LoRA, sized so that `make run` (training, before/after answers) fits 8 minutes on 2 cores.
-    # 24 steps of 3 rows (one pass over the 72 rows, ~19k tokens, 217 s at ~88 tokens/s): 10 of 12 held-out answers
-    # in the format and stopped at EOS, 12 of 12 with reasoning and an answer; `make run` 6 min 48 s. 4 rows a step
-    # gave 11 of 12 but `make run` took 8 min 7 s to 8 min 50 s; 20 steps of 4: 6 of 12; lr 1e-3: 5 of 12.
-    # 256 new tokens: the rows' answers take 94 to 172.
-    # No checkpoints (save_steps=0): a run this short is rerun, not resumed.
+    # A real pretrained model on a CPU (medr1.smollm), 72 short bundled rows (12 more held out), the seed's prompt
+    # and LoRA, sized for `make run` (training, before/after answers) in 8 minutes on 2 cores. 24 steps of 3 rows
+    # (~19k tokens, 217 s at ~88 tokens/s): 10 of 12 held-out answers in the format and stopped at EOS, 12 of 12
+    # with reasoning and an answer, `make run` 6 min 48 s. 4 rows a step: 11 of 12 but 8 min 7 s to 8 min 50 s;
+    # 20 steps of 4: 6 of 12; lr 1e-3: 5 of 12. 256 new tokens: answers take 94 to 172. No checkpoints: rerun it.
     "cpu": dict(
         model_name=CPU_MODEL, data_path=CPU_DATA, load_in_4bit=False, max_seq_length=1024, num_examples=0,
         holdout_examples=12, lora_r=16, lora_alpha=16, per_device_train_batch_size=3, gradient_accumulation_steps=1,
         max_steps=24, learning_rate=2e-3, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
         precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=256, save_steps=0,
+        # GRPO: bundled questions, short answers (not tuned: 4 answers of 64 tokens took 30-50 s a step, 2 busy cores)
+        grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=4, max_completion_length=128,
+        grpo_questions_per_step=1, grpo_max_steps=10, grpo_learning_rate=5e-5,
     ),
 }
-# Reinforcement (GRPO) per preset. colab-t4: one question x 8 answers of 512 tokens per step (sized for a 16 GB
-# T4 in 4-bit; the README says what was measured); fast: 4 questions per step (generation, the cost, runs
-# batched), lr x sqrt(4) as for SFT; smoke: the tiny model learns to stop (reward_stop), see tests/test_grpo.py.
-for _name, _grpo in {
-    "colab-t4": dict(num_generations=8, max_completion_length=512, grpo_questions_per_step=1, grpo_max_steps=100,
-                     grpo_learning_rate=5e-6, beta=0.0, grpo_num_examples=1000),
-    "fast": dict(num_generations=8, max_completion_length=1024, grpo_questions_per_step=4, grpo_max_steps=100,
-                 grpo_learning_rate=1e-5),
-    "smoke": dict(grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=8,
-                  max_completion_length=24, grpo_questions_per_step=2, grpo_max_steps=12, grpo_learning_rate=2e-2,
-                  reward_stop=1.0),
-    # offline on a CPU: the bundled questions, short answers (not tuned; 4 answers of 64 tokens took 30-50 s a step
-    # on 2 busy cores)
-    "cpu": dict(grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=4, max_completion_length=128,
-                grpo_questions_per_step=1, grpo_max_steps=10, grpo_learning_rate=5e-5),
-}.items():
-    if _name in PRESETS:
-        PRESETS[_name].update(_grpo)
 PRESET_NAMES = ("auto", *PRESETS)
 FAST_MIN_GIB = 40.0  # GPUs with at least this much memory get the `fast` preset under `auto`
 
