@@ -27,7 +27,7 @@ def check(config: Config) -> dict[str, Any]:
     return model_config
 
 
-def model_path(name: str) -> str:
+def model_path(name: str, knob: str = "model_name") -> str:
     """Where `name` loads from: a model medr1 builds itself (its cached folder), a local folder, or a hub id."""
     if name == SMOKE_MODEL:
         from medr1.tiny import tiny_model_path
@@ -38,10 +38,14 @@ def model_path(name: str) -> str:
 
         return str(smollm_path())
     local = Path(name).expanduser()
+    if local.is_file():
+        raise ModelError(f"{knob}: {local} is a file; give a model folder or a hub id")
     if local.exists():
         if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
-            raise ModelError(f"model_name: {local} is a folder without config.json or adapter_config.json")
+            raise ModelError(f"{knob}: {local} is a folder without config.json or adapter_config.json")
         return str(local)
+    if name.startswith(LOCAL_PREFIXES):
+        raise ModelError(f"{knob}: local folder {name!r} does not exist")
     return name
 
 
@@ -51,23 +55,16 @@ def check_model(config: Config) -> dict[str, Any]:
 
 
 def _model_config(name: str, knob: str, depth: int = 0) -> dict[str, Any]:
-    if name in (SMOKE_MODEL, CPU_MODEL):
-        return _read_json(Path(model_path(name)) / "config.json")
-    local = Path(name).expanduser()
-    if local.is_dir():
-        if (local / "config.json").exists():
-            return _read_json(local / "config.json")
-        adapter = local / "adapter_config.json"
-        if adapter.exists() and depth == 0:  # a LoRA adapter folder: check the base model it names
-            base = _read_json(adapter).get("base_model_name_or_path")
-            if base:
-                return _model_config(base, f"{knob} (base model of {local})", depth + 1)
-        raise ModelError(f"{knob}: {local} is a folder without config.json or adapter_config.json")
-    if local.exists():
-        raise ModelError(f"{knob}: {local} is a file; give a model folder or a hub id")
-    if name.startswith(LOCAL_PREFIXES):
-        raise ModelError(f"{knob}: local folder {name!r} does not exist")
-    return _read_json(Path(_hub_config(name, knob)))
+    folder = Path(model_path(name, knob))
+    if not folder.is_dir():  # a hub id
+        return _read_json(Path(_hub_config(name, knob)))
+    if (folder / "config.json").exists():
+        return _read_json(folder / "config.json")
+    # a LoRA adapter folder: check the base model it names (one level only)
+    base = _read_json(folder / "adapter_config.json").get("base_model_name_or_path") if depth == 0 else None
+    if not base:
+        raise ModelError(f"{knob}: {folder} is a folder without config.json or adapter_config.json")
+    return _model_config(base, f"{knob} (base model of {folder})", depth + 1)
 
 
 def _hub_config(name: str, knob: str) -> str:
@@ -81,24 +78,22 @@ def _hub_config(name: str, knob: str) -> str:
         RepositoryNotFoundError,
     )
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    where = f"{knob}={name!r} is not a local folder"
+    uncached = ", and the hub could not be reached (no network?) nor is it cached"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        uncached = (", nor in the local hub cache (HF_HUB_OFFLINE=1, so the hub was not asked); download it once "
+                    "online or give a local folder")
+    problems = {  # the first that matches, as an `except` chain would take it
+        HFValidationError: ", nor a valid hub id (expected 'owner/name')",
+        LocalEntryNotFoundError: uncached,
+        GatedRepoError: "; on the hub it is gated: accept its terms and set HF_TOKEN",
+        RepositoryNotFoundError: ", and the hub has no such model (a typo, or private: set HF_TOKEN)",
+        EntryNotFoundError: "; the hub repository has no config.json, so it is not a transformers model",
+    }
     try:
         return hf_hub_download(name, "config.json")
-    except HFValidationError:
-        raise ModelError(f"{where}, nor a valid hub id (expected 'owner/name')") from None
-    except LocalEntryNotFoundError:
-        if offline:
-            raise ModelError(f"{where}, nor in the local hub cache (HF_HUB_OFFLINE=1, so the hub was not asked); "
-                             "download it once online or give a local folder") from None
-        raise ModelError(f"{where}, and the hub could not be reached (no network?) nor is it cached") from None
-    except GatedRepoError:
-        raise ModelError(f"{where}; on the hub it is gated: accept its terms and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise ModelError(f"{where}, and the hub has no such model (a typo, or private: set HF_TOKEN)") from None
-    except EntryNotFoundError:
-        raise ModelError(f"{where}; the hub repository has no config.json, so it is not a transformers model") \
-            from None
+    except tuple(problems) as err:
+        why = next(text for kind, text in problems.items() if isinstance(err, kind))
+        raise ModelError(f"{knob}={name!r} is not a local folder{why}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
