@@ -1,11 +1,10 @@
 """Several processes (one per GPU): what medr1 itself must decide when `accelerate launch` or torchrun start it.
 
-The engine is not ours. accelerate/torchrun start one process per GPU; accelerate's `PartialState` holds the
-process group (NCCL on GPUs, gloo on a CPU), the Hugging Face Trainer wraps the model in DDP and averages the
-gradients. What is left to medr1, and lives here:
+accelerate's `PartialState` holds the process group (NCCL on GPUs, gloo on a CPU); the Trainer wraps the model in
+DDP and averages the gradients. Left to medr1:
 
-- every process must train the same config: rank 0's is the one (the default output folder carries a
-  timestamp, and the `fast` preset sizes batches from free memory: both could differ between processes);
+- every process trains rank 0's config (the default output folder's timestamp and `fast`'s batch sizing from
+  free memory could differ between processes);
 - only rank 0 writes the run's files and prints; the others wait where files must exist;
 - the learning-rate rule for more processes, stated with the run's own numbers.
 
@@ -77,7 +76,7 @@ def backend() -> str | None:
 def finish() -> None:
     """End the process group cleanly (torch warns at exit about one left open)."""
     if world_size() > 1:
-        state().wait_for_everyone()
+        barrier()
         state().destroy_process_group()
 
 
@@ -96,44 +95,28 @@ def quiet_replicas() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def tuned_batch(config: Config) -> int:
-    """The effective batch (rows per optimizer step) that the config's learning rate was chosen for.
-
-    `fast`'s schedule is set for its PACKED_ROWS rows per step, which build_config already splits over the
-    processes; any other config's learning rate is taken to be meant for the config on one process.
-    """
-    if config.preset == "fast":
-        from medr1.speed import PACKED_ROWS
-
-        return PACKED_ROWS
-    return config.per_device_train_batch_size * config.gradient_accumulation_steps
-
-
 def learning_rate_rule(config: Config, processes: int) -> str:
     """The learning-rate rule for several processes, with this run's numbers (printed and recorded in run.json).
 
-    Each process adds per-device x accumulation rows to every optimizer step. medr1 never changes the
-    learning rate by itself: the config is trained as written. The rule: a learning rate belongs to the
-    effective batch it was chosen for. To train the same recipe on k times the processes, keep that batch
-    by dividing gradient_accumulation_steps (or the per-device batch) by k: learning rate and steps stay.
-    To keep a batch k times larger instead, multiply the learning rate by sqrt(k) (the square-root rule
-    for Adam-family optimizers) and divide max_steps by k to see the same rows.
+    medr1 trains the config as written. A learning rate belongs to the batch it was chosen for (fast's: its
+    PACKED_ROWS, already split over the processes; any other's: the config on one process). To train the same
+    recipe on k times the processes, divide gradient_accumulation_steps (or the per-device batch) by k; to keep
+    the k times larger batch, multiply the learning rate by sqrt(k) (Adam's square-root rule), divide max_steps by k.
     """
+    from medr1.speed.sizing import PACKED_ROWS
+
     per_device, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
-    effective, tuned = per_device * accumulation * processes, tuned_batch(config)
+    effective = per_device * accumulation * processes
+    tuned = PACKED_ROWS if config.preset == "fast" else per_device * accumulation
     head = f"learning_rate={config.learning_rate:g} is used as set, chosen for {tuned} rows per optimizer step"
     if effective == tuned:
         return f"{head}, as this run takes ({per_device} x {accumulation} x {processes})"
-    head = f"{head}; this run takes {effective} ({per_device} x {accumulation} x {processes})"
     k = Fraction(effective, tuned)
-    if (accumulation / k).denominator == 1:
-        keep = f"gradient_accumulation_steps={accumulation / k}"
-    elif (per_device / k).denominator == 1:
-        keep = f"per_device_train_batch_size={per_device / k}"
-    else:
-        keep = None
-    keep = (f"to keep {tuned} rows per step, set {keep} (same learning rate and steps)" if keep
+    knobs = {"gradient_accumulation_steps": accumulation, "per_device_train_batch_size": per_device}
+    splits = [f"{name}={n / k}" for name, n in knobs.items() if (n / k).denominator == 1]
+    keep = (f"to keep {tuned} rows per step, set {splits[0]} (same learning rate and steps)" if splits
             else f"{tuned} rows per step do not split over {processes} processes")
     steps = f" and max_steps={math.ceil(config.max_steps / k)}" if config.max_steps > 0 else ""
-    return (f"{head}. Rule: {keep}; or keep {effective} rows per step with learning_rate="
-            f"{config.learning_rate * math.sqrt(k):.3g} (x sqrt({k})){steps} for the same rows")
+    return (f"{head}; this run takes {effective} ({per_device} x {accumulation} x {processes}). Rule: {keep}; or keep "
+            f"{effective} rows per step with learning_rate={config.learning_rate * math.sqrt(k):.3g} (x sqrt({k}))"
+            f"{steps} for the same rows")
