@@ -2,19 +2,12 @@
 
 `model.generate` spends ~60 ms per decode step on an H100 whatever the batch (Python and launch
 overhead, 4-bit weights dequantized at every call), and a finished row idles until the longest row of
-its batch ends. This decoder, behind `medr1.infer.generate_many`:
-
-- merges the adapter into a 16-bit copy of the weights where memory allows (the 4-bit weights
-  dequantized once, plus peft's own `get_delta_weight`), fused per projection group; without room
-  for it, the model's own modules (4-bit + LoRA, as loaded) are called;
-- keeps one preallocated KV cache of `slots` rows, sized from free memory; a row that stops (EOS or
-  the budget) hands its slot to the next waiting prompt (continuous batching), and the host reads
-  the tokens only every `chunk` steps;
-- prefills prompts in fixed blocks and runs every decode step with the same shapes, so a row's tokens
-  do not depend on which other rows share the cache, nor how many (`medr1.llama`).
-
-The layer maths (`medr1.llama`) is transformers' Llama; the tests compare it with the model's own forward
-and `generate`.
+its batch ends. This decoder, behind `medr1.infer.generate_many`, merges the adapter into a 16-bit copy of
+the weights where memory allows (else it calls the model's own modules), and keeps one preallocated KV cache
+of `slots` rows, sized from free memory: a row that stops (EOS or the budget) hands its slot to the next
+waiting prompt (continuous batching), and the host reads the tokens only every `chunk` steps. The layer maths
+(`medr1.llama`, compared with the model's own forward and `generate` by the tests) has fixed shapes, so a row's
+tokens do not depend on which other rows share the cache, nor how many.
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from medr1.llama import GIB, Decoder, _causal_lm, dense_weight, head_dim, shape_limits  # noqa: F401 - Decoder, dense_weight: API
+from medr1.llama import GIB, Decoder, _causal_lm, head_dim, shape_limits
 
 SUPPORTED = ("llama", "qwen2", "mistral")  # Llama-shaped decoder layers (qwen2: with q/k/v biases)
 
@@ -36,7 +29,7 @@ class Sampling:
 
     temperature: float = 0.6
     top_p: float = 0.95
-    seed: int = 3407
+    seed: int | None = 3407  # None: not seeded (infer.generate's do_sample, for variety)
 
 
 @dataclass
@@ -136,8 +129,7 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
     max_len = -(-(max(len(p) for p in prompts) + max_new_tokens + chunk) // 64) * 64
     n_slots, merged, why = plan(model, rows=len(prompts), max_len=max_len, slots=slots, merge=merge,
                                 memory_gib=memory_gib)
-    dec = Decoder(model, slots=n_slots, max_len=max_len, merge=merged,
-                  shapes=shape_limits(_causal_lm(model).get_input_embeddings().weight.device, memory_gib))
+    dec = Decoder(model, slots=n_slots, max_len=max_len, merge=merged, memory_gib=memory_gib)
     stats.slots, stats.merged, stats.prompts = n_slots, merged, len(prompts)
     stats.notes.append(why)
     pick = _picker(sampling, dec.device)

@@ -58,7 +58,7 @@ def dense_weight(module) -> torch.Tensor:
 class Decoder:
     """A KV cache of `slots` rows of `max_len` positions, and the prefill and decode steps over the model's weights."""
 
-    def __init__(self, model, *, slots: int, max_len: int, merge: bool, shapes: tuple[int, int] | None = None) -> None:
+    def __init__(self, model, *, slots: int, max_len: int, merge: bool, memory_gib: float = 0) -> None:
         base = _causal_lm(model)
         c = base.config
         self.embed = base.get_input_embeddings().weight
@@ -74,7 +74,7 @@ class Decoder:
         self.merged = merge
         self.layers = [self._layer(layer, merge) for layer in base.model.layers]
         self.slots, self.max_len = slots, max_len
-        self.step_rows, self.prefill_tokens = shapes or shape_limits(self.device)
+        self.step_rows, self.prefill_tokens = shape_limits(self.device, memory_gib)
         if slots > self.step_rows:
             raise ValueError(f"{slots} slots do not fit in steps of {self.step_rows} rows")
         self.pad_rows = torch.zeros(self.step_rows - slots, self.heads, self.head_dim, dtype=self.dtype,
@@ -203,7 +203,7 @@ def _rope_table(config, max_len: int, device, dtype) -> tuple[torch.Tensor, torc
     params = getattr(config, "rope_parameters", None) or {}
     kind = params.get("rope_type", "default")
     if kind == "default":
-        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dim = head_dim(config)
         theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
         inv_freq, scale = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)), 1.0
     else:
