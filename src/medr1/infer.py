@@ -48,23 +48,15 @@ def generate(model, tokenizer, question: str, *, style: str = "seed", max_new_to
     temperature 0.6) for variety instead.
     """
     for_inference(model, backend)
-    prompt = prompts.inference_prompt(question, style)
-    inputs = tokenizer([prompt], return_tensors="pt").to(model.device)
     streamer = None
     if stream:
         from transformers import TextStreamer
 
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=0.95) if do_sample else dict(do_sample=False)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, streamer=streamer, use_cache=True, **sampling)
-    new, stopped = _cut_at_eos(out[0, inputs["input_ids"].shape[1]:].tolist(), tokenizer.eos_token_id)
-    return Generation(question=question, **_answer(tokenizer, new, stopped, style))
-
-
-def _cut_at_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
-    """(the tokens before the first EOS, whether there was one)."""
-    return (tokens[:tokens.index(eos)], True) if eos in tokens else (tokens, False)
+    sampling = Sampling(temperature=temperature, seed=None) if do_sample else None  # unseeded: for variety
+    [(tokens, stopped)] = hf_generate(model, tokenizer, [prompts.inference_prompt(question, style)],
+                                      max_new_tokens=max_new_tokens, batch_size=1, sampling=sampling, streamer=streamer)
+    return Generation(question=question, **_answer(tokenizer, tokens, stopped, style))
 
 
 def _answer(tokenizer, tokens: list[int], stopped: bool, style: str) -> dict[str, Any]:
@@ -127,39 +119,41 @@ def generate_many(model, tokenizer, prompt_texts: list[str], *, max_new_tokens: 
 
 
 def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batch_size: int = 8,
-                sampling: Sampling | None = None, stats: Stats | None = None) -> list[tuple[list[int], bool]]:
+                sampling: Sampling | None = None, stats: Stats | None = None,
+                streamer=None) -> list[tuple[list[int], bool]]:
     """(tokens, stopped) per text through `model.generate`, in left-padded batches: the plain-transformers way,
-    kept for models the batched decoder does not run and as the benchmark's baseline."""
+    kept for `generate` (streams), for models the batched decoder does not run, and as the benchmark's baseline."""
     t0 = time.perf_counter()
+    stats = stats if stats is not None else Stats()
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    kwargs: dict[str, Any] = dict(do_sample=False)
+    eos = tokenizer.eos_token_id
+    kwargs: dict[str, Any] = dict(do_sample=False, streamer=streamer)
     if sampling is not None:
-        torch.manual_seed(sampling.seed)
-        kwargs = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
     rows: list[tuple[list[int], bool]] = []
     try:
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True).to(device)
-            generated = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+            generated = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos,
                                        pad_token_id=tokenizer.pad_token_id, use_cache=True, **kwargs)
             new = generated[:, enc["input_ids"].shape[1]:]
-            if stats is not None:
-                stats.steps += new.shape[1]
+            stats.steps += new.shape[1]
             for row in new.tolist():
-                row, stopped = _cut_at_eos(row, tokenizer.eos_token_id)
+                row, stopped = (row[:row.index(eos)], True) if eos in row else (row, False)  # cut at the first EOS
                 while not stopped and row and row[-1] == tokenizer.pad_token_id:  # a shorter row's padding
                     row = row[:-1]
                 rows.append((row, stopped))
     finally:
         tokenizer.padding_side = side
-    if stats is not None:
-        stats.slots, stats.prompts = batch_size, len(texts)
-        stats.generated_tokens += sum(len(t) + int(s) for t, s in rows)
-        stats.seconds += time.perf_counter() - t0
-        if device.type == "cuda":
-            stats.peak_gib = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    stats.slots, stats.prompts = batch_size, len(texts)
+    stats.generated_tokens += sum(len(t) + int(s) for t, s in rows)
+    stats.seconds += time.perf_counter() - t0
+    if device.type == "cuda":
+        stats.peak_gib = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return rows
 
 
