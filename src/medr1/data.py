@@ -42,9 +42,27 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if path.stat().st_size == 0:
         raise DataError(f"data_path: {path} is empty")
     try:
-        rows = _parse(path, suffix)
+        if suffix == ".csv":
+            with path.open(encoding="utf-8", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                rows = pq.read_table(path).to_pylist()
+            except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+                raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+        else:
+            rows = read_json_or_jsonl(path)
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    if isinstance(rows, dict):  # {"train": [...]} or {"data": [...]}: take the one list inside
+        lists = [v for v in rows.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path}: expected a JSON list of rows, got an object with keys {list(rows)}")
+        rows = lists[0]
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
     if not rows:
         raise DataError(f"data_path: {path} holds no rows")
     return rows
@@ -69,29 +87,6 @@ def read_json_or_jsonl(path: Path) -> Any:
         raise DataError(f"{path}: invalid JSON on line {err.lineno}: {err.msg}") from None
 
 
-def _parse(path: Path, suffix: str) -> list[Any]:
-    if suffix in (".json", ".jsonl"):
-        rows = read_json_or_jsonl(path)
-        if isinstance(rows, dict):  # {"train": [...]} or {"data": [...]}: take the one list inside
-            lists = [v for v in rows.values() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise DataError(f"{path}: expected a JSON list of rows, got an object with keys {list(rows)}")
-            rows = lists[0]
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
-    elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    else:
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
-    return rows
-
-
 def validate_rows(rows: list[Any], source: str, fields: tuple[str, ...] = FIELDS) -> list[dict[str, str]]:
     """Check every row has `fields` (the SFT data's three by default) as non-empty strings; return rows with only
     those fields. Errors name the source, the row and the field."""
@@ -113,14 +108,10 @@ def validate_rows(rows: list[Any], source: str, fields: tuple[str, ...] = FIELDS
 
 def drop_duplicates(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
     """Exact duplicate rows would be trained on twice or leak into the hold-out; keep the first."""
-    seen: set[tuple[str, ...]] = set()
-    out = []
+    unique: dict[tuple[str, ...], dict[str, str]] = {}
     for row in rows:
-        key = tuple(row[f] for f in FIELDS)
-        if key not in seen:
-            seen.add(key)
-            out.append(row)
-    return out, len(rows) - len(out)
+        unique.setdefault(tuple(row[f] for f in FIELDS), row)
+    return list(unique.values()), len(rows) - len(unique)
 
 
 @dataclass
@@ -249,12 +240,8 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, config: Config) -> tupl
     if over and len(over) == len(rows) and config.over_length == "drop":
         raise DataError(f"every row ({len(rows)}) is longer than max_seq_length={limit} tokens "
                         f"(shortest: {min(lengths)}); raise max_seq_length (95% of rows fit in {p95})")
-    kept: list[Encoded] = []
-    for e, n in zip(encoded, lengths, strict=True):
-        if n <= limit:
-            kept.append(e)
-        elif config.over_length == "truncate":
-            kept.append(Encoded(e.ids[:limit], e.completion[:limit]))
+    kept = [e if n <= limit else Encoded(e.ids[:limit], e.completion[:limit])
+            for e, n in zip(encoded, lengths, strict=True) if n <= limit or config.over_length == "truncate"]
     report = LengthReport(
         rows=len(rows), kept=len(kept), over_length=len(over),
         dropped=len(over) if config.over_length == "drop" else 0,
