@@ -125,11 +125,8 @@ class Split:
 
 
 def load_split(config: Config) -> Split:
-    """Training and hold-out rows from a local file or the hub, validated and disjoint.
-
-    The hold-out is the last `holdout_examples` rows of the file or split; training takes the first
-    `num_examples` of the rest (on the hub, `train[:500]` as the recipe says).
-    """
+    """Training and hold-out rows from a local file or the hub, validated and disjoint: the hold-out is the last
+    `holdout_examples` rows; training the first `num_examples` of the rest (on the hub `train[:500]`, the recipe's)."""
     h = config.holdout_examples
     if config.data_path:
         path = resolve_path(config.data_path)
@@ -224,10 +221,8 @@ def encode_rows(rows: list[dict[str, str]], tokenizer, style: str) -> list[Encod
 
 
 def tokenize_rows(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list[Encoded], LengthReport]:
-    """Training rows -> encoded texts, applying `over_length` (drop | error | truncate).
-
-    Never cuts an answer off silently: dropping is counted and reported, truncation is opt-in.
-    """
+    """Training rows -> encoded texts, applying `over_length`. Never cuts an answer off silently: dropping is
+    counted and reported, truncation is opt-in."""
     encoded = encode_rows(rows, tokenizer, config.prompt_style)
     lengths = [len(e.ids) for e in encoded]
     limit = config.max_seq_length
@@ -265,10 +260,7 @@ def to_dataset(encoded: list[Encoded] | list[list[int]], loss_on: str = "all"):
 
 def token_view(row: dict[str, str], tokenizer, config: Config) -> str:
     """One row as the trainer sees it: each token's id and text, whether it counts in the loss, the round trip.
-
-    How template and tokenizer bugs are caught before training: a lost space or newline, a split `<think>`,
-    a missing EOS or a mask in the wrong place shows at a glance.
-    """
+    A lost space or newline, a split `<think>`, a missing EOS or a misplaced mask shows at a glance."""
     text = prompts.format_row(row, tokenizer.eos_token, config.prompt_style)
     enc = encode_rows([row], tokenizer, config.prompt_style)[0]
     counted = enc.completion if config.loss_on == "completion" else [1] * len(enc.ids)

@@ -120,11 +120,8 @@ def check_max_seq_length(config: Config, model_config: dict[str, Any]) -> None:
 
 
 def bnb_4bit_problem(backend: str) -> str | None:
-    """Why bitsandbytes cannot run 4-bit weights on this machine, or None when it can.
-
-    Unsloth's own verdict counts first: where it finds bitsandbytes unusable it loads 16-bit
-    weights without a word, an 8B model then needs about four times the memory.
-    """
+    """Why bitsandbytes cannot run 4-bit weights on this machine, or None when it can. Unsloth's verdict counts
+    first: where it finds bitsandbytes unusable it silently loads 16-bit weights (about 4x the memory)."""
     from medr1.stack import import_unsloth_first  # unsloth before anything it patches
 
     if backend == "unsloth" and import_unsloth_first():
@@ -166,9 +163,7 @@ def warn_if_not_4bit(model, config: Config) -> bool:
 
 def short_errors() -> bool:
     """In IPython/Jupyter, show a medr1 error as its one line instead of a traceback; True if installed.
-
-    The cell still fails (papermill and "Run all" stop there), only the display is shorter.
-    """
+    The cell still fails (papermill and "Run all" stop there)."""
     try:
         from IPython import get_ipython
     except ImportError:
