@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+import typing
 
 from medr1.config import build_config, cli_hints, parse_overrides
 from medr1.errors import ConfigError, MedR1Error
@@ -116,8 +118,6 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score predictions without a model (--mcq + --predictions), or evaluate a run's base vs fine-tuned."""
-    import json
-
     if args.verifiable:  # open questions with a short reference answer: the GRPO correctness reward, no model
         if not args.predictions:
             raise ConfigError("--verifiable FILE needs --predictions PRED.jsonl")
@@ -149,8 +149,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Adapter (default), merged 16-bit, GGUF, and a push to the hub, each with a model card."""
-    import json
-
     from medr1.export import Export
 
     exp = Export(args.run_dir, args.to or "", overwrite=args.overwrite)
@@ -173,8 +171,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_knobs(args: argparse.Namespace) -> int:
     """Every knob of medr1.config.Config: type, default (or the preset's value) and the advice beside it."""
-    import typing
-
     from medr1.config import Config, knob_advice, knob_names
     from medr1.presets import PRESETS
 
