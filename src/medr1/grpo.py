@@ -63,24 +63,23 @@ def start_adapter(config: Config) -> Path | None:
     if not config.init_adapter:
         return None
     path = Path(config.init_adapter).expanduser()
-    run_dir = path if (path / "run.json").exists() else path.parent if (path.parent / "run.json").exists() else None
+    run_dir = next((p for p in (path, path.parent) if (p / "run.json").exists()), None)
+    rec = record.read_record(run_dir) if run_dir else {}
     adapter = path
     if not (path / "adapter_config.json").exists():
         if run_dir != path:
             raise ConfigError(f"init_adapter={config.init_adapter!r} is neither a medr1 run folder (run.json) nor "
                               "an adapter folder (adapter_config.json)")
-        rec = record.read_record(path)
         adapter = path / (rec.get("adapter") or "adapter")
         if not (adapter / "adapter_config.json").exists():
             raise ConfigError(f"init_adapter={config.init_adapter!r}: the run holds no adapter yet (status "
                               f"{rec.get('status')!r}); finish or resume it first")
-    if run_dir is not None:
-        trained = record.read_record(run_dir).get("config", {})
-        differ = [f"{k}={trained[k]!r} (this config: {getattr(config, k)!r})" for k in ("model_name", "prompt_style")
-                  if k in trained and trained[k] != getattr(config, k)]
-        if differ:
-            raise ConfigError(f"init_adapter={config.init_adapter!r} was trained with {'; '.join(differ)}: set the "
-                              "same values, so the adapter meets the base and the prompts it learned")
+    trained = rec.get("config", {})
+    differ = [f"{k}={trained[k]!r} (this config: {getattr(config, k)!r})" for k in ("model_name", "prompt_style")
+              if k in trained and trained[k] != getattr(config, k)]
+    if differ:
+        raise ConfigError(f"init_adapter={config.init_adapter!r} was trained with {'; '.join(differ)}: set the "
+                          "same values, so the adapter meets the base and the prompts it learned")
     return adapter
 
 
@@ -94,25 +93,18 @@ class GrpoRun(Stage):
     STAGE = "GRPO"
 
     def __init__(self, config: Config):
-        from medr1 import preflight
-        from medr1.tokenizer import load_tokenizer
-
         t0 = time.perf_counter()
         check(config)
         super().__init__(config)
         self.questions, self.source = load_questions(config)
         self.adapter = start_adapter(config)
-        preflight.check(config)
-        self.tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
+        self._check_model()
         self.weights = reward_weights(config)
         self.rollout_memory_gib = 0.0  # grpo_generation=medr1: plan the decoder for this much GPU memory (0: free)
         self.rewards: list[dict[str, Any]] = []
-        self.record = {
-            "kind": "grpo", "status": "prepared", "created": record.now(), "preset": config.preset,
-            "config": config.to_dict(), "reward_weights": self.weights,
-            "init_adapter": str(self.adapter) if self.adapter else None,
-            "data": {"source": self.source, "questions": len(self.questions)},
-            "timings": {"prepare_s": round(time.perf_counter() - t0, 2)}}
+        self.record = self._prepared(t0, {"source": self.source, "questions": len(self.questions)}, kind="grpo",
+                                     reward_weights=self.weights,
+                                     init_adapter=str(self.adapter) if self.adapter else None)
         log.info(f"{len(self.questions)} verifiable questions from {self.source}; reward weights {self.weights}")
 
     def prompt(self, i: int = 0) -> str:
@@ -121,24 +113,18 @@ class GrpoRun(Stage):
 
     def add_lora(self):
         """New LoRA as the config says, or the start adapter's shape with its trained weights loaded into it."""
-        from medr1.model import add_lora
-
         self._need_model()
-        cfg = self.config
-        if self.adapter:
-            shape = json.loads((self.adapter / "adapter_config.json").read_text(encoding="utf-8"))
-            targets = shape.get("target_modules")
-            if not isinstance(targets, list):
-                raise ModelError(f"{self.adapter}: target_modules {targets!r} is not a list of module names")
-            cfg = dataclasses.replace(cfg, lora_r=shape["r"], lora_alpha=shape["lora_alpha"],
-                                      lora_dropout=shape.get("lora_dropout", 0.0), lora_targets=tuple(sorted(targets)))
-        self.model = add_lora(self.model, cfg)
-        if self.adapter:
-            self.record["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": list(cfg.lora_targets),
-                                   "loaded_tensors": _load_adapter_weights(self.model, self.adapter)}
-        self.record["trainable_parameters"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        log.info(f"LoRA r={cfg.lora_r} ({f'trained weights from {self.adapter}' if self.adapter else 'new'}): "
-              f"{self.record['trainable_parameters']:,} trainable parameters")
+        if not self.adapter:
+            return super().add_lora(source=" (new)")
+        shape = json.loads((self.adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        targets = shape.get("target_modules")
+        if not isinstance(targets, list):
+            raise ModelError(f"{self.adapter}: target_modules {targets!r} is not a list of module names")
+        cfg = dataclasses.replace(self.config, lora_r=shape["r"], lora_alpha=shape["lora_alpha"],
+                                  lora_dropout=shape.get("lora_dropout", 0.0), lora_targets=tuple(sorted(targets)))
+        super().add_lora(cfg, f" (trained weights from {self.adapter})")
+        self.record["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": list(cfg.lora_targets),
+                               "loaded_tensors": _load_adapter_weights(self.model, self.adapter)}
         return self.model
 
     def trainer_args(self, checkpoint_dir: str, report_to: str = "none") -> dict[str, Any]:
@@ -217,7 +203,7 @@ class GrpoRun(Stage):
             "generated_tokens_per_s": round(generated / seconds, 1) if seconds else None}, rewards=self.rewards)
         first, last = (self.rewards[0]["reward"], self.rewards[-1]["reward"]) if self.rewards else (None, None)
         log.info(f"{len(new)} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
-              f"tokens/s; mean reward {first} -> {last}")
+                 f"tokens/s; mean reward {first} -> {last}")
 
     def _progress(self) -> dict[str, Any]:
         return {"rewards": reward_history(self._trainer.state.log_history, list(self.weights))}
@@ -233,6 +219,8 @@ class GrpoRun(Stage):
         if not self.rewards:
             raise RuntimeError("no rewards yet: train first")
         return plot_rewards(self.rewards, self.out / "rewards.png", f"medr1 {self.config.preset}: GRPO rewards")
+
+    _plot = plot_rewards  # what the whole stage (`grpo`) plots
 
 
 def _load_adapter_weights(model, adapter: Path) -> int:
@@ -278,12 +266,4 @@ def plot_rewards(records: list[dict[str, Any]], path: Path, title: str = "GRPO r
     return path
 
 
-def grpo(config: Config) -> GrpoRun:
-    """The whole stage without pauses (what `medr1 grpo` does): prepare, load, LoRA, train, plot, save."""
-    run = GrpoRun(config)
-    run.load()
-    run.add_lora()
-    run.train()
-    run.plot_rewards()
-    run.save()
-    return run
+grpo = GrpoRun.all_steps  # the whole stage without pauses: what `medr1 grpo` does

@@ -61,14 +61,6 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def peak_memory_gib() -> float | None:
-    import torch
-
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_reserved() / 2**30, 2)
-    return None
-
-
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -21,7 +21,6 @@ from medr1 import data, distributed, preflight, record
 from medr1.config import Config
 from medr1.log import log
 from medr1.stage import Stage
-from medr1.tokenizer import load_tokenizer
 
 
 class Run(Stage):
@@ -34,27 +33,23 @@ class Run(Stage):
         config = self.config
         distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         self.split = data.load_split(config)
-        preflight.check(config)  # model name, max_seq_length and 4-bit, from config.json alone
-        self.tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)  # probe-checked
+        self._check_model()
         self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, config)
         self.history = None
         earlier = record.read_record_or_empty(self.out) if config.resume else {}
         self.complete = earlier.get("status") == "complete"
-        self.record = earlier if self.complete else {
-            "status": "prepared", "created": record.now(), "preset": config.preset, "config": config.to_dict(),
-            "data": {"source": self.split.source, "train_rows": len(self.split.train),
-                     "holdout_rows": len(self.split.holdout), "duplicates": self.split.duplicates,
-                     "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()},
-            "timings": {"prepare_s": round(time.perf_counter() - t0, 2)},
-            **{k: earlier[k] for k in ("answers", "holdout_eval") if k in earlier}}
+        self.record = earlier if self.complete else self._prepared(t0, {
+            "source": self.split.source, "train_rows": len(self.split.train), "holdout_rows": len(self.split.holdout),
+            "duplicates": self.split.duplicates, "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()},
+            **{k: earlier[k] for k in ("answers", "holdout_eval") if k in earlier})
         log.info(f"data from {self.split.source}: {len(self.split.train)} training rows, "
-              f"{len(self.split.holdout)} held out")
-        log.info(f"{self.lengths.summary()}")
+                 f"{len(self.split.holdout)} held out")
+        log.info(self.lengths.summary())
         if self.lengths.warning():
-            log.info(f"{self.lengths.warning()}")
+            log.info(self.lengths.warning())
         if self.complete:
             log.info(f"the run in {self.out} is complete ({self.record.get('train', {}).get('steps')} steps): "
-                  "resuming it trains nothing and changes none of its files")
+                     "resuming it trains nothing and changes none of its files")
 
     # -- the notebook's steps ---------------------------------------------------------------------
     @property
@@ -115,19 +110,6 @@ class Run(Stage):
               f"({len(self.holdout)} rows, greedy)")
         return figures
 
-    def add_lora(self):
-        """The model wrapped with LoRA adapters (a PeftModel); prints how many parameters train."""
-        from medr1.model import add_lora
-
-        self._need_model()
-        self.model = add_lora(self.model, self.config)
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.model.parameters())
-        self.record["trainable_parameters"] = trainable
-        log.info(f"LoRA r={self.config.lora_r}: {trainable:,} trainable of {total:,} parameters "
-              f"({100 * trainable / total:.2f}%)")
-        return self.model
-
     def trainer(self, callbacks: list | None = None):
         """TRL's SFTTrainer over the tokenized rows, every argument from the config; finds the checkpoint a
         resume starts from (`self.resume_from`) and says so."""
@@ -142,7 +124,7 @@ class Run(Stage):
               f"x {procs} process{'es' if procs > 1 else ''}); packing={cfg.packing}; loss_on={cfg.loss_on}")
         rule = distributed.learning_rate_rule(cfg, procs)
         if procs > 1:
-            log.info(f"{rule}")
+            log.info(rule)
         if not self.complete:
             self.record["distributed"] = {"processes": procs, "backend": distributed.backend(),
                                           "learning_rate_rule": rule}
@@ -189,6 +171,10 @@ class Run(Stage):
                                   title=f"medr1 {self.config.preset}: training loss")
 
     # -- what medr1.stage asks of a stage ------------------------------------------------------------
+    def _plot(self) -> None:
+        if self.history and self.history.records:
+            self.plot_loss()
+
     def _progress(self) -> dict[str, Any]:
         return {"losses": self.history.records}
 
@@ -203,13 +189,4 @@ class Run(Stage):
         write_card(folder, self.record, "adapter")
 
 
-def train(config: Config) -> Run:
-    """The whole run without pauses: prepare, load, LoRA, train, plot, save (what `medr1 train` does)."""
-    run = Run(config)
-    run.load()
-    run.add_lora()
-    run.train()
-    if run.history and run.history.records:
-        run.plot_loss()
-    run.save()
-    return run
+train = Run.all_steps  # the whole run without pauses: what `medr1 train` does

@@ -11,17 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medr1 import distributed, record
+from medr1 import distributed, preflight, record
 from medr1.config import Config, hint
 from medr1.log import log
+from medr1.tokenizer import load_tokenizer
 
 
 class Stage:
     """A training stage's run folder, record, model and trainer across notebook cells.
 
-    Subclasses build `self.record` and `self.tokenizer`, and define `trainer()`, `_record_training(seconds)` and
-    `_progress()` (what run.json keeps of an interrupted run's steps); `_hold_out()` and `_add_to_adapter()`
-    are optional.
+    Subclasses build `self.record` (from `_prepared()`), and define `trainer()`, `_record_training(seconds)`,
+    `_progress()` (what run.json keeps of an interrupted run's steps) and `_plot()` (what `all_steps` plots);
+    `_hold_out()` and `_add_to_adapter()` are optional.
     """
 
     STAGE = "training"  # how the logs name the stage
@@ -33,6 +34,17 @@ class Stage:
         self.complete = False  # a finished run resumed: nothing trains, no file changes
         self.record: dict[str, Any] = {}
 
+    @classmethod
+    def all_steps(cls, config: Config):
+        """The whole stage without pauses (what the command line does): prepare, load, LoRA, train, plot, save."""
+        run = cls(config)
+        run.load()
+        run.add_lora()
+        run.train()
+        run._plot()
+        run.save()
+        return run
+
     def load(self):
         """(model, tokenizer): the base model, and the tokenizer that was checked before it loaded."""
         from medr1.model import load_model
@@ -42,8 +54,19 @@ class Stage:
         self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
         return self.model, self.tokenizer
 
-    def trainer(self, callbacks: list | None = None):
-        raise NotImplementedError
+    def add_lora(self, config: Config | None = None, source: str = ""):
+        """The model wrapped with LoRA adapters (a PeftModel) as `config` (the run's) says; logs how many
+        parameters train."""
+        from medr1.model import add_lora
+
+        self._need_model()
+        config = config or self.config
+        self.model = add_lora(self.model, config)
+        trainable, total = self.model.get_nb_trainable_parameters()  # peft's: 4-bit weights counted unpacked
+        self.record["trainable_parameters"] = trainable
+        log.info(f"LoRA r={config.lora_r}{source}: {trainable:,} trainable of {total:,} parameters "
+                 f"({100 * trainable / total:.2f}%)")
+        return self.model
 
     @contextlib.contextmanager
     def recording(self):
@@ -97,6 +120,17 @@ class Stage:
         return target
 
     # -- for the subclasses ---------------------------------------------------------------------------
+    def _check_model(self) -> None:
+        """The model name, max_seq_length and 4-bit from config.json alone; the tokenizer, probe-checked."""
+        preflight.check(self.config)
+        self.tokenizer = load_tokenizer(preflight.model_path(self.config.model_name), self.config.prompt_style)
+
+    def _prepared(self, t0: float, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """run.json of a prepared run (`extra`: what the stage adds); preparing began at `t0`."""
+        return {"status": "prepared", "created": record.now(), "preset": self.config.preset,
+                "config": self.config.to_dict(), **extra, "data": data,
+                "timings": {"prepare_s": round(time.perf_counter() - t0, 2)}}
+
     def _checkpoints(self, max_steps: int) -> Path:
         """output_dir/checkpoints. With resume, finds the newest checkpoint (`self.resume_from`) and says so;
         with overwrite, clears the old run's checkpoints and adapter."""
@@ -115,19 +149,16 @@ class Stage:
     def _keep_training(self, seconds: float, figures: dict[str, Any], **kept: Any) -> dict[str, Any]:
         """run.json after training: status `trained`, the stage's `figures` among those every stage records, and
         its per-step history (`kept`). Returns the figures as recorded."""
+        import torch
+
+        peak = round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None
         stats = {"train_s": round(seconds, 2), "steps": int(self._trainer.state.global_step), **figures,
-                 "peak_gib": record.peak_memory_gib(),
+                 "peak_gib": peak,
                  "resumed_from": Path(self.resume_from).name if self.resume_from else None}
         self.record["timings"]["train_s"] = stats["train_s"]
         self.record.update(status="trained", train=stats, **kept)
         self._write_record()
         return stats
-
-    def _record_training(self, seconds: float) -> None:
-        raise NotImplementedError
-
-    def _progress(self) -> dict[str, Any]:
-        raise NotImplementedError
 
     def _record_interruption(self, err: BaseException) -> None:
         """Write status 'interrupted' with the step reached and the checkpoint a resume would start from."""
