@@ -149,10 +149,9 @@ class Evaluation:
         """Answers to the held-out questions from both models; format compliance of each."""
         self._need_model()
         texts = [prompts.inference_prompt(r["Question"], self.config.prompt_style) for r in self.rows]
-        gens = {}
-        for variant in VARIANTS:
-            gens[variant] = self.answers(texts, variant, "holdout")
-            self.results["metrics"][variant].update(compliance(gens[variant]))
+        gens = {v: self.answers(texts, v, "holdout") for v in VARIANTS}
+        for v in VARIANTS:
+            self.results["metrics"][v].update(compliance(gens[v]))
         self.results["samples"] = [
             {"question": r["Question"], "reference": r["Response"], **{v: gens[v][i * self.samples] for v in VARIANTS}}
             for i, r in enumerate(self.rows)]
@@ -213,12 +212,11 @@ class Evaluation:
         keys = ["loss", "perplexity", "loss_full", "format_compliance", "has_reasoning_and_answer",
                 "stopped_at_eos", "mean_new_tokens"]
         table = {LABELS[v]: {k: self.results["metrics"][v].get(k) for k in keys} for v in VARIANTS}
-        if "mcq" in self.results:
-            for v in VARIANTS:
-                s = self.results["mcq"][v]
-                table[LABELS[v]].update(mcq_accuracy=s["accuracy"], mcq_ci95=f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}",
-                                        mcq_unparsed=s["unparsed"], mcq_first_match=s["first_match"],
-                                        mcq_last_match=s["last_match"], mcq_either_match=s["either_match"])
+        for v in VARIANTS if "mcq" in self.results else ():
+            s = self.results["mcq"][v]
+            table[LABELS[v]].update(mcq_accuracy=s["accuracy"], mcq_ci95=f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}",
+                                    mcq_unparsed=s["unparsed"], mcq_first_match=s["first_match"],
+                                    mcq_last_match=s["last_match"], mcq_either_match=s["either_match"])
         df = pd.DataFrame(table)
         return df[df.notna().any(axis=1)]
 
@@ -271,10 +269,8 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
         raise RuntimeError("nothing measured yet: call held_out_loss(), generate() or mcq() first")
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
     for ax, (title, values, errors, share) in zip(axes[0], panels, strict=True):
-        ax.bar([LABELS[v] for v in VARIANTS], values, yerr=errors, capsize=4, color=["#9aa5b1", "#2f7ebc"])
-        for x, value in enumerate(values):
-            ax.annotate(f"{value:.0%}" if share else f"{value:.3g}", (x, value), xytext=(0, 2),
-                        textcoords="offset points", ha="center", va="bottom", fontsize=9)
+        bars = ax.bar([LABELS[v] for v in VARIANTS], values, yerr=errors, capsize=4, color=["#9aa5b1", "#2f7ebc"])
+        ax.bar_label(bars, fmt="{:.0%}" if share else "{:.3g}", padding=2, fontsize=9)
         ax.set_ylim(0, 1.1 if share else max(values) * 1.15 or 1)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
