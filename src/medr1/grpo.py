@@ -84,11 +84,8 @@ def start_adapter(config: Config) -> Path | None:
 
 
 class GrpoRun(Stage):
-    """A GRPO run's state across notebook cells: config, questions, model, trainer, record.
-
-    Each step returns the plain object it built (model and tokenizer, the LoRA model, TRL's GRPOTrainer),
-    as `medr1.run.Run` does for SFT; medr1.stage holds the run folder, resume, recording and saving.
-    """
+    """A GRPO run's state across notebook cells: config, questions, model, trainer, record. Each step returns the
+    plain object it built, as `medr1.run.Run` does for SFT; medr1.stage holds what both stages share."""
 
     STAGE = "GRPO"
 
@@ -239,18 +236,13 @@ def _load_adapter_weights(model, adapter: Path) -> int:
 
 def reward_history(log_history: list[dict], names: list[str]) -> list[dict[str, Any]]:
     """One record per logged step: mean reward (weighted sum), each reward's mean, answer length, KL, loss."""
-    out = []
-    for e in log_history:
-        if "reward" not in e or "step" not in e:
-            continue
-        out.append({"step": int(e["step"]), "reward": round(float(e["reward"]), 4),
-                    "reward_std": round(float(e.get("reward_std", 0.0)), 4),
-                    "rewards": {n: round(float(e.get(f"rewards/{n}/mean", float("nan"))), 4) for n in names},
-                    "completion_length": float(e.get("completions/mean_length", 0.0)),
-                    "clipped_ratio": float(e.get("completions/clipped_ratio", 0.0)),
-                    "kl": e.get("kl"), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
-                    "step_time": e.get("step_time")})
-    return out
+    return [{"step": int(e["step"]), "reward": round(float(e["reward"]), 4),
+             "reward_std": round(float(e.get("reward_std", 0.0)), 4),
+             "rewards": {n: round(float(e.get(f"rewards/{n}/mean", float("nan"))), 4) for n in names},
+             "completion_length": float(e.get("completions/mean_length", 0.0)),
+             "clipped_ratio": float(e.get("completions/clipped_ratio", 0.0)),
+             "kl": e.get("kl"), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
+             "step_time": e.get("step_time")} for e in log_history if "reward" in e and "step" in e]
 
 
 def plot_rewards(records: list[dict[str, Any]], path: Path, title: str = "GRPO rewards") -> Path:

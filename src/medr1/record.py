@@ -1,5 +1,5 @@
 """The run folder: the record (run.json) and what evaluation and export read back from it (config, adapter,
-held-out rows), the loss plot, and atomic writes (a crash mid-write leaves the old file or folder intact; what
+held-out rows), the plots' figure, and atomic writes (a crash mid-write leaves the old file or folder intact; what
 is written gets the usual 0644/0755 modes). Every atomic write in medr1 goes through `atomic_write_text`,
 `atomic_write_json`, `atomic_write_jsonl` and `atomic_dir`.
 """

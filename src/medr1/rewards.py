@@ -7,8 +7,6 @@ and it refuses the two ways a policy learns to game a string match: a negated me
 unlikely", "rule out X") and hedging over several candidates ("X or Y", "X, Y and Z", "the differential
 includes"). The matching is deliberately strict (precision over recall): a correct answer in other words
 earns nothing here; the verifier model (medr1.verifier, off by default) is the tool for those.
-
-The `*_reward` factories return TRL reward callables, `reward(completions, **kwargs) -> list[float]`.
 """
 
 from __future__ import annotations
@@ -240,7 +238,7 @@ def format_ok(generated: str, stopped: bool, style: str = "seed") -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# TRL reward callables: reward(completions, **kwargs) -> list[float], one float per completion.
+# TRL reward callables (the `*_reward` factories): reward(completions, **kwargs) -> list[float], one per completion.
 
 
 def _stopped(completion_ids: list[list[int]] | None, n: int, eos_token_id: int) -> list[bool]:
