@@ -104,15 +104,13 @@ class Decoder:
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
 
-    def _qkv(self, w: dict, h: torch.Tensor):
-        n = h.shape[0]
+    def _qkv(self, w: dict, h: torch.Tensor) -> list[torch.Tensor]:
+        heads = (self.heads, self.kv_heads, self.kv_heads)
         if self.merged:
-            q, k, v = F.linear(h, w["qkv"], w["qkv_bias"]).split(
-                [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
+            qkv = F.linear(h, w["qkv"], w["qkv_bias"]).split([n * self.head_dim for n in heads], dim=-1)
         else:
-            q, k, v = w["q"](h), w["k"](h), w["v"](h)
-        return (q.reshape(n, self.heads, self.head_dim), k.reshape(n, self.kv_heads, self.head_dim),
-                v.reshape(n, self.kv_heads, self.head_dim))
+            qkv = w["q"](h), w["k"](h), w["v"](h)
+        return [t.reshape(h.shape[0], n, self.head_dim) for t, n in zip(qkv, heads, strict=True)]
 
     def _mlp(self, w: dict, h: torch.Tensor) -> torch.Tensor:
         if self.merged:
