@@ -107,11 +107,8 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
     """Markdown with a YAML header, from a run record (`rec`, the content of run.json)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    cfg = rec.get("config") or {}
-    data = rec.get("data") or {}
-    lengths = data.get("lengths") or {}
-    train = rec.get("train") or {}
-    losses = rec.get("losses") or []
+    cfg, data, train = (rec.get(key) or {} for key in ("config", "data", "train"))
+    lengths, losses = data.get("lengths") or {}, rec.get("losses") or []
     base = str(cfg.get("model_name") or "?")
     from_hub = not cfg.get("data_path")
     at = f"step {step} of {cfg.get('max_steps')}" if step is not None else "an unfinished run"
