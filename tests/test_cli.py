@@ -47,3 +47,19 @@ def test_train_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.loads((out / "run.json").read_text())
     assert rec["status"] == "complete" and len(rec["losses"]) == 4
+
+
+def test_output_cut_short_by_a_pipe_ends_quietly():
+    """`medr1 knobs | head -1`: the reader stops early; no BrokenPipeError traceback. Here the reader is gone before
+    the first write, so every write meets the closed pipe (with a real `head` that is a race)."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "medr1", "knobs"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr

@@ -103,3 +103,27 @@ def test_batched_decoder_on_gpu_gives_the_same_answers_at_any_batch():
         for merge in (True, False):
             got = decode.Decoder(model, slots=1, max_len=128, merge=merge).prefill([(0, ids[0])])[0].float()
             assert float((got - want).norm() / want.norm()) < 0.05, merge
+
+
+def test_plain_log_probs_match_trl_triton_kernel():
+    """medr1.train.PlainLogProbs (the CPU stand-in) against the TRL kernel it replaces: outputs and gradients."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    from medr1.train import PlainLogProbs
+
+    outputs = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for temperature, softcap, scale in ((1.0, None, 1.0), (0.7, 30.0, 0.5)):
+        hidden = torch.randn(300, 64, device="cuda", generator=g).requires_grad_()
+        weight = (torch.randn(5000, 64, device="cuda", generator=g) / 8).requires_grad_()
+        targets = torch.randint(0, 5000, (300,), device="cuda", generator=g)
+        args = (hidden, weight, None, targets, temperature, 1024, softcap, scale, outputs)
+        plain, kernel = PlainLogProbs.apply(*args), ChunkedLogProbFunction.apply(*args)
+        for name, a, b in zip(outputs, plain, kernel, strict=True):
+            if name == "is_top1":
+                assert torch.equal(a, b)
+            else:
+                torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-4, msg=name)
+        grads = [torch.autograd.grad(-out[0].sum() - out[1].sum(), (hidden, weight)) for out in (plain, kernel)]
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)

@@ -72,6 +72,7 @@ def test_finetune_notebook_runs_headless_with_parameters(tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "loss.png").exists()
     text = executed.read_text()
     assert "QUESTION" in text and "image/png" in text and "medr1: 6 steps in" in text
+    assert text.count('"image/png"') == 1  # the loss plot, shown once (not also by matplotlib's inline backend)
 
 
 def test_wrong_parameter_type_fails_with_the_knob_named(tmp_path):

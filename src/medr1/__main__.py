@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 
@@ -253,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the run record already says where it stopped and how to resume
         print("medr1: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `medr1 knobs | head` stopped reading: no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

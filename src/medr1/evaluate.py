@@ -255,8 +255,6 @@ class Evaluation:
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
     """Bars, base vs fine-tuned: held-out loss, format compliance and (if measured) multiple-choice accuracy."""
-    import matplotlib.pyplot as plt
-
     m = results["metrics"]
     panels = [(title, [m[v][key] for v in VARIANTS], None, share)  # (title, values, error bars, a share in [0, 1])
               for title, key, share in [("held-out loss (lower is better)", "loss", False),
@@ -267,18 +265,14 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
         panels.append((f"multiple-choice accuracy (n={s[0]['n']}, 95% CI)", [x["accuracy"] for x in s], errors, True))
     if not panels:
         raise RuntimeError("nothing measured yet: call held_out_loss(), generate() or mcq() first")
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
-    for ax, (title, values, errors, share) in zip(axes[0], panels, strict=True):
-        bars = ax.bar([LABELS[v] for v in VARIANTS], values, yerr=errors, capsize=4, color=["#9aa5b1", "#2f7ebc"])
-        ax.bar_label(bars, fmt="{:.0%}" if share else "{:.3g}", padding=2, fontsize=9)
-        ax.set_ylim(0, 1.1 if share else max(values) * 1.15 or 1)
-        ax.set_title(title, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{Path(results['run_dir']).name}: base vs fine-tuned", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)  # shown from the PNG (IPython.display.Image), never twice
+    with record.figure(path, (3.6 * len(panels), 3.4), ncols=len(panels), squeeze=False) as (fig, axes):
+        for ax, (title, values, errors, share) in zip(axes[0], panels, strict=True):
+            bars = ax.bar([LABELS[v] for v in VARIANTS], values, yerr=errors, capsize=4, color=["#9aa5b1", "#2f7ebc"])
+            ax.bar_label(bars, fmt="{:.0%}" if share else "{:.3g}", padding=2, fontsize=9)
+            ax.set_ylim(0, 1.1 if share else max(values) * 1.15 or 1)
+            ax.set_title(title, fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        fig.suptitle(f"{Path(results['run_dir']).name}: base vs fine-tuned", fontsize=10)
     return path
 
 

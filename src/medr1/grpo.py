@@ -248,7 +248,7 @@ def reward_history(log_history: list[dict], names: list[str]) -> list[dict[str, 
 def plot_rewards(records: list[dict[str, Any]], path: Path, title: str = "GRPO rewards") -> Path:
     """Mean reward (weighted sum) and each reward's mean against optimizer step, saved as PNG."""
     steps = [r["step"] for r in records]
-    with record.figure(path, figsize=(6, 3.5)) as (_, ax):
+    with record.figure(path, (6, 3.5)) as (_, ax):
         ax.plot(steps, [r["reward"] for r in records], marker=".", linewidth=2, label="reward (weighted sum)")
         for name in records[0]["rewards"]:
             ax.plot(steps, [r["rewards"][name] for r in records], linewidth=1, alpha=0.8, label=name)

@@ -139,15 +139,19 @@ def add_lora(model, config: Config):
     return get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
 
 
-def for_inference(model, backend: str = "unsloth", *, training: bool = False) -> None:
-    """Unsloth's fast generation path (its training mode with `training`) where it applies; eval()/train() otherwise."""
+def for_inference(model, backend: str = "unsloth") -> None:
+    """Unsloth's fast generation path where it applies; eval() otherwise."""
+    _mode(model, backend, training=False)
+
+
+def for_training(model, backend: str = "unsloth") -> None:
+    _mode(model, backend, training=True)
+
+
+def _mode(model, backend: str, training: bool) -> None:
     if UNSLOTH and backend == "unsloth":
         from unsloth import FastLanguageModel
 
         (FastLanguageModel.for_training if training else FastLanguageModel.for_inference)(model)
     else:
         model.train(training)
-
-
-def for_training(model, backend: str = "unsloth") -> None:
-    for_inference(model, backend, training=True)

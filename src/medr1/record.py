@@ -239,38 +239,22 @@ def newest_checkpoint(folder: Path) -> Path | None:
 
 
 @contextmanager
-def figure(path: Path, **subplots: Any):
-    """Yield (fig, axes) from `plt.subplots(**subplots)`; on exit it is saved to `path` as PNG. Headless, the Agg
-    backend; in a notebook the figure is left open (its backend shows it), elsewhere it is closed."""
-    import matplotlib
+def figure(path: Path, figsize: tuple[float, float], **subplots: Any):
+    """Yield (fig, axes) of `Figure.subplots(**subplots)`; on exit it is saved to `path` as PNG. A bare matplotlib
+    Figure, not pyplot's: no backend to choose and nothing a notebook would show a second time beside the PNG."""
+    from matplotlib.figure import Figure
 
-    if "ipykernel" not in os.environ.get("MPLBACKEND", "") and not _in_notebook():
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(**subplots)
-    yield fig, axes
+    fig = Figure(figsize=figsize)
+    yield fig, fig.subplots(**subplots)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    if not _in_notebook():
-        plt.close(fig)
 
 
 def plot_losses(records: list[dict], path: Path, title: str = "training loss") -> Path:
     """Loss against optimizer step, saved as PNG."""
-    with figure(path, figsize=(6, 3.5)) as (_, ax):
+    with figure(path, (6, 3.5)) as (_, ax):
         ax.plot([r["step"] for r in records], [r["loss"] for r in records], marker=".", linewidth=1)
         ax.set(xlabel="optimizer step", ylabel="loss", title=title)
         ax.grid(alpha=0.3)
     return path
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        return False
-    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"

@@ -3,8 +3,6 @@
     sizing.py     the `fast` preset's schedule and micro-batch plan from free GPU memory; allocator defaults
     varlen.py     packed attention through Unsloth's varlen path on torch 2.11, and the packed-loss check
 
-config.py imports `sizing` (no torch at import time); model.py imports `varlen` when packing on a GPU.
+presets.py and config.py import `sizing` (no torch at import time); model.py imports `varlen` when packing on a GPU.
 What measures them lives outside the package: benchmarks/bench.py (training) and benchmarks/bench_eval.py.
 """
-
-from medr1.speed.sizing import PACKED_ROWS  # noqa: F401 - `from medr1.speed import PACKED_ROWS` (distributed.py)
