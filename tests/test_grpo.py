@@ -86,6 +86,19 @@ def test_interrupted_run_resumes_to_the_same_end(runs):
     assert max((w_full[k] - w_resumed[k]).abs().max().item() for k in w_full) < 1e-5
 
 
+def test_resume_of_a_complete_run_trains_nothing_and_changes_nothing(runs, prepared, capsys):
+    full, _, _ = runs
+    out = full.out
+    before = {p: p.read_bytes() for p in [out / "run.json", out / "rewards.png", *sorted((out / "adapter").iterdir())]}
+    again = prepared(out, resume=True)
+    assert again.complete and "is complete (12 steps)" in capsys.readouterr().out
+    again.train()
+    assert again._trainer.state.global_step == 0  # not trained again, whichever checkpoint is there
+    assert again.plot_rewards() == out / "rewards.png"
+    again.save()
+    assert {p: p.read_bytes() for p in before} == before
+
+
 def test_starts_from_a_runs_adapter(runs, tmp_path):
     full, _, _ = runs
     run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "next"), "init_adapter": str(full.out)},

@@ -214,6 +214,8 @@ class GrpoRun(Stage):
 
     def plot_rewards(self) -> Path:
         if not self.rewards:
+            if self.complete and (self.out / "rewards.png").exists():
+                return self.out / "rewards.png"
             raise RuntimeError("no rewards yet: train first")
         return plot_rewards(self.rewards, self.out / "rewards.png", f"medr1 {self.config.preset}: GRPO rewards")
 

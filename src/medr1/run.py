@@ -27,6 +27,8 @@ class Run(Stage):
     """A fine-tuning run's state across notebook cells: config, data, model, trainer, record (medr1.stage's
     run folder, resume, recording and saving; here what SFT adds: the rows, their losses, the card)."""
 
+    CARRIED = ("answers", "holdout_eval")  # the before-training answers and figures of an interrupted run
+
     def __init__(self, config: Config):
         t0 = time.perf_counter()
         super().__init__(distributed.agree(config))  # several processes train rank 0's config, one folder
@@ -36,20 +38,14 @@ class Run(Stage):
         self._check_model()
         self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, config)
         self.history = None
-        earlier = record.read_record_or_empty(self.out) if config.resume else {}
-        self.complete = earlier.get("status") == "complete"
-        self.record = earlier if self.complete else self._prepared(t0, {
+        self.record = self._prepared(t0, {
             "source": self.split.source, "train_rows": len(self.split.train), "holdout_rows": len(self.split.holdout),
-            "duplicates": self.split.duplicates, "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()},
-            **{k: earlier[k] for k in ("answers", "holdout_eval") if k in earlier})
+            "duplicates": self.split.duplicates, "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()})
         log.info(f"data from {self.split.source}: {len(self.split.train)} training rows, "
                  f"{len(self.split.holdout)} held out")
         log.info(self.lengths.summary())
         if self.lengths.warning():
             log.info(self.lengths.warning())
-        if self.complete:
-            log.info(f"the run in {self.out} is complete ({self.record.get('train', {}).get('steps')} steps): "
-                     "resuming it trains nothing and changes none of its files")
 
     # -- the notebook's steps ---------------------------------------------------------------------
     @property

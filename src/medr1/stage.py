@@ -26,6 +26,7 @@ class Stage:
     """
 
     STAGE = "training"  # how the logs name the stage
+    CARRIED: tuple[str, ...] = ()  # run.json fields a resumed run keeps from its interrupted record
 
     def __init__(self, config: Config):
         self.config, self.out = config, record.check_output_dir(config)
@@ -98,7 +99,8 @@ class Stage:
         """trainer() and trainer.train() inside recording(): what the command line does; returns the figures."""
         trainer = self.trainer(callbacks)
         with self.recording():
-            trainer.train(resume_from_checkpoint=self.resume_from)
+            if not self.complete:  # a finished run resumed: nothing to train
+                trainer.train(resume_from_checkpoint=self.resume_from)
         return self.record.get("train", {})
 
     def save(self) -> Path:
@@ -126,10 +128,17 @@ class Stage:
         self.tokenizer = load_tokenizer(preflight.model_path(self.config.model_name), self.config.prompt_style)
 
     def _prepared(self, t0: float, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        """run.json of a prepared run (`extra`: what the stage adds); preparing began at `t0`."""
+        """run.json of a prepared run (`extra`: what the stage adds; `CARRIED`: what a resume keeps of the run's
+        earlier record); preparing began at `t0`. Resuming a complete run keeps its record: `self.complete`."""
+        earlier = record.read_record_or_empty(self.out) if self.config.resume else {}
+        self.complete = earlier.get("status") == "complete"
+        if self.complete:
+            log.info(f"the run in {self.out} is complete ({earlier.get('train', {}).get('steps')} steps): "
+                     "resuming it trains nothing and changes none of its files")
+            return earlier
         return {"status": "prepared", "created": record.now(), "preset": self.config.preset,
-                "config": self.config.to_dict(), **extra, "data": data,
-                "timings": {"prepare_s": round(time.perf_counter() - t0, 2)}}
+                "config": self.config.to_dict(), **{k: earlier[k] for k in self.CARRIED if k in earlier}, **extra,
+                "data": data, "timings": {"prepare_s": round(time.perf_counter() - t0, 2)}}
 
     def _checkpoints(self, max_steps: int) -> Path:
         """output_dir/checkpoints. With resume, finds the newest checkpoint (`self.resume_from`) and says so;
