@@ -133,6 +133,21 @@ def test_score_needs_one_prediction_per_question():
         mcq.score(questions, ["A", "B", "C"])
 
 
+def test_prediction_file_errors_name_the_line(tmp_path):
+    """A JSONL line is named by its number in the file, blank lines counted; a JSON list's by its place."""
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text('{"prediction": "A"}\n\n{"answer": "B"}\n')
+    with pytest.raises(DataError, match="pred.jsonl: line 3 has no 'prediction' field"):
+        mcq.read_prediction_rows(pred)
+    pred.write_text('{"prediction": "A"}\n\n\n{"prediction": 4}\n')
+    with pytest.raises(DataError, match="line 4: 'prediction' is int, expected a string"):
+        mcq.read_prediction_rows(pred)
+    listed = tmp_path / "pred.json"
+    listed.write_text('[{"prediction": "A"}, {"text": "B"}]')
+    with pytest.raises(DataError, match="entry 2 has no 'prediction' field"):
+        mcq.read_prediction_rows(listed)
+
+
 def test_load_questions_formats_and_errors(tmp_path):
     rows = json.loads((ASSETS / "mcq_sample.json").read_text())
     assert len(mcq.load_questions(ASSETS / "mcq_sample.json")) == 4
