@@ -192,10 +192,8 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 def score(questions: list[Question], predictions: list[str], style: str = "seed",
           details: bool = False) -> dict[str, Any]:
     """Accuracy of `predictions` (free text, one per question, same order); unparsed answers count as wrong.
-
     `accuracy` is medr1's strict reading (`extract_choice`); `first_match`, `last_match` and `either_match`
-    (HuatuoGPT's scorer: the first / last option named, the better of the two) compare with published tables.
-    """
+    (HuatuoGPT's scorer: the first / last option named, the better of the two) compare with published tables."""
     if len(predictions) != len(questions):
         raise DataError(f"{len(predictions)} predictions for {len(questions)} questions: they must match one to one, "
                         "in the questions file's order")
@@ -273,12 +271,12 @@ def anchors_for(name: str) -> tuple[str, dict[str, float]] | None:
 
 
 def read_prediction_rows(path: str | Path) -> list[dict[str, Any]]:
-    """PRED.jsonl: one object per line with the generated text under `prediction` (and, from medr1, `sample`)."""
+    """PRED.jsonl: one object per line with the generated text under `prediction` (and, from medr1, `sample`).
+    Errors name the line of a .jsonl file (blank lines counted), else the entry's place in the list."""
     path = Path(path).expanduser()
     raw = _read_json_or_jsonl(path)
     if not isinstance(raw, list):
         raise DataError(f"{path}: expected one JSON object per line with a 'prediction' field")
-    # where each entry stands: its line in a .jsonl file (blank lines are skipped), else its place in the list
     where = [f"entry {i}" for i in range(1, len(raw) + 1)]
     if path.suffix.lower() == ".jsonl":
         where = [f"line {n}" for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if text.strip()]
