@@ -31,9 +31,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from packing import packing_check  # benchmarks/packing.py, beside this script
+
 from medr1 import record
 from medr1.errors import MedR1Error
-from medr1.speed import sizing, varlen
+from medr1.speed import sizing
 
 # The 8B shape (Llama 3.1 8B, as in DeepSeek-R1-Distill-Llama-8B's config.json).
 R1_8B_SHAPE: dict[str, Any] = dict(
@@ -243,7 +245,7 @@ def run_worker(name: str, model_path: str, rows_file: str, warmup: int, measure:
     rows = json.loads(Path(rows_file).read_text())
     check = None
     if config.packing:  # same weights (LoRA B starts at zero): packed loss vs the rows' separate losses
-        check = varlen.packing_check(model, rows[:PACKING_CHECK_ROWS], tokenizer.pad_token_id, config.max_seq_length,
+        check = packing_check(model, rows[:PACKING_CHECK_ROWS], tokenizer.pad_token_id, config.max_seq_length,
                                     unsloth=config.backend == "unsloth" and torch.cuda.is_available())
     clock = _StepClock(warmup + measure if profile else -1)
     trainer = make_trainer(model, tokenizer, to_dataset(rows), config, os.path.join(out_dir, "checkpoints"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medr1.speed import sizing, varlen
+from medr1.speed import sizing
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -120,7 +120,7 @@ def test_packed_rows_do_not_see_each_other_on_cpu():
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     excluded = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     rows = random_rows(row_lengths(6, seed=3, divisor=4), len(tokenizer), excluded, seed=3)
-    check = varlen.packing_check(model, rows, tokenizer.pad_token_id, max_length=1024)
+    check = script("packing").packing_check(model, rows, tokenizer.pad_token_id, max_length=1024)
     assert check["rows"] >= 3
     assert check["rel_error"] < 1e-4, check
     assert check["leak_gap"] > 100 * check["rel_error"], check  # rows that could see each other would show

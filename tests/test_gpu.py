@@ -60,14 +60,15 @@ def _rows(tokenizer, n=8):
 def test_packed_loss_equals_separate_losses_on_gpu(packed_model, attention, monkeypatch):
     from unsloth.utils import attention_dispatch
 
-    from medr1.speed.varlen import packing_check
-
     model, tokenizer, max_length = packed_model
     if attention == "per-example":  # Unsloth's fallback: one SDPA call per packed row
         monkeypatch.setattr(attention_dispatch, "_TORCH_VARLEN_ATTN", None)
     else:
         assert attention_dispatch._TORCH_VARLEN_ATTN is not None
-    check = packing_check(model, _rows(tokenizer), tokenizer.pad_token_id, max_length, unsloth=True)
+    rows = _rows(tokenizer)  # puts benchmarks/ on sys.path
+    from packing import packing_check
+
+    check = packing_check(model, rows, tokenizer.pad_token_id, max_length, unsloth=True)
     assert check["rows"] >= 3
     print(attention, json.dumps(check))
     assert check["rel_error"] < 0.01, check
