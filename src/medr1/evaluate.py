@@ -212,11 +212,12 @@ class Evaluation:
         keys = ["loss", "perplexity", "loss_full", "format_compliance", "has_reasoning_and_answer",
                 "stopped_at_eos", "mean_new_tokens"]
         table = {LABELS[v]: {k: self.results["metrics"][v].get(k) for k in keys} for v in VARIANTS}
-        for v in VARIANTS if "mcq" in self.results else ():
-            s = self.results["mcq"][v]
-            table[LABELS[v]].update(mcq_accuracy=s["accuracy"], mcq_ci95=f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}",
-                                    mcq_unparsed=s["unparsed"], mcq_first_match=s["first_match"],
-                                    mcq_last_match=s["last_match"], mcq_either_match=s["either_match"])
+        for v in VARIANTS:
+            s = self.results.get("mcq", {}).get(v)
+            if s:
+                table[LABELS[v]].update(mcq_accuracy=s["accuracy"], mcq_ci95=f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}",
+                                        mcq_unparsed=s["unparsed"], mcq_first_match=s["first_match"],
+                                        mcq_last_match=s["last_match"], mcq_either_match=s["either_match"])
         df = pd.DataFrame(table)
         return df[df.notna().any(axis=1)]
 
