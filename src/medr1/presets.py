@@ -58,9 +58,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # A real pretrained model on a CPU (medr1.smollm), 72 short bundled rows (12 more held out), the seed's prompt
     # and LoRA, sized for `make run` (training, before/after answers) in 8 minutes on 2 cores. 24 steps of 3 rows
-    # (~19k tokens, 217 s at ~88 tokens/s): 10 of 12 held-out answers in the format and stopped at EOS, 12 of 12
-    # with reasoning and an answer, `make run` 6 min 48 s. 4 rows a step: 11 of 12 but 8 min 7 s to 8 min 50 s;
-    # 20 steps of 4: 6 of 12; lr 1e-3: 5 of 12. 256 new tokens: answers take 94 to 172. No checkpoints: rerun it.
+    # (~19k tokens, 203-217 s at 88-94 tokens/s): 10 of 12 held-out answers in the format and stopped at EOS, 12 of
+    # 12 with reasoning and an answer; `make run` 6 min 9 s from a fresh clone. 4 rows a step: 11 of 12 but 8 min 7 s
+    # to 8 min 50 s; 20 steps of 4: 6 of 12; lr 1e-3: 5 of 12. 256 new tokens: answers take 94 to 172. No
+    # checkpoints: rerun it.
     "cpu": dict(
         model_name=CPU_MODEL, data_path=CPU_DATA, load_in_4bit=False, max_seq_length=1024, num_examples=0,
         holdout_examples=12, lora_r=16, lora_alpha=16, per_device_train_batch_size=3, gradient_accumulation_steps=1,
