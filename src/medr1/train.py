@@ -186,13 +186,13 @@ class PlainLogProbs:
         z = F.linear(hidden, weight, bias).float() * logit_scale
         if softcap is not None:
             z = softcap * torch.tanh(z / softcap)
-        log_p = (z / temperature).log_softmax(-1)
-        want = set(outputs)
+        z = z / temperature
+        log_p = z.log_softmax(-1)
         return (log_p.gather(-1, targets[:, None])[:, 0],
-                -(log_p.exp() * log_p).sum(-1) if "entropy" in want else None,
-                torch.logsumexp(2 * log_p, -1).detach() if "log_sum_sq_probs" in want else None,
-                (z / temperature).mean(-1).detach() if "mean_logits" in want else None,
-                log_p.argmax(-1) == targets if "is_top1" in want else None)
+                -(log_p.exp() * log_p).sum(-1) if "entropy" in outputs else None,
+                torch.logsumexp(2 * log_p, -1).detach() if "log_sum_sq_probs" in outputs else None,
+                z.mean(-1).detach() if "mean_logits" in outputs else None,
+                log_p.argmax(-1) == targets if "is_top1" in outputs else None)
 
 
 def make_trainer(model, tokenizer, train_dataset, config: Config, checkpoint_dir: str,
