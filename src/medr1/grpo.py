@@ -213,11 +213,8 @@ class GrpoRun(Stage):
             self.record["data"]["holdout_file"] = "holdout.jsonl"
 
     def plot_rewards(self) -> Path:
-        if not self.rewards:
-            if self.complete and (self.out / "rewards.png").exists():
-                return self.out / "rewards.png"
-            raise RuntimeError("no rewards yet: train first")
-        return plot_rewards(self.rewards, self.out / "rewards.png", f"medr1 {self.config.preset}: GRPO rewards")
+        return self._plot_to("rewards.png", self.rewards, "rewards", lambda path: plot_rewards(
+            self.rewards, path, f"medr1 {self.config.preset}: GRPO rewards"))
 
     _plot = plot_rewards  # what the whole stage (`grpo`) plots
 

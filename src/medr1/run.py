@@ -157,14 +157,9 @@ class Run(Stage):
         return self.history.losses if self.history else []
 
     def plot_loss(self) -> Path:
-        if not self.history or not self.history.records:
-            if self.complete and (self.out / "loss.png").exists():
-                return self.out / "loss.png"
-            raise RuntimeError("no losses yet: train first")
-        if not distributed.is_main() or self.complete:  # one process writes; a complete run is left as it is
-            return self.out / "loss.png"
-        return record.plot_losses(self.history.records, self.out / "loss.png",
-                                  title=f"medr1 {self.config.preset}: training loss")
+        records = self.history.records if self.history else []
+        return self._plot_to("loss.png", records, "losses", lambda path: record.plot_losses(
+            records, path, title=f"medr1 {self.config.preset}: training loss"))
 
     # -- what medr1.stage asks of a stage ------------------------------------------------------------
     def _plot(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +143,10 @@ class Stage:
 
     def _checkpoints(self, max_steps: int) -> Path:
         """output_dir/checkpoints. With resume, finds the newest checkpoint (`self.resume_from`) and says so;
-        with overwrite, clears the old run's checkpoints and adapter."""
+        with overwrite, clears the old run's checkpoints and adapter. A complete run resumes from nothing."""
         cfg, checkpoints = self.config, self.out / "checkpoints"
+        if self.complete:
+            return checkpoints
         newest = record.newest_checkpoint(checkpoints) if cfg.resume else None
         self.resume_from = str(newest) if newest else None
         if newest:
@@ -183,6 +186,16 @@ class Stage:
         else:
             log.info(f"{self.STAGE} stopped at step {step} before the first checkpoint (save_steps="
                      f"{self.config.save_steps}); a resume starts from step 0")
+
+    def _plot_to(self, name: str, records: list[dict[str, Any]], what: str, draw: Callable[[Path], Path]) -> Path:
+        """output_dir/`name`, drawn by `draw(path)` from `records`: one process draws; a complete run's plot is
+        left as it is (it was drawn when the run trained)."""
+        path = self.out / name
+        if not records and not (self.complete and path.exists()):
+            raise RuntimeError(f"no {what} yet: train first")
+        if records and distributed.is_main() and not self.complete:
+            draw(path)
+        return path
 
     def _hold_out(self) -> None:
         """Before training: put the held-out rows a later `medr1 evaluate` compares on into the run folder."""
