@@ -277,15 +277,18 @@ def read_prediction_rows(path: str | Path) -> list[dict[str, Any]]:
     raw = _read_json_or_jsonl(path)
     if not isinstance(raw, list):
         raise DataError(f"{path}: expected one JSON object per line with a 'prediction' field")
-    where = [f"entry {i}" for i in range(1, len(raw) + 1)]
-    if path.suffix.lower() == ".jsonl":
-        where = [f"line {n}" for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if text.strip()]
-    for at, item in zip(where, raw, strict=False):
+
+    def at(i: int) -> str:  # read again only for an error message
+        if path.suffix.lower() != ".jsonl":
+            return f"entry {i + 1}"
+        return f"line {[n for n, t in enumerate(path.read_text(encoding='utf-8').splitlines(), 1) if t.strip()][i]}"
+
+    for i, item in enumerate(raw):
         if not isinstance(item, dict) or "prediction" not in item:
-            raise DataError(f"{path}: {at} has no 'prediction' field")
+            raise DataError(f"{path}: {at(i)} has no 'prediction' field")
         item["prediction"] = "" if item["prediction"] is None else item["prediction"]
         if not isinstance(item["prediction"], str):
-            raise DataError(f"{path}: {at}: 'prediction' is {type(item['prediction']).__name__}, expected a string")
+            raise DataError(f"{path}: {at(i)}: 'prediction' is {type(item['prediction']).__name__}, expected a string")
     return raw
 
 
