@@ -61,7 +61,7 @@ train: $(VENV)/.installed
 
 # MEDR1_CPU_PRESET=smoke: `auto` (the notebooks' default) keeps the tiny model here; test_real_model.py trains the real one.
 test: $(VENV)/.installed
-	MEDR1_CPU_PRESET=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 tests notebooks
+	MEDR1_CPU_PRESET=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 --durations=12 tests notebooks
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks notebooks/*.py
