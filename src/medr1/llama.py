@@ -9,6 +9,8 @@ number of rows: a row's numbers never depend on the other rows.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -71,7 +73,6 @@ class Decoder:
 
         self.act = ACT2FN[c.hidden_act]
         self.final_norm = base.model.norm.weight
-        self.merged = merge
         self.layers = [self._layer(layer, merge) for layer in base.model.layers]
         self.slots, self.max_len = slots, max_len
         self.step_rows, self.prefill_tokens = shape_limits(self.device, memory_gib)
@@ -86,16 +87,27 @@ class Decoder:
         self.rows = torch.arange(slots, device=self.device)
 
     def _layer(self, layer, merge: bool) -> dict:
-        a, m = layer.self_attn, layer.mlp
+        """A layer's norm weights and its projections as functions of h [tokens, hidden]: the model's own modules,
+        or matmuls over a 16-bit copy with the adapter merged (q/k/v in one, gate/up in one). No closure holds
+        `self`: `del` frees the cache at once."""
+        a, m, act = layer.self_attn, layer.mlp, self.act
         out = {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight}
         if not merge:
-            return {**out, "q": a.q_proj, "k": a.k_proj, "v": a.v_proj, "o": a.o_proj,
-                    "gate": m.gate_proj, "up": m.up_proj, "down": m.down_proj}
+            return {**out, "qkv": lambda h: (a.q_proj(h), a.k_proj(h), a.v_proj(h)), "o": a.o_proj,
+                    "mlp": lambda h: m.down_proj(act(m.gate_proj(h)) * m.up_proj(h))}
         biases = [getattr(p, "bias", None) for p in (a.q_proj, a.k_proj, a.v_proj)]
-        return {**out, "qkv": torch.cat([dense_weight(p) for p in (a.q_proj, a.k_proj, a.v_proj)]),
-                "qkv_bias": torch.cat(biases) if all(b is not None for b in biases) else None,
-                "o": dense_weight(a.o_proj), "gate_up": torch.cat([dense_weight(m.gate_proj), dense_weight(m.up_proj)]),
-                "down": dense_weight(m.down_proj)}
+        qkv = torch.cat([dense_weight(p) for p in (a.q_proj, a.k_proj, a.v_proj)])
+        qkv_bias = torch.cat(biases) if all(b is not None for b in biases) else None
+        sizes = [n * self.head_dim for n in (self.heads, self.kv_heads, self.kv_heads)]
+        o, gate_up = dense_weight(a.o_proj), torch.cat([dense_weight(m.gate_proj), dense_weight(m.up_proj)])
+        down = dense_weight(m.down_proj)
+
+        def mlp(h: torch.Tensor) -> torch.Tensor:
+            gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+            return F.linear(act(gate) * up, down)
+
+        return {**out, "qkv": lambda h: F.linear(h, qkv, qkv_bias).split(sizes, dim=-1),
+                "o": lambda x: F.linear(x, o), "mlp": mlp}
 
     # -- the layer maths (x: [tokens, hidden]) ----------------------------------------------------------------
 
@@ -104,48 +116,27 @@ class Decoder:
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
 
-    def _qkv(self, w: dict, h: torch.Tensor) -> list[torch.Tensor]:
-        heads = (self.heads, self.kv_heads, self.kv_heads)
-        if self.merged:
-            qkv = F.linear(h, w["qkv"], w["qkv_bias"]).split([n * self.head_dim for n in heads], dim=-1)
-        else:
-            qkv = w["q"](h), w["k"](h), w["v"](h)
-        return [t.reshape(h.shape[0], n, self.head_dim) for t, n in zip(qkv, heads, strict=True)]
-
-    def _mlp(self, w: dict, h: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            gate, up = F.linear(h, w["gate_up"]).chunk(2, dim=-1)
-            return F.linear(self.act(gate) * up, w["down"])
-        return w["down"](self.act(w["gate"](h)) * w["up"](h))
-
-    def _out(self, w: dict, o: torch.Tensor) -> torch.Tensor:
-        return F.linear(o, w["o"]) if self.merged else w["o"](o)
-
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
         """Hidden states after the final norm; `attend(layer_index, q, k, v)` does the attention and the cache."""
         x = F.embedding(ids, self.embed)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        heads = (self.heads, self.kv_heads, self.kv_heads)
         for i, w in enumerate(self.layers):
-            q, k, v = self._qkv(w, self._rms(x, w["ln1"]))
+            qkv = w["qkv"](self._rms(x, w["ln1"]))
+            q, k, v = [t.reshape(x.shape[0], n, self.head_dim) for t, n in zip(qkv, heads, strict=True)]
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            x = x + self._out(w, attend(i, q, k, v).reshape(x.shape[0], -1))
-            x = x + self._mlp(w, self._rms(x, w["ln2"]))
+            x = x + w["o"](attend(i, q, k, v).reshape(x.shape[0], -1))
+            x = x + w["mlp"](self._rms(x, w["ln2"]))
         return self._rms(x, self.final_norm)
 
     def prefill(self, jobs: list[tuple[int, list[int]]]) -> torch.Tensor:
         """Write each (slot, prompt)'s keys and values into its slot; the logits [len(jobs), vocab] for their
         first new tokens. The prompts go through the matmuls together, end to end in a block padded to
         `prefill_tokens` rows, each attending only to itself: a prompt's numbers do not depend on its neighbours."""
-        lengths = [len(p) for _, p in jobs]
-        total = -(-sum(lengths) // self.prefill_tokens) * self.prefill_tokens
-        ids = torch.zeros(total, dtype=torch.long)
-        positions = torch.zeros(total, dtype=torch.long)
-        starts = [0]
-        for (_, prompt), n in zip(jobs, lengths, strict=True):
-            ids[starts[-1]:starts[-1] + n] = torch.tensor(prompt)
-            positions[starts[-1]:starts[-1] + n] = torch.arange(n)
-            starts.append(starts[-1] + n)
-        ids, positions = self._to_device(ids), self._to_device(positions)
+        starts = [0, *itertools.accumulate(len(p) for _, p in jobs)]
+        padding = (0, -(-starts[-1] // self.prefill_tokens) * self.prefill_tokens - starts[-1])
+        ids = self._to_device(F.pad(torch.tensor([t for _, p in jobs for t in p], dtype=torch.long), padding))
+        positions = self._to_device(F.pad(torch.cat([torch.arange(len(p)) for _, p in jobs]), padding))
 
         def attend(i, q, k, v):
             out = torch.zeros_like(q)
@@ -178,10 +169,8 @@ class Decoder:
                                                  attn_mask=mask)
             return torch.cat([out.reshape(n, self.heads, self.head_dim), self.pad_rows])
 
-        padded = torch.zeros(self.step_rows, dtype=torch.long, device=self.device)
-        padded_pos = torch.zeros_like(padded)
-        padded[:n], padded_pos[:n] = ids, pos
-        return F.linear(self._forward(padded, padded_pos, attend), self.lm_head)[:n]
+        padding = (0, self.step_rows - n)
+        return F.linear(self._forward(F.pad(ids, padding), F.pad(pos, padding), attend), self.lm_head)[:n]
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":  # from pinned memory: no wait for the work already queued
