@@ -57,27 +57,23 @@ class Stats:
 def unsupported(model) -> str | None:
     """Why this decoder cannot run `model` (then medr1 falls back to `generate`), or None."""
     base = _causal_lm(model)
-    config = base.config
-    if getattr(config, "model_type", "") not in SUPPORTED:
-        return f"model_type {getattr(config, 'model_type', None)!r} is not one of {SUPPORTED}"
-    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    kind = getattr(base.config, "model_type", None)
+    if kind not in SUPPORTED:
+        return f"model_type {kind!r} is not one of {SUPPORTED}"
+    rope = (getattr(base.config, "rope_parameters", None) or {}).get("rope_type", "default")
     if rope in ("dynamic", "longrope"):
         return f"rope_type {rope!r} depends on the sequence length"
     layer = base.model.layers[0]
-    names = ("q_proj", "k_proj", "v_proj", "o_proj")
-    if not all(hasattr(layer.self_attn, n) for n in names) or not hasattr(layer.mlp, "gate_proj"):
+    if not all(hasattr(layer.self_attn, f"{n}_proj") for n in "qkvo") or not hasattr(layer.mlp, "gate_proj"):
         return "its layers are not Llama-shaped (q/k/v/o, gate/up/down projections)"
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Sizing and the scheduling loop.
-
-
 def kv_bytes_per_slot(model, max_len: int) -> int:
-    c = _causal_lm(model).config
-    itemsize = _causal_lm(model).get_input_embeddings().weight.element_size()
-    return c.num_hidden_layers * 2 * c.num_key_value_heads * max_len * head_dim(c) * itemsize
+    base = _causal_lm(model)
+    c = base.config
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * max_len * head_dim(c) \
+        * base.get_input_embeddings().weight.element_size()
 
 
 def merged_bytes(model) -> int:
@@ -145,12 +141,11 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
         fresh = [s for s in range(n_slots) if owner[s] < 0][:len(waiting)]
         for s in fresh:
             owner[s] = waiting.popleft()
+            pos_host[s] = len(prompts[owner[s]])
         for pack in _packs([(s, prompts[owner[s]]) for s in fresh], dec.step_rows, dec.prefill_tokens):
             index = torch.tensor([s for s, _ in pack], device=dec.device)
             cur[index] = pick(dec.prefill(pack))
-            pos[index] = torch.tensor([len(p) for _, p in pack], device=dec.device)
-            for s, p in pack:
-                pos_host[s] = len(p)
+            pos[index] = torch.tensor([pos_host[s] for s, _ in pack], device=dec.device)
         if fresh and dec.device.type == "cuda":
             torch.cuda.synchronize(dec.device)  # so that the prefill time is the prefill's
         t1 = time.perf_counter()
@@ -189,13 +184,10 @@ def _packs(jobs: list[tuple[int, list[int]]], rows: int, block: int) -> list[lis
     """Consecutive prompts grouped into prefill blocks of at most `block` tokens and `rows` prompts (a longer one
     alone)."""
     packs: list[list[tuple[int, list[int]]]] = []
-    size = block
     for job in jobs:
-        if not packs or size + len(job[1]) > block or len(packs[-1]) >= rows:
+        if not packs or sum(len(p) for _, p in packs[-1]) + len(job[1]) > block or len(packs[-1]) >= rows:
             packs.append([])
-            size = 0
         packs[-1].append(job)
-        size += len(job[1])
     return packs
 
 
