@@ -6,14 +6,12 @@
 Greedy by default, so a second run gives the same answers; R1's recommended sampling (temperature 0.6,
 top_p 0.95, seeded; DeepSeek warns that greedy decoding of R1-distill models can repeat endlessly) with
 `sampling=Sampling()` and `samples=k` answers per prompt. Every answer says whether it stopped at EOS.
-Under `accelerate launch` (several processes, one GPU each), `generate_many` shares the prompts out over
-the processes and every process gets all the answers back, in order.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and peft
@@ -42,11 +40,8 @@ class Generation:
 def generate(model, tokenizer, question: str, *, style: str = "seed", max_new_tokens: int = 1024,
              stream: bool = False, do_sample: bool = False, temperature: float = 0.6,
              backend: str = "unsloth") -> Generation:
-    """Generate an answer to `question` in the trained format, through the model's own `generate` (streams).
-
-    Greedy decoding gives the same answer on every run; `do_sample=True` samples (R1's advice is
-    temperature 0.6) for variety instead.
-    """
+    """An answer to `question` in the trained format, through the model's own `generate` (it streams); greedy, or
+    unseeded samples at `temperature` for variety with `do_sample=True`."""
     for_inference(model, backend)
     streamer = None
     if stream:
@@ -126,29 +121,24 @@ def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batc
     t0 = time.perf_counter()
     stats = stats if stats is not None else Stats()
     device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    eos = tokenizer.eos_token_id
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     kwargs: dict[str, Any] = dict(do_sample=False, streamer=streamer)
     if sampling is not None:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
     rows: list[tuple[list[int], bool]] = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True).to(device)
-            generated = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                       pad_token_id=tokenizer.pad_token_id, use_cache=True, **kwargs)
-            new = generated[:, enc["input_ids"].shape[1]:]
-            stats.steps += new.shape[1]
-            for row in new.tolist():
-                row, stopped = (row[:row.index(eos)], True) if eos in row else (row, False)  # cut at the first EOS
-                while not stopped and row and row[-1] == tokenizer.pad_token_id:  # a shorter row's padding
-                    row = row[:-1]
-                rows.append((row, stopped))
-    finally:
-        tokenizer.padding_side = side
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, padding_side="left")
+        generated = model.generate(**enc.to(device), max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                   pad_token_id=pad, use_cache=True, **kwargs)
+        new = generated[:, enc["input_ids"].shape[1]:]
+        stats.steps += new.shape[1]
+        for row in new.tolist():
+            row, stopped = (row[:row.index(eos)], True) if eos in row else (row, False)  # cut at the first EOS
+            while not stopped and row and row[-1] == pad:  # a shorter row's padding
+                row = row[:-1]
+            rows.append((row, stopped))
     stats.slots, stats.prompts = batch_size, len(texts)
     stats.generated_tokens += sum(len(t) + int(s) for t, s in rows)
     stats.seconds += time.perf_counter() - t0
@@ -168,17 +158,16 @@ def _sharded(model, tokenizer, prompt_texts: list[str], stats: Stats, *, samples
     part = generate_many(model, tokenizer, [prompt_texts[i] for i in mine], samples=samples, stats=part_stats,
                          shard=False, **kwargs)
     gathered: list[Any] = [None] * world
-    torch.distributed.all_gather_object(gathered, (mine, part, asdict(part_stats)))
+    torch.distributed.all_gather_object(gathered, (mine, part, part_stats))
     out: list[dict[str, Any]] = [{}] * (len(prompt_texts) * samples)
     for indices, answers, _ in gathered:
         for j, i in enumerate(indices):
             out[i * samples:(i + 1) * samples] = answers[j * samples:(j + 1) * samples]
     parts = [g[2] for g in gathered]
-    stats.slots, stats.merged = sum(p["slots"] for p in parts), part_stats.merged
-    stats.prompts = sum(p["prompts"] for p in parts)
-    stats.generated_tokens = sum(p["generated_tokens"] for p in parts)
-    stats.steps = max(p["steps"] for p in parts)
-    stats.peak_gib = max((p["peak_gib"] or 0.0) for p in parts) or None
+    for key in ("slots", "prompts", "generated_tokens"):
+        setattr(stats, key, sum(getattr(p, key) for p in parts))
+    stats.merged, stats.steps = part_stats.merged, max(p.steps for p in parts)
+    stats.peak_gib = max((p.peak_gib or 0.0) for p in parts) or None
     stats.seconds = time.perf_counter() - t0  # until the slowest process is done
-    stats.notes.append(f"{world} processes: {parts[0]['notes'][0] if parts[0]['notes'] else ''} each")
+    stats.notes.append(f"{world} processes: {parts[0].notes[0] if parts[0].notes else ''} each")
     return out
