@@ -37,12 +37,16 @@ def _train(cwd: Path, batch: int, processes: int, output_dir: str | None) -> sub
     knobs = ["--set", f"max_steps={STEPS}", "--set", f"per_device_train_batch_size={batch}", "--set", "save_steps=0"]
     if output_dir:
         knobs += ["--set", f"output_dir={output_dir}"]
+    return _launch(cwd, processes, "train", knobs)
+
+
+def _launch(cwd: Path, processes: int, command: str, knobs: list[str]) -> subprocess.Popen:
     launch = [str(BIN / "python")]
     if processes > 1:  # what `make train GPUS=2` runs; without CUDA, medr1 makes the trainer use gloo
         launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                   "--main_process_port", str(_free_port())]
-    cmd = [*launch, "-m", "medr1", "train", "--preset", "smoke", *knobs]
+    cmd = [*launch, "-m", "medr1", command, "--preset", "smoke", *knobs]
     return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -90,6 +94,20 @@ def test_only_the_main_process_writes_and_prints(runs):
         assert log.count(line) == 1, (line, log[-3000:])
     assert "learning_rate=0.01 is used as set, chosen for 2 rows per optimizer step; this run takes 4" in log
     assert "learning_rate=0.0141 (x sqrt(2))" in log
+
+
+def test_grpo_under_two_processes_takes_rank_0s_config_and_prints_once(tmp_path):
+    """GRPO as SFT: one output folder (rank 0's timestamped default), and only rank 0's log."""
+    knobs = ["--set", "grpo_max_steps=1", "--set", "num_generations=2", "--set", "grpo_questions_per_step=1",
+             "--set", "max_completion_length=8", "--set", "save_steps=0"]
+    log = _finish(_launch(tmp_path, 2, "grpo", knobs))
+    folders = sorted((tmp_path / "outputs").iterdir())
+    assert len(folders) == 1, folders
+    rec = json.loads((folders[0] / "run.json").read_text())
+    assert rec["status"] == "complete" and rec["config"]["output_dir"] == f"outputs/{folders[0].name}"
+    lines = [line for line in log.splitlines() if line.startswith("medr1: ")]
+    assert lines and len(lines) == len(set(lines)), log[-3000:]
+    assert log.count("medr1: adapter saved to") == 1, log[-3000:]
 
 
 AGREE = """

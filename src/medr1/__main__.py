@@ -19,6 +19,7 @@ import os
 import sys
 import typing
 
+from medr1 import distributed
 from medr1.config import build_config, cli_hints, parse_overrides
 from medr1.errors import ConfigError, MedR1Error
 from medr1.log import log
@@ -66,15 +67,11 @@ def _count(text: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from medr1 import distributed
-
-    distributed.quiet_replicas()  # under accelerate launch / torchrun, only rank 0 prints
     config = build_config(args.preset, _run_overrides(args))
     from medr1.run import train
 
     run = train(config)
     log.info(f"run record {run.out / 'run.json'}")
-    distributed.finish()
     return 0
 
 
@@ -135,16 +132,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     if not args.run_dir:
         raise ConfigError("give a run folder (RUN_DIR), or --mcq FILE --predictions PRED.jsonl")
-    from medr1 import distributed
-
-    distributed.quiet_replicas()  # under accelerate launch the questions are shared out; rank 0 prints and writes
     from medr1.evaluate import evaluate_run
 
     ev = evaluate_run(args.run_dir, mcq_file=args.mcq or "", max_rows=args.max_rows,
                       max_new_tokens=args.max_new_tokens, max_questions=args.max_questions, batch_size=args.batch_size,
                       samples=args.samples, engine=args.engine)
     print(json.dumps(ev.summary(), indent=2, default=str))
-    distributed.finish()
     return 0
 
 
@@ -195,19 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medr1", description=__doc__.splitlines()[0], formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, func, text: str) -> argparse.ArgumentParser:
+    def command(name: str, func, text: str, processes: bool = False) -> argparse.ArgumentParser:
+        """`processes`: the command may run under accelerate launch / torchrun (several processes)."""
         p = sub.add_parser(name, help=text, formatter_class=_Help)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, processes=processes)
         return p
 
-    _run_args(command("train", cmd_train, "fine-tune (the notebook's steps, end to end)"))
-    _run_args(command("grpo", cmd_grpo, "reinforce on verifiable questions (GRPO + LoRA), after SFT (init_adapter)"))
+    _run_args(command("train", cmd_train, "fine-tune (the notebook's steps, end to end)", processes=True))
+    _run_args(command("grpo", cmd_grpo, "reinforce on verifiable questions (GRPO + LoRA), after SFT (init_adapter)",
+                      processes=True))
     p = command("check-data", cmd_check_data, "validate a data file and report token lengths")
     p.add_argument("path", help="rows to check: .json, .jsonl, .csv or .parquet with Question, Complex_CoT, Response")
     _config_args(p)
     p.add_argument("--show", type=int, default=None, metavar="N",
                    help="print row N's training text and tokens: ids, pieces, loss mask, round trip, whether it fits")
-    p = command("evaluate", cmd_evaluate, "base vs fine-tuned on held-out rows; multiple-choice accuracy")
+    p = command("evaluate", cmd_evaluate, "base vs fine-tuned on held-out rows; multiple-choice accuracy",
+                processes=True)
     p.add_argument("run_dir", nargs="?", default="", metavar="RUN_DIR", help="output folder of a training run")
     p.add_argument("--mcq", default="", metavar="FILE",
                    help="questions: JSON list or JSONL of question/options/answer_idx")
@@ -245,9 +241,14 @@ def main(argv: list[str] | None = None) -> int:
               "python benchmarks/bench_eval.py (evaluation, was --eval)", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    if args.processes:  # under accelerate launch / torchrun only rank 0 prints (set before the heavy imports)
+        distributed.quiet_replicas()
     try:
         with cli_hints():  # error hints name --overwrite, --resume, --set KNOB=VALUE
-            return args.func(args)
+            code = args.func(args)
+        if args.processes:
+            distributed.finish()  # the process group ends cleanly
+        return code
     except MedR1Error as err:
         print(f"medr1: error: {err}", file=sys.stderr)
         return 2

@@ -93,6 +93,7 @@ class GrpoRun(Stage):
         t0 = time.perf_counter()
         check(config)
         super().__init__(config)
+        config = self.config
         self.questions, self.source = load_questions(config)
         self.adapter = start_adapter(config)
         self._check_model()

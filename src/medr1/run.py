@@ -31,9 +31,8 @@ class Run(Stage):
 
     def __init__(self, config: Config):
         t0 = time.perf_counter()
-        super().__init__(distributed.agree(config))  # several processes train rank 0's config, one folder
+        super().__init__(config)
         config = self.config
-        distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         self.split = data.load_split(config)
         self._check_model()
         self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, config)

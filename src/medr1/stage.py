@@ -30,7 +30,9 @@ class Stage:
     CARRIED: tuple[str, ...] = ()  # run.json fields a resumed run keeps from its interrupted record
 
     def __init__(self, config: Config):
+        config = distributed.agree(config)  # several processes train rank 0's config, in one folder
         self.config, self.out = config, record.check_output_dir(config)
+        distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         self.model = self._trainer = self.tokenizer = None
         self.resume_from: str | None = None
         self.complete = False  # a finished run resumed: nothing trains, no file changes
