@@ -34,18 +34,14 @@ def inference_prompt(question: str, style: str = "seed") -> str:
     raise ValueError(f"prompt_style={style!r} is not valid; choose one of {list(STYLES)}")
 
 
-def training_text(question: str, cot: str, response: str, eos_token: str, style: str = "seed") -> str:
+def format_row(row: dict, eos_token: str, style: str = "seed") -> str:
     """The full text the model is trained on: prompt, reasoning, answer, EOS."""
     if not eos_token:
         raise ValueError("the tokenizer has no EOS token: a model trained without one never stops")
-    prompt = inference_prompt(question, style)
+    prompt, cot = inference_prompt(row["Question"], style), row["Complex_CoT"]
     if style == "seed":
-        return f"{prompt}{cot}\n\n{ANSWER_HEADER}{response}{eos_token}"
-    return f"{prompt}{cot}\n{THINK_CLOSE}\n\n{response}{eos_token}"
-
-
-def format_row(row: dict, eos_token: str, style: str = "seed") -> str:
-    return training_text(row["Question"], row["Complex_CoT"], row["Response"], eos_token, style)
+        return f"{prompt}{cot}\n\n{ANSWER_HEADER}{row['Response']}{eos_token}"
+    return f"{prompt}{cot}\n{THINK_CLOSE}\n\n{row['Response']}{eos_token}"
 
 
 @dataclass
