@@ -178,16 +178,14 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
 def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, *, quiet: bool = False) -> Config:
     """Config = defaults <- preset <- overrides; validated. Unknown knobs are errors that list valid ones."""
     name, why = resolve_preset(preset)
-    values: dict[str, Any] = dict(PRESETS[name])
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if name == "fast":  # micro-batch and recomputation from this GPU's free memory; overrides still win
-        sizing, sizing_why = fast_sizing(int(overrides.get("max_seq_length", Config.max_seq_length)))
-        values.update(sizing)
-        why = f"{why}; {sizing_why}"
     check_parameters(overrides, knob_names(), what="knob")
-    values.update(overrides)
-    values["preset"] = name
-    config = Config(**values)
+    sizing: dict[str, Any] = {}
+    if name == "fast":  # micro-batch and recomputation from this GPU's free memory; overrides still win
+        seq_len = coerce("max_seq_length", overrides.get("max_seq_length", Config.max_seq_length), int)
+        sizing, sizing_why = fast_sizing(seq_len)
+        why = f"{why}; {sizing_why}"
+    config = Config(**{**PRESETS[name], **sizing, **overrides, "preset": name})
     if not quiet:
         log.info(f"preset {name!r} ({why})")
     return config
