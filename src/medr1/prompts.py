@@ -59,10 +59,7 @@ def split_answer(generated: str, style: str = "seed", eos_token: str | None = No
     Accepts either style's markers, since a base R1-distill model often writes `</think>` whatever
     the prompt asked for.
     """
-    text = generated
-    if eos_token and eos_token in text:
-        text = text.split(eos_token, 1)[0]
-    text = text.strip()
+    text = (generated.split(eos_token, 1)[0] if eos_token else generated).strip()
     for marker in ((ANSWER_HEADER.strip(), THINK_CLOSE) if style == "seed" else (THINK_CLOSE, ANSWER_HEADER.strip())):
         if marker in text:
             reasoning, _, answer = text.partition(marker)
