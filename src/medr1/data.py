@@ -22,41 +22,62 @@ from medr1.presets import FIXTURE
 
 FIELDS = ("Question", "Complex_CoT", "Response")
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
-FIXTURE_PATH = Path(__file__).parent / "assets" / "medical_tiny.jsonl"
+ASSETS = Path(__file__).parent / "assets"
+FIXTURE_PATH = ASSETS / "medical_tiny.jsonl"
+FIXTURES = {FIXTURE: FIXTURE_PATH, "medr1:verifiable": ASSETS / "verifiable_tiny.jsonl"}  # name -> bundled file
 
 
-def resolve_path(data_path: str) -> Path:
-    return FIXTURE_PATH if data_path == FIXTURE else Path(data_path).expanduser()
+def resolve_path(data_path: str | Path) -> Path:
+    return FIXTURES.get(str(data_path)) or Path(data_path).expanduser()
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON (list of objects), JSONL, CSV or Parquet file into a list of dicts."""
-    path = Path(path)
+def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]]:
+    """The value in a .json, .jsonl (the list of its lines' values), .csv or .parquet file, and the line of each
+    JSONL row (blank lines counted; [] for the other formats, whose errors name the entry). `what`, the knob or
+    option, starts the messages about the file itself. By hand, not `datasets.load_dataset`: on a broken line it
+    names neither the file nor the line, and it fills a missing field with None."""
+    path = Path(path).expanduser()
     if not path.exists():
-        raise DataError(f"data_path: file not found: {path}")
+        raise DataError(f"{what}: file not found: {path}" if what else f"{path}: file not found")
+    name = f"{what}: {path}" if what else str(path)
     if path.is_dir():
-        raise DataError(f"data_path: {path} is a folder; give a .json, .jsonl, .csv or .parquet file")
+        raise DataError(f"{name} is a folder; give a .json, .jsonl, .csv or .parquet file")
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
-        raise DataError(f"data_path: {path} has unknown extension {suffix!r}; use one of {list(EXTENSIONS)}")
+        raise DataError(f"{name} has unknown extension {suffix!r}; use one of {list(EXTENSIONS)}")
     if path.stat().st_size == 0:
-        raise DataError(f"data_path: {path} is empty")
+        raise DataError(f"{name} is empty")
     try:
         if suffix == ".csv":
             with path.open(encoding="utf-8", newline="") as fh:
-                rows = list(csv.DictReader(fh))
-        elif suffix == ".parquet":
+                return list(csv.DictReader(fh)), []
+        if suffix == ".parquet":
             import pyarrow.parquet as pq
 
             try:
-                rows = pq.read_table(path).to_pylist()
+                return pq.read_table(path).to_pylist(), []
             except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
                 raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
-        else:
-            rows = read_json_or_jsonl(path)
+        if suffix == ".json":
+            return _json(path, path.read_text(encoding="utf-8")), []
+        with path.open(encoding="utf-8") as fh:
+            numbered = [(n, line) for n, line in enumerate(fh, start=1) if line.strip()]
+        return [_json(path, line, n) for n, line in numbered], [n for n, _ in numbered]
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
-    if isinstance(rows, dict):  # {"train": [...]} or {"data": [...]}: take the one list inside
+
+
+def _json(path: Path, text: str, line: int = 0) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON on line {line or err.lineno}: {err.msg}") from None
+
+
+def read_rows(path: str | Path, what: str = "data_path") -> list[dict[str, Any]]:
+    """The rows of a data file: a list, or a JSON object holding one ({"train": [...]})."""
+    rows = read_file(path, what)[0]
+    if isinstance(rows, dict):
         lists = [v for v in rows.values() if isinstance(v, list)]
         if len(lists) != 1:
             raise DataError(f"{path}: expected a JSON list of rows, got an object with keys {list(rows)}")
@@ -64,46 +85,30 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if not isinstance(rows, list):
         raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
     if not rows:
-        raise DataError(f"data_path: {path} holds no rows")
+        raise DataError(f"{what}: {path} holds no rows")
     return rows
 
 
-def read_json_or_jsonl(path: Path) -> Any:
-    """A .jsonl file as a list of its lines' values, any other file as one JSON value; errors name the line."""
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: invalid JSON on line {line_no}: {err.msg}") from None
-        return rows
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON on line {err.lineno}: {err.msg}") from None
+def check_row(row: Any, where: str, fields: tuple[str, ...], strings: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`row` is an object with `fields`, those in `strings` non-empty strings; errors start with `where`."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where} is {type(row).__name__}, expected an object with fields {list(fields)}")
+    for name in fields:
+        if name not in row:
+            raise DataError(f"{where} is missing field {name!r} (fields present: {sorted(row)})")
+    for name in strings:
+        if not isinstance(row[name], str):
+            raise DataError(f"{where} field {name!r} is {type(row[name]).__name__}, expected a string")
+        if not row[name].strip():
+            raise DataError(f"{where} field {name!r} is empty")
+    return row
 
 
 def validate_rows(rows: list[Any], source: str, fields: tuple[str, ...] = FIELDS) -> list[dict[str, str]]:
     """Check every row has `fields` (the SFT data's three by default) as non-empty strings; return rows with only
     those fields. Errors name the source, the row and the field."""
-    clean = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DataError(f"{source}: row {i} is {type(row).__name__}, expected an object with fields {list(fields)}")
-        for name in fields:
-            if name not in row:
-                raise DataError(f"{source}: row {i} is missing field {name!r} (fields present: {sorted(row)})")
-            value = row[name]
-            if not isinstance(value, str):
-                raise DataError(f"{source}: row {i} field {name!r} is {type(value).__name__}, expected a string")
-            if not value.strip():
-                raise DataError(f"{source}: row {i} field {name!r} is empty")
-        clean.append({name: row[name] for name in fields})
-    return clean
+    clean = [check_row(row, f"{source}: row {i}", fields, fields) for i, row in enumerate(rows)]
+    return [{name: row[name] for name in fields} for row in clean]
 
 
 def drop_duplicates(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
@@ -135,16 +140,13 @@ def load_split(config: Config) -> Split:
         if len(rows) <= h:
             raise DataError(f"{source}: {len(rows)} unique rows, but holdout_examples={h} leaves none to train on")
         holdout = rows[len(rows) - h:] if h else []
-        train = rows[: len(rows) - h]
-        if config.num_examples:
-            train = train[: config.num_examples]
+        train = rows[: len(rows) - h][: config.num_examples or None]
     else:
-        source = f"{config.dataset_name} ({config.dataset_config}, {config.dataset_split})"
-        n = config.num_examples
-        train_split = f"{config.dataset_split}[:{n}]" if n else (
-            f"{config.dataset_split}[:-{h}]" if h else config.dataset_split)
-        train, dups = drop_duplicates(validate_rows(_hub_rows(config, train_split), source))
-        holdout = validate_rows(_hub_rows(config, f"{config.dataset_split}[-{h}:]"), source) if h else []
+        name, subset, split, n = config.dataset_name, config.dataset_config, config.dataset_split, config.num_examples
+        source = f"{name} ({subset}, {split})"
+        train_split = f"{split}[:{n}]" if n else f"{split}[:-{h}]" if h else split
+        train, dups = drop_duplicates(_hub_rows(name, subset, train_split))
+        holdout = _hub_rows(name, subset, f"{split}[-{h}:]") if h else []
     train_questions = {r["Question"] for r in train}
     overlap = sum(r["Question"] in train_questions for r in holdout)
     if overlap:
@@ -155,16 +157,17 @@ def load_split(config: Config) -> Split:
     return Split(train=train, holdout=holdout, source=source, duplicates=dups)
 
 
-def _hub_rows(config: Config, split: str) -> list[dict[str, Any]]:
+def _hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELDS,
+              knob: str = "data_path") -> list[dict[str, str]]:
+    """A hub dataset's split, validated (`knob` names the local file that can stand in for it)."""
     from datasets import load_dataset
 
     try:
-        ds = load_dataset(config.dataset_name, config.dataset_config, split=split)
+        ds = load_dataset(name, subset, split=split)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; name the source and the cause
-        raise DataError(
-            f"dataset {config.dataset_name!r} (config {config.dataset_config!r}, split {split!r}) could not be "
-            f"loaded: {type(err).__name__}: {err}. Offline? Set data_path to a local file instead.") from err
-    return ds.to_list()
+        raise DataError(f"dataset {name!r} (config {subset!r}, split {split!r}) could not be loaded: "
+                        f"{type(err).__name__}: {err}. Offline? Set {knob} to a local file instead.") from err
+    return validate_rows(ds.to_list(), f"{name} ({subset}, {split})", fields)
 
 
 @dataclass

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medr1 import prompts
-from medr1.data import read_json_or_jsonl
+from medr1 import data, prompts
 from medr1.errors import DataError
 
 
@@ -28,19 +27,11 @@ class Question:
     source: str = ""  # the benchmark it belongs to, when the file groups questions by benchmark
 
 
-def _read_json_or_jsonl(path: Path) -> list[Any] | dict[str, Any]:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.read_text(encoding="utf-8").strip():
-        raise DataError(f"{path}: file is empty")
-    return read_json_or_jsonl(path)
-
-
 def load_questions(path: str | Path) -> list[Question]:
     """A JSON list, a JSONL file, or a JSON object of benchmark name -> list of questions; every question checked
     (an error names the row and the field at fault)."""
     path = Path(path).expanduser()
-    raw = _read_json_or_jsonl(path)
+    raw = data.read_file(path, "")[0]
     if isinstance(raw, dict):  # {"MedQA": [...], "MedMCQA": [...]}: keep the benchmark name
         items = [(name, item) for name, group in raw.items() if isinstance(group, list) for item in group]
         if not items:
@@ -56,11 +47,7 @@ def load_questions(path: str | Path) -> list[Question]:
 
 def _question(item: Any, source: str, i: int, path: Path) -> Question:
     where = f"{path}: question {i}"
-    if not isinstance(item, dict):
-        raise DataError(f"{where} is {type(item).__name__}, expected an object with question, options, answer_idx")
-    for name in ("question", "options", "answer_idx"):
-        if name not in item:
-            raise DataError(f"{where} is missing field {name!r} (fields present: {sorted(item)})")
+    data.check_row(item, where, ("question", "options", "answer_idx"))
     question, options, answer = item["question"], item["options"], item["answer_idx"]
     if not isinstance(question, str) or not question.strip():
         raise DataError(f"{where}: field 'question' must be a non-empty string")
@@ -194,11 +181,8 @@ def score(questions: list[Question], predictions: list[str], style: str = "seed"
     """Accuracy of `predictions` (free text, one per question, same order); unparsed answers count as wrong.
     `accuracy` is medr1's strict reading (`extract_choice`); `first_match`, `last_match` and `either_match`
     (HuatuoGPT's scorer: the first / last option named, the better of the two) compare with published tables."""
-    if len(predictions) != len(questions):
-        raise DataError(f"{len(predictions)} predictions for {len(questions)} questions: they must match one to one, "
-                        "in the questions file's order")
     rows = []
-    for q, pred in zip(questions, predictions, strict=True):
+    for q, pred in zip(questions, one_to_one(predictions, questions), strict=True):
         ex = extract_choice(pred, q.options, style)
         first, last = first_last(pred, q.options, style)
         rows.append({"source": q.source, "answer": q.answer, "chosen": ex.letter, "method": ex.method,
@@ -210,6 +194,14 @@ def score(questions: list[Question], predictions: list[str], style: str = "seed"
     if details:
         out["items"] = rows
     return out
+
+
+def one_to_one(predictions: list[str], questions: list[Any]) -> list[str]:
+    """`predictions`, checked to hold one per question."""
+    if len(predictions) != len(questions):
+        raise DataError(f"{len(predictions)} predictions for {len(questions)} questions: they must match one to one, "
+                        "in the questions file's order")
+    return predictions
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -274,21 +266,16 @@ def read_prediction_rows(path: str | Path) -> list[dict[str, Any]]:
     """PRED.jsonl: one object per line with the generated text under `prediction` (and, from medr1, `sample`).
     Errors name the line of a .jsonl file (blank lines counted), else the entry's place in the list."""
     path = Path(path).expanduser()
-    raw = _read_json_or_jsonl(path)
+    raw, lines = data.read_file(path, "")
     if not isinstance(raw, list):
         raise DataError(f"{path}: expected one JSON object per line with a 'prediction' field")
-
-    def at(i: int) -> str:  # read again only for an error message
-        if path.suffix.lower() != ".jsonl":
-            return f"entry {i + 1}"
-        return f"line {[n for n, t in enumerate(path.read_text(encoding='utf-8').splitlines(), 1) if t.strip()][i]}"
-
     for i, item in enumerate(raw):
+        at = f"line {lines[i]}" if lines else f"entry {i + 1}"
         if not isinstance(item, dict) or "prediction" not in item:
-            raise DataError(f"{path}: {at(i)} has no 'prediction' field")
+            raise DataError(f"{path}: {at} has no 'prediction' field")
         item["prediction"] = "" if item["prediction"] is None else item["prediction"]
         if not isinstance(item["prediction"], str):
-            raise DataError(f"{path}: {at(i)}: 'prediction' is {type(item['prediction']).__name__}, expected a string")
+            raise DataError(f"{path}: {at}: 'prediction' is {type(item['prediction']).__name__}, expected a string")
     return raw
 
 

@@ -7,39 +7,32 @@ scores any model's generations with the correctness reward. Light on purpose: no
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from medr1 import data, mcq, rewards
 from medr1.config import Config
-from medr1.errors import DataError
 
 FIELDS = ("Open-ended Verifiable Question", "Ground-True Answer")
 FIXTURE = "medr1:verifiable"  # the bundled questions, src/medr1/assets/verifiable_tiny.jsonl
-FIXTURE_PATH = Path(__file__).parent / "assets" / "verifiable_tiny.jsonl"
+FIXTURE_PATH = data.resolve_path(FIXTURE)
 
 
-def read_questions(path: str | Path) -> list[dict[str, str]]:
+def read_questions(path: str | Path, what: str = "grpo_data_path") -> list[dict[str, str]]:
     """A local .json/.jsonl/.csv/.parquet of verifiable questions (or the bundled fixture), validated: both fields
     non-empty strings (medr1.data's check), and only those fields kept."""
-    path = FIXTURE_PATH if str(path) == FIXTURE else Path(path).expanduser()
-    return data.validate_rows(data.read_rows(path), str(path), FIELDS)
+    path = data.resolve_path(path)
+    return data.validate_rows(data.read_rows(path, what), str(path), FIELDS)
 
 
 def load_questions(config: Config) -> tuple[list[dict[str, str]], str]:
     """(rows, source): `grpo_data_path` if set, else the first `grpo_num_examples` rows of the hub dataset."""
     n = config.grpo_num_examples
     if config.grpo_data_path:
-        rows = read_questions(config.grpo_data_path)[:n or None]
-        source = str(FIXTURE_PATH if config.grpo_data_path == FIXTURE else config.grpo_data_path)
-    else:
-        hub = dataclasses.replace(config, dataset_name=config.grpo_dataset_name,
-                                  dataset_config=config.grpo_dataset_config, dataset_split=config.grpo_dataset_split)
-        source = f"{hub.dataset_name} ({hub.dataset_config}, {hub.dataset_split})"
-        split = f"{hub.dataset_split}[:{n}]" if n else hub.dataset_split
-        rows = data.validate_rows(data._hub_rows(hub, split), source, FIELDS)
-    return rows, source
+        return read_questions(config.grpo_data_path)[:n or None], str(data.resolve_path(config.grpo_data_path))
+    name, subset, split = config.grpo_dataset_name, config.grpo_dataset_config, config.grpo_dataset_split
+    rows = data._hub_rows(name, subset, f"{split}[:{n}]" if n else split, FIELDS, "grpo_data_path")
+    return rows, f"{name} ({subset}, {split})"
 
 
 def score_verifiable(questions_path: str | Path, predictions_path: str | Path, style: str = "seed") -> dict[str, Any]:
@@ -47,11 +40,8 @@ def score_verifiable(questions_path: str | Path, predictions_path: str | Path, s
 
     Only each prediction's answer part (after `### Answer:` or `</think>`) is judged, as in training.
     """
-    rows = read_questions(questions_path)
-    predictions = mcq.read_predictions(predictions_path)
-    if len(predictions) != len(rows):
-        raise DataError(f"{len(predictions)} predictions for {len(rows)} questions: they must match one to one, "
-                        "in the questions file's order")
+    rows = read_questions(questions_path, "--verifiable")
+    predictions = mcq.one_to_one(mcq.read_predictions(predictions_path), rows)
     verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]])
                 for p, r in zip(predictions, rows, strict=True)]
     correct = sum(v.correct for v in verdicts)
