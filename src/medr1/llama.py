@@ -67,8 +67,7 @@ class Decoder:
         self.lm_head = base.get_output_embeddings().weight
         self.device, self.dtype = self.embed.device, self.embed.dtype
         self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
-        self.head_dim = head_dim(c)
-        self.eps = c.rms_norm_eps
+        self.head_dim, self.eps = head_dim(c), c.rms_norm_eps
         from transformers.activations import ACT2FN
 
         self.act = ACT2FN[c.hidden_act]
@@ -78,8 +77,6 @@ class Decoder:
         self.step_rows, self.prefill_tokens = shape_limits(self.device, memory_gib)
         if slots > self.step_rows:
             raise ValueError(f"{slots} slots do not fit in steps of {self.step_rows} rows")
-        self.pad_rows = torch.zeros(self.step_rows - slots, self.heads, self.head_dim, dtype=self.dtype,
-                                    device=self.device)
         self.cos, self.sin = _rope_table(c, max_len, self.device, self.dtype)
         shape = (len(self.layers), 2, slots, self.kv_heads, max_len, self.head_dim)
         self.cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # zeros: masked slots stay finite
@@ -149,8 +146,7 @@ class Decoder:
             return out
 
         h = self._forward(ids, positions, attend)
-        last = torch.zeros(self.step_rows, h.shape[-1], dtype=h.dtype, device=h.device)
-        last[:len(jobs)] = h[torch.tensor(starts[1:], device=h.device) - 1]
+        last = F.pad(h[torch.tensor(starts[1:], device=h.device) - 1], (0, 0, 0, self.step_rows - len(jobs)))
         return F.linear(last, self.lm_head)[:len(jobs)]
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor, window: int) -> torch.Tensor:
@@ -167,7 +163,7 @@ class Decoder:
             qg = q[:n].reshape(n, self.kv_heads, groups, self.head_dim)
             out = F.scaled_dot_product_attention(qg, self.cache[i, 0, :, :, :window], self.cache[i, 1, :, :, :window],
                                                  attn_mask=mask)
-            return torch.cat([out.reshape(n, self.heads, self.head_dim), self.pad_rows])
+            return F.pad(out.reshape(n, self.heads, self.head_dim), (0, 0, 0, 0, 0, self.step_rows - n))
 
         padding = (0, self.step_rows - n)
         return F.linear(self._forward(F.pad(ids, padding), F.pad(pos, padding), attend), self.lm_head)[:n]
