@@ -19,7 +19,7 @@ from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and 
 import torch
 
 from medr1 import decode, distributed, prompts
-from medr1.decode import Sampling, Stats  # noqa: F401 - part of this module's interface
+from medr1.decode import Decoded, Sampling, Stats  # noqa: F401 - part of this module's interface
 from medr1.model import for_inference
 
 ENGINES = ("auto", "medr1", "hf")
@@ -49,18 +49,18 @@ def generate(model, tokenizer, question: str, *, style: str = "seed", max_new_to
 
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = Sampling(temperature=temperature, seed=None) if do_sample else None  # unseeded: for variety
-    [(tokens, stopped)] = hf_generate(model, tokenizer, [prompts.inference_prompt(question, style)],
-                                      max_new_tokens=max_new_tokens, batch_size=1, sampling=sampling, streamer=streamer)
-    return Generation(question=question, **_answer(tokenizer, tokens, stopped, style))
+    [done] = hf_generate(model, tokenizer, [prompts.inference_prompt(question, style)],
+                         max_new_tokens=max_new_tokens, batch_size=1, sampling=sampling, streamer=streamer)
+    return Generation(question=question, **_answer(tokenizer, done, style))
 
 
-def _answer(tokenizer, tokens: list[int], stopped: bool, style: str) -> dict[str, Any]:
+def _answer(tokenizer, done: Decoded, style: str) -> dict[str, Any]:
     """A generation's fields: the text (special tokens removed), its reasoning and answer parts, whether it
     stopped at EOS, and the new tokens counted with that EOS."""
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    text = tokenizer.decode(done.tokens, skip_special_tokens=True)
     parts = prompts.split_answer(text, style)
     return {"text": text, "reasoning": parts.reasoning, "answer": parts.answer, "complete": parts.complete,
-            "stopped": stopped, "new_tokens": len(tokens) + int(stopped)}
+            "stopped": done.stopped, "new_tokens": len(done.tokens) + int(done.stopped)}
 
 
 def show(gen: Generation, reference: str | None = None) -> None:
@@ -101,23 +101,22 @@ def generate_many(model, tokenizer, prompt_texts: list[str], *, max_new_tokens: 
     why_not = decode.unsupported(model) if engine != "hf" else "engine='hf'"
     if why_not is None:
         ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-        results = decode.decode(model, ids, max_new_tokens=max_new_tokens, eos_ids={eos}, slots=batch_size,
-                                sampling=sampling, merge=merge, memory_gib=memory_gib, stats=stats)
-        rows = [(r.tokens, r.stopped) for r in results]
+        done = decode.decode(model, ids, max_new_tokens=max_new_tokens, eos_ids={eos}, slots=batch_size,
+                             sampling=sampling, merge=merge, memory_gib=memory_gib, stats=stats)
     else:
         if engine == "medr1":
             raise ValueError(f"engine='medr1' cannot run this model: {why_not}")
         stats.notes.append(f"model.generate ({why_not})")
-        rows = hf_generate(model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size or 8,
+        done = hf_generate(model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size or 8,
                            sampling=sampling, stats=stats)
-    return [_answer(tokenizer, tokens, stopped, style) for tokens, stopped in rows]
+    return [_answer(tokenizer, d, style) for d in done]
 
 
 def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batch_size: int = 8,
                 sampling: Sampling | None = None, stats: Stats | None = None,
-                streamer=None) -> list[tuple[list[int], bool]]:
-    """(tokens, stopped) per text through `model.generate`, in left-padded batches: the plain-transformers way,
-    kept for `generate` (streams), for models the batched decoder does not run, and as the benchmark's baseline."""
+                streamer=None) -> list[Decoded]:
+    """Tokens and whether they stopped at EOS, per text, through `model.generate` in left-padded batches (the
+    plain-transformers way): for `generate` (streams), models the batched decoder does not run, the benchmark."""
     t0 = time.perf_counter()
     stats = stats if stats is not None else Stats()
     device = next(model.parameters()).device
@@ -127,7 +126,7 @@ def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batc
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-    rows: list[tuple[list[int], bool]] = []
+    rows: list[Decoded] = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, padding_side="left")
         generated = model.generate(**enc.to(device), max_new_tokens=max_new_tokens, eos_token_id=eos,
@@ -138,9 +137,9 @@ def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batc
             row, stopped = (row[:row.index(eos)], True) if eos in row else (row, False)  # cut at the first EOS
             while not stopped and row and row[-1] == pad:  # a shorter row's padding
                 row = row[:-1]
-            rows.append((row, stopped))
+            rows.append(Decoded(row, stopped))
     stats.slots, stats.prompts = batch_size, len(texts)
-    stats.generated_tokens += sum(len(t) + int(s) for t, s in rows)
+    stats.generated_tokens += sum(len(d.tokens) + int(d.stopped) for d in rows)
     stats.seconds += time.perf_counter() - t0
     if device.type == "cuda":
         stats.peak_gib = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
