@@ -2,12 +2,10 @@
 
 `model.generate` spends ~60 ms per decode step on an H100 whatever the batch (Python and launch
 overhead, 4-bit weights dequantized at every call), and a finished row idles until the longest row of
-its batch ends. This decoder, behind `medr1.infer.generate_many`, merges the adapter into a 16-bit copy of
-the weights where memory allows (else it calls the model's own modules), and keeps one preallocated KV cache
-of `slots` rows, sized from free memory: a row that stops (EOS or the budget) hands its slot to the next
-waiting prompt (continuous batching), and the host reads the tokens only every `chunk` steps. The layer maths
-(`medr1.llama`, compared with the model's own forward and `generate` by the tests) has fixed shapes, so a row's
-tokens do not depend on which other rows share the cache, nor how many.
+its batch ends. This decoder (behind `medr1.infer.generate_many`) keeps one preallocated KV cache of `slots`
+rows, sized from free memory: a row that stops (EOS or the budget) hands its slot to the next waiting prompt
+(continuous batching), and the host reads the tokens only every `chunk` steps. The layer maths (`medr1.llama`)
+has fixed shapes: a row's tokens do not depend on which other rows share the cache, nor how many.
 """
 
 from __future__ import annotations
