@@ -388,6 +388,6 @@ def test_knobs_lists_every_knob_with_type_default_and_advice(capsys):
 
 
 def test_check_data_says_which_preset_auto_picked(capsys, monkeypatch):
-    monkeypatch.setattr("medr1.presets._cuda_info", lambda: (False, None))
+    monkeypatch.setattr("medr1.presets.free_gpu_gib", lambda total=False: None)
     assert main(["check-data", str(FIXTURE_PATH)]) == 0
     assert "medr1: preset 'smoke' (no CUDA GPU" in capsys.readouterr().out

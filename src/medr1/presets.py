@@ -12,7 +12,7 @@ from typing import Any
 
 from medr1.errors import ConfigError
 from medr1.log import log
-from medr1.speed.sizing import PACKED_ROWS, allocator_defaults, fast_schedule
+from medr1.speed.sizing import PACKED_ROWS, fast_schedule, free_gpu_gib
 
 SMOKE_MODEL = "medr1/tiny-llama"  # built offline by medr1.tiny; never downloaded
 FIXTURE = "medr1:fixture"  # the bundled 40-row fixture, src/medr1/assets/medical_tiny.jsonl
@@ -56,12 +56,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=8, max_completion_length=24,
         grpo_questions_per_step=2, grpo_max_steps=12, grpo_learning_rate=2e-2, reward_stop=1.0,
     ),
-    # A real pretrained model on a CPU (medr1.smollm), 72 short bundled rows (12 more held out), the seed's prompt
-    # and LoRA, sized for `make run` (training, before/after answers) in 8 minutes on 2 cores. 24 steps of 3 rows
-    # (~19k tokens, 203-217 s at 88-94 tokens/s): 10 of 12 held-out answers in the format and stopped at EOS, 12 of
-    # 12 with reasoning and an answer; `make run` 6 min 9 s from a fresh clone. 4 rows a step: 11 of 12 but 8 min 7 s
-    # to 8 min 50 s; 20 steps of 4: 6 of 12; lr 1e-3: 5 of 12. 256 new tokens: answers take 94 to 172. No
-    # checkpoints: rerun it.
+    # A real pretrained model on a CPU (medr1.smollm), 72 short bundled rows (12 held out), the seed's prompt and LoRA,
+    # sized for `make run` (training, before/after answers) in 8 min on 2 cores. 24 steps of 3 rows (~19k tokens,
+    # 203-217 s at 88-94 tokens/s): 10 of 12 held-out answers in the format and stopped at EOS, 12 of 12 with reasoning
+    # and an answer; `make run` 6 min 9 s from a fresh clone. 4 rows a step: 11 of 12 but 8 min 7 s to 8 min 50 s;
+    # 20 steps of 4: 6 of 12; lr 1e-3: 5 of 12. 256 new tokens: answers take 94 to 172. No checkpoints: rerun it.
     "cpu": dict(
         model_name=CPU_MODEL, data_path=CPU_DATA, load_in_4bit=False, max_seq_length=1024, num_examples=0,
         holdout_examples=12, lora_r=16, lora_alpha=16, per_device_train_batch_size=3, gradient_accumulation_steps=1,
@@ -83,7 +82,8 @@ def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None
     if name != "auto":
         return name, "asked for"
     if cuda is None:
-        cuda, gpu_gib = _cuda_info()
+        gpu_gib = free_gpu_gib(total=True)
+        cuda = gpu_gib is not None
     if not cuda or os.environ.get("UNSLOTH_FORCE_CPU") == "1":
         return _cpu_preset()
     if gpu_gib is not None and gpu_gib >= FAST_MIN_GIB:
@@ -107,14 +107,3 @@ def _cpu_preset() -> tuple[str, str]:
         log.info(f"no CUDA GPU, and the cpu preset's model cannot be had ({problem}); falling back to 'smoke'")
         return "smoke", f"no CUDA GPU, {CPU_MODEL} unavailable: {smoke}"
     return "cpu", f"no CUDA GPU: {CPU_MODEL} (SmolLM2-135M-Instruct) on the bundled medical rows"
-
-
-def _cuda_info() -> tuple[bool, float | None]:
-    allocator_defaults()  # before torch reads its allocator settings (medr1.speed)
-    try:
-        import torch
-    except ImportError:
-        return False, None
-    if not torch.cuda.is_available():
-        return False, None
-    return True, torch.cuda.get_device_properties(0).total_memory / 2**30

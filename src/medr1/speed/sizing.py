@@ -1,13 +1,9 @@
 """How the `fast` preset is sized: the learning-problem rule and the micro-batch plan from free GPU memory.
 
-The learning problem stays the recipe's: the same rows, the same number of training tokens in all
-(60 steps x 4 rows, about 216k tokens), the same token-weighted loss. `fast` only changes how the
-work is cut: PACKED_ROWS packed sequences of max_seq_length per optimizer step (about SCALE times the
-recipe's tokens per step), so SCALE times fewer steps, with the learning rate scaled by sqrt(SCALE)
-(the usual rule for Adam when the batch grows) and the warm-up shortened to the same share of training.
-
-Memory decides only how those rows are split into micro-batches and whether activations are
-recomputed; the optimizer step is the same on every GPU.
+The learning problem stays the recipe's: the same rows and training tokens (60 steps x 4 rows, about 216k), the same
+token-weighted loss. `fast` packs PACKED_ROWS rows of max_seq_length per step (about SCALE x the recipe's tokens), so
+SCALE x fewer steps, the learning rate x sqrt(SCALE) (Adam's usual rule for a larger batch), the warm-up at the same
+share. Memory decides only the micro-batches and recomputation; the optimizer step is the same on every GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ import math
 import os
 from typing import Any
 
-RECIPE_STEPS, RECIPE_ROWS_PER_STEP, RECIPE_LR, RECIPE_WARMUP = 60, 4, 2e-4, 5  # the colab-t4 preset
+RECIPE_STEPS, RECIPE_LR, RECIPE_WARMUP = 60, 2e-4, 5  # the colab-t4 preset
 SCALE = 4  # tokens per optimizer step over the recipe's (8 x 2,048 packed ~ 15.6k vs ~3.9k tokens)
 PACKED_ROWS = 8  # packed sequences of max_seq_length per optimizer step (all processes together)
 
@@ -39,11 +35,9 @@ def estimate_gib(rows: int, seq_len: int, checkpointing: str) -> float:
 
 def plan_micro_batches(free_gib: float, seq_len: int = 2048, rows: int = PACKED_ROWS,
                        processes: int = 1) -> dict[str, Any]:
-    """Largest micro-batch that fits `free_gib`; recomputation off unless that leaves one row or less.
-
-    Many tokens per micro-batch amortise the per-pass costs (dequantizing the 4-bit weights, kernel
-    launches); recomputation costs a third more arithmetic, so it is used only where the GPU is small.
-    """
+    """Largest micro-batch that fits `free_gib`; recomputation off unless that leaves one row or less. Many tokens
+    per micro-batch amortise the per-pass costs (dequantizing the 4-bit weights, kernel launches); recomputation
+    costs a third more arithmetic, so it is used only where the GPU is small."""
     per_process = max(1, rows // processes)
     sizes = [m for m in (8, 4, 2, 1) if m <= per_process and per_process % m == 0]
     budget = HEADROOM * free_gib
@@ -57,12 +51,10 @@ def plan_micro_batches(free_gib: float, seq_len: int = 2048, rows: int = PACKED_
 
 
 def allocator_defaults() -> None:
-    """Expandable segments for torch's CUDA allocator, unless the user chose: without them, 8 packed rows
-    per micro-batch on the H100 reserved 77.7 GiB for 64.5 GiB in use and ran slower than 4 rows.
-
-    Unsloth sets the same when it is imported, but medr1 may import torch (sizing `fast`) before it,
-    and torch reads the setting once. Not on Windows or WSL, where it is unsupported (as Unsloth does).
-    """
+    """Expandable segments for torch's CUDA allocator, unless the user chose: without them, 8 packed rows per
+    micro-batch on the H100 reserved 77.7 GiB for 64.5 GiB in use and ran slower than 4 rows. Unsloth sets the same
+    on import, but medr1 may import torch first (sizing `fast`), and torch reads the setting once. Not on Windows or
+    WSL, where it is unsupported (as Unsloth does)."""
     import platform
 
     if os.name == "nt" or "microsoft" in platform.release().lower():
@@ -72,9 +64,9 @@ def allocator_defaults() -> None:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"  # older torch
 
 
-def free_gpu_gib() -> float | None:
-    """Free memory of this process's GPU in GiB; None without CUDA."""
-    allocator_defaults()
+def free_gpu_gib(total: bool = False) -> float | None:
+    """Free memory of this process's GPU in GiB (with `total`, all of it); None without CUDA."""
+    allocator_defaults()  # before torch reads its allocator settings
     try:
         import torch
     except ImportError:
@@ -82,8 +74,9 @@ def free_gpu_gib() -> float | None:
     if not torch.cuda.is_available() or os.environ.get("UNSLOTH_FORCE_CPU") == "1":
         return None
     device = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
-    free, _ = torch.cuda.mem_get_info(device)
-    return free / 2**30
+    if total:
+        return torch.cuda.get_device_properties(device).total_memory / 2**30
+    return torch.cuda.mem_get_info(device)[0] / 2**30
 
 
 def fast_sizing(seq_len: int = 2048) -> tuple[dict[str, Any], str]:

@@ -10,12 +10,11 @@ import os
 def enable_packed_varlen() -> str:
     """Let Unsloth run packed rows through its one-launch varlen flash path on torch 2.11; returns what it did.
 
-    Unsloth keeps packed examples apart either with one varlen flash call per layer or, where torch's
-    `varlen_attn` lacks `enable_gqa` (torch < 2.12, the GPU image's 2.11), with one SDPA call per
-    example per layer: ~18 extra launches per layer for a 4 x 2,048 micro-batch. Its varlen path
-    calls torch's flash kernels directly, and those take grouped K/V in 2.11 too, so we hand Unsloth
-    an adapter for it, after checking on a small case that it matches per-example SDPA (forward
-    and gradients). Any mismatch or error leaves Unsloth as it was. MEDR1_VARLEN=0 turns this off.
+    Where torch's `varlen_attn` lacks `enable_gqa` (torch < 2.12, the GPU image's 2.11), Unsloth keeps packed examples
+    apart with one SDPA call per example per layer (~18 extra launches per layer for a 4 x 2,048 micro-batch). Its
+    varlen path calls torch's flash kernels, which take grouped K/V in 2.11 too, so Unsloth gets an adapter for it,
+    first checked on a small case against per-example SDPA (forward and gradients): any mismatch or error leaves
+    Unsloth as it was. MEDR1_VARLEN=0 turns this off.
     """
     if os.environ.get("MEDR1_VARLEN", "1") == "0":
         return "off (MEDR1_VARLEN=0)"
