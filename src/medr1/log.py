@@ -10,26 +10,20 @@ import sys
 
 
 class _Stdout(logging.Handler):
-    """Writes to whatever sys.stdout is at the time (a notebook cell, pytest's capture, a redirected file)."""
+    """`medr1: [warning: ]message` to whatever sys.stdout is at the time (a notebook cell, pytest's capture, a
+    redirected file)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
         try:
-            print(self.format(record), file=sys.stdout, flush=True)
+            print(f"medr1: {level}{record.getMessage()}", file=sys.stdout, flush=True)
         except Exception:  # noqa: BLE001 - logging must never break a run
             self.handleError(record)
 
 
-class _Format(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        return f"medr1: {level}{record.getMessage()}"
-
-
 log = logging.getLogger("medr1")
 if not log.handlers:
-    _handler = _Stdout()
-    _handler.setFormatter(_Format())
-    log.addHandler(_handler)
+    log.addHandler(_Stdout())
     log.setLevel(logging.INFO)
     log.propagate = False
 

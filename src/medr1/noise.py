@@ -19,20 +19,11 @@ BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
 BNB_KERNELS = "Failed to load CPU gemm_4bit_forward"
 
 
-class _Drop(logging.Filter):
-    """Drop the records whose message holds `text`; let every other record through."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+def _not_bnb_kernels(record: logging.LogRecord) -> bool:
+    return BNB_KERNELS not in record.getMessage()
 
 
 def silence_known_noise() -> None:
-    """Idempotent: safe to call on every import."""
-    logger = logging.getLogger(BNB_LOGGER)  # a filter set before bitsandbytes is imported still applies
-    if not any(isinstance(f, _Drop) and f.text == BNB_KERNELS for f in logger.filters):
-        logger.addFilter(_Drop(BNB_KERNELS))
+    """Idempotent: safe to call on every import (addFilter adds a filter once)."""
+    logging.getLogger(BNB_LOGGER).addFilter(_not_bnb_kernels)  # set before bitsandbytes is imported, still applies
     warnings.filterwarnings("ignore", message="IProgress not found")

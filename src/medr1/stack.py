@@ -1,9 +1,8 @@
 """The heavy stack, imported in the order Unsloth needs: unsloth before trl, transformers and peft.
 
-Unsloth patches those libraries when it is imported (on a CPU, trl's SFTTrainer even fails without it), so
-every medr1 module that uses them starts with `from medr1.stack import UNSLOTH` (ruff's isort keeps that line
-above the third-party imports: the `stack` section in pyproject.toml); code that loads lazily calls
-`import_unsloth_first()`.
+Unsloth patches those libraries on import (on a CPU, trl's SFTTrainer even fails without it), so every medr1 module
+that uses them starts with `from medr1.stack import UNSLOTH` (kept above the third-party imports by ruff's isort: the
+`stack` section in pyproject.toml); code that loads lazily calls `import_unsloth_first()`.
 """
 
 from __future__ import annotations
