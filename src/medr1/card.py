@@ -2,8 +2,9 @@
 
 Every number in it comes from run.json (and eval.json when the run was evaluated), so the card
 describes the run that produced the weights, not the defaults of today's code. The YAML header is
-huggingface_hub's `ModelCardData`; medr1 writes only the text. PEFT's own stub card ("[More
-Information Needed]") is never left in a folder medr1 writes: `write_card` replaces it.
+huggingface_hub's `ModelCardData`; the text is assets/model_card.md, a Jinja template that huggingface_hub's
+`ModelCard.from_template` renders. PEFT's own stub card ("[More Information Needed]") is never left in a folder
+medr1 writes: `write_card` replaces it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ KINDS = ("adapter", "checkpoint", "merged", "gguf")
 PEFT_KINDS = ("adapter", "checkpoint")  # loaded with peft on top of the base; the others are whole models
 # Data sets whose reasoning traces another model wrote (FreedomIntelligence built theirs with GPT-4o).
 SYNTHETIC_TRACES = ("FreedomIntelligence/medical-o1-reasoning-SFT",)
-
 TEMPLATE = Path(__file__).parent / "assets" / "model_card.md"  # the card's text and layout (Jinja)
 
 

@@ -144,12 +144,11 @@ class Export:
 
     def adapter(self, dest: str | Path = "") -> Path:
         """The LoRA adapter and tokenizer, with a model card; copied into a temporary folder, then renamed."""
-        dest = self._destination("adapter", dest)
         with self._writing("adapter", dest, "the adapter") as tmp:
             for item in self.adapter_src.iterdir():
                 if item.is_file() and item.name != "README.md":
                     shutil.copy2(item, tmp / item.name)
-        return dest
+        return self.paths["adapter"]
 
     def verify_adapter(self, path: str | Path = "", question: str = "") -> dict[str, Any]:
         """Reload the exported adapter with Unsloth and with plain peft; both must give the same next tokens."""
@@ -180,16 +179,14 @@ class Export:
 
     def merged(self, dest: str | Path = "") -> Path:
         """Base + adapter merged into 16-bit weights (Unsloth's save_pretrained_merged), with a model card."""
-        dest = self._destination("merged", dest)
-        n = count_parameters(self.config)
-        with self._writing("merged", dest, f"the merged 16-bit model ({n / 1e9:.2f} B parameters)", n) as tmp:
+        with self._writing("merged", dest, "the merged 16-bit model") as tmp:
             model, tokenizer = self._load()
             if hasattr(model, "save_pretrained_merged") and self._unsloth():
                 model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
             else:
                 merge_16bit(model, self.config).save_pretrained(str(tmp))
                 tokenizer.save_pretrained(str(tmp))
-        return dest
+        return self.paths["merged"]
 
     def gguf(self, methods: str | list[str] = "q8_0,q4_k_m", dest: str | Path = "", *,
              strict: bool = False) -> list[Path] | None:
@@ -199,11 +196,10 @@ class Export:
         if not wanted:
             log.info("GGUF skipped (no quantization methods asked for)")
             return None
-        dest = self._destination("gguf", dest)
+        dest = self._destination("gguf", dest)  # a full destination is refused before llama.cpp is looked for
         if not to_gguf.possible(strict):
             return None
-        n = count_parameters(self.config)
-        with self._writing("gguf", dest, f"GGUF {', '.join(wanted)} ({n / 1e9:.2f} B parameters)", n, wanted) as tmp:
+        with self._writing("gguf", dest, f"GGUF {', '.join(wanted)}", wanted) as tmp:
             to_gguf.write(*self._load(), tmp, wanted)
         return sorted(dest.glob("*.gguf"))
 
@@ -244,8 +240,11 @@ class Export:
         return check_destination(dest or self.export_dir / PUSHABLE[what], self.overwrite)
 
     @contextmanager
-    def _writing(self, what: str, dest: Path, label: str, n: int = 0, wanted: list[str] | tuple = ()):
-        """Check the disk, yield a temporary folder to fill, add the card, rename it into place as `dest`."""
+    def _writing(self, what: str, dest: str | Path, label: str, wanted: list[str] | tuple = ()):
+        """Check the destination and the disk, yield a temporary folder to fill, add the card, rename it into place."""
+        dest = self._destination(what, dest)
+        n = 0 if what == "adapter" else count_parameters(self.config)
+        label += f" ({n / 1e9:.2f} B parameters)" if n else ""
         check_disk(dest, self._bytes(what, n, wanted), label)
         with atomic_dir(dest) as tmp:
             yield tmp
