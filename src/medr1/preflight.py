@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +16,32 @@ from medr1.config import Config
 from medr1.errors import ConfigError, MedR1Error, ModelError
 from medr1.log import log
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
+from medr1.smollm import model_path as smollm_path
+from medr1.tiny import tiny_model_path
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\")  # a model_name starting so means a folder, never a hub id
+BUILT = {SMOKE_MODEL: tiny_model_path, CPU_MODEL: smollm_path}  # models medr1 builds itself, in cached folders
 
 
 def check(config: Config) -> dict[str, Any]:
     """Every model-side check, cheapest first; returns the model's config.json."""
-    model_config = check_model(config)
-    check_max_seq_length(config, model_config)
-    check_4bit(config)
+    model_config = _model_config(config.model_name, "model_name")
+    limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
+    limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
+    if limit is not None and config.max_seq_length > limit:
+        raise ConfigError(f"max_seq_length={config.max_seq_length} is above what {config.model_name} takes "
+                          f"(max_position_embeddings={limit} in its config.json)")
+    problem = config.load_in_4bit and bnb_4bit_problem(config.backend)
+    if problem:
+        raise ModelError(f"load_in_4bit=True but {problem}; set load_in_4bit=False for 16-bit weights "
+                         "(about 4x the memory)")
     return model_config
 
 
 def model_path(name: str, knob: str = "model_name") -> str:
     """Where `name` loads from: a model medr1 builds itself (its cached folder), a local folder, or a hub id."""
-    if name == SMOKE_MODEL:
-        from medr1.tiny import tiny_model_path
-
-        return str(tiny_model_path())
-    if name == CPU_MODEL:  # converted once from the pinned package (medr1.smollm)
-        from medr1.smollm import model_path as smollm_path
-
-        return str(smollm_path())
+    if name in BUILT:
+        return str(BUILT[name]())
     local = Path(name).expanduser()
     if local.is_file():
         raise ModelError(f"{knob}: {local} is a file; give a model folder or a hub id")
@@ -49,45 +54,36 @@ def model_path(name: str, knob: str = "model_name") -> str:
     return name
 
 
-def check_model(config: Config) -> dict[str, Any]:
-    """The model's config.json from a local folder or the hub cache; an error that says which was looked at."""
-    return _model_config(config.model_name, "model_name")
-
-
 def _model_config(name: str, knob: str, depth: int = 0) -> dict[str, Any]:
+    """The model's config.json from a local folder or the hub cache; an error that says which was looked at."""
     folder = Path(model_path(name, knob))
     if not folder.is_dir():  # a hub id
         return _read_json(Path(_hub_config(name, knob)))
     if (folder / "config.json").exists():
         return _read_json(folder / "config.json")
-    # a LoRA adapter folder: check the base model it names (one level only)
-    base = _read_json(folder / "adapter_config.json").get("base_model_name_or_path") if depth == 0 else None
+    # a LoRA adapter folder (model_path saw its adapter_config.json): check the base model it names, one level only
+    if depth:
+        raise ModelError(f"{knob}: {folder} is a LoRA adapter (no config.json), not a base model")
+    base = _read_json(folder / "adapter_config.json").get("base_model_name_or_path")
     if not base:
-        raise ModelError(f"{knob}: {folder} is a folder without config.json or adapter_config.json")
+        raise ModelError(f"{knob}: {folder} has no config.json, and its adapter_config.json names no base model")
     return _model_config(base, f"{knob} (base model of {folder})", depth + 1)
 
 
 def _hub_config(name: str, knob: str) -> str:
     """Path of config.json from the hub cache (or the hub when online); the token comes from HF_TOKEN only."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub import errors, hf_hub_download
 
     uncached = ", and the hub could not be reached (no network?) nor is it cached"
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         uncached = (", nor in the local hub cache (HF_HUB_OFFLINE=1, so the hub was not asked); download it once "
                     "online or give a local folder")
     problems = {  # the first that matches, as an `except` chain would take it
-        HFValidationError: ", nor a valid hub id (expected 'owner/name')",
-        LocalEntryNotFoundError: uncached,
-        GatedRepoError: "; on the hub it is gated: accept its terms and set HF_TOKEN",
-        RepositoryNotFoundError: ", and the hub has no such model (a typo, or private: set HF_TOKEN)",
-        EntryNotFoundError: "; the hub repository has no config.json, so it is not a transformers model",
+        errors.HFValidationError: ", nor a valid hub id (expected 'owner/name')",
+        errors.LocalEntryNotFoundError: uncached,
+        errors.GatedRepoError: "; on the hub it is gated: accept its terms and set HF_TOKEN",
+        errors.RepositoryNotFoundError: ", and the hub has no such model (a typo, or private: set HF_TOKEN)",
+        errors.EntryNotFoundError: "; the hub repository has no config.json, so it is not a transformers model",
     }
     try:
         return hf_hub_download(name, "config.json")
@@ -101,22 +97,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ModelError(f"{path} cannot be read as JSON: {err}") from None
-
-
-def position_limit(model_config: dict[str, Any]) -> int | None:
-    """max_position_embeddings of the model (or of its text part, for multimodal configs)."""
-    for cfg in (model_config, model_config.get("text_config") or {}):
-        limit = cfg.get("max_position_embeddings")
-        if isinstance(limit, int) and limit > 0:
-            return limit
-    return None
-
-
-def check_max_seq_length(config: Config, model_config: dict[str, Any]) -> None:
-    limit = position_limit(model_config)
-    if limit is not None and config.max_seq_length > limit:
-        raise ConfigError(f"max_seq_length={config.max_seq_length} is above what {config.model_name} takes "
-                          f"(max_position_embeddings={limit} in its config.json)")
 
 
 def bnb_4bit_problem(backend: str) -> str | None:
@@ -143,15 +123,6 @@ def bnb_4bit_problem(backend: str) -> str | None:
     return None
 
 
-def check_4bit(config: Config) -> None:
-    if not config.load_in_4bit:
-        return
-    problem = bnb_4bit_problem(config.backend)
-    if problem:
-        raise ModelError(f"load_in_4bit=True but {problem}; set load_in_4bit=False for 16-bit weights "
-                         "(about 4x the memory)")
-
-
 def warn_if_not_4bit(model, config: Config) -> bool:
     """After loading: True if the weights are 4-bit; one warning line if 4-bit was asked and they are not."""
     four_bit = any(type(m).__name__ == "Linear4bit" for m in model.modules())
@@ -164,12 +135,9 @@ def warn_if_not_4bit(model, config: Config) -> bool:
 def short_errors() -> bool:
     """In IPython/Jupyter, show a medr1 error as its one line instead of a traceback; True if installed.
     The cell still fails (papermill and "Run all" stop there)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    if shell is None:
+    ipython = sys.modules.get("IPython")  # imported wherever a shell runs
+    shell = ipython and ipython.get_ipython()
+    if not shell:
         return False
 
     def one_line(shell, etype, value, tb, tb_offset=None):
