@@ -70,11 +70,13 @@ HEDGES = ("differential", "alternatively", "could also be", "might also be", "ma
           "other possibility", "possibilities")
 LIST_WORDS = {"and", "plus", COMMA}
 PLURAL_VERBS = {"are", "were", "both"}
+CLAUSE_END = CLAUSE_WORDS | {COMMA, BREAK}
 # A word that opens an explanation or a clause, never a second candidate ("MI, given the ST elevation").
 LINKING = {"given", "which", "as", "because", "due", "since", "with", "caused", "based", "supported", "that", "who",
            "in", "on", "for", "from", "by", "confirmed", "secondary", "following", "after", "associated", "leading",
            "resulting", "presenting", "where", "when", "is", "was", "should", "must", "will", "can", "may", "has",
            "have", "needs", "requires", "this", "it", "likely", "most", "probably", "especially", "particularly"}
+ITEM_END = LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS
 
 
 def _singular(word: str) -> str:
@@ -157,41 +159,30 @@ def _find(words: list[str], target: list[str]) -> list[int]:
     return [i for i in range(len(words) - n + 1) if words[i:i + n] == target] if n else []
 
 
-def _clause_before(words: list[str], start: int) -> list[str]:
-    i = start
-    while i > 0 and words[i - 1] not in (COMMA, BREAK) and words[i - 1] not in CLAUSE_WORDS:
-        i -= 1
-    return words[i:start]
-
-
-def _item(words: list[str], step: int, at: int) -> list[str]:
-    """The phrase next to a list word, walking away from the mention until the next separator or linking word."""
-    item = []
-    while 0 <= at < len(words) and words[at] not in LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS:
-        item.append(words[at])
-        at += step
-    return item
-
-
-def _past_list_words(words: list[str], step: int, at: int) -> int:
-    while 0 <= at < len(words) and words[at] in LIST_WORDS:
+def _walk(words: list[str], at: int, step: int, group: set[str], inside: bool = False) -> int:
+    """Where a walk from `at` by `step` leaves the words outside `group` (or, `inside`, those in it)."""
+    while 0 <= at < len(words) and (words[at] in group) == inside:
         at += step
     return at
 
 
+def _at(words: list[str], i: int) -> str | None:
+    return words[i] if 0 <= i < len(words) else None
+
+
 def _listed(words: list[str], start: int, end: int) -> bool:
-    """Is the mention words[start:end] one item of a list of candidates ("X and Y", "Y, Z and X", "X, Y are")?"""
+    """Is the mention words[start:end] one item of a list of candidates ("X and Y", "Y, Z and X", "X, Y are")?
+    An item is the phrase next to a list word, up to the next separator or linking word."""
     ends_item = LIST_WORDS | PLURAL_VERBS | {BREAK, None}  # what may follow the last item (None: the end)
-    after = words[end] if end < len(words) else None
-    if after in LIST_WORDS:
-        j = _past_list_words(words, 1, end)
-        nxt = j + len(_item(words, 1, j))
-        if nxt > j and (words[nxt] if nxt < len(words) else None) in ends_item:
+    if _at(words, end) in LIST_WORDS:
+        j = _walk(words, end, 1, LIST_WORDS, inside=True)
+        nxt = _walk(words, j, 1, ITEM_END)
+        if nxt > j and _at(words, nxt) in ends_item:
             return True
-    before = words[start - 1] if start > 0 else None
-    if before not in LIST_WORDS or after not in ends_item:
+    if _at(words, start - 1) not in LIST_WORDS or _at(words, end) not in ends_item:
         return False
-    return bool(_item(words, -1, _past_list_words(words, -1, start - 1)))
+    j = _walk(words, start - 1, -1, LIST_WORDS, inside=True)
+    return _walk(words, j, -1, ITEM_END) != j
 
 
 def truth_variants(truth: str) -> list[list[str]]:
@@ -211,10 +202,10 @@ def judge(answer: str, truth: str) -> Verdict:
     if not found:
         return Verdict(False, "not found")
     for s, i, j in found:
-        after = s[j:j + 4]
-        cut = next((k for k, w in enumerate(after) if w in CLAUSE_WORDS | {"and", COMMA, BREAK}), len(after))
+        before = s[_walk(s, i - 1, -1, CLAUSE_END) + 1:i]  # the mention's clause, up to it
+        after = s[j:min(j + 4, _walk(s, j, 1, CLAUSE_END | {"and"}))]  # up to four words after it, in the clause
         non = i > 0 and s[i - 1] == "non"  # "non-Hodgkin lymphoma" is not "Hodgkin lymphoma"
-        if non or _has(_clause_before(s, i), NEGATION_BEFORE) or _has(after[:cut], NEGATION_AFTER):
+        if non or _has(before, NEGATION_BEFORE) or _has(after, NEGATION_AFTER):
             return Verdict(False, "negated")
     for s, i, j in found:
         rest = s[:i] + s[j:]
