@@ -111,6 +111,12 @@ def validate_rows(rows: list[Any], source: str, fields: tuple[str, ...] = FIELDS
     return [{name: row[name] for name in fields} for row in clean]
 
 
+def load_rows(path: str | Path, fields: tuple[str, ...] = FIELDS, what: str = "data_path") -> tuple[list, str]:
+    """(rows, source): a local file's (or a bundled fixture's) rows, validated, and the file they came from."""
+    path = resolve_path(path)
+    return validate_rows(read_rows(path, what), str(path), fields), str(path)
+
+
 def drop_duplicates(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
     """Exact duplicate rows would be trained on twice or leak into the hold-out; keep the first."""
     unique: dict[tuple[str, ...], dict[str, str]] = {}
@@ -134,9 +140,8 @@ def load_split(config: Config) -> Split:
     `holdout_examples` rows; training the first `num_examples` of the rest (on the hub `train[:500]`, the recipe's)."""
     h = config.holdout_examples
     if config.data_path:
-        path = resolve_path(config.data_path)
-        source = str(path)
-        rows, dups = drop_duplicates(validate_rows(read_rows(path), source))
+        rows, source = load_rows(config.data_path)
+        rows, dups = drop_duplicates(rows)
         if len(rows) <= h:
             raise DataError(f"{source}: {len(rows)} unique rows, but holdout_examples={h} leaves none to train on")
         holdout = rows[len(rows) - h:] if h else []

@@ -32,16 +32,11 @@ def load_questions(path: str | Path) -> list[Question]:
     (an error names the row and the field at fault)."""
     path = Path(path).expanduser()
     raw = data.read_file(path, "")[0]
-    if isinstance(raw, dict):  # {"MedQA": [...], "MedMCQA": [...]}: keep the benchmark name
-        items = [(name, item) for name, group in raw.items() if isinstance(group, list) for item in group]
-        if not items:
-            raise DataError(f"{path}: expected a list of questions, or an object of lists; got keys {list(raw)[:5]}")
-    elif isinstance(raw, list):
-        items = [("", item) for item in raw]
-    else:
-        raise DataError(f"{path}: expected a list of questions, got {type(raw).__name__}")
+    groups = raw if isinstance(raw, dict) else {"": raw}  # {"MedQA": [...], "MedMCQA": [...]}: keep the names
+    items = [(name, item) for name, group in groups.items() if isinstance(group, list) for item in group]
     if not items:
-        raise DataError(f"{path}: holds no questions")
+        got = f"an object with keys {list(raw)[:5]}" if isinstance(raw, dict) else repr(raw)[:40]
+        raise DataError(f"{path}: holds no questions; expected a list of them, or an object of lists, got {got}")
     return [_question(item, source, i, path) for i, (source, item) in enumerate(items)]
 
 
@@ -191,9 +186,7 @@ def score(questions: list[Question], predictions: list[str], style: str = "seed"
     sources = sorted({r["source"] for r in rows if r["source"]})
     if len(sources) > 1:
         out["by_source"] = {s: _summary([r for r in rows if r["source"] == s]) for s in sources}
-    if details:
-        out["items"] = rows
-    return out
+    return {**out, "items": rows} if details else out
 
 
 def one_to_one(predictions: list[str], questions: list[Any]) -> list[str]:
@@ -205,8 +198,7 @@ def one_to_one(predictions: list[str], questions: list[Any]) -> list[str]:
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    n = len(rows)
-    correct = sum(r["correct"] for r in rows)
+    n, correct = len(rows), sum(r["correct"] for r in rows)
     methods = {m: sum(r["method"] == m for r in rows) for m in ("phrase", "letter", "text", "none")}
 
     def share(hits: int) -> float:

@@ -143,10 +143,13 @@ def answer_part(text: str, style: str = "seed") -> str:
     return prompts.split_answer(text, style).answer
 
 
+REASONS = ("match", "not found", "negated", "several candidates", "no answer")
+
+
 @dataclass
 class Verdict:
     correct: bool
-    reason: str  # match | no answer | not found | negated | several candidates
+    reason: str  # one of REASONS
 
 
 def _has(words: list[str], cues: tuple[str, ...] | set[str]) -> bool:

@@ -18,18 +18,12 @@ FIXTURE = "medr1:verifiable"  # the bundled questions, src/medr1/assets/verifiab
 FIXTURE_PATH = data.resolve_path(FIXTURE)
 
 
-def read_questions(path: str | Path, what: str = "grpo_data_path") -> list[dict[str, str]]:
-    """A local .json/.jsonl/.csv/.parquet of verifiable questions (or the bundled fixture), validated: both fields
-    non-empty strings (medr1.data's check), and only those fields kept."""
-    path = data.resolve_path(path)
-    return data.validate_rows(data.read_rows(path, what), str(path), FIELDS)
-
-
 def load_questions(config: Config) -> tuple[list[dict[str, str]], str]:
     """(rows, source): `grpo_data_path` if set, else the first `grpo_num_examples` rows of the hub dataset."""
     n = config.grpo_num_examples
     if config.grpo_data_path:
-        return read_questions(config.grpo_data_path)[:n or None], str(data.resolve_path(config.grpo_data_path))
+        rows, source = data.load_rows(config.grpo_data_path, FIELDS, "grpo_data_path")
+        return rows[:n or None], source
     name, subset, split = config.grpo_dataset_name, config.grpo_dataset_config, config.grpo_dataset_split
     rows = data._hub_rows(name, subset, f"{split}[:{n}]" if n else split, FIELDS, "grpo_data_path")
     return rows, f"{name} ({subset}, {split})"
@@ -40,13 +34,11 @@ def score_verifiable(questions_path: str | Path, predictions_path: str | Path, s
 
     Only each prediction's answer part (after `### Answer:` or `</think>`) is judged, as in training.
     """
-    rows = read_questions(questions_path, "--verifiable")
+    rows = data.load_rows(questions_path, FIELDS, "--verifiable")[0]
     predictions = mcq.one_to_one(mcq.read_predictions(predictions_path), rows)
     verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]])
                 for p, r in zip(predictions, rows, strict=True)]
     correct = sum(v.correct for v in verdicts)
-    reasons = {k: sum(v.reason == k for v in verdicts) for k in
-               ("match", "not found", "negated", "several candidates", "no answer")}
     return {"file": str(questions_path), "predictions": str(predictions_path), "n": len(rows), "correct": correct,
             "accuracy": round(correct / len(rows), 4), "ci95": list(mcq.wilson_interval(correct, len(rows))),
-            "by_reason": reasons}
+            "by_reason": {k: sum(v.reason == k for v in verdicts) for k in rewards.REASONS}}
