@@ -150,8 +150,8 @@ def load_split(config: Config) -> Split:
         name, subset, split, n = config.dataset_name, config.dataset_config, config.dataset_split, config.num_examples
         source = f"{name} ({subset}, {split})"
         train_split = f"{split}[:{n}]" if n else f"{split}[:-{h}]" if h else split
-        train, dups = drop_duplicates(_hub_rows(name, subset, train_split))
-        holdout = _hub_rows(name, subset, f"{split}[-{h}:]") if h else []
+        train, dups = drop_duplicates(hub_rows(name, subset, train_split))
+        holdout = hub_rows(name, subset, f"{split}[-{h}:]") if h else []
     train_questions = {r["Question"] for r in train}
     overlap = sum(r["Question"] in train_questions for r in holdout)
     if overlap:
@@ -162,7 +162,7 @@ def load_split(config: Config) -> Split:
     return Split(train=train, holdout=holdout, source=source, duplicates=dups)
 
 
-def _hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELDS,
+def hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELDS,
               knob: str = "data_path") -> list[dict[str, str]]:
     """A hub dataset's split, validated (`knob` names the local file that can stand in for it)."""
     from datasets import load_dataset

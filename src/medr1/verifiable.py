@@ -25,7 +25,7 @@ def load_questions(config: Config) -> tuple[list[dict[str, str]], str]:
         rows, source = data.load_rows(config.grpo_data_path, FIELDS, "grpo_data_path")
         return rows[:n or None], source
     name, subset, split = config.grpo_dataset_name, config.grpo_dataset_config, config.grpo_dataset_split
-    rows = data._hub_rows(name, subset, f"{split}[:{n}]" if n else split, FIELDS, "grpo_data_path")
+    rows = data.hub_rows(name, subset, f"{split}[:{n}]" if n else split, FIELDS, "grpo_data_path")
     return rows, f"{name} ({subset}, {split})"
 
 
