@@ -4,9 +4,8 @@
     ev.load(); ev.held_out_loss(); ev.generate(); ev.side_by_side(); ev.save()
 
 The model is loaded once; the base model's numbers come from the same weights with the adapter switched off, so
-both sides see the same base, tokenizer and prompts. Answers come from `medr1.infer.generate_many`, greedy (a
-second evaluation gives the same answers), or `samples=k` seeded answers per question with R1's sampling (mean
-and spread reported). Under `accelerate launch` the questions are shared out and rank 0 writes the results.
+both sides see the same base, tokenizer and prompts. Answers come from `medr1.infer.generate_many`: greedy, or
+`samples=k` seeded answers per question (mean and spread reported). Under `accelerate launch` rank 0 writes.
 """
 
 from __future__ import annotations
@@ -160,12 +159,10 @@ class Evaluation:
         return {v: self.results["metrics"][v] for v in VARIANTS}
 
     def mcq(self, path: str | Path, max_questions: int = 0) -> dict[str, Any] | None:
-        """Multiple-choice accuracy of both models on a file of {question, options, answer_idx}, compared by an exact
-        McNemar test, with published figures beside benchmarks they exist for. An empty `path` skips this step.
-
-        Each model's answers go to mcq_predictions_<variant>.jsonl in the run folder (one row per question and
-        sample: gold letter, letter read and how, right or not): `--predictions` scores them again without a model.
-        """
+        """Multiple-choice accuracy of both models on a file of {question, options, answer_idx} (an empty `path`
+        skips this), an exact McNemar test between them, published figures where they exist. Each model's answers
+        go to mcq_predictions_<variant>.jsonl in the run folder (a row per question and sample: gold letter, letter
+        read and how, right or not), which `--predictions` scores again without a model."""
         if not path:
             log.info("multiple-choice accuracy skipped (no questions file given)")
             return None
@@ -188,21 +185,19 @@ class Evaluation:
         names = sorted({q.source for q in questions if q.source}) or [Path(path).stem]
         result["anchors"] = dict(a for a in map(mcq.anchors_for, names) if a)
         self.results["mcq"] = result
-        log.info(f"multiple-choice accuracy on {result['questions']} questions")
+        log.info(f"multiple-choice accuracy on {result['questions']} questions (answers in {self.run_dir})")
         for v in VARIANTS:
             s, k = result[v], result[v].get("samples")
             spread = f", mean of {k['k']} samples {k['mean']:.1%} +/- {k['std']:.1%}" if k else ""
             log.info(f"  {LABELS[v]:>10}: {s['accuracy']:.1%} (95% CI {s['ci95'][0]:.0%}-{s['ci95'][1]:.0%}; "
                      f"first-match {s['first_match']:.1%}, last-match {s['last_match']:.1%}, better of the two "
-                     f"{s['either_match']:.1%}; {s['unparsed']} unparsed{spread})")
+                     f"{s['either_match']:.1%}; {s['unparsed']} unparsed{spread}; {s['predictions']})")
         m = result["mcnemar"]
         log.info(f"  paired (McNemar, exact): {m['only_first']} right only for base, {m['only_second']} only for "
                  f"fine-tuned, p = {m['p_value']:.3g}")
         for bench, figures in result["anchors"].items():
             log.info(f"  published {bench} (HuatuoGPT-o1 paper, Table 1): "
                      + ", ".join(f"{k} {v:.1f}%" for k, v in figures.items()))
-        log.info(f"  per-question answers in {self.run_dir / result['base']['predictions']} and "
-                 f"{self.run_dir / result['finetuned']['predictions']}")
         return result
 
     def metrics_table(self):
