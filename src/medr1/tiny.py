@@ -1,25 +1,26 @@
 """An offline stand-in for DeepSeek-R1-Distill-Llama-8B that fails the way the real one can.
 
-A tiny random Llama, and a tokenizer whose files are declared like the real model's: a Llama-3-style
-byte-level BPE tokenizer.json (trained locally on the fixture), a tokenizer_config.json naming
-`LlamaTokenizerFast` with `add_bos_token`, and R1's special tokens (BOS `<｜begin▁of▁sentence｜>`, EOS
-`<｜end▁of▁sentence｜>`, `<｜User｜>`, `<｜Assistant｜>`, `<think>`, `</think>`, `<|finetune_right_pad_id|>`).
-So `AutoTokenizer` mis-reads it exactly as it mis-reads the real one (spaces and newlines dropped), and
-every code path is proven on files shaped like the real ones. Two pad variants, as uploaded: Unsloth's
-(`<|finetune_right_pad_id|>`) and DeepSeek's (pad = EOS).
+A tiny random Llama whose tokenizer files are declared like the real model's: a Llama-3 byte-level BPE
+tokenizer.json (trained on the fixture), a tokenizer_config.json naming `LlamaTokenizerFast`, and R1's special
+tokens (SPECIAL, MARKERS). So `AutoTokenizer` mis-reads it as it mis-reads the real one (spaces and newlines
+dropped). Two pad variants, as uploaded: Unsloth's (PAD) and DeepSeek's (pad = EOS).
 
-Built once and cached on disk (`MEDR1_CACHE`, default `~/.cache/medr1`); `hub_cache()` also serves it under
-a hub id from an offline `HF_HOME`, the way users load the real model.
+Built once into `cache_dir()` (`MEDR1_CACHE`, default `~/.cache/medr1`); `hub_cache()` also serves it under a hub
+id from an offline `HF_HOME`, the way users load the real model.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
+
+from medr1.stack import import_unsloth_first
 
 from medr1 import prompts
 from medr1.record import atomic_dir
+from medr1.tokenizer import byte_level_with_bos
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 PAD = "<|finetune_right_pad_id|>"
@@ -30,6 +31,7 @@ MARKERS = [prompts.R1_USER, prompts.R1_ASSISTANT, prompts.THINK_OPEN, prompts.TH
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 TINY_VERSION = 3  # bump when the recipe below changes, so stale caches are rebuilt
+STAMP = "medr1_tiny.json"
 TINY_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=4096)
 PAD_VARIANTS = ("unsloth", "deepseek")
@@ -39,10 +41,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDR1_CACHE", Path.home() / ".cache" / "medr1"))
 
 
+def is_built(path: Path, stamp_file: str, stamp: dict) -> bool:
+    """The one rule for a model medr1 builds itself (tiny, smollm): its cached folder is valid for this recipe when
+    the stamp file, written inside its atomic write, holds this recipe's `stamp`; else it is built again."""
+    try:
+        return json.loads((path / stamp_file).read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        return False
+
+
 def tiny_model_path(root: Path | None = None, pad: str = "unsloth") -> Path:
     """The folder of the tiny model, building it first if it is not cached."""
     path = (root or cache_dir()) / f"tiny-llama-v{TINY_VERSION}-{pad}"
-    if not (path / "config.json").exists():
+    if not is_built(path, STAMP, {"version": TINY_VERSION, "seed": 0, "pad": pad}):
         build_tiny(path, pad=pad)
     return path
 
@@ -55,21 +66,17 @@ def _corpus() -> list[str]:
 
 def tokenizer_json(vocab_size: int = 1024):
     """A `tokenizers.Tokenizer` with Llama-3's pipeline: regex split, byte-level BPE, BOS added by a template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_corpus(), trainer=trainer)
     tok.add_tokens(MARKERS)
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
-                                      special_tokens=[(BOS, tok.token_to_id(BOS))])])
+    byte_level_with_bos(tok, BOS)
     return tok
 
 
@@ -90,9 +97,7 @@ def tokenizer_config(tok, pad: str = "unsloth") -> dict:
 
 def build_tiny(path: Path, seed: int = 0, pad: str = "unsloth") -> Path:
     """Write the tokenizer files and a random-initialised Llama to `path` atomically."""
-    from medr1.stack import import_unsloth_first  # before transformers: Unsloth patches it on import
-
-    import_unsloth_first()
+    import_unsloth_first()  # before transformers: Unsloth patches it on import
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -108,23 +113,18 @@ def build_tiny(path: Path, seed: int = 0, pad: str = "unsloth") -> Path:
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok, pad), indent=2,
                                                               ensure_ascii=False), encoding="utf-8")
-        (tmp / "medr1_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "pad": pad}))
+        (tmp / STAMP).write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "pad": pad}))
     return path
 
 
 def hub_cache(hf_home: Path, repo_id: str = "unsloth/DeepSeek-R1-Distill-Llama-8B", pad: str = "unsloth",
               revision: str = "0" * 40) -> Path:
-    """Serve the tiny model under `repo_id` from an offline hub cache in `hf_home` (HF_HOME), as a download would.
-
-    With HF_HOME=hf_home and HF_HUB_OFFLINE=1, `from_pretrained(repo_id)` finds it and records the id as
-    `_name_or_path`, so the code path is the real model's, id included.
-    """
-    import shutil
-
+    """Serve the tiny model under `repo_id` from an offline hub cache in `hf_home`, as a download would: with
+    HF_HOME=hf_home and HF_HUB_OFFLINE=1, `from_pretrained(repo_id)` finds it and records the id as `_name_or_path`."""
     src = tiny_model_path(pad=pad)
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / revision
-    shutil.copytree(src, snapshot, ignore=shutil.ignore_patterns("medr1_tiny.json"), dirs_exist_ok=True)
+    shutil.copytree(src, snapshot, ignore=shutil.ignore_patterns(STAMP), dirs_exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
     return snapshot

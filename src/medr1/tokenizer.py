@@ -1,16 +1,17 @@
 """The one tokenizer loader: faithful to tokenizer.json, checked by a round trip, saved so it reloads the same.
 
-Why not `AutoTokenizer`: DeepSeek-R1-Distill-Llama-8B ships a Llama-3 byte-level BPE tokenizer.json but its
-tokenizer_config.json declares `LlamaTokenizerFast`. transformers 5 (up to 5.17 at least) then builds
-`LlamaTokenizer`, which swaps the byte-level pre-tokenizer and decoder for SentencePiece's Metaspace: every
-space and newline is lost ("Hello world" -> "Helloworld"). Only `deepseek-ai/deepseek-r1-distill-llama-*` ids
-are special-cased upstream, not `unsloth/...`, not a local folder, not a saved adapter. The tokenizer.json
-itself is right, so medr1 builds `PreTrainedTokenizerFast` (`TokenizersBackend`) straight from it, and proves
-it with a probe before any weights load. Saved, the tokenizer declares `TokenizersBackend`, so a plain
-`AutoTokenizer.from_pretrained(folder)` (vLLM, TGI, a later script) reads the same ids.
+Why not `AutoTokenizer`: DeepSeek-R1-Distill-Llama-8B ships a Llama-3 byte-level BPE tokenizer.json, but its
+tokenizer_config.json declares `LlamaTokenizerFast`, and transformers 5 (up to 5.17 at least) then builds
+`LlamaTokenizer` with SentencePiece's Metaspace: every space and newline is lost ("Hello world" -> "Helloworld").
+Upstream special-cases only `deepseek-ai/deepseek-r1-distill-llama-*` ids (not `unsloth/...`, a folder, an adapter).
+So medr1 builds `PreTrainedTokenizerFast` from tokenizer.json and proves it with a probe before any weights load;
+saved, it declares `TokenizersBackend`, so `AutoTokenizer.from_pretrained(folder)` (vLLM, TGI, a later script) reads
+the same ids.
 """
 
 from __future__ import annotations
+
+import os
 
 from medr1.stack import import_unsloth_first
 
@@ -55,7 +56,10 @@ def check_tokenizer(tokenizer, name: str = "") -> None:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     back = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     if back != text:
-        lost = _first_difference(text, back)
+        i = len(os.path.commonprefix([text, back]))  # the first character that differs
+        lost = f"at character {i} expected {text[i:i + 12]!r}, got {back[i:i + 12]!r}"
+        if i == min(len(text), len(back)):  # one is a prefix of the other
+            lost = f"expected {len(text)} characters, got {len(back)} ({back[-24:]!r} at the end)"
         raise ModelError(f"{what} does not round-trip text: {lost}. Training on it would teach the model broken "
                          "text; medr1 reads tokenizer.json directly, so this tokenizer's files are themselves wrong")
     if ids[-1] != tokenizer.eos_token_id:
@@ -65,13 +69,6 @@ def check_tokenizer(tokenizer, name: str = "") -> None:
     for marker in (prompts.THINK_OPEN, prompts.THINK_CLOSE):
         if marker in vocab and tokenizer(marker, add_special_tokens=False)["input_ids"] != [vocab[marker]]:
             raise ModelError(f"{what} splits {marker!r} into several tokens although its vocabulary has it as one")
-
-
-def _first_difference(want: str, got: str) -> str:
-    for i, (a, b) in enumerate(zip(want, got, strict=False)):
-        if a != b:
-            return f"at character {i} expected {want[i:i + 12]!r}, got {got[i:i + 12]!r}"
-    return f"expected {len(want)} characters, got {len(got)} ({got[-24:]!r} at the end)"
 
 
 def set_pad_token(tokenizer) -> bool:
@@ -103,6 +100,17 @@ def chat_template(style: str) -> str:
 
 def _jinja_literal(text: str) -> str:
     return "{{ " + repr(text) + " }}" if text else ""
+
+
+def byte_level_with_bos(backend, bos: str) -> None:
+    """Give a `tokenizers.Tokenizer` Llama-3's ends: a plain ByteLevel decoder, and BOS added to every text."""
+    from tokenizers import decoders, processors
+
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                      special_tokens=[(bos, backend.token_to_id(bos))])])
 
 
 def generation_text(tokenizer, question: str, style: str) -> str:
