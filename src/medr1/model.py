@@ -1,9 +1,8 @@
 """Loading, in one place: the base model (Unsloth or transformers + peft + bitsandbytes), base + adapter, LoRA.
 
-Every path takes its tokenizer from `medr1.tokenizer.load_tokenizer`, so the ids trained on and the ids
-generated from come from one faithful loader. Unsloth must be imported before trl, transformers and peft (it
-patches them; on a CPU, trl's SFTTrainer even fails without it): the heavy modules of medr1 import this one
-first. Tokens (HF_TOKEN, Colab's secret) are found by huggingface_hub itself, never passed around.
+Every path takes its tokenizer from `medr1.tokenizer.load_tokenizer`, so the ids trained on and the ids generated
+from come from one faithful loader; Unsloth is imported first (medr1.stack says why). Tokens (HF_TOKEN, Colab's
+secret) are found by huggingface_hub itself, never passed around.
 """
 
 from __future__ import annotations
@@ -139,16 +138,12 @@ def add_lora(model, config: Config):
     return get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
 
 
-def for_inference(model, backend: str = "unsloth") -> None:
-    """Unsloth's fast generation path where it applies; eval() otherwise."""
-    _mode(model, backend, training=False)
-
-
 def for_training(model, backend: str = "unsloth") -> None:
-    _mode(model, backend, training=True)
+    for_inference(model, backend, training=True)
 
 
-def _mode(model, backend: str, training: bool) -> None:
+def for_inference(model, backend: str = "unsloth", training: bool = False) -> None:
+    """Unsloth's fast generation path where it applies, eval() otherwise; `training=True`: back to training."""
     if UNSLOTH and backend == "unsloth":
         from unsloth import FastLanguageModel
 
