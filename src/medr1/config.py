@@ -135,14 +135,11 @@ class Config:
         if self.resume and not self.output_dir:
             raise ConfigError(f"{hint('resume')} needs output_dir: the folder of the run to continue")
         if not self.output_dir:  # a fresh folder per run: a default can never overwrite an earlier run
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            self.output_dir = f"outputs/{self.preset or 'run'}-{stamp}"
+            self.output_dir = f"outputs/{self.preset or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (for run.json and the model card)."""
-        out = dataclasses.asdict(self)
-        out["lora_targets"] = list(self.lora_targets)
-        return out
+        return {**dataclasses.asdict(self), "lora_targets": list(self.lora_targets)}
 
 
 def knob_names() -> list[str]:
