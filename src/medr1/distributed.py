@@ -1,14 +1,10 @@
 """Several processes (one per GPU): what medr1 itself must decide when `accelerate launch` or torchrun start it.
 
 accelerate's `PartialState` holds the process group (NCCL on GPUs, gloo on a CPU); the Trainer wraps the model in
-DDP and averages the gradients. Left to medr1:
-
-- every process trains rank 0's config (the default output folder's timestamp and `fast`'s batch sizing from
-  free memory could differ between processes);
-- only rank 0 writes the run's files and prints; the others wait where files must exist;
-- the learning-rate rule for more processes, stated with the run's own numbers.
-
-Nothing here starts a process group without WORLD_SIZE > 1: one process behaves exactly as before.
+DDP and averages the gradients. Left to medr1: every process trains rank 0's config (the default output folder's
+timestamp and `fast`'s batch sizing from free memory could differ); only rank 0 writes the run's files and prints,
+the others wait where files must exist; the learning-rate rule, with the run's own numbers. Without WORLD_SIZE > 1
+nothing here starts a process group: one process behaves exactly as before.
 """
 
 from __future__ import annotations
@@ -39,17 +35,17 @@ def is_main() -> bool:
 
 
 def state():
-    """accelerate's PartialState; with several processes it starts the group the Trainer then reuses. The CPU
-    flag makes accelerate pick gloo: without it, processes on a machine without CUDA would each train alone."""
+    """accelerate's PartialState with several processes (it starts the group the Trainer then reuses), else None.
+    The CPU flag makes accelerate pick gloo: without it, processes on a machine without CUDA would each train alone."""
+    if world_size() <= 1:
+        return None
     import torch
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def init() -> None:
-    if world_size() > 1:
-        state()
+init = state  # start the process group, where there are several processes
 
 
 def agree(value: T) -> T:
@@ -70,7 +66,7 @@ def barrier() -> None:
 
 def backend() -> str | None:
     """The process group's backend ('nccl', 'gloo'), None when there is none."""
-    return state().backend if world_size() > 1 else None
+    return getattr(state(), "backend", None)
 
 
 def finish() -> None:
@@ -89,20 +85,17 @@ def quiet_replicas() -> None:
     from medr1.log import quiet
 
     quiet()
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name, value in (("TQDM_DISABLE", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                        ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(name, value)
 
 
 def learning_rate_rule(config: Config, processes: int) -> str:
     """The learning-rate rule for several processes, with this run's numbers (printed and recorded in run.json).
-
-    medr1 trains the config as written. A learning rate belongs to the batch it was chosen for (fast's: its
-    PACKED_ROWS, already split over the processes; any other's: the config on one process). To train the same
-    recipe on k times the processes, divide gradient_accumulation_steps (or the per-device batch) by k; to keep
-    the k times larger batch, multiply the learning rate by sqrt(k) (Adam's square-root rule), divide max_steps by k.
-    """
+    medr1 trains the config as written; a learning rate belongs to the batch it was chosen for (fast's: PACKED_ROWS,
+    already split over the processes; any other's: the config on one process). On k times the processes: divide the
+    accumulation (or the batch) by k for the same recipe, or keep the k times larger batch with lr x sqrt(k) (Adam's
+    square-root rule) and max_steps / k."""
     from medr1.speed.sizing import PACKED_ROWS
 
     per_device, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
