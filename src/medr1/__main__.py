@@ -41,20 +41,6 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override a knob (repeatable); `python -m medr1 knobs` lists them")
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    """The options of a training stage (train, grpo): the config's, and resume/overwrite of its output_dir."""
-    _config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
-
-
-def _run_overrides(args: argparse.Namespace) -> dict[str, str]:
-    """--set KNOB=VALUE pairs, with --resume and --overwrite as the knobs they stand for."""
-    overrides = parse_overrides(args.overrides)
-    overrides.update({flag: "true" for flag in ("resume", "overwrite") if getattr(args, flag)})
-    return overrides
-
-
 def _count(text: str) -> int:
     """An argparse type: an integer >= 0, else a one-line usage error naming the option."""
     try:
@@ -66,29 +52,22 @@ def _count(text: str) -> int:
     return value
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    config = build_config(args.preset, _run_overrides(args))
-    from medr1.run import train
-
-    run = train(config)
-    log.info(f"run record {run.out / 'run.json'}")
-    return 0
-
-
-def cmd_grpo(args: argparse.Namespace) -> int:
-    """Reinforcement on verifiable questions (GRPO with LoRA), from an SFT run's adapter or the base."""
-    config = build_config(args.preset, _run_overrides(args))
-    from medr1.grpo import grpo
-
-    run = grpo(config)
+def cmd_stage(args: argparse.Namespace) -> int:
+    """train, grpo: the whole stage end to end (SFT; or GRPO on verifiable questions from an SFT run's adapter)."""
+    overrides = parse_overrides(args.overrides)
+    overrides.update({flag: "true" for flag in ("resume", "overwrite") if getattr(args, flag)})  # knobs as flags
+    config = build_config(args.preset, overrides)
+    if args.command == "grpo":
+        from medr1.grpo import GrpoRun as Stage
+    else:
+        from medr1.run import Run as Stage
+    run = Stage.all_steps(config)
     log.info(f"run record {run.out / 'run.json'}")
     return 0
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    overrides = parse_overrides(args.overrides)
-    overrides["data_path"] = args.path
-    config = build_config(args.preset, overrides)  # says which preset `auto` picked, and why
+    config = build_config(args.preset, {**parse_overrides(args.overrides), "data_path": args.path})  # logs auto's pick
     from medr1 import data
     from medr1.preflight import model_path
     from medr1.prompts import format_row
@@ -169,9 +148,8 @@ def cmd_knobs(args: argparse.Namespace) -> int:
     from medr1.presets import PRESETS
 
     hints, advice = typing.get_type_hints(Config), knob_advice()
-    values = {n: getattr(Config, n, None) for n in knob_names()}
-    if args.preset:
-        values = build_config(args.preset).to_dict()
+    defaults = {n: getattr(Config, n, None) for n in knob_names()}
+    values = build_config(args.preset).to_dict() if args.preset else defaults
     rows = [(n, "list of str" if n == "lora_targets" else getattr(hints[n], "__name__", str(hints[n])),
              ",".join(v) if isinstance(v := values[n], (list, tuple)) else repr(v), advice[n]) for n in knob_names()]
     head = ("knob", "type", f"preset {values['preset']!r}" if args.preset else "default", "advice")
@@ -194,16 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func, processes=processes)
         return p
 
-    _run_args(command("train", cmd_train, "fine-tune (the notebook's steps, end to end)", processes=True))
-    _run_args(command("grpo", cmd_grpo, "reinforce on verifiable questions (GRPO + LoRA), after SFT (init_adapter)",
-                      processes=True))
+    for name, text in (("train", "fine-tune (the notebook's steps, end to end)"),
+                       ("grpo", "reinforce on verifiable questions (GRPO + LoRA), after SFT (init_adapter)")):
+        p = command(name, cmd_stage, text, True)
+        _config_args(p)
+        p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+        p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
     p = command("check-data", cmd_check_data, "validate a data file and report token lengths")
     p.add_argument("path", help="rows to check: .json, .jsonl, .csv or .parquet with Question, Complex_CoT, Response")
     _config_args(p)
     p.add_argument("--show", type=int, default=None, metavar="N",
                    help="print row N's training text and tokens: ids, pieces, loss mask, round trip, whether it fits")
-    p = command("evaluate", cmd_evaluate, "base vs fine-tuned on held-out rows; multiple-choice accuracy",
-                processes=True)
+    p = command("evaluate", cmd_evaluate, "base vs fine-tuned on held-out rows; multiple-choice accuracy", True)
     p.add_argument("run_dir", nargs="?", default="", metavar="RUN_DIR", help="output folder of a training run")
     p.add_argument("--mcq", default="", metavar="FILE",
                    help="questions: JSON list or JSONL of question/options/answer_idx")
