@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -88,21 +87,18 @@ class GrpoRun(Stage):
     plain object it built, as `medr1.run.Run` does for SFT; medr1.stage holds what both stages share."""
 
     STAGE = "GRPO"
+    HISTORY, PLOT, TITLE = "rewards", "rewards.png", "GRPO rewards"
 
     def __init__(self, config: Config):
-        t0 = time.perf_counter()
         check(config)
         super().__init__(config)
-        config = self.config
-        self.questions, self.source = load_questions(config)
-        self.adapter = start_adapter(config)
+        self.questions, self.source = load_questions(self.config)
+        self.adapter = start_adapter(self.config)
         self._check_model()
-        self.weights = reward_weights(config)
+        self.weights = reward_weights(self.config)
         self.rollout_memory_gib = 0.0  # grpo_generation=medr1: plan the decoder for this much GPU memory (0: free)
-        self.rewards: list[dict[str, Any]] = []
-        self.record = self._prepared(t0, {"source": self.source, "questions": len(self.questions)}, kind="grpo",
-                                     reward_weights=self.weights,
-                                     init_adapter=str(self.adapter) if self.adapter else None)
+        self.record = self._prepared({"source": self.source, "questions": len(self.questions)}, kind="grpo",
+                                     reward_weights=self.weights, init_adapter=self.adapter and str(self.adapter))
         log.info(f"{len(self.questions)} verifiable questions from {self.source}; reward weights {self.weights}")
 
     def prompt(self, i: int = 0) -> str:
@@ -127,22 +123,16 @@ class GrpoRun(Stage):
 
     def trainer_args(self, checkpoint_dir: str, report_to: str = "none") -> dict[str, Any]:
         """GRPOConfig's arguments: one question's group per micro-batch, `grpo_questions_per_step` per step."""
-        import torch
+        from medr1.train import trainer_kwargs
 
-        from medr1.train import precision_flags
-
-        cfg, save = self.config, self.config.save_steps > 0
-        return dict(
-            output_dir=checkpoint_dir, per_device_train_batch_size=cfg.num_generations,
+        cfg = self.config
+        return trainer_kwargs(
+            cfg, checkpoint_dir, report_to, per_device_train_batch_size=cfg.num_generations,
             gradient_accumulation_steps=cfg.grpo_questions_per_step, num_generations=cfg.num_generations,
             max_completion_length=cfg.max_completion_length, temperature=cfg.grpo_temperature, beta=cfg.beta,
-            learning_rate=cfg.grpo_learning_rate, max_steps=cfg.grpo_max_steps, warmup_steps=cfg.warmup_steps,
-            optim=cfg.optim, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, seed=cfg.seed,
-            data_seed=cfg.seed, reward_weights=list(self.weights.values()), logging_steps=cfg.logging_steps,
-            save_strategy="steps" if save else "no", save_steps=cfg.save_steps if save else 500,
-            save_total_limit=cfg.save_total_limit, report_to=report_to, run_name=self.out.name,
-            gradient_checkpointing=False,  # add_lora set it up as the config says; TRL's default would redo it
-            use_cpu=not torch.cuda.is_available(), disable_tqdm=False, **precision_flags(cfg))
+            learning_rate=cfg.grpo_learning_rate, max_steps=cfg.grpo_max_steps,
+            reward_weights=list(self.weights.values()),
+            gradient_checkpointing=False)  # add_lora set it up as the config says; TRL's default would redo it
 
     def reward_funcs(self) -> list:
         """The weighted rewards as TRL callables, in the order of `self.weights`."""
@@ -190,21 +180,26 @@ class GrpoRun(Stage):
         # EOS is part of the answer GRPO scores and trains on (TRL's own path keeps it too)
         return {"prompt_ids": ids, "completion_ids": [d.tokens + [eos] * d.stopped for d in done], "logprobs": None}
 
+    def _steps(self) -> list[dict[str, Any]]:
+        return reward_history(self._trainer.state.log_history, list(self.weights)) if self._trainer else []
+
+    rewards = property(_steps)  # one record per logged step so far, from the trainer's log
+    plot_rewards = Stage.plot  # output_dir/rewards.png
+
     def _record_training(self, seconds: float) -> None:
-        cfg, state = self.config, self._trainer.state
-        self.rewards = reward_history(state.log_history, list(self.weights))
+        cfg, rewards = self.config, self.rewards
         start = int(Path(self.resume_from).name.split("-")[-1]) if self.resume_from else 0
-        new = [r for r in self.rewards if r["step"] > start]
+        new = [r for r in rewards if r["step"] > start]
         generated = sum(r["completion_length"] for r in new) * cfg.num_generations * cfg.grpo_questions_per_step
         stats = self._keep_training(seconds, {
             "steps_run": len(new), "steps_per_s": round(len(new) / seconds, 4) if seconds else None,
-            "generated_tokens_per_s": round(generated / seconds, 1) if seconds else None}, rewards=self.rewards)
-        first, last = (self.rewards[0]["reward"], self.rewards[-1]["reward"]) if self.rewards else (None, None)
+            "generated_tokens_per_s": round(generated / seconds, 1) if seconds else None})
+        first, last = (rewards[0]["reward"], rewards[-1]["reward"]) if rewards else (None, None)
         log.info(f"{len(new)} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
                  f"tokens/s; mean reward {first} -> {last}")
 
-    def _progress(self) -> dict[str, Any]:
-        return {"rewards": reward_history(self._trainer.state.log_history, list(self.weights))}
+    def _draw(self, records: list[dict[str, Any]], path: Path, title: str) -> None:
+        plot_rewards(records, path, title)
 
     def _hold_out(self) -> None:
         held = self.adapter.parent / "holdout.jsonl" if self.adapter else None
@@ -212,12 +207,6 @@ class GrpoRun(Stage):
             if distributed.is_main():
                 shutil.copyfile(held, self.out / "holdout.jsonl")
             self.record["data"]["holdout_file"] = "holdout.jsonl"
-
-    def plot_rewards(self) -> Path:
-        return self._plot_to("rewards.png", self.rewards, "rewards", lambda path: plot_rewards(
-            self.rewards, path, f"medr1 {self.config.preset}: GRPO rewards"))
-
-    _plot = plot_rewards  # what the whole stage (`grpo`) plots
 
 
 def _load_adapter_weights(model, adapter: Path) -> int:
@@ -256,6 +245,3 @@ def plot_rewards(records: list[dict[str, Any]], path: Path, title: str = "GRPO r
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return path
-
-
-grpo = GrpoRun.all_steps  # the whole stage without pauses: what `medr1 grpo` does

@@ -29,26 +29,19 @@ PACKAGES = ("medr1", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    """Python's version and each of PACKAGES' (None: not installed)."""
+    first = {name: next(metadata.distributions(name=name), None) for name in PACKAGES}  # what metadata.version reads
+    return {"python": platform.python_version(), **{name: d.version if d else None for name, d in first.items()}}
 
 
 def git_commit() -> str | None:
-    """The commit of the medr1 checkout, if it is one (`+dirty` when it has local changes)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+    """The commit of the medr1 checkout, if it is one (`+dirty` when tracked files have local changes)."""
+    try:  # every tag excluded: the full commit hash, never a tag's name
+        return subprocess.run(["git", "describe", "--always", "--abbrev=40", "--dirty=+dirty", "--exclude=*"],
+                              cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-    return sha + ("+dirty" if dirty else "") if sha else None
 
 
 def hardware() -> dict[str, Any]:
@@ -74,12 +67,8 @@ def _usual_modes(path: Path) -> None:
     os.umask(umask)
     file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
     for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        if p.is_symlink():
-            continue
-        if p.is_dir():
-            p.chmod(dir_mode)
-        else:
-            p.chmod(dir_mode if p.stat().st_mode & 0o100 else file_mode)
+        if not p.is_symlink():
+            p.chmod(dir_mode if p.is_dir() or p.stat().st_mode & 0o100 else file_mode)
 
 
 def _atomic_write(path: str | Path, write: Callable[[IO[str]], object]) -> Path:
@@ -118,11 +107,8 @@ def atomic_write_jsonl(path: str | Path, rows: list[Any]) -> Path:
 
 @contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed.
-
-    The finished folder and its files get the usual modes (0755/0644 under umask 022), whatever the
-    libraries that wrote into it chose.
-    """
+    """Yield a temporary folder beside `path`; on success it replaces `path` (with the usual modes, whatever the
+    libraries that wrote into it chose), on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -146,11 +132,17 @@ def atomic_dir(path: str | Path):
         raise
 
 
-def read_record(output_dir: str | Path) -> dict[str, Any]:
+def read_record(output_dir: str | Path, or_empty: bool = False) -> dict[str, Any]:
+    """output_dir/run.json; `or_empty`: {} where it is missing or unreadable (a run killed before writing it)."""
     path = Path(output_dir).expanduser() / "run.json"
-    if not path.exists():
-        raise DataError(f"{path} not found: is {output_dir} the output folder of a medr1 training run?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        if or_empty:
+            return {}
+        if path.exists():
+            raise
+        raise DataError(f"{path} not found: is {output_dir} the output folder of a medr1 training run?") from None
 
 
 def run_config(run_dir: str | Path) -> Config:
@@ -188,15 +180,16 @@ def check_output_dir(config: Config) -> Path:
     out = Path(config.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output_dir={str(out)!r} is a file, not a folder")
-    if not out.exists():
-        return out
-    held = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.suffix not in IGNORED_IN_OUTPUT]
+    held = [p.name for p in (out.iterdir() if out.exists() else ())
+            if not p.name.startswith(".") and p.suffix not in IGNORED_IN_OUTPUT]
     if not held or config.overwrite:
         return out
     if config.resume:
         if not (out / "checkpoints").exists() and not (out / "run.json").exists():
             raise OutputDirError(f"{hint('resume')} but {out} holds no medr1 run (found {sorted(held)[:5]})")
-        changed = changed_settings(out, config)
+        before = read_record(out, or_empty=True).get("config", {})  # none (killed early): the checkpoints decide
+        changed = [f"{k}: {before[k]!r} -> {v!r}" for k, v in config.to_dict().items()
+                   if k not in RESUME_MAY_CHANGE and k in before and before[k] != v]
         if changed:
             raise OutputDirError(f"{hint('resume')} but the run in {out} was made with other settings "
                                  f"({'; '.join(changed)}); resume with the same settings, or use {hint('overwrite')} "
@@ -210,21 +203,6 @@ def check_output_dir(config: Config) -> Path:
 # Knobs a resumed run may change: they do not alter what is trained (the rest must match the checkpoint's run).
 RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "report_to", "wandb_project", "max_new_tokens",
                      "logging_steps", "save_steps", "save_total_limit", "preset")
-
-
-def changed_settings(out: Path, config: Config) -> list[str]:
-    """'knob: old -> new' for each setting that differs from the run recorded in out/run.json."""
-    before = read_record_or_empty(out).get("config", {})  # none (killed before it was written): checkpoints decide
-    now = config.to_dict()
-    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now
-            if k not in RESUME_MAY_CHANGE and k in before and before[k] != now[k]]
-
-
-def read_record_or_empty(out: Path) -> dict[str, Any]:
-    try:
-        return json.loads((out / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def newest_checkpoint(folder: Path) -> Path | None:

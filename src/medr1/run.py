@@ -12,7 +12,6 @@ reader can inspect and change it; medr1 adds the checks, the guards and the run 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,12 @@ class Run(Stage):
     CARRIED = ("answers", "holdout_eval")  # the before-training answers and figures of an interrupted run
 
     def __init__(self, config: Config):
-        t0 = time.perf_counter()
         super().__init__(config)
-        config = self.config
-        self.split = data.load_split(config)
+        self.split = data.load_split(self.config)
         self._check_model()
-        self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, config)
+        self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, self.config)
         self.history = None
-        self.record = self._prepared(t0, {
+        self.record = self._prepared({
             "source": self.split.source, "train_rows": len(self.split.train), "holdout_rows": len(self.split.holdout),
             "duplicates": self.split.duplicates, "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()})
         log.info(f"data from {self.split.source}: {len(self.split.train)} training rows, "
@@ -101,8 +98,8 @@ class Run(Stage):
         self.record.setdefault("holdout_eval", {})[label] = figures
         self._write_record()
         log.info(f"held-out ({label}): answer loss {figures['answer_loss']:.3f}; format compliance "
-              f"{figures['format_compliance']:.0%}; stopped at EOS {figures['stopped_at_eos']:.0%} "
-              f"({len(self.holdout)} rows, greedy)")
+                 f"{figures['format_compliance']:.0%}; stopped at EOS {figures['stopped_at_eos']:.0%} "
+                 f"({len(self.holdout)} rows, greedy)")
         return figures
 
     def trainer(self, callbacks: list | None = None):
@@ -115,8 +112,8 @@ class Run(Stage):
         cfg, checkpoints = self.config, self._checkpoints(self.config.max_steps)
         procs = distributed.world_size()
         log.info(f"effective batch {effective_batch(cfg, procs)} rows per optimizer step "
-              f"({cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation "
-              f"x {procs} process{'es' if procs > 1 else ''}); packing={cfg.packing}; loss_on={cfg.loss_on}")
+                 f"({cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation "
+                 f"x {procs} process{'es' if procs > 1 else ''}); packing={cfg.packing}; loss_on={cfg.loss_on}")
         rule = distributed.learning_rate_rule(cfg, procs)
         if procs > 1:
             log.info(rule)
@@ -133,17 +130,15 @@ class Run(Stage):
         return self._trainer
 
     def _record_training(self, seconds: float) -> None:
-        state, hist = self._trainer.state, self.history
-        steps_run = int(state.global_step) - hist.start_step
-        tokens = int(state.num_input_tokens_seen)
-        losses = self.losses
+        state, hist, losses = self._trainer.state, self.history, self.losses
+        steps_run, tokens = int(state.global_step) - hist.start_step, int(state.num_input_tokens_seen)
         stats = self._keep_training(seconds, {
             "steps_run": steps_run, "trained_tokens": tokens,
             "trained_tokens_per_s": round((tokens - hist.start_tokens) / seconds, 1) if seconds else None,
             "steady_tokens_per_s": hist.steady_tokens_per_s(),
             "mean_loss": round(sum(losses) / len(losses), 4) if losses else None,
             "last_loss": losses[-1] if losses else None,
-        }, losses=hist.records)
+        })
         first = hist.start_step + 1
         what = (f"{steps_run} steps ({first}-{stats['steps']}, resumed from {stats['resumed_from']})"
                 if self.resume_from else f"{steps_run} steps")
@@ -153,20 +148,16 @@ class Run(Stage):
 
     @property
     def losses(self) -> list[float]:
-        return self.history.losses if self.history else []
+        return [r["loss"] for r in self._steps()]
 
-    def plot_loss(self) -> Path:
-        records = self.history.records if self.history else []
-        return self._plot_to("loss.png", records, "losses", lambda path: record.plot_losses(
-            records, path, title=f"medr1 {self.config.preset}: training loss"))
+    plot_loss = Stage.plot  # output_dir/loss.png
 
     # -- what medr1.stage asks of a stage ------------------------------------------------------------
-    def _plot(self) -> None:
-        if self.history and self.history.records:
-            self.plot_loss()
+    def _steps(self) -> list[dict[str, Any]]:
+        return self.history.records if self.history else []
 
-    def _progress(self) -> dict[str, Any]:
-        return {"losses": self.history.records}
+    def _draw(self, records: list[dict[str, Any]], path: Path, title: str) -> None:
+        record.plot_losses(records, path, title)
 
     def _hold_out(self) -> None:
         if distributed.is_main():

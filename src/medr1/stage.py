@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,16 @@ class Stage:
     """A training stage's run folder, record, model and trainer across notebook cells.
 
     Subclasses build `self.record` (from `_prepared()`), and define `trainer()`, `_record_training(seconds)`,
-    `_progress()` (what run.json keeps of an interrupted run's steps) and `_plot()` (what `all_steps` plots);
+    `_steps()` (the per-step records so far, run.json's HISTORY) and `_draw(records, path, title)` (their plot);
     `_hold_out()` and `_add_to_adapter()` are optional.
     """
 
     STAGE = "training"  # how the logs name the stage
     CARRIED: tuple[str, ...] = ()  # run.json fields a resumed run keeps from its interrupted record
+    HISTORY, PLOT, TITLE = "losses", "loss.png", "training loss"  # per-step records in run.json, their plot
 
     def __init__(self, config: Config):
+        self._started = time.perf_counter()  # preparing the run: what run.json's prepare_s times
         config = distributed.agree(config)  # several processes train rank 0's config, in one folder
         self.config, self.out = config, record.check_output_dir(config)
         distributed.barrier()  # every process has checked the folder before rank 0 writes into it
@@ -45,7 +46,8 @@ class Stage:
         run.load()
         run.add_lora()
         run.train()
-        run._plot()
+        if run._steps():
+            run.plot()
         run.save()
         return run
 
@@ -124,16 +126,26 @@ class Stage:
         log.info(f"adapter saved to {target}")
         return target
 
+    def plot(self) -> Path:
+        """output_dir/PLOT, drawn from the per-step records: one process draws; a complete run's plot is left as it
+        is (it was drawn when the run trained)."""
+        path, records = self.out / self.PLOT, self._steps()
+        if not records and not (self.complete and path.exists()):
+            raise RuntimeError(f"no {self.HISTORY} yet: train first")
+        if records and distributed.is_main() and not self.complete:
+            self._draw(records, path, f"medr1 {self.config.preset}: {self.TITLE}")
+        return path
+
     # -- for the subclasses ---------------------------------------------------------------------------
     def _check_model(self) -> None:
         """The model name, max_seq_length and 4-bit from config.json alone; the tokenizer, probe-checked."""
         preflight.check(self.config)
         self.tokenizer = load_tokenizer(preflight.model_path(self.config.model_name), self.config.prompt_style)
 
-    def _prepared(self, t0: float, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    def _prepared(self, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """run.json of a prepared run (`extra`: what the stage adds; `CARRIED`: what a resume keeps of the run's
-        earlier record); preparing began at `t0`. Resuming a complete run keeps its record: `self.complete`."""
-        earlier = record.read_record_or_empty(self.out) if self.config.resume else {}
+        earlier record). Resuming a complete run keeps its record: `self.complete`."""
+        earlier = record.read_record(self.out, or_empty=True) if self.config.resume else {}
         self.complete = earlier.get("status") == "complete"
         if self.complete:
             log.info(f"the run in {self.out} is complete ({earlier.get('train', {}).get('steps')} steps): "
@@ -141,7 +153,7 @@ class Stage:
             return earlier
         return {"status": "prepared", "created": record.now(), "preset": self.config.preset,
                 "config": self.config.to_dict(), **{k: earlier[k] for k in self.CARRIED if k in earlier}, **extra,
-                "data": data, "timings": {"prepare_s": round(time.perf_counter() - t0, 2)}}
+                "data": data, "timings": {"prepare_s": round(time.perf_counter() - self._started, 2)}}
 
     def _checkpoints(self, max_steps: int) -> Path:
         """output_dir/checkpoints. With resume, finds the newest checkpoint (`self.resume_from`) and says so;
@@ -160,17 +172,16 @@ class Stage:
                 shutil.rmtree(stale, ignore_errors=True)
         return checkpoints
 
-    def _keep_training(self, seconds: float, figures: dict[str, Any], **kept: Any) -> dict[str, Any]:
+    def _keep_training(self, seconds: float, figures: dict[str, Any]) -> dict[str, Any]:
         """run.json after training: status `trained`, the stage's `figures` among those every stage records, and
-        its per-step history (`kept`). Returns the figures as recorded."""
+        its per-step history. Returns the figures as recorded."""
         import torch
 
         peak = round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None
         stats = {"train_s": round(seconds, 2), "steps": int(self._trainer.state.global_step), **figures,
-                 "peak_gib": peak,
-                 "resumed_from": Path(self.resume_from).name if self.resume_from else None}
+                 "peak_gib": peak, "resumed_from": Path(self.resume_from).name if self.resume_from else None}
         self.record["timings"]["train_s"] = stats["train_s"]
-        self.record.update(status="trained", train=stats, **kept)
+        self.record.update({"status": "trained", "train": stats, self.HISTORY: self._steps()})
         self._write_record()
         return stats
 
@@ -180,7 +191,7 @@ class Stage:
         newest = record.newest_checkpoint(self.out / "checkpoints")
         self.record.update(status="interrupted", interrupted={
             "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
-            "checkpoint": newest.name if newest else None}, **self._progress())
+            "checkpoint": newest.name if newest else None}, **{self.HISTORY: self._steps()})
         self._write_record()
         if newest:
             log.info(f"{self.STAGE} stopped at step {step}; {newest.name} is kept: run again with "
@@ -188,16 +199,6 @@ class Stage:
         else:
             log.info(f"{self.STAGE} stopped at step {step} before the first checkpoint (save_steps="
                      f"{self.config.save_steps}); a resume starts from step 0")
-
-    def _plot_to(self, name: str, records: list[dict[str, Any]], what: str, draw: Callable[[Path], Path]) -> Path:
-        """output_dir/`name`, drawn by `draw(path)` from `records`: one process draws; a complete run's plot is
-        left as it is (it was drawn when the run trained)."""
-        path = self.out / name
-        if not records and not (self.complete and path.exists()):
-            raise RuntimeError(f"no {what} yet: train first")
-        if records and distributed.is_main() and not self.complete:
-            draw(path)
-        return path
 
     def _hold_out(self) -> None:
         """Before training: put the held-out rows a later `medr1 evaluate` compares on into the run folder."""

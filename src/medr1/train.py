@@ -1,10 +1,12 @@
-"""SFTConfig and SFTTrainer built from a medr1 Config, with every argument that matters explicit."""
+"""SFTConfig and SFTTrainer built from a medr1 Config (and what GRPOConfig shares), every argument that matters
+explicit."""
 
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and trl
 
@@ -24,16 +26,9 @@ def effective_batch(config: Config, processes: int | None = None) -> int:
     return per_process * (processes or distributed.world_size())
 
 
-def precision_flags(config: Config) -> dict[str, bool]:
-    """The trainer's mixed-precision switches, from the one precision rule (medr1.model.torch_dtype)."""
-    dtype = torch_dtype(config.precision)
-    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
-
-
 def wandb_key() -> str | None:
     """WANDB_API_KEY from the environment, else Colab's secrets (exported for wandb, never printed)."""
-    key = os.environ.get("WANDB_API_KEY")
-    if key:
+    if key := os.environ.get("WANDB_API_KEY"):
         return key
     try:
         from google.colab import userdata  # type: ignore[import-not-found]
@@ -53,53 +48,38 @@ def reporting(config: Config) -> str:
     if wandb_key() or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
         os.environ.setdefault("WANDB_PROJECT", config.wandb_project)
         return "wandb"
-    if config.report_to == "wandb":
-        log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off")
-    else:
-        log.info("no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
+    log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off"
+             if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
     return "none"
 
 
-def sft_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none") -> dict:
-    """Every trainer argument that changes the result is set here, not left to TRL's defaults.
+def trainer_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none", **stage: Any) -> dict:
+    """The trainer arguments SFTConfig and GRPOConfig share, with `stage`'s own: every argument that changes the
+    result is set, not left to TRL's defaults. Without CUDA, use_cpu makes several processes train together over
+    gloo (medr1.distributed; Unsloth's CPU trainer sets it too, said here for the hf backend)."""
+    save, dtype = config.save_steps > 0, torch_dtype(config.precision)
+    return dict(output_dir=checkpoint_dir, warmup_steps=config.warmup_steps, optim=config.optim,
+                weight_decay=config.weight_decay, lr_scheduler_type=config.lr_scheduler_type, seed=config.seed,
+                data_seed=config.seed, logging_steps=config.logging_steps, save_strategy="steps" if save else "no",
+                save_steps=config.save_steps if save else 500, save_total_limit=config.save_total_limit,
+                report_to=report_to, run_name=os.path.basename(os.path.abspath(config.output_dir)), disable_tqdm=False,
+                use_cpu=not torch.cuda.is_available(), bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+                **stage)
 
-    `max_length` is the config's max_seq_length: TRL's own default (1,024) would silently cut most
-    medical reasoning rows (about 900 tokens, up to 1,500) off before their answers.
-    """
-    save = config.save_steps > 0
-    return dict(
-        output_dir=checkpoint_dir,
-        per_device_train_batch_size=config.per_device_train_batch_size,
+
+def sft_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none") -> dict:
+    """SFTConfig's arguments. `max_length` is the config's max_seq_length: TRL's own default (1,024) would silently
+    cut most medical reasoning rows (about 900 tokens, up to 1,500) off before their answers. Every LoRA weight
+    gets a gradient each step, so DDP need not search for unused ones (that search breaks under reentrant
+    checkpointing)."""
+    return trainer_kwargs(
+        config, checkpoint_dir, report_to, per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_steps=config.max_steps if config.max_steps > 0 else -1,
-        num_train_epochs=config.num_train_epochs,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        optim=config.optim,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler_type,
-        seed=config.seed,
-        data_seed=config.seed,
-        max_length=config.max_seq_length,
-        packing=config.packing,
+        max_steps=config.max_steps if config.max_steps > 0 else -1, num_train_epochs=config.num_train_epochs,
+        learning_rate=config.learning_rate, max_length=config.max_seq_length, packing=config.packing,
         completion_only_loss=config.loss_on == "completion",  # labels -100 where completion_mask is 0
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps" if save else "no",
-        save_steps=config.save_steps if save else 500,
-        save_total_limit=config.save_total_limit,
-        report_to=report_to,
-        run_name=os.path.basename(os.path.abspath(config.output_dir)),
-        include_num_input_tokens_seen="non_padding",
-        dataset_num_proc=None,
-        disable_tqdm=False,
-        # Several processes (medr1.distributed): without CUDA, use_cpu makes them train together over gloo
-        # (Unsloth's CPU trainer sets it too; said here for the hf backend). Every LoRA weight gets a gradient
-        # each step, so DDP need not search for unused ones (that search breaks under reentrant checkpointing).
-        use_cpu=not torch.cuda.is_available(),
-        ddp_find_unused_parameters=False,
-        **precision_flags(config),
-    )
+        logging_first_step=True, include_num_input_tokens_seen="non_padding", dataset_num_proc=None,
+        ddp_find_unused_parameters=False)
 
 
 def sft_config(config: Config, checkpoint_dir: str, report_to: str = "none") -> SFTConfig:
@@ -121,21 +101,13 @@ class LossHistory(TrainerCallback):
         self.start_tokens = int(state.num_input_tokens_seen)
         self.start_step = int(state.global_step)
         if state.global_step and not self.records:  # resumed: the checkpoint's log is the history so far
-            self.records = [_from_log(e) for e in state.log_history if "loss" in e and "step" in e]
+            self.records = [_loss_record(e["step"], e, None, e.get("num_input_tokens_seen", 0))
+                            for e in state.log_history if "loss" in e and "step" in e]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            entry = {"step": state.global_step, "loss": float(logs["loss"]),
-                     "seconds": round(time.perf_counter() - self.started, 3),
-                     "tokens": int(state.num_input_tokens_seen)}
-            for key in ("learning_rate", "grad_norm"):
-                if key in logs:
-                    entry[key] = float(logs[key])
-            self.records.append(entry)
-
-    @property
-    def losses(self) -> list[float]:
-        return [r["loss"] for r in self.records]
+            self.records.append(_loss_record(state.global_step, logs, round(time.perf_counter() - self.started, 3),
+                                             state.num_input_tokens_seen))
 
     def steady_tokens_per_s(self) -> float | None:
         """Trained tokens per second after the first `warmup_steps` steps of this session (None: too few steps)."""
@@ -145,6 +117,12 @@ class LossHistory(TrainerCallback):
         a, b = timed[self.warmup_steps - 1] if self.warmup_steps else None, timed[-1]
         t0, n0 = (a["seconds"], a["tokens"]) if a else (0.0, self.start_tokens)
         return round((b["tokens"] - n0) / (b["seconds"] - t0), 1) if b["seconds"] > t0 else None
+
+
+def _loss_record(step: int, logs: dict, seconds: float | None, tokens: int) -> dict:
+    """A LossHistory record (`seconds` None: from a checkpoint's log, which keeps no wall time)."""
+    return {"step": int(step), "loss": float(logs["loss"]), "seconds": seconds, "tokens": int(tokens),
+            **{key: float(logs[key]) for key in ("learning_rate", "grad_norm") if key in logs}}
 
 
 class CheckpointCards(TrainerCallback):
@@ -160,16 +138,6 @@ class CheckpointCards(TrainerCallback):
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
                 write_card(folder, self.record, "checkpoint")
-
-
-def _from_log(entry: dict) -> dict:
-    """A LossHistory record from a checkpoint's log entry (its wall time is not kept: seconds is None)."""
-    out = {"step": int(entry["step"]), "loss": float(entry["loss"]), "seconds": None,
-           "tokens": int(entry.get("num_input_tokens_seen", 0))}
-    for key in ("learning_rate", "grad_norm"):
-        if key in entry:
-            out[key] = float(entry[key])
-    return out
 
 
 class PlainLogProbs:
