@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from medr1.config import Config, hint
+from medr1.data import read_file
 from medr1.errors import DataError, ModelError, OutputDirError
 from medr1.log import log
 
@@ -166,7 +167,7 @@ def holdout_rows(run_dir: str | Path) -> list[dict[str, str]]:
     path = Path(run_dir) / ((read_record(run_dir).get("data") or {}).get("holdout_file") or "holdout.jsonl")
     if not path.exists():
         raise DataError(f"{path} not found: the run in {run_dir} recorded no held-out rows")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_file(path, "")[0] if path.stat().st_size else []  # lines end at "\n" only, not at a row's U+2028
 
 
 # ---------------------------------------------------------------------------------------------
