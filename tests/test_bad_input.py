@@ -141,6 +141,22 @@ def test_4bit_where_bitsandbytes_cannot_quantize(tmp_path, monkeypatch):
     assert "no 4-bit kernel" in message
 
 
+def test_hf_backend_on_several_gpus_in_one_process_is_refused_before_loading(tmp_path, monkeypatch):
+    """Seen on a 2-GPU H200 machine: `MEDR1_BACKEND=hf python -m medr1 train` loaded the model, then TRL refused
+    the nn.DataParallel that Trainer builds for several GPUs in one process. Now it stops before loading."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    message = refused(tmp_path, {"backend": "hf"}, ConfigError)
+    assert message.startswith("backend='hf' with 2 GPUs visible to one process")
+    assert "GPUS=N" in message and "CUDA_VISIBLE_DEVICES=0" in message
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under accelerate launch each process has its own GPU: no refusal
+    from medr1 import preflight
+
+    preflight.check(build_config("smoke", {"backend": "hf", "output_dir": str(tmp_path / "ok")}, quiet=True))
+
+
 def test_16bit_weights_after_asking_4bit_are_warned(capsys):
     import torch
 

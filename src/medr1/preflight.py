@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medr1 import distributed
 from medr1.config import Config
 from medr1.errors import ConfigError, MedR1Error, ModelError
 from medr1.log import log
@@ -25,6 +26,13 @@ BUILT = {SMOKE_MODEL: tiny_model_path, CPU_MODEL: smollm_path}  # models medr1 b
 
 def check(config: Config) -> dict[str, Any]:
     """Every model-side check, cheapest first; returns the model's config.json."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if config.backend == "hf" and gpus > 1 and distributed.world_size() == 1:  # Unsloth keeps to one GPU itself
+        raise ConfigError(f"backend='hf' with {gpus} GPUs visible to one process: the trainer would wrap the model in "
+                          "nn.DataParallel, which TRL refuses after the model has loaded; train on all of them with "
+                          "`make train GPUS=N` (accelerate launch), or on one with CUDA_VISIBLE_DEVICES=0")
     model_config = _model_config(config.model_name, "model_name")
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
