@@ -138,12 +138,16 @@ def add_lora(model, config: Config):
     return get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
 
 
+def for_inference(model, backend: str = "unsloth") -> None:
+    """Unsloth's fast generation path where it applies; eval() otherwise."""
+    _mode(model, backend, training=False)
+
+
 def for_training(model, backend: str = "unsloth") -> None:
-    for_inference(model, backend, training=True)
+    _mode(model, backend, training=True)
 
 
-def for_inference(model, backend: str = "unsloth", training: bool = False) -> None:
-    """Unsloth's fast generation path where it applies, eval() otherwise; `training=True`: back to training."""
+def _mode(model, backend: str, training: bool) -> None:
     if UNSLOTH and backend == "unsloth":
         from unsloth import FastLanguageModel
 
