@@ -26,19 +26,20 @@ BUILT = {SMOKE_MODEL: tiny_model_path, CPU_MODEL: smollm_path}  # models medr1 b
 
 def check(config: Config) -> dict[str, Any]:
     """Every model-side check, cheapest first; returns the model's config.json."""
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if config.backend == "hf" and gpus > 1 and distributed.world_size() == 1:  # Unsloth keeps to one GPU itself
-        raise ConfigError(f"backend='hf' with {gpus} GPUs visible to one process: the trainer would wrap the model in "
-                          "nn.DataParallel, which TRL refuses after the model has loaded; train on all of them with "
-                          "`make train GPUS=N` (accelerate launch), or on one with CUDA_VISIBLE_DEVICES=0")
     model_config = _model_config(config.model_name, "model_name")
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
     if limit is not None and config.max_seq_length > limit:
         raise ConfigError(f"max_seq_length={config.max_seq_length} is above what {config.model_name} takes "
                           f"(max_position_embeddings={limit} in its config.json)")
+    if config.backend == "hf" and distributed.world_size() == 1:  # Unsloth keeps to one GPU by itself
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus > 1:
+            raise ConfigError(f"backend='hf' with {gpus} GPUs visible to one process: the trainer would wrap the model "
+                              "in nn.DataParallel, which TRL refuses after the model has loaded; train on all of them "
+                              "with `make train GPUS=N` (accelerate launch), or on one with CUDA_VISIBLE_DEVICES=0")
     problem = config.load_in_4bit and bnb_4bit_problem(config.backend)
     if problem:
         raise ModelError(f"load_in_4bit=True but {problem}; set load_in_4bit=False for 16-bit weights "
