@@ -18,13 +18,13 @@ from medr1 import prompts
 from medr1.config import Config
 from medr1.errors import DataError
 from medr1.log import log
-from medr1.presets import FIXTURE
+from medr1.presets import FIXTURE, VERIFIABLE_FIXTURE
 
 FIELDS = ("Question", "Complex_CoT", "Response")
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 ASSETS = Path(__file__).parent / "assets"
 FIXTURE_PATH = ASSETS / "medical_tiny.jsonl"
-FIXTURES = {FIXTURE: FIXTURE_PATH, "medr1:verifiable": ASSETS / "verifiable_tiny.jsonl"}  # name -> bundled file
+FIXTURES = {FIXTURE: FIXTURE_PATH, VERIFIABLE_FIXTURE: ASSETS / "verifiable_tiny.jsonl"}  # name -> bundled file
 
 
 def resolve_path(data_path: str | Path) -> Path:

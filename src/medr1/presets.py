@@ -16,6 +16,7 @@ from medr1.speed.sizing import PACKED_ROWS, fast_schedule, free_gpu_gib
 
 SMOKE_MODEL = "medr1/tiny-llama"  # built offline by medr1.tiny; never downloaded
 FIXTURE = "medr1:fixture"  # the bundled 40-row fixture, src/medr1/assets/medical_tiny.jsonl
+VERIFIABLE_FIXTURE = "medr1:verifiable"  # the bundled GRPO questions, src/medr1/assets/verifiable_tiny.jsonl
 CPU_MODEL = "medr1/smollm2-135m"  # SmolLM2-135M-Instruct, converted by medr1.smollm from a pinned package
 CPU_DATA = str(Path(__file__).parent / "assets" / "medical_cpu.jsonl")  # 84 short rows written for medr1
 CPU_PRESET_ENV = "MEDR1_CPU_PRESET"  # what `auto` picks without a GPU: cpu (default) | smoke (the tests)
@@ -53,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_steps=40, learning_rate=1e-2, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
         precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=48,
         # GRPO: the tiny model learns to stop (reward_stop), see tests/test_grpo.py
-        grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=8, max_completion_length=24,
+        grpo_data_path=VERIFIABLE_FIXTURE, grpo_num_examples=0, num_generations=8, max_completion_length=24,
         grpo_questions_per_step=2, grpo_max_steps=12, grpo_learning_rate=2e-2, reward_stop=1.0,
     ),
     # A real pretrained model on a CPU (medr1.smollm), 72 short bundled rows (12 held out), the seed's prompt and LoRA,
@@ -67,7 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_steps=24, learning_rate=2e-3, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
         precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=256, save_steps=0,
         # GRPO: bundled questions, short answers (not tuned: 4 answers of 64 tokens took 30-50 s a step, 2 busy cores)
-        grpo_data_path="medr1:verifiable", grpo_num_examples=0, num_generations=4, max_completion_length=128,
+        grpo_data_path=VERIFIABLE_FIXTURE, grpo_num_examples=0, num_generations=4, max_completion_length=128,
         grpo_questions_per_step=1, grpo_max_steps=10, grpo_learning_rate=5e-5,
     ),
 }

@@ -12,9 +12,10 @@ from typing import Any
 
 from medr1 import data, mcq, rewards
 from medr1.config import Config
+from medr1.presets import VERIFIABLE_FIXTURE
 
 FIELDS = ("Open-ended Verifiable Question", "Ground-True Answer")
-FIXTURE = "medr1:verifiable"  # the bundled questions, src/medr1/assets/verifiable_tiny.jsonl
+FIXTURE = VERIFIABLE_FIXTURE  # the bundled questions
 FIXTURE_PATH = data.resolve_path(FIXTURE)
 
 
