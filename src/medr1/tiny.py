@@ -19,6 +19,7 @@ from pathlib import Path
 from medr1.stack import import_unsloth_first
 
 from medr1 import prompts
+from medr1.data import FIXTURE_PATH, read_file
 from medr1.record import atomic_dir
 from medr1.tokenizer import byte_level_with_bos
 
@@ -59,9 +60,7 @@ def tiny_model_path(root: Path | None = None, pad: str = "unsloth") -> Path:
 
 
 def _corpus() -> list[str]:
-    lines = (Path(__file__).parent / "assets" / "medical_tiny.jsonl").read_text(encoding="utf-8").splitlines()
-    rows = [json.loads(line) for line in lines if line.strip()]
-    return [prompts.format_row(row, EOS, style) for row in rows for style in prompts.STYLES]
+    return [prompts.format_row(row, EOS, style) for row in read_file(FIXTURE_PATH)[0] for style in prompts.STYLES]
 
 
 def tokenizer_json(vocab_size: int = 1024):

@@ -12,6 +12,8 @@ import math
 import os
 from typing import Any
 
+from medr1.distributed import world_size
+
 RECIPE_STEPS, RECIPE_LR, RECIPE_WARMUP = 60, 2e-4, 5  # the colab-t4 preset
 SCALE = 4  # tokens per optimizer step over the recipe's (8 x 2,048 packed ~ 15.6k vs ~3.9k tokens)
 PACKED_ROWS = 8  # packed sequences of max_seq_length per optimizer step (all processes together)
@@ -84,7 +86,7 @@ def fast_sizing(seq_len: int = 2048) -> tuple[dict[str, Any], str]:
     free = free_gpu_gib()
     if free is None:
         return {}, "no CUDA GPU: the preset's defaults"
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = world_size()
     plan = plan_micro_batches(free, seq_len, processes=processes)
     why = (f"{free:.0f} GiB free: {plan['per_device_train_batch_size']} packed rows x "
            f"{plan['gradient_accumulation_steps']} accumulation x {processes} process(es), "
