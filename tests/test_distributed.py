@@ -148,6 +148,23 @@ def test_learning_rate_rule_names_the_numbers():
     assert "do not split over 3 processes" in learning_rate_rule(recipe, 3)
 
 
+def test_learning_rate_rule_of_grpo_names_its_own_knobs():
+    """GRPO's step: num_generations answers to each of grpo_questions_per_step questions per process; the rule
+    names GRPO's knobs and never splits num_generations (the group GRPO compares within)."""
+    from medr1 import build_config
+    from medr1.distributed import learning_rate_rule
+    from medr1.grpo import GrpoRun
+
+    fast = build_config("fast", quiet=True)  # 8 answers x 4 questions, grpo lr 1e-5, 100 steps (not fast's SFT rows)
+    rule = learning_rate_rule(fast, 2, GrpoRun.STEP)
+    assert "grpo_learning_rate=1e-05 is used as set, chosen for 32 answers per optimizer step" in rule
+    assert "this run takes 64 (8 x 4 x 2)" in rule
+    assert "set grpo_questions_per_step=2 (same learning rate and steps)" in rule
+    assert "grpo_learning_rate=1.41e-05 (x sqrt(2)) and grpo_max_steps=50 for the same answers" in rule
+    one = learning_rate_rule(build_config("colab-t4", quiet=True), 2, GrpoRun.STEP)  # 8 answers x 1 question
+    assert "8 answers per step do not split over 2 processes" in one and "num_generations=" not in one
+
+
 def test_make_train_launches_n_processes_or_one_plain():
     repo = Path(__file__).resolve().parents[1]
     dry = ["make", "-n", "-o", ".venv/.installed", "train", "PRESET=smoke", "ARGS=--set max_steps=2"]

@@ -71,6 +71,27 @@ def test_run_record(runs):
     assert (full.out / "adapter" / "adapter_model.safetensors").exists()
 
 
+def test_run_record_says_the_batch_it_trained_with(runs):
+    """As SFT's: the processes and the answers per optimizer step (num_generations x grpo_questions_per_step x
+    processes), with the learning-rate rule in GRPO's own knobs."""
+    full, _, _ = runs
+    rec, args = record.read_record(full.out), full._trainer.args
+    assert rec["processes"] == args.world_size == 1
+    assert rec["effective_batch"] == args.per_device_train_batch_size * args.gradient_accumulation_steps == 8 * 2
+    assert rec["distributed"]["processes"] == 1 and rec["distributed"]["backend"] is None
+    assert rec["distributed"]["learning_rate_rule"] == ("grpo_learning_rate=0.02 is used as set, chosen for 16 "
+                                                        "answers per optimizer step, as this run takes (8 x 2 x 1)")
+
+
+def test_trainer_arguments_leave_ddp_unused_parameter_search_off(tmp_path):
+    """Every LoRA weight gets a gradient each step, in GRPO as in SFT: DDP need not search for unused ones."""
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "run")}, quiet=True))
+    args = run.trainer_args(str(tmp_path / "checkpoints"))
+    assert args["ddp_find_unused_parameters"] is False
+    assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (8, 2)
+    assert (args["learning_rate"], args["max_steps"]) == (2e-2, 12)
+
+
 def test_interrupted_run_resumes_to_the_same_end(runs):
     full, after_cut, resumed = runs
     assert after_cut["status"] == "interrupted"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from fractions import Fraction
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from medr1.config import Config
@@ -90,26 +90,41 @@ def quiet_replicas() -> None:
         os.environ.setdefault(name, value)
 
 
-def learning_rate_rule(config: Config, processes: int) -> str:
-    """The learning-rate rule for several processes, with this run's numbers (printed and recorded in run.json).
-    medr1 trains the config as written; a learning rate belongs to the batch it was chosen for (fast's: PACKED_ROWS,
-    already split over the processes; any other's: the config on one process). On k times the processes: divide the
-    accumulation (or the batch) by k for the same recipe, or keep the k times larger batch with lr x sqrt(k) (Adam's
-    square-root rule) and max_steps / k."""
+class Step(NamedTuple):
+    """A stage's optimizer step by its config knobs: the trainer's arguments, run.json's effective batch and the
+    learning-rate rule all read these."""
+
+    per_device: str = "per_device_train_batch_size"
+    accumulation: str = "gradient_accumulation_steps"
+    learning_rate: str = "learning_rate"
+    max_steps: str = "max_steps"
+    unit: str = "rows"  # what the per-device batch counts
+    splits: tuple[str, ...] = ("gradient_accumulation_steps", "per_device_train_batch_size")  # what the rule divides
+
+
+SFT = Step()
+
+
+def learning_rate_rule(config: Config, processes: int, step: Step = SFT) -> str:
+    """The learning-rate rule for several processes, in `step`'s knobs with this run's numbers (printed and in
+    run.json). A learning rate belongs to the batch it was chosen for (SFT under fast: PACKED_ROWS, already split over
+    the processes; else the config on one process). On k times the processes: divide one of `step.splits` by k, or keep
+    the k times larger batch with lr x sqrt(k) (Adam's square-root rule) and max_steps / k."""
     from medr1.speed.sizing import PACKED_ROWS
 
-    per_device, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
+    per_device, accumulation = getattr(config, step.per_device), getattr(config, step.accumulation)
+    rate, max_steps, unit = getattr(config, step.learning_rate), getattr(config, step.max_steps), step.unit
     effective = per_device * accumulation * processes
-    tuned = PACKED_ROWS if config.preset == "fast" else per_device * accumulation
-    head = f"learning_rate={config.learning_rate:g} is used as set, chosen for {tuned} rows per optimizer step"
+    tuned = PACKED_ROWS if config.preset == "fast" and step == SFT else per_device * accumulation
+    head = f"{step.learning_rate}={rate:g} is used as set, chosen for {tuned} {unit} per optimizer step"
     if effective == tuned:
         return f"{head}, as this run takes ({per_device} x {accumulation} x {processes})"
     k = Fraction(effective, tuned)
-    knobs = {"gradient_accumulation_steps": accumulation, "per_device_train_batch_size": per_device}
-    splits = [f"{name}={n / k}" for name, n in knobs.items() if (n / k).denominator == 1]
-    keep = (f"to keep {tuned} rows per step, set {splits[0]} (same learning rate and steps)" if splits
-            else f"{tuned} rows per step do not split over {processes} processes")
-    steps = f" and max_steps={math.ceil(config.max_steps / k)}" if config.max_steps > 0 else ""
+    divided = {name: getattr(config, name) / k for name in step.splits}
+    splits = [f"{name}={n}" for name, n in divided.items() if n.denominator == 1]
+    keep = (f"to keep {tuned} {unit} per step, set {splits[0]} (same learning rate and steps)" if splits
+            else f"{tuned} {unit} per step do not split over {processes} processes")
+    steps = f" and {step.max_steps}={math.ceil(max_steps / k)}" if max_steps > 0 else ""
     return (f"{head}; this run takes {effective} ({per_device} x {accumulation} x {processes}). Rule: {keep}; or keep "
-            f"{effective} rows per step with learning_rate={config.learning_rate * math.sqrt(k):.3g} (x sqrt({k}))"
-            f"{steps} for the same rows")
+            f"{effective} {unit} per step with {step.learning_rate}={rate * math.sqrt(k):.3g} (x sqrt({k}))"
+            f"{steps} for the same {unit}")

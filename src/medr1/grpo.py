@@ -88,6 +88,10 @@ class GrpoRun(Stage):
 
     STAGE = "GRPO"
     HISTORY, PLOT, TITLE = "rewards", "rewards.png", "GRPO rewards"
+    # one question's group of answers per micro-batch, grpo_questions_per_step questions per optimizer step;
+    # never split num_generations: it is the group GRPO compares within
+    STEP = distributed.Step("num_generations", "grpo_questions_per_step", "grpo_learning_rate", "grpo_max_steps",
+                            "answers", ("grpo_questions_per_step",))
 
     def __init__(self, config: Config):
         check(config)
@@ -122,15 +126,13 @@ class GrpoRun(Stage):
         return self.model
 
     def trainer_args(self, checkpoint_dir: str, report_to: str = "none") -> dict[str, Any]:
-        """GRPOConfig's arguments: one question's group per micro-batch, `grpo_questions_per_step` per step."""
+        """GRPOConfig's arguments, the optimizer step as `STEP` says."""
         from medr1.train import trainer_kwargs
 
         cfg = self.config
         return trainer_kwargs(
-            cfg, checkpoint_dir, report_to, per_device_train_batch_size=cfg.num_generations,
-            gradient_accumulation_steps=cfg.grpo_questions_per_step, num_generations=cfg.num_generations,
+            cfg, checkpoint_dir, report_to, self.STEP, num_generations=cfg.num_generations,
             max_completion_length=cfg.max_completion_length, temperature=cfg.grpo_temperature, beta=cfg.beta,
-            learning_rate=cfg.grpo_learning_rate, max_steps=cfg.grpo_max_steps,
             reward_weights=list(self.weights.values()),
             gradient_checkpointing=False)  # add_lora set it up as the config says; TRL's default would redo it
 
@@ -156,8 +158,7 @@ class GrpoRun(Stage):
         from medr1.model import for_training
         from medr1.train import reporting
 
-        self._need_model()
-        cfg, checkpoints = self.config, self._checkpoints(self.config.grpo_max_steps)
+        cfg, checkpoints = self.config, self._start_trainer()
         dataset = Dataset.from_dict({"prompt": [self.prompt(i) for i in range(len(self.questions))],
                                      "ground_truth": [q[FIELDS[1]] for q in self.questions]})
         rollout = self.rollout if cfg.grpo_generation == "medr1" else None

@@ -106,21 +106,10 @@ class Run(Stage):
         """TRL's SFTTrainer over the tokenized rows, every argument from the config; finds the checkpoint a
         resume starts from (`self.resume_from`) and says so."""
         from medr1.model import for_training
-        from medr1.train import CheckpointCards, LossHistory, effective_batch, make_trainer, reporting
+        from medr1.train import CheckpointCards, LossHistory, make_trainer, reporting
 
-        self._need_model()
-        cfg, checkpoints = self.config, self._checkpoints(self.config.max_steps)
-        procs = distributed.world_size()
-        log.info(f"effective batch {effective_batch(cfg, procs)} rows per optimizer step "
-                 f"({cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation "
-                 f"x {procs} process{'es' if procs > 1 else ''}); packing={cfg.packing}; loss_on={cfg.loss_on}")
-        rule = distributed.learning_rate_rule(cfg, procs)
-        if procs > 1:
-            log.info(rule)
-        if not self.complete:
-            self.record["distributed"] = {"processes": procs, "backend": distributed.backend(),
-                                          "learning_rate_rule": rule}
-            self.record.update(effective_batch=effective_batch(cfg, procs), processes=procs)
+        cfg = self.config
+        checkpoints = self._start_trainer(f"; packing={cfg.packing}; loss_on={cfg.loss_on}")
         self.history = LossHistory()
         self._trainer = make_trainer(self.model, self.tokenizer, data.to_dataset(self.encoded, cfg.loss_on), cfg,
                                      str(checkpoints),

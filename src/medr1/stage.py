@@ -28,6 +28,7 @@ class Stage:
     STAGE = "training"  # how the logs name the stage
     CARRIED: tuple[str, ...] = ()  # run.json fields a resumed run keeps from its interrupted record
     HISTORY, PLOT, TITLE = "losses", "loss.png", "training loss"  # per-step records in run.json, their plot
+    STEP = distributed.SFT  # the config knobs of an optimizer step
 
     def __init__(self, config: Config):
         self._started = time.perf_counter()  # preparing the run: what run.json's prepare_s times
@@ -155,16 +156,28 @@ class Stage:
                 "config": self.config.to_dict(), **{k: earlier[k] for k in self.CARRIED if k in earlier}, **extra,
                 "data": data, "timings": {"prepare_s": round(time.perf_counter() - self._started, 2)}}
 
-    def _checkpoints(self, max_steps: int) -> Path:
-        """output_dir/checkpoints. With resume, finds the newest checkpoint (`self.resume_from`) and says so;
-        with overwrite, clears the old run's checkpoints and adapter. A complete run resumes from nothing."""
-        cfg, checkpoints = self.config, self.out / "checkpoints"
+    def _start_trainer(self, detail: str = "") -> Path:
+        """Before a trainer is built: logs the effective batch (then `detail`); records it, the processes and the
+        learning-rate rule. Returns output_dir/checkpoints: with resume, finds the newest (`self.resume_from`); with
+        overwrite, clears the old run's checkpoints and adapter. A complete run resumes from nothing."""
+        self._need_model()
+        cfg, step, procs, checkpoints = self.config, self.STEP, distributed.world_size(), self.out / "checkpoints"
+        per_device, accumulation = getattr(cfg, step.per_device), getattr(cfg, step.accumulation)
+        effective = per_device * accumulation * procs
+        log.info(f"effective batch {effective} {step.unit} per optimizer step ({per_device} per device x "
+                 f"{accumulation} accumulation x {procs} process{'es' if procs > 1 else ''}){detail}")
+        rule = distributed.learning_rate_rule(cfg, procs, step)
+        if procs > 1:
+            log.info(rule)
         if self.complete:
             return checkpoints
+        self.record.update(distributed={"processes": procs, "backend": distributed.backend(),
+                                        "learning_rate_rule": rule}, effective_batch=effective, processes=procs)
         newest = record.newest_checkpoint(checkpoints) if cfg.resume else None
         self.resume_from = str(newest) if newest else None
         if newest:
-            log.info(f"resuming from {newest.name}: step {newest.name.split('-')[-1]} of {max_steps or '?'} done")
+            log.info(f"resuming from {newest.name}: step {newest.name.split('-')[-1]} of "
+                     f"{getattr(cfg, step.max_steps) or '?'} done")
         elif cfg.resume:
             log.info(f"{hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
         elif cfg.overwrite and distributed.is_main():

@@ -15,15 +15,10 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from medr1 import distributed
 from medr1.config import Config
+from medr1.distributed import SFT, Step
 from medr1.log import log
 from medr1.model import torch_dtype
-
-
-def effective_batch(config: Config, processes: int | None = None) -> int:
-    per_process = config.per_device_train_batch_size * config.gradient_accumulation_steps
-    return per_process * (processes or distributed.world_size())
 
 
 def wandb_key() -> str | None:
@@ -53,33 +48,35 @@ def reporting(config: Config) -> str:
     return "none"
 
 
-def trainer_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none", **stage: Any) -> dict:
-    """The trainer arguments SFTConfig and GRPOConfig share, with `stage`'s own: every argument that changes the
-    result is set, not left to TRL's defaults. Without CUDA, use_cpu makes several processes train together over
-    gloo (medr1.distributed; Unsloth's CPU trainer sets it too, said here for the hf backend)."""
+def trainer_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none", step: Step = SFT,
+                   **stage: Any) -> dict:
+    """The trainer arguments SFTConfig and GRPOConfig share, `step`'s knobs as the optimizer step, with `stage`'s own:
+    every argument that changes the result is set, not left to TRL's defaults. Without CUDA, use_cpu makes several
+    processes train together over gloo (medr1.distributed; Unsloth's CPU trainer sets it too, said here for the hf
+    backend). Every LoRA weight gets a gradient each step, so DDP need not search for unused ones (that search
+    breaks under reentrant checkpointing)."""
     save, dtype = config.save_steps > 0, torch_dtype(config.precision)
-    return dict(output_dir=checkpoint_dir, warmup_steps=config.warmup_steps, optim=config.optim,
-                weight_decay=config.weight_decay, lr_scheduler_type=config.lr_scheduler_type, seed=config.seed,
-                data_seed=config.seed, logging_steps=config.logging_steps, save_strategy="steps" if save else "no",
-                save_steps=config.save_steps if save else 500, save_total_limit=config.save_total_limit,
-                report_to=report_to, run_name=os.path.basename(os.path.abspath(config.output_dir)), disable_tqdm=False,
+    return dict(output_dir=checkpoint_dir, per_device_train_batch_size=getattr(config, step.per_device),
+                gradient_accumulation_steps=getattr(config, step.accumulation),
+                learning_rate=getattr(config, step.learning_rate), warmup_steps=config.warmup_steps,
+                max_steps=getattr(config, step.max_steps) or -1,  # 0: SFT trains num_train_epochs
+                optim=config.optim, weight_decay=config.weight_decay, lr_scheduler_type=config.lr_scheduler_type,
+                seed=config.seed, data_seed=config.seed, logging_steps=config.logging_steps,
+                save_strategy="steps" if save else "no", save_steps=config.save_steps if save else 500,
+                save_total_limit=config.save_total_limit, report_to=report_to,
+                run_name=os.path.basename(os.path.abspath(config.output_dir)), disable_tqdm=False,
                 use_cpu=not torch.cuda.is_available(), bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-                **stage)
+                ddp_find_unused_parameters=False, **stage)
 
 
 def sft_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none") -> dict:
     """SFTConfig's arguments. `max_length` is the config's max_seq_length: TRL's own default (1,024) would silently
-    cut most medical reasoning rows (about 900 tokens, up to 1,500) off before their answers. Every LoRA weight
-    gets a gradient each step, so DDP need not search for unused ones (that search breaks under reentrant
-    checkpointing)."""
+    cut most medical reasoning rows (about 900 tokens, up to 1,500) off before their answers."""
     return trainer_kwargs(
-        config, checkpoint_dir, report_to, per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_steps=config.max_steps if config.max_steps > 0 else -1, num_train_epochs=config.num_train_epochs,
-        learning_rate=config.learning_rate, max_length=config.max_seq_length, packing=config.packing,
+        config, checkpoint_dir, report_to, num_train_epochs=config.num_train_epochs,
+        max_length=config.max_seq_length, packing=config.packing,
         completion_only_loss=config.loss_on == "completion",  # labels -100 where completion_mask is 0
-        logging_first_step=True, include_num_input_tokens_seen="non_padding", dataset_num_proc=None,
-        ddp_find_unused_parameters=False)
+        logging_first_step=True, include_num_input_tokens_seen="non_padding", dataset_num_proc=None)
 
 
 def sft_config(config: Config, checkpoint_dir: str, report_to: str = "none") -> SFTConfig:
