@@ -158,3 +158,28 @@ def test_memory_plan_on_a_cpu_and_sizes(lm):
         decode.plan(model, rows=500, max_len=128, slots=17)
     assert decode.merged_bytes(model) == 4 * sum(
         p.numel() for n, p in model.named_parameters() if "proj.base_layer.weight" in n)
+
+
+@pytest.mark.parametrize("path", ["medr1", "hf", "sharded"])
+def test_stats_add_up_over_the_calls_they_are_passed_to(lm, texts, path, monkeypatch):
+    """One rule for every engine: a Stats passed to two calls holds the sums of their counts and times."""
+    import dataclasses
+
+    model, tokenizer = lm
+    if path == "sharded":  # 2 processes, 1 prompt each call: rank 1 has no share and sends what it would send
+        monkeypatch.setattr(infer.distributed, "world_size", lambda: 2)
+        monkeypatch.setattr(infer.distributed, "init", lambda: None)
+        monkeypatch.setattr(torch.distributed, "all_gather_object",
+                            lambda out, mine: out.__setitem__(slice(None), [mine, ([], [], Stats())]))
+    engine = "hf" if path == "hf" else "medr1"
+    both, second = Stats(), Stats()
+    infer.generate_many(model, tokenizer, texts[:1], max_new_tokens=NEW, engine=engine, stats=both)
+    first = dataclasses.replace(both, notes=list(both.notes))
+    for stats in (both, second):  # a much shorter second call: its time alone is less than the first's
+        infer.generate_many(model, tokenizer, texts[1:2], max_new_tokens=1, engine=engine, stats=stats)
+    for key in ("prompts", "generated_tokens", "steps"):
+        assert getattr(both, key) == getattr(first, key) + getattr(second, key), key
+    assert both.prompts == 2 and both.generated_tokens == NEW + 1 and len(both.notes) == 2
+    assert both.seconds > first.seconds > 0
+    speed = both.record(answers=2)
+    assert speed["generated_tokens_per_s"] == round(both.generated_tokens / both.seconds, 1) and speed["answers"] == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -38,7 +39,9 @@ class Decoded:
 
 @dataclass
 class Stats:
-    """What a decode run cost (filled in by `decode`)."""
+    """What generation cost. Every call a Stats is passed to (`decode`, `infer.hf_generate`, `infer.generate_many`)
+    adds its counts and times to it, so one passed to two calls holds their sums (time one call: a fresh Stats);
+    slots, merged and peak_gib are the last call's."""
 
     slots: int = 0
     merged: bool = False
@@ -50,6 +53,15 @@ class Stats:
     seconds: float = 0.0
     peak_gib: float | None = None
     notes: list[str] = field(default_factory=list)
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """The speed record, rounded (eval.json's "speed" entries, the benchmark's results), then `extra`."""
+        rate = self.generated_tokens / self.seconds if self.seconds else 0.0
+        step_s = (self.decode_s or self.seconds) / max(self.steps, 1)
+        return {"generated_tokens_per_s": round(rate, 1), "batch": self.slots, "ms_per_step": round(1000 * step_s, 2),
+                "peak_gib": self.peak_gib, "prompts": self.prompts, "generated_tokens": self.generated_tokens,
+                "seconds": round(self.seconds, 2), "steps": self.steps, "prefill_s": round(self.prefill_s, 2),
+                "merged": self.merged, "how": "; ".join(self.notes), **extra}
 
 
 def unsupported(model) -> str | None:
@@ -124,7 +136,8 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
     n_slots, merged, why = plan(model, rows=len(prompts), max_len=max_len, slots=slots, merge=merge,
                                 memory_gib=memory_gib)
     dec = Decoder(model, slots=n_slots, max_len=max_len, merge=merged, memory_gib=memory_gib)
-    stats.slots, stats.merged, stats.prompts = n_slots, merged, len(prompts)
+    stats.slots, stats.merged = n_slots, merged
+    stats.prompts += len(prompts)
     stats.notes.append(why)
     pick = _picker(sampling, dec.device)
     waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(prompts[i])))  # long prompts first
@@ -171,7 +184,7 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
             pos[idle] = 0
         stats.prefill_s += t1 - t0
         stats.decode_s += time.perf_counter() - t1
-    stats.seconds = time.perf_counter() - t_start
+    stats.seconds += time.perf_counter() - t_start
     if dec.device.type == "cuda":
         stats.peak_gib = round(torch.cuda.max_memory_allocated(dec.device) / GIB, 2)
     del dec

@@ -138,11 +138,12 @@ def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batc
             while not stopped and row and row[-1] == pad:  # a shorter row's padding
                 row = row[:-1]
             rows.append(Decoded(row, stopped))
-    stats.slots, stats.prompts = batch_size, len(texts)
+    stats.slots = batch_size
+    stats.prompts += len(texts)
     stats.generated_tokens += sum(len(d.tokens) + int(d.stopped) for d in rows)
     stats.seconds += time.perf_counter() - t0
     if device.type == "cuda":
-        stats.peak_gib = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        stats.peak_gib = round(torch.cuda.max_memory_allocated(device) / decode.GIB, 2)
     return rows
 
 
@@ -163,10 +164,11 @@ def _sharded(model, tokenizer, prompt_texts: list[str], stats: Stats, *, samples
         for j, i in enumerate(indices):
             out[i * samples:(i + 1) * samples] = answers[j * samples:(j + 1) * samples]
     parts = [g[2] for g in gathered]
-    for key in ("slots", "prompts", "generated_tokens"):
-        setattr(stats, key, sum(getattr(p, key) for p in parts))
-    stats.merged, stats.steps = part_stats.merged, max(p.steps for p in parts)
+    stats.slots, stats.merged = sum(p.slots for p in parts), part_stats.merged
+    stats.prompts += sum(p.prompts for p in parts)
+    stats.generated_tokens += sum(p.generated_tokens for p in parts)
+    stats.steps += max(p.steps for p in parts)
     stats.peak_gib = max((p.peak_gib or 0.0) for p in parts) or None
-    stats.seconds = time.perf_counter() - t0  # until the slowest process is done
+    stats.seconds += time.perf_counter() - t0  # until the slowest process is done
     stats.notes.append(f"{world} processes: {parts[0].notes[0] if parts[0].notes else ''} each")
     return out
