@@ -86,15 +86,6 @@ def _load(model_dir: str, backend: str, cpu: bool):
     return model, tokenizer
 
 
-def _entry(config: str, stats, **extra: Any) -> dict[str, Any]:
-    rate = stats.generated_tokens / stats.seconds if stats.seconds else 0.0
-    step_s = (stats.decode_s or stats.seconds) / max(stats.steps, 1)
-    return {"config": config, "generated_tokens_per_s": round(rate, 1), "batch": stats.slots,
-            "ms_per_step": round(1000 * step_s, 2), "peak_gib": stats.peak_gib, "prompts": stats.prompts,
-            "generated_tokens": stats.generated_tokens, "seconds": round(stats.seconds, 2), "steps": stats.steps,
-            "prefill_s": round(stats.prefill_s, 2), "merged": stats.merged, "how": "; ".join(stats.notes), **extra}
-
-
 def _agreement(a: list, b: list) -> dict[str, Any]:
     same = total = rows = 0
     for x, y in zip(a, b, strict=True):
@@ -147,7 +138,7 @@ def worker(args: argparse.Namespace) -> list[dict[str, Any]]:
             torch.cuda.reset_peak_memory_stats()
         stats = Stats()
         generate_many(model, tokenizer, texts, max_new_tokens=args.max_new_tokens, stats=stats, **kw)
-        return _entry(label, stats, load_s=load_s, processes=distributed.world_size())
+        return {"config": label, **stats.record(load_s=load_s, processes=distributed.world_size())}
 
     if hf:
         return [timed("hf-generate", texts[:args.baseline_prompts], engine="hf", batch_size=BASELINE_BATCH)]

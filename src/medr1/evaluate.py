@@ -135,13 +135,10 @@ class Evaluation:
             gens = generate_many(self.model, self.tokenizer, texts, max_new_tokens=self.max_new_tokens,
                                  batch_size=self.batch_size, style=self.config.prompt_style, sampling=self.sampling,
                                  samples=self.samples, engine=self.engine, stats=stats)
-        rate = stats.generated_tokens / stats.seconds if stats.seconds else 0.0
-        self.results["speed"][f"{step}_{variant}"] = {
-            "answers": len(gens), "generated_tokens": stats.generated_tokens, "seconds": round(stats.seconds, 1),
-            "generated_tokens_per_s": round(rate, 1), "batch": stats.slots, "merged": stats.merged,
-            "processes": distributed.world_size(), "how": "; ".join(stats.notes)}
+        speed = stats.record(answers=len(gens), processes=distributed.world_size())
+        self.results["speed"][f"{step}_{variant}"] = speed
         log.info(f"{LABELS[variant]}: {len(gens)} answers, {stats.generated_tokens:,} tokens in "
-              f"{stats.seconds:.1f} s ({rate:,.0f} tokens/s; {'; '.join(stats.notes)})")
+                 f"{stats.seconds:.1f} s ({speed['generated_tokens_per_s']:,.0f} tokens/s; {speed['how']})")
         return gens
 
     def generate(self) -> dict[str, dict[str, Any]]:
