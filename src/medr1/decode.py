@@ -39,9 +39,9 @@ class Decoded:
 
 @dataclass
 class Stats:
-    """What generation cost. Every call a Stats is passed to (`decode`, `infer.hf_generate`, `infer.generate_many`)
-    adds its counts and times to it, so one passed to two calls holds their sums (time one call: a fresh Stats);
-    slots, merged and peak_gib are the last call's."""
+    """What generation cost. Each call it is passed to (`decode`, `infer.hf_generate`/`generate_many`) adds its
+    counts and times: one passed to two calls holds their sums (time one call: a fresh one); slots, merged and
+    peak_gib are the last call's."""
 
     slots: int = 0
     merged: bool = False
