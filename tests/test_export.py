@@ -254,3 +254,43 @@ def test_cli_exports_a_run_folder(run_copy, tmp_path, capsys):
     assert (tmp_path / "cli" / "merged-16bit" / "model.safetensors").exists()
     assert main(["export", str(run_copy), "--to", str(tmp_path / "cli")]) == 2  # refused: not empty
     assert "not empty" in capsys.readouterr().err
+
+
+def test_run_json_is_read_once_and_its_errors_stay(run_copy, tmp_path, monkeypatch):
+    import medr1.export as export
+    import medr1.record as record
+    from medr1.errors import DataError, ModelError
+
+    reads, read = [], record.read_record
+    monkeypatch.setattr(record, "read_record", lambda *a, **k: reads.append(a) or read(*a, **k))
+    monkeypatch.setattr(export, "read_record", record.read_record)
+    exp = export.Export(run_copy, tmp_path / "out")
+    assert len(reads) == 1 and exp.adapter_src == run_copy / "adapter" and exp.config.model_name
+    assert exp._question()  # the held-out rows' file is named in the record already read
+    assert len(reads) == 1
+    with pytest.raises(DataError, match="run.json not found: is .* the output folder of a medr1 training run"):
+        export.Export(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"status": "running", "config": {}}))
+    with pytest.raises(ModelError, match=r"holds no adapter .*status in run.json: 'running'"):
+        export.Export(tmp_path)
+
+
+def test_gguf_checks_its_destination_once_and_before_llama_cpp(run_copy, tmp_path, monkeypatch):
+    import medr1.export as export
+    import medr1.gguf as gguf
+
+    exp = export.Export(run_copy, tmp_path / "out")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("keep me")
+    monkeypatch.setattr(gguf, "possible", lambda strict: pytest.fail("llama.cpp looked for before the destination"))
+    with pytest.raises(OutputDirError, match="keep.txt"):
+        exp.gguf("q8_0", full)
+
+    checks, check = [], export.check_destination
+    monkeypatch.setattr(export, "check_destination", lambda *a: checks.append(a) or check(*a))
+    monkeypatch.setattr(gguf, "possible", lambda strict: True)
+    monkeypatch.setattr(export.Export, "_load", lambda self: (None, None))
+    monkeypatch.setattr(gguf, "write", lambda model, tok, folder, wanted: (folder / "m.Q8_0.gguf").write_bytes(b"G"))
+    assert exp.gguf("q8_0") == [tmp_path / "out" / "gguf" / "m.Q8_0.gguf"]
+    assert len(checks) == 1 and (tmp_path / "out" / "gguf" / "README.md").exists()

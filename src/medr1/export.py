@@ -98,9 +98,9 @@ class Export:
 
     def __init__(self, run_dir: str | Path, export_dir: str | Path = "", *, overwrite: bool = False):
         self.run_dir = Path(run_dir).expanduser()
-        self.record = read_record(self.run_dir)
-        self.config = run_config(self.run_dir)
-        self.adapter_src = adapter_dir(self.run_dir)
+        self.record = read_record(self.run_dir)  # read once: the config and the adapter's folder come from it
+        self.config = run_config(self.run_dir, self.record)
+        self.adapter_src = adapter_dir(self.run_dir, self.record)
         self.export_dir = Path(export_dir).expanduser() if export_dir else self.run_dir / "export"
         self.overwrite = overwrite
         self.evaluation = card.load_eval(self.run_dir)
@@ -144,7 +144,7 @@ class Export:
 
     def adapter(self, dest: str | Path = "") -> Path:
         """The LoRA adapter and tokenizer, with a model card; copied into a temporary folder, then renamed."""
-        with self._writing("adapter", dest, "the adapter") as tmp:
+        with self._writing("adapter", self._destination("adapter", dest), "the adapter") as tmp:
             for item in self.adapter_src.iterdir():
                 if item.is_file() and item.name != "README.md":
                     shutil.copy2(item, tmp / item.name)
@@ -179,7 +179,7 @@ class Export:
 
     def merged(self, dest: str | Path = "") -> Path:
         """Base + adapter merged into 16-bit weights (Unsloth's save_pretrained_merged), with a model card."""
-        with self._writing("merged", dest, "the merged 16-bit model") as tmp:
+        with self._writing("merged", self._destination("merged", dest), "the merged 16-bit model") as tmp:
             model, tokenizer = self._load()
             if hasattr(model, "save_pretrained_merged") and self._unsloth():
                 model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
@@ -240,9 +240,8 @@ class Export:
         return check_destination(dest or self.export_dir / PUSHABLE[what], self.overwrite)
 
     @contextmanager
-    def _writing(self, what: str, dest: str | Path, label: str, wanted: list[str] | tuple = ()):
-        """Check the destination and the disk, yield a temporary folder to fill, add the card, rename it into place."""
-        dest = self._destination(what, dest)
+    def _writing(self, what: str, dest: Path, label: str, wanted: list[str] | tuple = ()):
+        """Check the disk, yield a temporary folder to fill, add the card, rename it to the checked `dest`."""
         n = 0 if what == "adapter" else count_parameters(self.config)
         label += f" ({n / 1e9:.2f} B parameters)" if n else ""
         check_disk(dest, self._bytes(what, n, wanted), label)
@@ -254,7 +253,7 @@ class Export:
 
     def _question(self) -> str:
         try:
-            return holdout_rows(self.run_dir)[0]["Question"]
+            return holdout_rows(self.run_dir, self.record)[0]["Question"]
         except (MedR1Error, IndexError):  # no held-out rows
             return "What is the first-line treatment of anaphylaxis?"
 

@@ -146,15 +146,15 @@ def read_record(output_dir: str | Path, or_empty: bool = False) -> dict[str, Any
         raise DataError(f"{path} not found: is {output_dir} the output folder of a medr1 training run?") from None
 
 
-def run_config(run_dir: str | Path) -> Config:
-    """The Config a run was trained with, from its run.json (knobs this version does not know are ignored)."""
-    saved = read_record(run_dir).get("config") or {}
+def run_config(run_dir: str | Path, rec: dict[str, Any] | None = None) -> Config:
+    """The Config a run was trained with, from run.json (`rec`: already read); knobs this version lacks are ignored."""
+    saved = (rec or read_record(run_dir)).get("config") or {}
     known = {f.name for f in dataclasses.fields(Config)}
     return Config(**{k: v for k, v in saved.items() if k in known})
 
 
-def adapter_dir(run_dir: str | Path) -> Path:
-    rec = read_record(run_dir)
+def adapter_dir(run_dir: str | Path, rec: dict[str, Any] | None = None) -> Path:
+    rec = rec or read_record(run_dir)
     path = Path(run_dir) / (rec.get("adapter") or "adapter")
     if not (path / "adapter_config.json").exists():
         raise ModelError(f"{path} holds no adapter (adapter_config.json): did the run in {run_dir} finish? "
@@ -162,9 +162,9 @@ def adapter_dir(run_dir: str | Path) -> Path:
     return path
 
 
-def holdout_rows(run_dir: str | Path) -> list[dict[str, str]]:
+def holdout_rows(run_dir: str | Path, rec: dict[str, Any] | None = None) -> list[dict[str, str]]:
     """The held-out rows the run wrote (training never saw them)."""
-    path = Path(run_dir) / ((read_record(run_dir).get("data") or {}).get("holdout_file") or "holdout.jsonl")
+    path = Path(run_dir) / (((rec or read_record(run_dir)).get("data") or {}).get("holdout_file") or "holdout.jsonl")
     if not path.exists():
         raise DataError(f"{path} not found: the run in {run_dir} recorded no held-out rows")
     return read_file(path, "")[0] if path.stat().st_size else []  # lines end at "\n" only, not at a row's U+2028
