@@ -13,7 +13,7 @@ from medr1.data import FIXTURE_PATH
 def test_check_data_reports_counts_and_shows_a_row(capsys):
     assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--show", "2"]) == 0
     out = capsys.readouterr().out
-    assert "40 rows, 40 valid, 0 duplicates" in out and "median" in out
+    assert "40 valid rows, 0 duplicates" in out and "median" in out
     row = json.loads(FIXTURE_PATH.read_text().splitlines()[2])
     assert row["Question"] in out and row["Response"] + "<｜end▁of▁sentence｜>\n" in out  # the text ends with EOS
 

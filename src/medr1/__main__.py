@@ -73,12 +73,12 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     from medr1.prompts import format_row
     from medr1.tokenizer import load_tokenizer
 
-    rows = data.validate_rows(data.read_rows(data.resolve_path(args.path)), args.path)
+    rows, _ = data.load_rows(args.path)
     unique, dups = data.drop_duplicates(rows)
     tokenizer = load_tokenizer(model_path(config.model_name), config.prompt_style)
     probe = dataclasses.replace(config, over_length="drop")  # count over-length rows whatever the policy
     _, report = data.tokenize_rows(unique, tokenizer, probe)
-    print(f"{args.path}: {len(rows)} rows, {len(rows)} valid, {dups} duplicates")
+    print(f"{args.path}: {len(rows)} valid rows, {dups} duplicates")  # an invalid row stops before this line
     print(f"tokens per row: median {report.median_tokens:.0f}, max {report.max_tokens}; over "
           f"max_seq_length={config.max_seq_length}: {report.over_length} (policy over_length={config.over_length!r})")
     if args.show is not None:
