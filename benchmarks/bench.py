@@ -86,7 +86,7 @@ def random_rows(lengths: list[int], vocab_size: int, excluded: set[int], seed: i
 def build_8b(path: Path) -> Path:
     """The 8B shape with random bf16 weights, made on the GPU (~25 s), and the tiny model's tokenizer."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     from medr1.tiny import tiny_model_path
     from medr1.tokenizer import load_tokenizer
@@ -96,15 +96,10 @@ def build_8b(path: Path) -> Path:
     tiny = tiny_model_path()  # its tokenizer files are shaped like the real model's
     tokenizer = load_tokenizer(str(tiny))
     config = LlamaConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, torch_dtype="bfloat16", **R1_8B_SHAPE)
+                         pad_token_id=tokenizer.pad_token_id, dtype="bfloat16", **R1_8B_SHAPE)
     torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
+    with torch.device("cuda"):  # from_config builds in the config's bf16 and puts torch's default dtype back
+        model = AutoModelForCausalLM.from_config(config)
     tmp = path.with_name(path.name + ".partial")
     model.save_pretrained(tmp)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -119,12 +114,12 @@ def bench_model(model_dir: str, cpu: bool) -> Path:
     """The model to time: on a GPU the 8B shape; on a CPU the tiny model (built into `model_dir` if given)."""
     if not cpu:
         return build_8b(Path(model_dir or "/tmp/medr1-8b"))
-    from medr1.tiny import build_tiny, tiny_model_path
+    from medr1.tiny import STAMP, TINY_VERSION, build_tiny, is_built, tiny_model_path
 
     if not model_dir:
         return tiny_model_path()
-    path = Path(model_dir)
-    return path if (path / "config.json").exists() else build_tiny(path)
+    path = Path(model_dir)  # rebuilt unless its stamp is tiny_model_path's: a folder from an older recipe is stale
+    return path if is_built(path, STAMP, {"version": TINY_VERSION, "seed": 0, "pad": "unsloth"}) else build_tiny(path)
 
 
 def parse_variant(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -192,11 +187,8 @@ class _StepClock:
 
 def _top_kernels(prof, top: int = 30) -> dict[str, Any]:
     """GPU time per kernel/op name for one profiled step: where the step's time goes."""
-    rows = []
-    for e in prof.key_averages():
-        if e.self_device_time_total:
-            rows.append((e.self_device_time_total, e.count, e.key))
-    rows.sort(reverse=True)
+    rows = sorted([(e.self_device_time_total, e.count, e.key) for e in prof.key_averages()
+                   if e.self_device_time_total], reverse=True)
     total = sum(r[0] for r in rows)
     return {"gpu_ms": round(total / 1000, 1),
             "top": [{"ms": round(us / 1000, 2), "calls": n, "name": name[:120]} for us, n, name in rows[:top]]}
@@ -209,12 +201,9 @@ def _count_padding(trainer, pad_id: int, counts: dict[str, int]) -> None:
 
     def counted(examples):
         batch = original(examples)
-        ids = batch["input_ids"]
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
         counts["positions"] += int(ids.numel())
-        if "attention_mask" in batch:
-            counts["real"] += int(batch["attention_mask"].sum())
-        else:
-            counts["real"] += int((ids != pad_id).sum())
+        counts["real"] += int((ids != pad_id).sum() if mask is None else mask.sum())
         counts["rows"] += len(examples)
         return batch
 

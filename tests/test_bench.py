@@ -161,3 +161,15 @@ def test_several_gpus_are_compared_with_one():
     assert split["speedup_vs_1gpu"] == 1.8 and same["speedup_vs_1gpu"] == 1.9
     assert split["loss_max_abs_diff_vs_1gpu"] == pytest.approx(4e-4)  # the same global batch: the same losses
     assert "loss_max_abs_diff_vs_1gpu" not in same  # twice the batch: another loss history, not compared
+
+
+def test_bench_model_rebuilds_a_tiny_model_of_an_older_recipe(tmp_path, monkeypatch):
+    import medr1.tiny as tiny
+
+    built = []
+    monkeypatch.setattr(tiny, "build_tiny", lambda path: built.append(path) or path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / tiny.STAMP).write_text(json.dumps({"version": tiny.TINY_VERSION - 1, "seed": 0, "pad": "unsloth"}))
+    assert bench.bench_model(str(tmp_path), cpu=True) == tmp_path and built == [tmp_path]  # stale: built again
+    (tmp_path / tiny.STAMP).write_text(json.dumps({"version": tiny.TINY_VERSION, "seed": 0, "pad": "unsloth"}))
+    assert bench.bench_model(str(tmp_path), cpu=True) == tmp_path and built == [tmp_path]  # current: kept
