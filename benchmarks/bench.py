@@ -56,6 +56,7 @@ LENGTHS = dict(median=900, low=450, high=1500, sigma=0.3)  # tokens per training
 CPU_DIVISOR = 10  # the tiny model on a CPU trains rows ten times shorter
 PACKING_CHECK_ROWS = 16  # candidates for the packed-vs-separate loss check (the shortest that fit one row)
 RECIPE_STEPS = sizing.RECIPE_STEPS
+STAMP_8B = "medr1_8b.json"  # build_8b's recipe, as medr1.tiny.STAMP is the tiny model's
 SCRIPT = str(Path(__file__).resolve())  # workers are this script again, so no import path is assumed
 
 
@@ -88,10 +89,11 @@ def build_8b(path: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from medr1.tiny import tiny_model_path
+    from medr1.tiny import TINY_VERSION, is_built, tiny_model_path
     from medr1.tokenizer import load_tokenizer
 
-    if (path / "config.json").exists():
+    stamp = {"tiny_version": TINY_VERSION, "shape": R1_8B_SHAPE}  # a folder of another shape or tokenizer is stale
+    if is_built(path, STAMP_8B, stamp):
         return path
     tiny = tiny_model_path()  # its tokenizer files are shaped like the real model's
     tokenizer = load_tokenizer(str(tiny))
@@ -100,13 +102,13 @@ def build_8b(path: Path) -> Path:
     torch.manual_seed(0)
     with torch.device("cuda"):  # from_config builds in the config's bf16 and puts torch's default dtype back
         model = AutoModelForCausalLM.from_config(config)
-    tmp = path.with_name(path.name + ".partial")
-    model.save_pretrained(tmp)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny / name, tmp / name)
+    with record.atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tiny / name, tmp / name)
+        (tmp / STAMP_8B).write_text(json.dumps(stamp))
     del model
     torch.cuda.empty_cache()
-    tmp.rename(path)
     return path
 
 

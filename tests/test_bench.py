@@ -173,3 +173,22 @@ def test_bench_model_rebuilds_a_tiny_model_of_an_older_recipe(tmp_path, monkeypa
     assert bench.bench_model(str(tmp_path), cpu=True) == tmp_path and built == [tmp_path]  # stale: built again
     (tmp_path / tiny.STAMP).write_text(json.dumps({"version": tiny.TINY_VERSION, "seed": 0, "pad": "unsloth"}))
     assert bench.bench_model(str(tmp_path), cpu=True) == tmp_path and built == [tmp_path]  # current: kept
+
+
+def test_build_8b_rebuilds_a_folder_of_another_recipe(tmp_path, monkeypatch):
+    import transformers
+
+    saved = []
+
+    class Model:  # no 8B of weights on a CPU: only where it is saved
+        def save_pretrained(self, folder):
+            saved.append(folder)
+            (folder / "config.json").write_text("{}")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", lambda config: Model())
+    path = tmp_path / "8b"
+    path.mkdir()
+    (path / "config.json").write_text("{}")  # an older build, without the recipe's stamp
+    assert bench.build_8b(path) == path and len(saved) == 1
+    assert {"config.json", "tokenizer.json", bench.STAMP_8B} <= {p.name for p in path.iterdir()}
+    assert bench.build_8b(path) == path and len(saved) == 1  # current: kept
