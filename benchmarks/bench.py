@@ -116,12 +116,12 @@ def bench_model(model_dir: str, cpu: bool) -> Path:
     """The model to time: on a GPU the 8B shape; on a CPU the tiny model (built into `model_dir` if given)."""
     if not cpu:
         return build_8b(Path(model_dir or "/tmp/medr1-8b"))
-    from medr1.tiny import STAMP, TINY_VERSION, build_tiny, is_built, tiny_model_path
+    from medr1.tiny import STAMP, build_tiny, is_built, stamp, tiny_model_path
 
     if not model_dir:
         return tiny_model_path()
     path = Path(model_dir)  # rebuilt unless its stamp is tiny_model_path's: a folder from an older recipe is stale
-    return path if is_built(path, STAMP, {"version": TINY_VERSION, "seed": 0, "pad": "unsloth"}) else build_tiny(path)
+    return path if is_built(path, STAMP, stamp()) else build_tiny(path)
 
 
 def parse_variant(spec: str) -> tuple[str, str, dict[str, str]]:

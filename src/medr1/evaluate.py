@@ -89,11 +89,12 @@ class Evaluation:
     def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 0,
                  mcq_file: str | Path = "", samples: int = 0, engine: str = "auto"):
         self.run_dir = Path(run_dir).expanduser()
-        self.config = record.run_config(self.run_dir)
-        self.adapter = record.adapter_dir(self.run_dir)
+        rec = record.read_record(self.run_dir)  # read once: the config, the adapter and the held-out rows come from it
+        self.config = record.run_config(self.run_dir, rec)
+        self.adapter = record.adapter_dir(self.run_dir, rec)
         if mcq_file:  # every question checked now (file, fields, answer_idx among the options), not after generating
             mcq.load_questions(mcq_file)
-        self.rows = record.holdout_rows(self.run_dir)[:max_rows or None]
+        self.rows = record.holdout_rows(self.run_dir, rec)[:max_rows or None]
         self.max_new_tokens = max_new_tokens or self.config.max_new_tokens
         self.batch_size, self.engine = batch_size, engine  # batch_size 0: as many rows as free memory holds
         self.samples = max(1, samples)

@@ -51,10 +51,15 @@ def is_built(path: Path, stamp_file: str, stamp: dict) -> bool:
         return False
 
 
+def stamp(seed: int = 0, pad: str = "unsloth") -> dict:
+    """The recipe a tiny folder was built by, written in it as STAMP."""
+    return {"version": TINY_VERSION, "seed": seed, "pad": pad}
+
+
 def tiny_model_path(root: Path | None = None, pad: str = "unsloth") -> Path:
     """The folder of the tiny model, building it first if it is not cached."""
     path = (root or cache_dir()) / f"tiny-llama-v{TINY_VERSION}-{pad}"
-    if not is_built(path, STAMP, {"version": TINY_VERSION, "seed": 0, "pad": pad}):
+    if not is_built(path, STAMP, stamp(pad=pad)):
         build_tiny(path, pad=pad)
     return path
 
@@ -112,7 +117,7 @@ def build_tiny(path: Path, seed: int = 0, pad: str = "unsloth") -> Path:
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok, pad), indent=2,
                                                               ensure_ascii=False), encoding="utf-8")
-        (tmp / STAMP).write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "pad": pad}))
+        (tmp / STAMP).write_text(json.dumps(stamp(seed, pad)))
     return path
 
 
