@@ -131,6 +131,48 @@ def test_card_without_evaluation_says_how_to_get_one():
     assert "<think>" in text and "llama-cli -m m.Q8_0.gguf" in text and "- gguf" in text
 
 
+def test_card_of_an_exported_grpo_run_tells_grpo():
+    """A GRPO run's record (as GrpoRun writes run.json) exported: the card names GRPO, its questions, knobs and
+    rewards, never the SFT settings, rows and losses the GRPO stage did not use."""
+    from huggingface_hub import ModelCard
+
+    from medr1.card import model_card
+
+    rec = {"kind": "grpo", "preset": "colab-t4", "reward_weights": {"correctness": 1.0, "format": 0.5},
+           "init_adapter": "/content/drive/MyDrive/runs/sft-1/adapter", "effective_batch": 8,
+           "config": {"model_name": "unsloth/DeepSeek-R1-Distill-Llama-8B", "prompt_style": "r1", "load_in_4bit": True,
+                      "data_path": "", "dataset_name": "FreedomIntelligence/medical-o1-reasoning-SFT",
+                      "max_steps": 60, "learning_rate": 2e-4, "per_device_train_batch_size": 2, "packing": False,
+                      "lora_r": 8, "lora_alpha": 8, "lora_targets": ["q_proj"], "grpo_data_path": "",
+                      "grpo_dataset_name": "FreedomIntelligence/medical-o1-verifiable-problem",
+                      "grpo_dataset_config": "default", "grpo_dataset_split": "train", "num_generations": 8,
+                      "grpo_questions_per_step": 1, "max_completion_length": 512, "grpo_max_steps": 100,
+                      "grpo_learning_rate": 5e-6, "beta": 0.0, "grpo_temperature": 1.0, "grpo_generation": "trl"},
+           "lora": {"r": 16, "alpha": 32, "targets": ["k_proj", "q_proj", "v_proj"], "loaded_tensors": 12},
+           "data": {"source": "FreedomIntelligence/medical-o1-verifiable-problem (default, train)", "questions": 1000,
+                    "holdout_file": "holdout.jsonl"},
+           "train": {"steps": 100, "steps_run": 100, "train_s": 3600.0, "generated_tokens_per_s": 512.5},
+           "rewards": [{"step": 1, "reward": 0.125, "completion_length": 480.0},
+                       {"step": 100, "reward": 0.875, "completion_length": 300.0}]}
+    card = ModelCard(model_card(rec, kind="merged"))
+    assert card.data.datasets == ["FreedomIntelligence/medical-o1-verifiable-problem"] and "grpo" in card.data.tags
+    text = card.text
+    for expected in ["the LoRA adapter merged in", "reinforcement (GRPO) run of [unsloth/DeepSeek-R1-Distill-Llama-8B]",
+                     "starting from the SFT adapter `sft-1/adapter`", "1000 verifiable questions",
+                     "FreedomIntelligence/medical-o1-verifiable-problem (config `default`, split `train`)",
+                     "the SFT run's (`holdout.jsonl`", "| num_generations (answers per question) | 8 |",
+                     "| grpo_learning_rate | 5e-06 |", "| grpo_max_steps | 100 |", "| effective batch (answers) | 8 |",
+                     "| LoRA rank r | 16 |", "| LoRA alpha | 32 |", "| target modules | k_proj, q_proj, v_proj |",
+                     "| reward weights | correctness=1.0, format=0.5 |", "| first logged mean reward | 0.125 |",
+                     "| last logged mean reward | 0.875 |", "| generated tokens / s | 512.5 |",
+                     "## Medical disclaimer"]:
+        assert expected in text, expected
+    for sft in ["| max steps | 60 |", "| learning rate | 0.0002 |", "| LoRA rank r | 8 |", "| per-device batch |",
+                "| packing |", "rows trained on", "chain-of-thought answers", "synthetic reasoning traces",
+                "/content/drive"]:
+        assert sft not in text, sft
+
+
 def test_refuses_a_non_empty_destination(exported, run_copy, tmp_path):
     from medr1.export import Export
 

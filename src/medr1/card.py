@@ -59,11 +59,11 @@ def _on_hub(base: str) -> bool:
 
 
 def card_data(rec: dict[str, Any], kind: str) -> ModelCardData:
-    cfg = rec.get("config") or {}
-    base = str(cfg.get("model_name") or "")
-    dataset = cfg.get("dataset_name") if not cfg.get("data_path") else None
+    cfg, grpo = rec.get("config") or {}, rec.get("kind") == "grpo"
+    base, knob = str(cfg.get("model_name") or ""), "grpo_" if grpo else ""  # GRPO's questions: its own data knobs
+    dataset = cfg.get(f"{knob}dataset_name") if not cfg.get(f"{knob}data_path") else None
     tags = ["medical", "reasoning", "chain-of-thought", "unsloth", "lora" if kind in PEFT_KINDS else "merged-lora",
-            *(["gguf"] if kind == "gguf" else [])]
+            *(["grpo"] if grpo else []), *(["gguf"] if kind == "gguf" else [])]
     return ModelCardData(
         base_model=base if _on_hub(base) else None, license=base_license(base)[0],
         library_name="peft" if kind in PEFT_KINDS else "transformers",
