@@ -83,6 +83,27 @@ def test_run_record_says_the_batch_it_trained_with(runs):
                                                         "answers per optimizer step, as this run takes (8 x 2 x 1)")
 
 
+def test_the_adapter_holds_medr1s_card_of_the_grpo_run(runs):
+    """The adapter's README.md is medr1's card (not PEFT's stub) and tells the GRPO run: its own knobs with this run's
+    values, its rewards, and none of the SFT settings and rows that GRPO never used."""
+    full, _, _ = runs
+    rec, text = record.read_record(full.out), (full.out / "adapter" / "README.md").read_text()
+    cfg = rec["config"]
+    assert "More Information Needed" not in text and "reinforcement (GRPO) run" in text and "\n- grpo\n" in text
+    for expected in [f"| num_generations (answers per question) | {cfg['num_generations']} |",
+                     f"| grpo_learning_rate | {cfg['grpo_learning_rate']:.4g} |",
+                     f"| grpo_max_steps | {cfg['grpo_max_steps']} |", "| effective batch (answers) | 16 |",
+                     "| reward weights | correctness=1.0, format=0.5, stop=1.0 |",
+                     f"| first logged mean reward | {rec['rewards'][0]['reward']:.4g} |",
+                     f"| last logged mean reward | {rec['rewards'][-1]['reward']:.4g} |",
+                     f"{rec['data']['questions']} verifiable questions", "starting from a new LoRA"]:
+        assert expected in text, expected
+    assert cfg["max_steps"] != cfg["grpo_max_steps"] and cfg["learning_rate"] != cfg["grpo_learning_rate"]
+    for sft in ["| max steps |", "| learning rate |", "| per-device batch |", "| packing |", "rows trained on",
+                "chain-of-thought answers", "logged loss"]:
+        assert sft not in text, sft
+
+
 def test_trainer_arguments_leave_ddp_unused_parameter_search_off(tmp_path):
     """Every LoRA weight gets a gradient each step, in GRPO as in SFT: DDP need not search for unused ones."""
     run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "run")}, quiet=True))
@@ -241,5 +262,7 @@ def test_after_sft_the_run_evaluates_on_the_sft_holdout(smoke_run, tmp_path, pre
     run.save()
     assert (out / "holdout.jsonl").read_text() == (smoke_run.out / "holdout.jsonl").read_text()
     assert record.read_record(out)["init_adapter"] == str(smoke_run.out / "adapter")
+    card = (out / "adapter" / "README.md").read_text()  # says where it started and which rows it holds out
+    assert "starting from the SFT adapter `run/adapter`" in card and "the SFT run's (`holdout.jsonl`" in card
     ev = Evaluation(out)  # reads run.json, the adapter and the held-out rows; loads no model yet
     assert ev.adapter == out / "adapter" and len(ev.rows) == len(smoke_run.holdout) > 0

@@ -209,6 +209,12 @@ class GrpoRun(Stage):
                 shutil.copyfile(held, self.out / "holdout.jsonl")
             self.record["data"]["holdout_file"] = "holdout.jsonl"
 
+    def _add_to_adapter(self, folder: Path) -> None:
+        """The model card, written from the run record (GRPO's settings and rewards, not SFT's)."""
+        from medr1.card import write_card
+
+        write_card(folder, self.record, "adapter")
+
 
 def _load_adapter_weights(model, adapter: Path) -> int:
     """Copy a saved adapter's LoRA tensors into `model`'s fresh LoRA; every tensor must find its place."""
