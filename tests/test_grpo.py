@@ -102,6 +102,12 @@ def test_the_adapter_holds_medr1s_card_of_the_grpo_run(runs):
     for sft in ["| max steps |", "| learning rate |", "| per-device batch |", "| packing |", "rows trained on",
                 "chain-of-thought answers", "logged loss"]:
         assert sft not in text, sft
+    checkpoints = sorted((full.out / "checkpoints").glob("checkpoint-*"))  # they get the GRPO card too
+    assert checkpoints
+    for folder in checkpoints:
+        card = (folder / "README.md").read_text()
+        assert "More Information Needed" not in card and "reinforcement (GRPO) run" in card, folder
+        assert f"step {folder.name.split('-')[1]} of {cfg['grpo_max_steps']}" in card, folder
 
 
 def test_trainer_arguments_leave_ddp_unused_parameter_search_off(tmp_path):
@@ -263,6 +269,8 @@ def test_after_sft_the_run_evaluates_on_the_sft_holdout(smoke_run, tmp_path, pre
     assert (out / "holdout.jsonl").read_text() == (smoke_run.out / "holdout.jsonl").read_text()
     assert record.read_record(out)["init_adapter"] == str(smoke_run.out / "adapter")
     card = (out / "adapter" / "README.md").read_text()  # says where it started and which rows it holds out
-    assert "starting from the SFT adapter `run/adapter`" in card and "the SFT run's (`holdout.jsonl`" in card
+    held = len(smoke_run.holdout)
+    assert "starting from the SFT adapter `run/adapter`" in card and f"{held}, the SFT run's (`holdout.jsonl`" in card
+    assert record.read_record(out)["data"]["holdout_rows"] == held
     ev = Evaluation(out)  # reads run.json, the adapter and the held-out rows; loads no model yet
     assert ev.adapter == out / "adapter" and len(ev.rows) == len(smoke_run.holdout) > 0

@@ -156,7 +156,7 @@ class GrpoRun(Stage):
         from trl import GRPOConfig, GRPOTrainer
 
         from medr1.model import for_training
-        from medr1.train import reporting
+        from medr1.train import CheckpointCards, reporting
 
         cfg, checkpoints = self.config, self._start_trainer()
         dataset = Dataset.from_dict({"prompt": [self.prompt(i) for i in range(len(self.questions))],
@@ -164,7 +164,8 @@ class GrpoRun(Stage):
         rollout = self.rollout if cfg.grpo_generation == "medr1" else None
         self._trainer = GRPOTrainer(model=self.model, reward_funcs=self.reward_funcs(), train_dataset=dataset,
                                     args=GRPOConfig(**self.trainer_args(str(checkpoints), reporting(cfg))),
-                                    processing_class=self.tokenizer, callbacks=callbacks, rollout_func=rollout)
+                                    processing_class=self.tokenizer, rollout_func=rollout,
+                                    callbacks=[CheckpointCards(self.record), *(callbacks or [])])
         for_training(self.model, cfg.backend)
         return self._trainer
 
@@ -207,13 +208,8 @@ class GrpoRun(Stage):
         if held and held.exists():  # the SFT run's held-out rows: `medr1 evaluate` compares on the same ones
             if distributed.is_main():
                 shutil.copyfile(held, self.out / "holdout.jsonl")
-            self.record["data"]["holdout_file"] = "holdout.jsonl"
-
-    def _add_to_adapter(self, folder: Path) -> None:
-        """The model card, written from the run record (GRPO's settings and rewards, not SFT's)."""
-        from medr1.card import write_card
-
-        write_card(folder, self.record, "adapter")
+            sft = record.read_record(held.parent, or_empty=True).get("data") or {}  # its count, for the card
+            self.record["data"].update(holdout_file="holdout.jsonl", holdout_rows=sft.get("holdout_rows"))
 
 
 def _load_adapter_weights(model, adapter: Path) -> int:

@@ -152,11 +152,5 @@ class Run(Stage):
         if distributed.is_main():
             record.atomic_write_jsonl(self.out / "holdout.jsonl", self.split.holdout)
 
-    def _add_to_adapter(self, folder: Path) -> None:
-        """The model card, written from the run record."""
-        from medr1.card import write_card
-
-        write_card(folder, self.record, "adapter")
-
 
 train = Run.all_steps  # the whole run without pauses: what `medr1 train` does

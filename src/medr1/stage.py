@@ -22,7 +22,7 @@ class Stage:
 
     Subclasses build `self.record` (from `_prepared()`), and define `trainer()`, `_record_training(seconds)`,
     `_steps()` (the per-step records so far, run.json's HISTORY) and `_draw(records, path, title)` (their plot);
-    `_hold_out()` and `_add_to_adapter()` are optional.
+    `_hold_out()` is optional. Both stages' adapters (and checkpoints) get medr1's card, written from the record.
     """
 
     STAGE = "training"  # how the logs name the stage
@@ -110,7 +110,9 @@ class Stage:
         return self.record.get("train", {})
 
     def save(self) -> Path:
-        """Save the LoRA adapter and tokenizer atomically to output_dir/adapter, then the run record."""
+        """Save the LoRA adapter, its tokenizer and medr1's card atomically to output_dir/adapter, then run.json."""
+        from medr1.card import write_card
+
         self._need_model()
         target = self.out / "adapter"
         if self.complete:
@@ -121,7 +123,7 @@ class Stage:
             with record.atomic_dir(target) as tmp:
                 self.model.save_pretrained(str(tmp))
                 self.tokenizer.save_pretrained(str(tmp))
-                self._add_to_adapter(tmp)
+                write_card(tmp, self.record, "adapter")
         distributed.barrier()  # when any process returns, the adapter is there
         self._write_record()
         log.info(f"adapter saved to {target}")
@@ -215,9 +217,6 @@ class Stage:
 
     def _hold_out(self) -> None:
         """Before training: put the held-out rows a later `medr1 evaluate` compares on into the run folder."""
-
-    def _add_to_adapter(self, folder: Path) -> None:
-        """While the adapter is saved: anything else that belongs in its folder."""
 
     def _need_model(self) -> None:
         if self.model is None:
