@@ -160,6 +160,17 @@ def test_memory_plan_on_a_cpu_and_sizes(lm):
         p.numel() for n, p in model.named_parameters() if "proj.base_layer.weight" in n)
 
 
+def test_generate_keeps_what_an_unstopped_row_generated(lm, monkeypatch):
+    """`model.generate` pads a row only after its EOS: a row that never stopped keeps every token, even a last one
+    that is the pad id (a model may write it), and a stopped row ends at its EOS."""
+    model, tokenizer = lm
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    made = torch.tensor([[5, 6, pad, pad], [7, eos, pad, pad]])
+    monkeypatch.setattr(model, "generate", lambda input_ids, **kw: torch.cat([input_ids, made], dim=1))
+    rows = infer.hf_generate(model, tokenizer, ["a question", "another one"], max_new_tokens=4)
+    assert [(r.tokens, r.stopped) for r in rows] == [([5, 6, pad, pad], False), ([7], True)]
+
+
 @pytest.mark.parametrize("path", ["medr1", "hf", "sharded"])
 def test_stats_add_up_over_the_calls_they_are_passed_to(lm, texts, path, monkeypatch):
     """One rule for every engine: a Stats passed to two calls holds the sums of their counts and times."""

@@ -133,11 +133,8 @@ def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batc
                                    pad_token_id=pad, use_cache=True, **kwargs)
         new = generated[:, enc["input_ids"].shape[1]:]
         stats.steps += new.shape[1]
-        for row in new.tolist():
-            row, stopped = (row[:row.index(eos)], True) if eos in row else (row, False)  # cut at the first EOS
-            while not stopped and row and row[-1] == pad:  # a shorter row's padding
-                row = row[:-1]
-            rows.append(Decoded(row, stopped))
+        for row in new.tolist():  # generate pads a row only after its EOS: a row without one is all generated
+            rows.append(Decoded(row[:row.index(eos)], True) if eos in row else Decoded(row, False))
     stats.slots = batch_size
     stats.prompts += len(texts)
     stats.generated_tokens += sum(len(d.tokens) + int(d.stopped) for d in rows)
