@@ -42,11 +42,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDR1_CACHE", Path.home() / ".cache" / "medr1"))
 
 
-def is_built(path: Path, stamp_file: str, stamp: dict) -> bool:
+def is_built(path: Path, stamp_file: str, recipe: dict) -> bool:
     """The one rule for a model medr1 builds itself (tiny, smollm): its cached folder is valid for this recipe when
-    the stamp file, written inside its atomic write, holds this recipe's `stamp`; else it is built again."""
+    the stamp file, written inside its atomic write, holds `recipe`; else it is built again."""
     try:
-        return json.loads((path / stamp_file).read_text(encoding="utf-8")) == stamp
+        return json.loads((path / stamp_file).read_text(encoding="utf-8")) == recipe
     except (OSError, ValueError):
         return False
 
