@@ -160,7 +160,7 @@ def test_card_of_an_exported_grpo_run_tells_grpo():
     for expected in ["the LoRA adapter merged in", "reinforcement (GRPO) run of [unsloth/DeepSeek-R1-Distill-Llama-8B]",
                      "starting from the SFT adapter `sft-1/adapter`", "1000 verifiable questions",
                      "FreedomIntelligence/medical-o1-verifiable-problem (config `default`, split `train`)",
-                     "the SFT run's (`holdout.jsonl`", "| num_generations (answers per question) | 8 |",
+                     "evaluation: the SFT run's (`holdout.jsonl`", "| num_generations (answers per question) | 8 |",
                      "| grpo_learning_rate | 5e-06 |", "| grpo_max_steps | 100 |", "| effective batch (answers) | 8 |",
                      "| LoRA rank r | 16 |", "| LoRA alpha | 32 |", "| target modules | k_proj, q_proj, v_proj |",
                      "| reward weights | correctness=1.0, format=0.5 |", "| first logged mean reward | 0.125 |",
