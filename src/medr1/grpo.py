@@ -57,10 +57,11 @@ def reward_weights(config: Config) -> dict[str, float]:
             if name != "verifier" or getattr(config, knob) > 0}
 
 
-def start_adapter(config: Config) -> Path | None:
-    """The adapter folder `init_adapter` names (a run folder or its adapter/), checked against this config."""
+def start_adapter(config: Config) -> tuple[Path | None, dict[str, Any]]:
+    """The adapter folder `init_adapter` names (a run folder or its adapter/), checked against this config, and its
+    SFT run's record (empty for a bare adapter folder)."""
     if not config.init_adapter:
-        return None
+        return None, {}
     path = Path(config.init_adapter).expanduser()
     run_dir = next((p for p in (path, path.parent) if (p / "run.json").exists()), None)
     rec = record.read_record(run_dir) if run_dir else {}
@@ -79,7 +80,7 @@ def start_adapter(config: Config) -> Path | None:
     if differ:
         raise ConfigError(f"init_adapter={config.init_adapter!r} was trained with {'; '.join(differ)}: set the "
                           "same values, so the adapter meets the base and the prompts it learned")
-    return adapter
+    return adapter, rec
 
 
 class GrpoRun(Stage):
@@ -97,7 +98,7 @@ class GrpoRun(Stage):
         check(config)
         super().__init__(config)
         self.questions, self.source = load_questions(self.config)
-        self.adapter = start_adapter(self.config)
+        self.adapter, self.start_record = start_adapter(self.config)  # the SFT run's run.json, read once
         self._check_model()
         self.weights = reward_weights(self.config)
         self.rollout_memory_gib = 0.0  # grpo_generation=medr1: plan the decoder for this much GPU memory (0: free)
@@ -208,7 +209,7 @@ class GrpoRun(Stage):
         if held and held.exists():  # the SFT run's held-out rows: `medr1 evaluate` compares on the same ones
             if distributed.is_main():
                 shutil.copyfile(held, self.out / "holdout.jsonl")
-            sft = record.read_record(held.parent, or_empty=True).get("data") or {}  # its count, for the card
+            sft = self.start_record.get("data") or {}  # its count, for the card
             self.record["data"].update(holdout_file="holdout.jsonl", holdout_rows=sft.get("holdout_rows"))
 
 
