@@ -58,12 +58,18 @@ def _on_hub(base: str) -> bool:
         ("/", ".", "~"))
 
 
+def data_knobs(rec: dict[str, Any]) -> str:
+    """The prefix of the knobs the run's data came from: a GRPO run's questions have their own (grpo_data_path,
+    grpo_dataset_name, ...)."""
+    return "grpo_" if rec.get("kind") == "grpo" else ""
+
+
 def card_data(rec: dict[str, Any], kind: str) -> ModelCardData:
-    cfg, grpo = rec.get("config") or {}, rec.get("kind") == "grpo"
-    base, knob = str(cfg.get("model_name") or ""), "grpo_" if grpo else ""  # GRPO's questions: its own data knobs
+    cfg, knob = rec.get("config") or {}, data_knobs(rec)
+    base = str(cfg.get("model_name") or "")
     dataset = cfg.get(f"{knob}dataset_name") if not cfg.get(f"{knob}data_path") else None
     tags = ["medical", "reasoning", "chain-of-thought", "unsloth", "lora" if kind in PEFT_KINDS else "merged-lora",
-            *(["grpo"] if grpo else []), *(["gguf"] if kind == "gguf" else [])]
+            *(["grpo"] if knob else []), *(["gguf"] if kind == "gguf" else [])]
     return ModelCardData(
         base_model=base if _on_hub(base) else None, license=base_license(base)[0],
         library_name="peft" if kind in PEFT_KINDS else "transformers",
@@ -81,7 +87,7 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
     metrics = ev.get("metrics") or {}
     card = ModelCard.from_template(
         card_data(rec, kind), template_str=TEMPLATE.read_text(encoding="utf-8"), fmt=_fmt, kind=kind, step=step,
-        repo_id=repo_id, rec=rec, cfg=cfg, data=data, train=train, run={**cfg, **rec},
+        repo_id=repo_id, rec=rec, cfg=cfg, knob=data_knobs(rec), data=data, train=train, run={**cfg, **rec},
         lengths=data.get("lengths") or {}, losses=rec.get("losses") or [], versions=rec.get("versions") or {},
         base=base, base_name=Path(base).name, licence=base_license(base)[1],
         data_file=Path(str(data.get("source") or cfg.get("data_path"))).name,
