@@ -157,6 +157,8 @@ def test_starts_from_a_runs_adapter(runs, tmp_path):
     saved = load_file(str(full.out / "adapter" / "adapter_model.safetensors"))
     state = {k.replace(".default", ""): v for k, v in run.model.state_dict().items() if "lora_" in k}
     assert run.record["lora"]["loaded_tensors"] == len(saved) > 0
+    shape = json.loads((full.out / "adapter" / "adapter_config.json").read_text())
+    assert run.record["lora"]["dropout"] == shape["lora_dropout"]  # the card shows the adapter's dropout
     for key, value in saved.items():
         assert (state[key] - value).abs().max().item() == 0, key
     assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # trained weights, not a fresh LoRA

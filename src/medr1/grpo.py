@@ -122,7 +122,8 @@ class GrpoRun(Stage):
         cfg = dataclasses.replace(self.config, lora_r=shape["r"], lora_alpha=shape["lora_alpha"],
                                   lora_dropout=shape.get("lora_dropout", 0.0), lora_targets=tuple(sorted(targets)))
         super().add_lora(cfg, f" (trained weights from {self.adapter})")
-        self.record["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": list(cfg.lora_targets),
+        self.record["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                               "targets": list(cfg.lora_targets),
                                "loaded_tensors": _load_adapter_weights(self.model, self.adapter)}
         return self.model
 
