@@ -47,6 +47,9 @@ endif
 	touch $@
 
 run: $(VENV)/.installed
+	@# papermill writes the output notebook before any cell runs: a refused run would replace the earlier one's
+	@[ ! -e $(RUN_DIR)/run.json ] || { echo "medr1: $(RUN_DIR) already holds a run (run.json); give another RUN_DIR" >&2; \
+	  exit 2; }
 	mkdir -p $(RUN_DIR)
 ifneq ($(HAVE_GPU),1)
 	@[ "$(PRESET)" != auto ] || $(BIN)/python -c "from medr1.smollm import unavailable as u; p = u(); \

@@ -63,11 +63,11 @@ show_rows: int = 3  # questions in the side-by-side table
 
 # %%
 from medr1 import build_config
-from medr1.config import check_parameters, papermill_parameters
+from medr1.config import notebook_parameters
 from medr1.preflight import short_errors
 
 short_errors()  # a medr1 error shows as its one line, not a traceback
-check_parameters(papermill_parameters(globals()), known=__annotations__)  # noqa: F821 - the parameters above
+notebook_parameters(globals())  # a mistyped name stops; `-p merged false` is False
 
 from medr1.evaluate import Evaluation
 from medr1.run import train

@@ -65,11 +65,11 @@ private: bool = True  # a new hub repository is private unless this is False
 
 # %%
 from medr1 import build_config
-from medr1.config import check_parameters, papermill_parameters
+from medr1.config import notebook_parameters
 from medr1.preflight import short_errors
 
 short_errors()  # a medr1 error shows as its one line, not a traceback
-check_parameters(papermill_parameters(globals()), known=__annotations__)  # noqa: F821 - the parameters above
+notebook_parameters(globals())  # a mistyped name stops; `-p merged false` is False
 
 from medr1.export import Export
 from medr1.run import train

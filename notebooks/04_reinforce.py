@@ -34,8 +34,9 @@
 # LoRA: each question is answered `num_generations` times, each answer is scored (is the answer part right,
 # is it in the trained format, did it stop), and GRPO (TRL's `GRPOTrainer`) moves the adapter towards the
 # answers that beat their group. Start from your SFT run's adapter (`init_adapter`), so the model already
-# reasons and answers in the format the rewards check. Without a GPU the `smoke` preset runs the same steps
-# on a tiny random model in seconds: it can only learn to stop early, which is what its reward plot shows.
+# reasons and answers in the format the rewards check. Without a GPU, `auto` picks `cpu` (the real SmolLM2-135M:
+# its answers take tens of seconds a step on a CPU) or, where that model cannot be had, `smoke`: the same steps
+# on a tiny random model in seconds; it can only learn to stop early, which is what its reward plot shows.
 
 # %% tags=["skip-execution"]
 # Install (Colab only; headless runs install from requirements.txt). Colab's own torch is kept.
@@ -53,7 +54,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 from typing import Optional
 
-preset: str = "auto"  # auto | colab-t4 | fast | smoke (auto: by the GPU, smoke without one)
+preset: str = "auto"  # auto | colab-t4 | fast | cpu | smoke (auto: by the GPU, cpu or smoke without one)
 init_adapter: Optional[str] = None  # a medr1 SFT run folder (or its adapter folder) to start from; None: the base
 grpo_data_path: Optional[str] = None  # local file with Open-ended Verifiable Question, Ground-True Answer
 grpo_num_examples: Optional[int] = None  # questions loaded from the hub dataset (0 for all)
@@ -84,7 +85,7 @@ from medr1.grpo import GrpoRun
 from medr1.preflight import short_errors
 
 short_errors()  # a medr1 error shows as its one line, not a traceback
-config = notebook_config(globals())
+config = notebook_config(globals(), stage="grpo")
 run = GrpoRun(config)
 print(run.prompt(0))
 print("reference answer:", run.questions[0]["Ground-True Answer"])

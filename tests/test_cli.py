@@ -34,6 +34,10 @@ def test_check_data_exit_status_with_error_policy(capsys):
 @pytest.mark.parametrize("args,message", [
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--preset", "smoke", "--set", "max_steps=ten"], "max_steps must be an integer"),
+    (["grpo", "--preset", "smoke", "--set", "max_steps=2"],
+     "max_steps is not read by grpo, which reads grpo_max_steps"),
+    (["train", "--preset", "smoke", "--resume", "--overwrite", "--set", "output_dir=runs/a"],
+     "--resume continues the run in output_dir and --overwrite replaces it: choose one"),
 ])
 def test_train_rejects_bad_parameters_in_one_line(args, message):
     proc = subprocess.run([sys.executable, "-m", "medr1", *args], capture_output=True, text=True, timeout=120)

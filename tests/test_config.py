@@ -1,8 +1,11 @@
 """Config: the recipe's preset pinned, presets resolved, every bad knob named."""
 
+import json
+
 import pytest
 
-from medr1.config import Config, build_config, parse_overrides
+from medr1 import record
+from medr1.config import Config, build_config, notebook_config, notebook_parameters, parse_overrides
 from medr1.errors import ConfigError
 from medr1.presets import LORA_TARGETS, PRESET_NAMES, resolve_preset
 
@@ -57,6 +60,8 @@ def test_unknown_knob_is_named_with_the_valid_ones():
     ("prompt_style", "chatml", "prompt_style='chatml' is not valid"),
     ("over_length", "cut", "over_length='cut' is not valid"),
     ("lora_targets", "q_proj,qkv", "lora_targets has unknown modules ['qkv']"),
+    ("lora_targets", "", "lora_targets is empty; give some of"),
+    ("load_in_4bit", 2, "load_in_4bit must be true or false, got 2 "),
     ("lora_dropout", 1.5, "lora_dropout must be in"),
 ])
 def test_bad_values_are_named(knob, value, message):
@@ -82,3 +87,60 @@ def test_default_output_dir_is_fresh_per_run_and_named_by_preset():
 
 def test_defaults_are_the_recipe_values():
     assert Config().lora_targets == LORA_TARGETS and Config().max_seq_length == 2048
+
+
+def test_papermill_integers_are_taken_for_boolean_knobs():
+    """papermill passes `-p load_in_4bit 0` as the int 0; the CLI's `--set load_in_4bit=0` is the string."""
+    c = build_config("smoke", {"load_in_4bit": 0, "packing": 1}, quiet=True)
+    assert (c.load_in_4bit, c.packing) == (False, True)
+
+
+def test_resume_and_overwrite_together_are_refused():
+    """Else overwrite skips the check that a resume keeps its settings, and resume wins anyway."""
+    with pytest.raises(ConfigError, match="resume=True continues the run in output_dir and overwrite=True replaces "
+                                          "it: choose one"):
+        build_config("smoke", {"resume": True, "overwrite": True, "output_dir": "runs/a"}, quiet=True)
+
+
+@pytest.mark.parametrize("stage,knob,value,message", [
+    ("grpo", "max_steps", 2, "max_steps is not read by grpo, which reads grpo_max_steps"),
+    ("grpo", "learning_rate", 1e-5, "learning_rate is not read by grpo, which reads grpo_learning_rate"),
+    ("grpo", "data_path", "rows.jsonl", "data_path is not read by grpo, which reads grpo_data_path"),
+    ("train", "grpo_max_steps", 3, "grpo_max_steps is not read by train: it is a GRPO knob"),
+    ("train", "reward_format", 1.0, "reward_format is not read by train: it is a GRPO knob"),
+    ("train", "num_generations", 4, "num_generations is not read by train: it is a GRPO knob"),
+])
+def test_a_knob_the_stage_never_reads_stops_it(stage, knob, value, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config("smoke", {knob: value}, quiet=True, stage=stage)
+    ns = {"In": [f"# Parameters\n{knob} = {value!r}\n"], knob: value, "preset": "smoke"}  # as papermill injects
+    with pytest.raises(ConfigError, match=message):
+        notebook_config(ns, stage)
+    other = "train" if stage == "grpo" else "grpo"
+    assert getattr(build_config("smoke", {knob: value}, quiet=True, stage=other), knob) == value
+
+
+def test_notebook_parameters_are_converted_by_their_annotations():
+    """papermill passes `-p merged false` as the string "false", which is true in an `if`."""
+    ns = {"__annotations__": {"merged": bool, "max_rows": int, "gguf": str}, "merged": "false", "max_rows": "5",
+          "gguf": "", "In": ["# Parameters\nmerged = 'false'\nmax_rows = '5'\ngguf = ''\n"]}
+    notebook_parameters(ns)
+    assert (ns["merged"], ns["max_rows"], ns["gguf"]) == (False, 5, "")
+    ns.update(max_rows="ten", In=["# Parameters\nmax_rows = 'ten'\n"])
+    with pytest.raises(ConfigError, match="max_rows must be an integer, got 'ten'"):
+        notebook_parameters(ns)
+
+
+def test_a_resumed_fast_run_keeps_its_sizing(tmp_path, monkeypatch):
+    """`fast` sizes the micro-batch from free GPU memory, which differs at resume (the interrupted model may still
+    hold some): the resume takes its run's sizing, so the settings check passes."""
+    import medr1.speed.sizing as sizing
+
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 79.0)
+    first = build_config("fast", {"output_dir": str(tmp_path)}, quiet=True)
+    (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted", "config": first.to_dict()}))
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 30.0)
+    assert build_config("fast", quiet=True).per_device_train_batch_size != first.per_device_train_batch_size
+    again = build_config("fast", {"output_dir": str(tmp_path), "resume": "true"}, quiet=True)
+    assert again.to_dict() == {**first.to_dict(), "resume": True}
+    assert record.check_output_dir(again) == tmp_path

@@ -129,3 +129,13 @@ def test_without_a_key_wandb_stays_off_and_never_prompts(monkeypatch, report_to,
     from medr1.train import reporting
 
     assert reporting(build_config("smoke", {"report_to": report_to}, quiet=True)) == expected
+
+
+def test_each_run_logs_to_its_own_wandb_project(monkeypatch):
+    """TRL reads only WANDB_PROJECT: a second run in the same kernel must not keep the first run's project."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_PROJECT", "first")
+    from medr1.train import reporting
+
+    assert reporting(build_config("smoke", {"report_to": "wandb", "wandb_project": "second"}, quiet=True)) == "wandb"
+    assert os.environ["WANDB_PROJECT"] == "second"

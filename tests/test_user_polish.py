@@ -188,6 +188,33 @@ def test_export_notebook_checks_the_push_before_writing(run_copy, tmp_path, monk
     assert not out.exists(), "exports were written before the missing token was found"
 
 
+def test_export_notebook_reads_false_as_false(run_copy, tmp_path):
+    """papermill passes `-p overwrite false` as the string "false": it must not replace a folder or add a merged
+    model."""
+    from papermill.exceptions import PapermillExecutionError
+
+    out = tmp_path / "shipped"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "README.md").write_text("kept")
+    with pytest.raises(PapermillExecutionError) as err:
+        _execute("03_export.ipynb", tmp_path / "03.ipynb", {
+            "run_dir": str(run_copy), "export_dir": str(out), "gguf": "", "overwrite": "false", "merged": "false"})
+    assert "is not empty" in str(err.value) and err.value.ename == "OutputDirError", str(err.value)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter"]
+    assert (out / "adapter" / "README.md").read_text() == "kept"
+
+
+def test_make_run_refuses_a_folder_that_holds_a_run(tmp_path):
+    """papermill writes its output notebook before any cell runs, so the refusal must come before papermill: the
+    earlier run's executed notebook is kept."""
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "01_finetune.ipynb").write_text("the earlier run's executed notebook")
+    done = subprocess.run(["make", "-o", ".venv/.installed", "run", f"RUN_DIR={tmp_path}"], cwd=NOTEBOOKS.parent,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "already holds a run (run.json); give another RUN_DIR" in done.stderr, done.stderr
+    assert (tmp_path / "01_finetune.ipynb").read_text() == "the earlier run's executed notebook"
+
+
 # ---------------------------------------------------------------------------------------------
 # Noise: bitsandbytes' kernels line, tqdm's IProgress warning.
 

@@ -56,7 +56,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     """train, grpo: the whole stage end to end (SFT; or GRPO on verifiable questions from an SFT run's adapter)."""
     overrides = parse_overrides(args.overrides)
     overrides.update({flag: "true" for flag in ("resume", "overwrite") if getattr(args, flag)})  # knobs as flags
-    config = build_config(args.preset, overrides)
+    config = build_config(args.preset, overrides, stage=args.command)  # a knob this stage never reads stops
     if args.command == "grpo":
         from medr1.grpo import GrpoRun as Stage
     else:

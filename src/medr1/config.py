@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import json
 import operator
 import textwrap
 import tokenize
@@ -19,12 +20,13 @@ import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from medr1.errors import ConfigError
 from medr1.log import log
 from medr1.presets import LORA_TARGETS, PRESETS, resolve_preset
-from medr1.speed.sizing import fast_sizing
+from medr1.speed.sizing import FAST_SIZED, fast_sizing
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("unsloth", "hf"),
@@ -89,7 +91,7 @@ class Config:
     overwrite: bool = False  # allow writing into a folder that holds another run
     resume: bool = False  # continue from the newest checkpoint in output_dir
     report_to: str = "auto"  # auto: W&B when WANDB_API_KEY is set, else none | wandb | none
-    wandb_project: str = "medr1"  # W&B project the run is logged to (when W&B is on)
+    wandb_project: str = "medr1"  # W&B project the run is logged to (when W&B is on; it sets WANDB_PROJECT)
     # --- generation ---
     max_new_tokens: int = 1024  # generation budget for the test answers
     # --- reinforcement (GRPO): `python -m medr1 grpo`, notebook 04; medr1.grpo checks these ---
@@ -131,9 +133,13 @@ class Config:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
         if not self.lora_targets or unknown:
-            raise ConfigError(f"lora_targets has unknown modules {unknown}; valid: {list(LORA_TARGETS)}")
+            raise ConfigError(f"lora_targets has unknown modules {unknown}; valid: {list(LORA_TARGETS)}" if unknown
+                              else f"lora_targets is empty; give some of {list(LORA_TARGETS)}")
         if self.resume and not self.output_dir:
             raise ConfigError(f"{hint('resume')} needs output_dir: the folder of the run to continue")
+        if self.resume and self.overwrite:  # else overwrite would skip the resume's check of the settings
+            raise ConfigError(f"{hint('resume')} continues the run in output_dir and {hint('overwrite')} replaces "
+                              "it: choose one")
         if not self.output_dir:  # a fresh folder per run: a default can never overwrite an earlier run
             self.output_dir = f"outputs/{self.preset or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
 
@@ -146,6 +152,12 @@ def knob_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config) if not f.metadata.get("derived")]
 
 
+# Knobs a stage never reads (with what it reads instead): set for it, they stop the run like a typo would.
+NOT_READ: dict[str, dict[str, str]] = {"train": {k: "" for k in knob_names() if k.startswith(("grpo_", "reward_")) or k in (
+    "init_adapter", "num_generations", "max_completion_length", "beta", "verifier_model")}, "grpo": {
+    "max_steps": "grpo_max_steps", "num_train_epochs": "grpo_max_steps", "learning_rate": "grpo_learning_rate",
+    "per_device_train_batch_size": "num_generations", "gradient_accumulation_steps": "grpo_questions_per_step",
+    **{k: f"grpo_{k}" for k in ("data_path", "dataset_name", "dataset_config", "dataset_split", "num_examples")}}}
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
@@ -163,6 +175,8 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
     if isinstance(value, str) and hint in (bool, int, float):
         with contextlib.suppress(KeyError, ValueError):
             return BOOL_WORDS[value.lower()] if hint is bool else hint(value)
+    if hint is bool and type(value) is int and value in (0, 1):  # papermill's `-p load_in_4bit 0`
+        return bool(value)
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -172,20 +186,37 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"{name} must be {TYPE_WORDS[hint]}, got {value!r} ({type(value).__name__})")
 
 
-def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, *, quiet: bool = False) -> Config:
-    """Config = defaults <- preset <- overrides; validated. Unknown knobs are errors that list valid ones."""
+def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, *, quiet: bool = False,
+                 stage: str = "") -> Config:
+    """Config = defaults <- preset <- overrides; validated. Unknown knobs are errors that list valid ones, and so are
+    knobs `stage` ("train" or "grpo") never reads."""
     name, why = resolve_preset(preset)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     check_parameters(overrides, knob_names(), what="knob")
+    if unread := {k: NOT_READ[stage][k] for k in overrides if k in NOT_READ.get(stage, {})}:
+        raise ConfigError("; ".join(f"{k} is not read by {stage}" + (f", which reads {v}" if v else ": it is a GRPO "
+                                    "knob (python -m medr1 grpo, notebook 04)") for k, v in unread.items()))
     sizing: dict[str, Any] = {}
     if name == "fast":  # micro-batch and recomputation from this GPU's free memory; overrides still win
         seq_len = coerce("max_seq_length", overrides.get("max_seq_length", Config.max_seq_length), int)
-        sizing, sizing_why = fast_sizing(seq_len)
+        sizing, sizing_why = _resumed_sizing(overrides) or fast_sizing(seq_len)
         why = f"{why}; {sizing_why}"
     config = Config(**{**PRESETS[name], **sizing, **overrides, "preset": name})
     if not quiet:
         log.info(f"preset {name!r} ({why})")
     return config
+
+
+def _resumed_sizing(overrides: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """A resumed `fast` run keeps the sizing it was made with: free memory differs now (the interrupted model may
+    still hold some), and a resume must train with the same settings."""
+    if not (overrides.get("output_dir") and coerce("resume", overrides.get("resume", False), bool)):
+        return None
+    path = Path(str(overrides["output_dir"])).expanduser() / "run.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if (before := json.loads(path.read_text(encoding="utf-8")).get("config") or {}).get("preset") == "fast":
+            return {k: before[k] for k in FAST_SIZED if k in before}, f"sized as the run it resumes ({path})"
+    return None
 
 
 def check_parameters(given: Iterable[str], known: Iterable[str], *, what: str = "parameter") -> None:
@@ -239,12 +270,22 @@ def knob_advice() -> dict[str, str]:
             if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
 
 
-def notebook_config(namespace: dict[str, Any]) -> Config:
+def notebook_config(namespace: dict[str, Any], stage: str = "train") -> Config:
     """The config of a notebook run from its variables: `preset` plus every knob it sets (None keeps the
-    preset's value). A name papermill injected that is no knob stops the run, with a "did you mean"."""
+    preset's value). A name papermill injected that is no knob, or one `stage` never reads, stops the run."""
     check_parameters(papermill_parameters(namespace), ["preset", *knob_names()])
     overrides = {k: namespace[k] for k in knob_names() if namespace.get(k) is not None}
-    return build_config(namespace.get("preset") or "auto", overrides)
+    return build_config(namespace.get("preset") or "auto", overrides, stage=stage)
+
+
+def notebook_parameters(namespace: dict[str, Any]) -> None:
+    """A notebook's own parameters (not knobs): stop on a name nobody reads, and check and convert each injected
+    value by its annotation as knobs are (papermill passes `-p merged false` as the string "false")."""
+    hints = namespace["__annotations__"]
+    given = papermill_parameters(namespace)
+    check_parameters(given, hints)
+    for name, value in given.items():
+        namespace[name] = coerce(name, value, hints[name])
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

@@ -41,7 +41,7 @@ def reporting(config: Config) -> str:
     if config.report_to == "none":
         return "none"
     if wandb_key() or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-        os.environ.setdefault("WANDB_PROJECT", config.wandb_project)
+        os.environ["WANDB_PROJECT"] = config.wandb_project  # TRL reads only this; the knob of this run wins
         return "wandb"
     log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off"
              if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, loss.png)")

@@ -23,6 +23,7 @@ PACKED_ROWS = 8  # packed sequences of max_seq_length per optimizer step (all pr
 BASE_GIB = 6.2
 GIB_PER_1K_TOKENS = {"false": 3.7, "unsloth": 0.25}  # no recomputation | Unsloth's offloaded checkpointing
 HEADROOM = 0.88  # use at most this share of the free memory (fragmentation, longer packs, logits)
+FAST_SIZED = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing")  # set by memory
 
 
 def fast_schedule(scale: int = SCALE) -> dict[str, Any]:
