@@ -153,11 +153,13 @@ def knob_names() -> list[str]:
 
 
 # Knobs a stage never reads (with what it reads instead): set for it, they stop the run like a typo would.
-NOT_READ: dict[str, dict[str, str]] = {"train": {k: "" for k in knob_names() if k.startswith(("grpo_", "reward_")) or k in (
-    "init_adapter", "num_generations", "max_completion_length", "beta", "verifier_model")}, "grpo": {
-    "max_steps": "grpo_max_steps", "num_train_epochs": "grpo_max_steps", "learning_rate": "grpo_learning_rate",
-    "per_device_train_batch_size": "num_generations", "gradient_accumulation_steps": "grpo_questions_per_step",
-    **{k: f"grpo_{k}" for k in ("data_path", "dataset_name", "dataset_config", "dataset_split", "num_examples")}}}
+GRPO_ONLY = ("init_adapter", "num_generations", "max_completion_length", "beta", "verifier_model")
+SFT_DATA = ("data_path", "dataset_name", "dataset_config", "dataset_split", "num_examples")  # GRPO's: grpo_ + these
+NOT_READ: dict[str, dict[str, str]] = {
+    "train": {k: "" for k in knob_names() if k.startswith(("grpo_", "reward_")) or k in GRPO_ONLY},
+    "grpo": {"max_steps": "grpo_max_steps", "num_train_epochs": "grpo_max_steps", "learning_rate": "grpo_learning_rate",
+             "per_device_train_batch_size": "num_generations", "gradient_accumulation_steps": "grpo_questions_per_step",
+             **{k: f"grpo_{k}" for k in SFT_DATA}}}
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
@@ -281,8 +283,7 @@ def notebook_config(namespace: dict[str, Any], stage: str = "train") -> Config:
 def notebook_parameters(namespace: dict[str, Any]) -> None:
     """A notebook's own parameters (not knobs): stop on a name nobody reads, and check and convert each injected
     value by its annotation as knobs are (papermill passes `-p merged false` as the string "false")."""
-    hints = namespace["__annotations__"]
-    given = papermill_parameters(namespace)
+    hints, given = namespace["__annotations__"], papermill_parameters(namespace)
     check_parameters(given, hints)
     for name, value in given.items():
         namespace[name] = coerce(name, value, hints[name])
