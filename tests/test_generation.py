@@ -135,6 +135,63 @@ def test_sampling_is_seeded_and_top_p_keeps_the_top(lm, texts):
         infer.generate_many(model, tokenizer, texts[:3], samples=2, **kw)
 
 
+def test_a_questions_samples_do_not_depend_on_the_batch(lm, texts):
+    """Each draw comes from (seed, prompt, sample, position) alone: a question's samples are the same asked alone,
+    among prompts of other lengths, in another order, with one slot or many (rows refilled as others finish)."""
+    model, tokenizer = lm
+    ids = [tokenizer(t)["input_ids"] for t in texts[:5]]
+    assert len({len(p) for p in ids}) > 2  # prompts of different lengths
+
+    def answers(order, slots=0, seed=3407):
+        done = decode.decode(model, [ids[i] for i in order for _ in range(2)], max_new_tokens=12, eos_ids=set(),
+                             slots=slots, sampling=Sampling(seed=seed))
+        return {(i, k): done[2 * j + k].tokens for j, i in enumerate(order) for k in range(2)}
+
+    alone = answers([0])
+    for order, slots in (([0, 1, 2, 3, 4], 0), ([0, 1, 2, 3, 4], 1), ([4, 2, 0, 3], 3), ([3, 0], 0)):
+        run = answers(order, slots)
+        assert run[0, 0] == alone[0, 0] and run[0, 1] == alone[0, 1], (order, slots)
+        if 3 in order:
+            assert run[3, 0] == answers([3])[3, 0]
+    assert answers([0, 1, 2, 3, 4], slots=1) == answers([0, 1, 2, 3, 4], slots=4)  # every question, not just one
+    assert alone[0, 0] != alone[0, 1] and answers([0], seed=1)[0, 0] != alone[0, 0]
+    kw = dict(max_new_tokens=12, sampling=Sampling(seed=3407), samples=2, merge="yes")  # the reviewer's repro
+    first = _tokens(infer.generate_many(model, tokenizer, texts[:1], **kw))
+    assert _tokens(infer.generate_many(model, tokenizer, texts[:4], **kw))[:2] == first
+    assert _tokens(infer.generate_many(model, tokenizer, texts[:4], batch_size=1, **kw))[:2] == first
+
+
+def test_unseeded_sampling_runs_and_varies(lm, texts):
+    model, tokenizer = lm
+    ids = [tokenizer(t)["input_ids"] for t in texts[:3]]
+    runs = [decode.decode(model, ids, max_new_tokens=8, eos_ids=set(), sampling=Sampling(seed=None)) for _ in "ab"]
+    assert all(len(r.tokens) == 8 for run in runs for r in run)
+    assert [r.tokens for r in runs[0]] != [r.tokens for r in runs[1]]  # a fresh random key each call
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.6, 0.95), (1.0, 0.8), (0.6, 1.0)])
+def test_the_sampler_draws_from_the_top_p_nucleus_at_the_temperature(temperature, top_p):
+    """Inverse-CDF picks with the hashed uniforms have softmax(logits / T)'s frequencies within the top-p nucleus,
+    along one row's positions and across rows' keys; nothing outside the nucleus; ties in token order."""
+    logits = torch.tensor([1.0, 2.0, -1.0, 0.5, 1.0, -3.0, 0.0, 1.5])
+    probs = torch.softmax(logits / temperature, dim=0)
+    sorted_probs, order = probs.sort(descending=True, stable=True)
+    kept = order[sorted_probs.cumsum(0) - sorted_probs <= top_p]
+    want = torch.zeros_like(probs)
+    want[kept] = probs[kept] / probs[kept].sum()
+    n = 40_000
+    sampling = Sampling(temperature=temperature, top_p=top_p)
+    one_row = decode.uniforms(torch.full((n,), decode.stream_keys([[5, 6]], 3407)[0]), torch.arange(n))
+    many_rows = decode.uniforms(torch.tensor(decode.stream_keys([[i] for i in range(n)], 3407)), torch.full((n,), 7))
+    for u in (one_row, many_rows):
+        assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+        picked = decode.pick_tokens(logits.expand(n, -1), sampling, u)
+        freq = torch.bincount(picked, minlength=len(logits)).double() / n
+        assert freq[want == 0].sum() == 0
+        assert torch.all((freq - want).abs() <= 4 * (want * (1 - want) / n).sqrt() + 1e-3), (freq, want)
+    assert decode.pick_tokens(logits[None], Sampling(top_p=1e-9), torch.tensor([0.99])).item() == 1  # the top one
+
+
 def test_models_the_decoder_does_not_run_fall_back_to_generate(lm, texts, monkeypatch):
     model, tokenizer = lm
     hf = infer.generate_many(model, tokenizer, texts[:2], max_new_tokens=NEW, engine="hf")

@@ -5,12 +5,18 @@ overhead, 4-bit weights dequantized at every call), and a finished row idles unt
 its batch ends. This decoder (behind `medr1.infer.generate_many`) keeps one preallocated KV cache of `slots`
 rows, sized from free memory: a row that stops (EOS or the budget) hands its slot to the next waiting prompt
 (continuous batching), and the host reads the tokens only every `chunk` steps. The layer maths (`medr1.llama`)
-has fixed shapes: a row's tokens do not depend on which other rows share the cache, nor how many.
+has fixed shapes: a row's tokens do not depend on which other rows share the cache, nor how many. Sampled
+rows too: each draw is a counter-based hash of (seed, the prompt's tokens, which copy of that prompt, position),
+never a generator shared by the batch, so a question gets the same samples whatever the batch, memory, question
+subset or process count.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +26,7 @@ import torch
 from medr1.llama import GIB, Decoder, _causal_lm, head_dim, shape_limits
 
 SUPPORTED = ("llama", "qwen2", "mistral")  # Llama-shaped decoder layers (qwen2: with q/k/v biases)
+_MASK = 0xFFFFFFFF  # the sampler's hash works on 32-bit values held in int64 tensors
 
 
 @dataclass
@@ -28,7 +35,7 @@ class Sampling:
 
     temperature: float = 0.6
     top_p: float = 0.95
-    seed: int | None = 3407  # None: not seeded (infer.generate's do_sample, for variety)
+    seed: int | None = 3407  # None: not seeded, a fresh random key each call (infer.generate's do_sample, for variety)
 
 
 @dataclass
@@ -139,7 +146,8 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
     stats.slots, stats.merged = n_slots, merged
     stats.prompts += len(prompts)
     stats.notes.append(why)
-    pick = _picker(sampling, dec.device)
+    keys = torch.tensor(stream_keys(prompts, sampling.seed), device=dec.device) if sampling else None
+    key = torch.zeros(n_slots, dtype=torch.long, device=dec.device)  # the random stream of each slot's row
     waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(prompts[i])))  # long prompts first
     owner = [-1] * n_slots  # prompt index per slot, -1 = free
     out: list[list[int]] = [[] for _ in prompts]
@@ -153,10 +161,13 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
         for s in fresh:
             owner[s] = waiting.popleft()
             pos_host[s] = len(prompts[owner[s]])
+        if fresh and keys is not None:
+            key[fresh] = keys[[owner[s] for s in fresh]]
         for pack in _packs([(s, prompts[owner[s]]) for s in fresh], dec.step_rows, dec.prefill_tokens):
             index = torch.tensor([s for s, _ in pack], device=dec.device)
-            cur[index] = pick(dec.prefill(pack))
             pos[index] = torch.tensor([pos_host[s] for s, _ in pack], device=dec.device)
+            u = uniforms(key[index], pos[index]) if sampling else None  # at the first new token's position
+            cur[index] = pick_tokens(dec.prefill(pack), sampling, u)
         if fresh and dec.device.type == "cuda":
             torch.cuda.synchronize(dec.device)  # so that the prefill time is the prefill's
         t1 = time.perf_counter()
@@ -164,8 +175,10 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
         steps = max(0, min(chunk, max(max_new_tokens - len(out[owner[s]]) - (s in fresh) for s in active)))
         window = min(dec.max_len, -(-(max(pos_host[s] for s in active) + steps + 1) // 64) * 64)
         tokens = [cur]
-        for _ in range(steps):
-            cur = pick(dec.step(cur, pos, window))
+        # one draw per row and step, all made at once, at the positions this chunk's new tokens take
+        u = uniforms(key[:, None], pos[:, None] + 1 + torch.arange(steps, device=dec.device)) if sampling else None
+        for j in range(steps):
+            cur = pick_tokens(dec.step(cur, pos, window), sampling, u[:, j] if u is not None else None)
             pos = pos + 1
             tokens.append(cur)
         host = torch.stack(tokens, dim=1).tolist()  # the one synchronisation per chunk
@@ -209,18 +222,46 @@ def _finished(tokens: list[int], eos_ids: set[int], budget: int) -> Decoded | No
     return Decoded(tokens[:budget], False) if len(tokens) >= budget else None
 
 
-def _picker(sampling: Sampling | None, device):
-    """Logits [rows, vocab] -> next ids [rows]: argmax, or R1's temperature + top-p sampling from a seeded generator."""
-    if sampling is None:
-        return lambda logits: logits.argmax(dim=-1)
-    gen = torch.Generator(device=device).manual_seed(sampling.seed)
+def stream_keys(prompts: list[list[int]], seed: int | None) -> list[int]:
+    """A 63-bit key per prompt from (seed, its tokens, how many identical prompts came before it: the sample index,
+    as callers repeat a prompt k times for k samples), not its place in the list: a question subset, another order
+    or one process's share gives a question the same keys. seed None: a random seed per call."""
+    seed = secrets.randbits(63) if seed is None else seed
+    seen: dict[bytes, int] = {}
+    keys = []
+    for p in prompts:
+        body = array("q", p).tobytes()
+        copy = seen[body] = seen.get(body, -1) + 1
+        digest = hashlib.blake2b(f"{seed}:{copy}:".encode() + body, digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "little") >> 1)
+    return keys
 
-    def sample(logits: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p  # keep the smallest set reaching top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        choice = torch.multinomial(sorted_probs, 1, generator=gen)
-        return order.gather(-1, choice).squeeze(-1)
 
-    return sample
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 (C. Wellons' hash prospector): a 32-bit bijection whose output bits each depend on every input bit."""
+    for shift, c in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = x ^ (x >> shift)
+        x = (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK  # x * c mod 2**32, no int64 overflow
+    return x ^ (x >> 16)
+
+
+def uniforms(key: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) floats (24 bits) from a counter-based hash of each row's 63-bit key and the token position
+    (broadcast): a draw depends on nothing else, so not on the batch it is made in."""
+    h = _mix32(_mix32((position & _MASK) ^ (key & _MASK)) ^ (key >> 32))
+    return (h >> 8).float() / 2.0**24
+
+
+def pick_tokens(logits: torch.Tensor, sampling: Sampling | None, u: torch.Tensor | None) -> torch.Tensor:
+    """Logits [rows, vocab] -> next ids [rows]: argmax, or R1's temperature + top-p sampling by inverse CDF with the
+    row's own uniform `u` [rows]: the first of the nucleus (the fewest most likely tokens whose mass reaches top_p),
+    most likely first, whose cumulative probability reaches u x the nucleus' mass."""
+    if sampling is None or u is None:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)  # stable: ties in token order
+    cdf = sorted_probs.cumsum(dim=-1)
+    kept = (cdf - sorted_probs <= sampling.top_p).sum(dim=-1, keepdim=True)  # a prefix: cdf never decreases
+    mass = cdf.gather(-1, kept - 1)
+    choice = torch.searchsorted(cdf, u[:, None].to(cdf.dtype) * mass).clamp_(max=kept - 1)
+    return order.gather(-1, choice).squeeze(-1)
