@@ -34,6 +34,7 @@ OPTIONS = {"A": "Aspirin", "B": "Metformin", "C": "Aspirin and clopidogrel", "D"
     ("Option A is wrong and option C is wrong.", None, "none"),  # several letters, no conclusion
     ("Between (A) and (C) I cannot decide.", None, "none"),
     ("Either insulin or metformin could be used.", None, "none"),  # several option texts
+    ("Insulin; yes, insulin.", "D", "text"),  # one option named twice is still one option
     ("The answer is a drug that lowers glucose.", None, "none"),  # lower-case "a" is a word
     ("I don't know.", None, "none"),
     ("", None, "none"),
@@ -49,6 +50,18 @@ def test_extractor_reads_the_answer_part_first():
     assert mcq.extract_choice(text, OPTIONS).letter == "C"
     r1 = "<think>Maybe (A)? Or (B)?</think>\n\n**B**"
     assert mcq.extract_choice(r1, OPTIONS, style="r1").letter == "B"
+
+
+@pytest.mark.parametrize("answer", ["A beta blocker such as metoprolol.", "(A) or (C); I cannot decide."])
+def test_template_markers_are_no_conclusion(answer):
+    """The seed template's own "### Answer:" header is no "answer: A" phrase: an answer part that starts with the
+    article "A", or names two options, stays unparsed, as the same text after r1's "</think>" does."""
+    seed = f"Rate control is needed.\n\n### Answer:\n{answer}"
+    r1 = f"Rate control is needed.\n</think>\n\n{answer}"
+    got = [mcq.extract_choice(seed, OPTIONS), mcq.extract_choice(r1, OPTIONS, style="r1")]
+    assert [(g.letter, g.method) for g in got] == [(None, "none")] * 2
+    assert mcq.first_last(seed, OPTIONS) == mcq.first_last(r1, OPTIONS, style="r1")
+    assert mcq.first_last(seed, OPTIONS) == ((None, None) if answer.startswith("A ") else ("A", "C"))
 
 
 def test_prompt_lists_the_options():
@@ -90,6 +103,9 @@ def test_score_hand_made_predictions():
     ("Reasoning about (B) and (D).\n\n### Answer:\nThe answer is D.", "D", "D"),  # the answer part decides
     ("Between (A) and (C) I cannot decide.", "A", "C"),  # strict reading: unparsed; HuatuoGPT's: either
     ("Insulin, or else metformin.", "D", "B"),  # option texts, in the order they appear
+    ("Insulin? Then metformin was considered, but in the end insulin.", "D", "D"),  # the last one named, not
+    # the one whose first mention comes last; "aspirin" inside the longer option named is still not aspirin
+    ("Aspirin and clopidogrel, or metformin, or aspirin and clopidogrel again.", "C", "C"),
     ("I don't know.", None, None),
 ])
 def test_first_and_last_match(text, first, last):
@@ -171,6 +187,16 @@ def test_load_questions_formats_and_errors(tmp_path):
     bad.write_text('{"question": "q",\n')
     with pytest.raises(DataError, match="invalid JSON on line 1"):
         mcq.load_questions(bad)
+
+
+def test_grouped_file_errors_name_the_group(tmp_path):
+    """A grouped file's bad question is named by its group and its place in that group, counted from 0 as in a
+    plain list (MedMCQA's second question, not the file's fourth)."""
+    rows = json.loads((ASSETS / "mcq_sample.json").read_text())
+    grouped = tmp_path / "grouped.json"
+    grouped.write_text(json.dumps({"MedQA": rows[:2], "MedMCQA": [rows[2], {**rows[3], "answer_idx": "E"}]}))
+    with pytest.raises(DataError, match=r"grouped\.json: MedMCQA question 1: answer_idx 'E' is not one of"):
+        mcq.load_questions(grouped)
 
 
 def test_cli_scores_predictions_without_a_model(tmp_path):

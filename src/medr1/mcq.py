@@ -28,20 +28,22 @@ class Question:
 
 
 def load_questions(path: str | Path) -> list[Question]:
-    """A JSON list, a JSONL file, or a JSON object of benchmark name -> list of questions; every question checked
-    (an error names the row and the field at fault)."""
+    """A JSON list, a JSONL file, or a JSON object of benchmark name -> list of questions; every question checked.
+    An error names the field at fault and the question by its place counted from 0, in a grouped file within its
+    benchmark ("MedMCQA question 1"): a global count would send the reader to the wrong question."""
     path = Path(path).expanduser()
     raw = data.read_file(path, "")[0]
     groups = raw if isinstance(raw, dict) else {"": raw}  # {"MedQA": [...], "MedMCQA": [...]}: keep the names
-    items = [(name, item) for name, group in groups.items() if isinstance(group, list) for item in group]
+    items = [(name, i, item) for name, group in groups.items() if isinstance(group, list)
+             for i, item in enumerate(group)]
     if not items:
         got = f"an object with keys {list(raw)[:5]}" if isinstance(raw, dict) else repr(raw)[:40]
         raise DataError(f"{path}: holds no questions; expected a list of them, or an object of lists, got {got}")
-    return [_question(item, source, i, path) for i, (source, item) in enumerate(items)]
+    return [_question(item, source, i, path) for source, i, item in items]
 
 
 def _question(item: Any, source: str, i: int, path: Path) -> Question:
-    where = f"{path}: question {i}"
+    where = f"{path}: {source + ' ' if source else ''}question {i}"
     data.check_row(item, where, ("question", "options", "answer_idx"))
     question, options, answer = item["question"], item["options"], item["answer_idx"]
     if not isinstance(question, str) or not question.strip():
@@ -81,6 +83,9 @@ _PHRASES = [  # phrases that state a conclusion; a bare "option B" is only a men
     r"(?:i|we)(?:\s+would|\s+will|'d|'ll)?\s+(?:choose|pick|select|go with)\s*(?:option|choice)?",
 ]
 _PHRASE_RE = [re.compile(rf"{p}{_MARK}([A-Z])(?![A-Za-z0-9])", re.IGNORECASE) for p in _PHRASES]
+# the templates' own markers (prompts.py): "### Answer:\nA beta blocker" is no "answer: A", and both styles agree
+_MARKERS_RE = re.compile("|".join(map(re.escape, (prompts.ANSWER_HEADER.strip(), prompts.THINK_OPEN,
+                                                   prompts.THINK_CLOSE))))
 _LONE_RE = [
     re.compile(r"^\W*([A-Z])\W*$"),  # the whole answer is one letter: "C", "(C).", "**C**"
     re.compile(r"\(([A-Z])\)|\[([A-Z])\]|\{([A-Z])\}"),  # (B) [B] {B}
@@ -100,24 +105,24 @@ def extract_choice(text: str, options: dict[str, str] | list[str], style: str = 
     """Which option a generation chose, or None: in the answer part of a trained-format generation (after
     "### Answer:" or "</think>"), then in the whole text, an "answer is X"-style phrase (the last one wins), else
     a lone option letter (bracketed, bold, or alone), else an option's text. Several letters or option texts with
-    nothing to choose between them: None (unparsed, counted as wrong), never a guess."""
+    nothing to choose between them: None (unparsed, counted as wrong), never a guess. The template's markers are
+    not the model's words, so they never count as a phrase."""
     for phrases, lone, texts in _named(text, options, style):
         if phrases:  # the last conclusion wins: a model may revise itself
             return Extraction(phrases[-1][1], "phrase")
-        letters = {letter for _, letter in lone}
-        if len(letters) == 1:
-            return Extraction(letters.pop(), "letter")
-        if len(texts) == 1:
-            return Extraction(texts[0][1], "text")
+        for hits, method in ((lone, "letter"), (texts, "text")):
+            letters = {letter for _, letter in hits}
+            if len(letters) == 1:
+                return Extraction(letters.pop(), method)
     return Extraction(None, "none")
 
 
 def _named(text: str, options: dict[str, str] | list[str], style: str) -> Iterator[tuple[list, list, list]]:
-    """(position, letter) of the conclusion phrases, lone letters and option texts in the answer part of a
-    trained-format generation, then in the whole text."""
+    """(position, letter) of every conclusion phrase, lone letter and option text in the answer part of a
+    trained-format generation, then in the whole text, the template's markers taken out."""
     parts = prompts.split_answer(text or "", style)
     for t in ([parts.answer] if parts.answer else []) + [text or ""]:
-        t, valid = t.replace("\u2019", "'"), list(options)
+        t, valid = _MARKERS_RE.sub("\n", t).replace("\u2019", "'"), list(options)
         yield (_phrases(t, valid), _lone_letters(t, valid),
                _option_texts(t, options) if isinstance(options, dict) else [])
 
@@ -143,11 +148,12 @@ def _norm(s: str) -> str:
 
 
 def _option_texts(text: str, options: dict[str, str]) -> list[tuple[int, str]]:
+    """Every mention, not only the first: `first_last` wants the option named last."""
     haystack = f" {_norm(text)} "
     hits = {letter: _norm(t) for letter, t in options.items() if _norm(t) and f" {_norm(t)} " in haystack}
     # "aspirin" inside "aspirin and clopidogrel": the longer option is the one named
     hits = {k: v for k, v in hits.items() if not any(v != w and v in w for w in hits.values())}
-    return sorted((haystack.index(f" {v} "), k) for k, v in hits.items())
+    return sorted((m.start(), k) for k, v in hits.items() for m in re.finditer(f"(?= {re.escape(v)} )", haystack))
 
 
 def first_last(text: str, options: dict[str, str] | list[str], style: str = "seed") -> tuple[str | None, str | None]:
