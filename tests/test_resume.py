@@ -213,3 +213,127 @@ def test_the_example_text_is_a_row_that_is_trained_on(tmp_path):
                                      "output_dir": str(tmp_path / "run")}, quiet=True))
     assert run.lengths.over_length_rows == [0]
     assert rows[1]["Question"] in run.example_text() and rows[0]["Question"] not in run.example_text()
+
+
+# -- a stop after training, overwrite, hints and times ----------------------------------------------------------
+
+
+def finished_but_not_saved(src, out):
+    """`src`'s folder as a stop between trainer.train() and save() leaves it: run.json `trained`, no adapter."""
+    import shutil
+
+    shutil.copytree(src, out)
+    shutil.rmtree(out / "adapter")
+    record.atomic_write_json(out / "run.json", {**record.read_record(src), "status": "trained"})
+    return out
+
+
+def test_resume_from_the_final_checkpoint_trains_nothing_more(runs, tmp_path, prepared):
+    """The trainer saves at max_steps; resumed from there it must not run a step max_steps + 1."""
+    out = finished_but_not_saved(runs.full.out, tmp_path / "final")
+    run = prepared(out, resume=True)
+    run.train()
+    run.save()
+    rec, full = record.read_record(out), record.read_record(runs.full.out)
+    assert rec["status"] == "complete" and rec["train"]["resumed_from"] == "checkpoint-8"
+    assert rec["train"]["steps"] == SETTINGS["max_steps"] and rec["train"]["steps_run"] == 0
+    assert [r["step"] for r in rec["losses"]] == list(range(1, 9))
+    assert [r["loss"] for r in rec["losses"]] == pytest.approx([r["loss"] for r in full["losses"]], abs=TOLERANCE)
+    assert rec["train"]["mean_loss"] == pytest.approx(full["train"]["mean_loss"], abs=TOLERANCE)
+    resumed, uninterrupted = lora_weights(out), lora_weights(runs.full.out)
+    assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed) <= TOLERANCE
+
+
+def test_an_epoch_based_run_resumed_from_its_end_trains_nothing_more(tmp_path, prepared):
+    """max_steps=0: the trainer's own total (1.5 epochs of 6 steps: 9) is the end, not the knob."""
+    from medr1.train import TrainerCallback
+
+    class Read(TrainerCallback):  # what run.json says after checkpoint-4, were the machine to go away then
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                self.seen = record.read_record(full.out)
+
+    epochs, read = {"max_steps": 0, "num_train_epochs": 1.5, "save_steps": 4}, Read()
+    full = prepared(tmp_path / "full", **epochs)
+    full.train(callbacks=[read])
+    full.save()
+    assert read.seen["status"] == "training" and read.seen["timings"]["train_s"] > 0, "no time kept at checkpoints"
+    out = finished_but_not_saved(full.out, tmp_path / "again")
+    run = prepared(out, resume=True, **epochs)
+    run.train()
+    assert run.resume_from.endswith("checkpoint-9")
+    assert run.record["train"]["steps"] == 9 and run.record["train"]["steps_run"] == 0
+    assert [r["step"] for r in run.record["losses"]] == list(range(1, 10))
+
+
+def with_old_results(src, out):
+    """A complete run evaluated and exported, beside files of the user's own that no overwrite may touch."""
+    import shutil
+
+    shutil.copytree(src, out)
+    for name in ("eval.json", "mcq_predictions_base.jsonl", "mcq_predictions_finetuned.jsonl"):
+        (out / name).write_text("{}\n")
+    (out / "eval.png").write_bytes(b"png")
+    (out / "export" / "adapter").mkdir(parents=True)
+    (out / "export" / "adapter" / "adapter_model.safetensors").write_bytes(b"old")
+    (out / "notes.txt").write_text("keep me")
+    (out / "mine").mkdir()
+    (out / "mine" / "eval.json").write_text("mine")
+    return out
+
+
+def test_overwrite_replaces_the_record_before_it_deletes_the_old_run(runs, tmp_path, prepared):
+    """A stop once the old adapter is gone must not leave a record that says `complete`."""
+    out = with_old_results(runs.full.out, tmp_path / "again")
+    run = prepared(out, overwrite=True, max_steps=2, save_steps=0)
+    run.trainer()  # the old run's files are gone from here on; the process stops before training
+    assert not (out / "adapter").exists()
+    rec = record.read_record(out)
+    assert rec["status"] == "prepared" and rec["config"]["max_steps"] == 2
+
+
+def test_overwrite_removes_the_old_runs_results_and_only_those(runs, tmp_path, prepared):
+    from medr1.card import load_eval
+
+    out = with_old_results(runs.full.out, tmp_path / "again")
+    run = prepared(out, overwrite=True, max_steps=2, save_steps=0)
+    run.train()
+    run.save()
+    assert load_eval(out) is None, "the new run's card would show the old run's evaluation"
+    gone = ["eval.json", "eval.png", "mcq_predictions_base.jsonl", "mcq_predictions_finetuned.jsonl", "export",
+            "loss.png"]
+    assert [name for name in gone if (out / name).exists()] == []
+    assert not list((out / "checkpoints").glob("checkpoint-*")) and lora_weights(out)
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "mine" / "eval.json").read_text() == "mine"
+
+
+def test_overwrite_of_a_folder_without_a_run_removes_nothing(tmp_path, prepared):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("eval.json", "holdout.jsonl", "notes.txt"):  # the user's own, whatever their names
+        (out / name).write_text("mine")
+    prepared(out, overwrite=True, max_steps=2, save_steps=0).trainer()
+    assert all((out / name).read_text() == "mine" for name in ("eval.json", "holdout.jsonl", "notes.txt"))
+
+
+def test_an_interruption_hint_names_the_command_line_flags(tmp_path, prepared, capsys):
+    from medr1.config import cli_hints
+
+    run = prepared(tmp_path / "run")
+    run.trainer()
+    (run.out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (run.out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    with cli_hints(), pytest.raises(KeyboardInterrupt), run.recording():
+        raise KeyboardInterrupt("stop button")
+    said = capsys.readouterr().out
+    assert f"run again with --resume and --set output_dir={run.out} to continue" in said, said
+
+
+def test_a_resumed_run_keeps_its_start_and_adds_up_its_training_time(runs):
+    rec, cut = record.read_record(runs.cut_dir), runs.after_cut
+    assert rec["created"] == cut["created"]
+    first = cut["timings"]["train_sessions_s"]
+    assert len(first) == 1 and first[0] > 0
+    sessions = rec["timings"]["train_sessions_s"]
+    assert sessions[0] == first[0] and len(sessions) == 2 and sessions[1] == rec["train"]["session_s"]
+    assert rec["train"]["train_s"] == rec["timings"]["train_s"] == pytest.approx(sum(sessions), abs=0.02)

@@ -206,6 +206,30 @@ RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "report_to", "wandb_pr
                      "logging_steps", "save_steps", "save_total_limit", "preset")
 
 
+# What a run folder holds that medr1 wrote for that run (training, `medr1 evaluate`, `medr1 export`'s default
+# export_dir): an overwrite removes these, and only these, so nothing of the old run passes for the new one's.
+RUN_FILES = ("adapter", "checkpoints", "holdout.jsonl", "loss.png", "rewards.png", "eval.json", "eval.png",
+             "mcq_predictions_base.jsonl", "mcq_predictions_finetuned.jsonl", "export")  # evaluate.VARIANTS' files
+
+
+def remove_run_files(out: Path) -> list[str]:
+    """Remove RUN_FILES from the run folder `out` (run.json, which the caller replaces first, and every other
+    file or folder stay: `out` may hold the user's own); returns the names removed."""
+    removed = []
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        log.info(f"overwrite: removed the old run's {', '.join(removed)} from {out}")
+    return removed
+
+
 def newest_checkpoint(folder: Path) -> Path | None:
     """The newest complete checkpoint. transformers' get_last_checkpoint takes the highest number even when it
     was cut off while saving; the trainer writes trainer_state.json last, so one without it is skipped."""

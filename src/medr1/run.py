@@ -123,17 +123,19 @@ class Run(Stage):
         steps_run, tokens = int(state.global_step) - hist.start_step, int(state.num_input_tokens_seen)
         stats = self._keep_training(seconds, {
             "steps_run": steps_run, "trained_tokens": tokens,
-            "trained_tokens_per_s": round((tokens - hist.start_tokens) / seconds, 1) if seconds else None,
+            "trained_tokens_per_s": round((tokens - hist.start_tokens) / seconds, 1) if seconds and steps_run else None,
             "steady_tokens_per_s": hist.steady_tokens_per_s(),
             "mean_loss": round(sum(losses) / len(losses), 4) if losses else None,
             "last_loss": losses[-1] if losses else None,
         })
         first = hist.start_step + 1
-        what = (f"{steps_run} steps ({first}-{stats['steps']}, resumed from {stats['resumed_from']})"
-                if self.resume_from else f"{steps_run} steps")
+        what = (f"{steps_run} steps" if not self.resume_from
+                else f"no step left ({stats['resumed_from']} holds all {stats['steps']})" if not steps_run
+                else f"{steps_run} steps ({first}-{stats['steps']}, resumed from {stats['resumed_from']})")
         peak = f"{stats['peak_gib']} GiB peak GPU memory" if stats["peak_gib"] is not None else "CPU run"
         loss = f"; loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
-        log.info(f"{what} in {seconds:.1f} s; {stats['trained_tokens_per_s']} trained tokens/s; {peak}{loss}")
+        speed = f"; {stats['trained_tokens_per_s']} trained tokens/s" if steps_run else ""
+        log.info(f"{what} in {seconds:.1f} s{speed}; {peak}{loss}")
 
     @property
     def losses(self) -> list[float]:

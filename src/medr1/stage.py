@@ -6,7 +6,6 @@ fix to resume or to the record reaches both stages; each subclass keeps only wha
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,11 @@ from medr1 import distributed, preflight, record
 from medr1.config import Config, hint
 from medr1.log import log
 from medr1.tokenizer import load_tokenizer
+
+
+class AlreadyTrained(Exception):
+    """Raised as training begins when the checkpoint resumed from holds every step: transformers' loop checks
+    `max_steps` only after a step, so it would otherwise train one past the end (see `_session_callback`)."""
 
 
 class Stage:
@@ -39,6 +43,9 @@ class Stage:
         self.resume_from: str | None = None
         self.complete = False  # a finished run resumed: nothing trains, no file changes
         self.record: dict[str, Any] = {}
+        self._earlier_s: list[float] = []  # training seconds of the sessions before a resume
+        self._train_t0 = 0.0  # when this session's training began
+        self._replaced = False  # overwrite: the old run's files are gone (once, before the first write)
 
     @classmethod
     def all_steps(cls, config: Config):
@@ -77,8 +84,9 @@ class Stage:
 
     @contextlib.contextmanager
     def recording(self):
-        """Around `trainer.train()`: run.json says `training`, then `trained` with the figures, or `interrupted`
-        with the step and the checkpoint to resume from (the error is re-raised)."""
+        """Around `trainer.train()`: run.json says `training` (with the time so far at each checkpoint), then
+        `trained` with the figures, or `interrupted` with the step and the checkpoint to resume from (the error is
+        re-raised). A resume from a checkpoint that holds every step ends at once, as an uninterrupted run did."""
         import torch
 
         if self._trainer is None:
@@ -86,6 +94,7 @@ class Stage:
         if self.complete:
             yield
             return
+        self._replace_old_run()
         self.out.mkdir(parents=True, exist_ok=True)
         self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
                            hardware=record.hardware())
@@ -93,13 +102,21 @@ class Stage:
         self._write_record()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
+        session = _session_callback(self)
+        self._trainer.add_callback(session)
+        self._train_t0 = time.perf_counter()
         try:
             yield
+        except AlreadyTrained:  # the trainer's own ending, without its metrics: callbacks told, progress bar closed
+            trainer = self._trainer
+            trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+            trainer.is_in_train = False
         except BaseException as err:
             self._record_interruption(err)
             raise
-        self._record_training(time.perf_counter() - t0)
+        finally:
+            self._trainer.remove_callback(session)
+        self._record_training(time.perf_counter() - self._train_t0)
 
     def train(self, callbacks: list | None = None) -> dict[str, Any]:
         """trainer() and trainer.train() inside recording(): what the command line does; returns the figures."""
@@ -154,14 +171,16 @@ class Stage:
             log.info(f"the run in {self.out} is complete ({earlier.get('train', {}).get('steps')} steps): "
                      "resuming it trains nothing and changes none of its files")
             return earlier
+        timings = earlier.get("timings") or {}
+        self._earlier_s = timings.get("train_sessions_s") or ([timings["train_s"]] if "train_s" in timings else [])
         return {"status": "prepared", "created": record.now(), "preset": self.config.preset,
-                "config": self.config.to_dict(), **{k: earlier[k] for k in self.CARRIED if k in earlier}, **extra,
-                "data": data, "timings": {"prepare_s": round(time.perf_counter() - self._started, 2)}}
+                "config": self.config.to_dict(), **{k: earlier[k] for k in ("created", *self.CARRIED) if k in earlier},
+                **extra, "data": data, "timings": {"prepare_s": round(time.perf_counter() - self._started, 2)}}
 
     def _start_trainer(self, detail: str = "") -> Path:
         """Before a trainer is built: logs the effective batch (then `detail`); records it, the processes and the
         learning-rate rule. Returns output_dir/checkpoints: with resume, finds the newest (`self.resume_from`); with
-        overwrite, clears the old run's checkpoints and adapter. A complete run resumes from nothing."""
+        overwrite, replaces the old run's record and removes its files. A complete run resumes from nothing."""
         self._need_model()
         cfg, step, procs, checkpoints = self.config, self.STEP, distributed.world_size(), self.out / "checkpoints"
         per_device, accumulation = getattr(cfg, step.per_device), getattr(cfg, step.accumulation)
@@ -178,13 +197,12 @@ class Stage:
         newest = record.newest_checkpoint(checkpoints) if cfg.resume else None
         self.resume_from = str(newest) if newest else None
         if newest:
-            log.info(f"resuming from {newest.name}: step {newest.name.split('-')[-1]} of "
-                     f"{getattr(cfg, step.max_steps) or '?'} done")
+            done, total = int(newest.name.split("-")[-1]), getattr(cfg, step.max_steps)
+            log.info(f"resuming from {newest.name}: step {done} of {total or '?'} done"
+                     f"{'; nothing left to train' if 0 < total <= done else ''}")
         elif cfg.resume:
             log.info(f"{hint('resume')} but no checkpoint in {checkpoints}; starting from step 0")
-        elif cfg.overwrite and distributed.is_main():
-            for stale in (checkpoints, self.out / "adapter"):
-                shutil.rmtree(stale, ignore_errors=True)
+        self._replace_old_run()
         return checkpoints
 
     def _keep_training(self, seconds: float, figures: dict[str, Any]) -> dict[str, Any]:
@@ -193,9 +211,9 @@ class Stage:
         import torch
 
         peak = round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None
-        stats = {"train_s": round(seconds, 2), "steps": int(self._trainer.state.global_step), **figures,
+        stats = {"train_s": self._time_training(seconds), "session_s": round(seconds, 2),
+                 "steps": int(self._trainer.state.global_step), **figures,
                  "peak_gib": peak, "resumed_from": Path(self.resume_from).name if self.resume_from else None}
-        self.record["timings"]["train_s"] = stats["train_s"]
         self.record.update({"status": "trained", "train": stats, self.HISTORY: self._steps()})
         self._write_record()
         return stats
@@ -204,16 +222,35 @@ class Stage:
         """Write status 'interrupted' with the step reached and the checkpoint a resume would start from."""
         step = int(self._trainer.state.global_step)
         newest = record.newest_checkpoint(self.out / "checkpoints")
+        self._time_training(time.perf_counter() - self._train_t0)
         self.record.update(status="interrupted", interrupted={
             "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
             "checkpoint": newest.name if newest else None}, **{self.HISTORY: self._steps()})
         self._write_record()
         if newest:
             log.info(f"{self.STAGE} stopped at step {step}; {newest.name} is kept: run again with "
-                     f"{hint('resume')} and output_dir={str(self.out)!r} to continue from it")
+                     f"{hint('resume')} and {hint('output_dir', str(self.out))} to continue from it")
         else:
             log.info(f"{self.STAGE} stopped at step {step} before the first checkpoint (save_steps="
                      f"{self.config.save_steps}); a resume starts from step 0")
+
+    def _time_training(self, seconds: float) -> float:
+        """Record this session's training `seconds` after the earlier sessions'; returns their sum (`train_s`): a
+        resumed run's training time is all of its sessions', not the last one's."""
+        sessions = [*self._earlier_s, round(seconds, 2)]
+        self.record["timings"].update(train_sessions_s=sessions, train_s=round(sum(sessions), 2))
+        return self.record["timings"]["train_s"]
+
+    def _replace_old_run(self) -> None:
+        """overwrite, before this run writes anything: its record replaces the old one first (a stop from here on
+        leaves a prepared run, never a `complete` one without its adapter), then the old run's own files go. A
+        folder that holds no medr1 run (no run.json, no checkpoints/) loses nothing: its files are the user's."""
+        if self._replaced or not self.config.overwrite or not distributed.is_main():
+            return
+        self._replaced = True
+        if (self.out / "run.json").is_file() or (self.out / "checkpoints").is_dir():
+            record.atomic_write_json(self.out / "run.json", self.record)
+            record.remove_run_files(self.out)
 
     def _hold_out(self) -> None:
         """Before training: put the held-out rows a later `medr1 evaluate` compares on into the run folder."""
@@ -224,4 +261,25 @@ class Stage:
 
     def _write_record(self) -> None:
         if distributed.is_main() and self.out.exists() and not self.complete:
+            self._replace_old_run()
             record.atomic_write_json(self.out / "run.json", self.record)
+
+
+def _session_callback(stage: Stage):
+    """A TrainerCallback for one session of `stage`'s training (added last, after the stage's history). At the
+    start: transformers' loop (and Unsloth's copy of it, which only changes its banner) runs a step before
+    DefaultFlowCallback checks `global_step >= max_steps`, so a checkpoint that holds every step would train one
+    more: raise AlreadyTrained there instead, once the checkpoint's weights and state are loaded. At each
+    checkpoint: run.json gets the training time so far (a machine that goes away records nothing more)."""
+    from medr1.train import TrainerCallback
+
+    class Session(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if 0 < state.max_steps <= state.global_step:
+                raise AlreadyTrained(f"the checkpoint holds all {state.max_steps} steps")
+
+        def on_save(self, args, state, control, **kwargs):
+            stage._time_training(time.perf_counter() - stage._train_t0)
+            stage._write_record()
+
+    return Session()
