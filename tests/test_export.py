@@ -338,3 +338,75 @@ def test_gguf_checks_its_destination_once_and_before_llama_cpp(run_copy, tmp_pat
     monkeypatch.setattr(gguf, "write", lambda model, tok, folder, wanted: (folder / "m.Q8_0.gguf").write_bytes(b"G"))
     assert exp.gguf("q8_0") == [tmp_path / "out" / "gguf" / "m.Q8_0.gguf"]
     assert len(checks) == 1 and (tmp_path / "out" / "gguf" / "README.md").exists()
+
+
+def test_checkpoint_card_of_an_epoch_run_says_its_real_total_and_its_epochs(tmp_path):
+    """max_steps=0 trains by num_train_epochs: a checkpoint's card says the total its trainer ran to (its
+    trainer_state.json), or only the step and the epochs without it, never "of 0"; the settings show the epochs."""
+    from medr1.card import model_card, write_card
+
+    rec = {"config": {"model_name": "unsloth/DeepSeek-R1-Distill-Llama-8B", "max_steps": 0, "num_train_epochs": 1.0,
+                      "learning_rate": 2e-4}}
+    folder = tmp_path / "checkpoint-8"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 8, "max_steps": 10, "num_train_epochs": 1}))
+    text = write_card(folder, rec, "checkpoint").read_text()
+    assert "step 8 of 10, num_train_epochs=1)" in text and "of 0" not in text
+    assert "| num_train_epochs | 1 |" in text and "| max steps |" not in text
+    bare = model_card(rec, kind="checkpoint", step=8)  # no trainer state: no total is made up
+    assert "(step 8, num_train_epochs=1)" in bare and "of 0" not in bare
+    steps = model_card({"config": {**rec["config"], "max_steps": 60}}, kind="checkpoint", step=20)
+    assert "(step 20 of 60)" in steps and "| max steps | 60 |" in steps and "num_train_epochs" not in steps
+
+
+def test_card_of_a_cpu_preset_run_names_smollm2_and_its_licence():
+    """The cpu preset's model is medr1's local conversion of SmolLM2-135M-Instruct: the card names that hub model
+    (Apache-2.0), says it was converted locally, and links no `medr1/...` repository that does not exist."""
+    from huggingface_hub import ModelCard
+
+    from medr1.card import model_card
+    from medr1.presets import CPU_MODEL
+
+    card = ModelCard(model_card({"config": {"model_name": CPU_MODEL, "prompt_style": "seed"}}))
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    text = card.text
+    assert "[HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct)" in text
+    assert "converted locally" in text and "Licence unknown" not in text
+    assert f"huggingface.co/{CPU_MODEL}" not in text
+
+
+def test_git_commit_is_medr1s_own_never_the_repository_it_is_installed_in(tmp_path):
+    """medr1 installed into a venv inside some git repository (project/.venv/...): the card's commit is None, not that
+    repository's HEAD; once the module file is tracked there (a medr1 checkout), it is that repository's commit."""
+    import importlib.util
+    import subprocess
+
+    import medr1.record
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def git_commit(direct_url=None):  # record.git_commit as the copy in `project` runs it; pip's record stubbed
+        spec = importlib.util.spec_from_file_location("medr1_record_copy", copy)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.metadata = SimpleNamespace(PackageNotFoundError=LookupError, distribution=lambda name: SimpleNamespace(
+            read_text=lambda file: direct_url and json.dumps(direct_url)))
+        return module.git_commit()
+
+    project = tmp_path / "project"
+    copy = project / ".venv" / "lib" / "site-packages" / "medr1" / "record.py"
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(medr1.record.__file__, copy)
+    git("init", "-q")
+    (project / "notes.txt").write_text("someone else's project\n")
+    git("add", "notes.txt")
+    git("commit", "-q", "-m", "theirs")
+    assert git_commit() is None  # not `git rev-parse HEAD` of the project
+    assert git_commit({"url": "file:///work/medr1", "dir_info": {"editable": True}}) is None
+    assert git_commit({"url": "https://github.com/x/medr1", "vcs_info": {"vcs": "git", "commit_id": "c0ffee"}}) == \
+        "c0ffee"  # `pip install git+...`: the commit pip built
+    git("add", "-f", str(copy))
+    git("commit", "-q", "-m", "medr1 itself")
+    assert git_commit() == git("rev-parse", "HEAD")

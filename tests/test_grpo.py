@@ -276,3 +276,54 @@ def test_after_sft_the_run_evaluates_on_the_sft_holdout(smoke_run, tmp_path, pre
     assert record.read_record(out)["data"]["holdout_rows"] == held
     ev = Evaluation(out)  # reads run.json, the adapter and the held-out rows; loads no model yet
     assert ev.adapter == out / "adapter" and len(ev.rows) == len(smoke_run.holdout) > 0
+
+
+def test_speed_counts_optimizer_steps_whatever_the_logging(tmp_path, prepared):
+    """logging_steps=2 leaves one reward record per 2 steps: steps_run, steps/s and the generated tokens still count
+    every optimizer step, and say what a run logging each step says (each record's mean answer length stands for
+    the steps since the previous one)."""
+    recs = {}
+    for every in (1, 2):
+        run = prepared(tmp_path / f"log{every}", grpo_max_steps=4, logging_steps=every, save_steps=0)
+        run.train()
+        recs[every] = run.record
+    one, two = recs[1], recs[2]
+    assert [r["step"] for r in two["rewards"]] == [2, 4]
+    tokens = sum(r["completion_length"] for r in one["rewards"]) * one["effective_batch"]
+    for rec in (two, one):
+        train = rec["train"]
+        assert train["steps"] == train["steps_run"] == 4
+        assert train["steps_per_s"] == pytest.approx(4 / train["train_s"], rel=0.02)
+        assert train["generated_tokens"] == pytest.approx(tokens, abs=1)
+        assert train["generated_tokens_per_s"] == pytest.approx(tokens / train["train_s"], rel=0.02)
+
+
+def test_generated_tokens_weights_each_record_by_the_steps_it_covers():
+    from medr1.grpo import generated_tokens
+
+    logged = [{"step": 2, "completion_length": 10.0}, {"step": 4, "completion_length": 20.0},
+              {"step": 6, "completion_length": 30.0}]
+    assert generated_tokens(logged, 0, 6, 16) == (10 + 20 + 30) * 2 * 16
+    assert generated_tokens(logged, 3, 6, 16) == (20 * 1 + 30 * 2) * 16  # resumed from step 3: steps 4-6
+    assert generated_tokens(logged, 0, 7, 1) == pytest.approx(120 * 7 / 6)  # step 7, never logged: at the mean
+    assert generated_tokens(logged, 6, 7, 16) is None  # no record covers the steps run
+
+
+def test_a_verifier_that_cannot_load_fails_before_anything_loads(tmp_path):
+    """reward_verifier > 0: verifier_model is checked as model_name is (its config.json, offline here) when the run is
+    prepared, not at the first scored answer after the policy loaded and steps ran; unweighted, it is not looked at."""
+    from medr1.errors import ModelError
+    from medr1.tiny import tiny_model_path
+
+    typo = "FreedomIntelligence/medical_o1_verifer_3B"
+    with pytest.raises(ModelError, match=f"verifier_model={typo!r} is not a local folder"):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "a"), "reward_verifier": 0.5,
+                                       "verifier_model": typo}, quiet=True))
+    with pytest.raises(ModelError, match="verifier_model: local folder './no-such-verifier' does not exist"):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "b"), "reward_verifier": 0.5,
+                                       "verifier_model": "./no-such-verifier"}, quiet=True))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "c"), "verifier_model": typo}, quiet=True))  # weight 0
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "d"), "reward_verifier": 0.5,
+                                         "verifier_model": str(tiny_model_path())}, quiet=True))  # a model folder
+    assert run.weights["verifier"] == 0.5

@@ -16,14 +16,19 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from medr1 import prompts
-from medr1.presets import SMOKE_MODEL
+from medr1.presets import CPU_MODEL, SMOKE_MODEL
 from medr1.record import atomic_write_text
+from medr1.smollm import GGUF_FILE, PACKAGE, PACKAGE_VERSION
 
 KINDS = ("adapter", "checkpoint", "merged", "gguf")
 PEFT_KINDS = ("adapter", "checkpoint")  # loaded with peft on top of the base; the others are whole models
 # Data sets whose reasoning traces another model wrote (FreedomIntelligence built theirs with GPT-4o).
 SYNTHETIC_TRACES = ("FreedomIntelligence/medical-o1-reasoning-SFT",)
 TEMPLATE = Path(__file__).parent / "assets" / "model_card.md"  # the card's text and layout (Jinja)
+# medr1's local names of hub models it converts itself: the card names the real base, never a `medr1/...` repo
+UPSTREAM = {CPU_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+CONVERTED = {CPU_MODEL: f"converted locally by medr1 as `{CPU_MODEL}` from the 4-bit GGUF `{Path(GGUF_FILE).name}` "
+                        f"of the pinned `{PACKAGE}` {PACKAGE_VERSION} package, not downloaded from the hub"}
 
 
 def base_license(model_name: str) -> tuple[str, str]:
@@ -31,6 +36,9 @@ def base_license(model_name: str) -> tuple[str, str]:
     name = str(model_name).lower()
     if model_name == SMOKE_MODEL:
         return "apache-2.0", "The base is medr1's own randomly initialised test model (Apache-2.0, like medr1)."
+    if model_name == CPU_MODEL:
+        return "apache-2.0", (f"The base is {UPSTREAM[CPU_MODEL]} (Apache-2.0), {CONVERTED[CPU_MODEL]} "
+                              f"(`{PACKAGE}` is Apache-2.0 too).")
     if "deepseek-r1-distill" in name:
         note = ("DeepSeek publishes the R1 distills under the MIT licence"
                 + ("; the Llama-based ones are derived from Llama 3.1/3.3 and carry the Llama licence's terms too"
@@ -53,9 +61,23 @@ def load_eval(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _on_hub(base: str) -> bool:
-    """A hub id (not the offline smoke model, not a local folder): only those belong in `base_model`."""
-    return base != SMOKE_MODEL and "/" in base and not Path(base).expanduser().exists() and not base.startswith(
-        ("/", ".", "~"))
+    """A hub id (not a model medr1 builds itself, not a local folder): only those belong in `base_model`."""
+    return base not in (SMOKE_MODEL, CPU_MODEL) and "/" in base and not Path(base).expanduser().exists() and \
+        not base.startswith(("/", ".", "~"))
+
+
+def hub_base(base: str) -> str | None:
+    """The hub model the weights come from: `base` itself, or the real model behind medr1's local conversion."""
+    return UPSTREAM.get(base) or (base if _on_hub(base) else None)
+
+
+def progress(cfg: dict[str, Any], grpo: bool, step: int, total: int | None = None) -> str:
+    """"step 8 of 10" for a checkpoint: of the total its trainer ran to (trainer_state.json), else of the configured
+    max steps. SFT with max_steps=0 trains by epochs: it says them, and no total it does not know (never "of 0")."""
+    planned = cfg.get("grpo_max_steps" if grpo else "max_steps")
+    total = total or (planned if isinstance(planned, int) and planned > 0 else None)
+    epochs = "" if grpo or cfg.get("max_steps") != 0 else f", num_train_epochs={_fmt(cfg.get('num_train_epochs'))}"
+    return f"step {step}" + (f" of {total}" if total else "") + epochs
 
 
 def data_knobs(rec: dict[str, Any]) -> str:
@@ -71,15 +93,16 @@ def card_data(rec: dict[str, Any], kind: str) -> ModelCardData:
     tags = ["medical", "reasoning", "chain-of-thought", "unsloth", "lora" if kind in PEFT_KINDS else "merged-lora",
             *(["grpo"] if knob else []), *(["gguf"] if kind == "gguf" else [])]
     return ModelCardData(
-        base_model=base if _on_hub(base) else None, license=base_license(base)[0],
+        base_model=hub_base(base), license=base_license(base)[0],
         library_name="peft" if kind in PEFT_KINDS else "transformers",
         pipeline_tag="text-generation", language=["en"], tags=tags, datasets=[dataset] if dataset else None)
 
 
 def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[str, Any] | None = None,
-               repo_id: str = "", files: list[str] | None = None, step: int | None = None) -> str:
+               repo_id: str = "", files: list[str] | None = None, step: int | None = None,
+               total: int | None = None) -> str:
     """Markdown with a YAML header, from a run record (`rec`, the content of run.json): huggingface_hub renders
-    assets/model_card.md with the values computed here."""
+    assets/model_card.md with the values computed here. A checkpoint's `step` of `total` (its trainer's max steps)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     cfg, data, train = (rec.get(key) or {} for key in ("config", "data", "train"))
@@ -87,9 +110,11 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
     metrics = ev.get("metrics") or {}
     card = ModelCard.from_template(
         card_data(rec, kind), template_str=TEMPLATE.read_text(encoding="utf-8"), fmt=_fmt, kind=kind, step=step,
+        progress=step is not None and progress(cfg, data_knobs(rec) == "grpo_", step, total),
         repo_id=repo_id, rec=rec, cfg=cfg, knob=data_knobs(rec), data=data, train=train, run={**cfg, **rec},
         lengths=data.get("lengths") or {}, losses=rec.get("losses") or [], versions=rec.get("versions") or {},
-        base=base, base_name=Path(base).name, licence=base_license(base)[1],
+        base=base, base_name=Path(hub_base(base) or base).name, licence=base_license(base)[1],
+        converted=CONVERTED.get(base),
         data_file=Path(str(data.get("source") or cfg.get("data_path"))).name,
         synthetic=not cfg.get("data_path") and cfg.get("dataset_name") in SYNTHETIC_TRACES,
         style=style, prompt=prompts.inference_prompt("{question}", style),
@@ -102,9 +127,13 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
 def write_card(folder: str | Path, record: dict[str, Any], kind: str = "adapter", *,
                evaluation: dict[str, Any] | None = None, repo_id: str = "") -> Path:
     """Write medr1's card as `folder`/README.md, replacing whatever is there (PEFT's stub, an older card); for a
-    `checkpoint-N` folder the step is read from its name."""
+    `checkpoint-N` folder the step is read from its name, and the total from the trainer_state.json the trainer
+    wrote there (an epoch-based run knows its total only there)."""
     folder = Path(folder)
     step = int(folder.name.rsplit("-", 1)[-1]) if kind == "checkpoint" and folder.name[-1:].isdigit() else None
+    state = folder / "trainer_state.json"
+    total = json.loads(state.read_text(encoding="utf-8")).get("max_steps") if step and state.exists() else None
     text = model_card(record, kind=kind, evaluation=evaluation, repo_id=repo_id, step=step,
+                      total=total if isinstance(total, int) and total > 0 else None,
                       files=sorted(p.name for p in folder.iterdir()))
     return atomic_write_text(folder / "README.md", text)

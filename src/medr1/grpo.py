@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medr1 import distributed, prompts, record, rewards
+from medr1 import distributed, prompts, record, rewards, verifier
 from medr1.config import Config
 from medr1.errors import ConfigError, ModelError
 from medr1.log import log
@@ -100,6 +100,7 @@ class GrpoRun(Stage):
         self.questions, self.source = load_questions(self.config)
         self.adapter, self.start_record = start_adapter(self.config)  # the SFT run's run.json, read once
         self._check_model()
+        verifier.check(self.config)  # its config.json now, not at the first scored answer
         self.weights = reward_weights(self.config)
         self.rollout_memory_gib = 0.0  # grpo_generation=medr1: plan the decoder for this much GPU memory (0: free)
         self.record = self._prepared({"source": self.source, "questions": len(self.questions)}, kind="grpo",
@@ -191,15 +192,18 @@ class GrpoRun(Stage):
     plot_rewards = Stage.plot  # output_dir/rewards.png
 
     def _record_training(self, seconds: float) -> None:
-        cfg, rewards = self.config, self.rewards
+        """Speed over the optimizer steps this call ran (from the resumed checkpoint's step), not over the logged
+        records: with logging_steps=N there is one record per N steps."""
+        rewards = self.rewards
         start = int(Path(self.resume_from).name.split("-")[-1]) if self.resume_from else 0
-        new = [r for r in rewards if r["step"] > start]
-        generated = sum(r["completion_length"] for r in new) * cfg.num_generations * cfg.grpo_questions_per_step
+        steps = int(self._trainer.state.global_step) - start
+        generated = generated_tokens(rewards, start, start + steps, self.record["effective_batch"])
         stats = self._keep_training(seconds, {
-            "steps_run": len(new), "steps_per_s": round(len(new) / seconds, 4) if seconds else None,
-            "generated_tokens_per_s": round(generated / seconds, 1) if seconds else None})
+            "steps_run": steps, "steps_per_s": round(steps / seconds, 4) if seconds else None,
+            "generated_tokens": round(generated) if generated is not None else None,
+            "generated_tokens_per_s": round(generated / seconds, 1) if seconds and generated is not None else None})
         first, last = (rewards[0]["reward"], rewards[-1]["reward"]) if rewards else (None, None)
-        log.info(f"{len(new)} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
+        log.info(f"{steps} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
                  f"tokens/s; mean reward {first} -> {last}")
 
     def _draw(self, records: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -237,6 +241,18 @@ def reward_history(log_history: list[dict], names: list[str]) -> list[dict[str, 
              "clipped_ratio": float(e.get("completions/clipped_ratio", 0.0)),
              "kl": e.get("kl"), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
              "step_time": e.get("step_time")} for e in log_history if "reward" in e and "step" in e]
+
+
+def generated_tokens(records: list[dict[str, Any]], start: int, end: int, answers: int) -> float | None:
+    """Answer tokens generated in steps start+1..end (None: no record covers them). TRL logs each metric as its mean
+    since the previous log, so a record's mean answer length counts for that many steps of `answers` answers; steps
+    after the last log (logging_steps not dividing the run) count at the mean of those logged."""
+    tokens, covered, previous = 0.0, 0, start
+    for r in records:
+        if start < r["step"] <= end:
+            tokens += r["completion_length"] * (r["step"] - previous) * answers
+            covered, previous = covered + r["step"] - previous, r["step"]
+    return tokens * (end - start) / covered if covered else None
 
 
 def plot_rewards(records: list[dict[str, Any]], path: Path, title: str = "GRPO rewards") -> Path:

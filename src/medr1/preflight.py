@@ -26,7 +26,7 @@ BUILT = {SMOKE_MODEL: tiny_model_path, CPU_MODEL: smollm_path}  # models medr1 b
 
 def check(config: Config) -> dict[str, Any]:
     """Every model-side check, cheapest first; returns the model's config.json."""
-    model_config = _model_config(config.model_name, "model_name")
+    model_config = read_model_config(config.model_name, "model_name")
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
     if limit is not None and config.max_seq_length > limit:
@@ -63,7 +63,7 @@ def model_path(name: str, knob: str = "model_name") -> str:
     return name
 
 
-def _model_config(name: str, knob: str, depth: int = 0) -> dict[str, Any]:
+def read_model_config(name: str, knob: str, depth: int = 0) -> dict[str, Any]:
     """The model's config.json from a local folder or the hub cache; an error that says which was looked at."""
     folder = Path(model_path(name, knob))
     if not folder.is_dir():  # a hub id
@@ -76,7 +76,7 @@ def _model_config(name: str, knob: str, depth: int = 0) -> dict[str, Any]:
     base = _read_json(folder / "adapter_config.json").get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{knob}: {folder} has no config.json, and its adapter_config.json names no base model")
-    return _model_config(base, f"{knob} (base model of {folder})", depth + 1)
+    return read_model_config(base, f"{knob} (base model of {folder})", depth + 1)
 
 
 def _hub_config(name: str, knob: str) -> str:

@@ -36,13 +36,24 @@ def versions() -> dict[str, str | None]:
 
 
 def git_commit() -> str | None:
-    """The commit of the medr1 checkout, if it is one (`+dirty` when tracked files have local changes)."""
-    try:  # every tag excluded: the full commit hash, never a tag's name
+    """The commit of the medr1 checkout, if it is one (`+dirty` when tracked files have local changes). Git is
+    trusted only when it tracks this very file: medr1 installed into a venv inside another repository (project/.venv)
+    would report that project's HEAD. Otherwise the commit pip recorded for a git install (direct_url.json), or None."""
+    here = Path(__file__).resolve()
+    try:
+        subprocess.run(["git", "ls-files", "--error-unmatch", here.name], cwd=here.parent, capture_output=True,
+                       timeout=5, check=True)
+        # every tag excluded: the full commit hash, never a tag's name
         return subprocess.run(["git", "describe", "--always", "--abbrev=40", "--dirty=+dirty", "--exclude=*"],
-                              cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5,
+                              cwd=here.parent, capture_output=True, text=True, timeout=5,
                               check=True).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
+        pass
+    try:  # `pip install git+https://...`: pip wrote the commit it built
+        url = json.loads(metadata.distribution("medr1").read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, json.JSONDecodeError):
         return None
+    return (url.get("vcs_info") or {}).get("commit_id") if isinstance(url, dict) else None
 
 
 def hardware() -> dict[str, Any]:

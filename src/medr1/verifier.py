@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from medr1.config import Config
 from medr1.errors import ModelError
+from medr1.preflight import read_model_config
 from medr1.rewards import answer_part
 
 # The input format the verifier was trained on (the dataset authors' reward model): response, reference, EOS.
@@ -15,6 +16,18 @@ VERIFIER_TEMPLATE = ("<Model Response>\n{}\n</Model Response>\n\n<Reference Answ
                      "Your task is to evaluate the model response by comparing it to the reference answer. If the "
                      "model response is correct and aligns with the reference answer, output \"True\" . If it is "
                      "incorrect or fails to select the correct option (if options are provided), output \"False\" . {}")
+
+
+def check(config: Config) -> None:
+    """With reward_verifier > 0, verifier_model's config.json must be there (a folder, the hub cache, or the hub when
+    online), checked as model_name is: the verifier itself loads only when the first answer is scored, after the
+    policy model loaded and GRPO steps ran, too late for a typo or an uncached model to fail."""
+    if config.reward_verifier <= 0:
+        return
+    try:
+        read_model_config(config.verifier_model, "verifier_model")
+    except ModelError as err:
+        raise ModelError(f"{err}. Set reward_verifier=0 to train without the verifier.") from None
 
 
 class Verifier:
