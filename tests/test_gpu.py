@@ -85,10 +85,10 @@ def test_varlen_adapter_self_check():
     assert _varlen_error(attention_dispatch._TORCH_VARLEN_ATTN) < 2e-2
 
 
-def test_batched_decoder_on_gpu_gives_the_same_answers_at_any_batch():
-    """The evaluation's decoder through Unsloth's 4-bit load: batch 1 and batch 64 identical (fixed step shapes),
-    and its next-token logits close to the model's own forward, merged into 16 bits or through the modules."""
-    from medr1 import build_config, decode
+@pytest.fixture(scope="module")
+def decoding():
+    """The tiny model through Unsloth's 4-bit load with a LoRA, ready to generate, and 70 prompts."""
+    from medr1 import build_config
     from medr1.model import add_lora, for_inference, load_model
 
     config = build_config("smoke", {"load_in_4bit": "true", "precision": "auto",
@@ -96,7 +96,15 @@ def test_batched_decoder_on_gpu_gives_the_same_answers_at_any_batch():
     model, tokenizer = load_model(config)
     model = add_lora(model, config)
     for_inference(model, config.backend)
-    ids = [tokenizer(f"Question {i}: which drug lowers blood glucose first?")["input_ids"] for i in range(70)]
+    return model, [tokenizer(f"Question {i}: which drug lowers blood glucose first?")["input_ids"] for i in range(70)]
+
+
+def test_batched_decoder_on_gpu_gives_the_same_answers_at_any_batch(decoding):
+    """The evaluation's decoder through Unsloth's 4-bit load: batch 1 and batch 64 identical (fixed step shapes),
+    and its next-token logits close to the model's own forward, merged into 16 bits or through the modules."""
+    from medr1 import decode
+
+    model, ids = decoding
     runs = {b: decode.decode(model, ids, max_new_tokens=16, eos_ids=set(), slots=b) for b in (1, 64)}
     assert [r.tokens for r in runs[1]] == [r.tokens for r in runs[64]]
     with torch.inference_mode():
@@ -104,6 +112,21 @@ def test_batched_decoder_on_gpu_gives_the_same_answers_at_any_batch():
         for merge in (True, False):
             got = decode.Decoder(model, slots=1, max_len=128, merge=merge).prefill([(0, ids[0])])[0].float()
             assert float((got - want).norm() / want.norm()) < 0.05, merge
+
+
+def test_sampled_answers_on_gpu_do_not_depend_on_the_batch(decoding):
+    """`--samples 2` as generate_many asks for it (each prompt twice): a question's two answers are the same at
+    batch 1, at batch 64 and asked alone, and differ from each other."""
+    from medr1 import decode
+
+    model, ids = decoding
+    pairs = [p for p in ids[:24] for _ in range(2)]
+    answers = {b: [d.tokens for d in decode.decode(model, pairs, max_new_tokens=16, eos_ids=set(), slots=b,
+                                                   sampling=decode.Sampling(seed=3407))] for b in (1, 64)}
+    alone = [d.tokens for d in decode.decode(model, pairs[6:8], max_new_tokens=16, eos_ids=set(),
+                                             sampling=decode.Sampling(seed=3407))]
+    assert answers[1] == answers[64] and answers[64][6:8] == alone
+    assert sum(a != b for a, b in zip(answers[64][::2], answers[64][1::2], strict=True)) > 12
 
 
 def test_plain_log_probs_match_trl_triton_kernel():
