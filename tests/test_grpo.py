@@ -108,6 +108,7 @@ def test_the_adapter_holds_medr1s_card_of_the_grpo_run(runs):
         card = (folder / "README.md").read_text()
         assert "More Information Needed" not in card and "reinforcement (GRPO) run" in card, folder
         assert f"step {folder.name.split('-')[1]} of {cfg['grpo_max_steps']}" in card, folder
+    assert not (full.out / "checkpoints" / "README.md").exists()  # TRL's card of the folder: "[None]"
 
 
 def test_trainer_arguments_leave_ddp_unused_parameter_search_off(tmp_path):

@@ -3,6 +3,7 @@ explicit."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -123,7 +124,8 @@ def _loss_record(step: int, logs: dict, seconds: float | None, tokens: int) -> d
 
 
 class CheckpointCards(TrainerCallback):
-    """Each checkpoint gets medr1's model card instead of PEFT's stub ("[More Information Needed]")."""
+    """Each checkpoint gets medr1's model card instead of PEFT's stub ("[More Information Needed]"), and TRL's card
+    of the checkpoints folder itself ("a fine-tuned version of [None]", written at every save) goes."""
 
     def __init__(self, record: dict):
         self.record = record
@@ -135,6 +137,8 @@ class CheckpointCards(TrainerCallback):
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
                 write_card(folder, self.record, "checkpoint")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(args.output_dir, "README.md"))
 
 
 class PlainLogProbs:
