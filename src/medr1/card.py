@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from medr1 import prompts
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
-from medr1.record import atomic_write_text
+from medr1.record import atomic_write_text, checkpoint_step
 from medr1.smollm import GGUF_FILE, PACKAGE, PACKAGE_VERSION
 
 KINDS = ("adapter", "checkpoint", "merged", "gguf")
@@ -108,10 +108,11 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
     cfg, data, train = (rec.get(key) or {} for key in ("config", "data", "train"))
     base, style, ev = str(cfg.get("model_name") or "?"), cfg.get("prompt_style") or "seed", evaluation or {}
     metrics = ev.get("metrics") or {}
+    knob = data_knobs(rec)
     card = ModelCard.from_template(
         card_data(rec, kind), template_str=TEMPLATE.read_text(encoding="utf-8"), fmt=_fmt, kind=kind, step=step,
-        progress=step is not None and progress(cfg, data_knobs(rec) == "grpo_", step, total),
-        repo_id=repo_id, rec=rec, cfg=cfg, knob=data_knobs(rec), data=data, train=train, run={**cfg, **rec},
+        progress=step is not None and progress(cfg, knob == "grpo_", step, total),
+        repo_id=repo_id, rec=rec, cfg=cfg, knob=knob, data=data, train=train, run={**cfg, **rec},
         lengths=data.get("lengths") or {}, losses=rec.get("losses") or [], versions=rec.get("versions") or {},
         base=base, base_name=Path(hub_base(base) or base).name, licence=base_license(base)[1],
         converted=CONVERTED.get(base),
@@ -130,7 +131,7 @@ def write_card(folder: str | Path, record: dict[str, Any], kind: str = "adapter"
     `checkpoint-N` folder the step is read from its name, and the total from the trainer_state.json the trainer
     wrote there (an epoch-based run knows its total only there)."""
     folder = Path(folder)
-    step = int(folder.name.rsplit("-", 1)[-1]) if kind == "checkpoint" and folder.name[-1:].isdigit() else None
+    step = checkpoint_step(folder) if kind == "checkpoint" and folder.name[-1:].isdigit() else None
     state = folder / "trainer_state.json"
     total = json.loads(state.read_text(encoding="utf-8")).get("max_steps") if step and state.exists() else None
     text = model_card(record, kind=kind, evaluation=evaluation, repo_id=repo_id, step=step,

@@ -195,7 +195,7 @@ class GrpoRun(Stage):
         """Speed over the optimizer steps this call ran (from the resumed checkpoint's step), not over the logged
         records: with logging_steps=N there is one record per N steps."""
         rewards = self.rewards
-        start = int(Path(self.resume_from).name.split("-")[-1]) if self.resume_from else 0
+        start = record.checkpoint_step(self.resume_from) if self.resume_from else 0
         steps = int(self._trainer.state.global_step) - start
         generated = generated_tokens(rewards, start, start + steps, self.record["effective_batch"])
         stats = self._keep_training(seconds, {

@@ -241,11 +241,16 @@ def remove_run_files(out: Path) -> list[str]:
     return removed
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step a `checkpoint-N` folder holds: N, as the trainer names it."""
+    return int(Path(path).name.rsplit("-", 1)[-1])
+
+
 def newest_checkpoint(folder: Path) -> Path | None:
     """The newest complete checkpoint. transformers' get_last_checkpoint takes the highest number even when it
     was cut off while saving; the trainer writes trainer_state.json last, so one without it is skipped."""
     found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.exists() else []
-    for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+    for path in sorted(found, key=checkpoint_step, reverse=True):
         if (path / "trainer_state.json").exists():
             return path
         log.info(f"{path.name} is incomplete (no trainer_state.json; cut off while saving): skipped")

@@ -197,7 +197,7 @@ class Stage:
         newest = record.newest_checkpoint(checkpoints) if cfg.resume else None
         self.resume_from = str(newest) if newest else None
         if newest:
-            done, total = int(newest.name.split("-")[-1]), getattr(cfg, step.max_steps)
+            done, total = record.checkpoint_step(newest), getattr(cfg, step.max_steps)
             log.info(f"resuming from {newest.name}: step {done} of {total or '?'} done"
                      f"{'; nothing left to train' if 0 < total <= done else ''}")
         elif cfg.resume:
