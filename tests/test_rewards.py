@@ -120,3 +120,90 @@ def test_verifier_is_lazy_and_fails_clearly_offline(monkeypatch, tmp_path):
     assert verifier(completions=["no answer part"], ground_truth=[MI]) == [0.0]  # no answer: no model needed
     with pytest.raises(ModelError, match="verifier_model=.*medical_o1_verifier_3B.*reward_verifier=0"):
         verifier(completions=[seed("Chest pain.", "MI")], ground_truth=[MI])
+
+
+@pytest.mark.parametrize("answer", [
+    "1. Myocardial infarction\n2. Pulmonary embolism\n3. Aortic dissection",  # a numbered list
+    "MI; PE; aortic dissection; pericarditis",
+    "Myocardial infarction. Or pulmonary embolism.",
+    "Myocardial infarction.\nPulmonary embolism.",
+    "Myocardial infarction\n### Answer:\nPulmonary embolism",  # a second answer part
+    "Myocardial infarction. Or possibly pulmonary embolism, given the hypoxia.",
+])
+def test_a_list_over_lines_or_sentences_is_several_candidates(answer):
+    assert rewards.judge(answer, MI).reason == "several candidates"
+    assert rewards.correctness_reward()(completions=[seed("r", answer)], ground_truth=[MI]) == [0.0]
+
+
+def test_bullets_and_a_second_answer_header_are_candidates():
+    truth = "Iron deficiency"
+    assert rewards.judge("- Iron deficiency\n- Thalassemia\n- Lead poisoning", truth).reason == "several candidates"
+    assert not rewards.is_correct(seed("r", "Thalassemia\n### Answer:\nIron deficiency"), truth)
+    assert not rewards.is_correct(f"r\n{THINK_CLOSE}\nThalassemia\n{THINK_CLOSE}\nIron deficiency", truth, style="r1")
+
+
+@pytest.mark.parametrize("answer", [
+    "Myocardial infarction. It is caused by coronary occlusion.",
+    "MI.\nThe ST elevation and the troponin rise support this.",
+    "Diagnosis:\n- Myocardial infarction\n- Supported by ST elevation in II, III and aVF",
+    "Final answer\nMyocardial infarction",
+    "MI, e.g. from plaque rupture.",
+])
+def test_an_answer_explained_in_further_sentences_still_matches(answer):
+    verdict = rewards.judge(answer, MI)
+    assert verdict.correct, verdict
+
+
+@pytest.mark.parametrize("truth", [
+    "Hand, foot and mouth disease", "1:1000", "46,XY", "Iron, folate and B12 deficiency", "Differential cyanosis",
+    "S. aureus", "Vitamin B12; folate", "Either parent", "Lead poisoning or iron deficiency", "Tumours",
+])
+def test_a_reference_matches_itself(truth):
+    for answer in (truth, f"The answer is {truth}.", f"{truth}.\nIt explains the findings."):
+        verdict = rewards.judge(answer, truth)
+        assert verdict.correct, (answer, verdict)
+
+
+@pytest.mark.parametrize("answer, truth", [
+    ("Metformin is contraindicated", "Metformin"),
+    ("Avoid metformin", "Metformin"),
+    ("Stop metformin", "Metformin"),
+    ("Discontinue metformin.", "Metformin"),
+    ("Withhold metformin", "Metformin"),
+    ("Metformin should be avoided", "Metformin"),
+    ("Metformin is not indicated", "Metformin"),
+    ("Iron deficiency seems improbable", "Iron deficiency"),
+])
+def test_more_denials_are_negated(answer, truth):
+    assert rewards.judge(answer, truth).reason == "negated"
+
+
+@pytest.mark.parametrize("answer, truth", [
+    ("MI whereas PE is unlikely", MI),  # "whereas" ends the clause, as "while" does
+    ("The diagnosis is DKA and requires insulin", "Diabetic ketoacidosis"),  # "requires" opens an explanation
+    ("The diagnosis is DKA and needs insulin", "Diabetic ketoacidosis"),
+    ("Tumours", "Tumors"),  # the plural goes before the spelling is mapped
+    ("SSRIs", "SSRI"),  # plural abbreviations
+    ("PPIs", "Proton pump inhibitor"),
+    ("NSAIDs", "Nonsteroidal anti-inflammatory drug"),
+])
+def test_cue_words_and_plurals_are_normalized_alike(answer, truth):
+    verdict = rewards.judge(answer, truth)
+    assert verdict.correct, verdict
+
+
+def test_plural_hedge_words_are_seen():
+    assert rewards.judge("MI. Possibilities include pericarditis.", MI).reason == "several candidates"
+
+
+@pytest.mark.parametrize("answer, truth", [
+    ("Croup. Give a single dose of oral dexamethasone; add nebulized adrenaline for stridor at rest.", "Croup"),
+    ("Ectopic pregnancy. Assess her stability urgently; treat with methotrexate or surgery.", "Ectopic pregnancy"),
+    ("Intussusception. Confirm with ultrasound; operate if this fails.", "Intussusception"),
+    ("Stop warfarin and give prothrombin complex concentrate.", "Prothrombin complex concentrate"),
+    ("Do not give NSAIDs and give paracetamol.", "Paracetamol"),  # the denial is of the other clause
+])
+def test_management_sentences_are_neither_candidates_nor_denials(answer, truth):
+    """medr1's SFT answers name the diagnosis, then say what to do: "Give ...", "Stop X and give Y"."""
+    verdict = rewards.judge(answer, truth)
+    assert verdict.correct, verdict

@@ -5,78 +5,36 @@ reasoning alone earns nothing. Correctness is normalized matching against the ro
 (case, punctuation, articles, plurals, British spellings and a small table of abbreviations and synonyms),
 and it refuses the two ways a policy learns to game a string match: a negated mention ("not X", "X is
 unlikely", "rule out X") and hedging over several candidates ("X or Y", "X, Y and Z", "the differential
-includes"). The matching is deliberately strict (precision over recall): a correct answer in other words
-earns nothing here; the verifier model (medr1.verifier, off by default) is the tool for those.
+includes", or a name a line: "1. X 2. Y", "X; Y", "X. Or Y."). The matching is deliberately strict (precision
+over recall): a correct answer in other words earns nothing here, nor does a diagnosis followed by a bare
+fragment ("X. Urgent PCI."); the verifier model (medr1.verifier, off by default) is the tool for those.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from medr1 import prompts
 
-# Canonical phrase: its abbreviations and synonyms. Written for medr1; ambiguous short forms (PE, MS, ALL, DM,
-# IV, CF) are left out on purpose: mapping them would reward the wrong disease as often as the right one.
-SYNONYMS: dict[str, tuple[str, ...]] = {
-    "myocardial infarction": ("mi", "heart attack"), "acute myocardial infarction": ("ami",),
-    "st elevation myocardial infarction": ("stemi",), "non st elevation myocardial infarction": ("nstemi",),
-    "deep vein thrombosis": ("dvt", "deep venous thrombosis"), "chronic obstructive pulmonary disease": ("copd",),
-    "congestive heart failure": ("chf",), "hypertension": ("htn", "high blood pressure"), "tuberculosis": ("tb",),
-    "urinary tract infection": ("uti",), "systemic lupus erythematosus": ("sle", "lupus"),
-    "rheumatoid arthritis": ("ra",),
-    "gastroesophageal reflux disease": ("gerd", "gord", "gastro oesophageal reflux disease"),
-    "irritable bowel syndrome": ("ibs",), "inflammatory bowel disease": ("ibd",),
-    "acute kidney injury": ("aki", "acute renal failure"), "chronic kidney disease": ("ckd",),
-    "atrial fibrillation": ("af", "afib", "a fib"), "stroke": ("cva", "cerebrovascular accident"),
-    "subarachnoid hemorrhage": ("sah",), "diabetic ketoacidosis": ("dka",),
-    "acute respiratory distress syndrome": ("ards",), "disseminated intravascular coagulation": ("dic",),
-    "immune thrombocytopenia": ("itp", "idiopathic thrombocytopenic purpura", "immune thrombocytopenic purpura"),
-    "thrombotic thrombocytopenic purpura": ("ttp",), "human immunodeficiency virus": ("hiv",),
-    "cytomegalovirus": ("cmv",), "epstein barr virus": ("ebv",), "herpes simplex virus": ("hsv",),
-    "methicillin resistant staphylococcus aureus": ("mrsa",),
-    "nonsteroidal anti inflammatory drug": ("nsaid", "non steroidal anti inflammatory drug"),
-    "angiotensin converting enzyme inhibitor": ("ace inhibitor", "acei"),
-    "angiotensin receptor blocker": ("arb", "angiotensin ii receptor blocker"),
-    "selective serotonin reuptake inhibitor": ("ssri",), "proton pump inhibitor": ("ppi",),
-    "benign prostatic hyperplasia": ("bph", "benign prostatic hypertrophy"),
-    "polycystic ovary syndrome": ("pcos", "polycystic ovarian syndrome"), "tetralogy of fallot": ("tof",),
-    "amyotrophic lateral sclerosis": ("als", "lou gehrig disease"), "acute myeloid leukemia": ("aml",),
-    "chronic myeloid leukemia": ("cml",), "chronic lymphocytic leukemia": ("cll",),
-    "attention deficit hyperactivity disorder": ("adhd",), "post traumatic stress disorder": ("ptsd",),
-    "obsessive compulsive disorder": ("ocd",), "acetaminophen": ("paracetamol",), "epinephrine": ("adrenaline",),
-    "norepinephrine": ("noradrenaline",), "albuterol": ("salbutamol",), "nitroglycerin": ("glyceryl trinitrate", "gtn"),
-    "cyanocobalamin": ("vitamin b12", "cobalamin"), "thiamine": ("vitamin b1",), "folate": ("folic acid", "vitamin b9"),
-    "computed tomography": ("ct", "ct scan", "cat scan"), "magnetic resonance imaging": ("mri",),
-    "electrocardiogram": ("ecg", "ekg"),
-}
+# Canonical phrase -> its abbreviations and synonyms (assets/synonyms.json, written for medr1, a table to extend).
+# Ambiguous short forms (PE, MS, ALL, DM, IV, CF) are left out on purpose: mapping them would reward the wrong
+# disease as often as the right one.
+SYNONYMS: dict[str, list[str]] = json.loads((Path(__file__).parent / "assets" / "synonyms.json").read_text("utf-8"))
 GREEK = {"α": " alpha ", "β": " beta ", "γ": " gamma ", "δ": " delta ", "κ": " kappa ", "μ": " mu "}
 SPELLING = ((re.compile(r"^oe(?=[a-z])"), "e"), (re.compile(r"aem"), "em"), (re.compile(r"oea"), "ea"),
             (re.compile(r"^tumour$"), "tumor"), (re.compile(r"^haemo"), "hemo"))
 ARTICLES = {"a", "an", "the"}
-COMMA, BREAK = ",", "|"  # tokens kept from punctuation: a list separator, and a clause boundary
+COMMA, BREAK, STOP = ",", "|", ";"  # tokens kept from punctuation: a list separator, a clause boundary, a sentence end
 SENTENCE_END = re.compile(r"(?<!\d)[.!?](?!\d)|[;\n]")
-# Before a mention (in its clause), or just after it: the mention is denied, not asserted.
-NEGATION_BEFORE = ("not", "no", "never", "without", "unlikely", "exclude", "excluded", "excluding", "neither", "nor",
-                   "against", "absence", "absent", "rule out", "ruled out", "rather than", "instead of",
-                   "less likely", "other than", "free of", "negative for")
-NEGATION_AFTER = ("unlikely", "excluded", "ruled out", "rule out", "is not", "was not", "less likely",
-                  "absent", "negative", "can be excluded", "doubtful")
-CLAUSE_WORDS = {"but", "however", "whereas", "although", "though", "yet", "while"}
-DISJUNCTIONS = {"or", "either", "versus", "vs", "nor"}
-HEDGES = ("differential", "alternatively", "could also be", "might also be", "may also be", "another possibility",
-          "other possibility", "possibilities")
-LIST_WORDS = {"and", "plus", COMMA}
-PLURAL_VERBS = {"are", "were", "both"}
-CLAUSE_END = CLAUSE_WORDS | {COMMA, BREAK}
-# A word that opens an explanation or a clause, never a second candidate ("MI, given the ST elevation").
-LINKING = {"given", "which", "as", "because", "due", "since", "with", "caused", "based", "supported", "that", "who",
-           "in", "on", "for", "from", "by", "confirmed", "secondary", "following", "after", "associated", "leading",
-           "resulting", "presenting", "where", "when", "is", "was", "should", "must", "will", "can", "may", "has",
-           "have", "needs", "requires", "this", "it", "likely", "most", "probably", "especially", "particularly"}
-ITEM_END = LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS
+ABBREVIATION = re.compile(r"\b(e\.g|i\.e|etc|vs|cf)\.")  # a dot that ends no sentence
+# A second answer part inside the answer part is read as a new line: one more candidate.
+ANSWER_MARKER = re.compile("|".join(map(re.escape, (prompts.ANSWER_HEADER.strip(), prompts.THINK_OPEN,
+                                                     prompts.THINK_CLOSE))))
 
 
 def _singular(word: str) -> str:
@@ -92,24 +50,66 @@ def _singular(word: str) -> str:
 
 
 def _words(text: str) -> list[str]:
-    """Lower-case words of `text`, accents, articles and plurals removed; commas and clause breaks as tokens."""
+    """Lower-case words of `text`, accents, articles and plurals removed; commas, clause breaks and sentence ends
+    as tokens. Cue words go through it too, so "whereas" and "requires" compare as the answer's words do."""
+    text = re.sub(r"\b([A-Z][A-Z0-9]+)s\b", r"\1", ANSWER_MARKER.sub("\n", text))  # SSRIs: an abbreviation's plural
     text = "".join(GREEK.get(ch, ch) for ch in text)
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     text = re.sub(r"n't\b", " not", text).replace("no doubt", " ").replace("/", " or ")
     text = re.sub(r"'s\b", "", text)
     text = re.sub(r"(\d)([a-z])", r"\1 \2", text)
+    text = SENTENCE_END.sub(f" {STOP} ", ABBREVIATION.sub(lambda m: m[1].replace(".", ""), text))
     text = re.sub(r"[:()\[\]{}\u2014]|--", f" {BREAK} ", text).replace(",", f" {COMMA} ")
     out = []
-    for word in re.findall(r"[a-z0-9]+|[,|]", text):
-        for pattern, repl in SPELLING:
-            word = pattern.sub(repl, word)
+    for word in re.findall(r"[a-z0-9]+|[,|;]", text):
         if word not in ARTICLES:
-            out.append(_singular(word))
+            word = _singular(word)  # before the spelling: "tumours" -> "tumour" -> "tumor"
+            for pattern, repl in SPELLING:
+                word = pattern.sub(repl, word)
+            out.append(word)
     return out
 
 
 def _phrase(text: str) -> tuple[str, ...]:
-    return tuple(w for w in _words(text) if w not in (COMMA, BREAK))
+    return tuple(w for w in _words(text) if w not in (COMMA, BREAK, STOP))
+
+
+def _cues(*phrases: str) -> set[str]:
+    return {" ".join(_phrase(p)) for p in phrases}
+
+
+# Before a mention (in its clause), or just after it: the mention is denied, not asserted.
+NEGATION_BEFORE = _cues("not", "no", "never", "without", "unlikely", "improbable", "exclude", "excluded", "excluding",
+                        "neither", "nor", "against", "absence", "absent", "rule out", "ruled out", "rather than",
+                        "instead of", "less likely", "other than", "free of", "negative for", "avoid", "stop",
+                        "discontinue", "withhold", "contraindicated")
+NEGATION_AFTER = _cues("unlikely", "improbable", "excluded", "ruled out", "rule out", "is not", "was not", "absent",
+                       "less likely", "negative", "can be excluded", "doubtful", "avoided", "contraindicated",
+                       "not indicated", "discontinued", "stopped", "withheld")
+CLAUSE_WORDS = _cues("but", "however", "whereas", "although", "though", "yet", "while")
+DISJUNCTIONS = _cues("or", "either", "versus", "vs", "nor")
+HEDGES = _cues("differential", "alternatively", "could also be", "might also be", "may also be", "another possibility",
+               "other possibility", "possibilities")
+LIST_WORDS = _cues("and", "plus") | {COMMA}
+PLURAL_VERBS = _cues("are", "were", "both")
+CLAUSE_END = CLAUSE_WORDS | {COMMA, BREAK}
+# A word that opens an explanation or a clause, never a second candidate ("MI, given the ST elevation").
+LINKING = _cues("given", "which", "as", "because", "due", "since", "with", "caused", "based", "supported", "that",
+                "who", "in", "on", "for", "from", "by", "confirmed", "secondary", "following", "after", "associated",
+                "leading", "resulting", "presenting", "where", "when", "is", "was", "should", "must", "will", "can",
+                "may", "has", "have", "needs", "requires", "this", "it", "likely", "most", "probably", "especially",
+                "particularly")
+ITEM_END = LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS
+# A sentence or line with one of these explains, argues or manages; one without is a bare name: another candidate
+# ("MI; PE", "1. MI 2. PE"). "likely", "most" and "probably" assert ("Most likely PE"), they don't explain.
+EXPLAINS = (LINKING - _cues("likely", "most", "probably")) | CLAUSE_WORDS | PLURAL_VERBS | _cues(
+    "be", "been", "do", "does", "did", "had", "could", "would", "might", "to", "if", "then", "once", "until", "its",
+    "their", "there", "they", "we", "you", "he", "she", "his", "her", "him", "them", "suggests", "indicates", "shows",
+    "supports", "explains", "consistent", "typical", "give", "start", "begin", "continue", "treat", "manage", "check",
+    "confirm", "assess", "monitor", "measure", "test", "send", "refer", "arrange", "admit", "perform", "consider",
+    "avoid", "stop", "hold", "add", "replace", "correct", "reduce", "repeat", "take", "get", "keep", "offer", "watch",
+    "look", "expect", "anticipate", "obtain", "administer", "prescribe", "operate", "resuscitate", "remove")
+LABELS = _cues("final", "answer", "diagnosis", "conclusion", "summary")  # a heading line names no candidate
 
 
 ALIASES = {_phrase(alias): _phrase(canon) for canon, aliases in SYNONYMS.items() for alias in (canon, *aliases)}
@@ -188,24 +188,49 @@ def _listed(words: list[str], start: int, end: int) -> bool:
     return _walk(words, j, -1, ITEM_END) != j
 
 
+def _rival(sentence: list[str]) -> bool:
+    """Is a sentence or line without the reference another candidate? A bare name is ("PE", "2. Aortic dissection"),
+    and so is one that opens with "or"; one that explains ("It is caused by ..."), denies or is a heading is not."""
+    words = [w for w in sentence if w.isalpha()]
+    if words and words[0] in DISJUNCTIONS:
+        return True
+    if all(w in LABELS for w in words):
+        return False
+    return not (EXPLAINS & set(words) or _has(words, NEGATION_BEFORE) or _has(words, NEGATION_AFTER))
+
+
 def truth_variants(truth: str) -> list[list[str]]:
-    """The reference as words; "Myocardial infarction (MI)" also as its outside and inside parts."""
+    """The reference as words, with its punctuation ("46,XY", "S. aureus") and without; "Myocardial infarction
+    (MI)" also as its outside and inside parts."""
     inside = re.findall(r"\(([^()]*)\)", truth)
     outside = re.sub(r"\([^()]*\)", " ", truth)
-    texts = [outside, *inside] if inside else [truth]
-    return [v for v in (canonical(_phrase(t)) for t in texts) if v]
+    variants: list[list[str]] = []
+    for text in [outside, *inside] if inside else [truth]:
+        words = canonical(_words(text))
+        kept = [k for k, w in enumerate(words) if w not in (COMMA, BREAK, STOP)]
+        for v in (words[kept[0]:kept[-1] + 1] if kept else [], [words[k] for k in kept]):
+            if v and v not in variants:
+                variants.append(v)
+    return variants
 
 
 def judge(answer: str, truth: str) -> Verdict:
-    """Does the answer part `answer` assert the reference `truth`, once, without denying or hedging it?"""
+    """Does the answer part `answer` assert the reference `truth`, once, without denying or hedging it?
+    A mention is judged in its sentence; the other sentences and lines must name no other candidate."""
     if not answer.strip():
         return Verdict(False, "no answer")
-    sentences = [canonical(_words(s)) for s in SENTENCE_END.split(answer) if s.strip()]
-    found = [(s, i, i + len(v)) for v in truth_variants(truth) for s in sentences for i in _find(s, v)]
-    if not found:
+    words = canonical(_words(answer))
+    spans = sorted({(i, i + len(v)) for v in truth_variants(truth) for i in _find(words, v)})
+    if not spans:
         return Verdict(False, "not found")
+    stops = [k for k, w in enumerate(words) if w == STOP]
+    sentences = list(zip([0, *(k + 1 for k in stops)], [*stops, len(words)], strict=True))
+    found = []  # each mention in its sentence: (the sentence, where the mention starts and ends in it)
+    for i, j in spans:
+        start, end = max(a for a, _ in sentences if a <= i), min(b for _, b in sentences if b >= j)
+        found.append((words[start:end], i - start, j - start))
     for s, i, j in found:
-        before = s[_walk(s, i - 1, -1, CLAUSE_END) + 1:i]  # the mention's clause, up to it
+        before = s[_walk(s, i - 1, -1, CLAUSE_END | {"and"}) + 1:i]  # the mention's clause, up to it
         after = s[j:min(j + 4, _walk(s, j, 1, CLAUSE_END | {"and"}))]  # up to four words after it, in the clause
         non = i > 0 and s[i - 1] == "non"  # "non-Hodgkin lymphoma" is not "Hodgkin lymphoma"
         if non or _has(before, NEGATION_BEFORE) or _has(after, NEGATION_AFTER):
@@ -214,7 +239,9 @@ def judge(answer: str, truth: str) -> Verdict:
         rest = s[:i] + s[j:]
         if DISJUNCTIONS & set(rest) or _listed(s, i, j):
             return Verdict(False, "several candidates")
-    if _has([w for s in sentences for w in s], HEDGES):
+    masked = [BREAK if any(i <= k < j for i, j in spans) else w for k, w in enumerate(words)]  # "Differential cyanosis"
+    others = [words[a:b] for a, b in sentences if all(b <= i or a >= j for i, j in spans)]
+    if _has(masked, HEDGES) or any(_rival(s) for s in others):
         return Verdict(False, "several candidates")
     return Verdict(True, "match")
 
