@@ -67,3 +67,34 @@ def test_output_cut_short_by_a_pipe_ends_quietly():
         os.close(write)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+
+
+def test_check_data_agrees_with_training(capsys):
+    """check-data used to force over_length=drop (rc 2 where truncation trains) and skipped the model's limit."""
+    args = ["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=100"]
+    assert main([*args, "--set", "over_length=truncate"]) == 0
+    out = capsys.readouterr().out
+    assert "over max_seq_length=100: 40 (policy over_length='truncate': 0 dropped, 40 truncated)" in out
+    assert main(args) == 1  # drop: no row would be left, as training says
+    assert "every row (40) is longer than max_seq_length=100" in capsys.readouterr().err
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=100000"]) == 2
+    assert "max_position_embeddings=4096" in capsys.readouterr().err
+    # as loud as training when more than a quarter of the rows do not fit, with the length that keeps 95%
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=500"]) == 0
+    assert "medr1: WARNING: 19 of 40 rows (48%) are longer than max_seq_length=500" in capsys.readouterr().out
+
+
+def test_evaluate_verifiable_honours_max_questions_and_refuses_what_does_not_apply(tmp_path, capsys):
+    from medr1.verifiable import FIXTURE_PATH as QUESTIONS
+
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("".join(json.dumps({"prediction": f"### Answer:\n{json.loads(line)['Ground-True Answer']}"}) + "\n"
+                            for line in QUESTIONS.read_text().splitlines()[:2]))
+    base = ["evaluate", "--verifiable", str(QUESTIONS), "--predictions", str(pred)]
+    assert main([*base, "--max-questions", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["n"], result["correct"], result["file"]) == (2, 2, str(QUESTIONS))
+    for extra, flag in ((["runs/x"], "RUN_DIR"), (["--samples", "2"], "--samples"), (["--engine", "hf"], "--engine")):
+        assert main([*base, "--max-questions", "2", *extra]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and "--verifiable" in err and len(err.strip().splitlines()) == 1

@@ -113,3 +113,78 @@ def test_every_row_over_length_is_an_error(tokenizer):
     cfg = build_config("smoke", {"max_seq_length": 8}, quiet=True)
     with pytest.raises(DataError, match="every row .* is longer than max_seq_length=8"):
         data.tokenize_rows(ROWS, tokenizer, cfg)
+
+
+def test_csv_row_with_more_values_than_the_header_is_named(tmp_path):
+    """An unquoted comma used to cut the answer silently (csv filed the rest under key None)."""
+    path = tmp_path / "u.csv"
+    path.write_text("Question,Complex_CoT,Response\nWhat is x?,Think,Aspirin\nWhat is y?,Think about it,"
+                    "Give aspirin, heparin and a statin\n")
+    with pytest.raises(DataError, match=r"u\.csv: line 3 has 4 values but the header has 3 .*unquoted comma"):
+        data.read_rows(path)
+    path.write_text("Question,Complex_CoT\nq,c,r\n")  # a short header: was a TypeError in check_row
+    with pytest.raises(DataError, match=r"line 2 has 3 values but the header has 2"):
+        data.load_rows(path)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".json", ".jsonl"])
+def test_a_utf8_bom_is_read(tmp_path, ext):
+    """Excel's "CSV UTF-8" and Notepad write a BOM first."""
+    path = write(tmp_path / f"rows{ext}", ROWS)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert data.load_rows(path)[0] == ROWS
+
+
+def test_rows_are_named_by_their_place_in_the_file(tmp_path, tokenizer):
+    """After duplicates go, a message still names the file's row and line (and the CLI's --set)."""
+    from medr1.config import cli_hints
+
+    long = dict(ROWS[5], Complex_CoT="very long reasoning " * 200)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [ROWS[0], ROWS[0], *ROWS[1:5]]) + "\n\n\n" + json.dumps(long))
+    cfg = build_config("smoke", {"data_path": str(path), "holdout_examples": 0, "max_seq_length": 400}, quiet=True)
+    split = data.load_split(cfg)
+    assert data.tokenize_rows(split.train, tokenizer, cfg)[1].over_length_rows == [6]
+    with pytest.raises(DataError, match=rf"\(first: row 6 of {path}, line 9, \d+ tokens\).*--set over_length=drop"), \
+            cli_hints():
+        data.tokenize_rows(split.train, tokenizer, build_config("smoke", {"max_seq_length": 400,
+                                                                          "over_length": "error"}, quiet=True))
+    path.write_text(path.read_text() + "\n\n" + json.dumps({"Question": "q"}) + "\n")
+    with pytest.raises(DataError, match=rf"{path} line 11: row 7 is missing field 'Complex_CoT'"):
+        data.load_rows(path)
+
+
+def test_a_holdout_emptied_by_overlap_is_a_warning(tmp_path, capsys):
+    path = write(tmp_path / "rows.jsonl", [*ROWS, dict(ROWS[0], Response="Another answer.")])
+    split = data.load_split(build_config("smoke", {"data_path": str(path), "holdout_examples": 1}, quiet=True))
+    assert split.holdout == [] and "warning: 1 hold-out rows also appear in training" in capsys.readouterr().out
+
+
+def test_field_values_are_stripped(tmp_path):
+    """Leading spaces of a reasoning broke the token prefix on SmolLM2 ("\\n " merges); trailing ones were trained."""
+    row = {"Question": " What is x? ", "Complex_CoT": "  Think about it.", "Response": "Aspirin.  \n"}
+    path = write(tmp_path / "rows.jsonl", [row])
+    assert data.load_rows(path)[0] == [{"Question": "What is x?", "Complex_CoT": "Think about it.",
+                                        "Response": "Aspirin."}]
+    from medr1 import prompts, smollm
+
+    if smollm.unavailable():
+        return
+    from medr1.tokenizer import load_tokenizer
+
+    tok, clean = load_tokenizer(str(smollm.model_path())), data.load_rows(path)[0][0]
+    prompt = tok(prompts.inference_prompt(clean["Question"]))["input_ids"]
+    assert tok(prompts.format_row(clean, tok.eos_token))["input_ids"][:len(prompt)] == prompt
+
+
+def test_truncation_that_leaves_no_completion_drops_the_row(tokenizer):
+    """TRL drops a row with no completion token itself, so run.json's counts were wrong (and none left: a crash)."""
+    long = dict(ROWS[0], Question="A very long question " * 60)
+    rows, cfg = over_length_setup(tokenizer, "truncate")
+    cfg = build_config("smoke", {**{k: getattr(cfg, k) for k in ("max_seq_length", "over_length")},
+                                 "loss_on": "completion"}, quiet=True)
+    encoded, report = data.tokenize_rows([*rows, long], tokenizer, cfg)
+    assert (report.kept, report.truncated, report.dropped) == (7, 1, 1) and all(any(e.completion) for e in encoded)
+    assert report.dropped_rows == [7] and report.over_length_rows == [6, 7]
+    with pytest.raises(DataError, match="every row"):
+        data.tokenize_rows([long], tokenizer, cfg)

@@ -67,40 +67,81 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
+    """The checks training makes, with its settings: rc 2 for invalid data or settings, 1 where training would
+    stop on the lengths (the counts are printed first), else 0."""
     config = build_config(args.preset, {**parse_overrides(args.overrides), "data_path": args.path})  # logs auto's pick
-    from medr1 import data
-    from medr1.preflight import model_path
+    from medr1 import data, preflight
     from medr1.prompts import format_row
     from medr1.tokenizer import load_tokenizer
 
     rows, _ = data.load_rows(args.path)
     unique, dups = data.drop_duplicates(rows)
-    tokenizer = load_tokenizer(model_path(config.model_name), config.prompt_style)
-    probe = dataclasses.replace(config, over_length="drop")  # count over-length rows whatever the policy
-    _, report = data.tokenize_rows(unique, tokenizer, probe)
+    # the model's side (name, max_seq_length); 4-bit and GPUs are the training machine's, not this one's
+    preflight.check(dataclasses.replace(config, load_in_4bit=False, backend="unsloth"))
+    tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
+    _, report, problem = data.apply_length_policy(unique, tokenizer, config)
     print(f"{args.path}: {len(rows)} valid rows, {dups} duplicates")  # an invalid row stops before this line
     print(f"tokens per row: median {report.median_tokens:.0f}, max {report.max_tokens}; over "
-          f"max_seq_length={config.max_seq_length}: {report.over_length} (policy over_length={config.over_length!r})")
+          f"max_seq_length={config.max_seq_length}: {report.over_length} (policy over_length={config.over_length!r}: "
+          f"{report.dropped} dropped, {report.truncated} truncated)")
+    if report.warning():
+        print(f"medr1: {report.warning()}")
     if args.show is not None:
         if not 0 <= args.show < len(rows):
             print(f"--show {args.show}: no such row (0..{len(rows) - 1})", file=sys.stderr)
             return 2
         print(f"--- training text of row {args.show} ---")
         print(format_row(rows[args.show], tokenizer.eos_token, config.prompt_style))
-        print(data.token_view(rows[args.show], tokenizer, config))
-    if config.over_length == "error" and report.over_length:
+        print(token_view(rows[args.show], tokenizer, config))
+    if problem:
+        print(f"medr1: training would stop: {problem}", file=sys.stderr)
         return 1
     return 0
 
 
+def token_view(row: dict[str, str], tokenizer, config) -> str:
+    """One row as the trainer sees it: each token's id and text, whether it counts in the loss, the round trip.
+    A lost space or newline, a split `<think>`, a missing EOS or a misplaced mask shows at a glance."""
+    from medr1 import prompts
+    from medr1.data import encode_rows
+
+    text = prompts.format_row(row, tokenizer.eos_token, config.prompt_style)
+    enc = encode_rows([row], tokenizer, config.prompt_style)[0]
+    counted = enc.completion if config.loss_on == "completion" else [1] * len(enc.ids)
+    counted = [0, *counted[1:]]  # the first token is never predicted
+    lines = [f"--- row at token level: {len(enc.ids)} tokens ({type(tokenizer).__name__}); loss_on="
+             f"{config.loss_on!r}: '+' counts in the loss, '.' does not ---"]
+    lines += [f"{i:6d} {tok:8d} {'+' if c else '.'} {tokenizer.decode([tok])!r}"
+              for i, (tok, c) in enumerate(zip(enc.ids, counted, strict=True))]
+    back = tokenizer.decode(enc.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    bos = tokenizer.bos_token or ""
+    same = back == text or (bos and back == bos + text)
+    lines.append(f"round trip: decode(ids) {'==' if same else '!='} the training text"
+                 f"{'' if same else ' (the tokenizer loses text: do not train on it)'}; "
+                 f"{sum(counted)} of {len(enc.ids)} tokens count in the loss")
+    fits = len(enc.ids) <= config.max_seq_length
+    lines.append(f"max_seq_length={config.max_seq_length}: " + (
+        "fits" if fits else f"over it: over_length={config.over_length!r} "
+        + {"drop": "drops this row", "error": "stops the run", "truncate": "cuts it"}[config.over_length]))
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score predictions without a model (--mcq + --predictions), or evaluate a run's base vs fine-tuned."""
+    if args.verifiable or args.predictions:  # scoring alone: no model runs, so its options would be ignored
+        unused = [flag for flag, value in (("RUN_DIR", args.run_dir), ("--mcq", args.verifiable and args.mcq),
+                                           ("--samples", args.samples), ("--engine", args.engine != "auto"),
+                                           ("--max-rows", args.max_rows), ("--max-new-tokens", args.max_new_tokens),
+                                           ("--batch-size", args.batch_size)) if value]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: not used when scoring --predictions against "
+                              f"{'--verifiable' if args.verifiable else '--mcq'} FILE (no model runs); leave it out")
     if args.verifiable:  # open questions with a short reference answer: the GRPO correctness reward, no model
         if not args.predictions:
             raise ConfigError("--verifiable FILE needs --predictions PRED.jsonl")
         from medr1.verifiable import score_verifiable
 
-        print(json.dumps(score_verifiable(args.verifiable, args.predictions, args.style)))
+        print(json.dumps(score_verifiable(args.verifiable, args.predictions, args.style, args.max_questions)))
         return 0
     if args.predictions:
         if not args.mcq:

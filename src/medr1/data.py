@@ -1,7 +1,7 @@
 """Rows in, training tokens out: load (hub or local file), validate, hold out, tokenize, length policy.
 
-Every problem is reported with the file, row and field it is in, before any model loads. Row
-indices are 0-based positions in the file (or split); `line` numbers in JSONL are 1-based.
+Every problem is reported with the file, row and field it is in, before any model loads. Row indices are
+0-based positions in the file (or split), kept through duplicates and the hold-out (`Row`); lines are 1-based.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import prompts
-from medr1.config import Config
+from medr1.config import Config, hint
 from medr1.errors import DataError
 from medr1.log import log
 from medr1.presets import FIXTURE, VERIFIABLE_FIXTURE
@@ -32,10 +32,9 @@ def resolve_path(data_path: str | Path) -> Path:
 
 
 def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]]:
-    """The value in a .json, .jsonl (the list of its lines' values), .csv or .parquet file, and the line of each
-    JSONL row (blank lines counted; [] for the other formats, whose errors name the entry). `what`, the knob or
-    option, starts the messages about the file itself. By hand, not `datasets.load_dataset`: on a broken line it
-    names neither the file nor the line, and it fills a missing field with None."""
+    """The value in a .json, .jsonl (its lines' values), .csv or .parquet file, and the line each JSONL or CSV row
+    starts on ([] for the others). `what` (the knob or option) starts messages about the file. By hand: `datasets`
+    names neither file nor line of a broken row, and fills a missing field with None. A UTF-8 BOM is skipped."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{what}: file not found: {path}" if what else f"{path}: file not found")
@@ -49,8 +48,8 @@ def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]
         raise DataError(f"{name} is empty")
     try:
         if suffix == ".csv":
-            with path.open(encoding="utf-8", newline="") as fh:
-                return list(csv.DictReader(fh)), []
+            with path.open(encoding="utf-8-sig", newline="") as fh:
+                return _csv(path, csv.reader(fh))
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -59,12 +58,25 @@ def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]
             except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
                 raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
         if suffix == ".json":
-            return _json(path, path.read_text(encoding="utf-8")), []
-        with path.open(encoding="utf-8") as fh:
+            return _json(path, path.read_text(encoding="utf-8-sig")), []
+        with path.open(encoding="utf-8-sig") as fh:
             numbered = [(n, line) for n, line in enumerate(fh, start=1) if line.strip()]
         return [_json(path, line, n) for n, line in numbered], [n for n, _ in numbered]
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+
+
+def _csv(path: Path, reader) -> tuple[list[dict[str, str]], list[int]]:
+    """Rows as objects of the header's fields, and their lines. More values than the header is an error:
+    csv.DictReader files the surplus under None, so an unquoted comma silently cut the answer."""
+    header, rows, start = next(filter(None, reader), []), {}, reader.line_num + 1  # blank lines before it skipped
+    for values in reader:
+        if len(values) > len(header):
+            raise DataError(f"{path}: line {start} has {len(values)} values but the header has {len(header)} "
+                            'columns: an unquoted comma? Quote a value that holds one ("a, b")')
+        rows.update({start: dict(zip(header, values, strict=False))} if values else {})
+        start = reader.line_num + 1
+    return list(rows.values()), list(rows)
 
 
 def _json(path: Path, text: str, line: int = 0) -> Any:
@@ -74,9 +86,9 @@ def _json(path: Path, text: str, line: int = 0) -> Any:
         raise DataError(f"{path}: invalid JSON on line {line or err.lineno}: {err.msg}") from None
 
 
-def read_rows(path: str | Path, what: str = "data_path") -> list[dict[str, Any]]:
-    """The rows of a data file: a list, or a JSON object holding one ({"train": [...]})."""
-    rows = read_file(path, what)[0]
+def read_rows(path: str | Path, what: str = "data_path", rows: Any = None) -> list[dict[str, Any]]:
+    """The rows of a data file (or `rows`, the value read from it): a list, or a JSON object holding one."""
+    rows = read_file(path, what)[0] if rows is None else rows
     if isinstance(rows, dict):
         lists = [v for v in rows.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -89,7 +101,7 @@ def read_rows(path: str | Path, what: str = "data_path") -> list[dict[str, Any]]
     return rows
 
 
-def check_row(row: Any, where: str, fields: tuple[str, ...], strings: tuple[str, ...] = ()) -> dict[str, Any]:
+def check_row(row: Any, where: str, fields: tuple[str, ...], strings: tuple[str, ...] = ()) -> None:
     """`row` is an object with `fields`, those in `strings` non-empty strings; errors start with `where`."""
     if not isinstance(row, dict):
         raise DataError(f"{where} is {type(row).__name__}, expected an object with fields {list(fields)}")
@@ -101,20 +113,31 @@ def check_row(row: Any, where: str, fields: tuple[str, ...], strings: tuple[str,
             raise DataError(f"{where} field {name!r} is {type(row[name]).__name__}, expected a string")
         if not row[name].strip():
             raise DataError(f"{where} field {name!r} is empty")
-    return row
 
 
-def validate_rows(rows: list[Any], source: str, fields: tuple[str, ...] = FIELDS) -> list[dict[str, str]]:
-    """Check every row has `fields` (the SFT data's three by default) as non-empty strings; return rows with only
-    those fields. Errors name the source, the row and the field."""
-    clean = [check_row(row, f"{source}: row {i}", fields, fields) for i, row in enumerate(rows)]
-    return [{name: row[name] for name in fields} for row in clean]
+class Row(dict):
+    """A validated row that keeps its place in its file: messages and run.json name it after duplicates go."""
+
+    index, where = 0, ""  # 6, "row 6 of rows.jsonl, line 9"
+
+
+def validate_rows(rows: list, source: str, fields: tuple[str, ...] = FIELDS, lines: list | None = None) -> list[Row]:
+    """Check every row has `fields` (the SFT data's three by default) as non-empty strings; return `Row`s of those
+    fields, stripped (leading spaces broke the prompt's token prefix; trailing ones were trained before EOS)."""
+    out = []
+    for i, row in enumerate(rows):
+        line = f"line {lines[i]}" if lines else ""
+        check_row(row, f"{source}{' ' + line if line else ''}: row {i}", fields, fields)
+        out.append(Row({name: row[name].strip() for name in fields}))
+        out[-1].index, out[-1].where = i, f"row {i} of {source}" + (f", {line}" if line else "")
+    return out
 
 
 def load_rows(path: str | Path, fields: tuple[str, ...] = FIELDS, what: str = "data_path") -> tuple[list, str]:
     """(rows, source): a local file's (or a bundled fixture's) rows, validated, and the file they came from."""
     path = resolve_path(path)
-    return validate_rows(read_rows(path, what), str(path), fields), str(path)
+    raw, lines = read_file(path, what)
+    return validate_rows(read_rows(path, what, raw), str(path), fields, lines), str(path)
 
 
 def drop_duplicates(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
@@ -156,14 +179,14 @@ def load_split(config: Config) -> Split:
     overlap = sum(r["Question"] in train_questions for r in holdout)
     if overlap:
         holdout = [r for r in holdout if r["Question"] not in train_questions]
-        log.info(f"{overlap} hold-out rows also appear in training; removed from the hold-out")
+        (log.info if holdout else log.warning)(f"{overlap} hold-out rows also appear in training; removed from the "
+                                               f"hold-out{'' if holdout else ', which is now empty'}")
     if dups:
         log.warning(f"{dups} duplicate rows in {source}; each kept once")
     return Split(train=train, holdout=holdout, source=source, duplicates=dups)
 
 
-def hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELDS,
-              knob: str = "data_path") -> list[dict[str, str]]:
+def hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELDS, knob: str = "data_path") -> list:
     """A hub dataset's split, validated (`knob` names the local file that can stand in for it)."""
     from datasets import load_dataset
 
@@ -171,7 +194,7 @@ def hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELD
         ds = load_dataset(name, subset, split=split)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; name the source and the cause
         raise DataError(f"dataset {name!r} (config {subset!r}, split {split!r}) could not be loaded: "
-                        f"{type(err).__name__}: {err}. Offline? Set {knob} to a local file instead.") from err
+                        f"{type(err).__name__}: {err}. Offline? Give a local file: {hint(knob, 'rows.jsonl')}") from err
     return validate_rows(ds.to_list(), f"{name} ({subset}, {split})", fields)
 
 
@@ -189,7 +212,8 @@ class LengthReport:
     p95_tokens: int
     max_tokens: int
     total_tokens: int
-    over_length_rows: list[int] = field(default_factory=list)
+    over_length_rows: list[int] = field(default_factory=list)  # rows as numbered in their file (`Row.index`)
+    dropped_rows: list[int] = field(default_factory=list)  # those not trained on, whatever the policy
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,29 +253,43 @@ def encode_rows(rows: list[dict[str, str]], tokenizer, style: str) -> list[Encod
 
 
 def tokenize_rows(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list[Encoded], LengthReport]:
-    """Training rows -> encoded texts, applying `over_length`. Never cuts an answer off silently: dropping is
-    counted and reported, truncation is opt-in."""
+    """Training rows -> encoded texts, applying `over_length`: no answer is cut off silently (truncation is opt-in)."""
+    kept, report, problem = apply_length_policy(rows, tokenizer, config)
+    if problem:
+        raise DataError(problem)
+    return kept, report
+
+
+def apply_length_policy(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list, LengthReport, str]:
+    """tokenize_rows without raising: (kept, report, why training would stop or ""), so check-data can report all.
+    With loss_on=completion a row cut to its prompt is dropped: TRL would drop it unsaid, off run.json's counts."""
     encoded = encode_rows(rows, tokenizer, config.prompt_style)
-    lengths = [len(e.ids) for e in encoded]
-    limit = config.max_seq_length
+    lengths, limit, policy = [len(e.ids) for e in encoded], config.max_seq_length, config.over_length
     over = [i for i, n in enumerate(lengths) if n > limit]
     p95 = sorted(lengths)[max(0, math.ceil(0.95 * len(lengths)) - 1)] if lengths else 0
-    if over and config.over_length == "error":
-        raise DataError(f"{len(over)} rows are longer than max_seq_length={limit} tokens (first: row {over[0]}, "
-                        f"{lengths[over[0]]} tokens); raise max_seq_length (95% of rows fit in {p95}) or set "
-                        "over_length='drop'")
-    if over and len(over) == len(rows) and config.over_length == "drop":
-        raise DataError(f"every row ({len(rows)}) is longer than max_seq_length={limit} tokens "
-                        f"(shortest: {min(lengths)}); raise max_seq_length (95% of rows fit in {p95})")
-    kept = [e if n <= limit else Encoded(e.ids[:limit], e.completion[:limit])
-            for e, n in zip(encoded, lengths, strict=True) if n <= limit or config.over_length == "truncate"]
+    cut = [Encoded(e.ids[:limit], e.completion[:limit]) for e in encoded]
+    empty = [i for i in over if policy == "truncate" and config.loss_on == "completion" and not any(cut[i].completion)]
+    if empty:
+        log.warning(f"{len(empty)} rows cut to max_seq_length={limit} keep no token of reasoning or answer (the "
+                    "prompt fills it): dropped, as loss_on='completion' has nothing to train on in them")
+    gone = set(over if policy == "drop" else empty)
+    kept = [e for i, e in enumerate(cut) if i not in gone]
+    fix, problem = f"raise max_seq_length (95% of rows fit in {p95}: {hint('max_seq_length', p95)})", ""
+    if over and policy == "error":
+        where = getattr(rows[over[0]], "where", f"row {over[0]}")
+        problem = (f"{len(over)} rows are longer than max_seq_length={limit} tokens (first: {where}, "
+                   f"{lengths[over[0]]} tokens); {fix} or drop them: {hint('over_length', 'drop')}")
+    elif rows and not kept:
+        problem = (f"every row ({len(rows)}) is longer than max_seq_length={limit} tokens (shortest: {min(lengths)}"
+                   f"{'; cut to it, none keeps a token of its answer' if empty else ''}); {fix}")
     report = LengthReport(
-        rows=len(rows), kept=len(kept), over_length=len(over),
-        dropped=len(over) if config.over_length == "drop" else 0,
-        truncated=len(over) if config.over_length == "truncate" else 0,
+        rows=len(rows), kept=len(kept), over_length=len(over), dropped=len(gone),
+        truncated=len(over) - len(empty) if policy == "truncate" else 0,
         max_seq_length=limit, median_tokens=float(statistics.median(lengths)) if lengths else 0.0, p95_tokens=p95,
-        max_tokens=max(lengths, default=0), total_tokens=sum(len(e.ids) for e in kept), over_length_rows=over)
-    return kept, report
+        max_tokens=max(lengths, default=0), total_tokens=sum(len(e.ids) for e in kept),
+        over_length_rows=[getattr(rows[i], "index", i) for i in over],
+        dropped_rows=[getattr(rows[i], "index", i) for i in sorted(gone)])
+    return kept, report, problem
 
 
 def to_dataset(encoded: list[Encoded] | list[list[int]], loss_on: str = "all"):
@@ -264,27 +302,3 @@ def to_dataset(encoded: list[Encoded] | list[list[int]], loss_on: str = "all"):
     if loss_on == "completion":
         columns["completion_mask"] = [e.completion for e in encoded]
     return Dataset.from_dict(columns)
-
-
-def token_view(row: dict[str, str], tokenizer, config: Config) -> str:
-    """One row as the trainer sees it: each token's id and text, whether it counts in the loss, the round trip.
-    A lost space or newline, a split `<think>`, a missing EOS or a misplaced mask shows at a glance."""
-    text = prompts.format_row(row, tokenizer.eos_token, config.prompt_style)
-    enc = encode_rows([row], tokenizer, config.prompt_style)[0]
-    counted = enc.completion if config.loss_on == "completion" else [1] * len(enc.ids)
-    counted = [0, *counted[1:]]  # the first token is never predicted
-    lines = [f"--- row at token level: {len(enc.ids)} tokens ({type(tokenizer).__name__}); loss_on="
-             f"{config.loss_on!r}: '+' counts in the loss, '.' does not ---"]
-    lines += [f"{i:6d} {tok:8d} {'+' if c else '.'} {tokenizer.decode([tok])!r}"
-              for i, (tok, c) in enumerate(zip(enc.ids, counted, strict=True))]
-    back = tokenizer.decode(enc.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    bos = tokenizer.bos_token or ""
-    same = back == text or (bos and back == bos + text)
-    lines.append(f"round trip: decode(ids) {'==' if same else '!='} the training text"
-                 f"{'' if same else ' (the tokenizer loses text: do not train on it)'}; "
-                 f"{sum(counted)} of {len(enc.ids)} tokens count in the loss")
-    fits = len(enc.ids) <= config.max_seq_length
-    lines.append(f"max_seq_length={config.max_seq_length}: " + (
-        "fits" if fits else f"over it: over_length={config.over_length!r} "
-        + {"drop": "drops this row", "error": "stops the run", "truncate": "cuts it"}[config.over_length]))
-    return "\n".join(lines)
