@@ -106,6 +106,10 @@ def test_resume_and_overwrite_together_are_refused():
     ("grpo", "max_steps", 2, "max_steps is not read by grpo, which reads grpo_max_steps"),
     ("grpo", "learning_rate", 1e-5, "learning_rate is not read by grpo, which reads grpo_learning_rate"),
     ("grpo", "data_path", "rows.jsonl", "data_path is not read by grpo, which reads grpo_data_path"),
+    ("grpo", "packing", True, "packing is not read by grpo: GRPO packs no rows"),
+    ("grpo", "loss_on", "completion", "loss_on is not read by grpo: GRPO's loss is on the sampled answers"),
+    ("grpo", "holdout_examples", 3, "holdout_examples is not read by grpo: GRPO carries the held-out rows of "
+                                    "init_adapter's run"),
     ("train", "grpo_max_steps", 3, "grpo_max_steps is not read by train: it is a GRPO knob"),
     ("train", "reward_format", 1.0, "reward_format is not read by train: it is a GRPO knob"),
     ("train", "num_generations", 4, "num_generations is not read by train: it is a GRPO knob"),

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from medr1 import build_config, record
 from medr1.__main__ import main
-from medr1.errors import ConfigError, DataError
+from medr1.errors import ConfigError, DataError, OutputDirError
 from medr1.grpo import GrpoRun
 from medr1.verifiable import FIELDS, FIXTURE_PATH, score_verifiable
 
@@ -153,6 +153,7 @@ def test_starts_from_a_runs_adapter(runs, tmp_path):
     run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "next"), "init_adapter": str(full.out)},
                                quiet=True))
     assert run.adapter == full.out / "adapter"
+    assert run.record["init_kind"] == "grpo"  # a GRPO run's: its card says so, not "the SFT adapter"
     run.load()
     run.add_lora()
     saved = load_file(str(full.out / "adapter" / "adapter_model.safetensors"))
@@ -328,3 +329,97 @@ def test_a_verifier_that_cannot_load_fails_before_anything_loads(tmp_path):
     run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "d"), "reward_verifier": 0.5,
                                          "verifier_model": str(tiny_model_path())}, quiet=True))  # a model folder
     assert run.weights["verifier"] == 0.5
+
+
+def _copy_run(src, dest):
+    """A copy of a finished run folder, with an export of its adapter as `medr1 export` writes it (export/adapter)."""
+    import shutil
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("export", "eval.*"))
+    shutil.copytree(dest / "adapter", dest / "export" / "adapter")
+    return dest
+
+
+def test_a_checkpoint_or_an_export_is_checked_as_its_run_and_carries_its_holdout(smoke_run, tmp_path, prepared,
+                                                                                 capsys):
+    """init_adapter may name a checkpoint (RUN/checkpoints/checkpoint-N) or an export (RUN/export/adapter): the run
+    record is found by walking up, so the prompt style and model are checked and the held-out rows come along. A bare
+    adapter folder, with no record within reach, starts with a warning that nothing could be checked."""
+    sft = _copy_run(smoke_run.out, tmp_path / "sft")
+    checkpoint = record.newest_checkpoint(sft / "checkpoints")
+    for start in (checkpoint, sft / "export" / "adapter"):
+        with pytest.raises(ConfigError, match="prompt_style='seed'"):
+            GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "r1"), "init_adapter": str(start),
+                                           "prompt_style": "r1"}, quiet=True))
+    out = tmp_path / "from-checkpoint"
+    run = prepared(out, init_adapter=str(checkpoint), grpo_max_steps=1, save_steps=0)
+    assert run.adapter == checkpoint and run.record["init_kind"] == "sft"
+    run.train()
+    assert (out / "holdout.jsonl").read_text() == (sft / "holdout.jsonl").read_text()
+    data = record.read_record(out)["data"]
+    assert data["holdout_file"] == "holdout.jsonl" and data["holdout_rows"] == len(smoke_run.holdout)
+    bare = tmp_path / "bare"
+    (sft / "adapter").rename(bare)
+    capsys.readouterr()
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "b"), "init_adapter": str(bare)}, quiet=True))
+    assert run.adapter == bare and run.start_record == {}
+    assert "warning: init_adapter=" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["run", "adapter", "parent", "inside"])
+def test_output_dir_over_the_start_run_is_refused_before_anything_is_removed(smoke_run, tmp_path, where):
+    """--overwrite with output_dir at the start run's folder (or one holding its adapter, or inside the adapter) would
+    remove the adapter, checkpoints and held-out rows GRPO starts from: refused, naming both knobs, nothing removed."""
+    from medr1.errors import OutputDirError
+
+    sft = _copy_run(smoke_run.out, tmp_path / "runs" / "sft")
+    before = sorted(p.relative_to(sft) for p in sft.rglob("*"))
+    out = {"run": sft, "adapter": sft / "adapter", "parent": tmp_path / "runs", "inside": sft / "adapter" / "g"}[where]
+    with pytest.raises(OutputDirError, match=r"output_dir=.* init_adapter="):
+        GrpoRun(build_config("smoke", {"output_dir": str(out), "init_adapter": str(sft), "overwrite": True},
+                             quiet=True))
+    assert sorted(p.relative_to(sft) for p in sft.rglob("*")) == before
+    GrpoRun(build_config("smoke", {"output_dir": str(sft / "grpo"), "init_adapter": str(sft)}, quiet=True))  # beside
+
+
+def test_questions_too_long_for_max_seq_length_are_dropped_or_refused(tmp_path, capsys):
+    """The model is loaded for max_seq_length tokens: each prompt plus max_completion_length must fit. over_length
+    (as in SFT) drops the questions that do not, counted in the log and run.json, or stops with one line; a
+    question cut off is no question, so truncate is refused."""
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "ok")}, quiet=True))
+    lengths = sorted(len(run.tokenizer(run.prompt(i))["input_ids"]) for i in range(len(run.questions)))
+    assert run.record["data"]["over_length"] == 0 and run.record["data"]["longest_prompt"] == lengths[-1]
+    cut = lengths[len(lengths) // 2] + 24  # half the prompts, plus the smoke preset's 24 answer tokens, fit
+    capsys.readouterr()
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "drop"), "max_seq_length": cut}, quiet=True))
+    dropped = sum(n + 24 > cut for n in lengths)
+    assert 0 < dropped < len(lengths) and len(run.questions) == len(lengths) - dropped
+    assert run.record["data"]["over_length"] == dropped and run.record["data"]["questions"] == len(run.questions)
+    assert f"{dropped} of {len(lengths)} questions dropped" in capsys.readouterr().out
+    assert all(len(run.tokenizer(run.prompt(i))["input_ids"]) + 24 <= cut for i in range(len(run.questions)))
+    for overrides in ({"max_seq_length": cut, "over_length": "error"}, {"max_seq_length": 64}):
+        with pytest.raises(DataError) as err:
+            GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "e"), **overrides}, quiet=True))
+        for named in (f"max_seq_length={overrides['max_seq_length']}", "max_completion_length=24",
+                      f"longest {lengths[-1]} tokens", f"raise max_seq_length to {lengths[-1] + 24}"):
+            assert named in str(err.value) and "\n" not in str(err.value), named
+    with pytest.raises(ConfigError, match="over_length='truncate'"):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "t"), "over_length": "truncate"}, quiet=True))
+    assert not (tmp_path / "e").exists() and not (tmp_path / "t").exists()
+
+
+def test_resume_refuses_questions_that_changed(tmp_path):
+    """As in SFT: a resumed GRPO run on another questions file would train on questions the run never began with;
+    run.json keeps their fingerprint and a resume on other questions is refused with the file named."""
+    lines = FIXTURE_PATH.read_text().splitlines(keepends=True)
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(lines[:8]))
+    settings = {"grpo_data_path": str(path), "output_dir": str(tmp_path / "run")}
+    run = GrpoRun(build_config("smoke", settings, quiet=True))
+    record.atomic_write_json(run.out / "run.json", run.record)  # what a started run leaves
+    assert len(run.record["data"]["questions_sha256"]) == 64
+    again = {**settings, "resume": True}
+    assert GrpoRun(build_config("smoke", again, quiet=True)).record["data"] == run.record["data"]
+    path.write_text("".join(lines[:9]))
+    with pytest.raises(OutputDirError, match=rf"but {path} changed since the run in .* began \(its questions differ\)"):
+        GrpoRun(build_config("smoke", again, quiet=True))

@@ -61,7 +61,7 @@ class Config:
     data_path: str = ""  # local .json/.jsonl/.csv/.parquet with the same fields; overrides the hub
     num_examples: int = 500  # training rows (0 = all); the hub loads `train[:num_examples]`
     holdout_examples: int = 20  # rows kept out of training for the before/after and evaluation
-    over_length: str = "drop"  # rows longer than max_seq_length: drop (counted) | error | truncate
+    over_length: str = "drop"  # over max_seq_length (GRPO: prompt + max_completion_length): drop | error | truncate
     prompt_style: str = "seed"  # seed (### Query / Chain of Thought / Answer) | r1 (<think> ... </think>)
     loss_on: str = "all"  # all: every token, prompt included (the seed's) | completion: reasoning, answer, EOS only
     # --- LoRA ---
@@ -100,7 +100,7 @@ class Config:
     grpo_dataset_split: str = "train"  # the split questions are taken from
     grpo_data_path: str = ""  # local file with Open-ended Verifiable Question, Ground-True Answer; overrides the hub
     grpo_num_examples: int = 1000  # questions loaded (0 = all); each step samples from them
-    init_adapter: str = ""  # a medr1 SFT run folder (or its adapter/) to start from; "" = new LoRA on the base
+    init_adapter: str = ""  # a medr1 run folder, its adapter/ or a checkpoint to start from; "" = new LoRA on the base
     num_generations: int = 8  # answers sampled per question; rewards are compared within this group
     max_completion_length: int = 512  # token budget per answer; an answer cut off here gets no format reward
     grpo_questions_per_step: int = 1  # questions per optimizer step, each with num_generations answers
@@ -155,19 +155,20 @@ def knob_names() -> list[str]:
 # Knobs a stage never reads (with what it reads instead): set for it, they stop the run like a typo would.
 GRPO_ONLY = ("init_adapter", "num_generations", "max_completion_length", "beta", "verifier_model")
 SFT_DATA = ("data_path", "dataset_name", "dataset_config", "dataset_split", "num_examples")  # GRPO's: grpo_ + these
-NOT_READ: dict[str, dict[str, str]] = {
+NOT_READ: dict[str, dict[str, str]] = {  # the knob read instead, or why there is none ("": a GRPO knob)
     "train": {k: "" for k in knob_names() if k.startswith(("grpo_", "reward_")) or k in GRPO_ONLY},
     "grpo": {"max_steps": "grpo_max_steps", "num_train_epochs": "grpo_max_steps", "learning_rate": "grpo_learning_rate",
              "per_device_train_batch_size": "num_generations", "gradient_accumulation_steps": "grpo_questions_per_step",
-             **{k: f"grpo_{k}" for k in SFT_DATA}}}
+             **{k: f"grpo_{k}" for k in SFT_DATA}, "packing": "GRPO packs no rows (each answer is sampled on its own)",
+             "loss_on": "GRPO's loss is on the sampled answers only",
+             "holdout_examples": "GRPO carries the held-out rows of init_adapter's run"}}
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 def coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check `value` against the annotation of knob `name`, converting the strings a CLI or papermill gives
-    (`--set max_steps=10`); a value that cannot be converted is an error naming the knob, the expected type
-    and what was given."""
+    """Check `value` against knob `name`'s annotation, converting the strings a CLI or papermill gives (`--set
+    max_steps=10`); one that cannot be converted is an error naming the knob, the type expected and the value."""
     if hint == tuple[str, ...]:
         if isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -196,8 +197,9 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     check_parameters(overrides, knob_names(), what="knob")
     if unread := {k: NOT_READ[stage][k] for k in overrides if k in NOT_READ.get(stage, {})}:
-        raise ConfigError("; ".join(f"{k} is not read by {stage}" + (f", which reads {v}" if v else ": it is a GRPO "
-                                    "knob (python -m medr1 grpo, notebook 04)") for k, v in unread.items()))
+        raise ConfigError("; ".join(f"{k} is not read by {stage}" + (f", which reads {v}" if v in knob_names() else
+                                    f": {v or 'it is a GRPO knob (python -m medr1 grpo, notebook 04)'}")
+                                    for k, v in unread.items()))
     sizing: dict[str, Any] = {}
     if name == "fast":  # micro-batch and recomputation from this GPU's free memory; overrides still win
         seq_len = coerce("max_seq_length", overrides.get("max_seq_length", Config.max_seq_length), int)
@@ -224,12 +226,10 @@ def _resumed_sizing(overrides: dict[str, Any]) -> tuple[dict[str, Any], str] | N
 def check_parameters(given: Iterable[str], known: Iterable[str], *, what: str = "parameter") -> None:
     """Stop on a name nobody reads (papermill only warns "Passed unknown parameter"), with a "did you mean"."""
     known = list(known)
-    unknown = sorted(set(given) - set(known))
-    if unknown:
+    if unknown := sorted(set(given) - set(known)):
         hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
         guess = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in hints.items() if m)
-        guess = f" ({guess})" if guess else ""
-        raise ConfigError(f"unknown {what}(s) {unknown}{guess}; valid {what}s: {known}")
+        raise ConfigError(f"unknown {what}(s) {unknown}{f' ({guess})' if guess else ''}; valid {what}s: {known}")
 
 
 def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:

@@ -20,14 +20,15 @@ from typing import Any
 
 from medr1 import distributed, prompts, record, rewards, verifier
 from medr1.config import Config
-from medr1.errors import ConfigError, ModelError
+from medr1.errors import ConfigError, ModelError, OutputDirError
 from medr1.log import log
 from medr1.stage import Stage
-from medr1.verifiable import FIELDS, load_questions
+from medr1.verifiable import FIELDS, fit_questions, load_questions
 
 GENERATION = ("trl", "medr1")  # who samples the answers: TRL's model.generate, or medr1.decode
 REWARD_KNOBS = {"correctness": "reward_correctness", "format": "reward_format", "stop": "reward_stop",
                 "verifier": "reward_verifier"}
+RECORD_DEPTH = 3  # run.json in init_adapter or 2 up: RUN, RUN/adapter, RUN/checkpoints/checkpoint-N, RUN/export/adapter
 
 
 def check(config: Config) -> None:
@@ -46,6 +47,9 @@ def check(config: Config) -> None:
         raise ConfigError(f"every reward weight is 0 ({', '.join(REWARD_KNOBS.values())}): nothing to learn from")
     if config.grpo_generation not in GENERATION:
         raise ConfigError(f"grpo_generation={config.grpo_generation!r} is not valid; choose one of {list(GENERATION)}")
+    if config.over_length == "truncate":
+        raise ConfigError("over_length='truncate' cuts SFT rows; a question cut off is no question: GRPO takes "
+                          "over_length='drop' or 'error'")
     if config.max_completion_length >= config.max_seq_length:
         raise ConfigError(f"max_completion_length={config.max_completion_length} leaves no room for the question "
                           f"within max_seq_length={config.max_seq_length}")
@@ -57,13 +61,13 @@ def reward_weights(config: Config) -> dict[str, float]:
             if name != "verifier" or getattr(config, knob) > 0}
 
 
-def start_adapter(config: Config) -> tuple[Path | None, dict[str, Any]]:
-    """The adapter folder `init_adapter` names (a run folder or its adapter/), checked against this config, and its
-    SFT run's record (empty for a bare adapter folder)."""
+def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, Any]]:
+    """The adapter folder `init_adapter` names (a run folder, its adapter/, a checkpoint or an export of it), checked
+    against this config, with its run's folder and record, found by walking up RECORD_DEPTH folders (None, {}: none)."""
     if not config.init_adapter:
-        return None, {}
+        return None, None, {}
     path = Path(config.init_adapter).expanduser()
-    run_dir = next((p for p in (path, path.parent) if (p / "run.json").exists()), None)
+    run_dir = next((p for p in [path, *path.parents][:RECORD_DEPTH] if (p / "run.json").exists()), None)
     rec = record.read_record(run_dir) if run_dir else {}
     adapter = path
     if not (path / "adapter_config.json").exists():
@@ -74,13 +78,27 @@ def start_adapter(config: Config) -> tuple[Path | None, dict[str, Any]]:
         if not (adapter / "adapter_config.json").exists():
             raise ConfigError(f"init_adapter={config.init_adapter!r}: the run holds no adapter yet (status "
                               f"{rec.get('status')!r}); finish or resume it first")
+    if not run_dir:
+        log.warning(f"init_adapter={config.init_adapter!r} has no run.json within {RECORD_DEPTH - 1} folders above "
+                    "it: its model_name and prompt_style could not be checked, and no held-out rows come along")
     trained = rec.get("config", {})
     differ = [f"{k}={trained[k]!r} (this config: {getattr(config, k)!r})" for k in ("model_name", "prompt_style")
               if k in trained and trained[k] != getattr(config, k)]
     if differ:
         raise ConfigError(f"init_adapter={config.init_adapter!r} was trained with {'; '.join(differ)}: set the "
                           "same values, so the adapter meets the base and the prompts it learned")
-    return adapter, rec
+    return adapter, run_dir, rec
+
+
+def check_clear_of_start(config: Config, out: Path, adapter: Path | None) -> None:
+    """output_dir must neither hold nor lie inside the start adapter (its run folder included): an overwrite would
+    remove the adapter, checkpoints and held-out rows GRPO starts from before it reads them."""
+    if not adapter:
+        return
+    out, start = out.resolve(), adapter.resolve()
+    if out == start or out in start.parents or start in out.parents:
+        raise OutputDirError(f"output_dir={config.output_dir!r} holds or lies inside init_adapter="
+                             f"{config.init_adapter!r} ({start}), which GRPO starts from: choose another output_dir")
 
 
 class GrpoRun(Stage):
@@ -98,13 +116,18 @@ class GrpoRun(Stage):
         check(config)
         super().__init__(config)
         self.questions, self.source = load_questions(self.config)
-        self.adapter, self.start_record = start_adapter(self.config)  # the SFT run's run.json, read once
+        prints = record.same_data(self.config, self.out, self.source, questions=self.questions)  # as resumed
+        self.adapter, self.start_dir, self.start_record = start_adapter(self.config)  # its run.json, read once
+        check_clear_of_start(self.config, self.out, self.adapter)
         self._check_model()
+        self.questions, lengths = fit_questions(self.questions, self.tokenizer, self.config)
         verifier.check(self.config)  # its config.json now, not at the first scored answer
         self.weights = reward_weights(self.config)
         self.rollout_memory_gib = 0.0  # grpo_generation=medr1: plan the decoder for this much GPU memory (0: free)
-        self.record = self._prepared({"source": self.source, "questions": len(self.questions)}, kind="grpo",
-                                     reward_weights=self.weights, init_adapter=self.adapter and str(self.adapter))
+        data = {"source": self.source, "questions": len(self.questions), **lengths, **prints}
+        self.record = self._prepared(data, kind="grpo", reward_weights=self.weights,
+                                     init_adapter=self.adapter and str(self.adapter),
+                                     init_kind=self.start_record.get("kind", "sft") if self.start_dir else "")
         log.info(f"{len(self.questions)} verifiable questions from {self.source}; reward weights {self.weights}")
 
     def prompt(self, i: int = 0) -> str:
@@ -210,12 +233,12 @@ class GrpoRun(Stage):
         plot_rewards(records, path, title)
 
     def _hold_out(self) -> None:
-        held = self.adapter.parent / "holdout.jsonl" if self.adapter else None
-        if held and held.exists():  # the SFT run's held-out rows: `medr1 evaluate` compares on the same ones
+        start = self.start_record.get("data") or {}  # the start run's held-out rows (and count, for the card)
+        held = self.start_dir / (start.get("holdout_file") or "holdout.jsonl") if self.start_dir else None
+        if held and held.exists():  # `medr1 evaluate` compares both runs on the same rows
             if distributed.is_main():
                 shutil.copyfile(held, self.out / "holdout.jsonl")
-            sft = self.start_record.get("data") or {}  # its count, for the card
-            self.record["data"].update(holdout_file="holdout.jsonl", holdout_rows=sft.get("holdout_rows"))
+            self.record["data"].update(holdout_file="holdout.jsonl", holdout_rows=start.get("holdout_rows"))
 
 
 def _load_adapter_weights(model, adapter: Path) -> int:
