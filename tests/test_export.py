@@ -128,7 +128,7 @@ def test_card_without_evaluation_says_how_to_get_one():
                                   "dataset_name": "FreedomIntelligence/medical-o1-reasoning-SFT"}}, kind="gguf",
                       files=["m.Q8_0.gguf", "README.md"])
     assert "Not evaluated yet" in text and "datasets:\n- FreedomIntelligence/medical-o1-reasoning-SFT" in text
-    assert "<think>" in text and "llama-cli -m m.Q8_0.gguf" in text and "- gguf" in text
+    assert "<think>" in text and "llama-cli -m m.Q8_0.gguf -no-cnv -p" in text and "- gguf" in text
 
 
 def test_card_of_an_exported_grpo_run_tells_grpo():
@@ -173,6 +173,24 @@ def test_card_of_an_exported_grpo_run_tells_grpo():
                 "| packing |", "rows trained on", "chain-of-thought answers", "synthetic reasoning traces",
                 "/content/drive"]:
         assert sft not in text, sft
+
+
+@pytest.mark.parametrize("init_kind, start", [("grpo", "GRPO adapter"), ("sft", "SFT adapter"), ("", "adapter")])
+def test_card_of_a_grpo_run_names_the_kind_of_run_it_started_from(init_kind, start):
+    """A GRPO run started from another GRPO run (run.json's `init_kind`: the start run's `kind`) says so, never "the
+    SFT adapter"; a bare adapter folder, with no record, is "the adapter". Questions dropped as too long are said."""
+    from medr1.card import model_card
+
+    rec = {"kind": "grpo", "init_adapter": "/runs/g1/adapter", "init_kind": init_kind,
+           "reward_weights": {"correctness": 1.0}, "config": {"model_name": "m", "grpo_data_path": "q.jsonl",
+                                                             "max_seq_length": 256, "max_completion_length": 128,
+                                                             "over_length": "drop"},
+           "data": {"source": "q.jsonl", "questions": 3, "over_length": 2}}
+    text = model_card(rec)
+    assert f"starting from the {start} `g1/adapter`" in text and f"The {start} it started from was trained" in text
+    assert ("SFT adapter" in text) == (init_kind == "sft")
+    assert "3 verifiable questions (a question and a short reference answer each); 2 more dropped, as their prompts " \
+           "leave less than max_completion_length=128 tokens within max_seq_length=256 (over_length `drop`)" in text
 
 
 def test_refuses_a_non_empty_destination(exported, run_copy, tmp_path):
