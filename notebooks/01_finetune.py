@@ -135,10 +135,11 @@ print(run.example_text())
 # the trained format that stop at EOS.
 
 # %%
-case = run.holdout[0]
-before = run.answer(case["Question"], stream=True, label="before")
-show(before, reference=case["Response"])
-run.measure("before")
+case = run.holdout_case()  # None with holdout_examples=0: nothing to ask, before or after
+if case:
+    before = run.answer(case["Question"], stream=True, label="before")
+    show(before, reference=case["Response"])
+    run.measure("before")
 
 # %% [markdown]
 # ## Add LoRA adapters
@@ -173,9 +174,10 @@ Image(filename=str(run.plot_loss()))
 # ## After training: the same question, and the held-out figures again
 
 # %%
-after = run.answer(case["Question"], stream=True, label="after")
-show(after, reference=case["Response"])
-run.measure("after")
+if case:
+    after = run.answer(case["Question"], stream=True, label="after")
+    show(after, reference=case["Response"])
+    run.measure("after")
 
 # %% [markdown]
 # ## Save the adapter (and the run record)

@@ -121,3 +121,50 @@ def test_the_finetune_parameters_cell_lists_every_training_knob():
     wanted = [k for section, names in knob_sections().items() if section != "reinforcement" for k in names]
     assert set(listed) == {"preset", *wanted}
     assert all(t.startswith("Optional[") for k, t in listed.items() if k != "preset")
+
+
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `folder`: its modification time and content."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name, steps", [("01_finetune", {"max_steps": 4}), ("04_reinforce", {"grpo_max_steps": 2})])
+def test_resuming_a_complete_run_in_the_notebook_trains_nothing_and_changes_no_file(tmp_path, name, steps):
+    """The notebook's own train cell, `trainer.train(resume_from_checkpoint=run.resume_from)`, on a finished run:
+    as `medr1 train --resume` does, it says the run is complete, trains nothing and leaves every file as it was."""
+    import papermill
+
+    out = tmp_path / "run"
+    parameters = {"preset": "smoke", "save_steps": 2, "output_dir": str(out), **steps}
+    if name == "01_finetune":
+        parameters.update(holdout_examples=2, max_new_tokens=4)
+    for label, resume in (("first", False), ("again", True)):
+        if resume:
+            before = _files(out)
+            assert any(k.startswith("checkpoints/checkpoint-2/") for k in before), sorted(before)
+        papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp_path / f"{label}.ipynb"),
+                                   cwd=str(NOTEBOOKS), kernel_name="python3",
+                                   parameters={**parameters, "resume": resume}, progress_bar=False)
+    changed = [k for k, v in _files(out).items() if before.get(k) != v]
+    assert _files(out).keys() == before.keys() and not changed, f"changed: {changed}"
+    text = (tmp_path / "again.ipynb").read_text()
+    assert f"the run in {out} is complete" in text and "the run is complete: trainer.train() trains nothing" in text
+    assert "steps in" not in text  # no training summary: nothing ran
+
+
+def test_the_finetune_notebook_runs_without_held_out_rows(tmp_path):
+    """holdout_examples=0: one line says there is nothing to ask before and after; Run all still saves the adapter."""
+    import papermill
+
+    out, executed = tmp_path / "run", tmp_path / "01_finetune.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "01_finetune.ipynb"), str(executed), cwd=str(NOTEBOOKS), kernel_name="python3",
+        parameters={"preset": "smoke", "holdout_examples": 0, "max_steps": 2, "output_dir": str(out)},
+        progress_bar=False)
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["status"] == "complete" and rec["data"]["holdout_rows"] == 0
+    assert "answers" not in rec and "holdout_eval" not in rec
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "holdout.jsonl").read_text() == ""
+    text = executed.read_text()
+    assert text.count("no held-out rows (holdout_examples=0)") == 1 and "QUESTION" not in text

@@ -213,6 +213,13 @@ def test_the_example_text_is_a_row_that_is_trained_on(tmp_path):
                                      "output_dir": str(tmp_path / "run")}, quiet=True))
     assert run.lengths.over_length_rows == [0]
     assert rows[1]["Question"] in run.example_text() and rows[0]["Question"] not in run.example_text()
+    # Rows are numbered as in the file: with a duplicate before them, the dropped rows' numbers are not positions.
+    rows[1] = dict(rows[1], Complex_CoT=rows[1]["Complex_CoT"] * 20)
+    path.write_text("".join(json.dumps(r) + "\n" for r in [rows[0], *rows]))  # row 0 twice: rows 0, 2 and 3...
+    run = Run(build_config("smoke", {"data_path": str(path), "holdout_examples": 1, "max_seq_length": 1024,
+                                     "output_dir": str(tmp_path / "run2")}, quiet=True))
+    assert run.lengths.over_length_rows == [0, 2]
+    assert rows[2]["Question"] in run.example_text()
 
 
 # -- a stop after training, overwrite, hints and times ----------------------------------------------------------
@@ -337,3 +344,34 @@ def test_a_resumed_run_keeps_its_start_and_adds_up_its_training_time(runs):
     sessions = rec["timings"]["train_sessions_s"]
     assert sessions[0] == first[0] and len(sessions) == 2 and sessions[1] == rec["train"]["session_s"]
     assert rec["train"]["train_s"] == rec["timings"]["train_s"] == pytest.approx(sum(sessions), abs=0.02)
+
+
+def test_resume_refuses_a_data_file_that_changed_before_anything_loads(tmp_path, prepared, monkeypatch):
+    """Rows appended to data_path move the run's held-out rows into training (the hold-out is the file's last rows):
+    a resume names the file and what changed, before the tokenizer or the model loads."""
+    import medr1.stage
+
+    rows = FIXTURE_PATH.read_text().splitlines(keepends=True)
+    path = tmp_path / "mydata.jsonl"
+    path.write_text("".join(rows[:36]))
+    settings = {"data_path": str(path), "holdout_examples": 4, "num_examples": 0}
+    run = prepared(tmp_path / "run", **settings)
+    run.trainer()
+    with pytest.raises(KeyboardInterrupt), run.recording():  # stopped: run.json holds the rows it began with
+        raise KeyboardInterrupt("stop button")
+    data = record.read_record(run.out)["data"]
+    assert len(data["train_sha256"]) == len(data["holdout_sha256"]) == 64
+
+    def config():
+        return build_config("smoke", {**SETTINGS, **settings, "output_dir": str(run.out), "resume": True}, quiet=True)
+
+    assert Run(config()).record["data"]["train_sha256"] == data["train_sha256"]  # the same file resumes
+    monkeypatch.setattr(medr1.stage, "load_tokenizer", lambda *a: pytest.fail("loaded before the data was checked"))
+    path.write_text("".join(rows[:40]))  # four rows appended
+    with pytest.raises(OutputDirError, match=rf"resume=True but {path} changed since the run in {run.out} began "
+                                             r"\(its training rows and held-out rows differ\)"):
+        Run(config())
+    path.write_text("".join(rows[:35] + rows[36:37]))  # only the last (held-out) row replaced
+    with pytest.raises(OutputDirError, match=r"\(its held-out rows differ\)"):
+        Run(config())
+    assert record.read_record(run.out)["data"] == data and (run.out / "holdout.jsonl").read_text().count("\n") == 4

@@ -31,12 +31,14 @@ class Run(Stage):
     def __init__(self, config: Config):
         super().__init__(config)
         self.split = data.load_split(self.config)
+        split = self.split  # a resume on other rows is refused here, before the tokenizer and the model load
+        prints = record.same_data(self.config, self.out, split.source, train=split.train, holdout=split.holdout)
         self._check_model()
         self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, self.config)
         self.history = None
         self.record = self._prepared({
-            "source": self.split.source, "train_rows": len(self.split.train), "holdout_rows": len(self.split.holdout),
-            "duplicates": self.split.duplicates, "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()})
+            "source": split.source, "train_rows": len(split.train), "holdout_rows": len(split.holdout), **prints,
+            "duplicates": split.duplicates, "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()})
         log.info(f"data from {self.split.source}: {len(self.split.train)} training rows, "
                  f"{len(self.split.holdout)} held out")
         log.info(self.lengths.summary())
@@ -48,13 +50,21 @@ class Run(Stage):
     def holdout(self) -> list[dict[str, str]]:
         return self.split.holdout
 
+    def holdout_case(self) -> dict[str, str] | None:
+        """The held-out row asked before and after training; None (said in one line) when there is none: the
+        notebook then skips the before/after answers and figures."""
+        if not self.holdout:
+            log.info(f"no held-out rows (holdout_examples={self.config.holdout_examples}): no before/after answer "
+                     "and no held-out figures")
+        return self.holdout[0] if self.holdout else None
+
     def example_text(self) -> str:
         """The exact training text (prompt, reasoning, answer, EOS) of the first row that is trained on."""
         from medr1.prompts import format_row
 
-        skipped = set(self.lengths.over_length_rows) if self.config.over_length == "drop" else set()
-        first = next(i for i in range(len(self.split.train)) if i not in skipped)
-        return format_row(self.split.train[first], self.tokenizer.eos_token, self.config.prompt_style)
+        gone = set(self.lengths.dropped_rows)  # numbered as in the file (data.Row.index), duplicates gone before
+        first = next(row for row in self.split.train if getattr(row, "index", None) not in gone)
+        return format_row(first, self.tokenizer.eos_token, self.config.prompt_style)
 
     def load(self):
         """(model, tokenizer): the base model, and the very tokenizer the training rows were made with."""

@@ -86,13 +86,18 @@ class Stage:
     def recording(self):
         """Around `trainer.train()`: run.json says `training` (with the time so far at each checkpoint), then
         `trained` with the figures, or `interrupted` with the step and the checkpoint to resume from (the error is
-        re-raised). A resume from a checkpoint that holds every step ends at once, as an uninterrupted run did."""
+        re-raised). A resume from a checkpoint that holds every step ends at once, as an uninterrupted run did; on a
+        complete run, the `trainer.train()` inside trains nothing and writes no file (`_nothing_to_train`)."""
         import torch
 
         if self._trainer is None:
             raise RuntimeError("no trainer yet: call trainer() first")
         if self.complete:
-            yield
+            self._trainer.train = _nothing_to_train  # this trainer only, while the block runs
+            try:
+                yield
+            finally:
+                del self._trainer.train
             return
         self._replace_old_run()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -121,9 +126,8 @@ class Stage:
     def train(self, callbacks: list | None = None) -> dict[str, Any]:
         """trainer() and trainer.train() inside recording(): what the command line does; returns the figures."""
         trainer = self.trainer(callbacks)
-        with self.recording():
-            if not self.complete:  # a finished run resumed: nothing to train
-                trainer.train(resume_from_checkpoint=self.resume_from)
+        with self.recording():  # a finished run resumed: trainer.train() trains nothing, as in a notebook
+            trainer.train(resume_from_checkpoint=self.resume_from)
         return self.record.get("train", {})
 
     def save(self) -> Path:
@@ -263,6 +267,12 @@ class Stage:
         if distributed.is_main() and self.out.exists() and not self.complete:
             self._replace_old_run()
             record.atomic_write_json(self.out / "run.json", self.record)
+
+
+def _nothing_to_train(*args: Any, **kwargs: Any) -> None:
+    """`trainer.train` of a complete run resumed. `resume_from` is None there (the run may keep no checkpoint:
+    save_steps=0), so the real one would train every step again from step 0 and write over checkpoints/."""
+    log.info("the run is complete: trainer.train() trains nothing")
 
 
 def _session_callback(stage: Stage):
