@@ -33,7 +33,7 @@ from typing import Any
 
 from packing import packing_check  # benchmarks/packing.py, beside this script
 
-from medr1 import record
+from medr1 import files, record
 from medr1.errors import MedR1Error
 from medr1.speed import sizing
 
@@ -102,7 +102,7 @@ def build_8b(path: Path) -> Path:
     torch.manual_seed(0)
     with torch.device("cuda"):  # from_config builds in the config's bf16 and puts torch's default dtype back
         model = AutoModelForCausalLM.from_config(config)
-    with record.atomic_dir(path) as tmp:
+    with files.atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(tiny / name, tmp / name)
@@ -351,7 +351,7 @@ def worker_setup() -> bool:
 def write_result(path: str, result: Any) -> None:
     """Rank 0 writes the worker's figures for the parent process."""
     if os.environ.get("RANK", "0") == "0":
-        record.atomic_write_json(path, result)
+        files.atomic_write_json(path, result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,7 +441,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
             done[i] = result
             report["results"] = [done[k] for k in sorted(done)]
             _finish(report["results"])
-            record.atomic_write_json(out, report)  # a crash mid-write keeps the last complete report
+            files.atomic_write_json(out, report)  # a crash mid-write keeps the last complete report
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, range(len(runs))))

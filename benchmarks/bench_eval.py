@@ -41,7 +41,7 @@ from bench import (
     write_result,
 )
 
-from medr1 import record
+from medr1 import files, record
 
 PROMPT_TOKENS = dict(median=350, low=200, high=600, sigma=0.25)  # MedQA question + options in the seed prompt
 MEDQA = dict(questions=1273, variants=2, max_new_tokens=1024)  # the MedQA test set, base and fine-tuned
@@ -233,7 +233,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
         label = name if gpus == 1 else f"medr1-{gpus}gpu"
         report["results"] += _run_one(name, label, gpus, model_dir, work, args, cpu)
         _finish(report)
-        record.atomic_write_json(out, report)  # a crash mid-write keeps the last complete report
+        files.atomic_write_json(out, report)  # a crash mid-write keeps the last complete report
     for r in report["results"]:
         print(f"| {r['config']} | {r.get('generated_tokens_per_s', 0):,.0f} tok/s | batch {r.get('batch')} | "
               f"{r.get('ms_per_step')} ms/step | peak {r.get('peak_gib')} GiB | {r.get('error', '')}")

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
-    from medr1 import record
+    from medr1 import files, record
 
     report: dict[str, Any] = {"what": "GRPO, colab-t4 recipe, 8B shape with random weights" if not cpu
                               else "GRPO harness on the tiny model (CPU): a test, not a measurement",
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grpo_gpu: {name}: " + json.dumps({k: entry.get(k) for k in (
             "fits", "step_s", "generated_tokens_per_s", "generation_share", "peak_gib", "error")}), file=sys.stderr)
         if args.json:
-            record.atomic_write_json(Path(args.json), report)
+            files.atomic_write_json(Path(args.json), report)
     print(json.dumps(report))
     return 0 if all("error" not in r or r.get("fits") is False for r in report["results"]) else 1
 

@@ -378,12 +378,12 @@ def test_cli_names_a_folder_that_is_no_run(tmp_path, capsys):
 def test_held_out_rows_with_unicode_line_separators_read_back_whole(tmp_path):
     """run.json's held-out rows are written with ensure_ascii=False: a U+2028 or \\x85 inside a row is a line break
     to str.splitlines, and reading them back split the row in two (a JSONDecodeError in `medr1 evaluate`)."""
-    from medr1 import record
+    from medr1 import files, record
 
     rows = [{"Question": "Dose?\u2028Weight 70 kg", "Complex_CoT": "a\x85b", "Response": "5 mg/kg"},
             {"Question": "Q2", "Complex_CoT": "c", "Response": "d"}]
-    record.atomic_write_json(tmp_path / "run.json", {"data": {"holdout_file": "holdout.jsonl"}})
-    record.atomic_write_jsonl(tmp_path / "holdout.jsonl", rows)
+    files.atomic_write_json(tmp_path / "run.json", {"data": {"holdout_file": "holdout.jsonl"}})
+    files.atomic_write_jsonl(tmp_path / "holdout.jsonl", rows)
     assert record.holdout_rows(tmp_path) == rows
-    record.atomic_write_jsonl(tmp_path / "holdout.jsonl", [])  # holdout_examples=0: an empty file, no rows
+    files.atomic_write_jsonl(tmp_path / "holdout.jsonl", [])  # holdout_examples=0: an empty file, no rows
     assert record.holdout_rows(tmp_path) == []

@@ -15,7 +15,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from medr1 import build_config, record
+from medr1 import build_config, files, record
 from medr1.__main__ import main
 from medr1.errors import ConfigError, DataError, OutputDirError
 from medr1.grpo import GrpoRun
@@ -416,7 +416,7 @@ def test_resume_refuses_questions_that_changed(tmp_path):
     path.write_text("".join(lines[:8]))
     settings = {"grpo_data_path": str(path), "output_dir": str(tmp_path / "run")}
     run = GrpoRun(build_config("smoke", settings, quiet=True))
-    record.atomic_write_json(run.out / "run.json", run.record)  # what a started run leaves
+    files.atomic_write_json(run.out / "run.json", run.record)  # what a started run leaves
     assert len(run.record["data"]["questions_sha256"]) == 64
     again = {**settings, "resume": True}
     assert GrpoRun(build_config("smoke", again, quiet=True)).record["data"] == run.record["data"]

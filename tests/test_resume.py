@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from safetensors.torch import load_file
 
-from medr1 import build_config, record
+from medr1 import build_config, files, record
 from medr1.data import FIXTURE_PATH
 from medr1.errors import OutputDirError
 from medr1.record import check_output_dir
@@ -38,7 +38,7 @@ def runs(tmp_path_factory, full_and_cut):
     partial = cut_dir / "checkpoints" / "checkpoint-6"
     partial.mkdir()
     (partial / "adapter_model.safetensors").write_bytes(b"\0" * 64)
-    record.atomic_write_json(cut_dir / "run.json", {**after_cut, "status": "training"})
+    files.atomic_write_json(cut_dir / "run.json", {**after_cut, "status": "training"})
 
     # A fresh process, as after a Colab restart: the CLI with --resume and the same settings.
     sets = [arg for k, v in {**SETTINGS, "output_dir": cut_dir}.items() for arg in ("--set", f"{k}={v}")]
@@ -147,7 +147,7 @@ def test_adapter_write_is_atomic(runs, monkeypatch):
 
 def test_run_record_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "run.json"
-    record.atomic_write_json(path, {"status": "complete"})
+    files.atomic_write_json(path, {"status": "complete"})
 
     def crash(data, fh, **kwargs):
         fh.write('{"status": "tra')
@@ -155,7 +155,7 @@ def test_run_record_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(record.json, "dump", crash)
     with pytest.raises(OSError, match="disk full"):
-        record.atomic_write_json(path, {"status": "training"})
+        files.atomic_write_json(path, {"status": "training"})
     assert json.loads(path.read_text()) == {"status": "complete"}
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
@@ -176,7 +176,7 @@ def test_atomic_dir_puts_the_old_folder_back_if_the_swap_fails(tmp_path, monkeyp
         return real_rename(self, dest)
 
     monkeypatch.setattr(Path, "rename", second_rename_fails)
-    with pytest.raises(OSError, match="power cut"), record.atomic_dir(target) as tmp:
+    with pytest.raises(OSError, match="power cut"), files.atomic_dir(target) as tmp:
         (tmp / "weights").write_text("new")
     monkeypatch.undo()
     assert (target / "weights").read_text() == "old"
@@ -231,7 +231,7 @@ def finished_but_not_saved(src, out):
 
     shutil.copytree(src, out)
     shutil.rmtree(out / "adapter")
-    record.atomic_write_json(out / "run.json", {**record.read_record(src), "status": "trained"})
+    files.atomic_write_json(out / "run.json", {**record.read_record(src), "status": "trained"})
     return out
 
 

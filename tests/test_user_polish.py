@@ -367,6 +367,9 @@ def test_run_files_get_the_usual_modes(run_copy, smoke_run):
     assert mode(out / "adapter") == dir_mode
     assert {p.name: mode(p) for p in (out / "adapter").iterdir()} == \
         {p.name: file_mode for p in (out / "adapter").iterdir()}
+    saved = sorted((out / "checkpoints").rglob("*"))  # written by the trainer (safetensors makes weights 0600)
+    assert any(p.name == "adapter_model.safetensors" for p in saved)
+    assert {str(p): mode(p) for p in saved} == {str(p): dir_mode if p.is_dir() else file_mode for p in saved}
     ev = Evaluation(run_copy, max_rows=1)
     ev.load()
     ev.held_out_loss()
@@ -375,12 +378,12 @@ def test_run_files_get_the_usual_modes(run_copy, smoke_run):
 
 
 def test_atomic_writes_respect_the_umask(tmp_path):
-    from medr1 import record
+    from medr1 import files
 
     before = os.umask(0o027)
     try:
-        record.atomic_write_json(tmp_path / "a.json", {"x": 1})
-        with record.atomic_dir(tmp_path / "folder") as tmp:
+        files.atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with files.atomic_dir(tmp_path / "folder") as tmp:
             (tmp / "weights").write_bytes(b"w")
             (tmp / "weights").chmod(0o600)  # as safetensors writes them
     finally:
@@ -420,3 +423,31 @@ def test_check_data_says_which_preset_auto_picked(capsys, monkeypatch):
     monkeypatch.setattr("medr1.presets.free_gpu_gib", lambda total=False: None)
     assert main(["check-data", str(FIXTURE_PATH)]) == 0
     assert "medr1: preset 'smoke' (no CUDA GPU" in capsys.readouterr().out
+
+
+def test_a_killed_write_leaves_nothing_behind_at_the_next_one(tmp_path):
+    """A process killed inside atomic_dir (Colab gone, the OOM killer) leaves a hidden folder of whole weights
+    beside its destination; the next write there removes it, and brings back a previous folder moved aside and
+    never replaced. A live writer's folder is left alone."""
+    from medr1 import files
+
+    code = ("import os, sys; from medr1 import files\n"
+            "with files.atomic_dir(sys.argv[1]) as tmp:\n"
+            "    (tmp / 'weights').write_bytes(b'w' * 1000)\n"
+            "    os.kill(os.getpid(), 9)\n")
+    dest = tmp_path / "merged-16bit"
+    subprocess.run([sys.executable, "-c", code, str(dest)], check=False)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".merged-16bit.tmp-"), left  # what the kill leaves
+    dead = left[0].split(".tmp-")[1].split("-")[0]
+    (tmp_path / f".merged-16bit.old-{dead}").mkdir()  # killed between moving the old folder aside and the rename
+    (tmp_path / f".merged-16bit.old-{dead}" / "kept").write_text("the previous export")
+    live = tmp_path / f".merged-16bit.tmp-{os.getpid()}-x"
+    live.mkdir()
+    files._sweep(dest)
+    assert (dest / "kept").read_text() == "the previous export" and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, live.name])
+    live.rmdir()
+    with files.atomic_dir(dest) as tmp:
+        (tmp / "new").write_text("n")
+    assert [p.name for p in tmp_path.iterdir()] == [dest.name] and (dest / "new").exists()

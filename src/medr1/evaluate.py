@@ -22,7 +22,7 @@ from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and 
 import torch
 import torch.nn.functional as F
 
-from medr1 import distributed, mcq, prompts, record
+from medr1 import distributed, files, mcq, prompts, record
 from medr1.data import encode_rows
 from medr1.errors import DataError
 from medr1.infer import Sampling, Stats, generate_many
@@ -176,7 +176,7 @@ class Evaluation:
             correct[variant], rows = scored.pop("_correct"), scored.pop("_rows")
             pred_file = self.run_dir / f"mcq_predictions_{variant}.jsonl"
             if distributed.is_main():
-                record.atomic_write_jsonl(pred_file, rows)
+                files.atomic_write_jsonl(pred_file, rows)
             result[variant] = {**scored, "budget_without_answer": compliance(gens)["budget_without_answer"],
                                "predictions": pred_file.name}
         result["mcnemar"] = mcq.mcnemar(correct["base"][0], correct["finetuned"][0])
@@ -233,7 +233,7 @@ class Evaluation:
         if not distributed.is_main():
             return {}
         self.results["created"] = record.now()
-        json_path = record.atomic_write_json(self.run_dir / "eval.json", self.results)
+        json_path = files.atomic_write_json(self.run_dir / "eval.json", self.results)
         png = plot_results(self.results, self.run_dir / "eval.png")
         log.info(f"results in {json_path} and {png}")
         return {"json": json_path, "png": png}

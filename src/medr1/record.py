@@ -1,24 +1,20 @@
 """The run folder: the record (run.json) and what evaluation and export read back from it (config, adapter,
-held-out rows), the plots' figure, and atomic writes (a crash mid-write leaves the old file or folder intact; what
-is written gets the usual 0644/0755 modes). Every atomic write in medr1 goes through `atomic_write_text`,
-`atomic_write_json`, `atomic_write_jsonl` and `atomic_dir`.
+held-out rows), resume's checks and the plots' figure. Its files are written through `medr1.files`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import os
 import platform
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from medr1.config import Config, hint
 from medr1.data import read_file
@@ -68,80 +64,6 @@ def hardware() -> dict[str, Any]:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _usual_modes(path: Path) -> None:
-    """Give `path` (and everything under a folder) the modes a plain `open`/`mkdir` would: 0644/0755 under the
-    usual umask 022; executables stay executable. tempfile makes 0600 files and 0700 folders, and an atomic
-    rename keeps that mode: other users and containers could not read the run. Reading the umask means setting
-    it, so it is put straight back."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
-    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        if not p.is_symlink():
-            p.chmod(dir_mode if p.is_dir() or p.stat().st_mode & 0o100 else file_mode)
-
-
-def _atomic_write(path: str | Path, write: Callable[[IO[str]], object]) -> Path:
-    """Call `write(fh)` on a temporary file beside `path`, then rename it over `path`: a crash leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            write(fh)
-        _usual_modes(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return _atomic_write(path, lambda fh: fh.write(text))
-
-
-def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """`data` as indented JSON, written atomically."""
-    def write(fh: IO[str]) -> None:
-        json.dump(data, fh, indent=2, default=str)
-        fh.write("\n")
-
-    return _atomic_write(path, write)
-
-
-def atomic_write_jsonl(path: str | Path, rows: list[Any]) -> Path:
-    """One JSON object per line, written atomically."""
-    return _atomic_write(path, lambda fh: fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-@contextmanager
-def atomic_dir(path: str | Path):
-    """Yield a temporary folder beside `path`; on success it replaces `path` (with the usual modes, whatever the
-    libraries that wrote into it chose), on error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        _usual_modes(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-        try:
-            tmp.rename(path)
-        except BaseException:
-            if old is not None:  # put the previous one back: never leave no adapter at all
-                old.rename(path)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_record(output_dir: str | Path, or_empty: bool = False) -> dict[str, Any]:
@@ -210,6 +132,24 @@ def check_output_dir(config: Config) -> Path:
     what = "another run (run.json)" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
     raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass {hint('overwrite')} to replace it, "
                          f"{hint('resume')} to continue it, or choose another output_dir")
+
+
+DATA_PARTS = {"train": "training rows", "holdout": "held-out rows", "questions": "questions"}  # what same_data names
+
+
+def same_data(config: Config, out: Path, source: str, **parts: list[Any]) -> dict[str, str]:
+    """run.json's `PART_sha256` of each part of the rows (`parts`: DATA_PARTS' keys). A resume on other rows than
+    the run began with is refused: check_output_dir sees data_path's name only, and rows appended to it would move
+    the held-out rows into training."""
+    prints = {f"{k}_sha256": hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+              for k, rows in parts.items()}
+    before = (read_record(out, or_empty=True).get("data") or {}) if config.resume else {}  # none: an older run
+    changed = [DATA_PARTS[k.removesuffix("_sha256")] for k, v in prints.items() if before.get(k, v) != v]
+    if changed:
+        raise OutputDirError(f"{hint('resume')} but {source} changed since the run in {out} began (its "
+                             f"{' and '.join(changed)} differ); resume with the same data, or use {hint('overwrite')} "
+                             "or another output_dir")
+    return prints
 
 
 # Knobs a resumed run may change: they do not alter what is trained (the rest must match the checkpoint's run).

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from medr1 import data, distributed, preflight, record
+from medr1 import data, distributed, files, preflight, record
 from medr1.config import Config
 from medr1.log import log
 from medr1.stage import Stage
@@ -162,7 +162,7 @@ class Run(Stage):
 
     def _hold_out(self) -> None:
         if distributed.is_main():
-            record.atomic_write_jsonl(self.out / "holdout.jsonl", self.split.holdout)
+            files.atomic_write_jsonl(self.out / "holdout.jsonl", self.split.holdout)
 
 
 train = Run.all_steps  # the whole run without pauses: what `medr1 train` does

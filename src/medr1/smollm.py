@@ -23,9 +23,9 @@ import json
 from pathlib import Path
 
 from medr1.errors import ModelError
+from medr1.files import atomic_dir
 from medr1.log import log
 from medr1.presets import CPU_MODEL
-from medr1.record import atomic_dir
 from medr1.tiny import cache_dir, is_built
 from medr1.tokenizer import byte_level_with_bos
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medr1 import distributed, preflight, record
+from medr1 import distributed, files, preflight, record
 from medr1.config import Config, hint
 from medr1.log import log
 from medr1.tokenizer import load_tokenizer
@@ -141,7 +141,7 @@ class Stage:
             return target
         self.record.update(status="complete", adapter="adapter", finished=record.now())
         if distributed.is_main():  # self.model is the bare PEFT model: DDP only wraps it inside the trainer
-            with record.atomic_dir(target) as tmp:
+            with files.atomic_dir(target) as tmp:
                 self.model.save_pretrained(str(tmp))
                 self.tokenizer.save_pretrained(str(tmp))
                 write_card(tmp, self.record, "adapter")
@@ -253,7 +253,7 @@ class Stage:
             return
         self._replaced = True
         if (self.out / "run.json").is_file() or (self.out / "checkpoints").is_dir():
-            record.atomic_write_json(self.out / "run.json", self.record)
+            files.atomic_write_json(self.out / "run.json", self.record)
             record.remove_run_files(self.out)
 
     def _hold_out(self) -> None:
@@ -266,7 +266,7 @@ class Stage:
     def _write_record(self) -> None:
         if distributed.is_main() and self.out.exists() and not self.complete:
             self._replace_old_run()
-            record.atomic_write_json(self.out / "run.json", self.record)
+            files.atomic_write_json(self.out / "run.json", self.record)
 
 
 def _nothing_to_train(*args: Any, **kwargs: Any) -> None:

@@ -20,7 +20,7 @@ from medr1.stack import import_unsloth_first
 
 from medr1 import prompts
 from medr1.data import FIXTURE_PATH, read_file
-from medr1.record import atomic_dir
+from medr1.files import atomic_dir
 from medr1.tokenizer import byte_level_with_bos
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"

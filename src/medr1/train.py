@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and trl
@@ -18,6 +19,7 @@ from trl import SFTConfig, SFTTrainer
 
 from medr1.config import Config
 from medr1.distributed import SFT, Step
+from medr1.files import usual_modes
 from medr1.log import log
 from medr1.model import torch_dtype
 
@@ -125,7 +127,8 @@ def _loss_record(step: int, logs: dict, seconds: float | None, tokens: int) -> d
 
 class CheckpointCards(TrainerCallback):
     """Each checkpoint gets medr1's model card instead of PEFT's stub ("[More Information Needed]"), and TRL's card
-    of the checkpoints folder itself ("a fine-tuned version of [None]", written at every save) goes."""
+    of the checkpoints folder itself ("a fine-tuned version of [None]", written at every save) goes. Its files get
+    the usual modes: safetensors writes weights 0600, which another user or container could not resume from."""
 
     def __init__(self, record: dict):
         self.record = record
@@ -137,6 +140,7 @@ class CheckpointCards(TrainerCallback):
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
                 write_card(folder, self.record, "checkpoint")
+                usual_modes(Path(folder))
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(args.output_dir, "README.md"))
 
