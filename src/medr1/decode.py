@@ -37,6 +37,18 @@ class Sampling:
     top_p: float = 0.95
     seed: int | None = 3407  # None: not seeded, a fresh random key each call (infer.generate's do_sample, for variety)
 
+    def __post_init__(self) -> None:
+        """Refused here, not deep in a decode step (temperature 0 divides the logits by zero)."""
+        if not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError(f"Sampling(temperature={self.temperature}, top_p={self.top_p}): temperature must be > 0 "
+                             "and top_p in (0, 1]; use sampling=None for greedy")
+
+
+def check_budget(max_new_tokens: int) -> None:
+    """Both engines (this decoder, infer.hf_generate) refuse a budget of no tokens with the same one line."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: give at least 1 new token per answer")
+
 
 @dataclass
 class Decoded:
@@ -135,6 +147,7 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
            sampling: Sampling | None = None, chunk: int = 16, merge: str = "auto", memory_gib: float = 0,
            stats: Stats | None = None) -> list[Decoded]:
     """Continuations of every prompt (token ids), at most `max_new_tokens` each, greedy unless `sampling`."""
+    check_budget(max_new_tokens)
     stats = stats if stats is not None else Stats()
     t_start = time.perf_counter()
     if not prompts:

@@ -3,9 +3,8 @@
     exp = Export("outputs/colab-t4-20261125")      # reads run.json; writes under <run>/export/
     exp.adapter(); exp.verify_adapter(); exp.merged(); exp.gguf("q8_0,q4_k_m"); exp.push("me/medr1-lora")
 
-Every folder is written beside its destination and renamed into place when complete (`record.atomic_dir`), so a
-crash leaves no half-written export. A non-empty destination is refused unless `overwrite=True`; sizes are
-checked against free disk space before anything large is written.
+Every folder is written beside its destination and renamed into place when complete (`files.atomic_dir`): a crash
+leaves no half-written export. A non-empty destination is refused unless `overwrite=True`; free disk is checked first.
 """
 
 from __future__ import annotations
@@ -13,11 +12,11 @@ from __future__ import annotations
 import gc
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medr1.stack import UNSLOTH
+from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and peft (gguf.why_no_unsloth says if used)
 
 import torch
 
@@ -25,20 +24,23 @@ from medr1 import card
 from medr1 import gguf as to_gguf
 from medr1.config import Config, hint
 from medr1.errors import ExportError, MedR1Error, OutputDirError
+from medr1.files import atomic_dir
 from medr1.log import log
 from medr1.model import load_adapter, merge_16bit, resolve_model_path
 from medr1.prompts import inference_prompt
-from medr1.record import adapter_dir, atomic_dir, holdout_rows, read_record, run_config
+from medr1.record import adapter_dir, holdout_rows, read_record, run_config
 
 SLACK_BYTES = 64 * 2**20  # headroom on top of the estimate: config files, tokenizer, the filesystem's own blocks
 PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # what -> folder under export_dir
 
 
 def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
-    """Refuse a destination that is a file, or a folder holding anything, unless `overwrite`."""
+    """Refuse a destination that is a file or lies under one, or a folder holding anything unless `overwrite`."""
     dest = Path(dest).expanduser()
-    if dest.exists() and not dest.is_dir():
-        raise OutputDirError(f"export destination {str(dest)!r} is a file, not a folder")
+    existing = next((p for p in (dest, *dest.parents) if p.exists()), dest)  # under a file, nothing below exists
+    if existing.exists() and not existing.is_dir():
+        under = f" lies under {str(existing)!r}, which" if existing != dest else ""
+        raise OutputDirError(f"export destination {str(dest)!r}{under} is a file, not a folder")
     if _filled(dest) and not overwrite:
         held = sorted(p.name for p in dest.iterdir())[:5]
         raise OutputDirError(f"export destination {str(dest)!r} is not empty (holds {held}); pass {hint('overwrite')} "
@@ -100,6 +102,7 @@ class Export:
         self.run_dir = Path(run_dir).expanduser()
         self.record = read_record(self.run_dir)  # read once: the config and the adapter's folder come from it
         self.config = run_config(self.run_dir, self.record)
+        self.plain = replace(self.config, backend="hf")  # to load through transformers + peft, wherever it trained
         self.adapter_src = adapter_dir(self.run_dir, self.record)
         self.export_dir = Path(export_dir).expanduser() if export_dir else self.run_dir / "export"
         self.overwrite = overwrite
@@ -111,10 +114,14 @@ class Export:
     def plan(self, *, adapter: bool = True, verify: bool = False, merged: bool = False, gguf: str | list[str] = "",
              push_repo: str = "", push_what: str = "adapter", strict: bool = True) -> Plan:
         """Check every input of an export before anything is written or loaded (seconds; the CLI and notebook 03
-        call this first): GGUF methods and llama.cpp, destinations, free disk for all of it, repository name, token.
-        Where llama.cpp cannot be had, `strict` raises; otherwise one line says so and GGUF is left out."""
+        call this first): GGUF methods, Unsloth and llama.cpp, whether this run can be merged here, destinations, free
+        disk for all of it, repository name, token. Where GGUF cannot be made, `strict` raises; otherwise one line
+        says so and GGUF is left out."""
         out = Plan(gguf=to_gguf.methods(gguf), push_repo=push_repo, push_what=push_what)
-        if out.gguf and not to_gguf.possible(strict):
+        check_destination(self.export_dir, overwrite=True)  # not a file, nor under one: its folders go in it
+        if merged and (why := to_gguf.why_not_merged(self.config.load_in_4bit)):
+            raise ExportError(f"a merged 16-bit model cannot be made here: {why}")
+        if out.gguf and not self._gguf_possible(strict):
             out.gguf = []
         wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
         out.folders = {what: check_destination(self.export_dir / PUSHABLE[what], self.overwrite)
@@ -151,35 +158,40 @@ class Export:
         return self.paths["adapter"]
 
     def verify_adapter(self, path: str | Path = "", question: str = "") -> dict[str, Any]:
-        """Reload the exported adapter with Unsloth and with plain peft; both must give the same next tokens."""
+        """Reload the exported adapter as a user would and compare next-token predictions: Unsloth against plain
+        peft; where Unsloth is not used (its reason is returned), peft against the run's own adapter loaded the
+        medr1 way (transformers + peft), so that the check always compares two loads."""
         path = Path(path or self.paths.get("adapter") or self.export_dir / "adapter")
         prompt = inference_prompt(question or self._question(), self.config.prompt_style)
+        why = to_gguf.why_no_unsloth()
+        loads = [("medr1", self.adapter_src), ("peft", path)] if why else [("unsloth", path), ("peft", path)]
         logits = {}
-        for how in (("unsloth", "peft") if UNSLOTH else ("peft",)):
-            model, tokenizer = load_adapter(self.config, path, via=how)
+        for how, folder in loads:
+            model, tokenizer = load_adapter(self.config if how == "unsloth" else self.plain, folder, via=how)
             ids = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
             with torch.inference_mode():
                 logits[how] = model(**ids).logits[0].float().cpu()
             del model
             gc.collect()
             torch.cuda.empty_cache()  # a no-op where CUDA was never used
-        result: dict[str, Any] = {"loaded_with": list(logits)}
-        if len(logits) == 2:
-            a, b = logits["unsloth"], logits["peft"]
-            result["max_abs_logit_diff"] = round((a - b).abs().max().item(), 5)
-            result["same_next_token"] = round((a.argmax(-1) == b.argmax(-1)).float().mean().item(), 4)
-            if result["same_next_token"] < 0.9:
-                raise ExportError(f"the adapter in {path} gives different predictions when loaded with Unsloth and "
-                                  f"with peft (same next token at {result['same_next_token']:.0%} of positions)")
-            log.info(f"adapter reloads with Unsloth and with peft: same next token at {result['same_next_token']:.0%} "
-                     f"of positions, max logit difference {result['max_abs_logit_diff']}")
-        else:
-            log.info("adapter reloads with peft (Unsloth is not installed)")
+        a, b = logits.values()
+        same = round((a.argmax(-1) == b.argmax(-1)).float().mean().item(), 4)
+        result = {"loaded_with": list(logits), "max_abs_logit_diff": round((a - b).abs().max().item(), 5),
+                  "same_next_token": same, **({"unsloth_not_used": why} if why else {})}
+        pair = f"peft and as the run's own adapter {self.adapter_src}" if why else "Unsloth and with peft"
+        if same < 0.9:
+            raise ExportError(f"the adapter in {path} gives different predictions when loaded with {pair} (same next "
+                              f"token at {same:.0%} of positions)")
+        log.info(f"adapter reloads with {pair}: same next token at {same:.0%} of positions, max logit difference "
+                 f"{result['max_abs_logit_diff']}" + (f" (Unsloth not used: {why})" if why else ""))
         return result
 
     def merged(self, dest: str | Path = "") -> Path:
-        """Base + adapter merged into 16-bit weights (Unsloth's save_pretrained_merged), with a model card."""
-        with self._writing("merged", self._destination("merged", dest), "the merged 16-bit model") as tmp:
+        """Base + adapter merged into 16-bit weights (Unsloth's save_pretrained_merged, else peft's), with its card."""
+        dest = self._destination("merged", dest)
+        if why := to_gguf.why_not_merged(self.config.load_in_4bit):  # before anything is loaded
+            raise ExportError(f"a merged 16-bit model cannot be made here: {why}")
+        with self._writing("merged", dest, "the merged 16-bit model") as tmp:
             model, tokenizer = self._load()
             if hasattr(model, "save_pretrained_merged") and self._unsloth():
                 model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
@@ -197,7 +209,7 @@ class Export:
             log.info("GGUF skipped (no quantization methods asked for)")
             return None
         dest = self._destination("gguf", dest)  # a full destination is refused before llama.cpp is looked for
-        if not to_gguf.possible(strict):
+        if not self._gguf_possible(strict):
             return None
         with self._writing("gguf", dest, f"GGUF {', '.join(wanted)}", wanted) as tmp:
             to_gguf.write(*self._load(), tmp, wanted)
@@ -227,13 +239,21 @@ class Export:
         return merged_bytes(n) if what == "merged" else to_gguf.size(n, list(wanted)) + SLACK_BYTES
 
     def _unsloth(self) -> bool:
-        return UNSLOTH and self.config.backend == "unsloth"
+        """Exports go through Unsloth wherever it can be imported, whatever backend trained the run (the adapter is
+        plain peft LoRA either way); MEDR1_BACKEND=hf keeps it out (then a 16-bit run merges with peft)."""
+        return not to_gguf.why_no_unsloth()
+
+    def _gguf_possible(self, strict: bool) -> bool:
+        """GGUF goes through Unsloth and starts from a merged model: where that cannot be made here, neither can it."""
+        if self._unsloth() and (why := to_gguf.why_not_merged(self.config.load_in_4bit)):  # else possible() says why
+            return to_gguf.refuse(f"GGUF export is not possible here: it starts from a merged model, and {why}", strict)
+        return to_gguf.possible(strict)
 
     def _load(self):
-        """Base + adapter, loaded once for the merged and GGUF exports."""
+        """Base + adapter, loaded once for the merged and GGUF exports: through Unsloth where it is used."""
         if self._model is None:
-            via = "unsloth" if self._unsloth() else "medr1"
-            self._model, self._tokenizer = load_adapter(self.config, self.adapter_src, via=via)
+            config, via = (self.config, "unsloth") if self._unsloth() else (self.plain, "medr1")
+            self._model, self._tokenizer = load_adapter(config, self.adapter_src, via=via)
         return self._model, self._tokenizer
 
     def _destination(self, what: str, dest: str | Path) -> Path:
@@ -243,7 +263,7 @@ class Export:
     def _writing(self, what: str, dest: Path, label: str, wanted: list[str] | tuple = ()):
         """Check the disk, yield a temporary folder to fill, add the card, rename it to the checked `dest`."""
         n = 0 if what == "adapter" else count_parameters(self.config)
-        label += f" ({n / 1e9:.2f} B parameters)" if n else ""
+        label += (f" ({n / 1e9:.2f} B parameters)" if n >= 1e9 else f" ({n / 1e6:.2f} M parameters)") if n else ""
         check_disk(dest, self._bytes(what, n, wanted), label)
         with atomic_dir(dest) as tmp:
             yield tmp

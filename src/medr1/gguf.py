@@ -1,16 +1,19 @@
-"""GGUF files (for llama.cpp, Ollama, LM Studio): which quantizations, what they weigh, whether llama.cpp can be had
-here, and the files Unsloth writes brought into one folder. `medr1.export` calls this; Unsloth and llama.cpp do
-the work.
+"""GGUF files (for llama.cpp, Ollama, LM Studio): which quantizations, what they weigh, whether Unsloth is used and
+llama.cpp can be had here (and whether a run can be merged here: GGUF merges first), and the files Unsloth writes
+brought into one folder. `medr1.export` calls this; Unsloth and llama.cpp do the work.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
 from pathlib import Path
 
 from medr1.stack import UNSLOTH
+
+import torch
 
 from medr1.errors import ExportError
 from medr1.log import log
@@ -59,11 +62,27 @@ def _network(host: str = "github.com", port: int = 443, timeout: float = 3.0) ->
         return False
 
 
+def _unsloth_installed() -> bool:
+    return importlib.util.find_spec("unsloth") is not None  # looked up, never imported
+
+
+def why_no_unsloth() -> str:
+    """Why this process will not use Unsloth ("" when it will), with the remedy: exports that need it (GGUF, a 4-bit
+    merge) and --verify say it. The run's backend is no reason: its adapter is plain peft LoRA, which Unsloth loads."""
+    if UNSLOTH:
+        return ""
+    if os.environ.get("MEDR1_BACKEND") == "hf" and _unsloth_installed():
+        return "MEDR1_BACKEND=hf keeps Unsloth out of this process: unset it (Unsloth is installed)"
+    if _unsloth_installed():
+        return "Unsloth is installed but could not be imported: run `python -c 'import unsloth'` to see why"
+    return "Unsloth is not installed: pip install unsloth (on a CUDA machine; Colab has what it needs)"
+
+
 def blockers() -> list[str]:
     """Why GGUF export cannot run here ([] when it can): no Unsloth, or no llama.cpp and no way to build it.
     With network, Unsloth may fetch prebuilt binaries even without a compiler."""
     if not UNSLOTH:
-        return ["Unsloth (GGUF export goes through it; install unsloth)"]
+        return [f"Unsloth (GGUF export goes through it; {why_no_unsloth()})"]
     if _llama_cpp_found() or _network():
         return []
     missing = ["network access (to fetch llama.cpp)"] + ([] if shutil.which("cmake") else ["cmake"])
@@ -72,18 +91,34 @@ def blockers() -> list[str]:
     return missing
 
 
+def why_not_merged(four_bit: bool) -> str:
+    """Why base + adapter cannot be merged here ("" when they can; GGUF merges first): only Unsloth merges into a
+    4-bit base (into its 16-bit weights), and only on a CUDA GPU ("not supported on CPU yet")."""
+    if not four_bit or (UNSLOTH and torch.cuda.is_available()):
+        return ""
+    return (f"this run's base is 4-bit, which only Unsloth merges into, and {why_no_unsloth()}" if not UNSLOTH else
+            "this run's base is 4-bit, which Unsloth merges into only on a CUDA GPU, not on a CPU: export it on a GPU "
+            "machine (Colab's T4 will do)")
+
+
 def possible(strict: bool) -> bool:
     """Whether GGUF export can run here; if not, an ExportError when `strict`, else one line (a notebook goes on)."""
     missing = blockers()
     if missing:
-        message = ("GGUF export is not possible here: it needs llama.cpp (llama-quantize and convert_hf_to_gguf.py), "
-                   f"which is not installed, and {', '.join(missing)} is missing to get it. Install llama.cpp and set "
-                   "UNSLOTH_LLAMA_CPP_PATH to its folder, or export GGUF where there is network and a compiler (Colab "
-                   "has both)")
-        if strict:
-            raise ExportError(message)
-        log.info(message)
-    return not missing
+        return refuse("GGUF export is not possible here: " + (
+            f"it goes through Unsloth, and {why_no_unsloth()}" if not UNSLOTH else
+            "it needs llama.cpp (llama-quantize and convert_hf_to_gguf.py), which is not installed, and "
+            f"{', '.join(missing)} is missing to get it. Install llama.cpp and set UNSLOTH_LLAMA_CPP_PATH to its "
+            "folder, or export GGUF where there is network and a compiler (Colab has both)"), strict)
+    return True
+
+
+def refuse(message: str, strict: bool) -> bool:
+    """False, after an ExportError when `strict`, else after one line saying why (a notebook goes on)."""
+    if strict:
+        raise ExportError(message)
+    log.info(message)
+    return False
 
 
 def write(model, tokenizer, folder: Path, wanted: list[str]) -> list[Path]:

@@ -117,6 +117,7 @@ def hf_generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batc
                 streamer=None) -> list[Decoded]:
     """Tokens and whether they stopped at EOS, per text, through `model.generate` in left-padded batches (the
     plain-transformers way): for `generate` (streams), models the batched decoder does not run, the benchmark."""
+    decode.check_budget(max_new_tokens)
     t0 = time.perf_counter()
     stats = stats if stats is not None else Stats()
     device = next(model.parameters()).device
