@@ -151,3 +151,37 @@ def test_plain_log_probs_match_trl_triton_kernel():
         grads = [torch.autograd.grad(-out[0].sum() - out[1].sum(), (hidden, weight)) for out in (plain, kernel)]
         for a, b in zip(*grads, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_a_4bit_run_of_either_backend_merges_on_gpu(tmp_path, backend):
+    """Exports go through Unsloth whatever backend trained the run: a 4-bit run (the recipe's) merges into the
+    base's 16-bit weights on a GPU, and plain transformers reloads it to predict as base + adapter in 16 bits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medr1 import build_config
+    from medr1.export import Export
+    from medr1.preflight import model_path
+    from medr1.run import train
+
+    out = tmp_path / backend
+    run = train(build_config("smoke", {**GPU_SMOKE, "max_steps": 4, "backend": backend, "output_dir": str(out)},
+                             quiet=True))
+    export = Export(out, tmp_path / "export")
+    export.plan(adapter=False, merged=True)
+    path = export.merged()
+    merged = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda()
+    # the tokenizer Unsloth saves beside the merged weights reloads with plain AutoTokenizer to the same ids
+    text = run.example_text()
+    reloaded = AutoTokenizer.from_pretrained(path)
+    assert reloaded(text).input_ids == run.tokenizer(text).input_ids, type(reloaded).__name__
+    assert reloaded.decode(reloaded(text).input_ids, skip_special_tokens=True) == text.replace(
+        run.tokenizer.eos_token, "")
+    base = AutoModelForCausalLM.from_pretrained(model_path(run.config.model_name), dtype=torch.float32).cuda()
+    reference = PeftModel.from_pretrained(base, str(out / "adapter"))
+    ids = run.tokenizer(text, return_tensors="pt").input_ids[:, :256].cuda()
+    with torch.inference_mode():
+        a, b = merged(ids).logits[0], reference(ids).logits[0]
+    same = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    assert same >= 0.9, (backend, same, (a - b).abs().max().item())
