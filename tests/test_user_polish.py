@@ -428,7 +428,8 @@ def test_check_data_says_which_preset_auto_picked(capsys, monkeypatch):
 def test_a_killed_write_leaves_nothing_behind_at_the_next_one(tmp_path):
     """A process killed inside atomic_dir (Colab gone, the OOM killer) leaves a hidden folder of whole weights
     beside its destination; the next write there removes it, and brings back a previous folder moved aside and
-    never replaced. A live writer's folder is left alone."""
+    never replaced. A live writer's folders (it holds their locks, whatever its pid) are left alone, and so is a
+    destination whose name holds glob characters' neighbours."""
     from medr1 import files
 
     code = ("import os, sys; from medr1 import files\n"
@@ -439,15 +440,21 @@ def test_a_killed_write_leaves_nothing_behind_at_the_next_one(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(dest)], check=False)
     left = [p.name for p in tmp_path.iterdir()]
     assert len(left) == 1 and left[0].startswith(".merged-16bit.tmp-"), left  # what the kill leaves
-    dead = left[0].split(".tmp-")[1].split("-")[0]
-    (tmp_path / f".merged-16bit.old-{dead}").mkdir()  # killed between moving the old folder aside and the rename
-    (tmp_path / f".merged-16bit.old-{dead}" / "kept").write_text("the previous export")
-    live = tmp_path / f".merged-16bit.tmp-{os.getpid()}-x"
+    (tmp_path / ".merged-16bit.old-7").mkdir()  # killed between moving the old folder aside and the rename
+    (tmp_path / ".merged-16bit.old-7" / "kept").write_text("the previous export")
+    live = tmp_path / ".merged-16bit.tmp-4000000-x"  # a writer at work, whose pid means nothing here
     live.mkdir()
-    files._sweep(dest)
+    (tmp_path / "v[12]").mkdir()  # another destination: "v1"'s leftovers are not "v[12]"'s
+    (tmp_path / ".v1.old-9").mkdir()
+    held = files._held(live)
+    try:
+        files._sweep(dest)
+        files._sweep(tmp_path / "v[12]")
+    finally:
+        os.close(held)
     assert (dest / "kept").read_text() == "the previous export" and live.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, live.name])
-    live.rmdir()
-    with files.atomic_dir(dest) as tmp:
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, live.name, "v[12]", ".v1.old-9"])
+    with files.atomic_dir(dest) as tmp:  # the live writer has ended (its lock is gone): its folder goes now
         (tmp / "new").write_text("n")
-    assert [p.name for p in tmp_path.iterdir()] == [dest.name] and (dest / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, "v[12]", ".v1.old-9"])
+    assert (dest / "new").exists()

@@ -5,9 +5,9 @@ write there, and what is written gets the usual 0644/0755 modes. Every file medr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -65,43 +65,51 @@ def atomic_write_jsonl(path: str | Path, rows: list[Any]) -> Path:
     return _atomic_write(path, lambda fh: fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def _sweep(path: Path) -> None:
-    """What a killed atomic_dir left beside `path` (its writer's pid, in the name, is gone): a hidden folder of whole
-    weights (16 GB for a merged 8B) goes; a previous `path` moved aside and never replaced comes back."""
-    for kind in ("old", "tmp"):
-        for left in path.parent.glob(f".{path.name}.{kind}-*"):
-            pid = re.match(r"\d+", left.name.rsplit(f".{kind}-", 1)[1])
-            if pid and not _alive(int(pid[0])):
-                if kind == "old" and not path.exists():
-                    left.rename(path)
-                else:
-                    log.warning(f"removing {left}, left by a write that was killed")
-                    shutil.rmtree(left, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
+def _held(folder: Path) -> int | None:
+    """An open descriptor of `folder` with an exclusive lock on it, or None where another process holds one (or the
+    filesystem has no locks). A writer holds its folders' locks until it is done; the kernel drops a killed
+    writer's, on any pid namespace (a pid alone cannot tell a live writer from a reused number)."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def _sweep(path: Path) -> None:
+    """What a killed atomic_dir left beside `path` (no live writer holds it): a hidden folder of whole weights (16 GB
+    for a merged 8B) goes; a previous `path` moved aside and never replaced comes back."""
+    for left in sorted(path.parent.iterdir()):
+        kind = next((k for k in ("old", "tmp") if left.name.startswith(f".{path.name}.{k}-")), None)
+        if kind is None or not left.is_dir() or (fd := _held(left)) is None:
+            continue
+        try:
+            if kind == "old" and not path.exists():
+                left.rename(path)
+            else:
+                log.warning(f"removing {left}, left by a write that was killed")
+                shutil.rmtree(left, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 @contextmanager
 def atomic_dir(path: str | Path):
     """Yield a temporary folder beside `path`; on success it replaces `path` (with the usual modes, whatever the
-    libraries that wrote into it chose), on error it is removed."""
+    libraries that wrote into it chose), on error it is removed. Both folders stay locked while this runs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    held = [fd for fd in [_held(tmp)] if fd is not None]
     try:
         yield tmp
         usual_modes(tmp)
         old = None
         if path.exists():
+            held += [fd for fd in [_held(path)] if fd is not None]  # locked before it is moved aside
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
         try:
@@ -115,3 +123,6 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        for fd in held:
+            os.close(fd)
