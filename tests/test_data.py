@@ -125,6 +125,22 @@ def test_csv_row_with_more_values_than_the_header_is_named(tmp_path):
     path.write_text("Question,Complex_CoT\nq,c,r\n")  # a short header: was a TypeError in check_row
     with pytest.raises(DataError, match=r"line 2 has 3 values but the header has 2"):
         data.load_rows(path)
+    path.write_text("Question,Complex_CoT,Response\nq,c,r,\n")  # a trailing comma adds nothing: read as before
+    assert data.read_rows(path) == [{"Question": "q", "Complex_CoT": "c", "Response": "r"}]
+    path.write_text("Question,Complex_CoT,Response,Question\nq,c,r,reviewed by JB\n")  # the last one would win
+    with pytest.raises(DataError, match=r"u\.csv: the header names \['Question'\] more than once"):
+        data.read_rows(path)
+
+
+def test_the_advice_of_a_length_error_fits_the_rows(tmp_path, tokenizer):
+    """Where 95% of the rows fit already, the length to raise max_seq_length to is the one that fits them all:
+    the 95th percentile would be below the limit that just failed."""
+    rows = [dict(r) for r in data.load_rows(data.FIXTURE_PATH)[0][:20]]
+    rows[3]["Complex_CoT"] *= 4
+    lengths = sorted(len(e.ids) for e in data.encode_rows(rows, tokenizer, "seed"))
+    config = build_config("smoke", {"max_seq_length": lengths[-2] + 1, "over_length": "error"}, quiet=True)
+    with pytest.raises(DataError, match=rf"every row fit in {lengths[-1]}: max_seq_length={lengths[-1]}"):
+        data.tokenize_rows(rows, tokenizer, config)
 
 
 @pytest.mark.parametrize("ext", [".csv", ".json", ".jsonl"])

@@ -67,11 +67,14 @@ def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]
 
 
 def _csv(path: Path, reader) -> tuple[list[dict[str, str]], list[int]]:
-    """Rows as objects of the header's fields, and their lines. More values than the header is an error:
-    csv.DictReader files the surplus under None, so an unquoted comma silently cut the answer."""
+    """Rows as objects of the header's fields, and their lines. More (non-empty) values than the header is an error:
+    csv.DictReader files the surplus under None, so an unquoted comma silently cut the answer; so is a repeated
+    column name, whose last column would silently win."""
     header, rows, start = next(filter(None, reader), []), {}, reader.line_num + 1  # blank lines before it skipped
+    if twice := sorted({name for name in header if header.count(name) > 1}):
+        raise DataError(f"{path}: the header names {twice} more than once; give each column its own name")
     for values in reader:
-        if len(values) > len(header):
+        if any(v.strip() for v in values[len(header):]):
             raise DataError(f"{path}: line {start} has {len(values)} values but the header has {len(header)} "
                             'columns: an unquoted comma? Quote a value that holds one ("a, b")')
         rows.update({start: dict(zip(header, values, strict=False))} if values else {})
@@ -226,9 +229,9 @@ class LengthReport:
     def warning(self) -> str | None:
         """A loud line when more than a quarter of the rows would not be trained on as they are."""
         if self.rows and self.over_length > self.rows / 4:
-            share = self.over_length / self.rows
-            return (f"WARNING: {self.over_length} of {self.rows} rows ({share:.0%}) are longer than max_seq_length="
-                    f"{self.max_seq_length} tokens; max_seq_length={self.p95_tokens} would keep 95% of them")
+            return (f"WARNING: {self.over_length} of {self.rows} rows ({self.over_length / self.rows:.0%}) are longer "
+                    f"than max_seq_length={self.max_seq_length} tokens; max_seq_length={self.p95_tokens} would keep "
+                    "95% of them")
         return None
 
 
@@ -274,7 +277,8 @@ def apply_length_policy(rows: list[dict[str, str]], tokenizer, config: Config) -
                     "prompt fills it): dropped, as loss_on='completion' has nothing to train on in them")
     gone = set(over if policy == "drop" else empty)
     kept = [e for i, e in enumerate(cut) if i not in gone]
-    fix, problem = f"raise max_seq_length (95% of rows fit in {p95}: {hint('max_seq_length', p95)})", ""
+    fits, share = (p95, "95% of rows") if p95 > limit else (max(lengths, default=0), "every row")  # 95% fit already
+    fix, problem = f"raise max_seq_length ({share} fit in {fits}: {hint('max_seq_length', fits)})", ""
     if over and policy == "error":
         where = getattr(rows[over[0]], "where", f"row {over[0]}")
         problem = (f"{len(over)} rows are longer than max_seq_length={limit} tokens (first: {where}, "
