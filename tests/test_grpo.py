@@ -9,6 +9,7 @@ raises the probability of those within each group, and in a dozen steps at lr 2e
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -423,3 +424,42 @@ def test_resume_refuses_questions_that_changed(tmp_path):
     path.write_text("".join(lines[:9]))
     with pytest.raises(OutputDirError, match=rf"but {path} changed since the run in .* began \(its questions differ\)"):
         GrpoRun(build_config("smoke", again, quiet=True))
+
+
+def test_a_relative_init_adapter_finds_its_run(smoke_run, tmp_path, monkeypatch):
+    """From inside RUN/checkpoints, `init_adapter=checkpoint-N`: a relative path's parents end at ".", so the run
+    record above it was missed (no checks, no held-out rows)."""
+    from medr1.grpo import start_adapter
+
+    sft = _copy_run(smoke_run.out, tmp_path / "sft")
+    checkpoint = record.newest_checkpoint(sft / "checkpoints")
+    monkeypatch.chdir(checkpoint.parent)
+    adapter, start_dir, rec = start_adapter(build_config("smoke", {"init_adapter": checkpoint.name}, quiet=True))
+    assert adapter == checkpoint and start_dir == sft and rec["status"] == "complete"
+
+
+@pytest.mark.parametrize("knob", ["grpo_temperature", "grpo_learning_rate", "beta"])
+def test_nan_knobs_are_refused_before_anything_loads(knob):
+    from medr1.grpo import check
+
+    with pytest.raises(ConfigError, match=rf"{knob} must be >=? 0, got nan"):
+        check(build_config("smoke", {knob: "nan"}, quiet=True))
+
+
+def test_grpo_loads_without_packing(tmp_path):
+    """`fast` packs SFT rows (packing=True switches on the varlen attention patch on a GPU); GRPO packs nothing,
+    and its packing knob is refused as unread, so it loads, and records, packing=False."""
+    config = build_config("smoke", {"packing": True, "output_dir": str(tmp_path / "g")}, quiet=True)
+    assert GrpoRun(config).config.packing is False
+
+
+def test_grpo_trains_with_backend_hf_on_a_cpu(tmp_path):
+    """MEDR1_BACKEND=hf: no Unsloth to replace TRL's fused log-prob kernel, which needs Triton (absent from CPU
+    torch): GRPOTrainer's first step failed with "'NoneType' object has no attribute 'apply'"."""
+    out = tmp_path / "hf"
+    done = subprocess.run([sys.executable, "-m", "medr1", "grpo", "--preset", "smoke", "--set", "backend=hf",
+                           "--set", "grpo_max_steps=1", "--set", "save_steps=0", "--set", f"output_dir={out}"],
+                          env={**os.environ, "MEDR1_BACKEND": "hf", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert record.read_record(out)["status"] == "complete" and "unsloth" not in done.stderr.lower()

@@ -38,10 +38,10 @@ def check(config: Config) -> None:
                           "differences between the answers to one question")
     for name in ("max_completion_length", "grpo_questions_per_step", "grpo_max_steps", "grpo_learning_rate",
                  "grpo_temperature"):
-        if getattr(config, name) <= 0:
+        if not getattr(config, name) > 0:  # `not >`: NaN fails too
             raise ConfigError(f"{name} must be > 0, got {getattr(config, name)!r}")
     for name in ("grpo_num_examples", "beta", *REWARD_KNOBS.values()):
-        if getattr(config, name) < 0:
+        if not getattr(config, name) >= 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
     if not any(getattr(config, k) for k in REWARD_KNOBS.values()):
         raise ConfigError(f"every reward weight is 0 ({', '.join(REWARD_KNOBS.values())}): nothing to learn from")
@@ -66,7 +66,7 @@ def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, A
     against this config, with its run's folder and record, found by walking up RECORD_DEPTH folders (None, {}: none)."""
     if not config.init_adapter:
         return None, None, {}
-    path = Path(config.init_adapter).expanduser()
+    path = Path(config.init_adapter).expanduser().absolute()  # a relative path's parents would stop at "."
     run_dir = next((p for p in [path, *path.parents][:RECORD_DEPTH] if (p / "run.json").exists()), None)
     rec = record.read_record(run_dir) if run_dir else {}
     adapter = path
@@ -114,7 +114,7 @@ class GrpoRun(Stage):
 
     def __init__(self, config: Config):
         check(config)
-        super().__init__(config)
+        super().__init__(dataclasses.replace(config, packing=False))  # no rows are packed: no varlen attention patch
         self.questions, self.source = load_questions(self.config)
         prints = record.same_data(self.config, self.out, self.source, questions=self.questions)  # as resumed
         self.adapter, self.start_dir, self.start_record = start_adapter(self.config)  # its run.json, read once
@@ -182,8 +182,9 @@ class GrpoRun(Stage):
         from trl import GRPOConfig, GRPOTrainer
 
         from medr1.model import for_training
-        from medr1.train import CheckpointCards, reporting
+        from medr1.train import CheckpointCards, plain_log_probs_without_triton, reporting
 
+        plain_log_probs_without_triton()  # backend='hf' on a CPU: TRL's kernel needs Triton
         cfg, checkpoints = self.config, self._start_trainer()
         dataset = Dataset.from_dict({"prompt": [self.prompt(i) for i in range(len(self.questions))],
                                      "ground_truth": [q[FIELDS[1]] for q in self.questions]})

@@ -168,11 +168,17 @@ class PlainLogProbs:
                 log_p.argmax(-1) == targets if "is_top1" in outputs else None)
 
 
-def make_trainer(model, tokenizer, train_dataset, config: Config, checkpoint_dir: str,
-                 callbacks: list | None = None, report_to: str = "none") -> SFTTrainer:
+def plain_log_probs_without_triton() -> None:
+    """Where TRL's fused LM-head kernel could not be built (no Triton: CPU torch), PlainLogProbs stands in for it;
+    SFTTrainer and GRPOTrainer both compute through it (trl.trainer.utils)."""
     from trl.trainer import utils as trl_utils
 
-    if trl_utils._ChunkedLogProbFunction is None:  # no Triton here (PlainLogProbs says why)
+    if trl_utils._ChunkedLogProbFunction is None:
         trl_utils._ChunkedLogProbFunction = PlainLogProbs
+
+
+def make_trainer(model, tokenizer, train_dataset, config: Config, checkpoint_dir: str,
+                 callbacks: list | None = None, report_to: str = "none") -> SFTTrainer:
+    plain_log_probs_without_triton()
     return SFTTrainer(model=model, args=sft_config(config, checkpoint_dir, report_to), train_dataset=train_dataset,
                       processing_class=tokenizer, callbacks=callbacks or [])
