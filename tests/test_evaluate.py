@@ -10,6 +10,7 @@ from conftest import ASSETS
 
 from medr1 import mcq
 from medr1.errors import DataError
+from medr1.verifiable import FIXTURE_PATH as VERIFIABLE
 
 OPTIONS = {"A": "Aspirin", "B": "Metformin", "C": "Aspirin and clopidogrel", "D": "Insulin"}
 
@@ -226,6 +227,12 @@ def test_cli_scores_predictions_without_a_model(tmp_path):
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n"] == 1 and json.loads(proc.stdout)["correct"] == 1
+    # ... and a whole predictions file scores its first N too (a first look at a long run's answers)
+    pred.write_text("".join(json.dumps({"prediction": t}) + "\n" for t in texts))
+    for flag, questions in (("--mcq", ASSETS / "mcq_sample.json"), ("--verifiable", VERIFIABLE)):
+        proc = subprocess.run([sys.executable, "-m", "medr1", "evaluate", flag, str(questions), "--predictions",
+                               str(pred), "--max-questions", "2"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["n"] == 2, proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -283,11 +283,12 @@ def read_predictions(path: str | Path) -> list[str]:
 
 def score_files(mcq_path: str | Path, predictions_path: str | Path, style: str = "seed",
                 max_questions: int = 0) -> dict[str, Any]:
-    """What `medr1 evaluate --mcq FILE --predictions PRED.jsonl [--max-questions N]` prints."""
+    """What `medr1 evaluate --mcq FILE --predictions PRED.jsonl [--max-questions N]` prints (N: the first N questions
+    and the first N predictions of each sample)."""
     questions = load_questions(mcq_path)[:max_questions or None]
     groups: dict[int, list[str]] = {}
     for item in read_prediction_rows(predictions_path):
         groups.setdefault(int(item.get("sample") or 0), []).append(item["prediction"])
-    result = score_samples(questions, list(groups.values()), style)
+    result = score_samples(questions, [g[:max_questions or None] for g in groups.values()], style)
     del result["_correct"], result["_rows"]
     return {"file": str(mcq_path), "predictions": str(predictions_path), **result}

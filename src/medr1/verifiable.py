@@ -58,7 +58,7 @@ def score_verifiable(questions_path: str | Path, predictions_path: str | Path, s
     `max_questions`, the first that many questions and predictions, as for --mcq.
     """
     rows = data.load_rows(questions_path, FIELDS, "--verifiable")[0][:max_questions or None]
-    predictions = mcq.one_to_one(mcq.read_predictions(predictions_path), rows)
+    predictions = mcq.one_to_one(mcq.read_predictions(predictions_path)[:max_questions or None], rows)
     verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]])
                 for p, r in zip(predictions, rows, strict=True)]
     correct = sum(v.correct for v in verdicts)
