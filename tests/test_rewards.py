@@ -1,5 +1,9 @@
 """The GRPO rewards on hand-written cases, false friends first: what a string match would wrongly reward."""
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
 from medr1 import rewards
@@ -207,3 +211,116 @@ def test_management_sentences_are_neither_candidates_nor_denials(answer, truth):
     """medr1's SFT answers name the diagnosis, then say what to do: "Give ...", "Stop X and give Y"."""
     verdict = rewards.judge(answer, truth)
     assert verdict.correct, verdict
+
+
+GRAVES = "Graves disease"
+
+
+@pytest.mark.parametrize("answer, truth", [
+    ("The most likely diagnosis is diabetic ketoacidosis. Hyperglycemia, ketonuria and a high anion gap metabolic "
+     "acidosis define the condition. Management centers on fluids, insulin and potassium replacement.",
+     "Diabetic ketoacidosis"),
+    ("The diagnosis is systemic lupus erythematosus. Malar rash, arthralgia and anti-dsDNA antibodies are classic "
+     "findings. Hydroxychloroquine forms the backbone of therapy.", "Systemic lupus erythematosus"),
+    ("Graves disease. Treatment options include antithyroid drugs, radioactive iodine and thyroidectomy.", GRAVES),
+    ("Graves disease. Management involves beta-blockers and carbimazole.", GRAVES),
+    ("The most likely diagnosis is Graves disease. Key features include diffuse goiter, ophthalmopathy and pretibial "
+     "myxedema.", GRAVES),
+    ("**Diagnosis:** Graves disease\n\n**Management:**\n- Start a beta-blocker", GRAVES),
+    ("Digoxin toxicity. Digoxin inhibits the sodium-potassium ATPase.", "Digoxin toxicity"),
+    ("Graves disease.\n\nThe diffuse goiter and the exophthalmos point to it.", GRAVES),  # a paragraph, not an item
+    ("Severe aortic stenosis. Confirm by echocardiography; symptoms warrant surgical or transcatheter valve "
+     "replacement.", "Severe aortic stenosis"),  # ';' joins clauses of prose
+]
+    + [(f"Iron deficiency anemia.\n\n{head}\nMicrocytosis and low ferritin are diagnostic.", "Iron deficiency anemia")
+       for head in ("Rationale:", "Key points:", "Next steps:", "Why:")])
+def test_explanatory_prose_after_the_answer_is_no_rival(answer, truth):
+    """medical-o1-style answers: the diagnosis, then sentences with verbs no word list holds."""
+    verdict = rewards.judge(answer, truth)
+    assert verdict.correct, verdict
+
+
+@pytest.mark.parametrize("answer", [
+    "1. Graves disease 2. Toxic adenoma",  # a numbered list on one line
+    "1) Graves disease 2) Toxic adenoma",
+    "Graves disease. Consider toxic multinodular goiter.",
+    "Graves disease. Also consider subacute thyroiditis.",
+    "Graves disease. Toxic multinodular goiter is also likely.",
+    "Graves disease. Subacute thyroiditis is possible too.",
+    "Graves disease. It may be toxic adenoma.",
+    "Graves disease.\nToxic adenoma is another option.",
+    "Graves disease? Toxic adenoma is more likely.",
+    "Graves disease. Possibly a toxic adenoma given the single hot nodule.",
+    "Graves disease\n- Toxic multinodular goiter in an older patient",  # a bullet: an item, whatever its length
+])
+def test_a_hedged_second_candidate_is_several_candidates(answer):
+    assert rewards.judge(answer, GRAVES).reason == "several candidates"
+
+
+def test_the_reference_ranked_below_another_is_denied():
+    assert rewards.judge("Toxic adenoma is favored over Graves disease.", GRAVES).reason == "negated"
+    assert rewards.judge("Toxic adenoma is more likely than Graves disease.", GRAVES).reason == "negated"
+
+
+def _asset_rows() -> list[dict]:
+    assets = Path(rewards.__file__).parent / "assets"
+    return [json.loads(line) for name in ("medical_tiny", "medical_cpu")
+            for line in (assets / f"{name}.jsonl").read_text("utf-8").splitlines() if line.strip()]
+
+
+ASSET_RIVALS = {  # read after another diagnosis, these do name a second candidate
+    "Dehydration.",  # a bare name
+    "Haemophilia A, factor VIII deficiency, is the commonest, with haemophilia B, factor IX, the other option.",
+}
+SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+
+
+def test_asset_explanations_after_a_diagnosis_are_no_rival():
+    """Every reasoning sentence of the bundled data, and every Response sentence after the first, read after a
+    diagnosis ("X. <sentence>"): explanations and management, not a second candidate (36 of 598 reasoning
+    sentences read as one with the closed list of explaining words)."""
+    rows = _asset_rows()
+    sentences = [s for r in rows for s in SENTENCE.split(r["Complex_CoT"]) + SENTENCE.split(r["Response"])[1:]]
+    assert len(sentences) > 600
+    failed = [s for s in sentences if not rewards.judge(f"Whipple disease. {s}", "Whipple disease").correct]
+    assert set(failed) <= ASSET_RIVALS, sorted(set(failed) - ASSET_RIVALS)
+
+
+def test_asset_responses_that_open_with_a_diagnosis_match():
+    """A Response whose first phrase (to the first '.', ';', ':' or ',') is a name of at most 6 words is judged
+    against that name: 88 of 98 matched before the rival rule, 87 with its closed list."""
+    pairs = [(r["Response"], re.split(r"(?<!\d)[.;:,](?!\d)", r["Response"])[0].strip()) for r in _asset_rows()]
+    pairs = [(answer, name) for answer, name in pairs if len(name.split()) <= 6]
+    assert len(pairs) == 98
+    assert sum(rewards.judge(answer, name).correct for answer, name in pairs) >= 88
+
+
+@pytest.mark.parametrize("answer", [
+    "Graves disease. Toxic adenoma cannot be excluded.",  # a denied denial: still a candidate
+    "Graves disease. Toxic adenoma has not been ruled out.",
+    "Graves disease. Toxic adenoma in an older woman remains possible.",
+    "Graves disease. Toxic adenoma could be the cause.",
+    "Graves disease. If not, toxic adenoma.",
+    "Graves disease, but toxic adenoma is possible.",  # a hedge in a later clause of the mention's sentence
+    "Graves disease, although toxic adenoma is also likely.",
+    "Toxic adenoma is possible, but Graves disease is more likely.",  # or in an earlier clause
+])
+def test_more_hedges_are_several_candidates(answer):
+    assert rewards.judge(answer, GRAVES).reason == "several candidates"
+
+
+@pytest.mark.parametrize("answer", [
+    "Diagnosis: Graves disease\nTreatment: carbimazole and a beta-blocker",
+    "**Diagnosis:** Graves disease\n**Key features:** diffuse goiter, ophthalmopathy, pretibial myxedema",
+    "Graves disease, though the eye signs need review.",
+    "Graves disease, although the eye signs are mild.",  # a clause word ends a list item: no "X, Y are" list
+    "Graves disease. The eye signs could be worse.",
+    "Graves disease. Start carbimazole as soon as possible.",
+])
+def test_a_labelled_line_of_management_or_findings_is_no_rival(answer):
+    verdict = rewards.judge(answer, GRAVES)
+    assert verdict.correct, verdict
+
+
+def test_an_answer_label_still_names_a_candidate():
+    assert rewards.judge("Diagnosis: Graves disease\nDiagnosis: toxic adenoma", GRAVES).reason == "several candidates"

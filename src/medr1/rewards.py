@@ -5,9 +5,10 @@ reasoning alone earns nothing. Correctness is normalized matching against the ro
 (case, punctuation, articles, plurals, British spellings and a small table of abbreviations and synonyms),
 and it refuses the two ways a policy learns to game a string match: a negated mention ("not X", "X is
 unlikely", "rule out X") and hedging over several candidates ("X or Y", "X, Y and Z", "the differential
-includes", or a name a line: "1. X 2. Y", "X; Y", "X. Or Y."). The matching is deliberately strict (precision
-over recall): a correct answer in other words earns nothing here, nor does a diagnosis followed by a bare
-fragment ("X. Urgent PCI."); the verifier model (medr1.verifier, off by default) is the tool for those.
+includes", or a rival segment: "1. X 2. Y", "X; Y", "X. Or Y.", "X. Y is also likely."): a list item that
+neither explains nor manages, or a prose sentence that hedges or is a short bare name. Matching is strict
+(precision over recall): a correct answer in other words earns nothing, nor does one followed by a short fragment
+("X. Urgent PCI."); the verifier model (medr1.verifier, off by default) is the tool for those.
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ from medr1 import prompts
 # Canonical phrase -> its abbreviations and synonyms (assets/synonyms.json, written for medr1, a table to extend).
 # Ambiguous short forms (PE, MS, ALL, DM, IV, CF) are left out on purpose: mapping them would reward the wrong
 # disease as often as the right one.
-SYNONYMS: dict[str, list[str]] = json.loads((Path(__file__).parent / "assets" / "synonyms.json").read_text("utf-8"))
+ASSETS = Path(__file__).parent / "assets"
+SYNONYMS: dict[str, list[str]] = json.loads((ASSETS / "synonyms.json").read_text("utf-8"))
 GREEK = {"α": " alpha ", "β": " beta ", "γ": " gamma ", "δ": " delta ", "κ": " kappa ", "μ": " mu "}
 SPELLING = ((re.compile(r"^oe(?=[a-z])"), "e"), (re.compile(r"aem"), "em"), (re.compile(r"oea"), "ea"),
             (re.compile(r"^tumour$"), "tumor"), (re.compile(r"^haemo"), "hemo"))
 ARTICLES = {"a", "an", "the"}
-COMMA, BREAK, STOP = ",", "|", ";"  # tokens kept from punctuation: a list separator, a clause boundary, a sentence end
-SENTENCE_END = re.compile(r"(?<!\d)[.!?](?!\d)|[;\n]")
+COMMA, BREAK = ",", "|"  # tokens kept from punctuation: a list separator, a clause boundary
+# Segment ends kept as tokens: a sentence end (. ! ? ;), a line end, a bullet or list number, a colon ending a line.
+STOP, LINE, ITEM, HEAD = ".", "/", "#", ":"
+SEPARATORS, PUNCTUATION = {STOP, LINE, ITEM, HEAD}, {STOP, LINE, ITEM, HEAD, COMMA, BREAK}
+TOKENS = {"\x01": STOP, "\n": LINE, "\x02": ITEM, "\x03": HEAD}
+SENTENCE_END = re.compile(r"(?<!\d)[.!?](?!\d)|;")
+ITEM_MARK = re.compile(r"^[ \t]*[-*+\u2022\u2013][ \t]+|(?<![\w.])\d{1,2}[.)][ \t]+", re.M)  # "- ", "1. ", "2) "
+HEADING_END = re.compile(r":[*_ \t]*(?=\n|$)")  # "Management:", "**Next steps:**" at the end of a line
 ABBREVIATION = re.compile(r"\b(e\.g|i\.e|etc|vs|cf)\.")  # a dot that ends no sentence
 # A second answer part inside the answer part is read as a new line: one more candidate.
 ANSWER_MARKER = re.compile("|".join(map(re.escape, (prompts.ANSWER_HEADER.strip(), prompts.THINK_OPEN,
@@ -50,18 +58,20 @@ def _singular(word: str) -> str:
 
 
 def _words(text: str) -> list[str]:
-    """Lower-case words of `text`, accents, articles and plurals removed; commas, clause breaks and sentence ends
+    """Lower-case words of `text`, accents, articles and plurals removed; commas, clause breaks and segment ends
     as tokens. Cue words go through it too, so "whereas" and "requires" compare as the answer's words do."""
     text = re.sub(r"\b([A-Z][A-Z0-9]+)s\b", r"\1", ANSWER_MARKER.sub("\n", text))  # SSRIs: an abbreviation's plural
+    text = HEADING_END.sub(" \x03 ", ITEM_MARK.sub(" \x02 ", text))
     text = "".join(GREEK.get(ch, ch) for ch in text)
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     text = re.sub(r"n't\b", " not", text).replace("no doubt", " ").replace("/", " or ")
     text = re.sub(r"'s\b", "", text)
     text = re.sub(r"(\d)([a-z])", r"\1 \2", text)
-    text = SENTENCE_END.sub(f" {STOP} ", ABBREVIATION.sub(lambda m: m[1].replace(".", ""), text))
+    text = SENTENCE_END.sub(" \x01 ", ABBREVIATION.sub(lambda m: m[1].replace(".", ""), text))
     text = re.sub(r"[:()\[\]{}\u2014]|--", f" {BREAK} ", text).replace(",", f" {COMMA} ")
     out = []
-    for word in re.findall(r"[a-z0-9]+|[,|;]", text):
+    for word in re.findall(r"[a-z0-9]+|[,|\n\x01-\x03]", text):
+        word = TOKENS.get(word, word)
         if word not in ARTICLES:
             word = _singular(word)  # before the spelling: "tumours" -> "tumour" -> "tumor"
             for pattern, repl in SPELLING:
@@ -71,21 +81,17 @@ def _words(text: str) -> list[str]:
 
 
 def _phrase(text: str) -> tuple[str, ...]:
-    return tuple(w for w in _words(text) if w not in (COMMA, BREAK, STOP))
+    return tuple(w for w in _words(text) if w not in PUNCTUATION)
 
 
 def _cues(*phrases: str) -> set[str]:
     return {" ".join(_phrase(p)) for p in phrases}
 
 
+# Cue words (assets/cues.json, written for medr1, lists to extend), normalized as answers are.
+CUES = {k: _cues(*v) for k, v in json.loads((ASSETS / "cues.json").read_text("utf-8")).items() if k != "_about"}
 # Before a mention (in its clause), or just after it: the mention is denied, not asserted.
-NEGATION_BEFORE = _cues("not", "no", "never", "without", "unlikely", "improbable", "exclude", "excluded", "excluding",
-                        "neither", "nor", "against", "absence", "absent", "rule out", "ruled out", "rather than",
-                        "instead of", "less likely", "other than", "free of", "negative for", "avoid", "stop",
-                        "discontinue", "withhold", "contraindicated")
-NEGATION_AFTER = _cues("unlikely", "improbable", "excluded", "ruled out", "rule out", "is not", "was not", "absent",
-                       "less likely", "negative", "can be excluded", "doubtful", "avoided", "contraindicated",
-                       "not indicated", "discontinued", "stopped", "withheld")
+NEGATION_BEFORE, NEGATION_AFTER = CUES["negation_before"], CUES["negation_after"]
 CLAUSE_WORDS = _cues("but", "however", "whereas", "although", "though", "yet", "while")
 DISJUNCTIONS = _cues("or", "either", "versus", "vs", "nor")
 HEDGES = _cues("differential", "alternatively", "could also be", "might also be", "may also be", "another possibility",
@@ -93,23 +99,17 @@ HEDGES = _cues("differential", "alternatively", "could also be", "might also be"
 LIST_WORDS = _cues("and", "plus") | {COMMA}
 PLURAL_VERBS = _cues("are", "were", "both")
 CLAUSE_END = CLAUSE_WORDS | {COMMA, BREAK}
-# A word that opens an explanation or a clause, never a second candidate ("MI, given the ST elevation").
-LINKING = _cues("given", "which", "as", "because", "due", "since", "with", "caused", "based", "supported", "that",
-                "who", "in", "on", "for", "from", "by", "confirmed", "secondary", "following", "after", "associated",
-                "leading", "resulting", "presenting", "where", "when", "is", "was", "should", "must", "will", "can",
-                "may", "has", "have", "needs", "requires", "this", "it", "likely", "most", "probably", "especially",
-                "particularly")
-ITEM_END = LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS
-# A sentence or line with one of these explains, argues or manages; one without is a bare name: another candidate
-# ("MI; PE", "1. MI 2. PE"). "likely", "most" and "probably" assert ("Most likely PE"), they don't explain.
-EXPLAINS = (LINKING - _cues("likely", "most", "probably")) | CLAUSE_WORDS | PLURAL_VERBS | _cues(
-    "be", "been", "do", "does", "did", "had", "could", "would", "might", "to", "if", "then", "once", "until", "its",
-    "their", "there", "they", "we", "you", "he", "she", "his", "her", "him", "them", "suggests", "indicates", "shows",
-    "supports", "explains", "consistent", "typical", "give", "start", "begin", "continue", "treat", "manage", "check",
-    "confirm", "assess", "monitor", "measure", "test", "send", "refer", "arrange", "admit", "perform", "consider",
-    "avoid", "stop", "hold", "add", "replace", "correct", "reduce", "repeat", "take", "get", "keep", "offer", "watch",
-    "look", "expect", "anticipate", "obtain", "administer", "prescribe", "operate", "resuscitate", "remove")
-LABELS = _cues("final", "answer", "diagnosis", "conclusion", "summary")  # a heading line names no candidate
+LINKING = CUES["linking"]  # a word that opens an explanation or a clause, never a second candidate ("MI, given ...")
+ITEM_END = LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS | CLAUSE_WORDS
+# A segment (sentence, line or list item) without the reference hedges over another candidate when it opens with
+# one of OPENERS ("X. Or Y.", "X. Also consider Y.") or holds one of RIVAL_HEDGES ("X. Y is also likely.").
+OPENERS, RIVAL_HEDGES = DISJUNCTIONS | CUES["openers"], CUES["rival_hedges"]
+# One with a word of EXPLAINS explains, argues or manages. "likely", "most" and "probably" assert ("Most likely PE");
+# a preposition ("Y in the elderly") or "consider" ("Consider Y") may go with a second candidate.
+EXPLAINS = (LINKING - _cues("likely", "most", "probably", "in", "on", "for", "from", "with", "by", "after",
+                            "following")) | CLAUSE_WORDS | PLURAL_VERBS | CUES["explains"]
+SHORT = 4  # the most words (besides "also" and "consider") of a sentence that is a bare name ("X. Toxic adenoma.")
+LABELS = CUES["labels"]  # a line of these ("Final answer", "Management") is a heading: it names no candidate
 
 
 ALIASES = {_phrase(alias): _phrase(canon) for canon, aliases in SYNONYMS.items() for alias in (canon, *aliases)}
@@ -188,15 +188,18 @@ def _listed(words: list[str], start: int, end: int) -> bool:
     return _walk(words, j, -1, ITEM_END) != j
 
 
-def _rival(sentence: list[str]) -> bool:
-    """Is a sentence or line without the reference another candidate? A bare name is ("PE", "2. Aortic dissection"),
-    and so is one that opens with "or"; one that explains ("It is caused by ..."), denies or is a heading is not."""
-    words = [w for w in sentence if w.isalpha()]
-    if words and words[0] in DISJUNCTIONS:
+def _rival(words: list[str], a: int, b: int) -> bool:
+    """Is words[a:b], a segment without the reference, another candidate? Yes if it hedges ("Or PE."); no if a
+    heading, or it explains, manages or denies. Else it is a bare name: a rival as a list item, of any length, but as
+    a sentence only if short: prose explains with verbs no list holds ("X. Digoxin inhibits the sodium pump.")."""
+    seg = [w for w in words[a:b] if w.isalpha()]
+    if any(f"{' '.join(seg)} ".startswith(f"{c} ") for c in OPENERS) or _has(seg, RIVAL_HEDGES):
         return True
-    if all(w in LABELS for w in words):
+    if _at(words, b) == HEAD or all(w in LABELS for w in seg) or EXPLAINS & set(seg) \
+            or _has(seg, NEGATION_BEFORE | NEGATION_AFTER):
         return False
-    return not (EXPLAINS & set(words) or _has(words, NEGATION_BEFORE) or _has(words, NEGATION_AFTER))
+    item = _at(words, a - 1) == ITEM or (_at(words, a - 1) in (None, LINE) and _at(words, b) in (None, LINE))
+    return item or len([w for w in seg if w not in ("also", "consider")]) <= SHORT
 
 
 def truth_variants(truth: str) -> list[list[str]]:
@@ -207,7 +210,7 @@ def truth_variants(truth: str) -> list[list[str]]:
     variants: list[list[str]] = []
     for text in [outside, *inside] if inside else [truth]:
         words = canonical(_words(text))
-        kept = [k for k, w in enumerate(words) if w not in (COMMA, BREAK, STOP)]
+        kept = [k for k, w in enumerate(words) if w not in PUNCTUATION]
         for v in (words[kept[0]:kept[-1] + 1] if kept else [], [words[k] for k in kept]):
             if v and v not in variants:
                 variants.append(v)
@@ -216,16 +219,16 @@ def truth_variants(truth: str) -> list[list[str]]:
 
 def judge(answer: str, truth: str) -> Verdict:
     """Does the answer part `answer` assert the reference `truth`, once, without denying or hedging it?
-    A mention is judged in its sentence; the other sentences and lines must name no other candidate."""
+    A mention is judged in its segment (sentence, line or list item); no other segment may be a rival (`_rival`)."""
     if not answer.strip():
         return Verdict(False, "no answer")
     words = canonical(_words(answer))
     spans = sorted({(i, i + len(v)) for v in truth_variants(truth) for i in _find(words, v)})
     if not spans:
         return Verdict(False, "not found")
-    stops = [k for k, w in enumerate(words) if w == STOP]
-    sentences = list(zip([0, *(k + 1 for k in stops)], [*stops, len(words)], strict=True))
-    found = []  # each mention in its sentence: (the sentence, where the mention starts and ends in it)
+    ends = [k for k, w in enumerate(words) if w in SEPARATORS]
+    sentences = list(zip([0, *(k + 1 for k in ends)], [*ends, len(words)], strict=True))  # the segments
+    found = []  # each mention in its segment: (the segment, where the mention starts and ends in it)
     for i, j in spans:
         start, end = max(a for a, _ in sentences if a <= i), min(b for _, b in sentences if b >= j)
         found.append((words[start:end], i - start, j - start))
@@ -235,13 +238,13 @@ def judge(answer: str, truth: str) -> Verdict:
         non = i > 0 and s[i - 1] == "non"  # "non-Hodgkin lymphoma" is not "Hodgkin lymphoma"
         if non or _has(before, NEGATION_BEFORE) or _has(after, NEGATION_AFTER):
             return Verdict(False, "negated")
-    for s, i, j in found:
-        rest = s[:i] + s[j:]
-        if DISJUNCTIONS & set(rest) or _listed(s, i, j):
+    for s, i, j in found:  # "or" around the mention, a list, a hedge in another clause ("X, but Y is possible")
+        rest, clauses = s[:i] + s[j:], s[:_walk(s, i - 1, -1, CLAUSE_WORDS) + 1] + s[_walk(s, j, 1, CLAUSE_WORDS):]
+        if DISJUNCTIONS & set(rest) or _listed(s, i, j) or _has(clauses, RIVAL_HEDGES):
             return Verdict(False, "several candidates")
     masked = [BREAK if any(i <= k < j for i, j in spans) else w for k, w in enumerate(words)]  # "Differential cyanosis"
-    others = [words[a:b] for a, b in sentences if all(b <= i or a >= j for i, j in spans)]
-    if _has(masked, HEDGES) or any(_rival(s) for s in others):
+    others = [(a, b) for a, b in sentences if all(b <= i or a >= j for i, j in spans)]
+    if _has(masked, HEDGES) or any(_rival(words, a, b) for a, b in others):
         return Verdict(False, "several candidates")
     return Verdict(True, "match")
 
