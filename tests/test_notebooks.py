@@ -6,6 +6,7 @@ The plain execution of every notebook (no parameters) happens through nbmake: `p
 import ast
 import inspect
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -151,6 +152,11 @@ def test_resuming_a_complete_run_in_the_notebook_trains_nothing_and_changes_no_f
     text = (tmp_path / "again.ipynb").read_text()
     assert f"the run in {out} is complete" in text and "the run is complete: trainer.train() trains nothing" in text
     assert "steps in" not in text  # no training summary: nothing ran
+    if name == "01_finetune":  # the "after" answers and figures are the trained model's, as when it trained
+        after = [re.findall(r"held-out \(after\): answer loss [0-9.]+", (tmp_path / f"{label}.ipynb").read_text())
+                 for label in ("first", "again")]
+        assert after[0] and after[0] == after[1], after
+    assert f"the model holds the run's trained adapter ({out / 'adapter'}" in text
 
 
 def test_the_finetune_notebook_runs_without_held_out_rows(tmp_path):

@@ -375,3 +375,93 @@ def test_resume_refuses_a_data_file_that_changed_before_anything_loads(tmp_path,
     with pytest.raises(OutputDirError, match=r"\(its held-out rows differ\)"):
         Run(config())
     assert record.read_record(run.out)["data"] == data and (run.out / "holdout.jsonl").read_text().count("\n") == 4
+
+
+def test_resume_of_a_run_recorded_before_the_data_hashes_checks_its_counts_and_held_out_rows(tmp_path):
+    """A run.json from before the data's sha256 (an older medr1): the rows' counts and the run's holdout.jsonl stand in
+    for them. An older medr1 kept the fields as in the file; the data loader now strips them, on both sides here."""
+    rows = [json.loads(line) for line in FIXTURE_PATH.read_text().splitlines()]
+    padded = [{**r, "Response": f"  {r['Response']} \n"} for r in rows]  # what an older holdout.jsonl held
+    path, out = tmp_path / "mydata.jsonl", tmp_path / "run"
+
+    def write(chosen):
+        path.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+
+    def config(**flags):
+        return build_config("smoke", {**SETTINGS, "data_path": str(path), "holdout_examples": 4, "num_examples": 0,
+                                      "output_dir": str(out), **flags}, quiet=True)
+
+    write(padded[:36])
+    new = Run(config()).record
+    out.mkdir()
+    files.atomic_write_json(out / "run.json", {**new, "status": "interrupted", "data": {
+        k: v for k, v in new["data"].items() if not k.endswith("_sha256")}})
+    files.atomic_write_jsonl(out / "holdout.jsonl", padded[32:36])
+    assert Run(config(resume=True)).record["data"]["train_rows"] == 32  # the same file resumes
+    write(padded[:40])  # four rows appended: the old held-out rows would be trained on
+    with pytest.raises(OutputDirError, match=rf"resume=True but {path} changed since the run in {out} began "
+                                             r"\(its training rows and held-out rows differ\)"):
+        Run(config(resume=True))
+    write(padded[:35] + padded[36:37])  # only the last (held-out) row replaced: the counts alone agree
+    with pytest.raises(OutputDirError, match=r"\(its held-out rows differ\)"):
+        Run(config(resume=True))
+
+
+def notebook_steps(run):
+    """Notebook 01's and 04's calls from the LoRA on: add_lora, trainer, trainer.train inside recording."""
+    run.add_lora()
+    trainer = run.trainer()
+    with run.recording():
+        trainer.train(resume_from_checkpoint=run.resume_from)
+
+
+def test_a_complete_run_resumed_in_the_notebook_answers_with_its_trained_adapter(runs, tmp_path, caplog):
+    """trainer.train() trains nothing on a complete run: the model must hold the saved adapter afterwards, or the
+    notebook's "after" answers and held-out figures are the untrained model's."""
+    import logging
+    import shutil
+
+    from medr1.evaluate import text_losses
+    from medr1.model import for_inference
+
+    out = tmp_path / "done"
+    shutil.copytree(runs.full.out, out)
+    run = Run(build_config("smoke", {**SETTINGS, "output_dir": str(out), "resume": True}, quiet=True))
+    run.load()
+    before = run.measure("before", max_new_tokens=2)
+    with caplog.at_level(logging.INFO, logger="medr1"):
+        notebook_steps(run)
+    after = run.measure("after", max_new_tokens=2)
+    full = runs.full
+    for_inference(full.model, full.config.backend)
+    trained = text_losses(full.model, full.tokenizer, full.holdout, full.config.prompt_style,
+                          full.config.max_seq_length)["loss"]
+    assert after["answer_loss"] == pytest.approx(trained, abs=1e-5)
+    assert abs(after["answer_loss"] - before["answer_loss"]) > 1e-3
+    assert f"the model holds the run's trained adapter ({out / 'adapter'}" in caplog.text
+
+
+def test_a_complete_grpo_run_resumed_holds_its_own_adapter_not_the_one_it_started_from(runs, tmp_path):
+    """GRPO from an SFT run's adapter: add_lora loads the start weights; a complete run resumed must end with the
+    GRPO run's own trained weights, as the run that trained did."""
+    from peft import get_peft_model_state_dict
+
+    from medr1.grpo import GrpoRun
+
+    def grpo(**flags):
+        config = build_config("smoke", {"grpo_max_steps": 2, "save_steps": 0, "output_dir": str(tmp_path / "grpo"),
+                                        "init_adapter": str(runs.full.out), **flags}, quiet=True, stage="grpo")
+        run = GrpoRun(config)
+        run.load()
+        return run
+
+    done = grpo()
+    notebook_steps(done)
+    done.save()
+    run = grpo(resume=True)
+    notebook_steps(run)
+    saved, start = lora_weights(done.out), lora_weights(runs.full.out)
+    held = {k: v.detach() for k, v in get_peft_model_state_dict(run.model).items()}
+    assert held.keys() == saved.keys() and len(saved) > 0
+    assert max((held[k] - saved[k]).abs().max().item() for k in saved) == 0
+    assert max((saved[k] - start[k]).abs().max().item() for k in saved) > 0  # GRPO moved the weights

@@ -136,6 +136,8 @@ class GrpoRun(Stage):
 
     def add_lora(self):
         """New LoRA as the config says, or the start adapter's shape with its trained weights loaded into it."""
+        from medr1.model import load_adapter_weights
+
         self._need_model()
         if not self.adapter:
             return super().add_lora(source=" (new)")
@@ -148,7 +150,7 @@ class GrpoRun(Stage):
         super().add_lora(cfg, f" (trained weights from {self.adapter})")
         self.record["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                                "targets": list(cfg.lora_targets),
-                               "loaded_tensors": _load_adapter_weights(self.model, self.adapter)}
+                               "loaded_tensors": load_adapter_weights(self.model, self.adapter)}
         return self.model
 
     def trainer_args(self, checkpoint_dir: str, report_to: str = "none") -> dict[str, Any]:
@@ -240,20 +242,6 @@ class GrpoRun(Stage):
             if distributed.is_main():
                 shutil.copyfile(held, self.out / "holdout.jsonl")
             self.record["data"].update(holdout_file="holdout.jsonl", holdout_rows=start.get("holdout_rows"))
-
-
-def _load_adapter_weights(model, adapter: Path) -> int:
-    """Copy a saved adapter's LoRA tensors into `model`'s fresh LoRA; every tensor must find its place."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    weights = load_file(str(adapter / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(model, weights)
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if result.unexpected_keys or missing:
-        raise ModelError(f"{adapter} does not fit the LoRA built from its own config (unexpected "
-                         f"{list(result.unexpected_keys)[:3]}, missing {missing[:3]})")
-    return len(weights)
 
 
 def reward_history(log_history: list[dict], names: list[str]) -> list[dict[str, Any]]:

@@ -154,3 +154,18 @@ def _mode(model, backend: str, training: bool) -> None:
         (FastLanguageModel.for_training if training else FastLanguageModel.for_inference)(model)
     else:
         model.train(training)
+
+
+def load_adapter_weights(model, adapter: Path) -> int:
+    """Copy a saved adapter's LoRA tensors into `model`'s fresh LoRA (GRPO's start, a complete run resumed); every
+    tensor must find its place."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ModelError(f"{adapter} does not fit the LoRA built from its own config (unexpected "
+                         f"{list(result.unexpected_keys)[:3]}, missing {missing[:3]})")
+    return len(weights)

@@ -143,13 +143,31 @@ def same_data(config: Config, out: Path, source: str, **parts: list[Any]) -> dic
     the held-out rows into training."""
     prints = {f"{k}_sha256": hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
               for k, rows in parts.items()}
-    before = (read_record(out, or_empty=True).get("data") or {}) if config.resume else {}  # none: an older run
-    changed = [DATA_PARTS[k.removesuffix("_sha256")] for k, v in prints.items() if before.get(k, v) != v]
+    before = (read_record(out, or_empty=True).get("data") or {}) if config.resume else {}
+    changed = [DATA_PARTS[k] for k, rows in parts.items() if before and _differs(k, rows, prints, before, out)]
     if changed:
         raise OutputDirError(f"{hint('resume')} but {source} changed since the run in {out} began (its "
                              f"{' and '.join(changed)} differ); resume with the same data, or use {hint('overwrite')} "
                              "or another output_dir")
     return prints
+
+
+def _differs(part: str, rows: list[Any], prints: dict[str, str], before: dict[str, Any], out: Path) -> bool:
+    """Whether `rows` are not the run's: by run.json's sha256, or in a record from before it (an older medr1) by the
+    count of rows and the held-out rows the run wrote, fields stripped on both sides (the loader now strips them)."""
+    if f"{part}_sha256" in before:
+        return before[f"{part}_sha256"] != prints[f"{part}_sha256"]
+    if before.get(f"{part}_rows", len(rows)) != len(rows):  # train_rows, holdout_rows
+        return True
+    held = out / (before.get("holdout_file") or "holdout.jsonl")
+    if part != "holdout" or not held.is_file():
+        return False
+    return _stripped(read_file(held, "")[0] if held.stat().st_size else []) != _stripped(rows)
+
+
+def _stripped(rows: list[Any]) -> list[Any]:
+    return [{k: v.strip() if isinstance(v, str) else v for k, v in r.items()} if isinstance(r, dict) else r
+            for r in rows]
 
 
 # Knobs a resumed run may change: they do not alter what is trained (the rest must match the checkpoint's run).

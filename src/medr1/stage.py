@@ -87,13 +87,14 @@ class Stage:
         """Around `trainer.train()`: run.json says `training` (with the time so far at each checkpoint), then
         `trained` with the figures, or `interrupted` with the step and the checkpoint to resume from (the error is
         re-raised). A resume from a checkpoint that holds every step ends at once, as an uninterrupted run did; on a
-        complete run, the `trainer.train()` inside trains nothing and writes no file (`_nothing_to_train`)."""
+        complete run, the `trainer.train()` inside trains nothing and writes no file: it loads the run's saved
+        adapter, so the model ends as the run's training left it (`_trained_adapter`)."""
         import torch
 
         if self._trainer is None:
             raise RuntimeError("no trainer yet: call trainer() first")
         if self.complete:
-            self._trainer.train = _nothing_to_train  # this trainer only, while the block runs
+            self._trainer.train = self._trained_adapter  # this trainer only, while the block runs
             try:
                 yield
             finally:
@@ -259,6 +260,16 @@ class Stage:
     def _hold_out(self) -> None:
         """Before training: put the held-out rows a later `medr1 evaluate` compares on into the run folder."""
 
+    def _trained_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """`trainer.train` of a complete run resumed: the saved adapter's weights into add_lora's LoRA (new, or GRPO's
+        start), nothing trained. The real one, from `resume_from` None there, would train anew over checkpoints/."""
+        from medr1.model import load_adapter_weights
+
+        adapter = record.adapter_dir(self.out, self.record)
+        tensors = load_adapter_weights(self.model, adapter)
+        log.info(f"the run is complete: trainer.train() trains nothing; the model holds the run's trained adapter "
+                 f"({adapter}, {tensors} tensors)")
+
     def _need_model(self) -> None:
         if self.model is None:
             raise RuntimeError("the model is not loaded: call load() first")
@@ -267,12 +278,6 @@ class Stage:
         if distributed.is_main() and self.out.exists() and not self.complete:
             self._replace_old_run()
             files.atomic_write_json(self.out / "run.json", self.record)
-
-
-def _nothing_to_train(*args: Any, **kwargs: Any) -> None:
-    """`trainer.train` of a complete run resumed. `resume_from` is None there (the run may keep no checkpoint:
-    save_steps=0), so the real one would train every step again from step 0 and write over checkpoints/."""
-    log.info("the run is complete: trainer.train() trains nothing")
 
 
 def _session_callback(stage: Stage):
