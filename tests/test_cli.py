@@ -71,7 +71,8 @@ def test_output_cut_short_by_a_pipe_ends_quietly():
 
 def test_check_data_agrees_with_training(capsys):
     """check-data used to force over_length=drop (rc 2 where truncation trains) and skipped the model's limit."""
-    args = ["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=100"]
+    every = ["--set", "holdout_examples=0"]  # all 40 rows are trained on
+    args = ["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=100", *every]
     assert main([*args, "--set", "over_length=truncate"]) == 0
     out = capsys.readouterr().out
     assert "over max_seq_length=100: 40 (policy over_length='truncate': 0 dropped, 40 truncated)" in out
@@ -80,7 +81,7 @@ def test_check_data_agrees_with_training(capsys):
     assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=100000"]) == 2
     assert "max_position_embeddings=4096" in capsys.readouterr().err
     # as loud as training when more than a quarter of the rows do not fit, with the length that keeps 95%
-    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=500"]) == 0
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=500", *every]) == 0
     assert "medr1: WARNING: 19 of 40 rows (48%) are longer than max_seq_length=500" in capsys.readouterr().out
 
 
@@ -98,3 +99,54 @@ def test_evaluate_verifiable_honours_max_questions_and_refuses_what_does_not_app
         assert main([*base, "--max-questions", "2", *extra]) == 2
         err = capsys.readouterr().err
         assert flag in err and "--verifiable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_data_checks_the_rows_training_uses(tmp_path, capsys):
+    """The held-out rows (the file's last holdout_examples) and rows past num_examples are not trained on: their
+    lengths stop nothing; a file too small for its hold-out stops check-data as it stops training."""
+    from medr1 import build_config
+    from medr1.run import Run
+
+    rows = [json.loads(line) for line in FIXTURE_PATH.read_text().splitlines()]
+    rows[-1] = dict(rows[-1], Complex_CoT=rows[-1]["Complex_CoT"] * 20)  # a long last row: held out by smoke
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = ["--set", "max_seq_length=1024", "--set", "over_length=error"]
+    assert main(["check-data", str(path), "--preset", "smoke", *sets, "--show", "39"]) == 0  # --show: the file's row
+    out = capsys.readouterr().out
+    assert "40 valid rows, 0 duplicates; 36 to train on, 4 held out" in out and rows[-1]["Question"] in out
+    assert "--- training text of row 39 (not among the rows trained on) ---" in out
+    Run(build_config("smoke", {"data_path": str(path), "max_seq_length": 1024, "over_length": "error",
+                               "output_dir": str(tmp_path / "run")}, quiet=True))  # training agrees: no stop
+    rows[10] = dict(rows[10], Complex_CoT=rows[10]["Complex_CoT"] * 20)  # past num_examples=10
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["check-data", str(path), "--preset", "smoke", *sets, "--set", "num_examples=10"]) == 0
+    assert "; 10 to train on, 4 held out" in capsys.readouterr().out
+    assert main(["check-data", str(path), "--preset", "smoke", *sets]) == 1
+    assert "first: row 10 of" in capsys.readouterr().err
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    assert main(["check-data", str(path), "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "3 unique rows, but holdout_examples=4 leaves none to train on" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluating_a_run_refuses_options_it_would_ignore(capsys):
+    """A run is asked in its own prompt style, and --max-questions counts --mcq questions: silently dropped before."""
+    for extra, flag in ((["--style", "r1"], "--style"), (["--max-questions", "3"], "--max-questions")):
+        assert main(["evaluate", "runs/x", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag}: not used when evaluating a run" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_export_no_adapter_verify_checks_the_export_made_before(smoke_run, tmp_path, capsys):
+    """`--no-adapter --verify` passed the plan (an adapter exported before) and then verified nothing: `{}`."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run.out, run, ignore=shutil.ignore_patterns("checkpoints", "export"))
+    assert main(["export", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--no-adapter", "--verify"]) == 0
+    out = capsys.readouterr().out  # medr1's lines, then the JSON of what was done
+    done = json.loads(out[out.index("{\n"):])
+    assert done["verify"]["same_next_token"] >= 0.9 and len(done["verify"]["loaded_with"]) == 2

@@ -67,21 +67,23 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    """The checks training makes, with its settings: rc 2 for invalid data or settings, 1 where training would
-    stop on the lengths (the counts are printed first), else 0."""
+    """The checks training makes, with its settings, on the rows it trains on (not the held-out ones): rc 2 for
+    invalid data or settings, 1 where training would stop on the lengths (the counts are printed first), else 0."""
     config = build_config(args.preset, {**parse_overrides(args.overrides), "data_path": args.path})  # logs auto's pick
     from medr1 import data, preflight
     from medr1.prompts import format_row
     from medr1.tokenizer import load_tokenizer
 
-    rows, _ = data.load_rows(args.path)
-    unique, dups = data.drop_duplicates(rows)
+    rows, _ = data.load_rows(args.path)  # --show N: the file's row N
+    split = data.load_split(config)  # the rows training uses: no duplicates, held-out rows apart, num_examples
     # the model's side (name, max_seq_length); 4-bit and GPUs are the training machine's, not this one's
     preflight.check(dataclasses.replace(config, load_in_4bit=False, backend="unsloth"))
     tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
-    _, report, problem = data.apply_length_policy(unique, tokenizer, config)
-    print(f"{args.path}: {len(rows)} valid rows, {dups} duplicates")  # an invalid row stops before this line
-    print(f"tokens per row: median {report.median_tokens:.0f}, max {report.max_tokens}; over "
+    _, report, problem = data.apply_length_policy(split.train, tokenizer, config)
+    print(f"{args.path}: {len(rows)} valid rows, {split.duplicates} duplicates; {len(split.train)} to train on, "
+          f"{len(split.holdout)} held out (num_examples={config.num_examples}, holdout_examples="
+          f"{config.holdout_examples})")  # an invalid row stops before this line
+    print(f"tokens per training row: median {report.median_tokens:.0f}, max {report.max_tokens}; over "
           f"max_seq_length={config.max_seq_length}: {report.over_length} (policy over_length={config.over_length!r}: "
           f"{report.dropped} dropped, {report.truncated} truncated)")
     if report.warning():
@@ -90,7 +92,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         if not 0 <= args.show < len(rows):
             print(f"--show {args.show}: no such row (0..{len(rows) - 1})", file=sys.stderr)
             return 2
-        print(f"--- training text of row {args.show} ---")
+        unused = args.show not in {getattr(r, "index", None) for r in split.train}  # held out, past num_examples
+        print(f"--- training text of row {args.show}{' (not among the rows trained on)' if unused else ''} ---")
         print(format_row(rows[args.show], tokenizer.eos_token, config.prompt_style))
         print(token_view(rows[args.show], tokenizer, config))
     if problem:
@@ -141,17 +144,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError("--verifiable FILE needs --predictions PRED.jsonl")
         from medr1.verifiable import score_verifiable
 
-        print(json.dumps(score_verifiable(args.verifiable, args.predictions, args.style, args.max_questions)))
+        print(json.dumps(score_verifiable(args.verifiable, args.predictions, args.style or "seed", args.max_questions)))
         return 0
     if args.predictions:
         if not args.mcq:
             raise ConfigError("--predictions needs --mcq FILE (the questions they answer)")
         from medr1.mcq import score_files
 
-        print(json.dumps(score_files(args.mcq, args.predictions, args.style, args.max_questions)))
+        print(json.dumps(score_files(args.mcq, args.predictions, args.style or "seed", args.max_questions)))
         return 0
     if not args.run_dir:
         raise ConfigError("give a run folder (RUN_DIR), or --mcq FILE --predictions PRED.jsonl")
+    unused = [f for f, v in (("--style", args.style), ("--max-questions", args.max_questions and not args.mcq)) if v]
+    if unused:  # a run is asked in its own prompt style; --max-questions counts --mcq questions
+        raise ConfigError(f"{', '.join(unused)}: not used when evaluating a run{'' if args.mcq else ' without --mcq'}; "
+                          "leave it out")
     from medr1.evaluate import evaluate_run
 
     ev = evaluate_run(args.run_dir, mcq_file=args.mcq or "", max_rows=args.max_rows,
@@ -171,8 +178,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     done: dict[str, object] = {}
     if not args.no_adapter:
         done["adapter"] = str(exp.adapter())
-        if args.verify:
-            done["verify"] = exp.verify_adapter()
+    if args.verify:  # the adapter just written, or with --no-adapter the one exported before (the plan checked it)
+        done["verify"] = exp.verify_adapter()
     if args.merged:
         done["merged"] = str(exp.merged())
     if args.gguf:
@@ -241,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(flag, type=_count, default=0, help=text)
     p.add_argument("--engine", default="auto", choices=("auto", "medr1", "hf"),
                    help="medr1: the batched decoder; hf: model.generate in batches; auto: medr1 where it applies")
-    p.add_argument("--style", default="seed", choices=("seed", "r1"), help="prompt style of the predictions")
+    p.add_argument("--style", choices=("seed", "r1"), help="prompt style of the predictions (default seed; a run's "
+                   "evaluation uses the run's own)")
     p = command("export", cmd_export, "adapter, merged 16-bit, GGUF, push to the hub (with a model card)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a training run")
     p.add_argument("--to", default="", metavar="DIR", help="export folder; default: RUN_DIR/export")
