@@ -127,6 +127,10 @@ def test_4bit_where_unsloth_finds_bitsandbytes_unusable(tmp_path, monkeypatch):
     message = refused(tmp_path, {"load_in_4bit": True}, ModelError)
     assert message.startswith("load_in_4bit=True but Unsloth found bitsandbytes unusable")
     assert "load_in_4bit=False" in message
+    from medr1.config import cli_hints
+
+    with cli_hints():  # on the command line the hint is the flag to type
+        assert "; --set load_in_4bit=False for 16-bit weights" in refused(tmp_path, {"load_in_4bit": True}, ModelError)
 
 
 def test_4bit_where_bitsandbytes_cannot_quantize(tmp_path, monkeypatch):

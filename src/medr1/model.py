@@ -14,7 +14,7 @@ from medr1.stack import UNSLOTH
 
 import torch
 
-from medr1.config import Config
+from medr1.config import Config, hint
 from medr1.errors import ModelError
 from medr1.log import log
 from medr1.preflight import model_path as resolve_model_path
@@ -47,7 +47,7 @@ def _fast_model(name: str, config: Config):
     """Unsloth's model for a base or an adapter folder; its tokenizer is dropped (medr1's tokenized the rows)."""
     if not UNSLOTH:
         raise ModelError("backend='unsloth' but unsloth is not installed (or MEDR1_BACKEND=hf); "
-                         "install it or set backend='hf'")
+                         f"install it or {hint('backend', 'hf')}")
     from unsloth import FastLanguageModel
 
     return FastLanguageModel.from_pretrained(model_name=name, max_seq_length=config.max_seq_length,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import distributed
-from medr1.config import Config
+from medr1.config import Config, hint
 from medr1.errors import ConfigError, MedR1Error, ModelError
 from medr1.log import log
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
@@ -42,7 +42,7 @@ def check(config: Config) -> dict[str, Any]:
                               "with `make train GPUS=N` (accelerate launch), or on one with CUDA_VISIBLE_DEVICES=0")
     problem = config.load_in_4bit and bnb_4bit_problem(config.backend)
     if problem:
-        raise ModelError(f"load_in_4bit=True but {problem}; set load_in_4bit=False for 16-bit weights "
+        raise ModelError(f"load_in_4bit=True but {problem}; {hint('load_in_4bit', False)} for 16-bit weights "
                          "(about 4x the memory)")
     return model_config
 
