@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(flag, type=_count, default=0, help=text)
     p.add_argument("--engine", default="auto", choices=("auto", "medr1", "hf"),
                    help="medr1: the batched decoder; hf: model.generate in batches; auto: medr1 where it applies")
-    p.add_argument("--style", choices=("seed", "r1"), help="prompt style of the predictions (default seed; a run's "
-                   "evaluation uses the run's own)")
+    p.add_argument("--style", choices=("seed", "r1"), help="prompt style of the predictions (default: seed); a "
+                   "run's evaluation uses the run's own")
     p = command("export", cmd_export, "adapter, merged 16-bit, GGUF, push to the hub (with a model card)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a training run")
     p.add_argument("--to", default="", metavar="DIR", help="export folder; default: RUN_DIR/export")
