@@ -417,6 +417,7 @@ def test_knobs_lists_every_knob_with_type_default_and_advice(capsys):
     assert main(["knobs", "--preset", "smoke"]) == 0
     out = capsys.readouterr().out
     assert "preset 'smoke'" in out and re.search(r"^model_name\s+str\s+'medr1/tiny-llama'", out, re.MULTILINE)
+    assert re.search(r"^output_dir\s+str\s+''\s+adapter", out, re.MULTILINE)  # not a folder made up for the call
 
 
 def test_check_data_says_which_preset_auto_picked(capsys, monkeypatch):

@@ -197,7 +197,8 @@ def cmd_knobs(args: argparse.Namespace) -> int:
 
     hints, advice = typing.get_type_hints(Config), knob_advice()
     defaults = {n: getattr(Config, n, None) for n in knob_names()}
-    values = build_config(args.preset).to_dict() if args.preset else defaults
+    # a preset's output_dir is "" (a new folder per run), not the folder this call's config made up
+    values = {**build_config(args.preset).to_dict(), "output_dir": Config.output_dir} if args.preset else defaults
     rows = [(n, "list of str" if n == "lora_targets" else getattr(hints[n], "__name__", str(hints[n])),
              ",".join(v) if isinstance(v := values[n], (list, tuple)) else repr(v), advice[n]) for n in knob_names()]
     head = ("knob", "type", f"preset {values['preset']!r}" if args.preset else "default", "advice")
