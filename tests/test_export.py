@@ -428,3 +428,20 @@ def test_git_commit_is_medr1s_own_never_the_repository_it_is_installed_in(tmp_pa
     git("add", "-f", str(copy))
     git("commit", "-q", "-m", "medr1 itself")
     assert git_commit() == git("rev-parse", "HEAD")
+
+
+def test_an_adapter_card_of_a_local_base_says_how_to_load_it_elsewhere():
+    """adapter_config.json names the base the run loaded: a local folder (the cpu and smoke presets' models, or a
+    user's) that AutoPeftModelForCausalLM cannot find once the adapter is pushed. The card says to give the base."""
+    from medr1.card import model_card
+
+    def card(name, kind="adapter"):
+        return model_card({"config": {"model_name": name, "prompt_style": "seed"}}, kind=kind, repo_id="you/x")
+
+    for name, base in (("/data/my-base", "BASE_MODEL_FOLDER"), ("medr1/smollm2-135m", "HuggingFaceTB/SmolLM2-135M")):
+        text = card(name)
+        assert f"is a local folder (`{name}`)" in text and 'model = PeftModel.from_pretrained(base, "you/x")' in text
+        assert f'AutoModelForCausalLM.from_pretrained("{base}' in text
+    assert "close, not the same weights" in card("medr1/smollm2-135m")
+    assert "PeftModel.from_pretrained(base" not in card("unsloth/DeepSeek-R1-Distill-Llama-8B")  # a hub id loads
+    assert "PeftModel.from_pretrained(base" not in card("/data/my-base", "merged")  # merged weights need no base

@@ -116,7 +116,7 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
         repo_id=repo_id, rec=rec, cfg=cfg, knob=knob, data=data, train=train, run={**cfg, **rec},
         lengths=data.get("lengths") or {}, losses=rec.get("losses") or [], versions=rec.get("versions") or {},
         base=base, base_name=Path(hub_base(base) or base).name, licence=base_license(base)[1],
-        converted=CONVERTED.get(base),
+        converted=CONVERTED.get(base), local_base=not _on_hub(base), hub_name=hub_base(base),
         data_file=Path(str(data.get("source") or cfg.get("data_path"))).name,
         synthetic=not cfg.get("data_path") and cfg.get("dataset_name") in SYNTHETIC_TRACES,
         style=style, prompt=prompts.inference_prompt("{question}", style),
