@@ -270,7 +270,7 @@ def apply_length_policy(rows: list[dict[str, str]], tokenizer, config: Config) -
     lengths, limit, policy = [len(e.ids) for e in encoded], config.max_seq_length, config.over_length
     over = [i for i, n in enumerate(lengths) if n > limit]
     p95 = sorted(lengths)[max(0, math.ceil(0.95 * len(lengths)) - 1)] if lengths else 0
-    cut = [Encoded(e.ids[:limit], e.completion[:limit]) for e in encoded]
+    cut = [Encoded(e.ids[:limit], e.completion[:limit]) if len(e.ids) > limit else e for e in encoded]
     empty = [i for i in over if policy == "truncate" and config.loss_on == "completion" and not any(cut[i].completion)]
     if empty:
         log.warning(f"{len(empty)} rows cut to max_seq_length={limit} keep no token of reasoning or answer (the "

@@ -112,8 +112,8 @@ def load_adapter(config: Config, adapter: str | Path, via: str = "medr1"):
 def merge_16bit(model, config: Config):
     """Plain peft merge into 16-bit weights (backend 'hf', or no Unsloth); a 4-bit base needs Unsloth's merge."""
     if config.load_in_4bit:
-        raise ModelError("merging into a 4-bit base needs Unsloth (it merges into the 16-bit weights); "
-                         "install unsloth and use backend='unsloth'")
+        raise ModelError("merging into a 4-bit base needs Unsloth's merge (into the 16-bit weights), not peft's: "
+                         "medr1.export.Export.merged goes through Unsloth wherever it can")
     return model.merge_and_unload().to(torch_dtype("auto") if torch.cuda.is_available() else torch.bfloat16)
 
 
