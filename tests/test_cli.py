@@ -150,3 +150,14 @@ def test_export_no_adapter_verify_checks_the_export_made_before(smoke_run, tmp_p
     out = capsys.readouterr().out  # medr1's lines, then the JSON of what was done
     done = json.loads(out[out.index("{\n"):])
     assert done["verify"]["same_next_token"] >= 0.9 and len(done["verify"]["loaded_with"]) == 2
+
+
+def test_check_data_reads_the_file_once(monkeypatch, capsys):
+    """It read and validated the whole file twice (for --show, then for the split): seconds on the full dataset."""
+    from medr1 import data
+
+    reads = []
+    real = data.read_file
+    monkeypatch.setattr(data, "read_file", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--show", "1"]) == 0
+    assert len(reads) == 1, reads

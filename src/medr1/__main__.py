@@ -74,8 +74,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     from medr1.prompts import format_row
     from medr1.tokenizer import load_tokenizer
 
-    rows, _ = data.load_rows(args.path)  # --show N: the file's row N
-    split = data.load_split(config)  # the rows training uses: no duplicates, held-out rows apart, num_examples
+    loaded = data.load_rows(args.path)  # read once; --show N is the file's row N
+    rows, split = loaded[0], data.load_split(config, loaded)  # training's rows: no duplicates, held out apart
     # the model's side (name, max_seq_length); 4-bit and GPUs are the training machine's, not this one's
     preflight.check(dataclasses.replace(config, load_in_4bit=False, backend="unsloth"))
     tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)

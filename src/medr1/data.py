@@ -161,12 +161,13 @@ class Split:
     duplicates: int = 0
 
 
-def load_split(config: Config) -> Split:
+def load_split(config: Config, loaded: tuple[list, str] | None = None) -> Split:
     """Training and hold-out rows from a local file or the hub, validated and disjoint: the hold-out is the last
-    `holdout_examples` rows; training the first `num_examples` of the rest (on the hub `train[:500]`, the recipe's)."""
+    `holdout_examples` rows; training the first `num_examples` of the rest (on the hub `train[:500]`, the recipe's).
+    `loaded`: `load_rows(config.data_path)`'s answer, when the caller has read the file already."""
     h = config.holdout_examples
     if config.data_path:
-        rows, source = load_rows(config.data_path)
+        rows, source = loaded or load_rows(config.data_path)
         rows, dups = drop_duplicates(rows)
         if len(rows) <= h:
             raise DataError(f"{source}: {len(rows)} unique rows, but holdout_examples={h} leaves none to train on")
