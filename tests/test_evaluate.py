@@ -314,7 +314,7 @@ def test_generation_compliance_table_mcq_and_saved_results(evaluation, run_copy)
     assert saved["png"].stat().st_size > 5000
     assert set(evaluation.metrics_table().columns) == {"base", "fine-tuned"}
 
-    gens = [{"complete": c, "stopped": s, "new_tokens": n}
+    gens = [{"complete": c, "in_format": c, "stopped": s, "new_tokens": n}
             for c, s, n in [(True, True, 5), (True, False, 8), (False, True, 2), (False, False, 8)]]
     c = compliance(gens)
     assert (c["format_compliance"], c["has_reasoning_and_answer"], c["stopped_at_eos"]) == (0.25, 0.5, 0.5)
@@ -394,3 +394,114 @@ def test_held_out_rows_with_unicode_line_separators_read_back_whole(tmp_path):
     assert record.holdout_rows(tmp_path) == rows
     files.atomic_write_jsonl(tmp_path / "holdout.jsonl", [])  # holdout_examples=0: an empty file, no rows
     assert record.holdout_rows(tmp_path) == []
+
+
+@pytest.mark.parametrize("style, other", [("seed", "reasoning\n</think>\n\nAcute pyelonephritis."),
+                                          ("r1", "reasoning\n\n### Answer:\nAcute pyelonephritis.")])
+def test_format_compliance_counts_the_trained_styles_marker_only(style, other):
+    """A base R1 model writes `</think>` whatever it is asked: in the seed style that was counted as the trained
+    format, so the base model's compliance looked high and the fine-tune's gain small. Either marker still splits."""
+    from medr1.decode import Decoded
+    from medr1.evaluate import compliance
+    from medr1.infer import _answer
+
+    class Tok:
+        def decode(self, tokens, skip_special_tokens=True):
+            return other
+
+    gen = _answer(Tok(), Decoded(tokens=[1, 2, 3], stopped=True), style)
+    assert gen["complete"] and gen["answer"] == "Acute pyelonephritis."  # split all the same
+    assert not gen["in_format"] and compliance([gen])["format_compliance"] == 0.0
+    assert compliance([gen])["has_reasoning_and_answer"] == 1.0
+
+
+def test_a_made_up_next_question_is_not_the_answer():
+    """A model that does not stop writes a new "### Query:" and answers it: that answer is not this one's."""
+    from medr1.mcq import extract_choice
+    from medr1.prompts import split_answer
+
+    text = ("Reasoning.\n\n### Answer:\nThe answer is B.\n\n### Query:\nWhich drug?\n\n### Chain of Thought:\n"
+            "Epinephrine.\n\n### Answer:\nThe answer is C.")
+    options = {"A": "Atropine", "B": "Adenosine", "C": "Epinephrine", "D": "Digoxin"}
+    assert extract_choice(text, options, "seed").letter == "B"
+    assert split_answer(text, "seed").answer == "The answer is B."
+    assert extract_choice("Thinking. ### Query: next? The answer is C.", options, "seed").letter is None
+
+
+def test_a_run_without_held_out_rows_gets_its_multiple_choice_evaluation(run_copy, tmp_path):
+    """Notebook 02's steps on a run with no held-out rows stopped at the loss (DataError); a GRPO run from a new
+    LoRA, whose record names no held-out file, could not be evaluated at all, not even with an MCQ file."""
+    from medr1.evaluate import Evaluation
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("eval.*", "mcq_predictions_*", "holdout.jsonl"))
+    rec = json.loads((run / "run.json").read_text())
+    rec["data"].pop("holdout_file", None)  # as a GRPO run from a new LoRA records it
+    (run / "run.json").write_text(json.dumps(rec))
+    with pytest.raises(DataError, match="no held-out rows .* nothing to evaluate on"):
+        Evaluation(run)  # before any load
+    ev = Evaluation(run, mcq_file=ASSETS / "mcq_sample.jsonl", max_new_tokens=4)
+    ev.load()
+    assert ev.held_out_loss() == {} and ev.generate() == {} and ev.side_by_side() is None  # the notebook's cells
+    assert ev.mcq(ASSETS / "mcq_sample.jsonl", max_questions=2)["questions"] == 2
+    assert ev.metrics_table().loc["mcq_accuracy"].notna().all()
+    assert json.loads(ev.save()["json"].read_text())["holdout_rows"] == 0
+
+
+def test_an_earlier_evaluation_is_not_replaced_unasked(run_copy, tmp_path):
+    """A quick `--max-rows 1` look replaced hours of multiple-choice results (and the model card's figures): the
+    earlier eval.json is refused before anything loads, and replaced with overwrite, its stale answers removed."""
+    from medr1.__main__ import main
+    from medr1.errors import OutputDirError
+    from medr1.evaluate import Evaluation
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("eval.*", "mcq_predictions_*"))
+    (run / "eval.json").write_text(json.dumps({"mcq": {"questions": 1000}}))
+    (run / "mcq_predictions_base.jsonl").write_text("{}\n")
+    with pytest.raises(OutputDirError, match="eval.json holds an earlier evaluation; pass overwrite=True"):
+        Evaluation(run)
+    assert main(["evaluate", str(run), "--max-rows", "1", "--max-new-tokens", "2"]) == 2
+    assert json.loads((run / "eval.json").read_text()) == {"mcq": {"questions": 1000}}
+    assert main(["evaluate", str(run), "--max-rows", "1", "--max-new-tokens", "2", "--overwrite"]) == 0
+    assert json.loads((run / "eval.json").read_text())["holdout_rows"] == 1
+    assert not (run / "mcq_predictions_base.jsonl").exists()  # answers of the evaluation it replaced
+
+
+def test_a_batch_too_large_for_the_decoder_stops_before_the_model_loads(run_copy, tmp_path, monkeypatch):
+    """--batch-size above the decoder's rows per step was a ValueError traceback after the model load and the
+    held-out loss; the hf engine has no such limit."""
+    from medr1 import evaluate
+    from medr1.errors import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("eval.*", "mcq_predictions_*"))
+    monkeypatch.setattr(evaluate, "load_adapter", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(ConfigError, match="batch_size=17: the batched decoder takes at most 16 rows per step"):
+        evaluate.evaluate_run(run, batch_size=17)
+    assert evaluate.Evaluation(run, batch_size=17, engine="hf").batch_size == 17
+
+
+def test_no_completion_token_within_max_seq_length_is_not_a_perfect_loss(evaluation):
+    """With every reasoning and answer token cut off, the loss read 0.0 and the perplexity 1.0."""
+    from medr1.evaluate import text_losses
+
+    got = text_losses(evaluation.model, evaluation.tokenizer, evaluation.rows[:1], "seed", 20)
+    assert (got["loss"], got["perplexity"], got["tokens"], got["truncated_rows"]) == (None, None, 0, 1)
+
+
+@pytest.mark.parametrize("knob", ["max_rows", "max_new_tokens", "batch_size", "samples"])
+def test_negative_counts_are_refused_as_the_cli_refuses_them(run_copy, knob):
+    """Notebook 02's `-p max_rows -1` evaluated all rows but the last, `-p samples -1` turned on sampling."""
+    from medr1.errors import ConfigError
+    from medr1.evaluate import Evaluation
+
+    with pytest.raises(ConfigError, match=f"{knob}=-1: must be >= 0"):
+        Evaluation(run_copy, **{knob: -1})
+
+
+def test_negative_max_questions_is_refused(evaluation):
+    from medr1.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_questions=-3: must be >= 0"):
+        evaluation.mcq(ASSETS / "mcq_sample.jsonl", max_questions=-3)

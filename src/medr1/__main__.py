@@ -135,7 +135,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         unused = [flag for flag, value in (("RUN_DIR", args.run_dir), ("--mcq", args.verifiable and args.mcq),
                                            ("--samples", args.samples), ("--engine", args.engine != "auto"),
                                            ("--max-rows", args.max_rows), ("--max-new-tokens", args.max_new_tokens),
-                                           ("--batch-size", args.batch_size)) if value]
+                                           ("--batch-size", args.batch_size), ("--overwrite", args.overwrite))
+                  if value]
         if unused:
             raise ConfigError(f"{', '.join(unused)}: not used when scoring --predictions against "
                               f"{'--verifiable' if args.verifiable else '--mcq'} FILE (no model runs); leave it out")
@@ -163,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     ev = evaluate_run(args.run_dir, mcq_file=args.mcq or "", max_rows=args.max_rows,
                       max_new_tokens=args.max_new_tokens, max_questions=args.max_questions, batch_size=args.batch_size,
-                      samples=args.samples, engine=args.engine)
+                      samples=args.samples, engine=args.engine, overwrite=args.overwrite)
     print(json.dumps(ev.summary(), indent=2, default=str))
     return 0
 
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="medr1: the batched decoder; hf: model.generate in batches; auto: medr1 where it applies")
     p.add_argument("--style", choices=("seed", "r1"), help="prompt style of the predictions (default: seed); a "
                    "run's evaluation uses the run's own")
+    p.add_argument("--overwrite", action="store_true", help="replace the run's earlier evaluation (eval.json)")
     p = command("export", cmd_export, "adapter, merged 16-bit, GGUF, push to the hub (with a model card)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a training run")
     p.add_argument("--to", default="", metavar="DIR", help="export folder; default: RUN_DIR/export")

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from medr1.errors import ConfigError
 from medr1.llama import GIB, Decoder, _causal_lm, head_dim, shape_limits
 
 SUPPORTED = ("llama", "qwen2", "mistral")  # Llama-shaped decoder layers (qwen2: with q/k/v biases)
@@ -122,7 +123,7 @@ def plan(model, *, rows: int, max_len: int, slots: int = 0, merge: str = "auto",
     per_slot = kv_bytes_per_slot(model, max_len)
     most = shape_limits(device, memory_gib)[0]
     if slots > most:
-        raise ValueError(f"batch_size={slots}: at most {most} rows per step on this device")
+        raise ConfigError(f"batch_size={slots}: at most {most} rows per step on this device ({device.type})")
     if device.type != "cuda":
         chosen = slots or min(rows, most)
         return chosen, merge == "yes", f"{chosen} slots on {device.type}"

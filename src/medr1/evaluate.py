@@ -22,15 +22,14 @@ from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and 
 import torch
 import torch.nn.functional as F
 
-from medr1 import distributed, files, mcq, prompts, record
+from medr1 import distributed, files, mcq, plots, prompts, record
 from medr1.data import encode_rows
-from medr1.errors import DataError
+from medr1.errors import ConfigError, DataError, OutputDirError
 from medr1.infer import Sampling, Stats, generate_many
+from medr1.llama import shape_limits
 from medr1.log import log
 from medr1.model import load_adapter
-
-VARIANTS = ("base", "finetuned")
-LABELS = {"base": "base", "finetuned": "fine-tuned"}
+from medr1.plots import LABELS, VARIANTS
 
 
 def adapter_off(model, variant: str):
@@ -61,15 +60,21 @@ def text_losses(model, tokenizer, rows: list[dict[str, str]], style: str = "seed
                  for i in range(0, len(targets), 512)]  # 512 positions at a time: float32 logits of a long row are big
         counted += enc.completion[1:max_seq_length]
     nll, answer = torch.cat(nlls).double(), torch.tensor(counted, dtype=torch.bool)
-    loss = nll[answer].sum().item() / max(int(answer.sum()), 1)
-    return {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50.0)), 3),
+    if not answer.any():  # every completion cut off by max_seq_length: not measured, rather than a perfect 0
+        log.warning(f"no reasoning or answer token of {len(rows)} rows fits in max_seq_length={max_seq_length}: "
+                    "their loss is not measured")
+    loss = nll[answer].mean().item() if answer.any() else math.nan
+    return {**({"loss": None, "perplexity": None} if math.isnan(loss) else
+               {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50.0)), 3)}),
             "loss_full": round(nll.mean().item(), 4), "tokens": int(answer.sum()), "rows": len(rows),
             "truncated_rows": truncated}
 
 
 def compliance(generations: list[dict[str, Any]]) -> dict[str, Any]:
-    """Share of generations in the trained format: a reasoning part, an answer part, and EOS within the budget."""
-    ok = [g["complete"] and g["stopped"] for g in generations]
+    """Share of generations in the trained format: a reasoning part, an answer part after the trained style's own
+    marker (a base R1 model's `</think>` is not the seed style's), and EOS within the budget.
+    `has_reasoning_and_answer` takes either style's marker."""
+    ok = [g["in_format"] and g["stopped"] for g in generations]
 
     def share(values: list, digits: int = 4) -> float:
         return round(sum(values) / max(len(values), 1), digits)
@@ -87,14 +92,26 @@ class Evaluation:
     (`evaluate_run`, the CLI); results go to eval.json and eval.png in the run folder."""
 
     def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 0,
-                 mcq_file: str | Path = "", samples: int = 0, engine: str = "auto"):
+                 mcq_file: str | Path = "", samples: int = 0, engine: str = "auto", overwrite: bool = False):
+        _counts(max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples)
         self.run_dir = Path(run_dir).expanduser()
+        self.overwrite = overwrite
+        if (self.run_dir / "eval.json").exists() and not overwrite:  # hours of MCQ answers, and the card's figures
+            raise OutputDirError(f"{self.run_dir / 'eval.json'} holds an earlier evaluation; pass overwrite=True "
+                                 "(--overwrite, -p overwrite true) to replace it, or move it away")
+        most = shape_limits(torch.device("cuda" if torch.cuda.is_available() else "cpu"))[0]
+        if batch_size > most and engine != "hf":  # the batched decoder's fixed shapes; now, not after the loads
+            raise ConfigError(f"batch_size={batch_size}: the batched decoder takes at most {most} rows per step "
+                              "on this machine; give fewer (0 = as many as memory holds), or engine='hf'")
         rec = record.read_record(self.run_dir)  # read once: the config, the adapter and the held-out rows come from it
         self.config = record.run_config(self.run_dir, rec)
         self.adapter = record.adapter_dir(self.run_dir, rec)
         if mcq_file:  # every question checked now (file, fields, answer_idx among the options), not after generating
             mcq.load_questions(mcq_file)
         self.rows = record.holdout_rows(self.run_dir, rec)[:max_rows or None]
+        if not self.rows and not mcq_file:
+            raise DataError(f"the run in {self.run_dir} has no held-out rows (holdout_examples=0, or a GRPO run from a "
+                            "new LoRA) and no multiple-choice file was given: nothing to evaluate on")
         self.max_new_tokens = max_new_tokens or self.config.max_new_tokens
         self.batch_size, self.engine = batch_size, engine  # batch_size 0: as many rows as free memory holds
         self.samples = max(1, samples)
@@ -117,8 +134,10 @@ class Evaluation:
         self.results["load_s"] = round(time.perf_counter() - t0, 2)
 
     def held_out_loss(self) -> dict[str, dict[str, Any]]:
-        """Loss and perplexity of the held-out rows' reference answers, base vs fine-tuned."""
+        """Loss and perplexity of the held-out rows' reference reasoning and answers, base vs fine-tuned."""
         self._need_model()
+        if not self.rows:
+            return self._skipped("held-out loss")
         out = {}
         for variant in VARIANTS:
             with adapter_off(self.model, variant):
@@ -126,7 +145,7 @@ class Evaluation:
                                            self.config.max_seq_length)
             self.results["metrics"][variant].update(out[variant])
         log.info("held-out loss " + "; ".join(
-            f"{LABELS[v]} {out[v]['loss']:.3f} (perplexity {out[v]['perplexity']:.1f})" for v in VARIANTS))
+            f"{LABELS[v]} {out[v]['loss']} (perplexity {out[v]['perplexity']})" for v in VARIANTS))
         return out
 
     def answers(self, texts: list[str], variant: str, step: str) -> list[dict[str, Any]]:
@@ -145,6 +164,8 @@ class Evaluation:
     def generate(self) -> dict[str, dict[str, Any]]:
         """Answers to the held-out questions from both models; format compliance of each."""
         self._need_model()
+        if not self.rows:
+            return self._skipped("held-out answers")
         texts = [prompts.inference_prompt(r["Question"], self.config.prompt_style) for r in self.rows]
         gens = {v: self.answers(texts, v, "holdout") for v in VARIANTS}
         for v in VARIANTS:
@@ -165,6 +186,7 @@ class Evaluation:
             log.info("multiple-choice accuracy skipped (no questions file given)")
             return None
         self._need_model()
+        _counts(max_questions=max_questions)
         questions = mcq.load_questions(path)[:max_questions or None]
         texts = [mcq.mcq_prompt(q, self.config.prompt_style) for q in questions]
         result: dict[str, Any] = {"file": str(path), "questions": len(questions)}
@@ -218,6 +240,8 @@ class Evaluation:
         """Question, reference answer, base answer, fine-tuned answer for the first `n` held-out rows."""
         import pandas as pd
 
+        if not self.rows:
+            return self._skipped("side by side") or None
         if "samples" not in self.results:
             raise RuntimeError("no answers yet: call generate() first")
 
@@ -233,8 +257,10 @@ class Evaluation:
         if not distributed.is_main():
             return {}
         self.results["created"] = record.now()
+        for variant in VARIANTS if self.overwrite and "mcq" not in self.results else ():  # not the earlier's answers
+            (self.run_dir / f"mcq_predictions_{variant}.jsonl").unlink(missing_ok=True)
         json_path = files.atomic_write_json(self.run_dir / "eval.json", self.results)
-        png = plot_results(self.results, self.run_dir / "eval.png")
+        png = plots.plot_results(self.results, self.run_dir / "eval.png")
         log.info(f"results in {json_path} and {png}")
         return {"json": json_path, "png": png}
 
@@ -242,46 +268,31 @@ class Evaluation:
         """The numbers without the generated texts (what the CLI prints)."""
         return {k: v for k, v in self.results.items() if k != "samples"}
 
+    def _skipped(self, what: str) -> dict:
+        log.info(f"{what}: skipped, the run has no held-out rows")
+        return {}
+
     def _need_model(self) -> None:
         if self.model is None:
             raise RuntimeError("the model is not loaded: call load() first")
 
 
-def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """Bars, base vs fine-tuned: held-out loss, format compliance and (if measured) multiple-choice accuracy."""
-    m = results["metrics"]
-    panels = [(title, [m[v][key] for v in VARIANTS], None, share)  # (title, values, error bars, a share in [0, 1])
-              for title, key, share in [("held-out loss (lower is better)", "loss", False),
-                                        ("format compliance", "format_compliance", True)] if key in m["base"]]
-    if "mcq" in results:
-        s = [results["mcq"][v] for v in VARIANTS]
-        errors = [[x["accuracy"] - x["ci95"][0] for x in s], [x["ci95"][1] - x["accuracy"] for x in s]]
-        panels.append((f"multiple-choice accuracy (n={s[0]['n']}, 95% CI)", [x["accuracy"] for x in s], errors, True))
-    if not panels:
-        raise RuntimeError("nothing measured yet: call held_out_loss(), generate() or mcq() first")
-    with record.figure(path, (3.6 * len(panels), 3.4), ncols=len(panels), squeeze=False) as (fig, axes):
-        for ax, (title, values, errors, share) in zip(axes[0], panels, strict=True):
-            bars = ax.bar([LABELS[v] for v in VARIANTS], values, yerr=errors, capsize=4, color=["#9aa5b1", "#2f7ebc"])
-            ax.bar_label(bars, fmt="{:.0%}" if share else "{:.3g}", padding=2, fontsize=9)
-            ax.set_ylim(0, 1.1 if share else max(values) * 1.15 or 1)
-            ax.set_title(title, fontsize=9)
-            ax.grid(axis="y", alpha=0.3)
-        fig.suptitle(f"{Path(results['run_dir']).name}: base vs fine-tuned", fontsize=10)
-    return path
+def _counts(**counts: int) -> None:
+    """A negative count sliced rows off the end (`max_rows=-1`: all but the last) or turned on sampling."""
+    for name, value in counts.items():
+        if value < 0:
+            raise ConfigError(f"{name}={value}: must be >= 0 (0 = {'greedy' if name == 'samples' else 'all'})")
 
 
 def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_rows: int = 0, max_new_tokens: int = 0,
-                 max_questions: int = 0, batch_size: int = 0, samples: int = 0, engine: str = "auto") -> Evaluation:
+                 max_questions: int = 0, batch_size: int = 0, samples: int = 0, engine: str = "auto",
+                 overwrite: bool = False) -> Evaluation:
     """All of it without pauses (what `medr1 evaluate RUN_DIR` does)."""
     ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    mcq_file=mcq_file, samples=samples, engine=engine)
-    if not ev.rows and not mcq_file:
-        raise DataError(f"the run in {run_dir} has no held-out rows (holdout_examples=0) and no --mcq file was given: "
-                        "nothing to evaluate on")
+                    mcq_file=mcq_file, samples=samples, engine=engine, overwrite=overwrite)
     ev.load()
-    if ev.rows:
-        ev.held_out_loss()
-        ev.generate()
+    ev.held_out_loss()
+    ev.generate()
     if mcq_file:
         ev.mcq(mcq_file, max_questions)
     ev.save()

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medr1 import distributed, prompts, record, rewards, verifier
+from medr1 import distributed, plots, prompts, record, rewards, verifier
 from medr1.config import Config
 from medr1.errors import ConfigError, ModelError, OutputDirError
 from medr1.log import log
@@ -233,7 +233,7 @@ class GrpoRun(Stage):
                  f"tokens/s; mean reward {first} -> {last}")
 
     def _draw(self, records: list[dict[str, Any]], path: Path, title: str) -> None:
-        plot_rewards(records, path, title)
+        plots.plot_rewards(records, path, title)
 
     def _hold_out(self) -> None:
         start = self.start_record.get("data") or {}  # the start run's held-out rows (and count, for the card)
@@ -265,16 +265,3 @@ def generated_tokens(records: list[dict[str, Any]], start: int, end: int, answer
             tokens += r["completion_length"] * (r["step"] - previous) * answers
             covered, previous = covered + r["step"] - previous, r["step"]
     return tokens * (end - start) / covered if covered else None
-
-
-def plot_rewards(records: list[dict[str, Any]], path: Path, title: str = "GRPO rewards") -> Path:
-    """Mean reward (weighted sum) and each reward's mean against optimizer step, saved as PNG."""
-    steps = [r["step"] for r in records]
-    with record.figure(path, (6, 3.5)) as (_, ax):
-        ax.plot(steps, [r["reward"] for r in records], marker=".", linewidth=2, label="reward (weighted sum)")
-        for name in records[0]["rewards"]:
-            ax.plot(steps, [r["rewards"][name] for r in records], linewidth=1, alpha=0.8, label=name)
-        ax.set(xlabel="optimizer step", ylabel="mean over the step's answers", title=title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return path

@@ -31,7 +31,8 @@ class Generation:
     text: str  # the continuation after the prompt, special tokens removed
     reasoning: str
     answer: str
-    complete: bool  # both a reasoning part and an answer part were found
+    complete: bool  # both a reasoning part and an answer part were found (either style's marker)
+    in_format: bool  # ... split by the trained style's own marker (### Answer: or </think>)
     stopped: bool  # the model emitted EOS within the budget
     new_tokens: int
 
@@ -60,7 +61,8 @@ def _answer(tokenizer, done: Decoded, style: str) -> dict[str, Any]:
     text = tokenizer.decode(done.tokens, skip_special_tokens=True)
     parts = prompts.split_answer(text, style)
     return {"text": text, "reasoning": parts.reasoning, "answer": parts.answer, "complete": parts.complete,
-            "stopped": done.stopped, "new_tokens": len(done.tokens) + int(done.stopped)}
+            "in_format": prompts.split_answer(text, style, strict=True).complete, "stopped": done.stopped,
+            "new_tokens": len(done.tokens) + int(done.stopped)}
 
 
 def show(gen: Generation, reference: str | None = None) -> None:

@@ -120,8 +120,8 @@ def extract_choice(text: str, options: dict[str, str] | list[str], style: str = 
 def _named(text: str, options: dict[str, str] | list[str], style: str) -> Iterator[tuple[list, list, list]]:
     """(position, letter) of every conclusion phrase, lone letter and option text in the answer part of a
     trained-format generation, then in the whole text, the template's markers taken out."""
-    parts = prompts.split_answer(text or "", style)
-    for t in ([parts.answer] if parts.answer else []) + [text or ""]:
+    parts = prompts.split_answer(text or "", style)  # up to a made-up next question, whose answer is not this one's
+    for t in ([parts.answer] if parts.answer else []) + [prompts.own_turn(text or "")]:
         t, valid = _MARKERS_RE.sub("\n", t).replace("\u2019", "'"), list(options)
         yield (_phrases(t, valid), _lone_letters(t, valid),
                _option_texts(t, options) if isinstance(options, dict) else [])

@@ -7,6 +7,7 @@ so a fine-tuned model learns to stop.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 SEED_PREAMBLE = (
@@ -23,6 +24,8 @@ ANSWER_HEADER = "### Answer:\n"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 R1_USER, R1_ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
 STYLES = ("seed", "r1")
+# where a model that did not stop starts a made-up next example: its "answer" ends there
+NEXT_TURN = re.compile("|".join(map(re.escape, ("### Query:", "### Instruction:", SEED_PREAMBLE[:30], R1_USER))))
 
 
 def inference_prompt(question: str, style: str = "seed") -> str:
@@ -53,14 +56,20 @@ class Answer:
     complete: bool
 
 
-def split_answer(generated: str, style: str = "seed", eos_token: str | None = None) -> Answer:
+def own_turn(generated: str) -> str:
+    """A generated continuation up to where it starts a made-up next example (a new query or instruction)."""
+    return NEXT_TURN.split(generated, 1)[0]
+
+
+def split_answer(generated: str, style: str = "seed", eos_token: str | None = None, strict: bool = False) -> Answer:
     """Split a generated continuation (text after the inference prompt) into reasoning and answer.
 
     Accepts either style's markers, since a base R1-distill model often writes `</think>` whatever
-    the prompt asked for.
+    the prompt asked for; `strict` accepts the style's own only (is it in the trained format?).
     """
-    text = (generated.split(eos_token, 1)[0] if eos_token else generated).strip()
-    for marker in ((ANSWER_HEADER.strip(), THINK_CLOSE) if style == "seed" else (THINK_CLOSE, ANSWER_HEADER.strip())):
+    text = own_turn(generated.split(eos_token, 1)[0] if eos_token else generated).strip()
+    markers = (ANSWER_HEADER.strip(), THINK_CLOSE) if style == "seed" else (THINK_CLOSE, ANSWER_HEADER.strip())
+    for marker in markers[:1] if strict else markers:
         if marker in text:
             reasoning, _, answer = text.partition(marker)
             reasoning = reasoning.replace(THINK_OPEN, "").strip()

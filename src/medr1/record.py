@@ -10,7 +10,6 @@ import json
 import platform
 import shutil
 import subprocess
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -96,8 +95,12 @@ def adapter_dir(run_dir: str | Path, rec: dict[str, Any] | None = None) -> Path:
 
 
 def holdout_rows(run_dir: str | Path, rec: dict[str, Any] | None = None) -> list[dict[str, str]]:
-    """The held-out rows the run wrote (training never saw them)."""
-    path = Path(run_dir) / (((rec or read_record(run_dir)).get("data") or {}).get("holdout_file") or "holdout.jsonl")
+    """The held-out rows the run wrote (training never saw them); none where its record names no file and there is
+    none (a GRPO run from a new LoRA keeps no rows out)."""
+    named = ((rec or read_record(run_dir)).get("data") or {}).get("holdout_file")
+    path = Path(run_dir) / (named or "holdout.jsonl")
+    if not named and not path.exists():
+        return []
     if not path.exists():
         raise DataError(f"{path} not found: the run in {run_dir} recorded no held-out rows")
     return read_file(path, "")[0] if path.stat().st_size else []  # lines end at "\n" only, not at a row's U+2028
@@ -213,25 +216,3 @@ def newest_checkpoint(folder: Path) -> Path | None:
             return path
         log.info(f"{path.name} is incomplete (no trainer_state.json; cut off while saving): skipped")
     return None
-
-
-@contextmanager
-def figure(path: Path, figsize: tuple[float, float], **subplots: Any):
-    """Yield (fig, axes) of `Figure.subplots(**subplots)`; on exit it is saved to `path` as PNG. A bare matplotlib
-    Figure, not pyplot's: no backend to choose and nothing a notebook would show a second time beside the PNG."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    yield fig, fig.subplots(**subplots)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-
-
-def plot_losses(records: list[dict], path: Path, title: str = "training loss") -> Path:
-    """Loss against optimizer step, saved as PNG."""
-    with figure(path, (6, 3.5)) as (_, ax):
-        ax.plot([r["step"] for r in records], [r["loss"] for r in records], marker=".", linewidth=1)
-        ax.set(xlabel="optimizer step", ylabel="loss", title=title)
-        ax.grid(alpha=0.3)
-    return path

@@ -257,8 +257,7 @@ def is_correct(generated: str, truth: str, style: str = "seed") -> bool:
 def format_ok(generated: str, stopped: bool, style: str = "seed") -> bool:
     """A reasoning part, then one answer part, then EOS within the budget (`stopped`)."""
     marker = prompts.ANSWER_HEADER.strip() if style == "seed" else prompts.THINK_CLOSE
-    parts = prompts.split_answer(generated, style)
-    return stopped and parts.complete and generated.count(marker) == 1
+    return stopped and prompts.split_answer(generated, style, strict=True).complete and generated.count(marker) == 1
 
 
 # ---------------------------------------------------------------------------------------------

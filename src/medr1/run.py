@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from medr1 import data, distributed, files, preflight, record
+from medr1 import data, distributed, files, plots, preflight, record
 from medr1.config import Config
 from medr1.log import log
 from medr1.stage import Stage
@@ -107,7 +107,7 @@ class Run(Stage):
         figures = {"answer_loss": losses["loss"], "rows": len(self.holdout), **compliance(gens)}
         self.record.setdefault("holdout_eval", {})[label] = figures
         self._write_record()
-        log.info(f"held-out ({label}): answer loss {figures['answer_loss']:.3f}; format compliance "
+        log.info(f"held-out ({label}): answer loss {figures['answer_loss']}; format compliance "
                  f"{figures['format_compliance']:.0%}; stopped at EOS {figures['stopped_at_eos']:.0%} "
                  f"({len(self.holdout)} rows, greedy)")
         return figures
@@ -158,7 +158,7 @@ class Run(Stage):
         return self.history.records if self.history else []
 
     def _draw(self, records: list[dict[str, Any]], path: Path, title: str) -> None:
-        record.plot_losses(records, path, title)
+        plots.plot_losses(records, path, title)
 
     def _hold_out(self) -> None:
         if distributed.is_main():
