@@ -248,3 +248,115 @@ def test_notebook_shows_a_medr1_error_as_one_line(tmp_path):
     error = [o for c in cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert [o.traceback for o in error] == [["ConfigError: lora_r must be > 0, got -1"]]
     assert cells[-1].outputs == []
+
+
+def _fake_adapter(folder: Path, base: str) -> Path:
+    """An adapter folder as a save or checkpoint leaves it: adapter_config.json naming its base, and its tokenizer."""
+    import shutil
+
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(base) / name, folder / name)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "peft_type": "LORA"}))
+    return folder
+
+
+def test_an_adapter_or_checkpoint_as_model_name_is_refused_by_every_stage(tmp_path, capsys):
+    """Loaded as a base, an adapter kept its old LoRA (Unsloth), got a second one over it (peft) and had an adapter
+    stacked on it at evaluation; train, grpo and check-data now refuse it, naming its base and init_adapter."""
+    from medr1.__main__ import main
+    from medr1.data import FIXTURE_PATH
+    from medr1.grpo import GrpoRun
+    from medr1.tiny import tiny_model_path
+
+    base = str(tiny_model_path())
+    adapter = _fake_adapter(tmp_path / "checkpoint-20", base)
+    message = refused(tmp_path, {"model_name": str(adapter)}, ModelError)
+    assert message.startswith(f"model_name: {adapter} is a LoRA adapter or checkpoint (adapter_config.json)")
+    assert f"model_name={base!r}" in message and f"init_adapter={str(adapter)!r}" in message
+    with pytest.raises(ModelError, match="is a LoRA adapter or checkpoint"):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "g"), "model_name": str(adapter)}, quiet=True))
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", f"model_name={adapter}"]) == 2
+    assert "is a LoRA adapter or checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
+def test_fp16_on_a_cpu_is_refused(tmp_path, monkeypatch):
+    """Unsloth's CPU path loaded bf16 for fp16 while run.json said fp16 and the trainer ran fp16=True."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = refused(tmp_path, {"precision": "fp16"}, ConfigError)
+    assert message.startswith("precision='fp16' needs a CUDA GPU") and "precision='fp32'" in message
+
+
+def test_a_partly_cached_hub_model_is_refused_offline(tmp_path, monkeypatch):
+    """config.json and the tokenizer cached but not the weights: one line before loading, not a load traceback."""
+    from huggingface_hub import constants
+
+    from medr1.tiny import hub_cache
+
+    snapshot = hub_cache(tmp_path / "hf", "someone/partly")
+    (snapshot / "model.safetensors").unlink()
+    proc = subprocess.run([sys.executable, "-m", "medr1", "train", "--preset", "smoke", "--set", "output_dir=out",
+                           "--set", "model_name=someone/partly"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == ("medr1: error: model_name='someone/partly': the local hub cache holds its "
+                                   "config.json but not its weights (model.safetensors, pytorch_model.bin or their "
+                                   "sharded index); HF_HUB_OFFLINE=1, so the hub was not asked: download it once "
+                                   "online")
+    assert not (tmp_path / "out").exists()
+    from medr1.preflight import _uncached_weights  # a sharded model: every shard listed in its index
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    index = {"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps(index))
+    (snapshot / "model-1.safetensors").write_bytes(b"")
+    assert _uncached_weights("someone/partly") == "1 of the 2 weight shards (model-2.safetensors...)"
+    (snapshot / "model-2.safetensors").write_bytes(b"")
+    assert _uncached_weights("someone/partly") == ""
+
+
+@pytest.fixture(scope="module")
+def relative_run(tmp_path_factory):
+    """A one-step run whose model_name is a folder named relative to the working directory."""
+    import shutil
+
+    from medr1.tiny import tiny_model_path
+
+    root = tmp_path_factory.mktemp("relative")
+    shutil.copytree(tiny_model_path(), root / "mymodel")
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        Run.all_steps(build_config("smoke", {"model_name": "mymodel", "output_dir": "run", "max_steps": 1,
+                                             "save_steps": 0}, quiet=True))
+    finally:
+        os.chdir(before)
+    return root
+
+
+def test_a_relative_model_folder_is_recorded_absolute(relative_run):
+    """evaluate and export (notebooks run with --cwd notebooks) read run.json and the adapter from other folders."""
+    model = str(relative_run / "mymodel")
+    assert json.loads((relative_run / "run" / "run.json").read_text())["config"]["model_name"] == model
+    adapter = json.loads((relative_run / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == model
+
+
+@pytest.mark.parametrize("name,words", [("/nowhere/mymodel", "local folder '/nowhere/mymodel' does not exist"),
+                                        ("someone/not-cached", "nor in the local hub cache")])
+def test_export_plan_checks_the_base_model_before_loading(relative_run, tmp_path, name, words):
+    import shutil
+
+    from medr1.export import Export
+
+    run = shutil.copytree(relative_run / "run", tmp_path / "run")
+    rec = json.loads((run / "run.json").read_text())
+    rec["config"]["model_name"] = name
+    (run / "run.json").write_text(json.dumps(rec))
+    with pytest.raises(ModelError) as info:
+        Export(run).plan(verify=True)
+    assert str(info.value).startswith(f"model_name (in {run / 'run.json'})") and words in str(info.value)
+    assert not (run / "export").exists()

@@ -148,3 +148,32 @@ def test_a_resumed_fast_run_keeps_its_sizing(tmp_path, monkeypatch):
     again = build_config("fast", {"output_dir": str(tmp_path), "resume": "true"}, quiet=True)
     assert again.to_dict() == {**first.to_dict(), "resume": True}
     assert record.check_output_dir(again) == tmp_path
+
+
+@pytest.mark.parametrize("knob, value", [("seed", "-1"), ("seed", str(2**32)), ("learning_rate", "inf"),
+                                         ("beta", "inf")])
+def test_out_of_range_seeds_and_infinite_numbers_stop_before_anything_loads(knob, value):
+    """A negative seed failed in numpy after the model load; learning_rate=inf trained to NaN weights."""
+    from medr1.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=knob):
+        build_config("smoke", {knob: value}, quiet=True)
+
+
+def test_preset_given_as_a_knob_says_how_to_choose_it(capsys):
+    """`--set preset=cpu` was "unknown knob 'preset': did you mean 'resume'?"."""
+    from medr1.__main__ import main
+
+    assert main(["train", "--set", "preset=cpu"]) == 2
+    assert "preset is chosen on its own (--preset NAME)" in capsys.readouterr().err
+
+
+def test_default_output_dirs_of_processes_started_together_differ():
+    """Two runs started in one second shared outputs/<preset>-<time>: one silently replaced the other."""
+    import subprocess
+    import sys
+
+    code = "from medr1 import build_config; print(build_config('smoke', quiet=True).output_dir)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    dirs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert dirs[0] != dirs[1] and all(d.startswith("outputs/smoke-") for d in dirs), dirs

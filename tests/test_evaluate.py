@@ -505,3 +505,19 @@ def test_negative_max_questions_is_refused(evaluation):
 
     with pytest.raises(ConfigError, match="max_questions=-3: must be >= 0"):
         evaluation.mcq(ASSETS / "mcq_sample.jsonl", max_questions=-3)
+
+
+def test_a_run_whose_base_is_not_here_stops_before_the_model_loads(run_copy, tmp_path, monkeypatch):
+    """run.json may name a model folder of another machine (or a relative one): transformers' raw OSError came
+    after the start; now one line names model_name and the run's record."""
+    from medr1 import evaluate
+    from medr1.errors import ModelError
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("eval.*", "mcq_predictions_*"))
+    rec = json.loads((run / "run.json").read_text())
+    rec["config"]["model_name"] = str(tmp_path / "elsewhere" / "model")
+    (run / "run.json").write_text(json.dumps(rec))
+    monkeypatch.setattr(evaluate, "load_adapter", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(ModelError, match=r"model_name \(in .*run.json\)"):
+        evaluate.Evaluation(run)

@@ -203,3 +203,27 @@ def test_masked_positions_do_not_move_the_gradient(loss_on, tmp_path):
     assert same == (loss_on == "completion")
     assert int((batch["labels"] != -100).sum()) == (int(keep.sum()) if loss_on == "completion"
                                                     else sum(len(e.ids) for e in encoded))
+
+
+def test_the_verifier_loads_its_tokenizer_through_medr1(tmp_path):
+    """AutoTokenizer read the R1-like tokenizer as LlamaTokenizer (spaces dropped) and, where tokenizer_config.json
+    names no pad, crashed at the first scored batch; medr1's loader gives the text back and a pad the model knows."""
+    import shutil
+
+    from medr1.verifier import Verifier
+
+    no_pad = shutil.copytree(tiny_model_path(), tmp_path / "no-pad")
+    cfg = json.loads((no_pad / "tokenizer_config.json").read_text())
+    del cfg["pad_token"]
+    (no_pad / "tokenizer_config.json").write_text(json.dumps(cfg))
+    for folder in (tiny_model_path(pad="deepseek"), no_pad):
+        verifier = Verifier(str(folder))
+        verifier.load()
+        tok = verifier.tokenizer
+        text = "Hello world\nnew line"
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+        assert tok.pad_token_id not in (None, tok.eos_token_id)
+        assert verifier.model.config.pad_token_id == tok.pad_token_id
+        scores = verifier(["### Answer:\nyes", "thinking\n### Answer:\na much longer answer, with words", "none"],
+                          ["yes", "no", "x"])
+        assert len(scores) == 3 and 0 < scores[0] < 1 and 0 < scores[1] < 1 and scores[2] == 0.0

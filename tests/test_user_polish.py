@@ -459,3 +459,14 @@ def test_a_killed_write_leaves_nothing_behind_at_the_next_one(tmp_path):
         (tmp / "new").write_text("n")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, "v[12]", ".v1.old-9"])
     assert (dest / "new").exists()
+
+
+def test_auto_under_unsloth_force_cpu_gives_that_reason(monkeypatch):
+    """With a GPU present, UNSLOTH_FORCE_CPU=1 is why `auto` picks a CPU preset, not "no CUDA GPU"."""
+    from medr1.presets import resolve_preset
+
+    monkeypatch.setenv("UNSLOTH_FORCE_CPU", "1")
+    name, why = resolve_preset("auto", cuda=True, gpu_gib=80)
+    assert name == "smoke" and why.startswith("UNSLOTH_FORCE_CPU=1 and ") and "no CUDA GPU" not in why
+    monkeypatch.delenv("UNSLOTH_FORCE_CPU")
+    assert resolve_preset("auto", cuda=False)[1].startswith("no CUDA GPU and ")

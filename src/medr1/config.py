@@ -12,8 +12,9 @@ import dataclasses
 import difflib
 import inspect
 import io
-import json
+import math
 import operator
+import os
 import textwrap
 import tokenize
 import typing
@@ -25,8 +26,8 @@ from typing import Any
 
 from medr1.errors import ConfigError
 from medr1.log import log
-from medr1.presets import LORA_TARGETS, PRESETS, resolve_preset
-from medr1.speed.sizing import FAST_SIZED, fast_sizing
+from medr1.presets import CPU_MODEL, LORA_TARGETS, PRESETS, SMOKE_MODEL, resolve_preset
+from medr1.speed.sizing import fast_sizing, resumed_sizing
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("unsloth", "hf"),
@@ -123,6 +124,10 @@ class Config:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not valid; choose one of {list(allowed)}")
+        if bad := [f"{k}={v}" for k, v in vars(self).items() if isinstance(v, float) and math.isinf(v)]:
+            raise ConfigError(f"{', '.join(bad)}: give a finite number")  # inf trained to NaN weights (NaN: below)
+        if not 0 <= self.seed < 2**32:  # numpy's range: failed with a traceback after the model had loaded
+            raise ConfigError(f"seed must be in 0 .. 2**32 - 1, got {self.seed}")
         for names, ok, bound in ((POSITIVE, operator.gt, "> 0"), (NON_NEGATIVE, operator.ge, ">= 0")):
             for name in names:
                 if not ok(getattr(self, name), 0):
@@ -140,8 +145,12 @@ class Config:
         if self.resume and self.overwrite:  # else overwrite would skip the resume's check of the settings
             raise ConfigError(f"{hint('resume')} continues the run in output_dir and {hint('overwrite')} replaces "
                               "it: choose one")
-        if not self.output_dir:  # a fresh folder per run: a default can never overwrite an earlier run
-            self.output_dir = f"outputs/{self.preset or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
+        for knob in ("model_name", "verifier_model"):  # a local folder, absolute: run.json is read from other folders
+            name = getattr(self, knob)
+            if name not in (SMOKE_MODEL, CPU_MODEL) and Path(name).expanduser().is_dir():
+                setattr(self, knob, os.path.abspath(os.path.expanduser(name)))
+        if not self.output_dir:  # a fresh folder per run (runs started in one second differ by process)
+            self.output_dir = f"outputs/{self.preset or 'run'}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (for run.json and the model card)."""
@@ -195,6 +204,8 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
     knobs `stage` ("train" or "grpo") never reads."""
     name, why = resolve_preset(preset)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "preset" in overrides:  # not a knob: difflib's nearest knob was 'resume'
+        raise ConfigError(f"preset is chosen on its own ({'--preset NAME' if _CLI_HINTS else 'preset=NAME'}): no knob")
     check_parameters(overrides, knob_names(), what="knob")
     if unread := {k: NOT_READ[stage][k] for k in overrides if k in NOT_READ.get(stage, {})}:
         raise ConfigError("; ".join(f"{k} is not read by {stage}" + (f", which reads {v}" if v in knob_names() else
@@ -203,24 +214,13 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
     sizing: dict[str, Any] = {}
     if name == "fast":  # micro-batch and recomputation from this GPU's free memory; overrides still win
         seq_len = coerce("max_seq_length", overrides.get("max_seq_length", Config.max_seq_length), int)
-        sizing, sizing_why = _resumed_sizing(overrides) or fast_sizing(seq_len)
+        resumed = overrides.get("output_dir") if coerce("resume", overrides.get("resume", False), bool) else ""
+        sizing, sizing_why = resumed_sizing(resumed) or fast_sizing(seq_len)
         why = f"{why}; {sizing_why}"
     config = Config(**{**PRESETS[name], **sizing, **overrides, "preset": name})
     if not quiet:
         log.info(f"preset {name!r} ({why})")
     return config
-
-
-def _resumed_sizing(overrides: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
-    """A resumed `fast` run keeps the sizing it was made with: free memory differs now (the interrupted model may
-    still hold some), and a resume must train with the same settings."""
-    if not (overrides.get("output_dir") and coerce("resume", overrides.get("resume", False), bool)):
-        return None
-    path = Path(str(overrides["output_dir"])).expanduser() / "run.json"
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        if (before := json.loads(path.read_text(encoding="utf-8")).get("config") or {}).get("preset") == "fast":
-            return {k: before[k] for k in FAST_SIZED if k in before}, f"sized as the run it resumes ({path})"
-    return None
 
 
 def check_parameters(given: Iterable[str], known: Iterable[str], *, what: str = "parameter") -> None:

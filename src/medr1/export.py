@@ -26,7 +26,8 @@ from medr1.config import Config, hint
 from medr1.errors import ExportError, MedR1Error, OutputDirError
 from medr1.files import atomic_dir
 from medr1.log import log
-from medr1.model import load_adapter, merge_16bit, resolve_model_path
+from medr1.model import load_adapter, merge_16bit
+from medr1.preflight import check_run_model, model_path
 from medr1.prompts import inference_prompt
 from medr1.record import adapter_dir, holdout_rows, read_record, run_config
 
@@ -65,7 +66,7 @@ def count_parameters(config: Config) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(config.model_name)))
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path(config.model_name)))
     return sum(p.numel() for p in model.parameters())
 
 
@@ -115,14 +116,16 @@ class Export:
              push_repo: str = "", push_what: str = "adapter", strict: bool = True) -> Plan:
         """Check every input of an export before anything is written or loaded (seconds; the CLI and notebook 03
         call this first): GGUF methods, Unsloth and llama.cpp, whether this run can be merged here, destinations, free
-        disk for all of it, repository name, token. Where GGUF cannot be made, `strict` raises; otherwise one line
-        says so and GGUF is left out."""
+        disk for all of it, repository name, token, base model. Where GGUF cannot be made, `strict` raises; otherwise
+        one line says so and GGUF is left out."""
         out = Plan(gguf=to_gguf.methods(gguf), push_repo=push_repo, push_what=push_what)
         check_destination(self.export_dir, overwrite=True)  # not a file, nor under one: its folders go in it
         if merged and (why := to_gguf.why_not_merged(self.config.load_in_4bit)):
             raise ExportError(f"a merged 16-bit model cannot be made here: {why}")
         if out.gguf and not self._gguf_possible(strict):
             out.gguf = []
+        if verify or merged or out.gguf:  # these load the base model: run.json's model_name must be found here
+            check_run_model(self.config, self.run_dir)
         wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
         out.folders = {what: check_destination(self.export_dir / PUSHABLE[what], self.overwrite)
                        for what, on in wanted.items() if on}

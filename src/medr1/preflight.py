@@ -1,6 +1,7 @@
-"""Checks that run before any weights load: the model exists, takes max_seq_length, and 4-bit can run here.
+"""Checks that run before any weights load: the model exists (a base model, not an adapter; offline, with its weights
+cached), takes max_seq_length, and 4-bit and the precision can run here.
 
-They read the model's config.json only (seconds, offline when it is cached), so a typo in model_name
+They read the model's config.json (seconds, offline when it is cached) and look up the cache, so a typo in model_name
 or an impossible setting stops a run with one line before minutes of loading.
 """
 
@@ -26,6 +27,9 @@ BUILT = {SMOKE_MODEL: tiny_model_path, CPU_MODEL: smollm_path}  # models medr1 b
 
 def check(config: Config) -> dict[str, Any]:
     """Every model-side check, cheapest first; returns the model's config.json."""
+    if config.precision == "fp16" and not on_gpu():  # Unsloth's CPU path would load bf16, the trainer cannot amp fp16
+        raise ConfigError(f"precision='fp16' needs a CUDA GPU and this run is on the CPU; "
+                          f"{hint('precision', 'fp32')} (or bf16) on a CPU")
     model_config = read_model_config(config.model_name, "model_name")
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
@@ -47,6 +51,13 @@ def check(config: Config) -> dict[str, Any]:
     return model_config
 
 
+def on_gpu() -> bool:
+    """Whether the model would load on a CUDA GPU here (UNSLOTH_FORCE_CPU=1 keeps it on the CPU)."""
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("UNSLOTH_FORCE_CPU") != "1"
+
+
 def model_path(name: str, knob: str = "model_name") -> str:
     """Where `name` loads from: a model medr1 builds itself (its cached folder), a local folder, or a hub id."""
     if name in BUILT:
@@ -55,28 +66,39 @@ def model_path(name: str, knob: str = "model_name") -> str:
     if local.is_file():
         raise ModelError(f"{knob}: {local} is a file; give a model folder or a hub id")
     if local.exists():
-        if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
-            raise ModelError(f"{knob}: {local} is a folder without config.json or adapter_config.json")
+        if (local / "adapter_config.json").exists():
+            raise ModelError(_adapter_refusal(local, knob))
+        if not (local / "config.json").exists():
+            raise ModelError(f"{knob}: {local} is a folder without config.json")
         return str(local)
     if name.startswith(LOCAL_PREFIXES):
         raise ModelError(f"{knob}: local folder {name!r} does not exist")
     return name
 
 
-def read_model_config(name: str, knob: str, depth: int = 0) -> dict[str, Any]:
+def _adapter_refusal(folder: Path, knob: str) -> str:
+    """A LoRA adapter or checkpoint as a base model would load with its old LoRA (Unsloth), get a second LoRA over
+    it (peft) or an adapter stacked on an adapter (evaluate): say what to give instead."""
+    base = _read_json(folder / "adapter_config.json").get("base_model_name_or_path")
+    what = f"{knob}: {folder} is a LoRA adapter or checkpoint (adapter_config.json), not a base model"
+    if not base:
+        return f"{what}; give its base model"
+    if knob != "model_name":
+        return f"{what}; give its base model {base!r} or a merged model"
+    return (f"{what}; its base is {base!r}: train on it with {hint('model_name', base)}, and start GRPO from this "
+            f"adapter with {hint('init_adapter', str(folder))}")
+
+
+def read_model_config(name: str, knob: str) -> dict[str, Any]:
     """The model's config.json from a local folder or the hub cache; an error that says which was looked at."""
     folder = Path(model_path(name, knob))
-    if not folder.is_dir():  # a hub id
-        return _read_json(Path(_hub_config(name, knob)))
-    if (folder / "config.json").exists():
-        return _read_json(folder / "config.json")
-    # a LoRA adapter folder (model_path saw its adapter_config.json): check the base model it names, one level only
-    if depth:
-        raise ModelError(f"{knob}: {folder} is a LoRA adapter (no config.json), not a base model")
-    base = _read_json(folder / "adapter_config.json").get("base_model_name_or_path")
-    if not base:
-        raise ModelError(f"{knob}: {folder} has no config.json, and its adapter_config.json names no base model")
-    return read_model_config(base, f"{knob} (base model of {folder})", depth + 1)
+    return _read_json(folder / "config.json" if folder.is_dir() else Path(_hub_config(name, knob)))
+
+
+def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's base model (evaluate, export) is there, before anything loads: its run.json may name a folder
+    of another machine, or a hub model not in this cache."""
+    return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})")
 
 
 def _hub_config(name: str, knob: str) -> str:
@@ -84,7 +106,7 @@ def _hub_config(name: str, knob: str) -> str:
     from huggingface_hub import errors, hf_hub_download
 
     uncached = ", and the hub could not be reached (no network?) nor is it cached"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if offline():
         uncached = (", nor in the local hub cache (HF_HUB_OFFLINE=1, so the hub was not asked); download it once "
                     "online or give a local folder")
     problems = {  # the first that matches, as an `except` chain would take it
@@ -95,10 +117,36 @@ def _hub_config(name: str, knob: str) -> str:
         errors.EntryNotFoundError: "; the hub repository has no config.json, so it is not a transformers model",
     }
     try:
-        return hf_hub_download(name, "config.json")
+        path = hf_hub_download(name, "config.json")
     except tuple(problems) as err:
         why = next(text for kind, text in problems.items() if isinstance(err, kind))
         raise ModelError(f"{knob}={name!r} is not a local folder{why}") from None
+    if offline():  # config.json cached does not mean the weights are: loading would fail with a traceback
+        missing = _uncached_weights(name)
+        if missing:
+            raise ModelError(f"{knob}={name!r}: the local hub cache holds its config.json but not {missing}; "
+                             "HF_HUB_OFFLINE=1, so the hub was not asked: download it once online")
+    return path
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _uncached_weights(name: str) -> str:
+    """What of a hub model's weights the cache lacks ("" when all is there): one weights file, or an index and
+    every shard it lists."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if isinstance(try_to_load_from_cache(name, single), str):
+            return ""
+        if isinstance(path := try_to_load_from_cache(name, index), str):
+            shards = sorted(set(_read_json(Path(path)).get("weight_map", {}).values()))
+            gone = [s for s in shards if not isinstance(try_to_load_from_cache(name, s), str)]
+            return f"{len(gone)} of the {len(shards)} weight shards ({gone[0]}...)" if gone else ""
+    return "its weights (model.safetensors, pytorch_model.bin or their sharded index)"
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -86,25 +86,26 @@ def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None
         gpu_gib = free_gpu_gib(total=True)
         cuda = gpu_gib is not None
     if not cuda or os.environ.get("UNSLOTH_FORCE_CPU") == "1":
-        return _cpu_preset()
+        return _cpu_preset("no CUDA GPU" if not cuda else "UNSLOTH_FORCE_CPU=1")
     if gpu_gib is not None and gpu_gib >= FAST_MIN_GIB:
         return "fast", f"CUDA GPU with {gpu_gib:.0f} GiB (>= {FAST_MIN_GIB:.0f}): packed, many tokens per step"
     return "colab-t4", f"CUDA GPU with {gpu_gib or 0:.0f} GiB (< {FAST_MIN_GIB:.0f}): the seed recipe"
 
 
-def _cpu_preset() -> tuple[str, str]:
-    """`cpu` (a real small model) without a GPU; `smoke` where that model cannot be had, or where the environment
-    asks for it (`MEDR1_CPU_PRESET=smoke`: the Makefile's `test` target and tests/conftest.py, to keep tests fast)."""
+def _cpu_preset(no_gpu: str) -> tuple[str, str]:
+    """`cpu` (a real small model) without a GPU (`no_gpu`: why not, as printed); `smoke` where that model cannot be
+    had, or where the environment asks for it (`MEDR1_CPU_PRESET=smoke`: the Makefile's `test` target and
+    tests/conftest.py, to keep tests fast)."""
     smoke = "the tiny offline model on the bundled fixture"
     wanted = os.environ.get(CPU_PRESET_ENV, "cpu")
     if wanted not in ("cpu", "smoke"):
         raise ConfigError(f"{CPU_PRESET_ENV}={wanted!r} is not valid; choose 'cpu' or 'smoke'")
     if wanted == "smoke":
-        return "smoke", f"no CUDA GPU and {CPU_PRESET_ENV}=smoke: {smoke}"
+        return "smoke", f"{no_gpu} and {CPU_PRESET_ENV}=smoke: {smoke}"
     from medr1.smollm import unavailable
 
     problem = unavailable()
     if problem:
-        log.info(f"no CUDA GPU, and the cpu preset's model cannot be had ({problem}); falling back to 'smoke'")
-        return "smoke", f"no CUDA GPU, {CPU_MODEL} unavailable: {smoke}"
-    return "cpu", f"no CUDA GPU: {CPU_MODEL} (SmolLM2-135M-Instruct) on the bundled medical rows"
+        log.info(f"{no_gpu}, and the cpu preset's model cannot be had ({problem}); falling back to 'smoke'")
+        return "smoke", f"{no_gpu}, {CPU_MODEL} unavailable: {smoke}"
+    return "cpu", f"{no_gpu}: {CPU_MODEL} (SmolLM2-135M-Instruct) on the bundled medical rows"

@@ -25,7 +25,8 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|reserved_
 ADDED_PAD = "<｜▁pad▁｜>"
 
 
-def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, check: bool = True):
+def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, check: bool = True,
+                   knob: str = "model_name"):
     """The tokenizer of a hub id, a local folder, a saved adapter or checkpoint, read from its tokenizer.json
     (`AutoTokenizer` only where there is none: a SentencePiece-only model). The pad token is made distinct from
     EOS, and the chat template renders medr1's prompt for `prompt_style`."""
@@ -38,7 +39,7 @@ def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, check: bool
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         except OSError:
-            raise ModelError(f"model_name={name_or_path!r}: no tokenizer could be loaded "
+            raise ModelError(f"{knob}={name_or_path!r}: no tokenizer could be loaded "
                              f"({str(err).splitlines()[0]})") from None
     if check:
         check_tokenizer(tokenizer, name_or_path)

@@ -43,14 +43,22 @@ class Verifier:
         self.__name__ = "verifier"
 
     def load(self) -> None:
+        """Its tokenizer through medr1's loader, as the policy's (AutoTokenizer can drop spaces, and may leave no pad
+        token to batch with); the model is told the pad id, which it needs to find each text's last token."""
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
+
+        from medr1.model import match_tokenizer
+        from medr1.preflight import model_path
+        from medr1.tokenizer import load_tokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+            path = model_path(self.model_name, "verifier_model")
+            self.tokenizer = load_tokenizer(path, self.style, knob="verifier_model")
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                self.model_name, num_labels=2, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+                path, num_labels=2, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
                 device_map={"": 0} if torch.cuda.is_available() else None).eval()
+            match_tokenizer(self.model, self.tokenizer)
         except OSError as err:
             raise ModelError(f"verifier_model={self.model_name!r} could not be loaded ({str(err).splitlines()[0]}); "
                              "offline it must be in the hub cache first. Set reward_verifier=0 to train "

@@ -8,8 +8,11 @@ share. Memory decides only the micro-batches and recomputation; the optimizer st
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 from medr1.distributed import world_size
@@ -93,3 +96,14 @@ def fast_sizing(seq_len: int = 2048) -> tuple[dict[str, Any], str]:
            f"{plan['gradient_accumulation_steps']} accumulation x {processes} process(es), "
            f"gradient_checkpointing={plan['gradient_checkpointing']}")
     return plan, why
+
+
+def resumed_sizing(output_dir: str) -> tuple[dict[str, Any], str] | None:
+    """A resumed `fast` run (in `output_dir`; "" = no resume) keeps the sizing it was made with: free memory differs
+    now (the interrupted model may still hold some), and a resume must train with the same settings."""
+    path = Path(str(output_dir)).expanduser() / "run.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if output_dir and (before := json.loads(path.read_text(encoding="utf-8")).get("config") or {}).get(
+                "preset") == "fast":
+            return {k: before[k] for k in FAST_SIZED if k in before}, f"sized as the run it resumes ({path})"
+    return None
