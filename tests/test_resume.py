@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from medr1 import build_config, files, record
 from medr1.data import FIXTURE_PATH
-from medr1.errors import OutputDirError
+from medr1.errors import MedR1Error, OutputDirError
 from medr1.record import check_output_dir
 from medr1.run import Run
 
@@ -465,3 +465,53 @@ def test_a_complete_grpo_run_resumed_holds_its_own_adapter_not_the_one_it_starte
     assert held.keys() == saved.keys() and len(saved) > 0
     assert max((held[k] - saved[k]).abs().max().item() for k in saved) == 0
     assert max((saved[k] - start[k]).abs().max().item() for k in saved) > 0  # GRPO moved the weights
+
+
+# -- guards: NaN in run.json, a second training session, training without LoRA ----------------------------------
+
+
+def test_nan_and_infinities_are_written_as_null(tmp_path):
+    """json.dump writes bare NaN, which is not JSON: a diverged run's record must stay readable everywhere."""
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    path = files.atomic_write_json(tmp_path / "run.json", {"loss": float("nan"), "losses": [float("inf"), 1.5],
+                                                           "nested": {"x": (float("-inf"),)}})
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"loss": None, "losses": [None, 1.5],
+                                                                    "nested": {"x": [None]}}
+
+
+def test_a_run_that_has_trained_refuses_a_second_session(tmp_path, prepared):
+    """The notebook's Train cell run again: trainer.train() would train the trained weights again from step 0 and
+    record the losses twice."""
+    run = prepared(tmp_path / "run", max_steps=3, save_steps=0)
+    trainer = run.trainer()
+    with run.recording():
+        trainer.train()
+    with pytest.raises(MedR1Error, match=r"^this run has trained \(status 'trained'\): build a new run with another "
+                                         r"output_dir, or overwrite=True$"), run.recording():
+        trainer.train()
+    with pytest.raises(MedR1Error, match="this run has trained"):
+        run.trainer()
+    run.save()
+    with pytest.raises(MedR1Error, match=r"status 'complete'"):
+        run.train()
+    rec = record.read_record(run.out)
+    assert rec["status"] == "complete" and [r["step"] for r in rec["losses"]] == [1, 2, 3]
+    assert rec["train"]["steps"] == 3 and len(rec["timings"]["train_sessions_s"]) == 1
+
+    stopped = prepared(tmp_path / "stopped")
+    stopped.trainer()
+    with pytest.raises(KeyboardInterrupt), stopped.recording():
+        raise KeyboardInterrupt
+    with pytest.raises(MedR1Error, match=r"\(status .interrupted.\): build a new run with resume=True and the same"):
+        stopped.trainer()
+
+
+def test_training_without_lora_is_refused(tmp_path):
+    """Without add_lora every weight would train, and save() would write the whole model as adapter/."""
+    run = Run(build_config("smoke", {**SETTINGS, "output_dir": str(tmp_path / "run")}, quiet=True))
+    run.load()
+    with pytest.raises(MedR1Error, match=r"^no LoRA adapters yet: call run.add_lora\(\) first$"):
+        run.trainer()
+    assert not (tmp_path / "run").exists()

@@ -91,3 +91,135 @@ def test_generation_stops_at_eos(smoke_run):
 def test_pad_token_is_not_eos(style, smoke_run):
     tok = smoke_run.tokenizer
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+
+
+# -- guards: divergence, a trained model asked "before", what the trainer really used, W&B ------------------------
+
+
+def smoke(out, **overrides):
+    """A smoke run writing to `out`, model loaded and LoRA added."""
+    from medr1 import build_config
+    from medr1.run import Run
+
+    run = Run(build_config("smoke", {"output_dir": str(out), **overrides}, quiet=True))
+    run.load()
+    run.add_lora()
+    return run
+
+
+def strict_json(path):
+    """run.json read as JSON proper: a bare NaN or Infinity (what json.dump writes for them) fails."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_diverging_run_is_recorded_as_diverged_and_saves_no_adapter(tmp_path):
+    """learning_rate=1e4 turns the LoRA weights to NaN at step 3: transformers would log the loss as 0.0 after it, and
+    the run would end `complete` with an all-NaN adapter."""
+    from medr1.errors import MedR1Error
+
+    run = smoke(tmp_path / "run", max_steps=6, learning_rate=1e4)
+    with pytest.raises(MedR1Error, match=r"^training diverged at step \d: .*lower the learning rate \(learning_rate="):
+        run.train()
+    rec = strict_json(run.out / "run.json")
+    assert rec["status"] == "diverged" and rec["diverged"]["step"] == 3
+    assert [r["loss"] for r in rec["losses"]][3:] == [None, None, None]  # NaN, not 0.0
+    assert rec["train"]["last_loss"] is None
+    with pytest.raises(MedR1Error, match="training diverged"):
+        run.save()
+    assert not (run.out / "adapter").exists() and strict_json(run.out / "run.json")["status"] == "diverged"
+
+
+def test_a_trained_model_cannot_replace_the_before_figures(smoke_run):
+    """Re-running notebook 01's "Before training" cell after training would record the trained model as "before"."""
+    from medr1.errors import MedR1Error
+
+    q = smoke_run.holdout[0]["Question"]
+    with pytest.raises(MedR1Error, match="the model has trained"):
+        smoke_run.answer(q, max_new_tokens=2, label="before")
+    with pytest.raises(MedR1Error, match="the model has trained"):
+        smoke_run.measure("before", max_new_tokens=2)
+    rec = json.loads((smoke_run.out / "run.json").read_text())
+    assert "before" not in rec.get("answers", {}) and "before" not in rec.get("holdout_eval", {})
+
+
+@pytest.fixture(scope="module")
+def logged_every_5(tmp_path_factory):
+    """10 steps logged at 1, 5 and 10; asked to pack rows, which Unsloth turns off on a CPU."""
+    run = smoke(tmp_path_factory.mktemp("every5") / "run", max_steps=10, logging_steps=5, packing=True,
+                save_steps=0)
+    run.train()
+    return run
+
+
+def test_run_json_records_what_the_trainer_really_used(logged_every_5, capsys):
+    import medr1.stack
+
+    run = logged_every_5
+    used = strict_json(run.out / "run.json")["train"]["args_used"]
+    args = run._trainer.args
+    assert used == {k: getattr(getattr(args, k), "value", getattr(args, k))
+                    for k in ("optim", "bf16", "fp16", "packing", "padding_free")}
+    if medr1.stack.import_unsloth_first() and not torch.cuda.is_available():
+        assert used["packing"] is False  # unsloth_zoo.cpu.trainer.normalize_cpu_training_arguments
+        from medr1.train import args_used
+
+        args_used(run.config, run._trainer.args)
+        assert "the trainer uses packing=False, not True as configured" in capsys.readouterr().out
+
+
+def test_mean_loss_is_the_trainers_average_when_logging_every_n_steps(logged_every_5):
+    run = logged_every_5
+    assert [r["step"] for r in run._steps()] == [1, 5, 10]
+    trainer_loss = run._trainer.state.log_history[-1]["train_loss"]
+    assert run.record["train"]["mean_loss"] == pytest.approx(trainer_loss, abs=2e-4)
+
+
+@pytest.fixture
+def wandb_env(monkeypatch):
+    """W&B switched on by a key, nothing of W&B's set by the user; the environment comes back after the test."""
+    from medr1 import train
+
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_BASE_URL", "WANDB_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(train, "_WANDB_DIR", "", raising=False)
+    return monkeypatch
+
+
+def test_an_unreachable_wandb_logs_locally_at_once(wandb_env, tmp_path, capsys):
+    """wandb.init would wait about 90 s, then end the run with CommError after the model loaded."""
+    from medr1 import build_config
+    from medr1.train import reporting
+
+    tried = []
+
+    def no_network(address, timeout=None):
+        tried.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    wandb_env.setattr("socket.create_connection", no_network)
+    wandb_env.setenv("WANDB_BASE_URL", "https://wandb.example.org:8443")
+    config = build_config("smoke", {"output_dir": str(tmp_path / "run"), "report_to": "wandb"}, quiet=True)
+    assert reporting(config) == "none"
+    assert tried == [(("wandb.example.org", 8443), 3.0)]
+    assert "W&B (wandb.example.org:8443) cannot be reached" in capsys.readouterr().out
+    wandb_env.setenv("WANDB_MODE", "offline")  # offline needs no network: not tried
+    assert reporting(config) == "wandb" and len(tried) == 1
+
+
+def test_wandb_writes_its_folder_into_the_output_dir(wandb_env, tmp_path):
+    """Not under the cwd (notebooks/wandb/ under papermill --cwd notebooks); a WANDB_DIR the user set wins."""
+    import os
+
+    from medr1 import build_config
+    from medr1.train import reporting
+
+    wandb_env.setenv("WANDB_MODE", "offline")
+    for name in ("one", "two"):  # a second run in the same process gets its own folder
+        config = build_config("smoke", {"output_dir": str(tmp_path / name), "report_to": "wandb"}, quiet=True)
+        assert reporting(config) == "wandb" and os.environ["WANDB_DIR"] == str(tmp_path / name)
+    wandb_env.setenv("WANDB_DIR", str(tmp_path / "mine"))
+    assert reporting(config) == "wandb" and os.environ["WANDB_DIR"] == str(tmp_path / "mine")

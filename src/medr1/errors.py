@@ -23,3 +23,7 @@ class ModelError(MedR1Error, RuntimeError):
 
 class ExportError(MedR1Error, RuntimeError):
     """An export cannot be made here: says what is missing (disk space, llama.cpp, a token, ...)."""
+
+
+class TrainingError(MedR1Error, RuntimeError):
+    """A run's steps taken out of order, or training that went non-finite: one line says what to do."""

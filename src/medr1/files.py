@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -51,18 +52,29 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic_write(path, lambda fh: fh.write(text))
 
 
+def finite(data: Any) -> Any:
+    """`data` with every NaN or infinite float as None: json.dump writes them as bare NaN, which is not JSON (a
+    diverged run's losses would make run.json unreadable to anything but Python)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    return [finite(v) for v in data] if isinstance(data, (list, tuple)) else data
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """`data` as indented JSON, written atomically."""
+    """`data` as indented JSON (NaN and infinities as null), written atomically."""
     def write(fh: IO[str]) -> None:
-        json.dump(data, fh, indent=2, default=str)
+        json.dump(finite(data), fh, indent=2, default=str, allow_nan=False)
         fh.write("\n")
 
     return _atomic_write(path, write)
 
 
 def atomic_write_jsonl(path: str | Path, rows: list[Any]) -> Path:
-    """One JSON object per line, written atomically."""
-    return _atomic_write(path, lambda fh: fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """One JSON object per line (NaN and infinities as null), written atomically."""
+    return _atomic_write(path, lambda fh: fh.writelines(json.dumps(finite(r), ensure_ascii=False, allow_nan=False)
+                                                        + "\n" for r in rows))
 
 
 def _held(folder: Path) -> int | None:

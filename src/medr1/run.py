@@ -18,6 +18,7 @@ from typing import Any
 
 from medr1 import data, distributed, files, plots, preflight, record
 from medr1.config import Config
+from medr1.errors import TrainingError
 from medr1.log import log
 from medr1.stage import Stage
 
@@ -78,6 +79,7 @@ class Run(Stage):
         from medr1.infer import generate
 
         self._need_model()
+        self._before_training(label)
         gen = generate(self.model, self.tokenizer, question, style=self.config.prompt_style,
                        max_new_tokens=max_new_tokens or self.config.max_new_tokens, stream=stream,
                        backend=self.config.backend)
@@ -96,6 +98,7 @@ class Run(Stage):
         from medr1.prompts import inference_prompt
 
         self._need_model()
+        self._before_training(label)
         if not self.holdout:
             return {}
         cfg = self.config
@@ -135,7 +138,7 @@ class Run(Stage):
             "steps_run": steps_run, "trained_tokens": tokens,
             "trained_tokens_per_s": round((tokens - hist.start_tokens) / seconds, 1) if seconds and steps_run else None,
             "steady_tokens_per_s": hist.steady_tokens_per_s(),
-            "mean_loss": round(sum(losses) / len(losses), 4) if losses else None,
+            "mean_loss": hist.mean_loss(),
             "last_loss": losses[-1] if losses else None,
         })
         first = hist.start_step + 1
@@ -152,6 +155,12 @@ class Run(Stage):
         return [r["loss"] for r in self._steps()]
 
     plot_loss = Stage.plot  # output_dir/loss.png
+
+    def _before_training(self, label: str | None) -> None:
+        """A "before" answer or figure from a model that has trained would replace the untrained model's in run.json."""
+        if label == "before" and self.session:
+            raise TrainingError("the model has trained: run.json keeps the 'before' figures from before training; "
+                                "use label='after' (or none) for the trained model")
 
     # -- what medr1.stage asks of a stage ------------------------------------------------------------
     def _steps(self) -> list[dict[str, Any]]:

@@ -1,7 +1,6 @@
 """What the SFT run (`medr1.run.Run`) and the GRPO run (`medr1.grpo.GrpoRun`) share: the run folder and its
-run.json, checkpoints and resume, `recording()` around training, and the atomic adapter save. One home, so a
-fix to resume or to the record reaches both stages; each subclass keeps only what its stage does differently.
-"""
+run.json, checkpoints and resume, `recording()` around training, its guards, and the atomic adapter save. One home,
+so a fix to resume or to the record reaches both stages; each subclass keeps only what its stage does differently."""
 
 from __future__ import annotations
 
@@ -12,22 +11,16 @@ from typing import Any
 
 from medr1 import distributed, files, preflight, record
 from medr1.config import Config, hint
+from medr1.errors import TrainingError
 from medr1.log import log
 from medr1.tokenizer import load_tokenizer
 
 
-class AlreadyTrained(Exception):
-    """Raised as training begins when the checkpoint resumed from holds every step: transformers' loop checks
-    `max_steps` only after a step, so it would otherwise train one past the end (see `_session_callback`)."""
-
-
 class Stage:
-    """A training stage's run folder, record, model and trainer across notebook cells.
-
-    Subclasses build `self.record` (from `_prepared()`), and define `trainer()`, `_record_training(seconds)`,
-    `_steps()` (the per-step records so far, run.json's HISTORY) and `_draw(records, path, title)` (their plot);
-    `_hold_out()` is optional. Both stages' adapters (and checkpoints) get medr1's card, written from the record.
-    """
+    """A training stage's run folder, record, model and trainer across notebook cells. Subclasses build
+    `self.record` (from `_prepared()`), and define `trainer()`, `_record_training(seconds)`, `_steps()` (the per-step
+    records so far, run.json's HISTORY) and `_draw(records, path, title)` (their plot); `_hold_out()` is optional.
+    Both stages' adapters (and checkpoints) get medr1's card, written from the record."""
 
     STAGE = "training"  # how the logs name the stage
     CARRIED: tuple[str, ...] = ()  # run.json fields a resumed run keeps from its interrupted record
@@ -46,6 +39,7 @@ class Stage:
         self._earlier_s: list[float] = []  # training seconds of the sessions before a resume
         self._train_t0 = 0.0  # when this session's training began
         self._replaced = False  # overwrite: the old run's files are gone (once, before the first write)
+        self.session, self._used = False, {}  # a session began here (the weights moved); train.args_used's figures
 
     @classmethod
     def all_steps(cls, config: Config):
@@ -69,8 +63,7 @@ class Stage:
         return self.model, self.tokenizer
 
     def add_lora(self, config: Config | None = None, source: str = ""):
-        """The model wrapped with LoRA adapters (a PeftModel) as `config` (the run's) says; logs how many
-        parameters train."""
+        """The model wrapped with LoRA adapters (a PeftModel) as `config` (the run's) says; logs what trains."""
         from medr1.model import add_lora
 
         self._need_model()
@@ -84,15 +77,17 @@ class Stage:
 
     @contextlib.contextmanager
     def recording(self):
-        """Around `trainer.train()`: run.json says `training` (with the time so far at each checkpoint), then
-        `trained` with the figures, or `interrupted` with the step and the checkpoint to resume from (the error is
-        re-raised). A resume from a checkpoint that holds every step ends at once, as an uninterrupted run did; on a
-        complete run, the `trainer.train()` inside trains nothing and writes no file: it loads the run's saved
-        adapter, so the model ends as the run's training left it (`_trained_adapter`)."""
+        """Around `trainer.train()`, once per run object: run.json says `training` (with the time so far at each
+        checkpoint), then `trained` with the figures (`diverged`, raised, if not finite), or `interrupted` with the
+        step and checkpoint to resume from (re-raised). A complete run's `trainer.train()` loads its saved adapter."""
         import torch
+
+        from medr1.train import AlreadyTrained, SessionCallback, args_used
 
         if self._trainer is None:
             raise RuntimeError("no trainer yet: call trainer() first")
+        self._refuse_second_session()
+        self.session = True
         if self.complete:
             self._trainer.train = self._trained_adapter  # this trainer only, while the block runs
             try:
@@ -106,23 +101,23 @@ class Stage:
                            hardware=record.hardware())
         self._hold_out()
         self._write_record()
+        self._used = args_used(self.config, self._trainer.args)  # what Unsloth or TRL left of the config's
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        session = _session_callback(self)
+        session = SessionCallback(self)
         self._trainer.add_callback(session)
         self._train_t0 = time.perf_counter()
         try:
             yield
-        except AlreadyTrained:  # the trainer's own ending, without its metrics: callbacks told, progress bar closed
-            trainer = self._trainer
-            trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
-            trainer.is_in_train = False
+        except AlreadyTrained:
+            session.end(self._trainer)
         except BaseException as err:
             self._record_interruption(err)
             raise
         finally:
             self._trainer.remove_callback(session)
         self._record_training(time.perf_counter() - self._train_t0)
+        self._check_finite()
 
     def train(self, callbacks: list | None = None) -> dict[str, Any]:
         """trainer() and trainer.train() inside recording(): what the command line does; returns the figures."""
@@ -140,6 +135,7 @@ class Stage:
         if self.complete:
             log.info(f"the run was already complete; {target} is unchanged")
             return target
+        self._check_finite()
         self.record.update(status="complete", adapter="adapter", finished=record.now())
         if distributed.is_main():  # self.model is the bare PEFT model: DDP only wraps it inside the trainer
             with files.atomic_dir(target) as tmp:
@@ -152,8 +148,7 @@ class Stage:
         return target
 
     def plot(self) -> Path:
-        """output_dir/PLOT, drawn from the per-step records: one process draws; a complete run's plot is left as it
-        is (it was drawn when the run trained)."""
+        """output_dir/PLOT, drawn by one process from the per-step records; a complete run's plot is left as it is."""
         path, records = self.out / self.PLOT, self._steps()
         if not records and not (self.complete and path.exists()):
             raise RuntimeError(f"no {self.HISTORY} yet: train first")
@@ -186,7 +181,12 @@ class Stage:
         """Before a trainer is built: logs the effective batch (then `detail`); records it, the processes and the
         learning-rate rule. Returns output_dir/checkpoints: with resume, finds the newest (`self.resume_from`); with
         overwrite, replaces the old run's record and removes its files. A complete run resumes from nothing."""
+        from peft import PeftModel
+
         self._need_model()
+        if not isinstance(self.model, PeftModel):  # else the whole model trains, saved as adapter/
+            raise TrainingError("no LoRA adapters yet: call run.add_lora() first")
+        self._refuse_second_session()
         cfg, step, procs, checkpoints = self.config, self.STEP, distributed.world_size(), self.out / "checkpoints"
         per_device, accumulation = getattr(cfg, step.per_device), getattr(cfg, step.accumulation)
         effective = per_device * accumulation * procs
@@ -211,14 +211,15 @@ class Stage:
         return checkpoints
 
     def _keep_training(self, seconds: float, figures: dict[str, Any]) -> dict[str, Any]:
-        """run.json after training: status `trained`, the stage's `figures` among those every stage records, and
-        its per-step history. Returns the figures as recorded."""
+        """run.json after training: status `trained`, the figures (every stage's, then the stage's `figures`), the
+        arguments the trainer really used, and its per-step history. Returns the figures as recorded."""
         import torch
 
         peak = round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None
         stats = {"train_s": self._time_training(seconds), "session_s": round(seconds, 2),
                  "steps": int(self._trainer.state.global_step), **figures,
-                 "peak_gib": peak, "resumed_from": Path(self.resume_from).name if self.resume_from else None}
+                 "peak_gib": peak, "resumed_from": Path(self.resume_from).name if self.resume_from else None,
+                 "args_used": self._used}
         self.record.update({"status": "trained", "train": stats, self.HISTORY: self._steps()})
         self._write_record()
         return stats
@@ -240,16 +241,14 @@ class Stage:
                      f"{self.config.save_steps}); a resume starts from step 0")
 
     def _time_training(self, seconds: float) -> float:
-        """Record this session's training `seconds` after the earlier sessions'; returns their sum (`train_s`): a
-        resumed run's training time is all of its sessions', not the last one's."""
+        """Record this session's training `seconds` after the earlier sessions'; returns their sum (`train_s`)."""
         sessions = [*self._earlier_s, round(seconds, 2)]
         self.record["timings"].update(train_sessions_s=sessions, train_s=round(sum(sessions), 2))
         return self.record["timings"]["train_s"]
 
     def _replace_old_run(self) -> None:
-        """overwrite, before this run writes anything: its record replaces the old one first (a stop from here on
-        leaves a prepared run, never a `complete` one without its adapter), then the old run's own files go. A
-        folder that holds no medr1 run (no run.json, no checkpoints/) loses nothing: its files are the user's."""
+        """overwrite, before this run writes anything: its record replaces the old one first (a stop then leaves a
+        prepared run, never a `complete` one without its adapter), then the old run's own files go (if it is one)."""
         if self._replaced or not self.config.overwrite or not distributed.is_main():
             return
         self._replaced = True
@@ -270,6 +269,23 @@ class Stage:
         log.info(f"the run is complete: trainer.train() trains nothing; the model holds the run's trained adapter "
                  f"({adapter}, {tensors} tensors)")
 
+    def _refuse_second_session(self) -> None:
+        """A second session on this object would train its trained weights again, from step 0."""
+        if self.session and not self.complete:
+            status = self.record.get("status")
+            again = (f"{hint('resume')} and the same output_dir" if status == "interrupted"
+                     else f"another output_dir, or {hint('overwrite')}")
+            raise TrainingError(f"this run has trained (status {status!r}): build a new run with {again}")
+
+    def _check_finite(self) -> None:
+        """A loss, grad norm or LoRA weight gone NaN or infinite: run.json says `diverged`, no adapter is saved."""
+        from medr1.train import divergence
+
+        if found := divergence(self._trainer, self.model, self.config, self.STEP.learning_rate):
+            self.record.update(status="diverged", diverged=found[0])
+            self._write_record()
+            raise TrainingError(found[1])
+
     def _need_model(self) -> None:
         if self.model is None:
             raise RuntimeError("the model is not loaded: call load() first")
@@ -278,23 +294,3 @@ class Stage:
         if distributed.is_main() and self.out.exists() and not self.complete:
             self._replace_old_run()
             files.atomic_write_json(self.out / "run.json", self.record)
-
-
-def _session_callback(stage: Stage):
-    """A TrainerCallback for one session of `stage`'s training (added last, after the stage's history). At the
-    start: transformers' loop (and Unsloth's copy of it, which only changes its banner) runs a step before
-    DefaultFlowCallback checks `global_step >= max_steps`, so a checkpoint that holds every step would train one
-    more: raise AlreadyTrained there instead, once the checkpoint's weights and state are loaded. At each
-    checkpoint: run.json gets the training time so far (a machine that goes away records nothing more)."""
-    from medr1.train import TrainerCallback
-
-    class Session(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if 0 < state.max_steps <= state.global_step:
-                raise AlreadyTrained(f"the checkpoint holds all {state.max_steps} steps")
-
-        def on_save(self, args, state, control, **kwargs):
-            stage._time_training(time.perf_counter() - stage._train_t0)
-            stage._write_record()
-
-    return Session()

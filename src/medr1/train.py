@@ -4,11 +4,14 @@ explicit."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and trl
 
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from medr1.config import Config
+from medr1.config import Config, hint
 from medr1.distributed import SFT, Step
 from medr1.files import usual_modes
 from medr1.log import log
@@ -39,16 +42,40 @@ def wandb_key() -> str | None:
     return key
 
 
+_WANDB_DIR = ""  # the WANDB_DIR reporting() set: a later run in this process may replace it, not the user's own
+
+
 def reporting(config: Config) -> str:
-    """'wandb' or 'none'. A headless run never waits for a key: without one, W&B is off and we say so."""
+    """'wandb' or 'none'. A headless run never waits for a key: without one, W&B is off and we say so; nor for a
+    W&B it cannot reach (wandb.init would wait about 90 s, then end the run with CommError after the model loaded).
+    W&B's local folder goes into output_dir (unless WANDB_DIR is set), not wherever the process started."""
+    global _WANDB_DIR
     if config.report_to == "none":
         return "none"
-    if wandb_key() or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-        os.environ["WANDB_PROJECT"] = config.wandb_project  # TRL reads only this; the knob of this run wins
-        return "wandb"
-    log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off"
-             if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
-    return "none"
+    mode = os.environ.get("WANDB_MODE")
+    if not (wandb_key() or mode in ("offline", "disabled")):
+        log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off"
+                 if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
+        return "none"
+    url = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    if mode not in ("offline", "disabled") and not reachable(host, port):
+        log.info(f"W&B ({host}:{port}) cannot be reached; logging to W&B is off, training logs stay local "
+                 "(run.json, loss.png); WANDB_MODE=offline keeps a local W&B log to sync later")
+        return "none"
+    if os.environ.get("WANDB_DIR", _WANDB_DIR) == _WANDB_DIR:
+        os.environ["WANDB_DIR"] = _WANDB_DIR = os.path.abspath(os.path.expanduser(config.output_dir))
+    os.environ["WANDB_PROJECT"] = config.wandb_project  # TRL reads only this; the knob of this run wins
+    return "wandb"
+
+
+def reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout` seconds (what wandb.init would wait for)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def trainer_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none", step: Step = SFT,
@@ -69,7 +96,9 @@ def trainer_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none",
                 save_total_limit=config.save_total_limit, report_to=report_to,
                 run_name=os.path.basename(os.path.abspath(config.output_dir)), disable_tqdm=False,
                 use_cpu=not torch.cuda.is_available(), bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-                ddp_find_unused_parameters=False, **stage)
+                ddp_find_unused_parameters=False,
+                logging_nan_inf_filter=False,  # its default logs a NaN loss as 0.0: a diverged run looked fine
+                **stage)
 
 
 def sft_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none") -> dict:
@@ -84,6 +113,38 @@ def sft_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none") -> 
 
 def sft_config(config: Config, checkpoint_dir: str, report_to: str = "none") -> SFTConfig:
     return SFTConfig(**sft_kwargs(config, checkpoint_dir, report_to))
+
+
+def args_used(config: Config, args: Any) -> dict[str, Any]:
+    """What the built trainer's arguments really use (optim, precision, packing), for run.json; each that differs from
+    the config is said in one line: on a CPU, Unsloth replaces them (unsloth_zoo.cpu.trainer's
+    normalize_cpu_training_arguments) without a word in the record."""
+    dtype = torch_dtype(config.precision)
+    asked = {"optim": config.optim, "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16,
+             "packing": config.packing, "padding_free": False}
+    used = {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in asked if hasattr(args, k)}
+    for key, value in used.items():
+        if value != asked[key]:
+            log.info(f"the trainer uses {key}={value!r}, not {asked[key]!r} as configured (changed by Unsloth or TRL)")
+    return used
+
+
+def divergence(trainer, model, config: Config, knob: str) -> tuple[dict[str, Any], str] | None:
+    """Where training went non-finite, and what to do: the first logged step whose loss or grad norm is NaN or infinite,
+    else LoRA weights that are; None when all is finite (a NaN adapter must never be saved as a complete run)."""
+    history = trainer.state.log_history if trainer is not None else []
+    found = next(({"step": e.get("step"), "what": k.replace("_", " ")} for e in history
+                  for k in ("loss", "grad_norm") if isinstance(e.get(k), float) and not math.isfinite(e[k])), None)
+    weights = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    found = found or ({"step": None, "what": f"{len(weights)} LoRA weight tensors"} if weights else None)
+    if not found:
+        return None
+    at = f" at step {found['step']}" if found["step"] else ""
+    bf16 = f" or train in bf16 ({hint('precision', 'bf16')}) where the GPU has it" if (
+        trainer is not None and trainer.args.fp16) else ""
+    return found, (f"training diverged{at}: the {found['what']} went NaN or infinite, so no adapter is saved; lower "
+                   f"the learning rate ({hint(knob, getattr(config, knob) / 10)}){bf16}, with another output_dir or "
+                   f"{hint('overwrite')}")
 
 
 @dataclass
@@ -109,6 +170,15 @@ class LossHistory(TrainerCallback):
             self.records.append(_loss_record(state.global_step, logs, round(time.perf_counter() - self.started, 3),
                                              state.num_input_tokens_seen))
 
+    def mean_loss(self) -> float | None:
+        """The trainer's own average over the logged steps: each logged loss is the mean over the steps since the one
+        logged before, so it counts that many times (logging_steps > 1; a resume's records from its checkpoint too)."""
+        if not self.records:
+            return None
+        steps = [0, *(r["step"] for r in self.records)]
+        total = sum(r["loss"] * (r["step"] - before) for r, before in zip(self.records, steps[:-1], strict=True))
+        return round(total / steps[-1], 4)
+
     def steady_tokens_per_s(self) -> float | None:
         """Trained tokens per second after the first `warmup_steps` steps of this session (None: too few steps)."""
         timed = [r for r in self.records if r["seconds"] is not None and r["step"] > self.start_step]
@@ -123,6 +193,36 @@ def _loss_record(step: int, logs: dict, seconds: float | None, tokens: int) -> d
     """A LossHistory record (`seconds` None: from a checkpoint's log, which keeps no wall time)."""
     return {"step": int(step), "loss": float(logs["loss"]), "seconds": seconds, "tokens": int(tokens),
             **{key: float(logs[key]) for key in ("learning_rate", "grad_norm") if key in logs}}
+
+
+class AlreadyTrained(Exception):
+    """Raised as training begins when the checkpoint resumed from holds every step: transformers' loop checks
+    `max_steps` only after a step, so it would otherwise train one past the end (see `SessionCallback`)."""
+
+
+class SessionCallback(TrainerCallback):
+    """One session of a medr1.stage.Stage's training (added last, after the stage's history). At the start:
+    transformers' loop (and Unsloth's copy of it, which only changes its banner) runs a step before
+    DefaultFlowCallback checks `global_step >= max_steps`, so a checkpoint that holds every step would train one
+    more: raise AlreadyTrained there instead, once the checkpoint's weights and state are loaded. At each
+    checkpoint: run.json gets the training time so far (a machine that goes away records nothing more)."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise AlreadyTrained(f"the checkpoint holds all {state.max_steps} steps")
+
+    def on_save(self, args, state, control, **kwargs):
+        self.stage._time_training(time.perf_counter() - self.stage._train_t0)
+        self.stage._write_record()
+
+    @staticmethod
+    def end(trainer) -> None:
+        """After AlreadyTrained: the trainer's own ending without its metrics (callbacks told, progress bar closed)."""
+        trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+        trainer.is_in_train = False
 
 
 class CheckpointCards(TrainerCallback):
