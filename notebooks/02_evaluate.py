@@ -36,11 +36,15 @@
 
 # %% tags=["skip-execution"]
 # Install (Colab only; headless runs install from requirements.txt). Colab's own torch is kept.
+import importlib
 import sys
 
 if "google.colab" in sys.modules:
     get_ipython().system("git clone -q --depth 1 https://github.com/medr1/medr1 /content/medr1")  # noqa: F821
     get_ipython().run_line_magic("pip", "install -q -r /content/medr1/requirements.txt -e /content/medr1")  # noqa: F821
+    # The editable install's .pth is read when Python starts: put medr1 on this kernel's path now.
+    sys.path.insert(0, "/content/medr1/src")
+    importlib.invalidate_caches()
 
 # %% [markdown]
 # ## Parameters
@@ -54,6 +58,7 @@ max_new_tokens: int = 0  # generation budget per answer; 0: the run's max_new_to
 batch_size: int = 0  # rows generated together; 0: as many as free GPU memory holds
 samples: int = 0  # sampled answers per question (R1's temperature 0.6, top_p 0.95, seeded); 0: greedy
 show_rows: int = 3  # questions in the side-by-side table
+overwrite: bool = False  # replace the run's earlier evaluation (eval.json); else it stops here, before any load
 
 # %% [markdown]
 # ## The run to evaluate
@@ -75,7 +80,7 @@ from medr1.run import train
 if not run_dir:
     run_dir = str(train(build_config("smoke", {"max_steps": 10})).out)
 ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, mcq_file=mcq_file,
-                samples=samples)
+                samples=samples, overwrite=overwrite)
 
 # %% [markdown]
 # ## Load the base model and the adapter (once)

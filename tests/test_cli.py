@@ -1,8 +1,10 @@
 """The command line: check-data reports and fails on bad data; train runs the notebook's steps."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +163,48 @@ def test_check_data_reads_the_file_once(monkeypatch, capsys):
     monkeypatch.setattr(data, "read_file", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--show", "1"]) == 0
     assert len(reads) == 1, reads
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_dry(*args, **env):
+    """`make -n` (what make would run, nothing run) with the environment's RUN_DIR and ARGS left out."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("RUN_DIR", "ARGS")}
+    return subprocess.run(["make", "-n", "-o", ".venv/.installed", *args], cwd=REPO, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_make_train_writes_to_run_dir_when_given():
+    """`make train RUN_DIR=...` went to outputs/<preset>-<time> without a word; without RUN_DIR it still does."""
+    given = make_dry("train", "PRESET=smoke", "RUN_DIR=runs/mine", "ARGS=--set max_steps=2")
+    assert given.returncode == 0, given.stderr
+    assert "-m medr1 train --preset smoke --set output_dir=runs/mine --set max_steps=2" in given.stdout
+    default = make_dry("train", "PRESET=smoke")
+    assert default.returncode == 0 and "output_dir" not in default.stdout, default.stdout
+
+
+def test_make_run_refuses_args_in_one_line():
+    """`make run ARGS=...` dropped ARGS without a word: the notebook takes papermill's -p, not the CLI's --set."""
+    done = make_dry("run", "PRESET=smoke", "ARGS=--set max_steps=2")
+    assert done.returncode != 0 and "papermill" not in done.stdout, done.stdout
+    assert done.stderr.count("\n") == 1 and "make run takes no ARGS" in done.stderr, done.stderr
+    assert "-p KNOB VALUE" in done.stderr
+    assert make_dry("run", "PRESET=smoke").returncode == 0  # no ARGS: it runs as before
+
+
+def test_train_refuses_an_output_dir_under_a_file_before_loading(tmp_path):
+    """output_dir=a.log/sub with a.log a file passed the check and failed with NotADirectoryError after the load."""
+    log = tmp_path / "a.log"
+    log.write_text("kept")
+    proc = subprocess.run([sys.executable, "-m", "medr1", "train", "--preset", "smoke", "--set",
+                           f"output_dir={log}/sub"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (f"medr1: error: output_dir={str(log / 'sub')!r} lies under {str(log)!r}, which is "
+                                   "a file, not a folder")
+    assert log.read_text() == "kept"
+
+
+def test_check_data_checks_a_gpu_config_on_a_cpu(capsys):
+    """fp16 is the training machine's (a T4's): a laptop checking that config's rows is not refused for it."""
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "precision=fp16"]) == 0

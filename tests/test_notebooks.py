@@ -174,3 +174,45 @@ def test_the_finetune_notebook_runs_without_held_out_rows(tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "holdout.jsonl").read_text() == ""
     text = executed.read_text()
     assert text.count("no held-out rows (holdout_examples=0)") == 1 and "QUESTION" not in text
+
+
+COLAB_KERNEL = """
+import builtins, sys, types
+sys.modules["google.colab"] = types.ModuleType("google.colab")  # as in Colab
+class Shell:  # the clone and the pip install do nothing here
+    def system(self, *args, **kwargs): pass
+    def run_line_magic(self, *args, **kwargs): pass
+builtins.get_ipython = Shell
+exec(compile(sys.stdin.read(), "install cell", "exec"), {"__name__": "__main__"})
+print(sys.path[0])
+"""
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.name)
+def test_colab_install_cell_puts_medr1_on_the_path_at_once(py):
+    """Colab's "Run all": the editable install's .pth is read only when Python starts, so the next cell's `from
+    medr1...` found the cloned /content/medr1 folder (a namespace package) and failed; the cell must put
+    /content/medr1/src first on the kernel's path itself."""
+    import subprocess
+    import sys
+
+    nb = nbformat.read(py.with_suffix(".ipynb"), as_version=4)
+    cell = next(c for c in nb.cells if "skip-execution" in c.metadata.get("tags", []))
+    done = subprocess.run([sys.executable, "-c", COLAB_KERNEL], input=cell.source, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "/content/medr1/src", done.stdout
+
+
+def test_wandb_local_logs_are_ignored_by_git():
+    """W&B's local logs (./wandb; output_dir/wandb since WANDB_DIR is set) are never committed."""
+    import shutil
+    import subprocess
+
+    repo = NOTEBOOKS.parent
+    assert "wandb/" in (repo / ".gitignore").read_text().split()
+    if not shutil.which("git") or not (repo / ".git").exists():
+        return  # not a checkout: the line above is the check
+    for path in ("wandb/run-1/files/output.log", "notebooks/wandb/run-1/files/output.log"):
+        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo, capture_output=True, text=True)
+        assert done.returncode == 0, f"{path} is not ignored by .gitignore"

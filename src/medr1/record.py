@@ -117,6 +117,10 @@ def check_output_dir(config: Config) -> Path:
     out = Path(config.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output_dir={str(out)!r} is a file, not a folder")
+    # A file among its parents: refused now, not with NotADirectoryError at the first save, after the model loads.
+    above = next((p for p in out.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise OutputDirError(f"output_dir={str(out)!r} lies under {str(above)!r}, which is a file, not a folder")
     held = [p.name for p in (out.iterdir() if out.exists() else ())
             if not p.name.startswith(".") and p.suffix not in IGNORED_IN_OUTPUT]
     if not held or config.overwrite:
