@@ -223,3 +223,28 @@ def test_wandb_writes_its_folder_into_the_output_dir(wandb_env, tmp_path):
         assert reporting(config) == "wandb" and os.environ["WANDB_DIR"] == str(tmp_path / name)
     wandb_env.setenv("WANDB_DIR", str(tmp_path / "mine"))
     assert reporting(config) == "wandb" and os.environ["WANDB_DIR"] == str(tmp_path / "mine")
+
+
+def test_an_overflow_step_fp16_skips_is_no_divergence():
+    """fp16's loss scaler skips a step whose grads overflow (an inf grad norm, a NaN loss) and lowers its scale: a T4
+    run (colab-t4) does so in its first steps. With finite weights that is no divergence, and the mean loss counts
+    the finite steps only."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from medr1 import build_config
+    from medr1.train import LossHistory, divergence
+
+    model = torch.nn.Linear(2, 2)
+    history = [{"step": 1, "loss": 7.5, "grad_norm": float("inf")}, {"step": 2, "loss": float("nan")},
+               {"step": 3, "loss": 7.1, "grad_norm": 0.8}]
+    trainer = SimpleNamespace(state=SimpleNamespace(log_history=history), args=SimpleNamespace(fp16=True))
+    config = build_config("smoke", quiet=True)
+    assert divergence(trainer, model, config, "learning_rate") is None
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    found, message = divergence(trainer, model, config, "learning_rate")
+    assert found == {"step": 1, "what": "1 LoRA weight tensors"} and message.startswith("training diverged at step 1")
+    records = [{"step": e["step"], "loss": e["loss"]} for e in history]
+    assert LossHistory(records=records).mean_loss() == 7.3

@@ -130,19 +130,20 @@ def args_used(config: Config, args: Any) -> dict[str, Any]:
 
 
 def divergence(trainer, model, config: Config, knob: str) -> tuple[dict[str, Any], str] | None:
-    """Where training went non-finite, and what to do: the first logged step whose loss or grad norm is NaN or infinite,
-    else LoRA weights that are; None when all is finite (a NaN adapter must never be saved as a complete run)."""
-    history = trainer.state.log_history if trainer is not None else []
-    found = next(({"step": e.get("step"), "what": k.replace("_", " ")} for e in history
-                  for k in ("loss", "grad_norm") if isinstance(e.get(k), float) and not math.isfinite(e[k])), None)
+    """Where training went non-finite, and what to do; None while the LoRA weights are finite (a NaN adapter must never
+    be saved as a complete run). A NaN loss or grad norm alone is no divergence: fp16's loss scaler skips such a step
+    and lowers its scale (a T4's first steps often do). The step named is the first logged non-finite one."""
     weights = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-    found = found or ({"step": None, "what": f"{len(weights)} LoRA weight tensors"} if weights else None)
-    if not found:
+    if not weights:
         return None
-    at = f" at step {found['step']}" if found["step"] else ""
+    history = trainer.state.log_history if trainer is not None else []
+    step = next((e.get("step") for e in history for k in ("loss", "grad_norm")
+                 if isinstance(e.get(k), float) and not math.isfinite(e[k])), None)
+    found = {"step": step, "what": f"{len(weights)} LoRA weight tensors"}
+    at = f" at step {step}" if step else ""
     bf16 = f" or train in bf16 ({hint('precision', 'bf16')}) where the GPU has it" if (
         trainer is not None and trainer.args.fp16) else ""
-    return found, (f"training diverged{at}: the {found['what']} went NaN or infinite, so no adapter is saved; lower "
+    return found, (f"training diverged{at}: {found['what']} went NaN or infinite, so no adapter is saved; lower "
                    f"the learning rate ({hint(knob, getattr(config, knob) / 10)}){bf16}, with another output_dir or "
                    f"{hint('overwrite')}")
 
@@ -173,11 +174,10 @@ class LossHistory(TrainerCallback):
     def mean_loss(self) -> float | None:
         """The trainer's own average over the logged steps: each logged loss is the mean over the steps since the one
         logged before, so it counts that many times (logging_steps > 1; a resume's records from its checkpoint too)."""
-        if not self.records:
-            return None
-        steps = [0, *(r["step"] for r in self.records)]
-        total = sum(r["loss"] * (r["step"] - before) for r, before in zip(self.records, steps[:-1], strict=True))
-        return round(total / steps[-1], 4)
+        steps = [0, *(r["step"] for r in self.records)]  # a NaN loss fp16's scaler skipped counts for nothing
+        spans = [(r["loss"], r["step"] - before) for r, before in zip(self.records, steps[:-1], strict=True)
+                 if r["loss"] is not None and math.isfinite(r["loss"])]
+        return round(sum(x * n for x, n in spans) / sum(n for _, n in spans), 4) if spans else None
 
     def steady_tokens_per_s(self) -> float | None:
         """Trained tokens per second after the first `warmup_steps` steps of this session (None: too few steps)."""
