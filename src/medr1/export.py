@@ -24,7 +24,7 @@ from medr1 import card
 from medr1 import gguf as to_gguf
 from medr1.config import Config, hint
 from medr1.errors import ExportError, MedR1Error, OutputDirError
-from medr1.files import atomic_dir
+from medr1.files import atomic_dir, check_folder
 from medr1.log import log
 from medr1.model import load_adapter, merge_16bit
 from medr1.preflight import check_run_model, model_path
@@ -38,10 +38,7 @@ PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # w
 def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
     """Refuse a destination that is a file or lies under one, or a folder holding anything unless `overwrite`."""
     dest = Path(dest).expanduser()
-    existing = next((p for p in (dest, *dest.parents) if p.exists()), dest)  # under a file, nothing below exists
-    if existing.exists() and not existing.is_dir():
-        under = f" lies under {str(existing)!r}, which" if existing != dest else ""
-        raise OutputDirError(f"export destination {str(dest)!r}{under} is a file, not a folder")
+    check_folder(dest, f"export destination {str(dest)!r}")
     if _filled(dest) and not overwrite:
         held = sorted(p.name for p in dest.iterdir())[:5]
         raise OutputDirError(f"export destination {str(dest)!r} is not empty (holds {held}); pass {hint('overwrite')} "

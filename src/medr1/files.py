@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from medr1.errors import OutputDirError
 from medr1.log import log
 
 
@@ -50,6 +51,14 @@ def _atomic_write(path: str | Path, write: Callable[[IO[str]], object]) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic_write(path, lambda fh: fh.write(text))
+
+
+def check_folder(path: Path, what: str) -> None:
+    """Refuse a folder-to-be that is a file or lies under one (`what` names it): every write there would fail."""
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), path)
+    if existing.exists() and not existing.is_dir():
+        under = f" lies under {str(existing)!r}, which" if existing != path else ""
+        raise OutputDirError(f"{what}{under} is a file, not a folder")
 
 
 def finite(data: Any) -> Any:

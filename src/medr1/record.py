@@ -1,5 +1,5 @@
 """The run folder: the record (run.json) and what evaluation and export read back from it (config, adapter,
-held-out rows), resume's checks and the plots' figure. Its files are written through `medr1.files`.
+held-out rows) and resume's checks. Its files are written through `medr1.files`; its figures drawn by `medr1.plots`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from medr1 import files
 from medr1.config import Config, hint
 from medr1.data import read_file
 from medr1.errors import DataError, ModelError, OutputDirError
@@ -115,12 +116,7 @@ IGNORED_IN_OUTPUT = (".ipynb",)  # papermill may write the executed notebook int
 def check_output_dir(config: Config) -> Path:
     """Refuse to write a run over another one unless `overwrite` (or `resume` of that same run) says so."""
     out = Path(config.output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output_dir={str(out)!r} is a file, not a folder")
-    # A file among its parents: refused now, not with NotADirectoryError at the first save, after the model loads.
-    above = next((p for p in out.absolute().parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise OutputDirError(f"output_dir={str(out)!r} lies under {str(above)!r}, which is a file, not a folder")
+    files.check_folder(out, f"output_dir={str(out)!r}")  # now, not as NotADirectoryError after the model load
     held = [p.name for p in (out.iterdir() if out.exists() else ())
             if not p.name.startswith(".") and p.suffix not in IGNORED_IN_OUTPUT]
     if not held or config.overwrite:
