@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]
     starts on ([] for the others). `what` (the knob or option) starts messages about the file. By hand: `datasets`
     names neither file nor line of a broken row, and fills a missing field with None. A UTF-8 BOM is skipped."""
     path = Path(path).expanduser()
+    name = f"{what}: {path}" if what else str(path)
     if not path.exists():
         raise DataError(f"{what}: file not found: {path}" if what else f"{path}: file not found")
-    name = f"{what}: {path}" if what else str(path)
     if path.is_dir():
         raise DataError(f"{name} is a folder; give a .json, .jsonl, .csv or .parquet file")
     suffix = path.suffix.lower()
@@ -218,9 +218,6 @@ class LengthReport:
     total_tokens: int
     over_length_rows: list[int] = field(default_factory=list)  # rows as numbered in their file (`Row.index`)
     dropped_rows: list[int] = field(default_factory=list)  # those not trained on, whatever the policy
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def summary(self) -> str:
         return (f"{self.rows} rows, {self.kept} kept; tokens per row: median {self.median_tokens:.0f}, "

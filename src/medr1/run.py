@@ -39,7 +39,7 @@ class Run(Stage):
         self.history = None
         self.record = self._prepared({
             "source": split.source, "train_rows": len(split.train), "holdout_rows": len(split.holdout), **prints,
-            "duplicates": split.duplicates, "holdout_file": "holdout.jsonl", "lengths": self.lengths.to_dict()})
+            "duplicates": split.duplicates, "holdout_file": "holdout.jsonl", "lengths": asdict(self.lengths)})
         log.info(f"data from {self.split.source}: {len(self.split.train)} training rows, "
                  f"{len(self.split.holdout)} held out")
         log.info(self.lengths.summary())
