@@ -109,9 +109,8 @@ max_new_tokens: Optional[int] = None  # generation budget for the test answers
 # an output folder holding another run stops here with a one-line message.
 
 # %%
-from medr1.config import notebook_config
 from medr1.infer import show
-from medr1.preflight import short_errors
+from medr1.notebook import notebook_config, short_errors
 from medr1.run import Run
 
 short_errors()  # a medr1 error shows as its one line, not a traceback

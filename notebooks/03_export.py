@@ -69,8 +69,7 @@ private: bool = True  # a new hub repository is private unless this is False
 
 # %%
 from medr1 import build_config
-from medr1.config import notebook_parameters
-from medr1.preflight import short_errors
+from medr1.notebook import notebook_parameters, short_errors
 
 short_errors()  # a medr1 error shows as its one line, not a traceback
 notebook_parameters(globals())  # a mistyped name stops; `-p merged false` is False

@@ -84,9 +84,8 @@ overwrite: Optional[bool] = None  # allow writing into a folder that holds anoth
 # trained with another model or prompt style, or an output folder holding another run stops here.
 
 # %%
-from medr1.config import notebook_config
 from medr1.grpo import GrpoRun
-from medr1.preflight import short_errors
+from medr1.notebook import notebook_config, short_errors
 
 short_errors()  # a medr1 error shows as its one line, not a traceback
 config = notebook_config(globals(), stage="grpo")

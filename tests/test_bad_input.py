@@ -237,7 +237,7 @@ def test_notebook_shows_a_medr1_error_as_one_line(tmp_path):
 
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
-    nb.cells = [nbformat.v4.new_code_cell("from medr1.preflight import short_errors\nshort_errors()"),
+    nb.cells = [nbformat.v4.new_code_cell("from medr1.notebook import short_errors\nshort_errors()"),
                 nbformat.v4.new_code_cell("from medr1 import build_config\nbuild_config('smoke', {'lora_r': -1})"),
                 nbformat.v4.new_code_cell("print('not reached')")]
     nbformat.write(nb, tmp_path / "bad.ipynb")
@@ -360,3 +360,44 @@ def test_export_plan_checks_the_base_model_before_loading(relative_run, tmp_path
         Export(run).plan(verify=True)
     assert str(info.value).startswith(f"model_name (in {run / 'run.json'})") and words in str(info.value)
     assert not (run / "export").exists()
+
+
+def test_offline_the_unsloth_4bit_copy_counts_as_the_weights_and_check_data_needs_none(tmp_path, monkeypatch, capsys):
+    """Unsloth loads `unsloth/DeepSeek-R1-Distill-Llama-8B` in 4-bit from its `-unsloth-bnb-4bit` copy: a machine that
+    trained online caches the plain name's config.json and the copy's weights, which the weights check refused.
+    check-data loads no weights: it needs only the config and the tokenizer."""
+    from huggingface_hub import constants
+
+    from medr1.__main__ import main
+    from medr1.data import FIXTURE_PATH
+    from medr1.preflight import _uncached_weights
+    from medr1.tiny import hub_cache
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    (hub_cache(tmp_path / "hf", "someone/model") / "model.safetensors").unlink()
+    assert _uncached_weights("someone/model").startswith("its weights")
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "model_name=someone/model"]) == 0
+    hub_cache(tmp_path / "hf", "someone/model-unsloth-bnb-4bit")
+    assert _uncached_weights("someone/model") == ""
+
+
+def test_a_run_recorded_with_a_relative_model_folder_still_resumes(relative_run, tmp_path, monkeypatch):
+    """Runs recorded before model folders were made absolute hold "mymodel": a resume (and GRPO's init_adapter
+    check) compared it with the absolute path and refused, telling the user to set a value they could not set."""
+    import shutil
+
+    from medr1 import record
+    from medr1.config import same_setting
+
+    run = shutil.copytree(relative_run / "run", tmp_path / "run")
+    rec = json.loads((run / "run.json").read_text())
+    rec["config"]["model_name"] = "mymodel"  # as recorded before
+    (run / "run.json").write_text(json.dumps(rec))
+    monkeypatch.chdir(relative_run)
+    config = build_config("smoke", {"model_name": "mymodel", "output_dir": str(run), "max_steps": 1, "save_steps": 0,
+                                    "resume": True}, quiet=True)
+    assert record.check_output_dir(config) == run
+    assert same_setting("model_name", "mymodel", str(relative_run / "mymodel"))
+    assert not same_setting("model_name", "othermodel", str(relative_run / "mymodel"))
+    assert not same_setting("prompt_style", "seed", "r1")

@@ -208,3 +208,10 @@ def test_train_refuses_an_output_dir_under_a_file_before_loading(tmp_path):
 def test_check_data_checks_a_gpu_config_on_a_cpu(capsys):
     """fp16 is the training machine's (a T4's): a laptop checking that config's rows is not refused for it."""
     assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "precision=fp16"]) == 0
+
+
+def test_an_output_dir_through_a_link_to_nothing_stops_before_loading(tmp_path, capsys):
+    """A dangling link does not "exist", so the check walked past it; the trainer's makedirs failed after the load."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert main(["train", "--preset", "smoke", "--set", f"output_dir={tmp_path / 'dangling' / 'x'}"]) == 2
+    assert "is a link to nothing" in capsys.readouterr().err

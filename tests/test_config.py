@@ -5,8 +5,9 @@ import json
 import pytest
 
 from medr1 import record
-from medr1.config import Config, build_config, notebook_config, notebook_parameters, parse_overrides
+from medr1.config import Config, build_config, parse_overrides
 from medr1.errors import ConfigError
+from medr1.notebook import notebook_config, notebook_parameters
 from medr1.presets import LORA_TARGETS, PRESET_NAMES, resolve_preset
 
 

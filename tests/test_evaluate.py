@@ -477,7 +477,7 @@ def test_a_batch_too_large_for_the_decoder_stops_before_the_model_loads(run_copy
     run = tmp_path / "run"
     shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("eval.*", "mcq_predictions_*"))
     monkeypatch.setattr(evaluate, "load_adapter", lambda *a, **k: pytest.fail("loaded"))
-    with pytest.raises(ConfigError, match="batch_size=17: the batched decoder takes at most 16 rows per step"):
+    with pytest.raises(ConfigError, match=r"batch_size=17 \(--batch-size\): the batched decoder takes at most 16 rows"):
         evaluate.evaluate_run(run, batch_size=17)
     assert evaluate.Evaluation(run, batch_size=17, engine="hf").batch_size == 17
 

@@ -113,7 +113,8 @@ def test_model_card_holds_the_runs_numbers(exported):
                      f"rows trained on: {rec['data']['train_rows']}",
                      f"rows held out for evaluation: {rec['data']['holdout_rows']}",
                      "Prompt style `seed`", "### Query:\n{question}\n\n### Chain of Thought:",
-                     "| held-out loss (answer tokens) | 7.432 | 5.123 |", "| format compliance | 0% | 75% |",
+                     "| held-out loss (reasoning, answer and EOS) | 7.432 | 5.123 |",
+                     "| format compliance | 0% | 75% |",
                      "50.0% (95% CI 19.0%-81.0%; 1 unparsed)", "## Intended use", "## Medical disclaimer",
                      "not a medical device", "AutoPeftModelForCausalLM"]:
         assert expected in card, expected
@@ -445,3 +446,17 @@ def test_an_adapter_card_of_a_local_base_says_how_to_load_it_elsewhere():
     assert "close, not the same weights" in card("medr1/smollm2-135m")
     assert "PeftModel.from_pretrained(base" not in card("unsloth/DeepSeek-R1-Distill-Llama-8B")  # a hub id loads
     assert "PeftModel.from_pretrained(base" not in card("/data/my-base", "merged")  # merged weights need no base
+
+
+def test_card_of_a_run_evaluated_on_multiple_choice_alone():
+    """A run with no held-out rows (GRPO from a new LoRA) evaluated with --mcq: the card said "on 0 held-out rows"."""
+    from medr1.card import model_card
+
+    score = {"accuracy": 0.5, "ci95": [0.19, 0.81], "unparsed": 1, "n": 4}
+    evaluation = {"holdout_rows": 0, "decoding": "greedy", "max_new_tokens": 64,
+                  "metrics": {"base": {}, "finetuned": {}},
+                  "mcq": {"questions": 4, "file": "mcq.jsonl", "base": score, "finetuned": score}}
+    text = model_card({"config": {"model_name": "unsloth/DeepSeek-R1-Distill-Llama-8B", "prompt_style": "seed"}},
+                      evaluation=evaluation)
+    assert "on multiple-choice questions only" in text and "0 held-out rows" not in text
+    assert "| multiple-choice accuracy, 4 questions" in text

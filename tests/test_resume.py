@@ -500,10 +500,16 @@ def test_a_run_that_has_trained_refuses_a_second_session(tmp_path, prepared):
     assert rec["status"] == "complete" and [r["step"] for r in rec["losses"]] == [1, 2, 3]
     assert rec["train"]["steps"] == 3 and len(rec["timings"]["train_sessions_s"]) == 1
 
+    from medr1.train import TrainerCallback
+
+    class Stop(TrainerCallback):  # Colab's stop button after the first step: the weights have moved
+        def on_step_end(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt
+
     stopped = prepared(tmp_path / "stopped")
-    stopped.trainer()
+    trainer = stopped.trainer(callbacks=[Stop()])
     with pytest.raises(KeyboardInterrupt), stopped.recording():
-        raise KeyboardInterrupt
+        trainer.train()
     with pytest.raises(MedR1Error, match=r"\(status .interrupted.\): build a new run with resume=True and the same"):
         stopped.trainer()
 

@@ -245,6 +245,68 @@ def test_an_overflow_step_fp16_skips_is_no_divergence():
     with torch.no_grad():
         model.weight[0, 0] = float("nan")
     found, message = divergence(trainer, model, config, "learning_rate")
-    assert found == {"step": 1, "what": "1 LoRA weight tensors"} and message.startswith("training diverged at step 1")
+    assert found == {"step": None, "what": "1 LoRA weight tensors"}  # the losses logged last were finite
+    assert message.startswith("training diverged: 1 LoRA weight tensors went NaN or infinite")
     records = [{"step": e["step"], "loss": e["loss"]} for e in history]
     assert LossHistory(records=records).mean_loss() == 7.3
+
+
+def test_a_train_cell_that_failed_before_its_first_step_can_run_again(tmp_path):
+    """Out of memory on the first batch (or a failing callback) left the weights as they were, yet re-running the
+    Train cell was refused with "this run has trained"; once trained, save works and a second session is refused."""
+    from transformers import TrainerCallback
+
+    from medr1.errors import MedR1Error
+
+    class Boom(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    run = smoke(tmp_path / "run", max_steps=2, save_steps=0)
+    with pytest.raises(MedR1Error, match="nothing trained to save"):
+        run.save()  # an untrained LoRA would be saved as a complete run
+    trainer = run.trainer(callbacks=[Boom()])
+    with pytest.raises(RuntimeError, match="simulated"), run.recording():
+        trainer.train()
+    trainer = run.trainer()
+    with run.recording():
+        trainer.train()
+    assert run.record["status"] == "trained" and run.save().exists()
+    with pytest.raises(MedR1Error, match="this run has trained"):
+        run.trainer()
+
+
+def test_divergence_names_where_the_last_non_finite_stretch_began_and_a_resume_weights_its_first_loss():
+    """Under fp16 a skipped overflow at step 1 was named as the step a run diverged at, not step 5; after a resume
+    from checkpoint-10 the first loss logged (step 12) covers steps 11-12 only, not 9-12."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from medr1 import build_config
+    from medr1.train import LossHistory, divergence
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    history = [{"step": 1, "loss": 7.5, "grad_norm": float("inf")}, {"step": 2, "loss": 7.2, "grad_norm": 1.0},
+               {"step": 4, "loss": 7.0, "grad_norm": 1.0}, {"step": 5, "loss": float("nan"), "grad_norm": 1.0},
+               {"step": 6, "loss": float("nan")}]
+    trainer = SimpleNamespace(state=SimpleNamespace(log_history=history), args=SimpleNamespace(fp16=True))
+    assert divergence(trainer, model, build_config("smoke", quiet=True), "learning_rate")[0]["step"] == 5
+    records = [{"step": 4, "loss": 8.0}, {"step": 8, "loss": 7.0}, {"step": 12, "loss": 6.0}]
+    assert LossHistory(records=records, start_step=10).mean_loss() == round((8 * 4 + 7 * 4 + 6 * 2) / 10, 4)
+
+
+def test_wandb_behind_a_proxy_or_with_a_bad_url(wandb_env, tmp_path, capsys):
+    """Behind HTTPS_PROXY the direct connection fails though wandb would get through; a port that is no number
+    ended the run with a ValueError traceback after the model loaded."""
+    from medr1 import build_config
+    from medr1.train import reporting
+
+    wandb_env.setattr("socket.create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
+    config = build_config("smoke", {"output_dir": str(tmp_path / "run"), "report_to": "wandb"}, quiet=True)
+    wandb_env.setenv("HTTPS_PROXY", "http://proxy.example.org:3128")
+    assert reporting(config) == "wandb"
+    wandb_env.setenv("WANDB_BASE_URL", "https://wandb.example.com:80a")
+    assert reporting(config) == "none" and "WANDB_BASE_URL is not a valid URL" in capsys.readouterr().out

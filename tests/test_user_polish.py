@@ -75,7 +75,8 @@ def test_an_unknown_notebook_parameter_stops_the_run_with_a_did_you_mean(tmp_pat
 
 
 def test_papermill_parameters_are_the_injected_ones_only():
-    from medr1.config import check_parameters, papermill_parameters
+    from medr1.config import check_parameters
+    from medr1.notebook import papermill_parameters
 
     # a notebook's own variables (a second "Run all" in the same kernel) are never taken for parameters
     namespace = {"In": ["", "x: int = 1", "# Parameters\nx = 3\nlora_rank = 8\n", "losses = {}"], "x": 3,

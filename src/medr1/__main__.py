@@ -77,7 +77,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     loaded = data.load_rows(args.path)  # read once; --show N is the file's row N
     rows, split = loaded[0], data.load_split(config, loaded)  # training's rows: no duplicates, held out apart
     # the model's side (name, max_seq_length); 4-bit and GPUs are the training machine's, not this one's
-    preflight.check(dataclasses.replace(config, load_in_4bit=False, backend="unsloth", precision="auto"))
+    preflight.check(dataclasses.replace(config, load_in_4bit=False, backend="unsloth", precision="auto"), weights=False)
     tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
     _, report, problem = data.apply_length_policy(split.train, tokenizer, config)
     print(f"{args.path}: {len(rows)} valid rows, {split.duplicates} duplicates; {len(split.train)} to train on, "

@@ -1,7 +1,8 @@
-"""Every knob of a medr1 run, its default and its checks, and how users reach it (notebook, papermill, CLI).
+"""Every knob of a medr1 run, its default and its checks, and how the CLI and Python reach it.
 
 `Config` is the single source of defaults. A preset (medr1.presets) is a named set of overrides; `build_config`
-applies a preset and then the user's overrides and validates the result before anything heavy loads.
+applies a preset and then the user's overrides and validates the result before anything heavy loads. Notebooks
+reach the knobs through `medr1.notebook`, which checks papermill's parameters the same way.
 """
 
 from __future__ import annotations
@@ -145,16 +146,29 @@ class Config:
         if self.resume and self.overwrite:  # else overwrite would skip the resume's check of the settings
             raise ConfigError(f"{hint('resume')} continues the run in output_dir and {hint('overwrite')} replaces "
                               "it: choose one")
-        for knob in ("model_name", "verifier_model"):  # a local folder, absolute: run.json is read from other folders
-            name = getattr(self, knob)
-            if name not in (SMOKE_MODEL, CPU_MODEL) and Path(name).expanduser().is_dir():
-                setattr(self, knob, os.path.abspath(os.path.expanduser(name)))
+        for knob in MODEL_KNOBS:  # a local folder, absolute: run.json is read from other folders
+            setattr(self, knob, absolute_model(getattr(self, knob)))
         if not self.output_dir:  # a fresh folder per run (runs started in one second differ by process)
             self.output_dir = f"outputs/{self.preset or 'run'}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (for run.json and the model card)."""
         return {**dataclasses.asdict(self), "lora_targets": list(self.lora_targets)}
+
+
+MODEL_KNOBS = ("model_name", "verifier_model")
+
+
+def absolute_model(name: str) -> str:
+    """A model folder as an absolute path; a hub id (or a model medr1 builds) as it is."""
+    local = name not in (SMOKE_MODEL, CPU_MODEL) and Path(name).expanduser().is_dir()
+    return os.path.abspath(os.path.expanduser(name)) if local else name
+
+
+def same_setting(knob: str, recorded: Any, value: Any) -> bool:
+    """Whether a run's recorded knob is `value`: a model folder recorded relative (before they were made absolute)
+    is the same folder named absolute."""
+    return recorded == value or knob in MODEL_KNOBS and isinstance(recorded, str) and absolute_model(recorded) == value
 
 
 def knob_names() -> list[str]:
@@ -232,17 +246,6 @@ def check_parameters(given: Iterable[str], known: Iterable[str], *, what: str = 
         raise ConfigError(f"unknown {what}(s) {unknown}{f' ({guess})' if guess else ''}; valid {what}s: {known}")
 
 
-def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
-    """The values papermill injected into a notebook, `{}` when none were: the names assigned in its
-    "# Parameters" cell, read from IPython's input history (`In`). A notebook's own variables never count."""
-    for source in reversed(namespace.get("In") or []):
-        if source.startswith("# Parameters"):
-            names = [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
-                     for t in node.targets if isinstance(t, ast.Name)]
-            return {name: namespace.get(name) for name in names}
-    return {}
-
-
 _CLI_HINTS = False  # set by `python -m medr1` (cli_hints), so that error hints name its flags
 
 
@@ -270,23 +273,6 @@ def knob_advice() -> dict[str, str]:
                 if t.type == tokenize.COMMENT}
     return {n.target.id: comments.get(n.end_lineno or n.lineno, "") for n in ast.parse(src).body[0].body
             if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-
-
-def notebook_config(namespace: dict[str, Any], stage: str = "train") -> Config:
-    """The config of a notebook run from its variables: `preset` plus every knob it sets (None keeps the
-    preset's value). A name papermill injected that is no knob, or one `stage` never reads, stops the run."""
-    check_parameters(papermill_parameters(namespace), ["preset", *knob_names()])
-    overrides = {k: namespace[k] for k in knob_names() if namespace.get(k) is not None}
-    return build_config(namespace.get("preset") or "auto", overrides, stage=stage)
-
-
-def notebook_parameters(namespace: dict[str, Any]) -> None:
-    """A notebook's own parameters (not knobs): stop on a name nobody reads, and check and convert each injected
-    value by its annotation as knobs are (papermill passes `-p merged false` as the string "false")."""
-    hints, given = namespace["__annotations__"], papermill_parameters(namespace)
-    check_parameters(given, hints)
-    for name, value in given.items():
-        namespace[name] = coerce(name, value, hints[name])
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

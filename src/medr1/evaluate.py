@@ -101,8 +101,9 @@ class Evaluation:
                                  "(--overwrite, -p overwrite true) to replace it, or move it away")
         most = shape_limits(torch.device("cuda" if torch.cuda.is_available() else "cpu"))[0]
         if batch_size > most and engine != "hf":  # the batched decoder's fixed shapes; now, not after the loads
-            raise ConfigError(f"batch_size={batch_size}: the batched decoder takes at most {most} rows per step "
-                              "on this machine; give fewer (0 = as many as memory holds), or engine='hf'")
+            raise ConfigError(f"batch_size={batch_size} (--batch-size): the batched decoder takes at most {most} rows "
+                              "per step on this machine; give fewer (0 = as many as memory holds), or engine='hf' "
+                              "(--engine hf)")
         rec = record.read_record(self.run_dir)  # read once: the config, the adapter and the held-out rows come from it
         self.config = record.run_config(self.run_dir, rec)
         self.adapter = record.adapter_dir(self.run_dir, rec)

@@ -55,7 +55,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def check_folder(path: Path, what: str) -> None:
     """Refuse a folder-to-be that is a file or lies under one (`what` names it): every write there would fail."""
-    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), path)
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists() or p.is_symlink()), path)
+    if existing.is_symlink() and not existing.exists():  # makedirs would fail after the model load
+        raise OutputDirError(f"{what}: {str(existing)!r} is a link to nothing ({os.readlink(existing)!r})")
     if existing.exists() and not existing.is_dir():
         under = f" lies under {str(existing)!r}, which" if existing != path else ""
         raise OutputDirError(f"{what}{under} is a file, not a folder")

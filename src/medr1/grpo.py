@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import distributed, plots, prompts, record, rewards, verifier
-from medr1.config import Config
+from medr1.config import Config, same_setting
 from medr1.errors import ConfigError, ModelError, OutputDirError
 from medr1.log import log
 from medr1.stage import Stage
@@ -83,7 +83,7 @@ def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, A
                     "it: its model_name and prompt_style could not be checked, and no held-out rows come along")
     trained = rec.get("config", {})
     differ = [f"{k}={trained[k]!r} (this config: {getattr(config, k)!r})" for k in ("model_name", "prompt_style")
-              if k in trained and trained[k] != getattr(config, k)]
+              if k in trained and not same_setting(k, trained[k], getattr(config, k))]
     if differ:
         raise ConfigError(f"init_adapter={config.init_adapter!r} was trained with {'; '.join(differ)}: set the "
                           "same values, so the adapter meets the base and the prompts it learned")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from medr1 import distributed
 from medr1.config import Config, hint
-from medr1.errors import ConfigError, MedR1Error, ModelError
+from medr1.errors import ConfigError, ModelError
 from medr1.log import log
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
 from medr1.smollm import model_path as smollm_path
@@ -25,12 +24,13 @@ LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\")  # a model_name starting so mean
 BUILT = {SMOKE_MODEL: tiny_model_path, CPU_MODEL: smollm_path}  # models medr1 builds itself, in cached folders
 
 
-def check(config: Config) -> dict[str, Any]:
-    """Every model-side check, cheapest first; returns the model's config.json."""
+def check(config: Config, weights: bool = True) -> dict[str, Any]:
+    """Every model-side check, cheapest first; returns the model's config.json. `weights=False`: the weights are the
+    training machine's business (check-data needs only the config and the tokenizer)."""
     if config.precision == "fp16" and not on_gpu():  # Unsloth's CPU path would load bf16, the trainer cannot amp fp16
         raise ConfigError(f"precision='fp16' needs a CUDA GPU and this run is on the CPU; "
                           f"{hint('precision', 'fp32')} (or bf16) on a CPU")
-    model_config = read_model_config(config.model_name, "model_name")
+    model_config = read_model_config(config.model_name, "model_name", weights)
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
     if limit is not None and config.max_seq_length > limit:
@@ -89,10 +89,11 @@ def _adapter_refusal(folder: Path, knob: str) -> str:
             f"adapter with {hint('init_adapter', str(folder))}")
 
 
-def read_model_config(name: str, knob: str) -> dict[str, Any]:
-    """The model's config.json from a local folder or the hub cache; an error that says which was looked at."""
+def read_model_config(name: str, knob: str, weights: bool = True) -> dict[str, Any]:
+    """The model's config.json from a local folder or the hub cache (offline, with its weights cached too, unless
+    not `weights`); an error that says which was looked at."""
     folder = Path(model_path(name, knob))
-    return _read_json(folder / "config.json" if folder.is_dir() else Path(_hub_config(name, knob)))
+    return _read_json(folder / "config.json" if folder.is_dir() else Path(_hub_config(name, knob, weights)))
 
 
 def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
@@ -101,7 +102,7 @@ def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
     return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})")
 
 
-def _hub_config(name: str, knob: str) -> str:
+def _hub_config(name: str, knob: str, weights: bool = True) -> str:
     """Path of config.json from the hub cache (or the hub when online); the token comes from HF_TOKEN only."""
     from huggingface_hub import errors, hf_hub_download
 
@@ -121,7 +122,7 @@ def _hub_config(name: str, knob: str) -> str:
     except tuple(problems) as err:
         why = next(text for kind, text in problems.items() if isinstance(err, kind))
         raise ModelError(f"{knob}={name!r} is not a local folder{why}") from None
-    if offline():  # config.json cached does not mean the weights are: loading would fail with a traceback
+    if weights and offline():  # config.json cached does not mean the weights are: loading would fail, a traceback
         missing = _uncached_weights(name)
         if missing:
             raise ModelError(f"{knob}={name!r}: the local hub cache holds its config.json but not {missing}; "
@@ -135,7 +136,13 @@ def offline() -> bool:
 
 def _uncached_weights(name: str) -> str:
     """What of a hub model's weights the cache lacks ("" when all is there): one weights file, or an index and
-    every shard it lists."""
+    every shard it lists. Unsloth loads a 4-bit base from its pre-quantized copy (`<name>-unsloth-bnb-4bit`, or
+    `-bnb-4bit`): weights cached under either count too."""
+    missing = [_uncached(n) for n in (name, f"{name}-unsloth-bnb-4bit", f"{name}-bnb-4bit")]
+    return "" if "" in missing else missing[0]
+
+
+def _uncached(name: str) -> str:
     from huggingface_hub import try_to_load_from_cache
 
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
@@ -187,20 +194,3 @@ def warn_if_not_4bit(model, config: Config) -> bool:
         log.warning("load_in_4bit=True but the model loaded without 4-bit layers "
                     "(bitsandbytes fell back); expect about 4x the memory")
     return four_bit
-
-
-def short_errors() -> bool:
-    """In IPython/Jupyter, show a medr1 error as its one line instead of a traceback; True if installed.
-    The cell still fails (papermill and "Run all" stop there)."""
-    ipython = sys.modules.get("IPython")  # imported wherever a shell runs
-    shell = ipython and ipython.get_ipython()
-    if not shell:
-        return False
-
-    def one_line(shell, etype, value, tb, tb_offset=None):
-        stb = [f"{etype.__name__}: {value}"]
-        shell._showtraceback(etype, value, stb)  # the kernel's error message: papermill and Colab show this line
-        return stb
-
-    shell.set_custom_exc((MedR1Error,), one_line)
-    return True

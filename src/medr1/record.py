@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import files
-from medr1.config import Config, hint
+from medr1.config import Config, hint, same_setting
 from medr1.data import read_file
 from medr1.errors import DataError, ModelError, OutputDirError
 from medr1.log import log
@@ -126,7 +126,7 @@ def check_output_dir(config: Config) -> Path:
             raise OutputDirError(f"{hint('resume')} but {out} holds no medr1 run (found {sorted(held)[:5]})")
         before = read_record(out, or_empty=True).get("config", {})  # none (killed early): the checkpoints decide
         changed = [f"{k}: {before[k]!r} -> {v!r}" for k, v in config.to_dict().items()
-                   if k not in RESUME_MAY_CHANGE and k in before and before[k] != v]
+                   if k not in RESUME_MAY_CHANGE and k in before and not same_setting(k, before[k], v)]
         if changed:
             raise OutputDirError(f"{hint('resume')} but the run in {out} was made with other settings "
                                  f"({'; '.join(changed)}); resume with the same settings, or use {hint('overwrite')} "

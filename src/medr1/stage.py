@@ -87,13 +87,13 @@ class Stage:
         if self._trainer is None:
             raise RuntimeError("no trainer yet: call trainer() first")
         self._refuse_second_session()
-        self.session = True
         if self.complete:
             self._trainer.train = self._trained_adapter  # this trainer only, while the block runs
             try:
                 yield
             finally:
                 del self._trainer.train
+                self.session = True
             return
         self._replace_old_run()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -116,6 +116,7 @@ class Stage:
             raise
         finally:
             self._trainer.remove_callback(session)
+            self.session = self.session or self._trainer.state.global_step > 0  # weights moved, or a checkpoint's
         self._record_training(time.perf_counter() - self._train_t0)
         self._check_finite()
 
@@ -136,6 +137,9 @@ class Stage:
             log.info(f"the run was already complete; {target} is unchanged")
             return target
         self._check_finite()
+        if (status := self.record.get("status")) not in ("trained", "complete"):  # an untrained LoRA, as complete
+            raise TrainingError(f"nothing trained to save (status {status!r}): train first (run.train(), or "
+                                "trainer.train() inside run.recording())")
         self.record.update(status="complete", adapter="adapter", finished=record.now())
         if distributed.is_main():  # self.model is the bare PEFT model: DDP only wraps it inside the trainer
             with files.atomic_dir(target) as tmp:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and trl
 
@@ -58,8 +59,13 @@ def reporting(config: Config) -> str:
                  if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
         return "none"
     url = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
-    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
-    if mode not in ("offline", "disabled") and not reachable(host, port):
+    try:
+        host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    except ValueError as err:  # a port that is no number
+        log.info(f"WANDB_BASE_URL is not a valid URL ({err}); logging to W&B is off, training logs stay local")
+        return "none"
+    proxied = getproxies().get(url.scheme or "https") and not proxy_bypass(host)  # wandb goes through it: no check
+    if mode not in ("offline", "disabled") and not proxied and not reachable(host, port):
         log.info(f"W&B ({host}:{port}) cannot be reached; logging to W&B is off, training logs stay local "
                  "(run.json, loss.png); WANDB_MODE=offline keeps a local W&B log to sync later")
         return "none"
@@ -136,9 +142,9 @@ def divergence(trainer, model, config: Config, knob: str) -> tuple[dict[str, Any
     weights = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if not weights:
         return None
-    history = trainer.state.log_history if trainer is not None else []
-    step = next((e.get("step") for e in history for k in ("loss", "grad_norm")
-                 if isinstance(e.get(k), float) and not math.isfinite(e[k])), None)
+    history = [e for e in (trainer.state.log_history if trainer is not None else []) if "loss" in e]
+    fine = [i for i, e in enumerate(history) if all(math.isfinite(e.get(k, 0.0)) for k in ("loss", "grad_norm"))]
+    step = next((e.get("step") for e in history[fine[-1] + 1 if fine else 0:]), None)  # where the last stretch began
     found = {"step": step, "what": f"{len(weights)} LoRA weight tensors"}
     at = f" at step {step}" if step else ""
     bf16 = f" or train in bf16 ({hint('precision', 'bf16')}) where the GPU has it" if (
@@ -175,7 +181,8 @@ class LossHistory(TrainerCallback):
         """The trainer's own average over the logged steps: each logged loss is the mean over the steps since the one
         logged before, so it counts that many times (logging_steps > 1; a resume's records from its checkpoint too)."""
         steps = [0, *(r["step"] for r in self.records)]  # a NaN loss fp16's scaler skipped counts for nothing
-        spans = [(r["loss"], r["step"] - before) for r, before in zip(self.records, steps[:-1], strict=True)
+        spans = [(r["loss"], r["step"] - (max(before, self.start_step) if r["step"] > self.start_step else before))
+                 for r, before in zip(self.records, steps[:-1], strict=True)  # a resume logs from its checkpoint
                  if r["loss"] is not None and math.isfinite(r["loss"])]
         return round(sum(x * n for x, n in spans) / sum(n for _, n in spans), 4) if spans else None
 

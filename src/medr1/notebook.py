@@ -1,0 +1,59 @@
+"""What a notebook's first cells need: papermill's parameters checked as knobs are, and medr1's errors in one line.
+
+papermill only warns about a parameter nobody reads and passes `-p merged false` as the string "false"; here a
+mistyped name stops the run with a "did you mean", and each value is converted by its annotation.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from typing import Any
+
+from medr1.config import Config, build_config, check_parameters, coerce, knob_names
+from medr1.errors import MedR1Error
+
+
+def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The values papermill injected into a notebook, `{}` when none were: the names assigned in its
+    "# Parameters" cell, read from IPython's input history (`In`). A notebook's own variables never count."""
+    for source in reversed(namespace.get("In") or []):
+        if source.startswith("# Parameters"):
+            names = [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                     for t in node.targets if isinstance(t, ast.Name)]
+            return {name: namespace.get(name) for name in names}
+    return {}
+
+
+def notebook_config(namespace: dict[str, Any], stage: str = "train") -> Config:
+    """The config of a notebook run from its variables: `preset` plus every knob it sets (None keeps the
+    preset's value). A name papermill injected that is no knob, or one `stage` never reads, stops the run."""
+    check_parameters(papermill_parameters(namespace), ["preset", *knob_names()])
+    overrides = {k: namespace[k] for k in knob_names() if namespace.get(k) is not None}
+    return build_config(namespace.get("preset") or "auto", overrides, stage=stage)
+
+
+def notebook_parameters(namespace: dict[str, Any]) -> None:
+    """A notebook's own parameters (not knobs): stop on a name nobody reads, and check and convert each injected
+    value by its annotation as knobs are (papermill passes `-p merged false` as the string "false")."""
+    hints, given = namespace["__annotations__"], papermill_parameters(namespace)
+    check_parameters(given, hints)
+    for name, value in given.items():
+        namespace[name] = coerce(name, value, hints[name])
+
+
+def short_errors() -> bool:
+    """In IPython/Jupyter, show a medr1 error as its one line instead of a traceback; True if installed.
+    The cell still fails (papermill and "Run all" stop there)."""
+    ipython = sys.modules.get("IPython")  # imported wherever a shell runs
+    shell = ipython and ipython.get_ipython()
+    if not shell:
+        return False
+
+    def one_line(shell, etype, value, tb, tb_offset=None):
+        stb = [f"{etype.__name__}: {value}"]
+        shell._showtraceback(etype, value, stb)  # the kernel's error message: papermill and Colab show this line
+        return stb
+
+    shell.set_custom_exc((MedR1Error,), one_line)
+    return True
