@@ -94,8 +94,7 @@ class Evaluation:
     def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 0,
                  mcq_file: str | Path = "", samples: int = 0, engine: str = "auto", overwrite: bool = False):
         _counts(max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples)
-        self.run_dir = Path(run_dir).expanduser()
-        self.overwrite = overwrite
+        self.run_dir, self.overwrite = Path(run_dir).expanduser(), overwrite
         if (self.run_dir / "eval.json").exists() and not overwrite:  # hours of MCQ answers, and the card's figures
             raise OutputDirError(f"{self.run_dir / 'eval.json'} holds an earlier evaluation; pass overwrite=True "
                                  "(--overwrite, -p overwrite true) to replace it, or move it away")
@@ -123,8 +122,7 @@ class Evaluation:
         self.results: dict[str, Any] = {
             "run_dir": str(self.run_dir), "model_name": self.config.model_name, "adapter": str(self.adapter),
             "prompt_style": self.config.prompt_style, "decoding": decoding, "max_new_tokens": self.max_new_tokens,
-            "holdout_rows": len(self.rows), "metrics": {v: {} for v in VARIANTS}, "speed": {},
-        }
+            "holdout_rows": len(self.rows), "metrics": {v: {} for v in VARIANTS}, "speed": {}}
         how = f"{self.samples} sampled answers per question (temperature {self.sampling.temperature}, top_p " \
               f"{self.sampling.top_p})" if self.sampling else "greedy"
         log.info(f"evaluating {self.run_dir} ({self.config.model_name} + adapter) on {len(self.rows)} held-out rows; "
