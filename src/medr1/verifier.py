@@ -59,6 +59,8 @@ class Verifier:
                 path, num_labels=2, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
                 device_map={"": 0} if torch.cuda.is_available() else None).eval()
             match_tokenizer(self.model, self.tokenizer)
+        except ModelError as err:  # medr1's own: the folder or the tokenizer
+            raise ModelError(f"{err}. Set reward_verifier=0 to train without it.") from None
         except OSError as err:
             raise ModelError(f"verifier_model={self.model_name!r} could not be loaded ({str(err).splitlines()[0]}); "
                              "offline it must be in the hub cache first. Set reward_verifier=0 to train "
