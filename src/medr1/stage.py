@@ -282,7 +282,7 @@ class Stage:
             raise TrainingError(f"this run has trained (status {status!r}): build a new run with {again}")
 
     def _check_finite(self) -> None:
-        """A loss, grad norm or LoRA weight gone NaN or infinite: run.json says `diverged`, no adapter is saved."""
+        """LoRA weights gone NaN or infinite: run.json says `diverged` (with the step), no adapter is saved."""
         from medr1.train import divergence
 
         if found := divergence(self._trainer, self.model, self.config, self.STEP.learning_rate):

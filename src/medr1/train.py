@@ -138,7 +138,7 @@ def args_used(config: Config, args: Any) -> dict[str, Any]:
 def divergence(trainer, model, config: Config, knob: str) -> tuple[dict[str, Any], str] | None:
     """Where training went non-finite, and what to do; None while the LoRA weights are finite (a NaN adapter must never
     be saved as a complete run). A NaN loss or grad norm alone is no divergence: fp16's loss scaler skips such a step
-    and lowers its scale (a T4's first steps often do). The step named is the first logged non-finite one."""
+    and lowers its scale (a T4's first steps often do). The step named is where the last non-finite stretch began."""
     weights = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if not weights:
         return None
