@@ -324,3 +324,37 @@ def test_a_labelled_line_of_management_or_findings_is_no_rival(answer):
 
 def test_an_answer_label_still_names_a_candidate():
     assert rewards.judge("Diagnosis: Graves disease\nDiagnosis: toxic adenoma", GRAVES).reason == "several candidates"
+
+
+@pytest.mark.parametrize("answer", [
+    "Graves disease. Toxic multinodular goiter in the elderly.",  # a bare name of five words or more
+    "Graves disease. Subacute granulomatous thyroiditis of de Quervain.",
+    "Graves disease. Toxic adenoma is the alternative.",  # "is the alternative" names, it does not explain
+    "Graves disease. Toxic adenoma is the main alternative in older patients.",
+])
+def test_a_long_bare_name_or_the_alternative_is_several_candidates(answer):
+    assert rewards.judge(answer, GRAVES).reason == "several candidates"
+
+
+@pytest.mark.parametrize("answer, pick", [
+    ("Although toxic adenoma is possible, Graves disease is more likely.", True),
+    ("While toxic adenoma fits, the diagnosis is Graves disease.", True),
+    ("Graves disease, though toxic adenoma is possible.", False),  # a hedge after the answer, as with "but"
+])
+def test_a_conceded_candidate_is_not_the_answer(answer, pick):
+    """A mention in a concessive clause ("although Y ...") that hedges or comes before the main clause is
+    conceded, not picked; the main clause's pick, with the rival conceded first, matches."""
+    assert rewards.judge(answer, "Toxic adenoma").reason == "several candidates"
+    assert rewards.judge(answer, GRAVES).correct == pick
+
+
+@pytest.mark.parametrize("answer", [
+    "Graves disease. This could be confirmed with TRAb.",  # a passive: not "this could be <another diagnosis>"
+    "Graves disease. It may be treated with radioiodine.",
+    "Graves disease. Very common.",  # a comment names no candidate
+    "Graves disease. Quite rare in men.",
+    "Graves disease. Most likely.",
+])
+def test_a_passive_or_a_comment_is_no_rival(answer):
+    verdict = rewards.judge(answer, GRAVES)
+    assert verdict.correct, verdict

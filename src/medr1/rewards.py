@@ -99,17 +99,21 @@ HEDGES = _cues("differential", "alternatively", "could also be", "might also be"
 LIST_WORDS = _cues("and", "plus") | {COMMA}
 PLURAL_VERBS = _cues("are", "were", "both")
 CLAUSE_END = CLAUSE_WORDS | {COMMA, BREAK}
+CONCESSIVE, PREPOSITIONS = CUES["concessive"], CUES["prepositions"]
 LINKING = CUES["linking"]  # a word that opens an explanation or a clause, never a second candidate ("MI, given ...")
 ITEM_END = LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS | CLAUSE_WORDS
 # A segment (sentence, line or list item) without the reference hedges over another candidate when it opens with
 # one of OPENERS ("X. Or Y.", "X. Also consider Y.") or holds one of RIVAL_HEDGES ("X. Y is also likely.").
 OPENERS, RIVAL_HEDGES = DISJUNCTIONS | CUES["openers"], CUES["rival_hedges"]
+# A line of LABELS ("Final answer") is a heading, one opening with COMMENTS ("Very common") a comment: neither names.
+# A longer one is a bare name if its words up to a preposition end in one of HEADS ("Toxic multinodular goiter in").
+LABELS, COMMENTS, HEADS = CUES["labels"], CUES["comments"], tuple(CUES["heads"])
 # One with a word of EXPLAINS explains, argues or manages. "likely", "most" and "probably" assert ("Most likely PE");
 # a preposition ("Y in the elderly") or "consider" ("Consider Y") may go with a second candidate.
-EXPLAINS = (LINKING - _cues("likely", "most", "probably", "in", "on", "for", "from", "with", "by", "after",
-                            "following")) | CLAUSE_WORDS | PLURAL_VERBS | CUES["explains"]
+EXPLAINS = (LINKING - PREPOSITIONS - COMMENTS) | CLAUSE_WORDS | PLURAL_VERBS | CUES["explains"]
+PASSIVE = re.compile(r" (may|could|might) be \w+[^e]ed(?= )")  # "This could be confirmed by TRAb" explains: no hedge
+NAMING = re.compile("|".join(rf" {re.escape(c)}(?= )" for c in CUES["naming"]))  # "Y is the alternative" names Y
 SHORT = 4  # the most words (besides "also" and "consider") of a sentence that is a bare name ("X. Toxic adenoma.")
-LABELS = CUES["labels"]  # a line of these ("Final answer", "Management") is a heading: it names no candidate
 
 
 ALIASES = {_phrase(alias): _phrase(canon) for canon, aliases in SYNONYMS.items() for alias in (canon, *aliases)}
@@ -153,7 +157,7 @@ class Verdict:
 
 
 def _has(words: list[str], cues: tuple[str, ...] | set[str]) -> bool:
-    text = f" {' '.join(words)} "
+    text = PASSIVE.sub(r" \1", f" {' '.join(words)} ")  # "it may be confirmed" is no "it may be <Y>"
     return any(f" {cue} " in text for cue in cues)
 
 
@@ -190,16 +194,18 @@ def _listed(words: list[str], start: int, end: int) -> bool:
 
 def _rival(words: list[str], a: int, b: int) -> bool:
     """Is words[a:b], a segment without the reference, another candidate? Yes if it hedges ("Or PE."); no if a
-    heading, or it explains, manages or denies. Else it is a bare name: a rival as a list item, of any length, but as
-    a sentence only if short: prose explains with verbs no list holds ("X. Digoxin inhibits the sodium pump.")."""
-    seg = [w for w in words[a:b] if w.isalpha()]
+    heading or comment, or it explains, manages or denies. Else it is a bare name: a rival as a list item, but as a
+    sentence only if short or a HEADS name up to a preposition (prose explains: "Digoxin inhibits the Na pump.")."""
+    text = NAMING.sub("", f" {' '.join(w for w in words[a:b] if w.isalpha() or w in (COMMA, BREAK))} ").split()
+    seg, name = [w for w in text if w.isalpha()], text[:_walk(text, 0, 1, PREPOSITIONS | {COMMA, BREAK})]
     if any(f"{' '.join(seg)} ".startswith(f"{c} ") for c in OPENERS) or _has(seg, RIVAL_HEDGES):
         return True
-    if _at(words, b) == HEAD or all(w in LABELS for w in seg) or EXPLAINS & set(seg) \
-            or _has(seg, NEGATION_BEFORE | NEGATION_AFTER):
+    if _at(words, b) == HEAD or all(w in LABELS for w in seg) or (name and all(w in COMMENTS for w in name)) \
+            or EXPLAINS & set(seg) or _has(seg, NEGATION_BEFORE | NEGATION_AFTER):
         return False
     item = _at(words, a - 1) == ITEM or (_at(words, a - 1) in (None, LINE) and _at(words, b) in (None, LINE))
-    return item or len([w for w in seg if w not in ("also", "consider")]) <= SHORT
+    bare = 0 < len(name) <= SHORT and name[-1].endswith(HEADS) and not {COMMA, BREAK} & set(text[len(name):])
+    return item or bare or len([w for w in seg if w not in ("also", "consider")]) <= SHORT
 
 
 def truth_variants(truth: str) -> list[list[str]]:
@@ -240,7 +246,9 @@ def judge(answer: str, truth: str) -> Verdict:
             return Verdict(False, "negated")
     for s, i, j in found:  # "or" around the mention, a list, a hedge in another clause ("X, but Y is possible")
         rest, clauses = s[:i] + s[j:], s[:_walk(s, i - 1, -1, CLAUSE_WORDS) + 1] + s[_walk(s, j, 1, CLAUSE_WORDS):]
-        if DISJUNCTIONS & set(rest) or _listed(s, i, j) or _has(clauses, RIVAL_HEDGES):
+        k, e = _walk(s, i - 1, -1, CLAUSE_END), _walk(s, j, 1, CLAUSE_END)  # conceded: "Although X is possible, Y"
+        conceded = _at(s, k) in CONCESSIVE and (e < len(s) - 1 or _has(s[k:e], RIVAL_HEDGES))
+        if DISJUNCTIONS & set(rest) or _listed(s, i, j) or _has(clauses, RIVAL_HEDGES) or conceded:
             return Verdict(False, "several candidates")
     masked = [BREAK if any(i <= k < j for i, j in spans) else w for k, w in enumerate(words)]  # "Differential cyanosis"
     others = [(a, b) for a, b in sentences if all(b <= i or a >= j for i, j in spans)]
