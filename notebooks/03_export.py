@@ -80,7 +80,7 @@ from medr1.run import train
 if not run_dir:
     run_dir = str(train(build_config("smoke", {"max_steps": 10})).out)
 exp = Export(run_dir, export_dir, overwrite=overwrite)
-plan = exp.plan(merged=merged, gguf=gguf, push_repo=push_repo, push_what=push_what, strict=False)
+plan = exp.plan(verify=True, merged=merged, gguf=gguf, push_repo=push_repo, push_what=push_what, strict=False)
 
 # %% [markdown]
 # ## The adapter, and a check that it reloads with Unsloth and with plain `peft`

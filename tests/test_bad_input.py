@@ -379,7 +379,8 @@ def test_offline_the_unsloth_4bit_copy_counts_as_the_weights_and_check_data_need
     assert _uncached_weights("someone/model").startswith("its weights")
     assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "model_name=someone/model"]) == 0
     hub_cache(tmp_path / "hf", "someone/model-unsloth-bnb-4bit")
-    assert _uncached_weights("someone/model") == ""
+    assert _uncached_weights("someone/model", unsloth_4bit=True) == ""
+    assert _uncached_weights("someone/model").startswith("its weights")  # a 16-bit or hf load needs the plain ones
 
 
 def test_a_run_recorded_with_a_relative_model_folder_still_resumes(relative_run, tmp_path, monkeypatch):
@@ -401,3 +402,15 @@ def test_a_run_recorded_with_a_relative_model_folder_still_resumes(relative_run,
     assert same_setting("model_name", "mymodel", str(relative_run / "mymodel"))
     assert not same_setting("model_name", "othermodel", str(relative_run / "mymodel"))
     assert not same_setting("prompt_style", "seed", "r1")
+
+
+def test_the_adapter_refusal_names_the_base_its_run_was_trained_on(smoke_run, tmp_path, monkeypatch):
+    """The hint named adapter_config.json's base (medr1's cached folder), which init_adapter's check then refused
+    against run.json's model_name; init_adapter is recorded absolute, so a resume naming it another way matches."""
+    from medr1.preflight import model_path
+
+    with pytest.raises(ModelError, match=r"its base is 'medr1/tiny-llama': train on it with model_name='medr1/tiny"):
+        model_path(str(smoke_run.out / "adapter"))
+    monkeypatch.chdir(smoke_run.out.parent)
+    config = build_config("smoke", {"init_adapter": smoke_run.out.name}, quiet=True)
+    assert config.init_adapter == str(smoke_run.out) and build_config("smoke", quiet=True).init_adapter == ""

@@ -463,3 +463,28 @@ def test_grpo_trains_with_backend_hf_on_a_cpu(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert record.read_record(out)["status"] == "complete" and "unsloth" not in done.stderr.lower()
+
+
+@pytest.mark.parametrize("generation", ["trl", "medr1"])
+def test_a_policy_gone_nan_is_diverged_not_interrupted(tmp_path, prepared, generation):
+    """GRPO samples from the policy at each step, which fails first once its weights are NaN (torch.multinomial's
+    "probability tensor contains ... nan"; the medr1 decoder's index -1): run.json said `interrupted`, and a
+    resume would diverge again."""
+    import torch
+
+    from medr1 import record
+    from medr1.errors import MedR1Error
+    from medr1.train import TrainerCallback
+
+    run = prepared(tmp_path / "run", grpo_generation=generation, grpo_max_steps=3)
+
+    class Poison(TrainerCallback):  # what an optimizer step with a NaN gradient leaves behind
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                with torch.no_grad():
+                    next(p for p in run.model.parameters() if p.requires_grad).fill_(float("nan"))
+
+    with pytest.raises(MedR1Error, match=r"^training diverged at step 2: 1 LoRA weight tensors went NaN"):
+        run.train(callbacks=[Poison()])
+    rec = record.read_record(run.out)
+    assert rec["status"] == "diverged" and rec["diverged"]["step"] == 2 and "interrupted" not in rec

@@ -59,3 +59,18 @@ def test_export_notebook_with_parameters(run_copy, tmp_path):
     assert "not pushed to the hub" in text
     # GGUF: made where llama.cpp can be had, else one line that says what is missing (no network here)
     assert (out / "gguf").exists() or "GGUF export is not possible here" in text
+
+
+def test_export_notebook_checks_the_base_before_it_writes(run_copy, tmp_path):
+    """Notebook 03 always verifies the adapter, which loads the base: its plan did not say so, so a run whose base
+    folder is gone wrote export/adapter and then died in verify_adapter with transformers' raw OSError."""
+    import papermill
+
+    run = shutil.copytree(run_copy, tmp_path / "run")
+    rec = json.loads((run / "run.json").read_text())
+    rec["config"]["model_name"] = str(tmp_path / "gone")
+    (run / "run.json").write_text(json.dumps(rec))
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        _execute("03_export.ipynb", tmp_path / "03.ipynb", {"run_dir": str(run), "merged": False, "gguf": ""})
+    assert "ModelError" in str(info.value) and "does not exist" in str(info.value)
+    assert not (run / "export").exists()

@@ -156,12 +156,12 @@ class Config:
         return {**dataclasses.asdict(self), "lora_targets": list(self.lora_targets)}
 
 
-MODEL_KNOBS = ("model_name", "verifier_model")
+MODEL_KNOBS = ("model_name", "verifier_model", "init_adapter")  # folders: recorded absolute
 
 
 def absolute_model(name: str) -> str:
-    """A model folder as an absolute path; a hub id (or a model medr1 builds) as it is."""
-    local = name not in (SMOKE_MODEL, CPU_MODEL) and Path(name).expanduser().is_dir()
+    """A model (or adapter) folder as an absolute path; a hub id (or a model medr1 builds) as it is."""
+    local = name not in ("", SMOKE_MODEL, CPU_MODEL) and Path(name).expanduser().is_dir()  # "": no init_adapter
     return os.path.abspath(os.path.expanduser(name)) if local else name
 
 

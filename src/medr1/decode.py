@@ -273,6 +273,8 @@ def pick_tokens(logits: torch.Tensor, sampling: Sampling | None, u: torch.Tensor
     if sampling is None or u is None:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if not torch.isfinite(probs).all():  # else an index of -1 below: say what happened (a diverged policy, in GRPO)
+        raise FloatingPointError("the model's next-token probabilities are NaN or infinite")
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)  # stable: ties in token order
     cdf = sorted_probs.cumsum(dim=-1)
     kept = (cdf - sorted_probs <= sampling.top_p).sum(dim=-1, keepdim=True)  # a prefix: cdf never decreases

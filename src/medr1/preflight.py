@@ -30,7 +30,7 @@ def check(config: Config, weights: bool = True) -> dict[str, Any]:
     if config.precision == "fp16" and not on_gpu():  # Unsloth's CPU path would load bf16, the trainer cannot amp fp16
         raise ConfigError(f"precision='fp16' needs a CUDA GPU and this run is on the CPU; "
                           f"{hint('precision', 'fp32')} (or bf16) on a CPU")
-    model_config = read_model_config(config.model_name, "model_name", weights)
+    model_config = read_model_config(config.model_name, "model_name", weights and _loads(config))
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
     if limit is not None and config.max_seq_length > limit:
@@ -79,7 +79,9 @@ def model_path(name: str, knob: str = "model_name") -> str:
 def _adapter_refusal(folder: Path, knob: str) -> str:
     """A LoRA adapter or checkpoint as a base model would load with its old LoRA (Unsloth), get a second LoRA over
     it (peft) or an adapter stacked on an adapter (evaluate): say what to give instead."""
-    base = _read_json(folder / "adapter_config.json").get("base_model_name_or_path")
+    runs = [p / "run.json" for p in [folder, *folder.parents][:3] if (p / "run.json").exists()]  # as init_adapter finds
+    base = (_read_json(runs[0]).get("config") or {}).get("model_name") if runs else None
+    base = base or _read_json(folder / "adapter_config.json").get("base_model_name_or_path")
     what = f"{knob}: {folder} is a LoRA adapter or checkpoint (adapter_config.json), not a base model"
     if not base:
         return f"{what}; give its base model"
@@ -89,9 +91,15 @@ def _adapter_refusal(folder: Path, knob: str) -> str:
             f"adapter with {hint('init_adapter', str(folder))}")
 
 
-def read_model_config(name: str, knob: str, weights: bool = True) -> dict[str, Any]:
+def _loads(config: Config) -> str:
+    """How the weights load, for the offline cache check: "unsloth-4bit" (Unsloth takes its pre-quantized copy) or
+    "plain"."""
+    return "unsloth-4bit" if config.load_in_4bit and config.backend == "unsloth" else "plain"
+
+
+def read_model_config(name: str, knob: str, weights: str | bool = "plain") -> dict[str, Any]:
     """The model's config.json from a local folder or the hub cache (offline, with its weights cached too, unless
-    not `weights`); an error that says which was looked at."""
+    not `weights`: else "plain" or "unsloth-4bit", see `_loads`); an error that says which was looked at."""
     folder = Path(model_path(name, knob))
     return _read_json(folder / "config.json" if folder.is_dir() else Path(_hub_config(name, knob, weights)))
 
@@ -99,10 +107,10 @@ def read_model_config(name: str, knob: str, weights: bool = True) -> dict[str, A
 def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
     """A finished run's base model (evaluate, export) is there, before anything loads: its run.json may name a folder
     of another machine, or a hub model not in this cache."""
-    return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})")
+    return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})", _loads(config))
 
 
-def _hub_config(name: str, knob: str, weights: bool = True) -> str:
+def _hub_config(name: str, knob: str, weights: str | bool = "plain") -> str:
     """Path of config.json from the hub cache (or the hub when online); the token comes from HF_TOKEN only."""
     from huggingface_hub import errors, hf_hub_download
 
@@ -123,7 +131,7 @@ def _hub_config(name: str, knob: str, weights: bool = True) -> str:
         why = next(text for kind, text in problems.items() if isinstance(err, kind))
         raise ModelError(f"{knob}={name!r} is not a local folder{why}") from None
     if weights and offline():  # config.json cached does not mean the weights are: loading would fail, a traceback
-        missing = _uncached_weights(name)
+        missing = _uncached_weights(name, weights == "unsloth-4bit")
         if missing:
             raise ModelError(f"{knob}={name!r}: the local hub cache holds its config.json but not {missing}; "
                              "HF_HUB_OFFLINE=1, so the hub was not asked: download it once online")
@@ -134,11 +142,12 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _uncached_weights(name: str) -> str:
+def _uncached_weights(name: str, unsloth_4bit: bool = False) -> str:
     """What of a hub model's weights the cache lacks ("" when all is there): one weights file, or an index and
     every shard it lists. Unsloth loads a 4-bit base from its pre-quantized copy (`<name>-unsloth-bnb-4bit`, or
-    `-bnb-4bit`): weights cached under either count too."""
-    missing = [_uncached(n) for n in (name, f"{name}-unsloth-bnb-4bit", f"{name}-bnb-4bit")]
+    `-bnb-4bit`): with `unsloth_4bit`, weights cached under either count too."""
+    copies = (f"{name}-unsloth-bnb-4bit", f"{name}-bnb-4bit") if unsloth_4bit else ()
+    missing = [_uncached(n) for n in (name, *copies)]
     return "" if "" in missing else missing[0]
 
 

@@ -112,6 +112,8 @@ class Stage:
         except AlreadyTrained:
             session.end(self._trainer)
         except BaseException as err:
+            if isinstance(err, Exception):  # diverged, not interrupted: a resume would diverge again
+                self._check_finite(err)
             self._record_interruption(err)
             raise
         finally:
@@ -273,22 +275,21 @@ class Stage:
         log.info(f"the run is complete: trainer.train() trains nothing; the model holds the run's trained adapter "
                  f"({adapter}, {tensors} tensors)")
 
-    def _refuse_second_session(self) -> None:
-        """A second session on this object would train its trained weights again, from step 0."""
+    def _refuse_second_session(self) -> None:  # a second session would train the trained weights again, from step 0
         if self.session and not self.complete:
             status = self.record.get("status")
             again = (f"{hint('resume')} and the same output_dir" if status == "interrupted"
                      else f"another output_dir, or {hint('overwrite')}")
             raise TrainingError(f"this run has trained (status {status!r}): build a new run with {again}")
 
-    def _check_finite(self) -> None:
-        """LoRA weights gone NaN or infinite: run.json says `diverged` (with the step), no adapter is saved."""
+    def _check_finite(self, err: BaseException | None = None) -> None:
+        """LoRA weights (or outputs, says `err`) gone NaN or infinite: run.json says `diverged`; no adapter saved."""
         from medr1.train import divergence
 
-        if found := divergence(self._trainer, self.model, self.config, self.STEP.learning_rate):
+        if found := divergence(self._trainer, self.model, self.config, self.STEP.learning_rate, err):
             self.record.update(status="diverged", diverged=found[0])
             self._write_record()
-            raise TrainingError(found[1])
+            raise TrainingError(found[1]) from err
 
     def _need_model(self) -> None:
         if self.model is None:

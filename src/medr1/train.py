@@ -135,17 +135,22 @@ def args_used(config: Config, args: Any) -> dict[str, Any]:
     return used
 
 
-def divergence(trainer, model, config: Config, knob: str) -> tuple[dict[str, Any], str] | None:
+def divergence(trainer, model, config: Config, knob: str, err: BaseException | None = None
+               ) -> tuple[dict[str, Any], str] | None:
     """Where training went non-finite, and what to do; None while the LoRA weights are finite (a NaN adapter must never
     be saved as a complete run). A NaN loss or grad norm alone is no divergence: fp16's loss scaler skips such a step
-    and lowers its scale (a T4's first steps often do). The step named is where the last non-finite stretch began."""
+    and lowers its scale (a T4's first steps often do). The step named is where the last non-finite stretch began.
+    `err`, what stopped training: GRPO samples from the policy, which fails first when its outputs went NaN."""
     weights = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-    if not weights:
+    outputs = isinstance(err, (RuntimeError, FloatingPointError)) and "nan" in str(err).lower()  # torch.multinomial's
+    if not weights and not outputs:
         return None
     history = [e for e in (trainer.state.log_history if trainer is not None else []) if "loss" in e]
     fine = [i for i, e in enumerate(history) if all(math.isfinite(e.get(k, 0.0)) for k in ("loss", "grad_norm"))]
     step = next((e.get("step") for e in history[fine[-1] + 1 if fine else 0:]), None)  # where the last stretch began
-    found = {"step": step, "what": f"{len(weights)} LoRA weight tensors"}
+    if step is None and err is not None and trainer is not None:
+        step = int(trainer.state.global_step) + 1  # the step it was taking
+    found = {"step": step, "what": f"{len(weights)} LoRA weight tensors" if weights else "the model's outputs"}
     at = f" at step {step}" if step else ""
     bf16 = f" or train in bf16 ({hint('precision', 'bf16')}) where the GPU has it" if (
         trainer is not None and trainer.args.fp16) else ""
