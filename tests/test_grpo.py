@@ -488,3 +488,11 @@ def test_a_policy_gone_nan_is_diverged_not_interrupted(tmp_path, prepared, gener
         run.train(callbacks=[Poison()])
     rec = record.read_record(run.out)
     assert rec["status"] == "diverged" and rec["diverged"]["step"] == 2 and "interrupted" not in rec
+
+
+def test_a_diverged_run_as_init_adapter_is_not_sent_to_resume(tmp_path):
+    """"finish or resume it first" sent the user to a resume that would diverge again."""
+    run = tmp_path / "sft"
+    files.atomic_write_json(run / "run.json", {"status": "diverged", "diverged": {"step": 3}, "config": {}})
+    with pytest.raises(ConfigError, match=r"status 'diverged'\); it diverged \(a resume would diverge again\)"):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "out"), "init_adapter": str(run)}, quiet=True))

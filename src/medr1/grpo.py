@@ -76,8 +76,11 @@ def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, A
                               "an adapter folder (adapter_config.json)")
         adapter = path / (rec.get("adapter") or "adapter")
         if not (adapter / "adapter_config.json").exists():
-            raise ConfigError(f"init_adapter={config.init_adapter!r}: the run holds no adapter yet (status "
-                              f"{rec.get('status')!r}); finish or resume it first")
+            why = ("it diverged (a resume would diverge again): start from another run, or from one of its "
+                   "checkpoints before the step run.json names" if rec.get("status") == "diverged"
+                   else "finish or resume it first")
+            raise ConfigError(f"init_adapter={config.init_adapter!r}: the run holds no adapter (status "
+                              f"{rec.get('status')!r}); {why}")
     if not run_dir:
         log.warning(f"init_adapter={config.init_adapter!r} has no run.json within {RECORD_DEPTH - 1} folders above "
                     "it: its model_name and prompt_style could not be checked, and no held-out rows come along")
