@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 from pathlib import Path
 
 from medr1.stack import UNSLOTH
@@ -17,6 +16,7 @@ import torch
 
 from medr1.errors import ExportError
 from medr1.log import log
+from medr1.preflight import reachable
 
 BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
                    "bf16": 2.0, "f16": 2.0}  # the quantizations Unsloth and llama.cpp make
@@ -55,11 +55,7 @@ def _network(host: str = "github.com", port: int = 443, timeout: float = 3.0) ->
     """Whether llama.cpp's sources or binaries could be fetched."""
     if os.environ.get("UNSLOTH_LLAMA_CPP_OFFLINE") == "1" or os.environ.get("UNSLOTH_OFFLINE") == "1":
         return False
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return reachable(host, port, timeout)
 
 
 def _unsloth_installed() -> bool:

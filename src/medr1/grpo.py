@@ -28,7 +28,6 @@ from medr1.verifiable import FIELDS, fit_questions, load_questions
 GENERATION = ("trl", "medr1")  # who samples the answers: TRL's model.generate, or medr1.decode
 REWARD_KNOBS = {"correctness": "reward_correctness", "format": "reward_format", "stop": "reward_stop",
                 "verifier": "reward_verifier"}
-RECORD_DEPTH = 3  # run.json in init_adapter or 2 up: RUN, RUN/adapter, RUN/checkpoints/checkpoint-N, RUN/export/adapter
 
 
 def check(config: Config) -> None:
@@ -63,11 +62,11 @@ def reward_weights(config: Config) -> dict[str, float]:
 
 def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, Any]]:
     """The adapter folder `init_adapter` names (a run folder, its adapter/, a checkpoint or an export of it), checked
-    against this config, with its run's folder and record, found by walking up RECORD_DEPTH folders (None, {}: none)."""
+    against this config, with its run's folder and record, found by `record.run_of` (None, {}: none)."""
     if not config.init_adapter:
         return None, None, {}
     path = Path(config.init_adapter).expanduser().absolute()  # a relative path's parents would stop at "."
-    run_dir = next((p for p in [path, *path.parents][:RECORD_DEPTH] if (p / "run.json").exists()), None)
+    run_dir = record.run_of(path)
     rec = record.read_record(run_dir) if run_dir else {}
     adapter = path
     if not (path / "adapter_config.json").exists():
@@ -82,8 +81,8 @@ def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, A
             raise ConfigError(f"init_adapter={config.init_adapter!r}: the run holds no adapter (status "
                               f"{rec.get('status')!r}); {why}")
     if not run_dir:
-        log.warning(f"init_adapter={config.init_adapter!r} has no run.json within {RECORD_DEPTH - 1} folders above "
-                    "it: its model_name and prompt_style could not be checked, and no held-out rows come along")
+        log.warning(f"init_adapter={config.init_adapter!r} has no run.json within {record.RECORD_DEPTH - 1} folders "
+                    "above it: its model_name and prompt_style could not be checked, and no held-out rows come along")
     trained = rec.get("config", {})
     differ = [f"{k}={trained[k]!r} (this config: {getattr(config, k)!r})" for k in ("model_name", "prompt_style")
               if k in trained and not same_setting(k, trained[k], getattr(config, k))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from medr1.config import Config, hint
 from medr1.errors import ConfigError, ModelError
 from medr1.log import log
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
+from medr1.record import run_of
 from medr1.smollm import model_path as smollm_path
 from medr1.tiny import tiny_model_path
 
@@ -30,7 +32,7 @@ def check(config: Config, weights: bool = True) -> dict[str, Any]:
     if config.precision == "fp16" and not on_gpu():  # Unsloth's CPU path would load bf16, the trainer cannot amp fp16
         raise ConfigError(f"precision='fp16' needs a CUDA GPU and this run is on the CPU; "
                           f"{hint('precision', 'fp32')} (or bf16) on a CPU")
-    model_config = read_model_config(config.model_name, "model_name", weights and _loads(config))
+    model_config = read_model_config(config.model_name, "model_name", weights, _unsloth_4bit(config))
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
     if limit is not None and config.max_seq_length > limit:
@@ -79,8 +81,8 @@ def model_path(name: str, knob: str = "model_name") -> str:
 def _adapter_refusal(folder: Path, knob: str) -> str:
     """A LoRA adapter or checkpoint as a base model would load with its old LoRA (Unsloth), get a second LoRA over
     it (peft) or an adapter stacked on an adapter (evaluate): say what to give instead."""
-    runs = [p / "run.json" for p in [folder, *folder.parents][:3] if (p / "run.json").exists()]  # as init_adapter finds
-    base = (_read_json(runs[0]).get("config") or {}).get("model_name") if runs else None
+    run = run_of(folder)  # as init_adapter finds it
+    base = (_read_json(run / "run.json").get("config") or {}).get("model_name") if run else None
     base = base or _read_json(folder / "adapter_config.json").get("base_model_name_or_path")
     what = f"{knob}: {folder} is a LoRA adapter or checkpoint (adapter_config.json), not a base model"
     if not base:
@@ -91,26 +93,28 @@ def _adapter_refusal(folder: Path, knob: str) -> str:
             f"adapter with {hint('init_adapter', str(folder))}")
 
 
-def _loads(config: Config) -> str:
-    """How the weights load, for the offline cache check: "unsloth-4bit" (Unsloth takes its pre-quantized copy) or
-    "plain"."""
-    return "unsloth-4bit" if config.load_in_4bit and config.backend == "unsloth" else "plain"
+def _unsloth_4bit(config: Config) -> bool:
+    """Whether Unsloth loads the weights in 4-bit, from its pre-quantized copy (for the offline cache check)."""
+    return config.load_in_4bit and config.backend == "unsloth"
 
 
-def read_model_config(name: str, knob: str, weights: str | bool = "plain") -> dict[str, Any]:
+def read_model_config(name: str, knob: str, weights: bool = True, unsloth_4bit: bool = False) -> dict[str, Any]:
     """The model's config.json from a local folder or the hub cache (offline, with its weights cached too, unless
-    not `weights`: else "plain" or "unsloth-4bit", see `_loads`); an error that says which was looked at."""
+    not `weights`; `unsloth_4bit`: Unsloth's pre-quantized copy counts); an error that says which was looked at."""
     folder = Path(model_path(name, knob))
-    return _read_json(folder / "config.json" if folder.is_dir() else Path(_hub_config(name, knob, weights)))
+    if folder.is_dir():
+        return _read_json(folder / "config.json")
+    return _read_json(Path(_hub_config(name, knob, weights, unsloth_4bit)))
 
 
 def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
     """A finished run's base model (evaluate, export) is there, before anything loads: its run.json may name a folder
     of another machine, or a hub model not in this cache."""
-    return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})", _loads(config))
+    return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})", True,
+                             _unsloth_4bit(config))
 
 
-def _hub_config(name: str, knob: str, weights: str | bool = "plain") -> str:
+def _hub_config(name: str, knob: str, weights: bool = True, unsloth_4bit: bool = False) -> str:
     """Path of config.json from the hub cache (or the hub when online); the token comes from HF_TOKEN only."""
     from huggingface_hub import errors, hf_hub_download
 
@@ -131,11 +135,20 @@ def _hub_config(name: str, knob: str, weights: str | bool = "plain") -> str:
         why = next(text for kind, text in problems.items() if isinstance(err, kind))
         raise ModelError(f"{knob}={name!r} is not a local folder{why}") from None
     if weights and offline():  # config.json cached does not mean the weights are: loading would fail, a traceback
-        missing = _uncached_weights(name, weights == "unsloth-4bit")
+        missing = _uncached_weights(name, unsloth_4bit)
         if missing:
             raise ModelError(f"{knob}={name!r}: the local hub cache holds its config.json but not {missing}; "
                              "HF_HUB_OFFLINE=1, so the hub was not asked: download it once online")
     return path
+
+
+def reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout` seconds (W&B's server, llama.cpp's sources)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def offline() -> bool:

@@ -95,6 +95,14 @@ def adapter_dir(run_dir: str | Path, rec: dict[str, Any] | None = None) -> Path:
     return path
 
 
+RECORD_DEPTH = 3  # run.json in a folder or 2 up: RUN, RUN/adapter, RUN/checkpoints/checkpoint-N, RUN/export/adapter
+
+
+def run_of(folder: Path) -> Path | None:
+    """The medr1 run an adapter, checkpoint or export folder belongs to: the first with run.json, RECORD_DEPTH up."""
+    return next((p for p in [folder, *folder.parents][:RECORD_DEPTH] if (p / "run.json").exists()), None)
+
+
 def holdout_rows(run_dir: str | Path, rec: dict[str, Any] | None = None) -> list[dict[str, str]]:
     """The held-out rows the run wrote (training never saw them); none where its record names no file and there is
     none (a GRPO run from a new LoRA keeps no rows out)."""

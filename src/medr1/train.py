@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from medr1.distributed import SFT, Step
 from medr1.files import usual_modes
 from medr1.log import log
 from medr1.model import torch_dtype
+from medr1.preflight import reachable
 
 
 def wandb_key() -> str | None:
@@ -73,15 +73,6 @@ def reporting(config: Config) -> str:
         os.environ["WANDB_DIR"] = _WANDB_DIR = os.path.abspath(os.path.expanduser(config.output_dir))
     os.environ["WANDB_PROJECT"] = config.wandb_project  # TRL reads only this; the knob of this run wins
     return "wandb"
-
-
-def reachable(host: str, port: int, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to host:port opens within `timeout` seconds (what wandb.init would wait for)."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def trainer_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none", step: Step = SFT,
