@@ -194,6 +194,24 @@ def test_card_of_a_grpo_run_names_the_kind_of_run_it_started_from(init_kind, sta
            "leave less than max_completion_length=128 tokens within max_seq_length=256 (over_length `drop`)" in text
 
 
+@pytest.mark.parametrize("grpo", [False, True])
+def test_card_shows_the_optimizer_and_packing_the_trainer_used(grpo):
+    """On a CPU Unsloth swaps the configured optimizer and packing (run.json's `train.args_used`): the card's table
+    says what the weights were trained with, and names the configured value beside it; a record from before
+    `args_used` shows the configured values alone."""
+    from medr1.card import model_card
+
+    cfg = {"model_name": "m", "optim": "adamw_8bit", "packing": True, "data_path": "d.jsonl"}
+    rec = {"config": cfg, "kind": "grpo" if grpo else "sft", "reward_weights": {"correctness": 1.0},
+           "train": {"steps": 3, "args_used": {"optim": "adamw_torch_fused", "packing": False}}}
+    text = model_card(rec)
+    assert "| optimizer | adamw_torch_fused (configured: adamw_8bit) |" in text
+    if not grpo:
+        assert "| packing | False (configured: True) |" in text
+    old = model_card({**rec, "train": {"steps": 3}})
+    assert "| optimizer | adamw_8bit |" in old and "configured" not in old.split("## Training metrics")[0]
+
+
 def test_refuses_a_non_empty_destination(exported, run_copy, tmp_path):
     from medr1.export import Export
 

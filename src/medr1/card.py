@@ -87,6 +87,15 @@ def data_knobs(rec: dict[str, Any]) -> str:
     return "grpo_" if rec.get("kind") == "grpo" else ""
 
 
+def trained_with(cfg: dict[str, Any], train: dict[str, Any]) -> dict[str, str]:
+    """The optimizer and packing the trainer used (run.json's `train.args_used`: Unsloth swaps them on a CPU), with
+    the configured value beside one that differs; a record from before `args_used` has the configured ones alone."""
+    used = train.get("args_used") or {}
+    return {key: _fmt(used.get(key, cfg.get(key))) + (f" (configured: {_fmt(cfg.get(key))})"
+                                                      if key in used and used[key] != cfg.get(key) else "")
+            for key in ("optim", "packing")}
+
+
 def card_data(rec: dict[str, Any], kind: str) -> ModelCardData:
     cfg, knob = rec.get("config") or {}, data_knobs(rec)
     base = str(cfg.get("model_name") or "")
@@ -114,7 +123,8 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
         card_data(rec, kind), template_str=TEMPLATE.read_text(encoding="utf-8"), fmt=_fmt, kind=kind, step=step,
         progress=step is not None and progress(cfg, knob == "grpo_", step, total),
         repo_id=repo_id, rec=rec, cfg=cfg, knob=knob, data=data, train=train, run={**cfg, **rec},
-        lengths=data.get("lengths") or {}, losses=rec.get("losses") or [], versions=rec.get("versions") or {},
+        used=trained_with(cfg, train), lengths=data.get("lengths") or {}, losses=rec.get("losses") or [],
+        versions=rec.get("versions") or {},
         base=base, base_name=Path(hub_base(base) or base).name, licence=base_license(base)[1],
         converted=CONVERTED.get(base), local_base=not _on_hub(base), hub_name=hub_base(base),
         data_file=Path(str(data.get("source") or cfg.get("data_path"))).name,
