@@ -496,3 +496,20 @@ def test_a_diverged_run_as_init_adapter_is_not_sent_to_resume(tmp_path):
     files.atomic_write_json(run / "run.json", {"status": "diverged", "diverged": {"step": 3}, "config": {}})
     with pytest.raises(ConfigError, match=r"status 'diverged'\); it diverged \(a resume would diverge again\)"):
         GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "out"), "init_adapter": str(run)}, quiet=True))
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_as_init_adapter_before_anything_loads(smoke_run, tmp_path):
+    """A diverged run keeps its checkpoints; one saved after the divergence holds NaN LoRA weights. Started from, GRPO
+    loaded the model and then stopped as diverged at its first step: the weights are read and refused first."""
+    from safetensors.torch import save_file
+
+    sft = _copy_run(smoke_run.out, tmp_path / "sft")
+    checkpoint = record.newest_checkpoint(sft / "checkpoints")
+    weights = load_file(str(checkpoint / "adapter_model.safetensors"))
+    name = sorted(weights)[1]
+    weights[name][0] = float("nan")
+    save_file(weights, str(checkpoint / "adapter_model.safetensors"))
+    with pytest.raises(ConfigError, match=rf"init_adapter=.*checkpoint-\d+.*NaN or inf .*{name}.*earlier checkpoint"):
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "g"), "init_adapter": str(checkpoint)},
+                             quiet=True))
+    GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "g"), "init_adapter": str(sft)}, quiet=True))

@@ -80,6 +80,12 @@ def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, A
                    else "finish or resume it first")
             raise ConfigError(f"init_adapter={config.init_adapter!r}: the run holds no adapter (status "
                               f"{rec.get('status')!r}); {why}")
+    from medr1.model import nonfinite_tensors
+
+    if bad := nonfinite_tensors(adapter):
+        raise ConfigError(f"init_adapter={config.init_adapter!r}: {len(bad)} LoRA weight tensors hold NaN or inf "
+                          f"({bad[0]}, ...), as a checkpoint saved after its run diverged does: start from an earlier "
+                          "checkpoint")
     if not run_dir:
         log.warning(f"init_adapter={config.init_adapter!r} has no run.json within {record.RECORD_DEPTH - 1} folders "
                     "above it: its model_name and prompt_style could not be checked, and no held-out rows come along")

@@ -156,6 +156,17 @@ def _mode(model, backend: str, training: bool) -> None:
         model.train(training)
 
 
+def nonfinite_tensors(adapter: Path) -> list[str]:
+    """The adapter's tensors that hold NaN or inf: a diverged run keeps the checkpoints it saved after diverging."""
+    from safetensors import safe_open
+
+    path = adapter / "adapter_model.safetensors"
+    if not path.exists():  # the load names what is missing
+        return []
+    with safe_open(str(path), framework="pt") as weights:
+        return [name for name in weights.keys() if not torch.isfinite(weights.get_tensor(name)).all()]
+
+
 def load_adapter_weights(model, adapter: Path) -> int:
     """Copy a saved adapter's LoRA tensors into `model`'s fresh LoRA (GRPO's start, a complete run resumed); every
     tensor must find its place."""
