@@ -110,7 +110,8 @@ def test_model_card_holds_the_runs_numbers(exported):
                      f"| optimizer steps | {rec['train']['steps']} |",
                      f"| first logged loss | {rec['losses'][0]['loss']:.4g} |",
                      f"| last logged loss | {rec['losses'][-1]['loss']:.4g} |",
-                     f"rows trained on: {rec['data']['train_rows']}",
+                     f"rows kept for training: {rec['data']['train_rows']}",
+                     f"seen in training: {rec['train']['epochs']} epochs ({rec['train']['steps']} optimizer steps)",
                      f"rows held out for evaluation: {rec['data']['holdout_rows']}",
                      "Prompt style `seed`", "### Query:\n{question}\n\n### Chain of Thought:",
                      "| held-out loss (reasoning, answer and EOS) | 7.432 | 5.123 |",
@@ -210,6 +211,22 @@ def test_card_shows_the_optimizer_and_packing_the_trainer_used(grpo):
         assert "| packing | False (configured: True) |" in text
     old = model_card({**rec, "train": {"steps": 3}})
     assert "| optimizer | adamw_8bit |" in old and "configured" not in old.split("## Training metrics")[0]
+
+
+@pytest.mark.parametrize(("epochs", "seen"), [(0.4, "0.4 epochs (2 optimizer steps): about 8 of the 20 rows"),
+                                              (2.222, "2.222 epochs (2 optimizer steps)\n")])
+def test_card_says_how_much_of_the_kept_rows_training_saw(epochs, seen):
+    """max_steps can end training before one pass over the rows (the colab-t4 recipe sees 240 of its 500): the card
+    says the epochs, and how many rows that is when under one; "rows trained on: 500 of 500" overstated it."""
+    from medr1.card import model_card
+
+    rec = {"config": {"model_name": "m", "data_path": "d.jsonl", "max_seq_length": 64, "over_length": "drop"},
+           "data": {"train_rows": 35, "lengths": {"kept": 20, "dropped": 15, "truncated": 0}},
+           "train": {"steps": 2, "epochs": epochs}}
+    text = model_card(rec)
+    assert "- rows kept for training: 20 of 35 loaded; 15 dropped" in text and "rows trained on" not in text
+    assert f"- seen in training: {seen}" in text
+    assert "seen in training" not in model_card({**rec, "train": {"steps": 2}})  # a record from before `epochs`
 
 
 def test_refuses_a_non_empty_destination(exported, run_copy, tmp_path):

@@ -1,6 +1,7 @@
 """A real training run on the tiny model: loss falls, only LoRA moves, the adapter reloads to the same logits."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -35,6 +36,8 @@ def test_run_record_and_outputs(smoke_run):
     assert rec["versions"]["transformers"] and rec["versions"]["trl"]
     assert rec["data"]["train_rows"] == 36 and rec["data"]["holdout_rows"] == 4
     assert rec["effective_batch"] == 4
+    kept = rec["data"]["lengths"]["kept"]  # what training saw: SMOKE_STEPS steps, ceil(kept / 4) of them an epoch
+    assert rec["train"]["epochs"] == pytest.approx(SMOKE_STEPS / math.ceil(kept / 4), abs=1e-3)
     holdout = [json.loads(line) for line in (out / "holdout.jsonl").read_text().splitlines()]
     assert [r["Question"] for r in holdout] == [r["Question"] for r in smoke_run.holdout]
     assert (out / "loss.png").stat().st_size > 1000

@@ -135,7 +135,7 @@ class Run(Stage):
         state, hist, losses = self._trainer.state, self.history, self.losses
         steps_run, tokens = int(state.global_step) - hist.start_step, int(state.num_input_tokens_seen)
         stats = self._keep_training(seconds, {
-            "steps_run": steps_run, "trained_tokens": tokens,
+            "steps_run": steps_run, "epochs": round(state.epoch or 0.0, 3), "trained_tokens": tokens,
             "trained_tokens_per_s": round((tokens - hist.start_tokens) / seconds, 1) if seconds and steps_run else None,
             "steady_tokens_per_s": hist.steady_tokens_per_s(),
             "mean_loss": hist.mean_loss(),
