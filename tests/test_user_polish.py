@@ -319,6 +319,29 @@ def test_card_licence_data_claim_and_truncated_rows():
     assert "synthetic" not in card.text and card.data.datasets is None and "mine.jsonl" in card.text
 
 
+def test_card_gives_the_mean_over_sampled_answer_sets_and_the_session_of_a_resumed_speed():
+    """With `evaluate --samples K` the card's multiple-choice figure was the first set's alone (25%) under a header
+    saying K sampled answers; it is the mean and spread over the K sets (50% here), as `evaluate` prints. After a
+    resume, trained tokens / s is the last session's (run.json says so), beside the whole run's tokens and time."""
+    from medr1.card import model_card
+
+    first = {"accuracy": 0.25, "ci95": [0.05, 0.7], "unparsed": 1}
+    ev = {"holdout_rows": 0, "max_new_tokens": 8, "decoding": {"samples": 2, "temperature": 0.6}, "metrics": {},
+          "mcq": {"questions": 4, "file": "q.json", "base": first,
+                  "finetuned": {**first, "samples": {"k": 2, "accuracies": [0.25, 0.75], "mean": 0.5, "std": 0.3536}}}}
+    rec = {"config": {"model_name": "m", "data_path": "d.jsonl"},
+           "train": {"steps": 300, "trained_tokens": 599380, "trained_tokens_per_s": 6156.5, "train_s": 89.04,
+                     "resumed_from": "checkpoint-100", "steps_run": 200}}
+    text = model_card(rec, evaluation=ev)
+    row = next(line for line in text.splitlines() if line.startswith("| multiple-choice accuracy"))
+    assert "| 25.0% (95% CI 5.0%-70.0%; 1 unparsed) |" in row  # the base's single set, as before
+    assert "| 50.0% ± 35.4% (mean ± sd over 2 sampled answer sets; the first: 25.0%, 95% CI 5.0%-70.0%; " \
+           "1 unparsed) |" in row
+    assert "| trained tokens / s (the last session: 200 steps from checkpoint-100) | 6156 |" in text
+    fresh = model_card({**rec, "train": {**rec["train"], "resumed_from": None}})
+    assert "| trained tokens / s | 6156 |" in fresh
+
+
 def test_the_run_folder_holds_medr1_cards_only(smoke_run):
     """Every README.md in the run folder is medr1's card: PEFT's stub in each checkpoint and TRL's card of the
     checkpoints folder ("a fine-tuned version of [None]") are replaced or gone."""
