@@ -313,3 +313,28 @@ def test_wandb_behind_a_proxy_or_with_a_bad_url(wandb_env, tmp_path, capsys):
     assert reporting(config) == "wandb"
     wandb_env.setenv("WANDB_BASE_URL", "https://wandb.example.com:80a")
     assert reporting(config) == "none" and "WANDB_BASE_URL is not a valid URL" in capsys.readouterr().out
+
+
+def test_divergence_advice_and_the_verifier_hints_speak_the_command_lines_flags():
+    """On the command line the advice read `--set learning_rate=2.9999999999999997e-05` (a tenth of 3e-4, unrounded),
+    and the verifier's `Set reward_verifier=0` was no flag the command line takes."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from medr1 import build_config
+    from medr1.config import cli_hints
+    from medr1.errors import ModelError
+    from medr1.train import divergence
+    from medr1.verifier import check
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    trainer = SimpleNamespace(state=SimpleNamespace(log_history=[]), args=SimpleNamespace(fp16=False))
+    config = build_config("smoke", {"learning_rate": 3e-4}, quiet=True)
+    with cli_hints():
+        assert "(--set learning_rate=3e-05)" in divergence(trainer, model, config, "learning_rate")[1]
+        with pytest.raises(ModelError, match=r"--set reward_verifier=0 to train without"):
+            check(build_config("smoke", {"reward_verifier": 1.0, "verifier_model": "/nowhere/v"},
+                                         quiet=True))

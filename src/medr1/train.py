@@ -145,9 +145,9 @@ def divergence(trainer, model, config: Config, knob: str, err: BaseException | N
     at = f" at step {step}" if step else ""
     bf16 = f" or train in bf16 ({hint('precision', 'bf16')}) where the GPU has it" if (
         trainer is not None and trainer.args.fp16) else ""
+    lower = float(f"{getattr(config, knob) / 10:.3g}")  # 3e-05, not 2.9999999999999997e-05
     return found, (f"training diverged{at}: {found['what']} went NaN or infinite, so no adapter is saved; lower "
-                   f"the learning rate ({hint(knob, getattr(config, knob) / 10)}){bf16}, with another output_dir or "
-                   f"{hint('overwrite')}")
+                   f"the learning rate ({hint(knob, lower)}){bf16}, with another output_dir or {hint('overwrite')}")
 
 
 @dataclass

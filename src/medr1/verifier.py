@@ -6,7 +6,7 @@ download, and its own failure when offline. Used only when the weight `reward_ve
 
 from __future__ import annotations
 
-from medr1.config import Config
+from medr1.config import Config, hint
 from medr1.errors import ModelError
 from medr1.preflight import read_model_config
 from medr1.rewards import answer_part
@@ -27,7 +27,7 @@ def check(config: Config) -> None:
     try:
         read_model_config(config.verifier_model, "verifier_model")
     except ModelError as err:
-        raise ModelError(f"{err}. Set reward_verifier=0 to train without the verifier.") from None
+        raise ModelError(f"{err}. Set {hint('reward_verifier', 0)} to train without the verifier.") from None
 
 
 class Verifier:
@@ -60,11 +60,11 @@ class Verifier:
                 device_map={"": 0} if torch.cuda.is_available() else None).eval()
             match_tokenizer(self.model, self.tokenizer)
         except ModelError as err:  # medr1's own: the folder or the tokenizer
-            raise ModelError(f"{err}. Set reward_verifier=0 to train without it.") from None
+            raise ModelError(f"{err}. Set {hint('reward_verifier', 0)} to train without it.") from None
         except OSError as err:
             raise ModelError(f"verifier_model={self.model_name!r} could not be loaded ({str(err).splitlines()[0]}); "
-                             "offline it must be in the hub cache first. Set reward_verifier=0 to train "
-                             "without it.") from None
+                             f"offline it must be in the hub cache first. Set {hint('reward_verifier', 0)} to "
+                             "train without it.") from None
 
     def __call__(self, completions: list[str], ground_truth: list[str], **kwargs) -> list[float]:
         import torch
