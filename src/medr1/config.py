@@ -89,7 +89,7 @@ class Config:
     save_steps: int = 20  # checkpoint every N steps, for resume (0 = only the final adapter)
     save_total_limit: int = 2  # checkpoints kept (the newest ones)
     # --- outputs ---
-    output_dir: str = ""  # adapter, run.json, loss.png, checkpoints; "" = a new outputs/<preset>-<time>
+    output_dir: str = ""  # adapter, run.json, loss.png, checkpoints; "" = a new outputs/<preset>-<time>-<pid>
     overwrite: bool = False  # allow writing into a folder that holds another run
     resume: bool = False  # continue from the newest checkpoint in output_dir
     report_to: str = "auto"  # auto: W&B when WANDB_API_KEY is set, else none | wandb | none

@@ -21,7 +21,7 @@ RECIPE_STEPS, RECIPE_LR, RECIPE_WARMUP = 60, 2e-4, 5  # the colab-t4 preset
 SCALE = 4  # tokens per optimizer step over the recipe's (8 x 2,048 packed ~ 15.6k vs ~3.9k tokens)
 PACKED_ROWS = 8  # packed sequences of max_seq_length per optimizer step (all processes together)
 
-# Peak GPU memory of an 8B 4-bit LoRA step on the H100, fitted to the figures in gpu/README.md:
+# Peak GPU memory of an 8B 4-bit LoRA step on the H100, fitted to the figures in the README's Performance section:
 # a fixed part (weights, LoRA, optimizer state, CUDA context) plus a part per token in the micro-batch.
 BASE_GIB = 6.2
 GIB_PER_1K_TOKENS = {"false": 3.7, "unsloth": 0.25}  # no recomputation | Unsloth's offloaded checkpointing
