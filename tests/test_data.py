@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from medr1 import build_config, data
+from medr1 import build_config, data, readers
 from medr1.errors import DataError
 
 ROWS = [{"Question": f"Question {i}?", "Complex_CoT": f"Reasoning {i}.", "Response": f"Answer {i}."}
@@ -30,10 +30,10 @@ def write(path, rows):
     return path
 
 
-@pytest.mark.parametrize("ext", data.EXTENSIONS)
+@pytest.mark.parametrize("ext", readers.EXTENSIONS)
 def test_every_format_reads_the_same_rows(tmp_path, ext):
     path = write(tmp_path / f"rows{ext}", ROWS)
-    assert data.validate_rows(data.read_rows(path), str(path)) == ROWS
+    assert data.validate_rows(readers.read_rows(path), str(path)) == ROWS
 
 
 @pytest.mark.parametrize("bad,message", [
@@ -47,7 +47,7 @@ def test_bad_rows_are_named(bad, message):
 
 
 def test_bundled_fixture_is_valid_and_unique():
-    rows = data.validate_rows(data.read_rows(data.FIXTURE_PATH), "fixture")
+    rows = data.validate_rows(readers.read_rows(data.FIXTURE_PATH), "fixture")
     assert len(rows) == 40 and data.drop_duplicates(rows)[1] == 0
 
 
@@ -121,15 +121,15 @@ def test_csv_row_with_more_values_than_the_header_is_named(tmp_path):
     path.write_text("Question,Complex_CoT,Response\nWhat is x?,Think,Aspirin\nWhat is y?,Think about it,"
                     "Give aspirin, heparin and a statin\n")
     with pytest.raises(DataError, match=r"u\.csv: line 3 has 4 values but the header has 3 .*unquoted comma"):
-        data.read_rows(path)
+        readers.read_rows(path)
     path.write_text("Question,Complex_CoT\nq,c,r\n")  # a short header: was a TypeError in check_row
     with pytest.raises(DataError, match=r"line 2 has 3 values but the header has 2"):
         data.load_rows(path)
     path.write_text("Question,Complex_CoT,Response\nq,c,r,\n")  # a trailing comma adds nothing: read as before
-    assert data.read_rows(path) == [{"Question": "q", "Complex_CoT": "c", "Response": "r"}]
+    assert readers.read_rows(path) == [{"Question": "q", "Complex_CoT": "c", "Response": "r"}]
     path.write_text("Question,Complex_CoT,Response,Question\nq,c,r,reviewed by JB\n")  # the last one would win
     with pytest.raises(DataError, match=r"u\.csv: the header names \['Question'\] more than once"):
-        data.read_rows(path)
+        readers.read_rows(path)
 
 
 def test_the_advice_of_a_length_error_fits_the_rows(tmp_path, tokenizer):
@@ -204,3 +204,130 @@ def test_truncation_that_leaves_no_completion_drops_the_row(tokenizer):
     assert report.dropped_rows == [7] and report.over_length_rows == [6, 7]
     with pytest.raises(DataError, match="every row"):
         data.tokenize_rows([long], tokenizer, cfg)
+
+
+def test_special_tokens_and_prompt_markers_in_a_field_are_refused(tmp_path, tokenizer, capsys):
+    """An EOS at the end of a reasoning was tokenized as EOS and trained mid-text (the model learns to stop before
+    its answer); a `</think>` or `<｜User｜>` split the reasoning or the turn. Refused before the model loads."""
+    from medr1 import prompts
+    from medr1.__main__ import main
+    from medr1.run import Run
+
+    rows = [dict(r) for r in ROWS]
+    rows[2]["Complex_CoT"] += tokenizer.eos_token
+    rows[3]["Response"] = f"{prompts.THINK_CLOSE} {rows[3]['Response']}"
+    rows[4]["Question"] = f"{prompts.R1_USER}{rows[4]['Question']}"
+    path = write(tmp_path / "rows.jsonl", rows)
+    settings = {"data_path": str(path), "holdout_examples": 0}
+    expected = (rf"3 rows hold a special token .*\(first: row 2 of {path}, line 3, field 'Complex_CoT': "
+                rf"'{tokenizer.eos_token}'\).*remove them")
+    for style in ("seed", "r1"):
+        cfg = build_config("smoke", {**settings, "prompt_style": style}, quiet=True)
+        with pytest.raises(DataError, match=expected):
+            data.tokenize_rows(data.load_split(cfg).train, tokenizer, cfg)
+        assert data.tokenize_rows(ROWS, tokenizer, cfg)[1].kept == len(ROWS)  # the template's own markers are fine
+    with pytest.raises(DataError, match=expected):  # training stops in Run(), before run.load() loads the model
+        Run(build_config("smoke", {**settings, "output_dir": str(tmp_path / "run")}, quiet=True))
+    assert not (tmp_path / "run").exists()
+    assert main(["check-data", str(path), "--preset", "smoke", "--set", "holdout_examples=0"]) == 2
+    assert "3 rows hold a special token" in capsys.readouterr().err
+
+
+def test_a_csv_field_longer_than_csvs_default_limit_is_a_long_row(tmp_path, tokenizer, monkeypatch):
+    """A field over 131,072 characters crashed with a bare `_csv.Error`; it is a row the length policy counts."""
+    path = write(tmp_path / "rows.csv", [*ROWS, dict(ROWS[0], Question="Long?", Complex_CoT="x " * 70_000)])
+    cfg = build_config("smoke", {"data_path": str(path), "holdout_examples": 0}, quiet=True)
+    split = data.load_split(cfg)
+    report = data.tokenize_rows(split.train, tokenizer, cfg)[1]
+    assert report.over_length_rows == report.dropped_rows == [len(ROWS)] and report.kept == len(ROWS)
+    monkeypatch.setattr(readers, "CSV_FIELD_LIMIT", 1_000)  # any error of csv's own names the file and line
+    with pytest.raises(DataError, match=rf"{path}: line {len(ROWS) + 2} is not readable as CSV: field larger"):
+        data.load_rows(path)
+
+
+def test_csv_columns_without_a_header_name_are_left_out(tmp_path):
+    """A spreadsheet's empty trailing columns (`Question,Complex_CoT,Response,,`) were refused as a repeated name."""
+    path = tmp_path / "sheet.csv"
+    path.write_text("Question,,Complex_CoT,Response,,\r\nq0,,c0,r0,,\r\nq1,,c1,r1,reviewed,\r\nq2,x,c2,r2,,\r\n")
+    rows = data.load_rows(path)[0]
+    assert [r["Complex_CoT"] for r in rows] == ["c0", "c1", "c2"] and [r.where[-6:] for r in rows][-1] == "line 4"
+    path.write_text("Question,Complex_CoT,Response,Response,,\nq,c,r,r,,\n")  # a repeated name is still refused
+    with pytest.raises(DataError, match=r"the header names \['Response'\] more than once"):
+        data.load_rows(path)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".json"])
+def test_a_file_that_is_not_utf8_names_the_byte_offset_and_line(tmp_path, ext):
+    """The offset was the decoder's, counted from its 8 KiB chunk, and no line was named."""
+    rows = [dict(ROWS[i % len(ROWS)], Question=f"Question {i}?") for i in range(400)]
+    rows[300]["Response"] = "Fi@vre."
+    path = write(tmp_path / f"rows{ext}", rows)
+    path.write_bytes(path.read_bytes().replace(b"@", "è".encode("latin-1")))  # Latin-1's è, as Excel saves it
+    raw = path.read_bytes()
+    offset = raw.index("è".encode("latin-1"))
+    line = raw.count(b"\n", 0, offset) + 1
+    with pytest.raises(DataError, match=rf"{path}: not UTF-8 text \(byte 0xe8 at byte offset {offset}, line {line}\)"):
+        data.load_rows(path)
+
+
+def test_check_data_show_states_the_rows_fate(tmp_path, tokenizer, capsys):
+    """A row that over_length=truncate with loss_on=completion drops (cut to its prompt) was shown as trained on."""
+    from medr1.__main__ import main
+
+    rows = [*ROWS, dict(ROWS[0], Question="A very long question " * 60), ROWS[1], dict(ROWS[0], Question="Held?")]
+    path = write(tmp_path / "rows.jsonl", rows)
+    limit = max(len(e.ids) for e in data.encode_rows(ROWS, tokenizer, "seed")) + 5
+    sets = [f"max_seq_length={limit}", "over_length=truncate", "loss_on=completion", "holdout_examples=1"]
+    args = ["check-data", str(path), "--preset", "smoke", *(x for s in sets for x in ("--set", s))]
+    cfg = build_config("smoke", {"data_path": str(path), **dict(s.split("=") for s in sets)}, quiet=True)
+    report = data.tokenize_rows(data.load_split(cfg).train, tokenizer, cfg)[1]
+    assert report.dropped_rows == [len(ROWS)]
+    fates = {}
+    for n in (0, len(ROWS), len(ROWS) + 1, len(ROWS) + 2):
+        assert main([*args, "--show", str(n)]) == 0
+        out = capsys.readouterr().out
+        fates[n] = ("(not among the rows trained on)" in out, out.strip().splitlines()[-1])
+    assert fates[len(ROWS)][0] and "dropped" in fates[len(ROWS)][1] and "loss_on='completion'" in fates[len(ROWS)][1]
+    assert fates[0] == (False, f"row 0: max_seq_length={limit}: fits; trained on")
+    assert fates[len(ROWS) + 1][0] and "a duplicate of an earlier row" in fates[len(ROWS) + 1][1]
+    assert fates[len(ROWS) + 2][0] and "held out" in fates[len(ROWS) + 2][1]
+
+
+def test_a_json_file_in_json_lines_layout_is_read_as_json_lines(tmp_path):
+    """`Dataset.to_json` writes JSON Lines by default (and `datasets` reads a .json either way); it was refused as
+    "invalid JSON on line 2: Extra data". A .jsonl holding one JSON array says so."""
+    from datasets import Dataset
+
+    path = tmp_path / "rows.json"
+    Dataset.from_list(ROWS).to_json(path)
+    rows, source = data.load_rows(path)
+    assert rows == ROWS and rows[-1].where == f"row {len(ROWS) - 1} of {source}, line {len(ROWS)}"
+    path.write_text(path.read_text() + '{"Question": "q"}\n')  # its rows are named by line, as in a .jsonl
+    with pytest.raises(DataError, match=rf"line {len(ROWS) + 1}: row {len(ROWS)} is missing field 'Complex_CoT'"):
+        data.load_rows(path)
+    path.write_text(json.dumps(ROWS, indent=2) + "\n]\n")  # a broken JSON document is still one
+    with pytest.raises(DataError, match=r"invalid JSON on line \d+: Extra data"):
+        data.load_rows(path)
+    for text in (json.dumps(ROWS), json.dumps(ROWS, indent=2), json.dumps({"train": ROWS}, indent=2)):
+        (tmp_path / "rows.jsonl").write_text(text)
+        with pytest.raises(DataError, match=r"rows\.jsonl: this file holds one JSON (array|object).*name it \.json"):
+            data.load_rows(tmp_path / "rows.jsonl")
+
+
+def test_hub_holdout_is_deduplicated_and_counted(tmp_path, monkeypatch, capsys):
+    """The hub's held-out rows skipped drop_duplicates: a row twice in the hold-out was evaluated twice. A local
+    dataset folder stands in for the hub (offline), its cache in tmp_path."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    last = dict(ROWS[0], Question="Another question?")
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    write(folder / "train.jsonl", [*ROWS, ROWS[1], last, dict(ROWS[2], Response="Another answer."), last])
+    cfg = build_config("smoke", {"data_path": "", "dataset_name": str(folder), "dataset_config": "default",
+                                 "num_examples": 0, "holdout_examples": 4}, quiet=True)
+    split = data.load_split(cfg)
+    assert split.duplicates == 1 and [r["Question"] for r in split.holdout] == [last["Question"]]
+    assert len(split.train) == len(ROWS) and (tmp_path / "cache").is_dir()  # held-out copies of training questions go
+    out = capsys.readouterr().out
+    assert "1 duplicate rows in" in out and "2 hold-out rows also appear in training" in out

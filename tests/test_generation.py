@@ -50,7 +50,7 @@ def lm():
 @pytest.fixture(scope="module")
 def texts():
     import medr1
-    from medr1.data import read_rows
+    from medr1.readers import read_rows
 
     rows = read_rows(Path(medr1.__file__).parent / "assets" / "medical_tiny.jsonl")  # the bundled fixture
     # 80 prompts: every fixture question in both prompt styles

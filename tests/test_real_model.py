@@ -106,7 +106,7 @@ def test_greedy_chat_answer_is_english_and_stops_at_eos(folder):
 
 
 def test_short_training_moves_only_lora_and_loss_falls(folder, tmp_path):
-    from medr1.data import read_rows
+    from medr1.readers import read_rows
     from medr1.run import Run
 
     # two bundled rows cut to their first sentences (short: fast), seen at every step, so a falling loss means

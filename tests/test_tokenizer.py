@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import medr1.model  # noqa: F401 - unsloth before transformers, as in the library
-from medr1 import build_config, data, prompts
+from medr1 import build_config, data, prompts, readers
 from medr1.errors import ModelError
 from medr1.tiny import BOS, EOS, PAD, tiny_model_path
 
@@ -158,7 +158,7 @@ def test_a_loud_warning_when_a_quarter_of_the_rows_do_not_fit(stand_in):
     from medr1.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(stand_in))
-    rows = data.read_rows(data.FIXTURE_PATH)[:8]
+    rows = readers.read_rows(data.FIXTURE_PATH)[:8]
     lengths = sorted(len(e.ids) for e in data.encode_rows(rows, tok, "seed"))
     cfg = build_config("smoke", {"max_seq_length": lengths[4] - 1}, quiet=True)
     _, report = data.tokenize_rows(rows, tok, cfg)
@@ -180,7 +180,7 @@ def test_masked_positions_do_not_move_the_gradient(loss_on, tmp_path):
                        quiet=True)
     model, tok = load_model(cfg)
     model = add_lora(model, cfg)
-    encoded = data.encode_rows(data.read_rows(data.FIXTURE_PATH)[:2], tok, "seed")
+    encoded = data.encode_rows(readers.read_rows(data.FIXTURE_PATH)[:2], tok, "seed")
     trainer = make_trainer(model, tok, data.to_dataset(encoded, loss_on), cfg, str(tmp_path / "ck"))
     batch = next(iter(trainer.get_train_dataloader()))
     params = [p for p in model.parameters() if p.requires_grad]

@@ -92,10 +92,11 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         if not 0 <= args.show < len(rows):
             print(f"--show {args.show}: no such row (0..{len(rows) - 1})", file=sys.stderr)
             return 2
-        unused = args.show not in {getattr(r, "index", None) for r in split.train}  # held out, past num_examples
-        print(f"--- training text of row {args.show}{' (not among the rows trained on)' if unused else ''} ---")
+        trained, fate = data.row_fate(args.show, rows, split, report, config)  # dropped, held out, a duplicate...
+        print(f"--- training text of row {args.show}{'' if trained else ' (not among the rows trained on)'} ---")
         print(format_row(rows[args.show], tokenizer.eos_token, config.prompt_style))
         print(token_view(rows[args.show], tokenizer, config))
+        print(f"row {args.show}: {fate}")
     if problem:
         print(f"medr1: training would stop: {problem}", file=sys.stderr)
         return 1
@@ -104,7 +105,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 def token_view(row: dict[str, str], tokenizer, config) -> str:
     """One row as the trainer sees it: each token's id and text, whether it counts in the loss, the round trip.
-    A lost space or newline, a split `<think>`, a missing EOS or a misplaced mask shows at a glance."""
+    A lost space or newline, a split `<think>`, a missing EOS or a misplaced mask shows at a glance. Whether it
+    fits and is trained on is data.row_fate's (the policy, the split and duplicates decide it)."""
     from medr1 import prompts
     from medr1.data import encode_rows
 
@@ -122,10 +124,6 @@ def token_view(row: dict[str, str], tokenizer, config) -> str:
     lines.append(f"round trip: decode(ids) {'==' if same else '!='} the training text"
                  f"{'' if same else ' (the tokenizer loses text: do not train on it)'}; "
                  f"{sum(counted)} of {len(enc.ids)} tokens count in the loss")
-    fits = len(enc.ids) <= config.max_seq_length
-    lines.append(f"max_seq_length={config.max_seq_length}: " + (
-        "fits" if fits else f"over it: over_length={config.over_length!r} "
-        + {"drop": "drops this row", "error": "stops the run", "truncate": "cuts it"}[config.over_length]))
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Rows in, training tokens out: load (hub or local file), validate, hold out, tokenize, length policy.
+"""Rows in, training tokens out: load (hub or local file; reading a file: `medr1.readers`), validate, hold out,
+tokenize, length policy.
 
 Every problem is reported with the file, row and field it is in, before any model loads. Row indices are
 0-based positions in the file (or split), kept through duplicates and the hold-out (`Row`); lines are 1-based.
@@ -6,9 +7,8 @@ Every problem is reported with the file, row and field it is in, before any mode
 
 from __future__ import annotations
 
-import csv
-import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +19,9 @@ from medr1.config import Config, hint
 from medr1.errors import DataError
 from medr1.log import log
 from medr1.presets import FIXTURE, VERIFIABLE_FIXTURE
+from medr1.readers import read_file, read_rows
 
 FIELDS = ("Question", "Complex_CoT", "Response")
-EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 ASSETS = Path(__file__).parent / "assets"
 FIXTURE_PATH = ASSETS / "medical_tiny.jsonl"
 FIXTURES = {FIXTURE: FIXTURE_PATH, VERIFIABLE_FIXTURE: ASSETS / "verifiable_tiny.jsonl"}  # name -> bundled file
@@ -29,79 +29,6 @@ FIXTURES = {FIXTURE: FIXTURE_PATH, VERIFIABLE_FIXTURE: ASSETS / "verifiable_tiny
 
 def resolve_path(data_path: str | Path) -> Path:
     return FIXTURES.get(str(data_path)) or Path(data_path).expanduser()
-
-
-def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]]:
-    """The value in a .json, .jsonl (its lines' values), .csv or .parquet file, and the line each JSONL or CSV row
-    starts on ([] for the others). `what` (the knob or option) starts messages about the file. By hand: `datasets`
-    names neither file nor line of a broken row, and fills a missing field with None. A UTF-8 BOM is skipped."""
-    path = Path(path).expanduser()
-    name = f"{what}: {path}" if what else str(path)
-    if not path.exists():
-        raise DataError(f"{what}: file not found: {path}" if what else f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{name} is a folder; give a .json, .jsonl, .csv or .parquet file")
-    suffix = path.suffix.lower()
-    if suffix not in EXTENSIONS:
-        raise DataError(f"{name} has unknown extension {suffix!r}; use one of {list(EXTENSIONS)}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{name} is empty")
-    try:
-        if suffix == ".csv":
-            with path.open(encoding="utf-8-sig", newline="") as fh:
-                return _csv(path, csv.reader(fh))
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                return pq.read_table(path).to_pylist(), []
-            except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-                raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
-        if suffix == ".json":
-            return _json(path, path.read_text(encoding="utf-8-sig")), []
-        with path.open(encoding="utf-8-sig") as fh:
-            numbered = [(n, line) for n, line in enumerate(fh, start=1) if line.strip()]
-        return [_json(path, line, n) for n, line in numbered], [n for n, _ in numbered]
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
-
-
-def _csv(path: Path, reader) -> tuple[list[dict[str, str]], list[int]]:
-    """Rows as objects of the header's fields, and their lines. More (non-empty) values than the header is an error:
-    csv.DictReader files the surplus under None, so an unquoted comma silently cut the answer; so is a repeated
-    column name, whose last column would silently win."""
-    header, rows, start = next(filter(None, reader), []), {}, reader.line_num + 1  # blank lines before it skipped
-    if twice := sorted({name for name in header if header.count(name) > 1}):
-        raise DataError(f"{path}: the header names {twice} more than once; give each column its own name")
-    for values in reader:
-        if any(v.strip() for v in values[len(header):]):
-            raise DataError(f"{path}: line {start} has {len(values)} values but the header has {len(header)} "
-                            'columns: an unquoted comma? Quote a value that holds one ("a, b")')
-        rows.update({start: dict(zip(header, values, strict=False))} if values else {})
-        start = reader.line_num + 1
-    return list(rows.values()), list(rows)
-
-
-def _json(path: Path, text: str, line: int = 0) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON on line {line or err.lineno}: {err.msg}") from None
-
-
-def read_rows(path: str | Path, what: str = "data_path", rows: Any = None) -> list[dict[str, Any]]:
-    """The rows of a data file (or `rows`, the value read from it): a list, or a JSON object holding one."""
-    rows = read_file(path, what)[0] if rows is None else rows
-    if isinstance(rows, dict):
-        lists = [v for v in rows.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: expected a JSON list of rows, got an object with keys {list(rows)}")
-        rows = lists[0]
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
-    if not rows:
-        raise DataError(f"{what}: {path} holds no rows")
-    return rows
 
 
 def check_row(row: Any, where: str, fields: tuple[str, ...], strings: tuple[str, ...] = ()) -> None:
@@ -178,7 +105,8 @@ def load_split(config: Config, loaded: tuple[list, str] | None = None) -> Split:
         source = f"{name} ({subset}, {split})"
         train_split = f"{split}[:{n}]" if n else f"{split}[:-{h}]" if h else split
         train, dups = drop_duplicates(hub_rows(name, subset, train_split))
-        holdout = hub_rows(name, subset, f"{split}[-{h}:]") if h else []
+        holdout, held_dups = drop_duplicates(hub_rows(name, subset, f"{split}[-{h}:]")) if h else ([], 0)
+        dups += held_dups  # a row twice in the hold-out would be evaluated twice
     train_questions = {r["Question"] for r in train}
     overlap = sum(r["Question"] in train_questions for r in holdout)
     if overlap:
@@ -261,9 +189,27 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, config: Config) -> tupl
     return kept, report
 
 
+def check_control_text(rows: list[dict[str, str]], tokenizer) -> None:
+    """Refuse rows whose fields hold one of the tokenizer's special tokens or a prompt marker: the tokenizer reads
+    it as that control token mid-text (an EOS in the reasoning teaches the model to stop before its answer, a
+    `</think>` or `<｜User｜>` splits the reasoning or the turn). The template's own markers surround the fields."""
+    special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    markers = {*tokenizer.all_special_tokens, *special, prompts.THINK_OPEN, prompts.THINK_CLOSE, prompts.R1_USER,
+               prompts.R1_ASSISTANT}
+    pattern = re.compile("|".join(map(re.escape, sorted(filter(None, markers), key=len, reverse=True))))
+    found = [(i, name, m.group()) for i, row in enumerate(rows) for name in FIELDS if (m := pattern.search(row[name]))]
+    if found:
+        i, name, token = found[0]
+        raise DataError(f"{len({f[0] for f in found})} rows hold a special token or prompt marker in their text "
+                        f"(first: {getattr(rows[i], 'where', f'row {i}')}, field {name!r}: {token!r}); the tokenizer "
+                        "reads it as that control token mid-text, not as text: remove them from the data")
+
+
 def apply_length_policy(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list, LengthReport, str]:
     """tokenize_rows without raising: (kept, report, why training would stop or ""), so check-data can report all.
-    With loss_on=completion a row cut to its prompt is dropped: TRL would drop it unsaid, off run.json's counts."""
+    With loss_on=completion a row cut to its prompt is dropped: TRL would drop it unsaid, off run.json's counts.
+    A row holding a special token or prompt marker raises: it is bad data whatever the lengths."""
+    check_control_text(rows, tokenizer)
     encoded = encode_rows(rows, tokenizer, config.prompt_style)
     lengths, limit, policy = [len(e.ids) for e in encoded], config.max_seq_length, config.over_length
     over = [i for i, n in enumerate(lengths) if n > limit]
@@ -292,6 +238,29 @@ def apply_length_policy(rows: list[dict[str, str]], tokenizer, config: Config) -
         over_length_rows=[getattr(rows[i], "index", i) for i in over],
         dropped_rows=[getattr(rows[i], "index", i) for i in sorted(gone)])
     return kept, report, problem
+
+
+def row_fate(index: int, rows: list, split: Split, report: LengthReport, config: Config) -> tuple[bool, str]:
+    """(trained on?, what training does with row `index` of `rows`, the file as load_rows read it) for check-data's
+    --show: the row's lengths, the policy, the split and duplicates decide it, as they decide training."""
+    limit, policy, h = config.max_seq_length, config.over_length, config.holdout_examples
+    if index in {r.index for r in split.train}:
+        if index not in report.over_length_rows:
+            return True, f"max_seq_length={limit}: fits; trained on"
+        done = {"error": "over_length='error' stops the run", "drop": "over_length='drop' drops it: not trained on",
+                "truncate": f"over_length='truncate' cuts it to {limit} tokens: trained on, cut"}[policy]
+        if policy == "truncate" and index in report.dropped_rows:
+            done = ("over_length='truncate' cuts it to its prompt, no token of its reasoning or answer left: dropped "
+                    "(loss_on='completion'), not trained on")
+        return index not in report.dropped_rows, f"max_seq_length={limit}: over it; {done}"
+    if index in {r.index for r in split.holdout}:
+        return False, "held out: not trained on (the before/after and the evaluation use it)"
+    unique = [r.index for r in drop_duplicates(rows)[0]]
+    if index not in unique:
+        return False, "a duplicate of an earlier row (each is kept once): not trained on"
+    if h and index in unique[-h:]:
+        return False, "held out, then left out of the hold-out (its question is a training row's too): not used"
+    return False, f"past num_examples={config.num_examples}: not trained on"
 
 
 def to_dataset(encoded: list[Encoded] | list[list[int]], loss_on: str = "all"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medr1 import data, prompts
+from medr1 import data, prompts, readers
 from medr1.errors import DataError
 
 
@@ -32,7 +32,7 @@ def load_questions(path: str | Path) -> list[Question]:
     An error names the field at fault and the question by its place counted from 0, in a grouped file within its
     benchmark ("MedMCQA question 1"): a global count would send the reader to the wrong question."""
     path = Path(path).expanduser()
-    raw = data.read_file(path, "")[0]
+    raw = readers.read_file(path, "")[0]
     groups = raw if isinstance(raw, dict) else {"": raw}  # {"MedQA": [...], "MedMCQA": [...]}: keep the names
     items = [(name, i, item) for name, group in groups.items() if isinstance(group, list)
              for i, item in enumerate(group)]
@@ -264,7 +264,7 @@ def read_prediction_rows(path: str | Path) -> list[dict[str, Any]]:
     """PRED.jsonl: one object per line with the generated text under `prediction` (and, from medr1, `sample`).
     Errors name the line of a .jsonl file (blank lines counted), else the entry's place in the list."""
     path = Path(path).expanduser()
-    raw, lines = data.read_file(path, "")
+    raw, lines = readers.read_file(path, "")
     if not isinstance(raw, list):
         raise DataError(f"{path}: expected one JSON object per line with a 'prediction' field")
     for i, item in enumerate(raw):

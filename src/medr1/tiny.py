@@ -19,8 +19,9 @@ from pathlib import Path
 from medr1.stack import import_unsloth_first
 
 from medr1 import prompts
-from medr1.data import FIXTURE_PATH, read_file
+from medr1.data import FIXTURE_PATH
 from medr1.files import atomic_dir
+from medr1.readers import read_file
 from medr1.tokenizer import byte_level_with_bos
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"

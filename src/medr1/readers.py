@@ -1,0 +1,149 @@
+"""Reading a user's data file: JSONL, JSON, CSV, Parquet, with errors that name the file and line.
+
+By hand: on a broken JSONL line `datasets.load_dataset("json", ...)` names neither file nor line, and it fills a
+missing field with None. Lines are 1-based, as an editor numbers them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from medr1.errors import DataError
+
+EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
+# csv's default limit, 131,072 characters, is one long reasoning; 2**31 - 1 is the most a C long holds everywhere
+CSV_FIELD_LIMIT = 2**31 - 1
+_BAD = object()  # what _loads gives for text that is not one JSON value
+
+
+def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]]:
+    """The value in a .json, .jsonl (its lines' values), .csv or .parquet file, and the line each JSONL or CSV row
+    starts on ([] for the others). `what` (the knob or option) starts messages about the file. A UTF-8 BOM is
+    skipped; a .json in JSON Lines layout (`Dataset.to_json`'s default, which `datasets` reads too) is read as one."""
+    path = Path(path).expanduser()
+    name = f"{what}: {path}" if what else str(path)
+    if not path.exists():
+        raise DataError(f"{what}: file not found: {path}" if what else f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{name} is a folder; give a .json, .jsonl, .csv or .parquet file")
+    suffix = path.suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise DataError(f"{name} has unknown extension {suffix!r}; use one of {list(EXTENSIONS)}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{name} is empty")
+    try:
+        if suffix == ".csv":
+            return _csv_file(path)
+        if suffix == ".parquet":
+            return _parquet(path), []
+        text = path.read_text(encoding="utf-8-sig")  # lines end at "\n", "\r\n" or "\r", not at a row's U+2028
+    except UnicodeDecodeError:
+        raise DataError(_not_utf8(path)) from None
+    return _json_document(path, text) if suffix == ".json" else _json_lines(path, text)
+
+
+def _not_utf8(path: Path) -> str:
+    """The message for a file that is not UTF-8, naming the first bad byte's offset in the file and its line: the
+    decoder's own offset counts from the chunk it was given, not from the file's start."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        return (f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at byte offset {err.start}, line {line}); "
+                "save it as UTF-8")
+    return f"{path}: not UTF-8 text; save it as UTF-8"
+
+
+def _parquet(path: Path) -> list[dict[str, Any]]:
+    """A Parquet file's rows; a damaged file is named (pyarrow's own errors name no file)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+
+
+def _csv_file(path: Path) -> tuple[list[dict[str, str]], list[int]]:
+    """A CSV file's rows and lines; csv's own errors (a field over its limit, ...) name the file and line."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)  # a long row is then counted by the length policy, as in JSONL
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            return _csv(path, reader)
+        except csv.Error as err:
+            raise DataError(f"{path}: line {reader.line_num} is not readable as CSV: {err}") from None
+
+
+def _csv(path: Path, reader) -> tuple[list[dict[str, str]], list[int]]:
+    """Rows as objects of the header's named fields, and their lines: a column with no name (a spreadsheet's
+    trailing ",,", pandas' index) is left out, as any column but the three is later. More (non-empty) values than
+    the header is an error: csv.DictReader files the surplus under None, so an unquoted comma silently cut the
+    answer; so is a repeated column name, whose last column would silently win."""
+    header, rows, start = next(filter(None, reader), []), {}, reader.line_num + 1  # blank lines before it skipped
+    named = [i for i, name in enumerate(header) if name.strip()]
+    names = [header[i] for i in named]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise DataError(f"{path}: the header names {twice} more than once; give each column its own name")
+    for values in reader:
+        if any(v.strip() for v in values[len(header):]):
+            raise DataError(f"{path}: line {start} has {len(values)} values but the header has {len(header)} "
+                            'columns: an unquoted comma? Quote a value that holds one ("a, b")')
+        if values:
+            rows[start] = {header[i]: values[i] for i in named if i < len(values)}
+        start = reader.line_num + 1
+    return list(rows.values()), list(rows)
+
+
+def _json_document(path: Path, text: str) -> tuple[Any, list[int]]:
+    """A .json file's value; one JSON value a line (its first line one whole value) is read as JSON Lines."""
+    try:
+        return json.loads(text), []
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data" and _loads(text.lstrip().split("\n", 1)[0]) is not _BAD:
+            return _json_lines(path, text)
+        raise DataError(f"{path}: invalid JSON on line {err.lineno}: {err.msg}") from None
+
+
+def _json_lines(path: Path, text: str) -> tuple[list[Any], list[int]]:
+    """Each non-blank line's value, and its line. A .jsonl that is one JSON document (a .json misnamed) says so."""
+    numbered = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    first = _loads(numbered[0][1]) if numbered else None
+    if (first is _BAD or isinstance(first, list)) and (whole := _loads(text)) is not _BAD:
+        kind = {list: "array", dict: "object"}.get(type(whole), "value")
+        raise DataError(f"{path}: this file holds one JSON {kind}, not one row a line: name it .json")
+    return [_json(path, line, n) for n, line in numbered], [n for n, _ in numbered]
+
+
+def _loads(text: str) -> Any:
+    """The JSON value of `text`, or _BAD: for telling a file's layout, where failing is an answer, not an error."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return _BAD
+
+
+def _json(path: Path, text: str, line: int = 0) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON on line {line or err.lineno}: {err.msg}") from None
+
+
+def read_rows(path: str | Path, what: str = "data_path", rows: Any = None) -> list[dict[str, Any]]:
+    """The rows of a data file (or `rows`, the value read from it): a list, or a JSON object holding one."""
+    rows = read_file(path, what)[0] if rows is None else rows
+    if isinstance(rows, dict):
+        lists = [v for v in rows.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path}: expected a JSON list of rows, got an object with keys {list(rows)}")
+        rows = lists[0]
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
+    if not rows:
+        raise DataError(f"{what}: {path} holds no rows")
+    return rows
