@@ -138,6 +138,10 @@ def test_evaluating_a_run_refuses_options_it_would_ignore(capsys):
         assert main(["evaluate", "runs/x", *extra]) == 2
         err = capsys.readouterr().err
         assert f"{flag}: not used when evaluating a run" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["evaluate", "runs/x", "--style", "r1"]) == 2  # "without --mcq" sent users to add it, in vain
+    assert "--style: not used when evaluating a run (it is asked in its own prompt style)" in capsys.readouterr().err
+    assert main(["evaluate", "runs/x", "--max-questions", "3"]) == 2
+    assert "--max-questions: not used when evaluating a run without --mcq" in capsys.readouterr().err
 
 
 def test_export_no_adapter_verify_checks_the_export_made_before(smoke_run, tmp_path, capsys):

@@ -120,10 +120,10 @@ def test_csv_row_with_more_values_than_the_header_is_named(tmp_path):
     path = tmp_path / "u.csv"
     path.write_text("Question,Complex_CoT,Response\nWhat is x?,Think,Aspirin\nWhat is y?,Think about it,"
                     "Give aspirin, heparin and a statin\n")
-    with pytest.raises(DataError, match=r"u\.csv: line 3 has 4 values but the header has 3 .*unquoted comma"):
+    with pytest.raises(DataError, match=r"u\.csv: row 1, line 3 has 4 values but the header has 3 .*unquoted comma"):
         readers.read_rows(path)
     path.write_text("Question,Complex_CoT\nq,c,r\n")  # a short header: was a TypeError in check_row
-    with pytest.raises(DataError, match=r"line 2 has 3 values but the header has 2"):
+    with pytest.raises(DataError, match=r"row 0, line 2 has 3 values but the header has 2"):
         data.load_rows(path)
     path.write_text("Question,Complex_CoT,Response\nq,c,r,\n")  # a trailing comma adds nothing: read as before
     assert readers.read_rows(path) == [{"Question": "q", "Complex_CoT": "c", "Response": "r"}]

@@ -154,10 +154,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     if not args.run_dir:
         raise ConfigError("give a run folder (RUN_DIR), or --mcq FILE --predictions PRED.jsonl")
-    unused = [f for f, v in (("--style", args.style), ("--max-questions", args.max_questions and not args.mcq)) if v]
-    if unused:  # a run is asked in its own prompt style; --max-questions counts --mcq questions
-        raise ConfigError(f"{', '.join(unused)}: not used when evaluating a run{'' if args.mcq else ' without --mcq'}; "
-                          "leave it out")
+    unused = [why for why, v in (
+        ("--style: not used when evaluating a run (it is asked in its own prompt style)", args.style),
+        ("--max-questions: not used when evaluating a run without --mcq (it counts --mcq questions)",
+         args.max_questions and not args.mcq)) if v]
+    if unused:
+        raise ConfigError(f"{'; '.join(unused)}: leave it out")
     from medr1.evaluate import evaluate_run
 
     ev = evaluate_run(args.run_dir, mcq_file=args.mcq or "", max_rows=args.max_rows,

@@ -91,8 +91,8 @@ def _csv(path: Path, reader) -> tuple[list[dict[str, str]], list[int]]:
         raise DataError(f"{path}: the header names {twice} more than once; give each column its own name")
     for values in reader:
         if any(v.strip() for v in values[len(header):]):
-            raise DataError(f"{path}: line {start} has {len(values)} values but the header has {len(header)} "
-                            'columns: an unquoted comma? Quote a value that holds one ("a, b")')
+            raise DataError(f"{path}: row {len(rows)}, line {start} has {len(values)} values but the header has "
+                            f'{len(header)} columns: an unquoted comma? Quote a value that holds one ("a, b")')
         if values:
             rows[start] = {header[i]: values[i] for i in named if i < len(values)}
         start = reader.line_num + 1
