@@ -86,6 +86,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     print(f"tokens per training row: median {report.median_tokens:.0f}, max {report.max_tokens}; over "
           f"max_seq_length={config.max_seq_length}: {report.over_length} (policy over_length={config.over_length!r}: "
           f"{report.dropped} dropped, {report.truncated} truncated)")
+    print(report.coverage(config))
     if report.warning():
         print(f"medr1: {report.warning()}")
     if args.show is not None:
