@@ -107,10 +107,15 @@ if merged:
 
 # %% [markdown]
 # ## GGUF (for llama.cpp, Ollama, LM Studio)
-# Needs llama.cpp; where it cannot be built here (no network, no compiler), one line says what is missing.
+# Needs llama.cpp; where it cannot be built here (no network, no compiler), the plan said what is missing and this
+# step says it again.
 
 # %%
-gguf_files = exp.gguf(plan.gguf)
+if plan.gguf_left_out:  # asked for, but the plan found it impossible here
+    print(f"medr1: GGUF left out: {plan.gguf_left_out}, see the plan above")
+    gguf_files = None
+else:
+    gguf_files = exp.gguf(plan.gguf)
 
 # %% [markdown]
 # ## Push to the hub (with `push_repo`)

@@ -1,12 +1,18 @@
 """Export and generation, refused early and honestly: what a run can be exported to where Unsloth cannot be used (not
 installed, MEDR1_BACKEND=hf, a CPU with a 4-bit run), destinations under a file, --verify without Unsloth, sampling
-and token budgets that cannot work."""
+and token budgets that cannot work; a push that cannot happen, folders used but not written now (another run's),
+a killed export's leftovers, folders that cannot be written in, GGUF left out, a diverged run, an adapter folder."""
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -273,3 +279,290 @@ def test_both_engines_refuse_a_budget_below_one_token(tiny, engine, budget):
     with pytest.raises(ValueError, match=rf"max_new_tokens={budget}: .*at least 1"):
         (decode.decode(model, [[1, 2, 3]], max_new_tokens=budget, eos_ids={2}) if engine == "medr1" else
          infer.hf_generate(model, tokenizer, ["Q: why?"], max_new_tokens=budget))
+
+
+# --- 5. a push found impossible, and folders used without being written, before anything is written -----------------
+
+TOKEN = "hf_medr1ShareToken0123456789"
+
+
+@contextmanager
+def _hub(status: int, role: str = "write"):
+    """A local stand-in for the hub's whoami-v2 (never a real host): `status`, and the token's `role` when 200."""
+    class Whoami(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = json.dumps({"name": "me", "auth": {"accessToken": {"role": role}}} if status == 200 else
+                              {"error": "Invalid credentials in Authorization header"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Whoami)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_plan_refuses_a_push_that_cannot_happen_before_writing(runs, tmp_path, monkeypatch, capsys):
+    """HF_HUB_OFFLINE=1 with a token: the adapter and the merged model were written, then the push failed and the
+    card named a repository never made. Now the plan refuses: offline mode, no route to the hub, a token it refuses
+    (401, named without being shown) or a read-only one."""
+    import huggingface_hub.constants as constants
+
+    from medr1.__main__ import main
+    from medr1.export import Export
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "p9"
+    capsys.readouterr()
+    assert main(["export", str(runs.plain), "--merged", "--push", "me/x", "--to", str(out)]) == 2
+    printed = capsys.readouterr()
+    assert not out.exists(), "exports were written before the push was found impossible"
+    assert printed.err.count("\n") == 1 and "HF_HUB_OFFLINE" in printed.err and "export plan checked" not in printed.out
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = free.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed}")
+    with pytest.raises(ExportError, match=rf"hub \(127\.0\.0\.1:{closed}\) cannot be reached"):
+        Export(runs.plain, out).plan(push_repo="me/x")
+    for status, role, words in ((401, "write", "refused the token (401 Unauthorized): HF_TOKEN"),
+                                (200, "read", "is a read token")):
+        with _hub(status, role) as endpoint:
+            monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+            with pytest.raises(ExportError, match=re.escape(words)) as err:
+                Export(runs.plain, out).plan(push_repo="me/x")
+        assert TOKEN not in str(err.value) and "\n" not in str(err.value)
+    with _hub(200) as endpoint:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        assert Export(runs.plain, out).plan(push_repo="me/x").push_repo == "me/x"
+    assert TOKEN not in "".join(capsys.readouterr()) and not out.exists()
+
+
+def test_a_failed_push_leaves_the_folders_card_as_it_was(runs, tmp_path, monkeypatch):
+    """The card written for the push names the repository: where the upload fails, the card it replaced comes back."""
+    import huggingface_hub
+
+    from medr1.export import Export
+
+    class Hub:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            pass
+
+        def upload_folder(self, **kwargs):
+            assert "# me/x" in (Path(kwargs["folder_path"]) / "README.md").read_text()  # the card goes with it
+            assert kwargs["ignore_patterns"] == [".medr1-adapter.sha256"]
+
+    class Failing(Hub):
+        def upload_folder(self, **kwargs):
+            raise RuntimeError(f"connection reset ({TOKEN})")
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    exp = Export(runs.plain, tmp_path / "x")
+    readme = exp.adapter() / "README.md"
+    before = readme.read_text()
+    monkeypatch.setattr(huggingface_hub, "HfApi", Failing)
+    with pytest.raises(ExportError, match="push of .* failed: RuntimeError: connection reset") as err:
+        exp.push("me/x")
+    assert TOKEN not in str(err.value)
+    assert readme.read_text() == before and "# me/x" not in before
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    assert exp.push("me/x") == "me/x" and "# me/x" in readme.read_text()
+
+
+@pytest.fixture(scope="module")
+def other(smoke_run, tmp_path_factory):
+    """Another run: the smoke run with other adapter weights."""
+    from safetensors.torch import load_file, save_file
+
+    run = _copy(smoke_run.out, tmp_path_factory.mktemp("other") / "run")
+    weights = run / "adapter" / "adapter_model.safetensors"
+    save_file({k: v + 0.01 if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
+    return run
+
+
+def test_a_folder_used_but_not_written_now_must_be_this_runs(runs, other, tmp_path, no_unsloth, monkeypatch, capsys):
+    """--no-adapter --push and --no-adapter --verify took whatever the export folder held, another run's adapter too,
+    and wrote this run's card over it; a merged folder pushed without being written now, the same."""
+    import medr1.export as export
+    from medr1.__main__ import main
+
+    out = tmp_path / "x"
+    theirs = export.Export(other, out)
+    theirs.adapter()
+    theirs.merged()
+    card = (out / "adapter" / "README.md").read_text()
+    exp = export.Export(runs.plain, out)
+    refusal = r"will not {} .*{}: it is no export of this run's adapter .*plain/adapter"
+    with pytest.raises(ExportError, match=refusal.format("verify", "adapter")):
+        exp.plan(adapter=False, verify=True)
+    for what, folder in (("adapter", "adapter"), ("merged", "merged-16bit")):
+        with pytest.raises(ExportError, match=refusal.format("push", folder)):
+            exp.plan(adapter=False, push_repo="me/x", push_what=what)
+        with pytest.raises(ExportError, match=refusal.format("push", folder)):
+            exp.push("me/x", what)
+    with pytest.raises(ExportError, match=refusal.format("verify", "adapter")):
+        exp.verify_adapter()
+    capsys.readouterr()
+    assert main(["export", str(runs.plain), "--to", str(out), "--no-adapter", "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out / "adapter") in err and str(runs.plain / "adapter") in err
+    assert (out / "adapter" / "README.md").read_text() == card  # never this run's card over their weights
+
+    monkeypatch.setattr(export, "hub_token", lambda: TOKEN)
+    monkeypatch.setattr(export, "check_hub", lambda token: None)  # the hub's checks have their own test
+    mine = export.Export(runs.plain, tmp_path / "mine")
+    mine.adapter()
+    mine.merged()
+    again = export.Export(runs.plain, tmp_path / "mine")  # another process, later: its own exports pass
+    again.plan(adapter=False, verify=True, push_repo="me/x", push_what="merged")
+    (tmp_path / "mine" / "adapter" / ".medr1-adapter.sha256").unlink()  # an adapter exported before the marker
+    again.plan(adapter=False, verify=True, push_repo="me/x")
+    (tmp_path / "mine" / "merged-16bit" / ".medr1-adapter.sha256").unlink()  # nothing tells whose merge it is
+    with pytest.raises(ExportError, match=r"will not push .*merged-16bit.*before medr1 marked its exports"):
+        again.plan(adapter=False, push_repo="me/x", push_what="merged")
+
+
+# --- 6. a killed export's leftovers, and folders that cannot be written in -------------------------------------------
+
+def test_plan_sweeps_a_killed_exports_leftovers_before_the_disk_check(runs, tmp_path, monkeypatch, capsys):
+    """A killed merge's hidden `.merged-16bit.tmp-*` (16 GB for the 8B model) counted as used and the plan refused,
+    though the next write removes it. A live writer's folder (it holds its lock) stays."""
+    import medr1.export as export
+    from medr1 import files
+
+    out = tmp_path / "x"
+    left = out / ".merged-16bit.tmp-k1ll3d"
+    left.mkdir(parents=True)
+    (left / "model.safetensors").write_bytes(b"w" * 4096)
+    live = out / ".adapter.tmp-l1ve"
+    live.mkdir()
+    monkeypatch.setattr(export.shutil, "disk_usage",
+                        lambda p: SimpleNamespace(total=2**40, used=0, free=0 if left.exists() else 2**40))
+    held = files._held(live)
+    try:
+        plan = export.Export(runs.plain, out).plan(merged=True)
+    finally:
+        os.close(held)
+    assert list(plan.folders) == ["adapter", "merged"] and not left.exists() and live.exists()
+    assert f"removing {left}, left by a write that was killed" in capsys.readouterr().out
+
+
+@pytest.fixture
+def unwritable(tmp_path, monkeypatch):
+    """A folder this process cannot write in: mode 0o555; as root, whom modes do not stop, os.access says so."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **k: Path(p) != folder and access(p, mode, **k))
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("under", ["", "export"])
+def test_plan_refuses_an_export_folder_it_cannot_write_in(runs, unwritable, under, capsys):
+    """A read-only destination: the plan said "checked", then a raw PermissionError traceback."""
+    from medr1.__main__ import main
+    from medr1.export import Export
+
+    dest = unwritable / under if under else unwritable
+    with pytest.raises(OutputDirError, match=rf"'{re.escape(str(unwritable))}' is not writable here"):
+        Export(runs.plain, dest).plan()
+    capsys.readouterr()
+    assert main(["export", str(runs.plain), "--to", str(dest)]) == 2
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and "is not writable here" in out.err and "Traceback" not in out.err
+    assert "export plan checked" not in out.out and not list(unwritable.iterdir())
+
+
+def test_atomic_writes_name_the_folder_they_cannot_write_in(tmp_path):
+    """An OSError of an atomic write is one line naming the folder (the CLI shows medr1's errors as one line)."""
+    from medr1 import files
+
+    if os.geteuid() == 0:  # modes do not stop root: sysfs refuses a new folder to everyone
+        folder = Path("/sys/medr1-test")
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+    try:
+        with pytest.raises(OutputDirError, match=rf"cannot write in '{re.escape(str(folder))}': "):
+            with files.atomic_dir(folder / "adapter"):
+                pytest.fail("a folder to write in was made")
+        with pytest.raises(OutputDirError, match=rf"cannot write in '{re.escape(str(folder))}': "):
+            files.atomic_write_text(folder / "README.md", "card")
+    finally:
+        if folder.is_relative_to(tmp_path):
+            folder.chmod(0o755)
+
+
+# --- 7. GGUF asked for and left out: the GGUF step says why again; a diverged run, an adapter folder given ---------
+
+def test_export_notebook_repeats_why_gguf_was_left_out(runs, tmp_path, monkeypatch):
+    """It said "GGUF skipped (no quantization methods asked for)" when q8_0 was asked for and the plan left it out."""
+    import papermill
+
+    from medr1.export import Export
+
+    monkeypatch.setenv("MEDR1_BACKEND", "hf")  # the kernel inherits it: GGUF, through Unsloth, is not possible
+    notebooks = Path(__file__).parent.parent / "notebooks"
+    nb = papermill.execute_notebook(str(notebooks / "03_export.ipynb"), str(tmp_path / "03.ipynb"),
+                                    cwd=str(notebooks), kernel_name="python3", progress_bar=False, parameters={
+                                        "run_dir": str(runs.plain), "export_dir": str(tmp_path / "x"),
+                                        "merged": False, "gguf": "q8_0"})
+    text = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
+    assert "no quantization methods asked for" not in text
+    assert re.search(r"medr1: GGUF left out: it goes through Unsloth, and MEDR1_BACKEND=hf .*, see the plan above",
+                     text)
+    monkeypatch.setattr("medr1.gguf.UNSLOTH", False)
+    assert "MEDR1_BACKEND=hf" in Export(runs.plain, tmp_path / "y").plan(gguf="q8_0", strict=False).gguf_left_out
+
+
+def test_export_of_a_diverged_run_gives_trainings_advice(tmp_path, capsys):
+    """A diverged run got "did the run finish?", which hints at a resume (it would diverge again)."""
+    from medr1.__main__ import main
+    from medr1.errors import ModelError
+    from medr1.export import Export
+
+    rec = {"status": "diverged", "diverged": {"step": 7, "what": "4 LoRA weight tensors"},
+           "config": {"learning_rate": 2e-4, "grpo_learning_rate": 3e-5}}
+    (tmp_path / "run.json").write_text(json.dumps(rec))
+    with pytest.raises(ModelError, match=r"diverged at step 7 and saved no adapter .*lower learning rate "
+                                         r"\(learning_rate=2e-05\), with another output_dir or overwrite=True") as err:
+        Export(tmp_path)
+    assert "finish" not in str(err.value)
+    (tmp_path / "run.json").write_text(json.dumps({**rec, "kind": "grpo"}))
+    with pytest.raises(ModelError, match=r"\(grpo_learning_rate=3e-06\)"):
+        Export(tmp_path)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path)]) == 2
+    assert "--set grpo_learning_rate=3e-06), with another output_dir or --overwrite" in capsys.readouterr().err
+
+
+def test_export_of_an_adapter_folder_names_its_run(runs, capsys):
+    """`medr1 export RUN/adapter` said only "RUN/adapter/run.json not found"."""
+    from medr1.__main__ import main
+    from medr1.errors import DataError
+    from medr1.export import Export
+
+    with pytest.raises(DataError, match=rf"did you mean {re.escape(str(runs.plain))}\?"):
+        Export(runs.plain / "adapter")
+    assert main(["export", str(runs.plain / "adapter")]) == 2
+    assert f"(did you mean {runs.plain}?)" in capsys.readouterr().err

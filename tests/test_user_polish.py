@@ -473,8 +473,8 @@ def test_a_killed_write_leaves_nothing_behind_at_the_next_one(tmp_path):
     (tmp_path / ".v1.old-9").mkdir()
     held = files._held(live)
     try:
-        files._sweep(dest)
-        files._sweep(tmp_path / "v[12]")
+        files.sweep(dest)
+        files.sweep(tmp_path / "v[12]")
     finally:
         os.close(held)
     assert (dest / "kept").read_text() == "the previous export" and live.exists()

@@ -13,6 +13,7 @@ import gc
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +25,32 @@ from medr1 import card
 from medr1 import gguf as to_gguf
 from medr1.config import Config, hint
 from medr1.errors import ExportError, MedR1Error, OutputDirError
-from medr1.files import atomic_dir, check_folder
+from medr1.files import atomic_dir, atomic_write_text, check_disk, check_folder, check_writable, sweep
+from medr1.hub import check_hub, hub_token, push_folder
 from medr1.log import log
 from medr1.model import load_adapter, merge_16bit
 from medr1.preflight import check_run_model, model_path
 from medr1.prompts import inference_prompt
-from medr1.record import adapter_dir, holdout_rows, read_record, run_config
+from medr1.record import adapter_dir, adapter_sha256, holdout_rows, read_record, run_config
 
 SLACK_BYTES = 64 * 2**20  # headroom on top of the estimate: config files, tokenizer, the filesystem's own blocks
 PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # what -> folder under export_dir
+MARKER = ".medr1-adapter.sha256"  # in each export folder: the run's adapter weights it was made from (never pushed)
+NO_GGUF = "GGUF export is not possible here: "
 
 
 def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
-    """Refuse a destination that is a file or lies under one, or a folder holding anything unless `overwrite`."""
+    """Refuse a destination that is a file or lies under one, or in a folder this process cannot write in, or a folder
+    holding anything unless `overwrite`. A killed export's leftovers beside it go first: they hold the disk."""
     dest = Path(dest).expanduser()
     check_folder(dest, f"export destination {str(dest)!r}")
+    check_writable(dest.parent, f"export destination {str(dest)!r}")
+    sweep(dest)  # its hidden .tmp-/.old- folders no live writer holds (a previous folder moved aside comes back)
     if _filled(dest) and not overwrite:
         held = sorted(p.name for p in dest.iterdir())[:5]
         raise OutputDirError(f"export destination {str(dest)!r} is not empty (holds {held}); pass {hint('overwrite')} "
                              "to replace it, or choose another folder")
     return dest
-
-
-def check_disk(dest: str | Path, need: int, what: str) -> None:
-    """Fail before writing when `need` bytes will not fit on the filesystem that will hold `dest`."""
-    existing = Path(dest).expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if free < need:
-        raise ExportError(f"{what} needs about {need / 2**30:.2f} GiB at {dest}, but only {free / 2**30:.2f} GiB is "
-                          "free there: free some space or choose a folder on a larger disk")
 
 
 def count_parameters(config: Config) -> int:
@@ -71,17 +67,6 @@ def merged_bytes(n_params: int) -> int:
     return 2 * n_params + SLACK_BYTES
 
 
-def hub_token() -> str:
-    """The hub token (HF_TOKEN, a stored login or Colab's secret, through huggingface_hub); never printed."""
-    from huggingface_hub import get_token
-
-    token = get_token()
-    if not token:
-        raise ExportError("pushing to the hub needs a write token: set HF_TOKEN in the environment, or on Colab add "
-                          "a secret named HF_TOKEN (key icon in the left bar) and allow this notebook to read it")
-    return token
-
-
 @dataclass
 class Plan:
     """What an export will write, every part checked before anything is: see `Export.plan`."""
@@ -91,6 +76,7 @@ class Plan:
     push_repo: str = ""
     push_what: str = "adapter"
     need_bytes: int = 0
+    gguf_left_out: str = ""  # why GGUF was asked for and left out (not possible here), for the GGUF step to repeat
 
 
 class Export:
@@ -112,34 +98,36 @@ class Export:
     def plan(self, *, adapter: bool = True, verify: bool = False, merged: bool = False, gguf: str | list[str] = "",
              push_repo: str = "", push_what: str = "adapter", strict: bool = True) -> Plan:
         """Check every input of an export before anything is written or loaded (seconds; the CLI and notebook 03
-        call this first): GGUF methods, Unsloth and llama.cpp, whether this run can be merged here, destinations, free
-        disk for all of it, repository name, token, base model. Where GGUF cannot be made, `strict` raises; otherwise
-        one line says so and GGUF is left out."""
+        call this first): GGUF methods, Unsloth and llama.cpp, whether this run can be merged here, destinations
+        (writable; a killed export's leftovers go), free disk for all of it, that a folder used but not written now is
+        this run's, repository name, token and hub, base model. Where GGUF cannot be made, `strict` raises; otherwise
+        one line says so and GGUF is left out (`Plan.gguf_left_out` keeps why)."""
         out = Plan(gguf=to_gguf.methods(gguf), push_repo=push_repo, push_what=push_what)
-        check_destination(self.export_dir, overwrite=True)  # not a file, nor under one: its folders go in it
+        check_folder(self.export_dir, f"export destination {str(self.export_dir)!r}")  # its folders go in it
         if merged and (why := to_gguf.why_not_merged(self.config.load_in_4bit)):
             raise ExportError(f"a merged 16-bit model cannot be made here: {why}")
-        if out.gguf and not self._gguf_possible(strict):
-            out.gguf = []
+        if out.gguf and (why := self._gguf_why()):
+            to_gguf.refuse(NO_GGUF + why, strict)
+            out.gguf, out.gguf_left_out = [], why
         if verify or merged or out.gguf:  # these load the base model: run.json's model_name must be found here
             check_run_model(self.config, self.run_dir)
         wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
         out.folders = {what: check_destination(self.export_dir / PUSHABLE[what], self.overwrite)
                        for what, on in wanted.items() if on}
-        if verify and not adapter and not _filled(self.export_dir / "adapter"):
-            raise ExportError(f"nothing to verify: {self.export_dir / 'adapter'} does not exist; export the adapter")
+        if verify and not adapter:
+            self._check_ours("adapter", self.export_dir / "adapter", "verify")
         if push_repo:
             folder = self._push_folder(push_what)
-            if push_what not in out.folders and not _filled(folder):
-                raise ExportError(f"nothing to push: {folder} does not exist and this export does not make the "
-                                  f"{push_what}")
+            if push_what not in out.folders:
+                self._check_ours(push_what, folder, "push")
+                check_writable(folder, f"push folder {str(folder)!r} (its card names the repository)")
             from huggingface_hub.utils import HFValidationError, validate_repo_id
 
             try:
                 validate_repo_id(push_repo)
             except HFValidationError as err:
                 raise ExportError(f"push repository {push_repo!r} is not a valid hub name (you/name): {err}") from None
-            hub_token()
+            check_hub(hub_token())
         n = count_parameters(self.config) if merged or out.gguf else 0
         out.need_bytes = sum(self._bytes(what, n, out.gguf) for what in out.folders)
         if out.folders:
@@ -162,6 +150,8 @@ class Export:
         peft; where Unsloth is not used (its reason is returned), peft against the run's own adapter loaded the
         medr1 way (transformers + peft), so that the check always compares two loads."""
         path = Path(path or self.paths.get("adapter") or self.export_dir / "adapter")
+        if path != self.paths.get("adapter"):  # not written by this export: it must be this run's
+            self._check_ours("adapter", path, "verify")
         prompt = inference_prompt(question or self._question(), self.config.prompt_style)
         why = to_gguf.why_no_unsloth()
         loads = [("medr1", self.adapter_src), ("peft", path)] if why else [("unsloth", path), ("peft", path)]
@@ -209,8 +199,8 @@ class Export:
             log.info("GGUF skipped (no quantization methods asked for)")
             return None
         dest = self._destination("gguf", dest)  # a full destination is refused before llama.cpp is looked for
-        if not self._gguf_possible(strict):
-            return None
+        if why := self._gguf_why():
+            return to_gguf.refuse(NO_GGUF + why, strict) or None
         with self._writing("gguf", dest, f"GGUF {', '.join(wanted)}", wanted) as tmp:
             to_gguf.write(*self._load(), tmp, wanted)
         return sorted(dest.glob("*.gguf"))
@@ -222,10 +212,33 @@ class Export:
             log.info("not pushed to the hub (no repository name given)")
             return None
         folder = self._push_folder(what)
-        if not _filled(folder):
-            raise ExportError(f"nothing to push: {folder} does not exist yet; export the {what} first")
+        if what not in self.paths:  # not written by this export: it must be this run's
+            self._check_ours(what, folder, "push")
+        readme = folder / "README.md"
+        before = readme.read_text(encoding="utf-8") if readme.is_file() else None
         card.write_card(folder, self.record, what, evaluation=self.evaluation, repo_id=repo_id)
-        return push_folder(folder, repo_id, private=private)
+        try:
+            return push_folder(folder, repo_id, private=private, ignore=(MARKER,))
+        except BaseException:  # its card names a repository that was not made: the previous one comes back
+            atomic_write_text(readme, before) if before is not None else readme.unlink(missing_ok=True)
+            raise
+
+    def _check_ours(self, what: str, folder: Path, action: str) -> None:
+        """A folder this export does not write now must hold this run's export: --no-adapter --push would write this
+        run's card over another run's weights, --verify check another run's adapter. Its MARKER (an adapter:
+        its weights) must be the sha256 of this run's adapter weights."""
+        if not _filled(folder):
+            raise ExportError(f"nothing to {action}: {folder} does not exist and this export does not make the {what}")
+        marker = folder / MARKER
+        made = marker.read_text().strip() if marker.is_file() else adapter_sha256(folder)
+        if not self._source or made != self._source:
+            raise ExportError(f"will not {action} {folder}: it is no export of this run's adapter {self.adapter_src} "
+                              f"(another run's, or from before medr1 marked its exports); export the {what} again "
+                              f"with {hint('overwrite')}, or choose another export folder")
+
+    @cached_property
+    def _source(self) -> str:  # hashed once, where a check or a MARKER needs it
+        return adapter_sha256(self.adapter_src)
 
     def _push_folder(self, what: str) -> Path:
         if what not in PUSHABLE:
@@ -243,11 +256,15 @@ class Export:
         plain peft LoRA either way); MEDR1_BACKEND=hf keeps it out (then a 16-bit run merges with peft)."""
         return not to_gguf.why_no_unsloth()
 
-    def _gguf_possible(self, strict: bool) -> bool:
-        """GGUF goes through Unsloth and starts from a merged model: where that cannot be made here, neither can it."""
+    def _gguf_why(self) -> str:
+        """Why GGUF cannot be made here ("" when it can): it goes through Unsloth and llama.cpp, from a merged model."""
         if self._unsloth() and (why := to_gguf.why_not_merged(self.config.load_in_4bit)):  # else possible() says why
-            return to_gguf.refuse(f"GGUF export is not possible here: it starts from a merged model, and {why}", strict)
-        return to_gguf.possible(strict)
+            return f"it starts from a merged model, and {why}"
+        try:
+            to_gguf.possible(strict=True)
+        except ExportError as err:
+            return str(err).removeprefix(NO_GGUF)
+        return ""
 
     def _load(self):
         """Base + adapter, loaded once for the merged and GGUF exports: through Unsloth where it is used."""
@@ -268,6 +285,7 @@ class Export:
         with atomic_dir(dest) as tmp:
             yield tmp
             card.write_card(tmp, self.record, what, evaluation=self.evaluation)
+            (tmp / MARKER).write_text(self._source + "\n")
         self.paths[what] = dest
         log.info(f"{label} saved to {dest}")
 
@@ -280,21 +298,3 @@ class Export:
 
 def _filled(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
-
-
-def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None) -> str:
-    """Create the repository (private by default; an existing one keeps its visibility) and upload `folder`;
-    errors from the hub come back as one line with the token masked out."""
-    token = token or hub_token()  # HF_TOKEN, else the login's token, else Colab's secret
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message=f"medr1 export: {Path(folder).name}")
-    except Exception as err:  # noqa: BLE001 - network, auth and hub errors: one clear line, token never shown
-        first = (str(err).strip().splitlines() or [""])[0].replace(token, "***")
-        raise ExportError(f"push of {folder} to {repo_id!r} failed: {type(err).__name__}: {first}") from None
-    log.info(f"pushed {folder} to the hub as {repo_id} ({'private' if private else 'public'})")
-    return repo_id

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from medr1.errors import OutputDirError
+from medr1.errors import ExportError, OutputDirError
 from medr1.log import log
 
 
@@ -36,17 +36,31 @@ def usual_modes(path: Path) -> None:
 def _atomic_write(path: str | Path, write: Callable[[IO[str]], object]) -> Path:
     """Call `write(fh)` on a temporary file beside `path`, then rename it over `path`: a crash leaves the old file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            write(fh)
-        usual_modes(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _writing_in(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                write(fh)
+            usual_modes(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
+
+
+@contextmanager
+def _writing_in(folder: Path):
+    """An OSError writing in `folder` (read-only, full, no permission) as one line naming it: the CLI and notebooks
+    show medr1's errors as one line, anything else as a traceback."""
+    try:
+        yield
+    except OutputDirError:
+        raise
+    except OSError as err:
+        raise OutputDirError(f"cannot write in {str(folder)!r}: {err.strerror or err}; make it writable or choose "
+                             "another folder") from err
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -61,6 +75,27 @@ def check_folder(path: Path, what: str) -> None:
     if existing.exists() and not existing.is_dir():
         under = f" lies under {str(existing)!r}, which" if existing != path else ""
         raise OutputDirError(f"{what}{under} is a file, not a folder")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse a `folder` to write in (or to make) where this process cannot: else the write fails after the work
+    (a merge: minutes) as a raw PermissionError. Its nearest existing folder must take new entries."""
+    folder = Path(folder).expanduser()
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{what}: {str(existing)!r} is not writable here; make it writable or choose another "
+                             "folder")
+
+
+def check_disk(dest: str | Path, need: int, what: str) -> None:
+    """Fail before writing when `need` bytes will not fit on the filesystem that will hold `dest`."""
+    existing = Path(dest).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise ExportError(f"{what} needs about {need / 2**30:.2f} GiB at {dest}, but only {free / 2**30:.2f} GiB is "
+                          "free there: free some space or choose a folder on a larger disk")
 
 
 def finite(data: Any) -> Any:
@@ -101,15 +136,16 @@ def _held(folder: Path) -> int | None:
         return None
 
 
-def _sweep(path: Path) -> None:
+def sweep(path: Path) -> None:
     """What a killed atomic_dir left beside `path` (no live writer holds it): a hidden folder of whole weights (16 GB
     for a merged 8B) goes; a previous `path` moved aside and never replaced comes back."""
-    for left in sorted(path.parent.iterdir()):
+    for left in sorted(path.parent.iterdir()) if path.parent.is_dir() else ():
         kind = next((k for k in ("old", "tmp") if left.name.startswith(f".{path.name}.{k}-")), None)
         if kind is None or not left.is_dir() or (fd := _held(left)) is None:
             continue
         try:
             if kind == "old" and not path.exists():
+                log.warning(f"putting {left} back as {path}: a write that replaced it was killed")
                 left.rename(path)
             else:
                 log.warning(f"removing {left}, left by a write that was killed")
@@ -123,29 +159,36 @@ def atomic_dir(path: str | Path):
     """Yield a temporary folder beside `path`; on success it replaces `path` (with the usual modes, whatever the
     libraries that wrote into it chose), on error it is removed. Both folders stay locked while this runs."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    with _writing_in(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     held = [fd for fd in [_held(tmp)] if fd is not None]
     try:
         yield tmp
-        usual_modes(tmp)
-        old = None
-        if path.exists():
-            held += [fd for fd in [_held(path)] if fd is not None]  # locked before it is moved aside
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-        try:
-            tmp.rename(path)
-        except BaseException:
-            if old is not None:  # put the previous one back: never leave no adapter at all
-                old.rename(path)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with _writing_in(path.parent):
+            _replace(tmp, path, held)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         for fd in held:
             os.close(fd)
+
+
+def _replace(tmp: Path, path: Path, held: list[int]) -> None:
+    """Rename the complete `tmp` to `path`; a previous `path` is moved aside (locked, in `held`) and removed after."""
+    usual_modes(tmp)
+    old = None
+    if path.exists():
+        held.extend(fd for fd in [_held(path)] if fd is not None)  # locked before it is moved aside
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+    try:
+        tmp.rename(path)
+    except BaseException:
+        if old is not None:  # put the previous one back: never leave no adapter at all
+            old.rename(path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

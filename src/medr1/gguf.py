@@ -51,11 +51,11 @@ def _llama_cpp_found() -> str | None:
     return None
 
 
-def _network(host: str = "github.com", port: int = 443, timeout: float = 3.0) -> bool:
+def _network(url: str = "https://github.com", timeout: float = 3.0) -> bool:
     """Whether llama.cpp's sources or binaries could be fetched."""
     if os.environ.get("UNSLOTH_LLAMA_CPP_OFFLINE") == "1" or os.environ.get("UNSLOTH_OFFLINE") == "1":
         return False
-    return reachable(host, port, timeout)
+    return reachable(url, timeout)
 
 
 def _unsloth_installed() -> bool:

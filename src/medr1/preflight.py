@@ -12,6 +12,8 @@ import os
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from medr1 import distributed
 from medr1.config import Config, hint
@@ -142,8 +144,14 @@ def _hub_config(name: str, knob: str, weights: bool = True, unsloth_4bit: bool =
     return path
 
 
-def reachable(host: str, port: int, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to host:port opens within `timeout` seconds (W&B's server, llama.cpp's sources)."""
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the URL's host and port opens within `timeout` seconds (W&B's server, the hub,
+    llama.cpp's sources); True where a proxy carries that scheme (the client goes through it: a direct try would
+    fail). A URL whose port is no number raises ValueError."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+    if getproxies().get(parts.scheme or "https") and not proxy_bypass(host):
+        return True
     try:
         socket.create_connection((host, port), timeout=timeout).close()
         return True

@@ -17,9 +17,9 @@ from typing import Any
 
 from medr1 import files
 from medr1.config import Config, hint, same_setting
-from medr1.data import read_file
 from medr1.errors import DataError, ModelError, OutputDirError
 from medr1.log import log
+from medr1.readers import read_file
 
 PACKAGES = ("medr1", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft", "datasets",
             "accelerate", "bitsandbytes")
@@ -76,7 +76,9 @@ def read_record(output_dir: str | Path, or_empty: bool = False) -> dict[str, Any
             return {}
         if path.exists():
             raise
-        raise DataError(f"{path} not found: is {output_dir} the output folder of a medr1 training run?") from None
+        run = run_of(Path(output_dir).expanduser())  # an adapter or export folder given for its run
+        raise DataError(f"{path} not found: is {output_dir} the output folder of a medr1 training run?"
+                        + (f" (did you mean {run}?)" if run else "")) from None
 
 
 def run_config(run_dir: str | Path, rec: dict[str, Any] | None = None) -> Config:
@@ -90,9 +92,32 @@ def adapter_dir(run_dir: str | Path, rec: dict[str, Any] | None = None) -> Path:
     rec = rec or read_record(run_dir)
     path = Path(run_dir) / (rec.get("adapter") or "adapter")
     if not (path / "adapter_config.json").exists():
+        if rec.get("status") == "diverged":  # a resume would diverge again: training's advice
+            raise ModelError(_diverged(run_dir, rec))
         raise ModelError(f"{path} holds no adapter (adapter_config.json): did the run in {run_dir} finish? "
                          f"(status in run.json: {rec.get('status')!r})")
     return path
+
+
+def _diverged(run_dir: str | Path, rec: dict[str, Any]) -> str:
+    """Training's advice for a run that diverged (it saved no adapter, and a resume would diverge again)."""
+    knob = "grpo_learning_rate" if rec.get("kind") == "grpo" else "learning_rate"
+    rate = (rec.get("config") or {}).get(knob)
+    step = (rec.get("diverged") or {}).get("step")
+    return (f"the run in {run_dir} diverged{f' at step {step}' if step else ''} and saved no adapter (status in "
+            f"run.json: 'diverged'): train it again with a lower learning rate "
+            f"({hint(knob, rate / 10) if isinstance(rate, (int, float)) else knob}), with another output_dir or "
+            f"{hint('overwrite')}")
+
+
+def adapter_sha256(folder: Path) -> str:
+    """sha256 of the adapter weights in `folder` ("" where there are none): what tells one run's adapter from
+    another's, and an export made from it (its marker holds it) from one made from another."""
+    weights = next(iter(sorted(folder.glob("adapter_model.*"))), None)
+    if weights is None:
+        return ""
+    with weights.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 RECORD_DEPTH = 3  # run.json in a folder or 2 up: RUN, RUN/adapter, RUN/checkpoints/checkpoint-N, RUN/export/adapter

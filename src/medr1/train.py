@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from urllib.request import getproxies, proxy_bypass
 
 from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and trl
 
@@ -58,15 +57,14 @@ def reporting(config: Config) -> str:
         log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off"
                  if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
         return "none"
-    url = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
     try:
-        host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+        up = mode in ("offline", "disabled") or reachable(url)
     except ValueError as err:  # a port that is no number
         log.info(f"WANDB_BASE_URL is not a valid URL ({err}); logging to W&B is off, training logs stay local")
         return "none"
-    proxied = getproxies().get(url.scheme or "https") and not proxy_bypass(host)  # wandb goes through it: no check
-    if mode not in ("offline", "disabled") and not proxied and not reachable(host, port):
-        log.info(f"W&B ({host}:{port}) cannot be reached; logging to W&B is off, training logs stay local "
+    if not up:
+        log.info(f"W&B ({urlsplit(url).netloc}) cannot be reached; logging to W&B is off, training logs stay local "
                  "(run.json, loss.png); WANDB_MODE=offline keeps a local W&B log to sync later")
         return "none"
     if os.environ.get("WANDB_DIR", _WANDB_DIR) == _WANDB_DIR:

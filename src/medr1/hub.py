@@ -1,0 +1,66 @@
+"""Pushing to the hub: the token (found by huggingface_hub: HF_TOKEN, a stored login, Colab's secret), whether a push
+can happen at all (checked before an export writes anything), and the upload. The token is never printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from medr1.errors import ExportError
+from medr1.log import log
+from medr1.preflight import reachable
+
+
+def hub_token() -> str:
+    """The hub token (HF_TOKEN, a stored login or Colab's secret, through huggingface_hub); never printed."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise ExportError("pushing to the hub needs a write token: set HF_TOKEN in the environment, or on Colab add "
+                          "a secret named HF_TOKEN (key icon in the left bar) and allow this notebook to read it")
+    return token
+
+
+def check_hub(token: str) -> None:
+    """Whether a push can happen, before anything is written: hub offline mode off, the hub reachable (unless a proxy
+    carries it, as for W&B), the token valid and not read-only; else one line, the token never shown."""
+    from huggingface_hub import HfApi, constants
+
+    later = "or export now and push later"
+    if constants.HF_HUB_OFFLINE:  # what huggingface_hub itself reads, now (set from the environment at its import)
+        raise ExportError(f"cannot push: hub offline mode is on (HF_HUB_OFFLINE=1); unset it to push, {later}")
+    if not reachable(constants.ENDPOINT):
+        raise ExportError(f"cannot push: the hub ({urlsplit(constants.ENDPOINT).netloc}) cannot be reached (no "
+                          f"network?); {later}")
+    try:
+        auth = (HfApi(token=token).whoami().get("auth") or {}).get("accessToken") or {}
+    except Exception as err:  # noqa: BLE001 - network, auth and hub errors: one clear line, token never shown
+        if getattr(getattr(err, "response", None), "status_code", None) == 401:
+            raise ExportError("the hub refused the token (401 Unauthorized): HF_TOKEN (or the stored login) is not a "
+                              "valid token; make a write token at https://huggingface.co/settings/tokens") from None
+        raise ExportError(f"cannot push: the hub did not check the token: {_one_line(err, token)}") from None
+    if auth.get("role") == "read":
+        raise ExportError("HF_TOKEN (or the stored login) is a read token: pushing needs one with write access")
+
+
+def _one_line(err: BaseException, token: str) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0].replace(token, '***')}"
+
+
+def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None,
+                ignore: tuple[str, ...] = ()) -> str:
+    """Create the repository (private by default; an existing one keeps its visibility) and upload `folder`;
+    errors from the hub come back as one line with the token masked out."""
+    token = token or hub_token()  # HF_TOKEN, else the login's token, else Colab's secret
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", ignore_patterns=list(ignore),
+                          commit_message=f"medr1 export: {Path(folder).name}")
+    except Exception as err:  # noqa: BLE001 - network, auth and hub errors: one clear line, token never shown
+        raise ExportError(f"push of {folder} to {repo_id!r} failed: {_one_line(err, token)}") from None
+    log.info(f"pushed {folder} to the hub as {repo_id} ({'private' if private else 'public'})")
+    return repo_id
