@@ -169,6 +169,7 @@ def test_export_no_adapter_verify_checks_the_export_made_before(smoke_run, tmp_p
     out = capsys.readouterr().out  # medr1's lines, then the JSON of what was done
     done = json.loads(out[out.index("{\n"):])
     assert done["verify"]["same_next_token"] >= 0.9 and len(done["verify"]["loaded_with"]) == 2
+    assert f"export plan checked: verify the adapter in {run / 'export' / 'adapter'}" in out  # not "nothing to do"
 
 
 def test_check_data_reads_the_file_once(monkeypatch, capsys):

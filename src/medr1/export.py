@@ -133,6 +133,7 @@ class Export:
         if out.folders:
             check_disk(self.export_dir, out.need_bytes, " and ".join(out.folders))
         done = [f"{what} -> {dest}" for what, dest in out.folders.items()]
+        done += [f"verify the adapter in {out.folders.get('adapter', self.export_dir / 'adapter')}"] if verify else []
         done += [f"push the {push_what} to {push_repo}"] if push_repo else []
         log.info(f"export plan checked: {'; '.join(done) or 'nothing to do'}")
         return out
