@@ -169,9 +169,19 @@ def test_parameter_count_is_readable_for_a_small_model(runs, tmp_path, monkeypat
 
 # --- 2. a destination that is a file, or lies under one -------------------------------------------------------------
 
+def refused_in_one_line(run, dest, message, capsys):
+    """`medr1 export RUN --to DEST` stops at the plan: exit 2, `message` in one line, no traceback, nothing planned."""
+    from medr1.__main__ import main
+
+    capsys.readouterr()
+    assert main(["export", str(run), "--to", str(dest)]) == 2
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and message in out.err and "Traceback" not in out.err
+    assert "export plan checked" not in out.out
+
+
 @pytest.mark.parametrize("under", ["", "sub/deeper"])
 def test_plan_refuses_an_export_folder_that_is_or_lies_under_a_file(runs, tmp_path, under, capsys):
-    from medr1.__main__ import main
     from medr1.export import Export
 
     afile = tmp_path / "afile"
@@ -179,11 +189,8 @@ def test_plan_refuses_an_export_folder_that_is_or_lies_under_a_file(runs, tmp_pa
     dest = afile / under if under else afile
     with pytest.raises(OutputDirError, match=r"'.*afile'.* is a file, not a folder"):
         Export(runs.plain, dest).plan()
-    capsys.readouterr()
-    assert main(["export", str(runs.plain), "--to", str(dest)]) == 2
-    out = capsys.readouterr()
-    assert out.err.count("\n") == 1 and "is a file, not a folder" in out.err and "Traceback" not in out.err
-    assert "export plan checked" not in out.out and afile.read_text() == "keep me"
+    refused_in_one_line(runs.plain, dest, "is a file, not a folder", capsys)
+    assert afile.read_text() == "keep me"
 
 
 def test_export_notebook_stops_at_the_plan_for_an_export_folder_under_a_file(runs, tmp_path):
@@ -479,17 +486,13 @@ def unwritable(tmp_path, monkeypatch):
 @pytest.mark.parametrize("under", ["", "export"])
 def test_plan_refuses_an_export_folder_it_cannot_write_in(runs, unwritable, under, capsys):
     """A read-only destination: the plan said "checked", then a raw PermissionError traceback."""
-    from medr1.__main__ import main
     from medr1.export import Export
 
     dest = unwritable / under if under else unwritable
     with pytest.raises(OutputDirError, match=rf"'{re.escape(str(unwritable))}' is not writable here"):
         Export(runs.plain, dest).plan()
-    capsys.readouterr()
-    assert main(["export", str(runs.plain), "--to", str(dest)]) == 2
-    out = capsys.readouterr()
-    assert out.err.count("\n") == 1 and "is not writable here" in out.err and "Traceback" not in out.err
-    assert "export plan checked" not in out.out and not list(unwritable.iterdir())
+    refused_in_one_line(runs.plain, dest, "is not writable here", capsys)
+    assert not list(unwritable.iterdir())
 
 
 def test_atomic_writes_name_the_folder_they_cannot_write_in(tmp_path):
