@@ -338,3 +338,24 @@ def test_divergence_advice_and_the_verifier_hints_speak_the_command_lines_flags(
         with pytest.raises(ModelError, match=r"--set reward_verifier=0 to train without"):
             check(build_config("smoke", {"reward_verifier": 1.0, "verifier_model": "/nowhere/v"},
                                          quiet=True))
+
+
+def test_only_a_sampler_failing_on_nan_reads_as_divergence():
+    """Any RuntimeError whose text held "nan" (a path like /home/fernando/..., "pregnant", "malignant") was recorded
+    as diverged and its own message hidden; only the sampler's own failures on non-finite probabilities count, and
+    the message keeps what stopped training."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from medr1 import build_config
+    from medr1.train import divergence
+
+    model, config = torch.nn.Linear(2, 2), build_config("smoke", quiet=True)
+    trainer = SimpleNamespace(state=SimpleNamespace(log_history=[], global_step=3), args=SimpleNamespace(fp16=False))
+    for text in ("Parent directory /home/fernando/runs/x does not exist.", "row 3: pregnant, malignant"):
+        assert divergence(trainer, model, config, "learning_rate", RuntimeError(text)) is None
+    sampler = RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+    for err in (sampler, FloatingPointError("the model's next-token probabilities are NaN or infinite")):
+        found, message = divergence(trainer, model, config, "learning_rate", err)
+        assert found == {"step": 4, "what": "the model's outputs"} and f"(stopped by {type(err).__name__}: " in message

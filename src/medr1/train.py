@@ -124,6 +124,9 @@ def args_used(config: Config, args: Any) -> dict[str, Any]:
     return used
 
 
+SAMPLER_NAN = "probability tensor contains either `inf`, `nan` or element < 0"  # torch.multinomial, on NaN outputs
+
+
 def divergence(trainer, model, config: Config, knob: str, err: BaseException | None = None
                ) -> tuple[dict[str, Any], str] | None:
     """Where training went non-finite, and what to do; None while the LoRA weights are finite (a NaN adapter must never
@@ -131,7 +134,7 @@ def divergence(trainer, model, config: Config, knob: str, err: BaseException | N
     and lowers its scale (a T4's first steps often do). The step named is where the last non-finite stretch began.
     `err`, what stopped training: GRPO samples from the policy, which fails first when its outputs went NaN."""
     weights = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-    outputs = isinstance(err, (RuntimeError, FloatingPointError)) and "nan" in str(err).lower()  # torch.multinomial's
+    outputs = isinstance(err, FloatingPointError) or (isinstance(err, RuntimeError) and SAMPLER_NAN in str(err))
     if not weights and not outputs:
         return None
     history = [e for e in (trainer.state.log_history if trainer is not None else []) if "loss" in e]
@@ -144,8 +147,10 @@ def divergence(trainer, model, config: Config, knob: str, err: BaseException | N
     bf16 = f" or train in bf16 ({hint('precision', 'bf16')}) where the GPU has it" if (
         trainer is not None and trainer.args.fp16) else ""
     lower = float(f"{getattr(config, knob) / 10:.3g}")  # 3e-05, not 2.9999999999999997e-05
-    return found, (f"training diverged{at}: {found['what']} went NaN or infinite, so no adapter is saved; lower "
-                   f"the learning rate ({hint(knob, lower)}){bf16}, with another output_dir or {hint('overwrite')}")
+    stopped = f" (stopped by {type(err).__name__}: {(str(err).splitlines() or [''])[0]})" if outputs else ""
+    return found, (f"training diverged{at}: {found['what']} went NaN or infinite{stopped}, so no adapter is saved; "
+                   f"lower the learning rate ({hint(knob, lower)}){bf16}, with another output_dir or "
+                   f"{hint('overwrite')}")
 
 
 @dataclass
