@@ -251,3 +251,13 @@ def test_stats_add_up_over_the_calls_they_are_passed_to(lm, texts, path, monkeyp
     assert both.seconds > first.seconds > 0
     speed = both.record(answers=2)
     assert speed["generated_tokens_per_s"] == round(both.generated_tokens / both.seconds, 1) and speed["answers"] == 2
+
+
+def test_a_question_asked_twice_gets_the_same_samples_whatever_shares_its_process(lm, texts):
+    """`evaluate --samples k` on a file with a question twice: the sample index was counted from identical prompts
+    before it, so the second ask's samples changed with what shared its process (round robin) or the subset."""
+    model, tokenizer = lm
+    kw = dict(max_new_tokens=12, sampling=Sampling(seed=3407), samples=2, merge="yes")
+    alone = _tokens(infer.generate_many(model, tokenizer, texts[:1], **kw))
+    twice = _tokens(infer.generate_many(model, tokenizer, [texts[0], texts[0], texts[1]], **kw))
+    assert twice[:2] == alone and twice[2:4] == alone and alone[0] != alone[1]

@@ -146,8 +146,9 @@ def plan(model, *, rows: int, max_len: int, slots: int = 0, merge: str = "auto",
 @torch.inference_mode()
 def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set[int], slots: int = 0,
            sampling: Sampling | None = None, chunk: int = 16, merge: str = "auto", memory_gib: float = 0,
-           stats: Stats | None = None) -> list[Decoded]:
-    """Continuations of every prompt (token ids), at most `max_new_tokens` each, greedy unless `sampling`."""
+           stats: Stats | None = None, copies: list[int] | None = None) -> list[Decoded]:
+    """Continuations of every prompt (token ids), at most `max_new_tokens` each, greedy unless `sampling`
+    (`copies`: each prompt's sample index, see stream_keys)."""
     check_budget(max_new_tokens)
     stats = stats if stats is not None else Stats()
     t_start = time.perf_counter()
@@ -160,7 +161,7 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
     stats.slots, stats.merged = n_slots, merged
     stats.prompts += len(prompts)
     stats.notes.append(why)
-    keys = torch.tensor(stream_keys(prompts, sampling.seed), device=dec.device) if sampling else None
+    keys = torch.tensor(stream_keys(prompts, sampling.seed, copies), device=dec.device) if sampling else None
     key = torch.zeros(n_slots, dtype=torch.long, device=dec.device)  # the random stream of each slot's row
     waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(prompts[i])))  # long prompts first
     owner = [-1] * n_slots  # prompt index per slot, -1 = free
@@ -236,16 +237,18 @@ def _finished(tokens: list[int], eos_ids: set[int], budget: int) -> Decoded | No
     return Decoded(tokens[:budget], False) if len(tokens) >= budget else None
 
 
-def stream_keys(prompts: list[list[int]], seed: int | None) -> list[int]:
-    """A 63-bit key per prompt from (seed, its tokens, how many identical prompts came before it: the sample index,
-    as callers repeat a prompt k times for k samples), not its place in the list: a question subset, another order
-    or one process's share gives a question the same keys. seed None: a random seed per call."""
+def stream_keys(prompts: list[list[int]], seed: int | None, copies: list[int] | None = None) -> list[int]:
+    """A 63-bit key per prompt from (seed, its tokens, its sample index), not its place in the list: a question
+    subset, another order or one process's share gives a question the same keys. `copies`: each prompt's sample
+    index, where the caller repeats prompts k times for k samples (a question asked twice then gets the same
+    samples twice); without, identical prompts are numbered in order. seed None: a random seed per call."""
     seed = secrets.randbits(63) if seed is None else seed
     seen: dict[bytes, int] = {}
     keys = []
-    for p in prompts:
+    for i, p in enumerate(prompts):
         body = array("q", p).tobytes()
         copy = seen[body] = seen.get(body, -1) + 1
+        copy = copy if copies is None else copies[i]
         digest = hashlib.blake2b(f"{seed}:{copy}:".encode() + body, digest_size=8).digest()
         keys.append(int.from_bytes(digest, "little") >> 1)
     return keys

@@ -104,7 +104,8 @@ def generate_many(model, tokenizer, prompt_texts: list[str], *, max_new_tokens: 
     if why_not is None:
         ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
         done = decode.decode(model, ids, max_new_tokens=max_new_tokens, eos_ids={eos}, slots=batch_size,
-                             sampling=sampling, merge=merge, memory_gib=memory_gib, stats=stats)
+                             sampling=sampling, merge=merge, memory_gib=memory_gib, stats=stats,
+                             copies=[j for _ in prompt_texts for j in range(samples)])
     else:
         if engine == "medr1":
             raise ValueError(f"engine='medr1' cannot run this model: {why_not}")
