@@ -93,8 +93,9 @@ def test_only_the_main_process_writes_and_prints(runs):
     log = logs["two"]
     for line in ("medr1: preset 'smoke'", "medr1: effective batch 4 rows", "medr1: adapter saved to"):
         assert log.count(line) == 1, (line, log[-3000:])
-    assert "learning_rate=0.01 is used as set, chosen for 2 rows per optimizer step; this run takes 4" in log
-    assert "learning_rate=0.0141 (x sqrt(2))" in log
+    # smoke's lr was chosen for its own 4 x 1 rows: 2 rows on each of 2 processes is that batch, as the rule says
+    assert "learning_rate=0.01 is used as set, chosen for 4 rows per optimizer step, as this run takes (2 x 1 x 2)" \
+        in log
 
 
 def test_grpo_under_two_processes_takes_rank_0s_config_and_prints_once(tmp_path):
@@ -149,6 +150,20 @@ def test_learning_rate_rule_names_the_numbers():
     assert "do not split over 3 processes" in learning_rate_rule(recipe, 3)
 
 
+def test_learning_rate_rule_is_satisfied_once_followed():
+    """The README's advice for colab-t4 on 2 GPUs (accumulation 2, same lr and steps) is the preset's batch: the rule
+    must not ask to halve it again. The batch a rate was chosen for is the preset's, not the config as set."""
+    from medr1 import build_config
+    from medr1.distributed import learning_rate_rule
+
+    followed = learning_rate_rule(build_config("colab-t4", {"gradient_accumulation_steps": 2}, quiet=True), 2)
+    assert followed == ("learning_rate=0.0002 is used as set, chosen for 4 rows per optimizer step, as this run "
+                        "takes (1 x 2 x 2)")
+    own = learning_rate_rule(build_config("colab-t4", {"learning_rate": 1e-4}, quiet=True), 2)  # the user's own lr
+    assert own.startswith("learning_rate=0.0001 is used as set (yours; the preset's 0.0002 was chosen for 4 rows")
+    assert "this run takes 8 (1 x 4 x 2)" in own and "chosen for 4 rows per optimizer step;" not in own
+
+
 def test_learning_rate_rule_of_grpo_names_its_own_knobs():
     """GRPO's step: num_generations answers to each of grpo_questions_per_step questions per process; the rule
     names GRPO's knobs and never splits num_generations (the group GRPO compares within)."""
@@ -189,3 +204,31 @@ def test_make_run_names_one_folder_however_the_clock_ticks(tmp_path):
     dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "run", "PRESET=smoke"], cwd=repo, env=env,
                          capture_output=True, text=True, check=True).stdout
     assert len(set(re.findall(r"runs/20261206-0000\d+", dry))) == 1, dry
+
+
+def test_an_error_is_said_once_and_a_ranks_own_by_that_rank(monkeypatch, capsys):
+    """Under several processes every rank raises the same refusal of the input: rank 0 alone says it, and the stop
+    (Ctrl-C reaches every process). An error that may be one rank's own (training) is said by each rank, named."""
+    import medr1.__main__ as cli
+    from medr1.errors import TrainingError
+
+    def raising(err: BaseException):
+        def cmd(args):
+            raise err
+        return cmd
+
+    def said(rank: int, argv: list[str]) -> tuple[int, str]:
+        monkeypatch.setenv("RANK", str(rank))
+        code = cli.main(argv)
+        return code, capsys.readouterr().err
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    refused = ["knobs", "--preset", "no-such-preset"]
+    assert said(1, refused) == (2, "")
+    code, err = said(0, refused)
+    assert code == 2 and err.startswith("medr1: error: ") and "no-such-preset" in err
+    for rank, expected in ((0, "medr1: error: only here\n"), (1, "[rank 1] medr1: error: only here\n")):
+        monkeypatch.setattr(cli, "cmd_knobs", raising(TrainingError("only here")))
+        assert said(rank, ["knobs"]) == (2, expected)
+    monkeypatch.setattr(cli, "cmd_knobs", raising(KeyboardInterrupt()))
+    assert said(1, ["knobs"]) == (130, "") and said(0, ["knobs"]) == (130, "medr1: interrupted\n")

@@ -92,6 +92,50 @@ def test_resume_may_change_what_does_not_alter_training(runs):
     assert check_output_dir(config) == runs.cut_dir
 
 
+def interrupted_under(out, config, processes, per_device):
+    """run.json and a checkpoint as a run stopped under `processes` processes leaves them (no training needed)."""
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    effective = per_device * config.gradient_accumulation_steps * processes
+    files.atomic_write_json(out / "run.json", {"status": "interrupted", "config": config.to_dict(),
+                                               "processes": processes, "effective_batch": effective})
+    return (out / "run.json").read_bytes()
+
+
+def test_resume_refuses_another_number_of_processes_before_anything_loads(tmp_path, monkeypatch):
+    """Started by `accelerate launch --num_processes 2` (2 rows each: 4 a step), resumed by a plain `python -m medr1`
+    (2 rows a step): the same settings would train another effective batch. Refused before anything loads or is
+    written, naming both counts and the launch line; the same count resumes."""
+    import medr1.stage
+
+    def config(out, preset="smoke", **knobs):
+        return build_config(preset, {**knobs, "output_dir": str(out), "resume": True}, quiet=True)
+
+    out = tmp_path / "two"
+    written = interrupted_under(out, config(out, **SETTINGS), processes=2, per_device=2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(medr1.stage, "load_tokenizer", lambda *a: pytest.fail("loaded before the check"))
+    with pytest.raises(OutputDirError, match=rf"^resume=True but the run in {out} trained with 2 processes and this "
+                                             r"launch has 1: effective batch 2 rows per step, not 4; resume it with "
+                                             r"`accelerate launch --multi_gpu --num_processes 2 -m medr1 \.\.\.`"):
+        Run(config(out, **SETTINGS))
+    assert (out / "run.json").read_bytes() == written
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert check_output_dir(config(out, **SETTINGS)) == out
+    one = tmp_path / "one"  # and the other way: begun in one process, resumed under two
+    interrupted_under(one, config(one, **SETTINGS), processes=1, per_device=2)
+    with pytest.raises(OutputDirError, match=r"trained with 1 process and this launch has 2: effective batch 4 rows "
+                                             r"per step, not 2; resume it with one process \(`python -m medr1"):
+        check_output_dir(config(one, **SETTINGS))
+    fast = tmp_path / "fast"  # fast keeps the micro-batches it was sized with (4 rows on each of 2 GPUs): same hole
+    interrupted_under(fast, build_config("fast", {"output_dir": str(fast), "per_device_train_batch_size": 4},
+                                         quiet=True), processes=2, per_device=4)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    resumed = config(fast, "fast")
+    assert resumed.per_device_train_batch_size == 4
+    with pytest.raises(OutputDirError, match="trained with 2 processes and this launch has 1: effective batch 4 rows"):
+        check_output_dir(resumed)
+
+
 def test_a_folder_holding_another_run_is_never_written_over(runs, tmp_path):
     def config(out, **flags):
         return build_config("smoke", {"output_dir": str(out), **flags}, quiet=True)

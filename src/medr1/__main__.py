@@ -283,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             distributed.finish()  # the process group ends cleanly
         return code
     except MedR1Error as err:
-        print(f"medr1: error: {err}", file=sys.stderr)
+        distributed.say(f"medr1: error: {err}", err)  # once, or by each rank where it may be one rank's
         return 2
     except KeyboardInterrupt:  # the run record already says where it stopped and how to resume
-        print("medr1: interrupted", file=sys.stderr)
+        distributed.say("medr1: interrupted")
         return 130
     except BrokenPipeError:  # `medr1 knobs | head` stopped reading: no traceback, and none at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

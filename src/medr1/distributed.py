@@ -14,6 +14,8 @@ import os
 from fractions import Fraction
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from medr1.errors import ConfigError, DataError, ModelError, OutputDirError
+
 if TYPE_CHECKING:
     from medr1.config import Config
 
@@ -76,6 +78,22 @@ def finish() -> None:
         state().destroy_process_group()
 
 
+# One line per failure under several processes. Refusals of the input (a knob, the data, the output folder, the model
+# named) follow from rank 0's agreed config and the files every process on the host reads alike: every rank raises the
+# same one, and rank 0 says it. Other medr1 errors (training, export) may be one rank's own: the other ranks say theirs
+# too, as "[rank N] ...", so none is hidden. Failures not medr1's (out of memory, a lost peer) are not caught by the
+# command line: the traceback of the rank they happen on shows them. A stop (Ctrl-C reaches every process): rank 0.
+ALIKE = (ConfigError, DataError, OutputDirError, ModelError)
+
+
+def say(line: str, err: BaseException | None = None) -> None:
+    """`line` on stderr from rank 0; from the other ranks too, named, where `err` may be theirs alone (not ALIKE)."""
+    import sys
+
+    if is_main() or (err is not None and not isinstance(err, ALIKE)):
+        print(line if is_main() else f"[rank {rank()}] {line}", file=sys.stderr)
+
+
 def quiet_replicas() -> None:
     """Every process but rank 0 keeps only warnings and errors of its own and shows no progress bars, so the
     log is not repeated. Call it before the heavy libraries are imported: they read these variables on load.
@@ -105,17 +123,33 @@ class Step(NamedTuple):
 SFT = Step()
 
 
-def learning_rate_rule(config: Config, processes: int, step: Step = SFT) -> str:
-    """The learning-rate rule for several processes, in `step`'s knobs with this run's numbers (printed and in
-    run.json). A learning rate belongs to the batch it was chosen for (SFT under fast: PACKED_ROWS, already split over
-    the processes; else the config on one process). On k times the processes: divide one of `step.splits` by k, or keep
-    the k times larger batch with lr x sqrt(k) (Adam's square-root rule) and max_steps / k."""
+def tuned_for(config: Config, step: Step = SFT) -> tuple[int, float]:
+    """(batch, learning rate) of the preset `config` came from, in `step`'s knobs: the preset chose its rate for its
+    own batch (SFT under fast: PACKED_ROWS, split over the processes), not for the config as set, which may already
+    follow the rule. Config's defaults where the preset names none (or there is no preset)."""
+    from medr1.config import Config as Defaults
+    from medr1.presets import PRESETS
     from medr1.speed.sizing import PACKED_ROWS
 
+    preset = PRESETS.get(config.preset, {})
+    knobs = {k: preset.get(k, getattr(Defaults, k)) for k in (step.per_device, step.accumulation, step.learning_rate)}
+    batch = knobs[step.per_device] * knobs[step.accumulation]
+    return (PACKED_ROWS if config.preset == "fast" and step == SFT else batch), knobs[step.learning_rate]
+
+
+def learning_rate_rule(config: Config, processes: int, step: Step = SFT) -> str:
+    """The learning-rate rule for several processes, in `step`'s knobs with this run's numbers (printed and in
+    run.json). The preset's learning rate belongs to the preset's batch (`tuned_for`); on k times that batch: divide
+    one of `step.splits` by k, or keep the k times larger batch with lr x sqrt(k) (Adam's square-root rule) and
+    max_steps / k. A learning rate the user set is theirs: medr1 cannot say which batch it was chosen for."""
     per_device, accumulation = getattr(config, step.per_device), getattr(config, step.accumulation)
     rate, max_steps, unit = getattr(config, step.learning_rate), getattr(config, step.max_steps), step.unit
-    effective = per_device * accumulation * processes
-    tuned = PACKED_ROWS if config.preset == "fast" and step == SFT else per_device * accumulation
+    effective, (tuned, preset_rate) = per_device * accumulation * processes, tuned_for(config, step)
+    takes = f"{effective} ({per_device} x {accumulation} x {processes})"
+    if not math.isclose(rate, preset_rate):
+        return (f"{step.learning_rate}={rate:g} is used as set (yours; the preset's {preset_rate:g} was chosen for "
+                f"{tuned} {unit} per optimizer step); this run takes {takes}. Rule: a learning rate chosen for B "
+                f"{unit} per step takes x sqrt(k) on k x B")
     head = f"{step.learning_rate}={rate:g} is used as set, chosen for {tuned} {unit} per optimizer step"
     if effective == tuned:
         return f"{head}, as this run takes ({per_device} x {accumulation} x {processes})"
@@ -125,6 +159,6 @@ def learning_rate_rule(config: Config, processes: int, step: Step = SFT) -> str:
     keep = (f"to keep {tuned} {unit} per step, set {splits[0]} (same learning rate and steps)" if splits
             else f"{tuned} {unit} per step do not split over {processes} processes")
     steps = f" and {step.max_steps}={math.ceil(max_steps / k)}" if max_steps > 0 else ""
-    return (f"{head}; this run takes {effective} ({per_device} x {accumulation} x {processes}). Rule: {keep}; or keep "
+    return (f"{head}; this run takes {takes}. Rule: {keep}; or keep "
             f"{effective} {unit} per step with {step.learning_rate}={rate * math.sqrt(k):.3g} (x sqrt({k}))"
             f"{steps} for the same {unit}")

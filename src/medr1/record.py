@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from medr1 import files
+from medr1 import distributed, files
 from medr1.config import Config, hint, same_setting
 from medr1.errors import DataError, ModelError, OutputDirError
 from medr1.log import log
@@ -157,17 +157,34 @@ def check_output_dir(config: Config) -> Path:
     if config.resume:
         if not (out / "checkpoints").exists() and not (out / "run.json").exists():
             raise OutputDirError(f"{hint('resume')} but {out} holds no medr1 run (found {sorted(held)[:5]})")
-        before = read_record(out, or_empty=True).get("config", {})  # none (killed early): the checkpoints decide
+        rec = read_record(out, or_empty=True)
+        before = rec.get("config", {})  # none (killed early): the checkpoints decide
         changed = [f"{k}: {before[k]!r} -> {v!r}" for k, v in config.to_dict().items()
                    if k not in RESUME_MAY_CHANGE and k in before and not same_setting(k, before[k], v)]
         if changed:
             raise OutputDirError(f"{hint('resume')} but the run in {out} was made with other settings "
                                  f"({'; '.join(changed)}); resume with the same settings, or use {hint('overwrite')} "
                                  "or another output_dir")
+        _check_processes(out, rec)
         return out
     what = "another run (run.json)" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
     raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass {hint('overwrite')} to replace it, "
                          f"{hint('resume')} to continue it, or choose another output_dir")
+
+
+def _check_processes(out: Path, rec: dict[str, Any]) -> None:
+    """A resume under another number of processes trains another effective batch (per-device x accumulation x
+    processes) with the same settings: refused before anything loads. A complete run trains nothing: let it be."""
+    was, procs = rec.get("processes"), distributed.world_size()
+    if not isinstance(was, int) or was < 1 or was == procs or rec.get("status") == "complete":
+        return
+    batch, unit = rec.get("effective_batch"), "answers" if rec.get("kind") == "grpo" else "rows"
+    sizes = f": effective batch {batch * procs // was} {unit} per step, not {batch}" if isinstance(batch, int) else ""
+    launch = (f"`accelerate launch --multi_gpu --num_processes {was} -m medr1 ...`" if was > 1
+              else "one process (`python -m medr1 ...`, without accelerate launch)")
+    raise OutputDirError(f"{hint('resume')} but the run in {out} trained with {was} process{'es' * (was > 1)} and "
+                         f"this launch has {procs}{sizes}; resume it with {launch}, or use {hint('overwrite')} or "
+                         "another output_dir")
 
 
 DATA_PARTS = {"train": "training rows", "holdout": "held-out rows", "questions": "questions"}  # what same_data names
