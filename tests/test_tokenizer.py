@@ -227,3 +227,25 @@ def test_the_verifier_loads_its_tokenizer_through_medr1(tmp_path):
         scores = verifier(["### Answer:\nyes", "thinking\n### Answer:\na much longer answer, with words", "none"],
                           ["yes", "no", "x"])
         assert len(scores) == 3 and 0 < scores[0] < 1 and 0 < scores[1] < 1 and scores[2] == 0.0
+
+
+def test_the_verifier_goes_on_this_processs_gpu(monkeypatch):
+    """Under several processes every rank put its verifier on GPU 0 (the policy goes on LOCAL_RANK's GPU)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from medr1.verifier import Verifier
+
+    seen = {}
+
+    def capture(path, **kwargs):
+        seen.update(kwargs)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", capture)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ModelError, match="stop here"):
+        Verifier(str(tiny_model_path(pad="deepseek"))).load()
+    assert seen["device_map"] == {"": 1}

@@ -31,6 +31,13 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def device_map() -> dict[str, int] | None:
+    """Where a whole model goes: this process's GPU (LOCAL_RANK under accelerate launch / torchrun), None on a CPU."""
+    import torch
+
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None
+
+
 def is_main() -> bool:
     """The process that writes files and prints: rank 0, or the only one."""
     return rank() == 0

@@ -7,13 +7,13 @@ secret) are found by huggingface_hub itself, never passed around.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from medr1.stack import UNSLOTH
 
 import torch
 
+from medr1 import distributed
 from medr1.config import Config, hint
 from medr1.errors import ModelError
 from medr1.log import log
@@ -40,7 +40,7 @@ def _hf_kwargs(config: Config) -> dict:
     four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=dtype) if config.load_in_4bit else None
     return dict(dtype=dtype, quantization_config=four_bit,
-                device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None)
+                device_map=distributed.device_map())
 
 
 def _fast_model(name: str, config: Config):

@@ -6,6 +6,7 @@ download, and its own failure when offline. Used only when the weight `reward_ve
 
 from __future__ import annotations
 
+from medr1 import distributed
 from medr1.config import Config, hint
 from medr1.errors import ModelError
 from medr1.preflight import read_model_config
@@ -57,7 +58,7 @@ class Verifier:
             self.tokenizer = load_tokenizer(path, self.style, knob="verifier_model")
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=2, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
-                device_map={"": 0} if torch.cuda.is_available() else None).eval()
+                device_map=distributed.device_map()).eval()
             match_tokenizer(self.model, self.tokenizer)
         except ModelError as err:  # medr1's own: the folder or the tokenizer
             raise ModelError(f"{err}. Set {hint('reward_verifier', 0)} to train without it.") from None
