@@ -233,6 +233,30 @@ def test_special_tokens_and_prompt_markers_in_a_field_are_refused(tmp_path, toke
     assert "3 rows hold a special token" in capsys.readouterr().err
 
 
+def test_special_tokens_in_held_out_rows_and_grpo_questions_are_refused(tmp_path, tokenizer, capsys):
+    """Only the training rows were checked: an EOS in a held-out reasoning was scored as a stop mid-reasoning in the
+    before/after answers and the evaluation, and one in a GRPO question went into every rollout prompt."""
+    from medr1.__main__ import main
+    from medr1.grpo import GrpoRun
+    from medr1.run import Run
+    from medr1.verifiable import FIELDS, FIXTURE_PATH
+
+    rows = [dict(r) for r in ROWS]
+    rows[-1]["Complex_CoT"] += tokenizer.eos_token  # the last row is held out
+    path = write(tmp_path / "rows.jsonl", rows)
+    expected = rf"1 rows hold a special token .*\(first: row {len(rows) - 1} of {path}.*field 'Complex_CoT'"
+    with pytest.raises(DataError, match=expected):
+        Run(build_config("smoke", {"data_path": str(path), "holdout_examples": 1, "output_dir": str(tmp_path / "r")},
+                         quiet=True))
+    assert main(["check-data", str(path), "--preset", "smoke", "--set", "holdout_examples=1"]) == 2
+    assert "1 rows hold a special token" in capsys.readouterr().err
+    questions = [json.loads(line) for line in FIXTURE_PATH.read_text().splitlines()]
+    questions[0][FIELDS[0]] += tokenizer.eos_token
+    qpath = write(tmp_path / "q.jsonl", questions)
+    with pytest.raises(DataError, match=rf"1 rows hold a special token .*row 0 of {qpath}.*field '{FIELDS[0]}'"):
+        GrpoRun(build_config("smoke", {"grpo_data_path": str(qpath), "output_dir": str(tmp_path / "g")}, quiet=True))
+
+
 def test_a_csv_field_longer_than_csvs_default_limit_is_a_long_row(tmp_path, tokenizer, monkeypatch):
     """A field over 131,072 characters crashed with a bare `_csv.Error`; it is a row the length policy counts."""
     path = write(tmp_path / "rows.csv", [*ROWS, dict(ROWS[0], Question="Long?", Complex_CoT="x " * 70_000)])

@@ -79,6 +79,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     # the model's side (name, max_seq_length); 4-bit and GPUs are the training machine's, not this one's
     preflight.check(dataclasses.replace(config, load_in_4bit=False, backend="unsloth", precision="auto"), weights=False)
     tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
+    data.check_control_text(split.holdout, tokenizer)
     _, report, problem = data.apply_length_policy(split.train, tokenizer, config)
     print(f"{args.path}: {len(rows)} valid rows, {split.duplicates} duplicates; {len(split.train)} to train on, "
           f"{len(split.holdout)} held out (num_examples={config.num_examples}, holdout_examples="

@@ -205,15 +205,16 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, config: Config) -> tupl
     return kept, report
 
 
-def check_control_text(rows: list[dict[str, str]], tokenizer) -> None:
+def check_control_text(rows: list[dict[str, str]], tokenizer, fields: tuple[str, ...] = FIELDS) -> None:
     """Refuse rows whose fields hold one of the tokenizer's special tokens or a prompt marker: the tokenizer reads
     it as that control token mid-text (an EOS in the reasoning teaches the model to stop before its answer, a
-    `</think>` or `<｜User｜>` splits the reasoning or the turn). The template's own markers surround the fields."""
+    `</think>` or `<｜User｜>` splits the reasoning or the turn). The template's own markers surround the fields.
+    Held-out rows and GRPO questions too: they become before/after answers, evaluation texts and rollout prompts."""
     special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
     markers = {*tokenizer.all_special_tokens, *special, prompts.THINK_OPEN, prompts.THINK_CLOSE, prompts.R1_USER,
                prompts.R1_ASSISTANT}
     pattern = re.compile("|".join(map(re.escape, sorted(filter(None, markers), key=len, reverse=True))))
-    found = [(i, name, m.group()) for i, row in enumerate(rows) for name in FIELDS if (m := pattern.search(row[name]))]
+    found = [(i, name, m.group()) for i, row in enumerate(rows) for name in fields if (m := pattern.search(row[name]))]
     if found:
         i, name, token = found[0]
         raise DataError(f"{len({f[0] for f in found})} rows hold a special token or prompt marker in their text "

@@ -35,6 +35,7 @@ class Run(Stage):
         split = self.split  # a resume on other rows is refused here, before the tokenizer and the model load
         prints = record.same_data(self.config, self.out, split.source, train=split.train, holdout=split.holdout)
         self._check_model()
+        data.check_control_text(split.holdout, self.tokenizer)
         self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, self.config)
         self.history = None
         self.record = self._prepared({

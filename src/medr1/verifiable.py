@@ -35,6 +35,7 @@ def load_questions(config: Config) -> tuple[list[dict[str, str]], str]:
 def fit_questions(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list[dict[str, str]], dict]:
     """(rows, lengths for run.json): the model is loaded for max_seq_length tokens, so each prompt (tokenized as TRL
     does, special tokens included) plus max_completion_length must fit; the others go as `over_length` says."""
+    data.check_control_text(rows, tokenizer, FIELDS)  # an EOS in a question would be in every rollout prompt
     budget, limit = config.max_completion_length, config.max_seq_length - config.max_completion_length
     texts = [prompts.inference_prompt(r[FIELDS[0]], config.prompt_style) for r in rows]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
