@@ -294,11 +294,15 @@ TOKEN = "hf_medr1ShareToken0123456789"
 
 
 @contextmanager
-def _hub(status: int, role: str = "write"):
-    """A local stand-in for the hub's whoami-v2 (never a real host): `status`, and the token's `role` when 200."""
+def _hub(status: int, role: str = "write", scoped: list[str] | None = None):
+    """A local stand-in for the hub's whoami-v2 (never a real host): `status`, and the token's `role` when 200 (a
+    fine-grained token's permissions on the user's own repositories: `scoped`)."""
+    access = {"role": role, **({"fineGrained": {"global": ["discussion.write"], "scoped": [
+        {"entity": {"type": "user", "name": "me"}, "permissions": scoped}]}} if scoped is not None else {})}
+
     class Whoami(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
-            body = json.dumps({"name": "me", "auth": {"accessToken": {"role": role}}} if status == 200 else
+            body = json.dumps({"name": "me", "auth": {"accessToken": access}} if status == 200 else
                               {"error": "Invalid credentials in Authorization header"}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -356,6 +360,49 @@ def test_plan_refuses_a_push_that_cannot_happen_before_writing(runs, tmp_path, m
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         assert Export(runs.plain, out).plan(push_repo="me/x").push_repo == "me/x"
     assert TOKEN not in "".join(capsys.readouterr()) and not out.exists()
+
+
+def test_plan_checks_a_fine_grained_tokens_write_access_and_the_endpoint(runs, tmp_path, monkeypatch):
+    """A fine-grained token (the hub's default kind) that cannot write passed the plan, and the upload failed with a
+    403 after the merge; a port that is no number in HF_ENDPOINT was a ValueError traceback."""
+    import huggingface_hub.constants as constants
+
+    from medr1.export import Export
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    out = tmp_path / "p"
+    read, write = ["repo.content.read"], ["repo.content.read", "repo.write"]
+    for scoped, repo, ok in ((read, "me/x", False), (write, "me/x", True), (write, "org/x", False)):
+        with _hub(200, "fineGrained", scoped) as endpoint:
+            monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+            if ok:
+                assert Export(runs.plain, out).plan(push_repo=repo).push_repo == repo
+                continue
+            namespace = repo.split("/")[0]
+            with pytest.raises(ExportError, match=rf"fine-grained token that cannot write to {namespace}'s "):
+                Export(runs.plain, out).plan(push_repo=repo)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.example:abc")
+    with pytest.raises(ExportError, match=r"HF_ENDPOINT='https://hub.example:abc' is not a valid URL"):
+        Export(runs.plain, out).plan(push_repo="me/x")
+    assert not out.exists()
+
+
+def test_a_proxy_for_every_scheme_counts_as_a_route(monkeypatch):
+    """Behind ALL_PROXY alone (requests and httpx honour it), W&B was turned off and pushes refused as unreachable."""
+    from medr1.preflight import reachable
+
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy",
+                  "NO_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = free.getsockname()[1]
+    assert not reachable(f"https://hub.example.org:{closed}", timeout=0.5)
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.example.org:3128")
+    assert reachable(f"https://hub.example.org:{closed}", timeout=0.5)
 
 
 def test_a_failed_push_leaves_the_folders_card_as_it_was(runs, tmp_path, monkeypatch):
@@ -432,7 +479,7 @@ def test_a_folder_used_but_not_written_now_must_be_this_runs(runs, other, tmp_pa
     assert (out / "adapter" / "README.md").read_text() == card  # never this run's card over their weights
 
     monkeypatch.setattr(export, "hub_token", lambda: TOKEN)
-    monkeypatch.setattr(export, "check_hub", lambda token: None)  # the hub's checks have their own test
+    monkeypatch.setattr(export, "check_hub", lambda *args: None)  # the hub's checks have their own test
     mine = export.Export(runs.plain, tmp_path / "mine")
     mine.adapter()
     mine.merged()
@@ -545,18 +592,18 @@ def test_export_of_a_diverged_run_gives_trainings_advice(tmp_path, capsys):
     from medr1.export import Export
 
     rec = {"status": "diverged", "diverged": {"step": 7, "what": "4 LoRA weight tensors"},
-           "config": {"learning_rate": 2e-4, "grpo_learning_rate": 3e-5}}
+           "config": {"learning_rate": 2e-4, "grpo_learning_rate": 5e-6}}  # a tenth: 5.000000000000001e-07
     (tmp_path / "run.json").write_text(json.dumps(rec))
     with pytest.raises(ModelError, match=r"diverged at step 7 and saved no adapter .*lower learning rate "
                                          r"\(learning_rate=2e-05\), with another output_dir or overwrite=True") as err:
         Export(tmp_path)
     assert "finish" not in str(err.value)
     (tmp_path / "run.json").write_text(json.dumps({**rec, "kind": "grpo"}))
-    with pytest.raises(ModelError, match=r"\(grpo_learning_rate=3e-06\)"):
+    with pytest.raises(ModelError, match=r"\(grpo_learning_rate=5e-07\)"):
         Export(tmp_path)
     capsys.readouterr()
     assert main(["export", str(tmp_path)]) == 2
-    assert "--set grpo_learning_rate=3e-06), with another output_dir or --overwrite" in capsys.readouterr().err
+    assert "--set grpo_learning_rate=5e-07), with another output_dir or --overwrite" in capsys.readouterr().err
 
 
 def test_export_of_an_adapter_folder_names_its_run(runs, capsys):

@@ -256,6 +256,12 @@ def hint(knob: str, value: Any = True) -> str:
     return f"{knob}={value!r}"
 
 
+def lower_rate(knob: str, rate: float) -> str:
+    """The hint to train again at a tenth of `rate` (a diverged run's advice), rounded: 3e-05, not
+    2.9999999999999997e-05."""
+    return hint(knob, float(f"{rate / 10:.3g}"))
+
+
 @contextlib.contextmanager
 def cli_hints() -> Iterator[None]:
     global _CLI_HINTS

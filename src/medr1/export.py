@@ -127,7 +127,7 @@ class Export:
                 validate_repo_id(push_repo)
             except HFValidationError as err:
                 raise ExportError(f"push repository {push_repo!r} is not a valid hub name (you/name): {err}") from None
-            check_hub(hub_token())
+            check_hub(hub_token(), push_repo)
         n = count_parameters(self.config) if merged or out.gguf else 0
         out.need_bytes = sum(self._bytes(what, n, out.gguf) for what in out.folders)
         if out.folders:

@@ -22,15 +22,20 @@ def hub_token() -> str:
     return token
 
 
-def check_hub(token: str) -> None:
-    """Whether a push can happen, before anything is written: hub offline mode off, the hub reachable (unless a proxy
-    carries it, as for W&B), the token valid and not read-only; else one line, the token never shown."""
+def check_hub(token: str, repo_id: str) -> None:
+    """Whether a push to `repo_id` can happen, before anything is written: hub offline mode off, the hub reachable
+    (unless a proxy carries it, as for W&B), the token valid and allowed to write there; else one line, the token
+    never shown."""
     from huggingface_hub import HfApi, constants
 
     later = "or export now and push later"
     if constants.HF_HUB_OFFLINE:  # what huggingface_hub itself reads, now (set from the environment at its import)
         raise ExportError(f"cannot push: hub offline mode is on (HF_HUB_OFFLINE=1); unset it to push, {later}")
-    if not reachable(constants.ENDPOINT):
+    try:
+        up = reachable(constants.ENDPOINT)
+    except ValueError as err:  # a port that is no number
+        raise ExportError(f"HF_ENDPOINT={constants.ENDPOINT!r} is not a valid URL ({err})") from None
+    if not up:
         raise ExportError(f"cannot push: the hub ({urlsplit(constants.ENDPOINT).netloc}) cannot be reached (no "
                           f"network?); {later}")
     try:
@@ -42,6 +47,17 @@ def check_hub(token: str) -> None:
         raise ExportError(f"cannot push: the hub did not check the token: {_one_line(err, token)}") from None
     if auth.get("role") == "read":
         raise ExportError("HF_TOKEN (or the stored login) is a read token: pushing needs one with write access")
+    namespace = repo_id.split("/")[0]
+    if auth.get("role") == "fineGrained" and not _may_write(auth.get("fineGrained") or {}, namespace):
+        raise ExportError(f"HF_TOKEN (or the stored login) is a fine-grained token that cannot write to {namespace}'s "
+                          "repositories: give it write access to them (repo.write), or use a write token")
+
+
+def _may_write(grained: dict, namespace: str) -> bool:
+    """A fine-grained token's `repo.write`, for every repository or for those of `namespace` (a user or an org)."""
+    scoped = [s.get("permissions") or [] for s in grained.get("scoped") or []
+              if (s.get("entity") or {}).get("name") == namespace]
+    return any("repo.write" in perms for perms in [grained.get("global") or [], *scoped])
 
 
 def _one_line(err: BaseException, token: str) -> str:

@@ -146,11 +146,12 @@ def _hub_config(name: str, knob: str, weights: bool = True, unsloth_4bit: bool =
 
 def reachable(url: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to the URL's host and port opens within `timeout` seconds (W&B's server, the hub,
-    llama.cpp's sources); True where a proxy carries that scheme (the client goes through it: a direct try would
-    fail). A URL whose port is no number raises ValueError."""
+    llama.cpp's sources); True where a proxy carries that scheme, or every scheme (ALL_PROXY: requests and httpx go
+    through it, so a direct try would fail). A URL whose port is no number raises ValueError."""
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
-    if getproxies().get(parts.scheme or "https") and not proxy_bypass(host):
+    proxies = getproxies()
+    if (proxies.get(parts.scheme or "https") or proxies.get("all")) and not proxy_bypass(host):
         return True
     try:
         socket.create_connection((host, port), timeout=timeout).close()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import distributed, files
-from medr1.config import Config, hint, same_setting
+from medr1.config import Config, hint, lower_rate, same_setting
 from medr1.errors import DataError, ModelError, OutputDirError
 from medr1.log import log
 from medr1.readers import read_file
@@ -106,7 +106,7 @@ def _diverged(run_dir: str | Path, rec: dict[str, Any]) -> str:
     step = (rec.get("diverged") or {}).get("step")
     return (f"the run in {run_dir} diverged{f' at step {step}' if step else ''} and saved no adapter (status in "
             f"run.json: 'diverged'): train it again with a lower learning rate "
-            f"({hint(knob, rate / 10) if isinstance(rate, (int, float)) else knob}), with another output_dir or "
+            f"({lower_rate(knob, rate) if isinstance(rate, (int, float)) else knob}), with another output_dir or "
             f"{hint('overwrite')}")
 
 

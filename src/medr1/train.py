@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from medr1.config import Config, hint
+from medr1.config import Config, hint, lower_rate
 from medr1.distributed import SFT, Step
 from medr1.files import usual_modes
 from medr1.log import log
@@ -146,11 +146,10 @@ def divergence(trainer, model, config: Config, knob: str, err: BaseException | N
     at = f" at step {step}" if step else ""
     bf16 = f" or train in bf16 ({hint('precision', 'bf16')}) where the GPU has it" if (
         trainer is not None and trainer.args.fp16) else ""
-    lower = float(f"{getattr(config, knob) / 10:.3g}")  # 3e-05, not 2.9999999999999997e-05
     stopped = f" (stopped by {type(err).__name__}: {(str(err).splitlines() or [''])[0]})" if outputs else ""
+    lower = lower_rate(knob, getattr(config, knob))
     return found, (f"training diverged{at}: {found['what']} went NaN or infinite{stopped}, so no adapter is saved; "
-                   f"lower the learning rate ({hint(knob, lower)}){bf16}, with another output_dir or "
-                   f"{hint('overwrite')}")
+                   f"lower the learning rate ({lower}){bf16}, with another output_dir or {hint('overwrite')}")
 
 
 @dataclass
