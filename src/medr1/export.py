@@ -232,6 +232,9 @@ class Export:
             raise ExportError(f"nothing to {action}: {folder} does not exist and this export does not make the {what}")
         marker = folder / MARKER
         made = marker.read_text().strip() if marker.is_file() else adapter_sha256(folder)
+        if not made and what != "adapter":  # a merge or GGUF from before the marker: nothing else tells whose it is
+            log.warning(f"{folder} was made before medr1 marked its exports: check that it is this run's {what}")
+            return
         if not self._source or made != self._source:
             raise ExportError(f"will not {action} {folder}: it is no export of this run's adapter {self.adapter_src} "
                               f"(another run's, or from before medr1 marked its exports); export the {what} again "
