@@ -494,3 +494,13 @@ def test_auto_under_unsloth_force_cpu_gives_that_reason(monkeypatch):
     assert name == "smoke" and why.startswith("UNSLOTH_FORCE_CPU=1 and ") and "no CUDA GPU" not in why
     monkeypatch.delenv("UNSLOTH_FORCE_CPU")
     assert resolve_preset("auto", cuda=False)[1].startswith("no CUDA GPU and ")
+
+
+def test_checkpoint_cards_show_the_optimizer_the_trainer_used(smoke_run):
+    """A checkpoint's card said the configured optimizer (adamw_torch) while the trainer ran Unsloth's swap
+    (adamw_torch_fused): what the trainer uses is known when it is built, before the first checkpoint."""
+    rec = json.loads((smoke_run.out / "run.json").read_text())
+    used, configured = rec["train"]["args_used"]["optim"], rec["config"]["optim"]
+    row = f"| optimizer | {used}{f' (configured: {configured})' if used != configured else ''} |"
+    cards = sorted((smoke_run.out / "checkpoints").glob("checkpoint-*/README.md"))
+    assert cards and all(row in card.read_text() for card in cards), row

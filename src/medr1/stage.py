@@ -100,8 +100,9 @@ class Stage:
         self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
                            hardware=record.hardware())
         self._hold_out()
+        self._used = args_used(self.config, self._trainer.args)  # what Unsloth or TRL left: checkpoint cards say it
+        self.record["train"] = {"args_used": self._used}
         self._write_record()
-        self._used = args_used(self.config, self._trainer.args)  # what Unsloth or TRL left of the config's
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         session = SessionCallback(self)
