@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def _not_utf8(path: Path) -> str:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
+        line = len(re.findall(rb"\r\n|\r|\n", raw[:err.start])) + 1  # the line ends text mode reads: \n, \r\n, \r
         return (f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at byte offset {err.start}, line {line}); "
                 "save it as UTF-8")
     return f"{path}: not UTF-8 text; save it as UTF-8"
