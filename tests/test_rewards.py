@@ -358,3 +358,14 @@ def test_a_conceded_candidate_is_not_the_answer(answer, pick):
 def test_a_passive_or_a_comment_is_no_rival(answer):
     verdict = rewards.judge(answer, GRAVES)
     assert verdict.correct, verdict
+
+
+@pytest.mark.parametrize("answer", [
+    "Myocardial infarction, not pericarditis", "The answer is myocardial infarction, not pulmonary embolism.",
+    "Myocardial infarction, and not pericarditis", "Myocardial infarction, rather than pericarditis",
+    "Not pericarditis, but myocardial infarction", "Myocardial infarction, no pericarditis."])
+def test_a_rival_ruled_out_after_a_comma_is_no_second_candidate(answer):
+    """"X, not Y" read as the list "X, Y" and earned nothing, while "X; not Y" and "X (not Y)" earned: GRPO would
+    have trained the model away from a decisive answer that rules out its rival."""
+    assert rewards.judge(answer, "Myocardial infarction") == rewards.Verdict(True, "match")
+    assert rewards.judge("Myocardial infarction, pericarditis", "Myocardial infarction").reason == "several candidates"

@@ -1,0 +1,256 @@
+"""The correctness matcher behind GRPO's correctness reward and `evaluate --verifiable`: does an answer part assert
+the reference answer, once, without denying or hedging it?
+
+Matching is normalized (case, punctuation, articles, plurals, British spellings and a small table of abbreviations
+and synonyms), and it refuses the two ways a policy learns to game a string match: a negated mention ("not X", "X is
+unlikely", "rule out X") and hedging over several candidates ("X or Y", "X, Y and Z", "the differential
+includes", or a rival segment: "1. X 2. Y", "X; Y", "X. Or Y.", "X. Y is also likely."): a list item that
+neither explains nor manages, or a prose sentence that hedges or is a short bare name. Matching is strict
+(precision over recall): a correct answer in other words earns nothing, nor does one followed by a short fragment
+("X. Urgent PCI."); the verifier model (medr1.verifier, off by default) is the tool for those. It reads English
+text: a reference without Latin letters or digits normalizes to nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from medr1 import prompts
+
+# Canonical phrase -> its abbreviations and synonyms (assets/synonyms.json, written for medr1, a table to extend).
+# Ambiguous short forms (PE, MS, ALL, DM, IV, CF) are left out on purpose: mapping them would reward the wrong
+# disease as often as the right one.
+ASSETS = Path(__file__).parent / "assets"
+SYNONYMS: dict[str, list[str]] = json.loads((ASSETS / "synonyms.json").read_text("utf-8"))
+GREEK = {"α": " alpha ", "β": " beta ", "γ": " gamma ", "δ": " delta ", "κ": " kappa ", "μ": " mu "}
+SPELLING = ((re.compile(r"^oe(?=[a-z])"), "e"), (re.compile(r"aem"), "em"), (re.compile(r"oea"), "ea"),
+            (re.compile(r"^tumour$"), "tumor"), (re.compile(r"^haemo"), "hemo"))
+ARTICLES = {"a", "an", "the"}
+COMMA, BREAK = ",", "|"  # tokens kept from punctuation: a list separator, a clause boundary
+# Segment ends kept as tokens: a sentence end (. ! ? ;), a line end, a bullet or list number, a colon ending a line.
+STOP, LINE, ITEM, HEAD = ".", "/", "#", ":"
+SEPARATORS, PUNCTUATION = {STOP, LINE, ITEM, HEAD}, {STOP, LINE, ITEM, HEAD, COMMA, BREAK}
+TOKENS = {"\x01": STOP, "\n": LINE, "\x02": ITEM, "\x03": HEAD}
+SENTENCE_END = re.compile(r"(?<!\d)[.!?](?!\d)|;")
+ITEM_MARK = re.compile(r"^[ \t]*[-*+\u2022\u2013][ \t]+|(?<![\w.])\d{1,2}[.)][ \t]+", re.M)  # "- ", "1. ", "2) "
+HEADING_END = re.compile(r":[*_ \t]*(?=\n|$)")  # "Management:", "**Next steps:**" at the end of a line
+ABBREVIATION = re.compile(r"\b(e\.g|i\.e|etc|vs|cf)\.")  # a dot that ends no sentence
+# A second answer part inside the answer part is read as a new line: one more candidate.
+ANSWER_MARKER = re.compile("|".join(map(re.escape, (prompts.ANSWER_HEADER.strip(), prompts.THINK_OPEN,
+                                                     prompts.THINK_CLOSE))))
+
+
+def _singular(word: str) -> str:
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("sses", "shes", "ches", "xes", "zes", "uses")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words of `text`, accents, articles and plurals removed; commas, clause breaks and segment ends
+    as tokens. Cue words go through it too, so "whereas" and "requires" compare as the answer's words do."""
+    text = re.sub(r"\b([A-Z][A-Z0-9]+)s\b", r"\1", ANSWER_MARKER.sub("\n", text))  # SSRIs: an abbreviation's plural
+    text = HEADING_END.sub(" \x03 ", ITEM_MARK.sub(" \x02 ", text))
+    text = "".join(GREEK.get(ch, ch) for ch in text)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    text = re.sub(r"n't\b", " not", text).replace("no doubt", " ").replace("/", " or ")
+    text = re.sub(r"'s\b", "", text)
+    text = re.sub(r"(\d)([a-z])", r"\1 \2", text)
+    text = SENTENCE_END.sub(" \x01 ", ABBREVIATION.sub(lambda m: m[1].replace(".", ""), text))
+    text = re.sub(r"[:()\[\]{}\u2014]|--", f" {BREAK} ", text).replace(",", f" {COMMA} ")
+    out = []
+    for word in re.findall(r"[a-z0-9]+|[,|\n\x01-\x03]", text):
+        word = TOKENS.get(word, word)
+        if word not in ARTICLES:
+            word = _singular(word)  # before the spelling: "tumours" -> "tumour" -> "tumor"
+            for pattern, repl in SPELLING:
+                word = pattern.sub(repl, word)
+            out.append(word)
+    return out
+
+
+def _phrase(text: str) -> tuple[str, ...]:
+    return tuple(w for w in _words(text) if w not in PUNCTUATION)
+
+
+def _cues(*phrases: str) -> set[str]:
+    return {" ".join(_phrase(p)) for p in phrases}
+
+
+# Cue words (assets/cues.json, written for medr1, lists to extend), normalized as answers are.
+CUES = {k: _cues(*v) for k, v in json.loads((ASSETS / "cues.json").read_text("utf-8")).items() if k != "_about"}
+# Before a mention (in its clause), or just after it: the mention is denied, not asserted.
+NEGATION_BEFORE, NEGATION_AFTER = CUES["negation_before"], CUES["negation_after"]
+CLAUSE_WORDS = _cues("but", "however", "whereas", "although", "though", "yet", "while")
+DISJUNCTIONS = _cues("or", "either", "versus", "vs", "nor")
+HEDGES = _cues("differential", "alternatively", "could also be", "might also be", "may also be", "another possibility",
+               "other possibility", "possibilities")
+LIST_WORDS = _cues("and", "plus") | {COMMA}
+PLURAL_VERBS = _cues("are", "were", "both")
+CLAUSE_END = CLAUSE_WORDS | {COMMA, BREAK}
+CONCESSIVE, PREPOSITIONS = CUES["concessive"], CUES["prepositions"]
+LINKING = CUES["linking"]  # a word that opens an explanation or a clause, never a second candidate ("MI, given ...")
+ITEM_END = LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS | CLAUSE_WORDS
+# A segment (sentence, line or list item) without the reference hedges over another candidate when it opens with
+# one of OPENERS ("X. Or Y.", "X. Also consider Y.") or holds one of RIVAL_HEDGES ("X. Y is also likely.").
+OPENERS, RIVAL_HEDGES = DISJUNCTIONS | CUES["openers"], CUES["rival_hedges"]
+# A line of LABELS ("Final answer") is a heading, one opening with COMMENTS ("Very common") a comment: neither names.
+# A longer one is a bare name if its words up to a preposition end in one of HEADS ("Toxic multinodular goiter in").
+LABELS, COMMENTS, HEADS = CUES["labels"], CUES["comments"], tuple(CUES["heads"])
+# One with a word of EXPLAINS explains, argues or manages. "likely", "most" and "probably" assert ("Most likely PE");
+# a preposition ("Y in the elderly") or "consider" ("Consider Y") may go with a second candidate.
+EXPLAINS = (LINKING - PREPOSITIONS - COMMENTS) | CLAUSE_WORDS | PLURAL_VERBS | CUES["explains"]
+PASSIVE = re.compile(r" (may|could|might) be \w+[^e]ed(?= )")  # "This could be confirmed by TRAb" explains: no hedge
+NAMING = re.compile("|".join(rf" {re.escape(c)}(?= )" for c in CUES["naming"]))  # "Y is the alternative" names Y
+SHORT = 4  # the most words (besides "also" and "consider") of a sentence that is a bare name ("X. Toxic adenoma.")
+
+
+ALIASES = {_phrase(alias): _phrase(canon) for canon, aliases in SYNONYMS.items() for alias in (canon, *aliases)}
+LONGEST_ALIAS = max(len(a) for a in ALIASES)
+
+
+def canonical(words: list[str] | tuple[str, ...]) -> list[str]:
+    """Replace every abbreviation or synonym (longest first) by its canonical phrase."""
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        for n in range(min(LONGEST_ALIAS, len(words) - i), 0, -1):
+            hit = ALIASES.get(tuple(words[i:i + n]))
+            if hit:
+                out.extend(hit)
+                i += n
+                break
+        else:
+            out.append(words[i])
+            i += 1
+    return out
+
+
+def normalize(text: str) -> str:
+    """The form two answers are compared in: `normalize("The Heart-Attacks.") == "myocardial infarction"`."""
+    return " ".join(canonical(_phrase(text)))
+
+
+REASONS = ("match", "not found", "negated", "several candidates", "no answer")
+
+
+@dataclass
+class Verdict:
+    correct: bool
+    reason: str  # one of REASONS
+
+
+def _has(words: list[str], cues: tuple[str, ...] | set[str]) -> bool:
+    text = PASSIVE.sub(r" \1", f" {' '.join(words)} ")  # "it may be confirmed" is no "it may be <Y>"
+    return any(f" {cue} " in text for cue in cues)
+
+
+def _find(words: list[str], target: list[str]) -> list[int]:
+    n = len(target)
+    return [i for i in range(len(words) - n + 1) if words[i:i + n] == target] if n else []
+
+
+def _walk(words: list[str], at: int, step: int, group: set[str], inside: bool = False) -> int:
+    """Where a walk from `at` by `step` leaves the words outside `group` (or, `inside`, those in it)."""
+    while 0 <= at < len(words) and (words[at] in group) == inside:
+        at += step
+    return at
+
+
+def _at(words: list[str], i: int) -> str | None:
+    return words[i] if 0 <= i < len(words) else None
+
+
+def _opens(words: list[str], cues: set[str]) -> bool:
+    return any(f"{' '.join(words)} ".startswith(f"{c} ") for c in cues)
+
+
+def _listed(words: list[str], start: int, end: int) -> bool:
+    """Is the mention words[start:end] one item of a list of candidates ("X and Y", "Y, Z and X", "X, Y are")?
+    An item is the phrase next to a list word, up to the next separator or linking word; one ruled out ("X, not Y",
+    "X, rather than Y") is no candidate."""
+    ends_item = LIST_WORDS | PLURAL_VERBS | {BREAK, None}  # what may follow the last item (None: the end)
+    if _at(words, end) in LIST_WORDS:
+        j = _walk(words, end, 1, LIST_WORDS, inside=True)
+        nxt = _walk(words, j, 1, ITEM_END)
+        if nxt > j and _at(words, nxt) in ends_item and not _opens(words[j:nxt], NEGATION_BEFORE):
+            return True
+    if _at(words, start - 1) not in LIST_WORDS or _at(words, end) not in ends_item:
+        return False
+    j = _walk(words, start - 1, -1, LIST_WORDS, inside=True)
+    return _walk(words, j, -1, ITEM_END) != j
+
+
+def _rival(words: list[str], a: int, b: int) -> bool:
+    """Is words[a:b], a segment without the reference, another candidate? Yes if it hedges ("Or PE."); no if a
+    heading or comment, or it explains, manages or denies. Else it is a bare name: a rival as a list item, but as a
+    sentence only if short or a HEADS name up to a preposition (prose explains: "Digoxin inhibits the Na pump.")."""
+    text = NAMING.sub("", f" {' '.join(w for w in words[a:b] if w.isalpha() or w in (COMMA, BREAK))} ").split()
+    seg, name = [w for w in text if w.isalpha()], text[:_walk(text, 0, 1, PREPOSITIONS | {COMMA, BREAK})]
+    if _opens(seg, OPENERS) or _has(seg, RIVAL_HEDGES):
+        return True
+    if _at(words, b) == HEAD or all(w in LABELS for w in seg) or (name and all(w in COMMENTS for w in name)) \
+            or EXPLAINS & set(seg) or _has(seg, NEGATION_BEFORE | NEGATION_AFTER):
+        return False
+    item = _at(words, a - 1) == ITEM or (_at(words, a - 1) in (None, LINE) and _at(words, b) in (None, LINE))
+    bare = 0 < len(name) <= SHORT and name[-1].endswith(HEADS) and not {COMMA, BREAK} & set(text[len(name):])
+    return item or bare or len([w for w in seg if w not in ("also", "consider")]) <= SHORT
+
+
+def truth_variants(truth: str) -> list[list[str]]:
+    """The reference as words, with its punctuation ("46,XY", "S. aureus") and without; "Myocardial infarction
+    (MI)" also as its outside and inside parts."""
+    inside = re.findall(r"\(([^()]*)\)", truth)
+    outside = re.sub(r"\([^()]*\)", " ", truth)
+    variants: list[list[str]] = []
+    for text in [outside, *inside] if inside else [truth]:
+        words = canonical(_words(text))
+        kept = [k for k, w in enumerate(words) if w not in PUNCTUATION]
+        for v in (words[kept[0]:kept[-1] + 1] if kept else [], [words[k] for k in kept]):
+            if v and v not in variants:
+                variants.append(v)
+    return variants
+
+
+def judge(answer: str, truth: str) -> Verdict:
+    """Does the answer part `answer` assert the reference `truth`, once, without denying or hedging it?
+    A mention is judged in its segment (sentence, line or list item); no other segment may be a rival (`_rival`)."""
+    if not answer.strip():
+        return Verdict(False, "no answer")
+    words = canonical(_words(answer))
+    spans = sorted({(i, i + len(v)) for v in truth_variants(truth) for i in _find(words, v)})
+    if not spans:
+        return Verdict(False, "not found")
+    ends = [k for k, w in enumerate(words) if w in SEPARATORS]
+    sentences = list(zip([0, *(k + 1 for k in ends)], [*ends, len(words)], strict=True))  # the segments
+    found = []  # each mention in its segment: (the segment, where the mention starts and ends in it)
+    for i, j in spans:
+        start, end = max(a for a, _ in sentences if a <= i), min(b for _, b in sentences if b >= j)
+        found.append((words[start:end], i - start, j - start))
+    for s, i, j in found:
+        before = s[_walk(s, i - 1, -1, CLAUSE_END | {"and"}) + 1:i]  # the mention's clause, up to it
+        after = s[j:min(j + 4, _walk(s, j, 1, CLAUSE_END | {"and"}))]  # up to four words after it, in the clause
+        non = i > 0 and s[i - 1] == "non"  # "non-Hodgkin lymphoma" is not "Hodgkin lymphoma"
+        if non or _has(before, NEGATION_BEFORE) or _has(after, NEGATION_AFTER):
+            return Verdict(False, "negated")
+    for s, i, j in found:  # "or" around the mention, a list, a hedge in another clause ("X, but Y is possible")
+        rest, clauses = s[:i] + s[j:], s[:_walk(s, i - 1, -1, CLAUSE_WORDS) + 1] + s[_walk(s, j, 1, CLAUSE_WORDS):]
+        k, e = _walk(s, i - 1, -1, CLAUSE_END), _walk(s, j, 1, CLAUSE_END)  # conceded: "Although X is possible, Y"
+        conceded = _at(s, k) in CONCESSIVE and (e < len(s) - 1 or _has(s[k:e], RIVAL_HEDGES))
+        if DISJUNCTIONS & set(rest) or _listed(s, i, j) or _has(clauses, RIVAL_HEDGES) or conceded:
+            return Verdict(False, "several candidates")
+    masked = [BREAK if any(i <= k < j for i, j in spans) else w for k, w in enumerate(words)]  # "Differential cyanosis"
+    others = [(a, b) for a, b in sentences if all(b <= i or a >= j for i, j in spans)]
+    if _has(masked, HEDGES) or any(_rival(words, a, b) for a, b in others):
+        return Verdict(False, "several candidates")
+    return Verdict(True, "match")
