@@ -61,7 +61,7 @@ from typing import Optional
 preset: str = "auto"  # auto | colab-t4 | fast | cpu | smoke (auto: by the GPU, cpu or smoke without one)
 init_adapter: Optional[str] = None  # a medr1 SFT run folder (or its adapter folder) to start from; None: the base
 grpo_data_path: Optional[str] = None  # local file with Open-ended Verifiable Question, Ground-True Answer
-grpo_num_examples: Optional[int] = None  # questions loaded from the hub dataset (0 for all)
+grpo_num_examples: Optional[int] = None  # the first N questions of grpo_data_path or the hub dataset (0: all)
 num_generations: Optional[int] = None  # answers sampled per question; rewards are compared within this group
 max_completion_length: Optional[int] = None  # token budget per answer; a cut-off answer gets no format reward
 grpo_questions_per_step: Optional[int] = None  # questions per optimizer step

@@ -10,14 +10,17 @@ raises the probability of those within each group, and in a dozen steps at lr 2e
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from medr1 import build_config, files, record
 from medr1.__main__ import main
+from medr1.config import Config
 from medr1.errors import ConfigError, DataError, OutputDirError
 from medr1.grpo import GrpoRun
 from medr1.verifiable import FIELDS, FIXTURE_PATH, score_verifiable
@@ -513,3 +516,127 @@ def test_a_checkpoint_with_nan_weights_is_refused_as_init_adapter_before_anythin
         GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "g"), "init_adapter": str(checkpoint)},
                              quiet=True))
     GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "g"), "init_adapter": str(sft)}, quiet=True))
+
+
+def _questions(path, *rows):
+    """A questions file of `rows`: lines of the bundled fixture (str) or rows (dict)."""
+    path.write_text("".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def test_too_few_questions_for_one_optimizer_step_are_refused_before_anything_loads(tmp_path, capsys):
+    """TRL's sampler drops an incomplete step's questions: one question with grpo_questions_per_step=2 ran 0 steps and
+    saved the untouched start adapter as a `complete` GRPO run, rc 0. Refused in one line naming the knob, the file,
+    the count and what was dropped on the way."""
+    lines = FIXTURE_PATH.read_text().splitlines(keepends=True)
+    one = _questions(tmp_path / "one.jsonl", lines[0])
+    out = tmp_path / "cli"
+    assert main(["grpo", "--preset", "smoke", "--set", f"grpo_data_path={one}", "--set", "grpo_max_steps=2",
+                 "--set", f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{one}: 1 question, fewer than one optimizer step takes (grpo_questions_per_step=2)" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+    dups = _questions(tmp_path / "dups.jsonl", lines[0], lines[0], lines[1])
+    settings = {"output_dir": str(tmp_path / "g"), "grpo_data_path": str(dups)}
+    with pytest.raises(DataError, match=r": 2 questions left \(dropped: 1 as duplicates\), fewer than one optimizer "
+                                        r"step takes \(grpo_questions_per_step=3\): .* or grpo_questions_per_step=2$"):
+        GrpoRun(build_config("smoke", {**settings, "grpo_questions_per_step": 3}, quiet=True))
+    assert len(GrpoRun(build_config("smoke", settings, quiet=True)).questions) == 2  # one step's worth: enough
+
+
+def test_questions_that_are_the_start_runs_held_out_rows_are_dropped(smoke_run, tmp_path, capsys):
+    """GRPO carries the SFT run's held-out rows so that `medr1 evaluate` compares both runs on rows never trained on:
+    a GRPO question that is one of them (the same text, stripped, as SFT's overlap check reads it) is dropped, counted
+    in the log and run.json; what is left must still fill a step."""
+    lines = FIXTURE_PATH.read_text().splitlines(keepends=True)
+    held = smoke_run.holdout[0]["Question"]
+    path = _questions(tmp_path / "q.jsonl", *lines, {FIELDS[0]: f"  {held}\n", FIELDS[1]: "Sepsis"})
+    settings = {"grpo_data_path": str(path), "init_adapter": str(smoke_run.out)}
+    capsys.readouterr()
+    run = GrpoRun(build_config("smoke", {**settings, "output_dir": str(tmp_path / "g")}, quiet=True))
+    assert held not in {q[FIELDS[0]] for q in run.questions} and len(run.questions) == len(lines)
+    assert run.record["data"]["holdout_overlap"] == 1 and run.record["data"]["questions"] == len(lines)
+    assert f"1 of {len(lines) + 1} questions in {path} are held-out rows" in capsys.readouterr().out
+    for rows, left in (([lines[0]], "1 question"), ([], "0 questions")):  # none left: refused, not a tokenizer crash
+        _questions(path, *rows, {FIELDS[0]: held, FIELDS[1]: "Sepsis"})
+        with pytest.raises(DataError, match=rf"{left} left \(dropped: 1 held out by init_adapter's run\)"):
+            GrpoRun(build_config("smoke", {**settings, "output_dir": str(tmp_path / "h")}, quiet=True))
+
+
+@pytest.mark.parametrize("answer", ["急性下壁心肌梗死", "Инфаркт миокарда", "—"])
+def test_a_reference_the_matcher_cannot_read_is_refused(tmp_path, answer):
+    """A reference with no Latin letter or digit can never be matched by the rule-based correctness reward: GRPO
+    learnt format and stop only, and `evaluate --verifiable` scored an identical answer wrong, both unsaid. Refused,
+    naming the file, row, line and field and the way out (the verifier model); unweighted correctness may keep it."""
+    lines = FIXTURE_PATH.read_text().splitlines(keepends=True)
+    path = _questions(tmp_path / "q.jsonl", lines[0], {FIELDS[0]: "Chest pain and ST elevation: diagnosis?",
+                                                        FIELDS[1]: answer})
+    settings = {"output_dir": str(tmp_path / "g"), "grpo_data_path": str(path)}
+    with pytest.raises(DataError) as err:
+        GrpoRun(build_config("smoke", settings, quiet=True))
+    for named in (f"row 1 of {path}, line 2", f"field 'Ground-True Answer': {answer!r}", "English",
+                  "reward_correctness=0", "reward_verifier"):
+        assert named in str(err.value) and "\n" not in str(err.value), named
+    assert not (tmp_path / "g").exists()
+    GrpoRun(build_config("smoke", {**settings, "reward_correctness": 0}, quiet=True))  # the verifier (or stop) judges
+    pred = _questions(tmp_path / "pred.jsonl", {"prediction": "Reasoning.\n\n### Answer:\nx"},
+                      {"prediction": f"Reasoning.\n\n### Answer:\n{answer}"})
+    with pytest.raises(DataError, match=rf"first: row 1 of {path}, line 2, field 'Ground-True Answer'"):
+        score_verifiable(path, pred)
+
+
+def test_lora_knobs_with_init_adapter_are_the_start_adapters(smoke_run, tmp_path, capsys):
+    """With init_adapter, LoRA takes the start adapter's shape: lora_r and the others were silently ignored, run.json
+    recorded values never used, and a resume setting the adapter's own lora_r was refused as a changed setting. A knob
+    set to neither the preset's value nor the adapter's is refused before anything loads; run.json records the shape
+    used."""
+    sft = _copy_run(smoke_run.out, tmp_path / "sft")
+    path = sft / "adapter" / "adapter_config.json"
+    shape = {**json.loads(path.read_text()), "r": 8, "lora_alpha": 32}
+    path.write_text(json.dumps(shape))
+    settings = {"output_dir": str(tmp_path / "g"), "init_adapter": str(sft)}
+    with pytest.raises(ConfigError, match=r"^lora_r=4 is not used with init_adapter=.*\(lora_r=8 in .*adapter_config"):
+        GrpoRun(build_config("smoke", {**settings, "lora_r": 4}, quiet=True))
+    with pytest.raises(ConfigError, match=r"^lora_targets=\('q_proj',\) is not used with init_adapter"):
+        GrpoRun(build_config("smoke", {**settings, "lora_targets": "q_proj"}, quiet=True))
+    GrpoRun(build_config("smoke", {**settings, "output_dir": str(tmp_path / "h"), "lora_targets":
+                                   "v_proj,q_proj,k_proj,o_proj,gate_proj,up_proj,down_proj"}, quiet=True))  # same set
+    capsys.readouterr()
+    run = GrpoRun(build_config("smoke", settings, quiet=True))
+    cfg = run.record["config"]
+    assert (cfg["lora_r"], cfg["lora_alpha"], cfg["lora_targets"]) == (8, 32, list(Config.lora_targets))  # its order
+    assert "LoRA shape from init_adapter" in capsys.readouterr().out
+    files.atomic_write_json(run.out / "run.json", run.record)  # what a started run leaves
+    for again in ({}, {"lora_r": 8}):  # the preset's value, or the adapter's own: the same run, resumed
+        GrpoRun(build_config("smoke", {**settings, **again, "resume": True}, quiet=True))
+
+
+def test_duplicate_questions_are_kept_once_and_two_references_refused(tmp_path, capsys):
+    """Exact duplicates were kept (sampled twice as often) and a question with two references rewarded both ways,
+    unsaid: duplicates are kept once and counted (log, run.json, as SFT's); two references name both rows."""
+    lines = FIXTURE_PATH.read_text().splitlines(keepends=True)
+    path = _questions(tmp_path / "q.jsonl", *lines[:4], lines[1], lines[2])
+    capsys.readouterr()
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "g"), "grpo_data_path": str(path)}, quiet=True))
+    assert [q[FIELDS[0]] for q in run.questions] == [json.loads(line)[FIELDS[0]] for line in lines[:4]]
+    assert run.record["data"]["duplicates"] == 2 and f"2 duplicate questions in {path}" in capsys.readouterr().out
+    other = {**json.loads(lines[0]), FIELDS[1]: "Pericarditis"}
+    _questions(path, *lines[:4], other)
+    with pytest.raises(DataError) as err:
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "h"), "grpo_data_path": str(path)}, quiet=True))
+    for named in (f"row 0 of {path}, line 1 and row 4 of {path}, line 5", json.loads(lines[0])[FIELDS[1]],
+                  "'Pericarditis'"):
+        assert named in str(err.value) and "\n" not in str(err.value), named
+
+
+def test_grpo_num_examples_cuts_a_local_file_and_says_so(tmp_path, capsys):
+    """grpo_num_examples (1000 in colab-t4 and fast) takes the first N questions of a local file too, as num_examples
+    does in SFT: it cut silently, and the log, run.json and card read as if the file held N."""
+    total = len(FIXTURE_PATH.read_text().splitlines())
+    capsys.readouterr()
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "g"), "grpo_num_examples": 5}, quiet=True))
+    assert len(run.questions) == run.record["data"]["questions"] == 5
+    assert run.record["data"]["source_questions"] == total
+    assert f"5 of {total} questions (grpo_num_examples=5) from {FIXTURE_PATH}" in capsys.readouterr().out
+    notebook = (Path(__file__).parent.parent / "notebooks" / "04_reinforce.py").read_text()
+    assert re.search(r"grpo_num_examples: .*# the first N questions of grpo_data_path or the hub dataset", notebook)

@@ -22,12 +22,15 @@ from medr1 import distributed, plots, prompts, record, rewards, verifier
 from medr1.config import Config, same_setting
 from medr1.errors import ConfigError, ModelError, OutputDirError
 from medr1.log import log
+from medr1.presets import PRESETS
 from medr1.stage import Stage
-from medr1.verifiable import FIELDS, fit_questions, load_questions
+from medr1.verifiable import FIELDS, check_enough, drop_held_out, fit_questions, load_questions
 
 GENERATION = ("trl", "medr1")  # who samples the answers: TRL's model.generate, or medr1.decode
 REWARD_KNOBS = {"correctness": "reward_correctness", "format": "reward_format", "stop": "reward_stop",
                 "verifier": "reward_verifier"}
+LORA_KNOBS = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",  # adapter_config.json's
+              "lora_targets": "target_modules"}
 
 
 def check(config: Config) -> None:
@@ -98,6 +101,32 @@ def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, A
     return adapter, run_dir, rec
 
 
+def start_lora(config: Config, adapter: Path | None) -> Config:
+    """`config` with the start adapter's LoRA shape (its adapter_config.json), the one trained: run.json records it
+    and a resume compares it. A LoRA knob set to neither the preset's value nor the adapter's would be ignored."""
+    if not adapter:
+        return config
+    saved = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    if not isinstance(saved.get("target_modules"), list):
+        raise ModelError(f"{adapter}: target_modules {saved.get('target_modules')!r} is not a list of module names")
+    shape = {knob: saved.get(key, 0.0) for knob, key in LORA_KNOBS.items()}  # PEFT may leave out lora_dropout
+    targets = shape["lora_targets"]  # in the config's order when the same set: a record as before, a resume's match
+    shape["lora_targets"] = config.lora_targets if set(targets) == set(config.lora_targets) else tuple(sorted(targets))
+    for knob, used in shape.items():
+        value, preset = getattr(config, knob), PRESETS.get(config.preset, {}).get(knob, getattr(Config, knob))
+        as_set = knob == "lora_targets"  # the order a list names them in changes no LoRA
+        if (set(value) not in (set(preset), set(used))) if as_set else value not in (preset, used):  # the user's
+            raise ConfigError(f"{knob}={value!r} is not used with init_adapter={config.init_adapter!r}: LoRA takes the "
+                              f"start adapter's shape ({knob}={used!r} in {adapter / 'adapter_config.json'}); leave "
+                              f"{knob} out")
+    log.info(f"LoRA shape from init_adapter ({adapter / 'adapter_config.json'}): "
+             + ", ".join(f"{k}={v!r}" for k, v in shape.items()) + "; the config's LoRA knobs are not read")
+    try:
+        return dataclasses.replace(config, **shape)
+    except ConfigError as err:  # not the user's knobs: name the file they came from
+        raise ConfigError(f"init_adapter={config.init_adapter!r}: its adapter_config.json: {err}") from None
+
+
 def check_clear_of_start(config: Config, out: Path, adapter: Path | None) -> None:
     """output_dir must neither hold nor lie inside the start adapter (its run folder included): an overwrite would
     remove the adapter, checkpoints and held-out rows GRPO starts from before it reads them."""
@@ -122,17 +151,21 @@ class GrpoRun(Stage):
 
     def __init__(self, config: Config):
         check(config)
+        self.adapter, self.start_dir, self.start_record = start_adapter(config)  # its run.json, read once
+        config = start_lora(config, self.adapter)  # before the output folder's resume check compares it
         super().__init__(dataclasses.replace(config, packing=False))  # no rows are packed: no varlen attention patch
-        self.questions, self.source = load_questions(self.config)
+        self.questions, self.source, counts = load_questions(self.config)
         prints = record.same_data(self.config, self.out, self.source, questions=self.questions)  # as resumed
-        self.adapter, self.start_dir, self.start_record = start_adapter(self.config)  # its run.json, read once
         check_clear_of_start(self.config, self.out, self.adapter)
+        held = record.holdout_rows(self.start_dir, self.start_record) if self._held_file() else []
+        self.questions, counts["holdout_overlap"] = drop_held_out(self.questions, held, self.source)
         self._check_model()
         self.questions, lengths = fit_questions(self.questions, self.tokenizer, self.config)
+        check_enough(self.questions, self.config, self.source, distributed.world_size(), {**counts, **lengths})
         verifier.check(self.config)  # its config.json now, not at the first scored answer
         self.weights = reward_weights(self.config)
         self.rollout_memory_gib = 0.0  # grpo_generation=medr1: plan the decoder for this much GPU memory (0: free)
-        data = {"source": self.source, "questions": len(self.questions), **lengths, **prints}
+        data = {"source": self.source, "questions": len(self.questions), **counts, **lengths, **prints}
         self.record = self._prepared(data, kind="grpo", reward_weights=self.weights,
                                      init_adapter=self.adapter and str(self.adapter),
                                      init_kind=self.start_record.get("kind", "sft") if self.start_dir else "")
@@ -143,19 +176,14 @@ class GrpoRun(Stage):
         return prompts.inference_prompt(self.questions[i][FIELDS[0]], self.config.prompt_style)
 
     def add_lora(self):
-        """New LoRA as the config says, or the start adapter's shape with its trained weights loaded into it."""
+        """New LoRA as the config says, or the start adapter's shape (`start_lora`) with its trained weights."""
         from medr1.model import load_adapter_weights
 
         self._need_model()
         if not self.adapter:
             return super().add_lora(source=" (new)")
-        shape = json.loads((self.adapter / "adapter_config.json").read_text(encoding="utf-8"))
-        targets = shape.get("target_modules")
-        if not isinstance(targets, list):
-            raise ModelError(f"{self.adapter}: target_modules {targets!r} is not a list of module names")
-        cfg = dataclasses.replace(self.config, lora_r=shape["r"], lora_alpha=shape["lora_alpha"],
-                                  lora_dropout=shape.get("lora_dropout", 0.0), lora_targets=tuple(sorted(targets)))
-        super().add_lora(cfg, f" (trained weights from {self.adapter})")
+        super().add_lora(source=f" (trained weights from {self.adapter})")
+        cfg = self.config
         self.record["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                                "targets": list(cfg.lora_targets),
                                "loaded_tensors": load_adapter_weights(self.model, self.adapter)}
@@ -243,12 +271,17 @@ class GrpoRun(Stage):
     def _draw(self, records: list[dict[str, Any]], path: Path, title: str) -> None:
         plots.plot_rewards(records, path, title)
 
+    def _held_file(self) -> Path | None:
+        """The start run's held-out rows (None: none), which GRPO drops from its questions and carries along."""
+        named = (self.start_record.get("data") or {}).get("holdout_file")
+        held = self.start_dir / (named or "holdout.jsonl") if self.start_dir else None
+        return held if held and held.exists() else None
+
     def _hold_out(self) -> None:
-        start = self.start_record.get("data") or {}  # the start run's held-out rows (and count, for the card)
-        held = self.start_dir / (start.get("holdout_file") or "holdout.jsonl") if self.start_dir else None
-        if held and held.exists():  # `medr1 evaluate` compares both runs on the same rows
+        if held := self._held_file():  # `medr1 evaluate` compares both runs on the same rows
             if distributed.is_main():
                 shutil.copyfile(held, self.out / "holdout.jsonl")
+            start = self.start_record.get("data") or {}  # and their count, for the card
             self.record["data"].update(holdout_file="holdout.jsonl", holdout_rows=start.get("holdout_rows"))
 
 

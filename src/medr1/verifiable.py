@@ -21,15 +21,89 @@ FIXTURE = VERIFIABLE_FIXTURE  # the bundled questions
 FIXTURE_PATH = data.resolve_path(FIXTURE)
 
 
-def load_questions(config: Config) -> tuple[list[dict[str, str]], str]:
-    """(rows, source): `grpo_data_path` if set, else the first `grpo_num_examples` rows of the hub dataset."""
+def load_questions(config: Config) -> tuple[list[dict[str, str]], str, dict[str, Any]]:
+    """(rows, source, counts for run.json): the first `grpo_num_examples` questions (0: all) of `grpo_data_path` if
+    set, else of the hub dataset; exact duplicates kept once. A question with two references, or (correctness
+    weighted) a reference the rule-based matcher cannot read, is refused: either would reward noise, unsaid."""
     n = config.grpo_num_examples
     if config.grpo_data_path:
         rows, source = data.load_rows(config.grpo_data_path, FIELDS, "grpo_data_path")
-        return rows[:n or None], source
-    name, subset, split = config.grpo_dataset_name, config.grpo_dataset_config, config.grpo_dataset_split
-    rows = data.hub_rows(name, subset, f"{split}[:{n}]" if n else split, FIELDS, "grpo_data_path")
-    return rows, f"{name} ({subset}, {split})"
+        total = len(rows)  # what the file holds: run.json says it beside the questions used
+        if n and n < total:
+            log.info(f"{n} of {total} questions (grpo_num_examples={n}) from {source}")
+        rows = rows[:n or None]
+    else:
+        name, subset, split = config.grpo_dataset_name, config.grpo_dataset_config, config.grpo_dataset_split
+        rows = data.hub_rows(name, subset, f"{split}[:{n}]" if n else split, FIELDS, "grpo_data_path")
+        source, total = f"{name} ({subset}, {split})", None  # the split's size is not loaded
+        if n:
+            log.info(f"the first {len(rows)} questions of {source} (grpo_num_examples={n})")
+    rows, duplicates = unique_questions(rows, source)
+    if config.reward_correctness > 0:
+        check_matchable(rows, f"train on them with {hint('reward_correctness', 0)} and the verifier model "
+                              "(reward_verifier > 0), which can judge them, or remove them")
+    return rows, source, {"source_questions": total, "duplicates": duplicates}
+
+
+def unique_questions(rows: list[dict[str, str]], source: str) -> tuple[list[dict[str, str]], int]:
+    """(rows, duplicates): an exact duplicate is kept once (SFT's `duplicates`), as it would be sampled twice as often;
+    a question given two different references would be rewarded both ways: refused, both rows named."""
+    first: dict[str, dict[str, str]] = {}
+    kept = []
+    for row in rows:
+        seen = first.setdefault(row[FIELDS[0]], row)
+        if seen is row:
+            kept.append(row)
+        elif seen[FIELDS[1]] != row[FIELDS[1]]:
+            raise DataError(f"{_where(seen)} and {_where(row)} ask the same {FIELDS[0]!r} with different "
+                            f"{FIELDS[1]!r}s ({seen[FIELDS[1]]!r}, {row[FIELDS[1]]!r}): keep the right one")
+    if duplicates := len(rows) - len(kept):
+        log.warning(f"{duplicates} duplicate questions in {source}; each kept once")
+    return kept, duplicates
+
+
+def check_matchable(rows: list[dict[str, str]], way_out: str) -> None:
+    """The rule-based correctness reward reads English text: a reference with no Latin letter or digit (Chinese,
+    Cyrillic, a dash) can never be matched, so every answer to it, right or wrong, would score 0 without a word."""
+    bad = [r for r in rows if not rewards.truth_variants(r[FIELDS[1]])]
+    if bad:
+        raise DataError(f"{len(bad)} references have no Latin letter or digit, so the rule-based matcher (it reads "
+                        f"English text) can never match them (first: {_where(bad[0])}, field {FIELDS[1]!r}: "
+                        f"{bad[0][FIELDS[1]]!r}); {way_out}")
+
+
+def drop_held_out(rows: list[dict[str, str]], held: list[Any], source: str) -> tuple[list[dict[str, str]], int]:
+    """(rows, dropped): questions that are the start run's held-out `Question`s (the same text, stripped: SFT's overlap
+    rule) go, so `medr1 evaluate` still compares the runs on questions neither trained on."""
+    texts = {r["Question"].strip() for r in held if isinstance(r, dict) and isinstance(r.get("Question"), str)}
+    kept = [r for r in rows if r[FIELDS[0]] not in texts]
+    if dropped := len(rows) - len(kept):
+        log.info(f"{dropped} of {len(rows)} questions in {source} are held-out rows of init_adapter's run: dropped, "
+                 "so its evaluation stays on questions never trained on")
+    return kept, dropped
+
+
+DROPPED = {"duplicates": "as duplicates", "holdout_overlap": "held out by init_adapter's run",
+           "over_length": "over max_seq_length"}  # run.json's counts of the questions GRPO does not train on
+
+
+def check_enough(rows: list[dict[str, str]], config: Config, source: str, processes: int,
+                 counts: dict[str, Any]) -> None:
+    """An optimizer step takes grpo_questions_per_step questions a process, and TRL's sampler drops an incomplete step:
+    fewer questions than that would train no step and save the start adapter as a complete run."""
+    need = config.grpo_questions_per_step * processes
+    if len(rows) >= need:
+        return
+    gone = ", ".join(f"{counts[k]} {why}" for k, why in DROPPED.items() if counts.get(k))
+    have = f"{len(rows)} question{'s' * (len(rows) != 1)}" + (f" left (dropped: {gone})" if gone else "")
+    per = f"grpo_questions_per_step={config.grpo_questions_per_step}" + f" x {processes} processes" * (processes > 1)
+    lower = f" or {hint('grpo_questions_per_step', len(rows) // processes)}" if len(rows) >= processes else ""
+    raise DataError(f"{source}: {have}, fewer than one optimizer step takes ({per}): no step would run; give more "
+                    f"questions{lower}")
+
+
+def _where(row: dict[str, str]) -> str:
+    return getattr(row, "where", "") or "a row"
 
 
 def fit_questions(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list[dict[str, str]], dict]:
@@ -38,7 +112,7 @@ def fit_questions(rows: list[dict[str, str]], tokenizer, config: Config) -> tupl
     data.check_control_text(rows, tokenizer, FIELDS)  # an EOS in a question would be in every rollout prompt
     budget, limit = config.max_completion_length, config.max_seq_length - config.max_completion_length
     texts = [prompts.inference_prompt(r[FIELDS[0]], config.prompt_style) for r in rows]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]] if texts else []  # all gone
     over, longest = sum(n > limit for n in lengths), max(lengths, default=0)
     what = (f"prompts (longest {longest} tokens) leave less than max_completion_length={budget} tokens within "
             f"max_seq_length={config.max_seq_length}")
@@ -59,6 +133,7 @@ def score_verifiable(questions_path: str | Path, predictions_path: str | Path, s
     `max_questions`, the first that many questions and predictions, as for --mcq.
     """
     rows = data.load_rows(questions_path, FIELDS, "--verifiable")[0][:max_questions or None]
+    check_matchable(rows, "remove them: only the verifier model (GRPO's reward_verifier) can judge such answers")
     predictions = mcq.one_to_one(mcq.read_predictions(predictions_path)[:max_questions or None], rows)
     verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]])
                 for p, r in zip(predictions, rows, strict=True)]
