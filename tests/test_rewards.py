@@ -369,3 +369,17 @@ def test_a_rival_ruled_out_after_a_comma_is_no_second_candidate(answer):
     have trained the model away from a decisive answer that rules out its rival."""
     assert rewards.judge(answer, "Myocardial infarction") == rewards.Verdict(True, "match")
     assert rewards.judge("Myocardial infarction, pericarditis", "Myocardial infarction").reason == "several candidates"
+
+
+@pytest.mark.parametrize("answer", [
+    "Myocardial infarction, no, pericarditis.", "Myocardial infarction, no. It is pericarditis.",
+    "Myocardial infarction, no wait, pericarditis.", "Myocardial infarction, never mind, pericarditis.",
+    "Myocardial infarction, not sure, maybe pericarditis", "Myocardial infarction, not excluding pericarditis",
+    "Myocardial infarction, not ruling out pericarditis", "Myocardial infarction, without excluding pericarditis",
+    "Myocardial infarction, not only pericarditis", "Myocardial infarction, not pericarditis, and pulmonary embolism",
+    "Myocardial infarction; no, pericarditis.", "Myocardial infarction. No. Pericarditis.",
+    "Myocardial infarction. Actually, pericarditis."])
+def test_a_retraction_or_a_double_negative_after_the_answer_is_no_ruling_out(answer):
+    """"X, not Y" rules Y out; "X, no, Y", "X, not sure, Y", "X, not excluding Y" take X back or keep Y open: a policy
+    must not learn to write the reference first and then switch or hedge."""
+    assert rewards.judge(answer, "Myocardial infarction") == rewards.Verdict(False, "several candidates")

@@ -112,6 +112,10 @@ LABELS, COMMENTS, HEADS = CUES["labels"], CUES["comments"], tuple(CUES["heads"])
 EXPLAINS = (LINKING - PREPOSITIONS - COMMENTS) | CLAUSE_WORDS | PLURAL_VERBS | CUES["explains"]
 PASSIVE = re.compile(r" (may|could|might) be \w+[^e]ed(?= )")  # "This could be confirmed by TRAb" explains: no hedge
 NAMING = re.compile("|".join(rf" {re.escape(c)}(?= )" for c in CUES["naming"]))  # "Y is the alternative" names Y
+# "X, not Y" rules Y out when a name follows the cue; "X, not sure, Y", "X, not excluding Y", "X, no, Y" do not.
+RULING_OUT, UNSURE = _cues("not", "no", "rather than", "instead of", "other than"), _cues(
+    "sure", "certain", "only", "just", "excluding", "ruling", "wait", "mind", "necessarily", "yet", "that")
+RETRACTIONS = _cues("no wait", "never mind", "actually", "i mean", "scratch that", "on second thought")
 SHORT = 4  # the most words (besides "also" and "consider") of a sentence that is a bare name ("X. Toxic adenoma.")
 
 
@@ -175,6 +179,20 @@ def _opens(words: list[str], cues: set[str]) -> bool:
     return any(f"{' '.join(words)} ".startswith(f"{c} ") for c in cues)
 
 
+def _ruled_out(item: list[str]) -> bool:
+    """Does a list item rule its candidate out ("not Y", "rather than Y")? A cue with no name after it ("no"), or
+    one that keeps the candidate open ("not sure", "not excluding Y", "not only Y"), does not."""
+    cue = next((c.split() for c in RULING_OUT if item[:len(c.split())] == c.split()), None)
+    rest = item[len(cue):] if cue else []
+    return bool(rest) and rest[0].isalpha() and rest[0] not in UNSURE
+
+
+def _retracted(words: list[str]) -> bool:
+    """After the answer, a word that takes it back ("X, no, Y", "X. Actually, Y.", "X, never mind, Y")."""
+    return _has(words, RETRACTIONS) or any(w == "no" and _at(words, k + 1) in (COMMA, STOP, LINE, None)
+                                           for k, w in enumerate(words))
+
+
 def _listed(words: list[str], start: int, end: int) -> bool:
     """Is the mention words[start:end] one item of a list of candidates ("X and Y", "Y, Z and X", "X, Y are")?
     An item is the phrase next to a list word, up to the next separator or linking word; one ruled out ("X, not Y",
@@ -183,7 +201,10 @@ def _listed(words: list[str], start: int, end: int) -> bool:
     if _at(words, end) in LIST_WORDS:
         j = _walk(words, end, 1, LIST_WORDS, inside=True)
         nxt = _walk(words, j, 1, ITEM_END)
-        if nxt > j and _at(words, nxt) in ends_item and not _opens(words[j:nxt], NEGATION_BEFORE):
+        while nxt > j and _ruled_out(words[j:nxt]) and _at(words, nxt) in LIST_WORDS:  # "X, not Y, and Z": Z next
+            j = _walk(words, nxt, 1, LIST_WORDS, inside=True)
+            nxt = _walk(words, j, 1, ITEM_END)
+        if nxt > j and _at(words, nxt) in ends_item and not _ruled_out(words[j:nxt]):
             return True
     if _at(words, start - 1) not in LIST_WORDS or _at(words, end) not in ends_item:
         return False
@@ -243,6 +264,8 @@ def judge(answer: str, truth: str) -> Verdict:
         non = i > 0 and s[i - 1] == "non"  # "non-Hodgkin lymphoma" is not "Hodgkin lymphoma"
         if non or _has(before, NEGATION_BEFORE) or _has(after, NEGATION_AFTER):
             return Verdict(False, "negated")
+    if _retracted(words[min(j for _, j in spans):]):
+        return Verdict(False, "several candidates")
     for s, i, j in found:  # "or" around the mention, a list, a hedge in another clause ("X, but Y is possible")
         rest, clauses = s[:i] + s[j:], s[:_walk(s, i - 1, -1, CLAUSE_WORDS) + 1] + s[_walk(s, j, 1, CLAUSE_WORDS):]
         k, e = _walk(s, i - 1, -1, CLAUSE_END), _walk(s, j, 1, CLAUSE_END)  # conceded: "Although X is possible, Y"
