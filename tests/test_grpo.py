@@ -563,7 +563,7 @@ def test_questions_that_are_the_start_runs_held_out_rows_are_dropped(smoke_run, 
             GrpoRun(build_config("smoke", {**settings, "output_dir": str(tmp_path / "h")}, quiet=True))
 
 
-@pytest.mark.parametrize("answer", ["急性下壁心肌梗死", "Инфаркт миокарда", "—"])
+@pytest.mark.parametrize("answer", ["急性下壁心肌梗死", "Инфаркт миокарда", "—", "A"])
 def test_a_reference_the_matcher_cannot_read_is_refused(tmp_path, answer):
     """A reference with no Latin letter or digit can never be matched by the rule-based correctness reward: GRPO
     learnt format and stop only, and `evaluate --verifiable` scored an identical answer wrong, both unsaid. Refused,
@@ -575,7 +575,7 @@ def test_a_reference_the_matcher_cannot_read_is_refused(tmp_path, answer):
     with pytest.raises(DataError) as err:
         GrpoRun(build_config("smoke", settings, quiet=True))
     for named in (f"row 1 of {path}, line 2", f"field 'Ground-True Answer': {answer!r}", "English",
-                  "reward_correctness=0", "reward_verifier"):
+                  "reward_correctness=0", "reward_verifier", "only an article such as 'A'", "evaluate --mcq"):
         assert named in str(err.value) and "\n" not in str(err.value), named
     assert not (tmp_path / "g").exists()
     GrpoRun(build_config("smoke", {**settings, "reward_correctness": 0}, quiet=True))  # the verifier (or stop) judges
@@ -640,3 +640,17 @@ def test_grpo_num_examples_cuts_a_local_file_and_says_so(tmp_path, capsys):
     assert f"5 of {total} questions (grpo_num_examples=5) from {FIXTURE_PATH}" in capsys.readouterr().out
     notebook = (Path(__file__).parent.parent / "notebooks" / "04_reinforce.py").read_text()
     assert re.search(r"grpo_num_examples: .*# the first N questions of grpo_data_path or the hub dataset", notebook)
+
+
+def test_the_start_adapters_targets_are_recorded_in_one_order(tmp_path):
+    """The recorded lora_targets followed the order the user typed (or the adapter's sorted), so a resume that left
+    the knob out (as the refusal advises) was refused as changed settings: the same LoRA, another order."""
+    from medr1.grpo import start_lora
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+                                                             "target_modules": ["v_proj", "q_proj"]}))
+    shapes = [start_lora(build_config("smoke", {"init_adapter": str(adapter), **knobs}, quiet=True), adapter)
+              for knobs in ({}, {"lora_targets": ("v_proj", "q_proj")}, {"lora_targets": ("q_proj", "v_proj")})]
+    assert {s.lora_targets for s in shapes} == {("q_proj", "v_proj")} and {s.lora_r for s in shapes} == {8}

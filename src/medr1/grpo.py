@@ -22,7 +22,7 @@ from medr1 import distributed, plots, prompts, record, rewards, verifier
 from medr1.config import Config, same_setting
 from medr1.errors import ConfigError, ModelError, OutputDirError
 from medr1.log import log
-from medr1.presets import PRESETS
+from medr1.presets import LORA_TARGETS, PRESETS
 from medr1.stage import Stage
 from medr1.verifiable import FIELDS, check_enough, drop_held_out, fit_questions, load_questions
 
@@ -110,8 +110,8 @@ def start_lora(config: Config, adapter: Path | None) -> Config:
     if not isinstance(saved.get("target_modules"), list):
         raise ModelError(f"{adapter}: target_modules {saved.get('target_modules')!r} is not a list of module names")
     shape = {knob: saved.get(key, 0.0) for knob, key in LORA_KNOBS.items()}  # PEFT may leave out lora_dropout
-    targets = shape["lora_targets"]  # in the config's order when the same set: a record as before, a resume's match
-    shape["lora_targets"] = config.lora_targets if set(targets) == set(config.lora_targets) else tuple(sorted(targets))
+    targets = shape["lora_targets"]  # one order whatever the user typed: a resume without the knob matches
+    shape["lora_targets"] = (*(t for t in LORA_TARGETS if t in targets), *sorted(set(targets) - set(LORA_TARGETS)))
     for knob, used in shape.items():
         value, preset = getattr(config, knob), PRESETS.get(config.preset, {}).get(knob, getattr(Config, knob))
         as_set = knob == "lora_targets"  # the order a list names them in changes no LoRA

@@ -63,13 +63,15 @@ def unique_questions(rows: list[dict[str, str]], source: str) -> tuple[list[dict
 
 
 def check_matchable(rows: list[dict[str, str]], way_out: str) -> None:
-    """The rule-based correctness reward reads English text: a reference with no Latin letter or digit (Chinese,
-    Cyrillic, a dash) can never be matched, so every answer to it, right or wrong, would score 0 without a word."""
+    """The rule-based correctness reward reads English text: a reference that normalizes to nothing (Chinese,
+    Cyrillic, a dash; or only an article, like an option letter "A") can never be matched, so every answer to it,
+    right or wrong, would score 0 without a word."""
     bad = [r for r in rows if not rewards.truth_variants(r[FIELDS[1]])]
     if bad:
-        raise DataError(f"{len(bad)} references have no Latin letter or digit, so the rule-based matcher (it reads "
-                        f"English text) can never match them (first: {_where(bad[0])}, field {FIELDS[1]!r}: "
-                        f"{bad[0][FIELDS[1]]!r}); {way_out}")
+        raise DataError(f"{len(bad)} references normalize to nothing the rule-based matcher can compare (it reads "
+                        "English words: no Latin letter or digit, or only an article such as 'A'), so it can never "
+                        f"match them (first: {_where(bad[0])}, field {FIELDS[1]!r}: {bad[0][FIELDS[1]]!r}); "
+                        f"multiple-choice letters belong in `evaluate --mcq`; {way_out}")
 
 
 def drop_held_out(rows: list[dict[str, str]], held: list[Any], source: str) -> tuple[list[dict[str, str]], int]:
