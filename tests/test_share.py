@@ -294,10 +294,12 @@ TOKEN = "hf_medr1ShareToken0123456789"
 
 
 @contextmanager
-def _hub(status: int, role: str = "write", scoped: list[str] | None = None):
+def _hub(status: int, role: str = "write", scoped: list[str] | None = None, repo_scoped: bool = False):
     """A local stand-in for the hub's whoami-v2 (never a real host): `status`, and the token's `role` when 200 (a
     fine-grained token's permissions on the user's own repositories: `scoped`)."""
     access = {"role": role, **({"fineGrained": {"global": ["discussion.write"], "scoped": [
+        {"entity": {"type": "user", "name": "me"}, "permissions": scoped[:1]},
+        {"entity": {"type": "model", "name": "me/only-this"}, "permissions": scoped}] if repo_scoped else [
         {"entity": {"type": "user", "name": "me"}, "permissions": scoped}]}} if scoped is not None else {})}
 
     class Whoami(BaseHTTPRequestHandler):
@@ -375,8 +377,9 @@ def test_plan_checks_a_fine_grained_tokens_write_access_and_the_endpoint(runs, t
         monkeypatch.delenv(proxy, raising=False)
     out = tmp_path / "p"
     read, write = ["repo.content.read"], ["repo.content.read", "repo.write"]
-    for scoped, repo, ok in ((read, "me/x", False), (write, "me/x", True), (write, "org/x", False)):
-        with _hub(200, "fineGrained", scoped) as endpoint:
+    for scoped, repo, ok in ((read, "me/x", False), (write, "me/x", True), (write, "org/x", False),
+                             (write, "me/only-this", True)):  # a token scoped to the repository itself
+        with _hub(200, "fineGrained", scoped, repo_scoped=repo == "me/only-this") as endpoint:
             monkeypatch.setattr(constants, "ENDPOINT", endpoint)
             if ok:
                 assert Export(runs.plain, out).plan(push_repo=repo).push_repo == repo

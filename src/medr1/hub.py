@@ -48,15 +48,16 @@ def check_hub(token: str, repo_id: str) -> None:
     if auth.get("role") == "read":
         raise ExportError("HF_TOKEN (or the stored login) is a read token: pushing needs one with write access")
     namespace = repo_id.split("/")[0]
-    if auth.get("role") == "fineGrained" and not _may_write(auth.get("fineGrained") or {}, namespace):
+    if auth.get("role") == "fineGrained" and not _may_write(auth.get("fineGrained") or {}, namespace, repo_id):
         raise ExportError(f"HF_TOKEN (or the stored login) is a fine-grained token that cannot write to {namespace}'s "
                           "repositories: give it write access to them (repo.write), or use a write token")
 
 
-def _may_write(grained: dict, namespace: str) -> bool:
-    """A fine-grained token's `repo.write`, for every repository or for those of `namespace` (a user or an org)."""
+def _may_write(grained: dict, namespace: str, repo_id: str) -> bool:
+    """A fine-grained token's `repo.write`: for every repository, for those of `namespace` (a user or an org), or for
+    `repo_id` itself."""
     scoped = [s.get("permissions") or [] for s in grained.get("scoped") or []
-              if (s.get("entity") or {}).get("name") == namespace]
+              if (s.get("entity") or {}).get("name") in (namespace, repo_id)]
     return any("repo.write" in perms for perms in [grained.get("global") or [], *scoped])
 
 
