@@ -378,7 +378,8 @@ def test_plan_checks_a_fine_grained_tokens_write_access_and_the_endpoint(runs, t
     out = tmp_path / "p"
     read, write = ["repo.content.read"], ["repo.content.read", "repo.write"]
     for scoped, repo, ok in ((read, "me/x", False), (write, "me/x", True), (write, "org/x", False),
-                             (write, "me/only-this", True)):  # a token scoped to the repository itself
+                             (write, "me/only-this", True),  # a token scoped to the repository itself
+                             (write, "x", True)):  # no namespace: the token's user's
         with _hub(200, "fineGrained", scoped, repo_scoped=repo == "me/only-this") as endpoint:
             monkeypatch.setattr(constants, "ENDPOINT", endpoint)
             if ok:

@@ -39,7 +39,8 @@ def check_hub(token: str, repo_id: str) -> None:
         raise ExportError(f"cannot push: the hub ({urlsplit(constants.ENDPOINT).netloc}) cannot be reached (no "
                           f"network?); {later}")
     try:
-        auth = (HfApi(token=token).whoami().get("auth") or {}).get("accessToken") or {}
+        who = HfApi(token=token).whoami()
+        auth = (who.get("auth") or {}).get("accessToken") or {}
     except Exception as err:  # noqa: BLE001 - network, auth and hub errors: one clear line, token never shown
         if getattr(getattr(err, "response", None), "status_code", None) == 401:
             raise ExportError("the hub refused the token (401 Unauthorized): HF_TOKEN (or the stored login) is not a "
@@ -47,8 +48,9 @@ def check_hub(token: str, repo_id: str) -> None:
         raise ExportError(f"cannot push: the hub did not check the token: {_one_line(err, token)}") from None
     if auth.get("role") == "read":
         raise ExportError("HF_TOKEN (or the stored login) is a read token: pushing needs one with write access")
-    namespace = repo_id.split("/")[0]
-    if auth.get("role") == "fineGrained" and not _may_write(auth.get("fineGrained") or {}, namespace, repo_id):
+    full = repo_id if "/" in repo_id else f"{who.get('name', '')}/{repo_id}"  # a bare name goes to the user's
+    namespace = full.split("/")[0]
+    if auth.get("role") == "fineGrained" and not _may_write(auth.get("fineGrained") or {}, namespace, full):
         raise ExportError(f"HF_TOKEN (or the stored login) is a fine-grained token that cannot write to {namespace}'s "
                           "repositories: give it write access to them (repo.write), or use a write token")
 
