@@ -622,3 +622,14 @@ def test_export_of_an_adapter_folder_names_its_run(runs, capsys):
         Export(runs.plain / "adapter")
     assert main(["export", str(runs.plain / "adapter")]) == 2
     assert f"(did you mean {runs.plain}?)" in capsys.readouterr().err
+
+
+def test_the_export_marker_hashes_without_python_311s_file_digest(tmp_path, monkeypatch):
+    """medr1 supports Python 3.10 (pyproject), where hashlib has no file_digest: every export's marker crashed."""
+    import hashlib
+
+    from medr1.record import adapter_sha256
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights" * 300_000)
+    monkeypatch.delattr(hashlib, "file_digest", raising=False)
+    assert adapter_sha256(tmp_path) == hashlib.sha256(b"weights" * 300_000).hexdigest()

@@ -116,8 +116,11 @@ def adapter_sha256(folder: Path) -> str:
     weights = next(iter(sorted(folder.glob("adapter_model.*"))), None)
     if weights is None:
         return ""
-    with weights.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    with weights.open("rb") as fh:  # in chunks (hashlib.file_digest is Python 3.11's; medr1 runs on 3.10)
+        for chunk in iter(lambda: fh.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 RECORD_DEPTH = 3  # run.json in a folder or 2 up: RUN, RUN/adapter, RUN/checkpoints/checkpoint-N, RUN/export/adapter
