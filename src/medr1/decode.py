@@ -247,8 +247,10 @@ def stream_keys(prompts: list[list[int]], seed: int | None, copies: list[int] | 
     keys = []
     for i, p in enumerate(prompts):
         body = array("q", p).tobytes()
-        copy = seen[body] = seen.get(body, -1) + 1
-        copy = copy if copies is None else copies[i]
+        if copies is None:
+            copy = seen[body] = seen.get(body, -1) + 1
+        else:
+            copy = copies[i]
         digest = hashlib.blake2b(f"{seed}:{copy}:".encode() + body, digest_size=8).digest()
         keys.append(int.from_bytes(digest, "little") >> 1)
     return keys

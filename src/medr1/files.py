@@ -67,9 +67,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic_write(path, lambda fh: fh.write(text))
 
 
+def _nearest(path: Path, links: bool = False) -> Path:
+    """`path` or its nearest ancestor that exists (`links`: or is a link, even a dangling one): what a folder-to-be
+    will be made in."""
+    return next(p for p in (path, *path.absolute().parents) if p.exists() or (links and p.is_symlink()))
+
+
 def check_folder(path: Path, what: str) -> None:
     """Refuse a folder-to-be that is a file or lies under one (`what` names it): every write there would fail."""
-    existing = next((p for p in (path, *path.absolute().parents) if p.exists() or p.is_symlink()), path)
+    existing = _nearest(path, links=True)
     if existing.is_symlink() and not existing.exists():  # makedirs would fail after the model load
         raise OutputDirError(f"{what}: {str(existing)!r} is a link to nothing ({os.readlink(existing)!r})")
     if existing.exists() and not existing.is_dir():
@@ -80,8 +86,7 @@ def check_folder(path: Path, what: str) -> None:
 def check_writable(folder: Path, what: str) -> None:
     """Refuse a `folder` to write in (or to make) where this process cannot: else the write fails after the work
     (a merge: minutes) as a raw PermissionError. Its nearest existing folder must take new entries."""
-    folder = Path(folder).expanduser()
-    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    existing = _nearest(Path(folder).expanduser())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputDirError(f"{what}: {str(existing)!r} is not writable here; make it writable or choose another "
                              "folder")
@@ -89,10 +94,7 @@ def check_writable(folder: Path, what: str) -> None:
 
 def check_disk(dest: str | Path, need: int, what: str) -> None:
     """Fail before writing when `need` bytes will not fit on the filesystem that will hold `dest`."""
-    existing = Path(dest).expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(_nearest(Path(dest).expanduser())).free
     if free < need:
         raise ExportError(f"{what} needs about {need / 2**30:.2f} GiB at {dest}, but only {free / 2**30:.2f} GiB is "
                           "free there: free some space or choose a folder on a larger disk")

@@ -39,7 +39,7 @@ class Stage:
         self._earlier_s: list[float] = []  # training seconds of the sessions before a resume
         self._train_t0 = 0.0  # when this session's training began
         self._replaced = False  # overwrite: the old run's files are gone (once, before the first write)
-        self.session, self._used = False, {}  # a session began here (the weights moved); train.args_used's figures
+        self.session = False  # a session began here (the weights moved)
 
     @classmethod
     def all_steps(cls, config: Config):
@@ -100,8 +100,7 @@ class Stage:
         self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
                            hardware=record.hardware())
         self._hold_out()
-        self._used = args_used(self.config, self._trainer.args)  # what Unsloth or TRL left: checkpoint cards say it
-        self.record["train"] = {"args_used": self._used}
+        self.record["train"] = {"args_used": args_used(self.config, self._trainer.args)}  # checkpoint cards say it
         self._write_record()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -226,7 +225,7 @@ class Stage:
         stats = {"train_s": self._time_training(seconds), "session_s": round(seconds, 2),
                  "steps": int(self._trainer.state.global_step), **figures,
                  "peak_gib": peak, "resumed_from": Path(self.resume_from).name if self.resume_from else None,
-                 "args_used": self._used}
+                 "args_used": self.record["train"]["args_used"]}
         self.record.update({"status": "trained", "train": stats, self.HISTORY: self._steps()})
         self._write_record()
         return stats
