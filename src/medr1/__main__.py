@@ -19,7 +19,7 @@ import os
 import sys
 import typing
 
-from medr1 import distributed
+from medr1 import data, distributed, prompts
 from medr1.config import build_config, cli_hints, parse_overrides
 from medr1.errors import ConfigError, MedR1Error
 from medr1.log import log
@@ -70,8 +70,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     """The checks training makes, with its settings, on the rows it trains on (not the held-out ones): rc 2 for
     invalid data or settings, 1 where training would stop on the lengths (the counts are printed first), else 0."""
     config = build_config(args.preset, {**parse_overrides(args.overrides), "data_path": args.path})  # logs auto's pick
-    from medr1 import data, preflight
-    from medr1.prompts import format_row
+    from medr1 import preflight
     from medr1.tokenizer import load_tokenizer
 
     loaded = data.load_rows(args.path)  # read once; --show N is the file's row N
@@ -79,8 +78,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     # the model's side (name, max_seq_length); 4-bit and GPUs are the training machine's, not this one's
     preflight.check(dataclasses.replace(config, load_in_4bit=False, backend="unsloth", precision="auto"), weights=False)
     tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
-    data.check_control_text(split.holdout, tokenizer)
-    _, report, problem = data.apply_length_policy(split.train, tokenizer, config)
+    _, report, problem = data.apply_length_policy(split.train, tokenizer, config, split.holdout)
     print(f"{args.path}: {len(rows)} valid rows, {split.duplicates} duplicates; {len(split.train)} to train on, "
           f"{len(split.holdout)} held out (num_examples={config.num_examples}, holdout_examples="
           f"{config.holdout_examples})")  # an invalid row stops before this line
@@ -96,7 +94,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
             return 2
         trained, fate = data.row_fate(args.show, rows, split, report, config)  # dropped, held out, a duplicate...
         print(f"--- training text of row {args.show}{'' if trained else ' (not among the rows trained on)'} ---")
-        print(format_row(rows[args.show], tokenizer.eos_token, config.prompt_style))
+        print(prompts.format_row(rows[args.show], tokenizer.eos_token, config.prompt_style))
         print(token_view(rows[args.show], tokenizer, config))
         print(f"row {args.show}: {fate}")
     if problem:
@@ -109,11 +107,8 @@ def token_view(row: dict[str, str], tokenizer, config) -> str:
     """One row as the trainer sees it: each token's id and text, whether it counts in the loss, the round trip.
     A lost space or newline, a split `<think>`, a missing EOS or a misplaced mask shows at a glance. Whether it
     fits and is trained on is data.row_fate's (the policy, the split and duplicates decide it)."""
-    from medr1 import prompts
-    from medr1.data import encode_rows
-
     text = prompts.format_row(row, tokenizer.eos_token, config.prompt_style)
-    enc = encode_rows([row], tokenizer, config.prompt_style)[0]
+    enc = data.encode_rows([row], tokenizer, config.prompt_style)[0]
     counted = enc.completion if config.loss_on == "completion" else [1] * len(enc.ids)
     counted = [0, *counted[1:]]  # the first token is never predicted
     lines = [f"--- row at token level: {len(enc.ids)} tokens ({type(tokenizer).__name__}); loss_on="
@@ -140,19 +135,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if unused:
             raise ConfigError(f"{', '.join(unused)}: not used when scoring --predictions against "
                               f"{'--verifiable' if args.verifiable else '--mcq'} FILE (no model runs); leave it out")
-    if args.verifiable:  # open questions with a short reference answer: the GRPO correctness reward, no model
-        if not args.predictions:
+        if args.verifiable and not args.predictions:
             raise ConfigError("--verifiable FILE needs --predictions PRED.jsonl")
-        from medr1.verifiable import score_verifiable
-
-        print(json.dumps(score_verifiable(args.verifiable, args.predictions, args.style or "seed", args.max_questions)))
-        return 0
-    if args.predictions:
-        if not args.mcq:
+        if not args.verifiable and not args.mcq:
             raise ConfigError("--predictions needs --mcq FILE (the questions they answer)")
-        from medr1.mcq import score_files
-
-        print(json.dumps(score_files(args.mcq, args.predictions, args.style or "seed", args.max_questions)))
+        if args.verifiable:  # open questions with a short reference answer: the GRPO correctness reward, no model
+            from medr1.verifiable import score_verifiable as score
+        else:
+            from medr1.mcq import score_files as score
+        questions = args.verifiable or args.mcq
+        print(json.dumps(score(questions, args.predictions, args.style or "seed", args.max_questions)))
         return 0
     if not args.run_dir:
         raise ConfigError("give a run folder (RUN_DIR), or --mcq FILE --predictions PRED.jsonl")
@@ -252,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(flag, type=_count, default=0, help=text)
     p.add_argument("--engine", default="auto", choices=("auto", "medr1", "hf"),
                    help="medr1: the batched decoder; hf: model.generate in batches; auto: medr1 where it applies")
-    p.add_argument("--style", choices=("seed", "r1"), help="prompt style of the predictions (default: seed); a "
+    p.add_argument("--style", choices=prompts.STYLES, help="prompt style of the predictions (default: seed); a "
                    "run's evaluation uses the run's own")
     p.add_argument("--overwrite", action="store_true", help="replace the run's earlier evaluation (eval.json)")
     p = command("export", cmd_export, "adapter, merged 16-bit, GGUF, push to the hub (with a model card)")

@@ -28,11 +28,12 @@ from typing import Any
 from medr1.errors import ConfigError
 from medr1.log import log
 from medr1.presets import CPU_MODEL, LORA_TARGETS, PRESETS, SMOKE_MODEL, resolve_preset
+from medr1.prompts import STYLES
 from medr1.speed.sizing import fast_sizing, resumed_sizing
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("unsloth", "hf"),
-    "prompt_style": ("seed", "r1"),
+    "prompt_style": STYLES,
     "over_length": ("drop", "error", "truncate"),
     "loss_on": ("all", "completion"),
     "gradient_checkpointing": ("unsloth", "true", "false"),

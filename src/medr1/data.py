@@ -197,9 +197,11 @@ def encode_rows(rows: list[dict[str, str]], tokenizer, style: str) -> list[Encod
     return out
 
 
-def tokenize_rows(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list[Encoded], LengthReport]:
-    """Training rows -> encoded texts, applying `over_length`: no answer is cut off silently (truncation is opt-in)."""
-    kept, report, problem = apply_length_policy(rows, tokenizer, config)
+def tokenize_rows(rows: list[dict[str, str]], tokenizer, config: Config,
+                  holdout: list[dict[str, str]] = ()) -> tuple[list[Encoded], LengthReport]:
+    """Training rows -> encoded texts, applying `over_length`: no answer is cut off silently (truncation is opt-in).
+    `holdout`: the held-out rows, checked for control text with them (apply_length_policy)."""
+    kept, report, problem = apply_length_policy(rows, tokenizer, config, holdout)
     if problem:
         raise DataError(problem)
     return kept, report
@@ -211,8 +213,7 @@ def check_control_text(rows: list[dict[str, str]], tokenizer, fields: tuple[str,
     `</think>` or `<｜User｜>` splits the reasoning or the turn). The template's own markers surround the fields.
     Held-out rows and GRPO questions too: they become before/after answers, evaluation texts and rollout prompts."""
     special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-    markers = {*tokenizer.all_special_tokens, *special, prompts.THINK_OPEN, prompts.THINK_CLOSE, prompts.R1_USER,
-               prompts.R1_ASSISTANT}
+    markers = {*tokenizer.all_special_tokens, *special, *prompts.R1_MARKERS}
     pattern = re.compile("|".join(map(re.escape, sorted(filter(None, markers), key=len, reverse=True))))
     found = [(i, name, m.group()) for i, row in enumerate(rows) for name in fields if (m := pattern.search(row[name]))]
     if found:
@@ -222,11 +223,12 @@ def check_control_text(rows: list[dict[str, str]], tokenizer, fields: tuple[str,
                         "reads it as that control token mid-text, not as text: remove them from the data")
 
 
-def apply_length_policy(rows: list[dict[str, str]], tokenizer, config: Config) -> tuple[list, LengthReport, str]:
+def apply_length_policy(rows: list[dict[str, str]], tokenizer, config: Config,
+                        holdout: list[dict[str, str]] = ()) -> tuple[list, LengthReport, str]:
     """tokenize_rows without raising: (kept, report, why training would stop or ""), so check-data can report all.
     With loss_on=completion a row cut to its prompt is dropped: TRL would drop it unsaid, off run.json's counts.
-    A row holding a special token or prompt marker raises: it is bad data whatever the lengths."""
-    check_control_text(rows, tokenizer)
+    A row holding a special token or prompt marker raises, `holdout`'s first: it is bad data whatever the lengths."""
+    check_control_text([*holdout, *rows], tokenizer)  # one pattern, one scan, for every row the run uses
     encoded = encode_rows(rows, tokenizer, config.prompt_style)
     lengths, limit, policy = [len(e.ids) for e in encoded], config.max_seq_length, config.over_length
     over = [i for i, n in enumerate(lengths) if n > limit]

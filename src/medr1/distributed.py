@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from fractions import Fraction
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -95,8 +96,6 @@ ALIKE = (ConfigError, DataError, OutputDirError, ModelError)
 
 def say(line: str, err: BaseException | None = None) -> None:
     """`line` on stderr from rank 0; from the other ranks too, named, where `err` may be theirs alone (not ALIKE)."""
-    import sys
-
     if is_main() or (err is not None and not isinstance(err, ALIKE)):
         print(line if is_main() else f"[rank {rank()}] {line}", file=sys.stderr)
 

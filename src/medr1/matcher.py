@@ -39,9 +39,6 @@ SENTENCE_END = re.compile(r"(?<!\d)[.!?](?!\d)|;")
 ITEM_MARK = re.compile(r"^[ \t]*[-*+\u2022\u2013][ \t]+|(?<![\w.])\d{1,2}[.)][ \t]+", re.M)  # "- ", "1. ", "2) "
 HEADING_END = re.compile(r":[*_ \t]*(?=\n|$)")  # "Management:", "**Next steps:**" at the end of a line
 ABBREVIATION = re.compile(r"\b(e\.g|i\.e|etc|vs|cf)\.")  # a dot that ends no sentence
-# A second answer part inside the answer part is read as a new line: one more candidate.
-ANSWER_MARKER = re.compile("|".join(map(re.escape, (prompts.ANSWER_HEADER.strip(), prompts.THINK_OPEN,
-                                                     prompts.THINK_CLOSE))))
 
 
 def _singular(word: str) -> str:
@@ -59,7 +56,8 @@ def _singular(word: str) -> str:
 def _words(text: str) -> list[str]:
     """Lower-case words of `text`, accents, articles and plurals removed; commas, clause breaks and segment ends
     as tokens. Cue words go through it too, so "whereas" and "requires" compare as the answer's words do."""
-    text = re.sub(r"\b([A-Z][A-Z0-9]+)s\b", r"\1", ANSWER_MARKER.sub("\n", text))  # SSRIs: an abbreviation's plural
+    text = prompts.ANSWER_MARKERS.sub("\n", text)  # a second answer part inside the answer part: one more candidate
+    text = re.sub(r"\b([A-Z][A-Z0-9]+)s\b", r"\1", text)  # SSRIs: an abbreviation's plural
     text = HEADING_END.sub(" \x03 ", ITEM_MARK.sub(" \x02 ", text))
     text = "".join(GREEK.get(ch, ch) for ch in text)
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
@@ -128,15 +126,10 @@ def canonical(words: list[str] | tuple[str, ...]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(words):
-        for n in range(min(LONGEST_ALIAS, len(words) - i), 0, -1):
-            hit = ALIASES.get(tuple(words[i:i + n]))
-            if hit:
-                out.extend(hit)
-                i += n
-                break
-        else:
-            out.append(words[i])
-            i += 1
+        longest = min(LONGEST_ALIAS, len(words) - i)
+        n = next((n for n in range(longest, 0, -1) if tuple(words[i:i + n]) in ALIASES), 0)  # 0: no alias starts here
+        out.extend(ALIASES[tuple(words[i:i + n])] if n else words[i:i + 1])
+        i += max(n, 1)
     return out
 
 

@@ -39,8 +39,7 @@ def _hf_kwargs(config: Config) -> dict:
     dtype = torch_dtype(config.precision)
     four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=dtype) if config.load_in_4bit else None
-    return dict(dtype=dtype, quantization_config=four_bit,
-                device_map=distributed.device_map())
+    return dict(dtype=dtype, quantization_config=four_bit, device_map=distributed.device_map())
 
 
 def _fast_model(name: str, config: Config):

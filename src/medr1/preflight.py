@@ -22,6 +22,7 @@ from medr1.log import log
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
 from medr1.record import run_of
 from medr1.smollm import model_path as smollm_path
+from medr1.speed.sizing import on_gpu
 from medr1.tiny import tiny_model_path
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\")  # a model_name starting so means a folder, never a hub id
@@ -48,18 +49,10 @@ def check(config: Config, weights: bool = True) -> dict[str, Any]:
             raise ConfigError(f"backend='hf' with {gpus} GPUs visible to one process: the trainer would wrap the model "
                               "in nn.DataParallel, which TRL refuses after the model has loaded; train on all of them "
                               "with `make train GPUS=N` (accelerate launch), or on one with CUDA_VISIBLE_DEVICES=0")
-    problem = config.load_in_4bit and bnb_4bit_problem(config.backend)
-    if problem:
+    if problem := config.load_in_4bit and bnb_4bit_problem(config.backend):
         raise ModelError(f"load_in_4bit=True but {problem}; {hint('load_in_4bit', False)} for 16-bit weights "
                          "(about 4x the memory)")
     return model_config
-
-
-def on_gpu() -> bool:
-    """Whether the model would load on a CUDA GPU here (UNSLOTH_FORCE_CPU=1 keeps it on the CPU)."""
-    import torch
-
-    return torch.cuda.is_available() and os.environ.get("UNSLOTH_FORCE_CPU") != "1"
 
 
 def model_path(name: str, knob: str = "model_name") -> str:
@@ -101,24 +94,13 @@ def _unsloth_4bit(config: Config) -> bool:
 
 
 def read_model_config(name: str, knob: str, weights: bool = True, unsloth_4bit: bool = False) -> dict[str, Any]:
-    """The model's config.json from a local folder or the hub cache (offline, with its weights cached too, unless
-    not `weights`; `unsloth_4bit`: Unsloth's pre-quantized copy counts); an error that says which was looked at."""
+    """The model's config.json from a local folder or the hub cache, or the hub when online (offline, with its weights
+    cached too, unless not `weights`; `unsloth_4bit`: Unsloth's pre-quantized copy counts); an error that says which
+    was looked at."""
     folder = Path(model_path(name, knob))
     if folder.is_dir():
         return _read_json(folder / "config.json")
-    return _read_json(Path(_hub_config(name, knob, weights, unsloth_4bit)))
-
-
-def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
-    """A finished run's base model (evaluate, export) is there, before anything loads: its run.json may name a folder
-    of another machine, or a hub model not in this cache."""
-    return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})", True,
-                             _unsloth_4bit(config))
-
-
-def _hub_config(name: str, knob: str, weights: bool = True, unsloth_4bit: bool = False) -> str:
-    """Path of config.json from the hub cache (or the hub when online); the token comes from HF_TOKEN only."""
-    from huggingface_hub import errors, hf_hub_download
+    from huggingface_hub import errors, hf_hub_download  # its own token: HF_TOKEN, as medr1 never passes one
 
     uncached = ", and the hub could not be reached (no network?) nor is it cached"
     if offline():
@@ -136,12 +118,18 @@ def _hub_config(name: str, knob: str, weights: bool = True, unsloth_4bit: bool =
     except tuple(problems) as err:
         why = next(text for kind, text in problems.items() if isinstance(err, kind))
         raise ModelError(f"{knob}={name!r} is not a local folder{why}") from None
-    if weights and offline():  # config.json cached does not mean the weights are: loading would fail, a traceback
-        missing = _uncached_weights(name, unsloth_4bit)
-        if missing:
-            raise ModelError(f"{knob}={name!r}: the local hub cache holds its config.json but not {missing}; "
-                             "HF_HUB_OFFLINE=1, so the hub was not asked: download it once online")
-    return path
+    # config.json cached does not mean the weights are: loading would fail, a traceback
+    if weights and offline() and (missing := _uncached_weights(name, unsloth_4bit)):
+        raise ModelError(f"{knob}={name!r}: the local hub cache holds its config.json but not {missing}; "
+                         "HF_HUB_OFFLINE=1, so the hub was not asked: download it once online")
+    return _read_json(Path(path))
+
+
+def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's base model (evaluate, export) is there, before anything loads: its run.json may name a folder
+    of another machine, or a hub model not in this cache."""
+    return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})", True,
+                             _unsloth_4bit(config))
 
 
 def reachable(url: str, timeout: float = 3.0) -> bool:

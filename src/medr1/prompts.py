@@ -23,6 +23,9 @@ COT_HEADER = "### Chain of Thought:\n"
 ANSWER_HEADER = "### Answer:\n"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 R1_USER, R1_ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
+R1_MARKERS = (R1_USER, R1_ASSISTANT, THINK_OPEN, THINK_CLOSE)  # R1's chat and reasoning markers (in its vocabulary)
+# the templates' answer and reasoning markers, for reading a generation's answer part
+ANSWER_MARKERS = re.compile("|".join(map(re.escape, (ANSWER_HEADER.strip(), THINK_OPEN, THINK_CLOSE))))
 STYLES = ("seed", "r1")
 # where a model that did not stop starts a made-up next example: its "answer" ends there
 NEXT_TURN = re.compile("|".join(map(re.escape, ("### Query:", "### Instruction:", SEED_PREAMBLE[:30], R1_USER))))

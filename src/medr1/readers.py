@@ -128,11 +128,11 @@ def _loads(text: str) -> Any:
         return _BAD
 
 
-def _json(path: Path, text: str, line: int = 0) -> Any:
+def _json(path: Path, text: str, line: int) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON on line {line or err.lineno}: {err.msg}") from None
+        raise DataError(f"{path}: invalid JSON on line {line}: {err.msg}") from None
 
 
 def read_rows(path: str | Path, what: str = "data_path", rows: Any = None) -> list[dict[str, Any]]:

@@ -67,8 +67,7 @@ def model_path(root: Path | None = None) -> Path:
     """The converted HF folder, converting the packaged GGUF first when it is not cached (about a minute)."""
     path = cached_path(root)
     if not is_built(path, STAMP, stamp()):
-        problem = unavailable(root)
-        if problem:
+        if problem := unavailable(root):
             raise ModelError(f"model_name={CPU_MODEL!r}: {problem}")
         convert(gguf_file(), path)
     return path

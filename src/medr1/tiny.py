@@ -28,7 +28,7 @@ BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 PAD = "<|finetune_right_pad_id|>"
 # R1's added tokens; in the real vocabulary BOS/EOS/pad are special, the chat and reasoning markers are not.
 SPECIAL = [BOS, EOS, PAD]
-MARKERS = [prompts.R1_USER, prompts.R1_ASSISTANT, prompts.THINK_OPEN, prompts.THINK_CLOSE]
+MARKERS = list(prompts.R1_MARKERS)
 # Llama-3's pre-tokenizer split: contractions, words, 1-3 digit numbers, punctuation runs, newlines, spaces.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -52,15 +52,15 @@ def is_built(path: Path, stamp_file: str, recipe: dict) -> bool:
         return False
 
 
-def stamp(seed: int = 0, pad: str = "unsloth") -> dict:
-    """The recipe a tiny folder was built by, written in it as STAMP."""
-    return {"version": TINY_VERSION, "seed": seed, "pad": pad}
+def stamp(pad: str = "unsloth") -> dict:
+    """The recipe a tiny folder was built by, written in it as STAMP (its weights' seed is 0)."""
+    return {"version": TINY_VERSION, "seed": 0, "pad": pad}
 
 
 def tiny_model_path(root: Path | None = None, pad: str = "unsloth") -> Path:
     """The folder of the tiny model, building it first if it is not cached."""
     path = (root or cache_dir()) / f"tiny-llama-v{TINY_VERSION}-{pad}"
-    if not is_built(path, STAMP, stamp(pad=pad)):
+    if not is_built(path, STAMP, stamp(pad)):
         build_tiny(path, pad=pad)
     return path
 
@@ -69,7 +69,7 @@ def _corpus() -> list[str]:
     return [prompts.format_row(row, EOS, style) for row in read_file(FIXTURE_PATH)[0] for style in prompts.STYLES]
 
 
-def tokenizer_json(vocab_size: int = 1024):
+def tokenizer_json():
     """A `tokenizers.Tokenizer` with Llama-3's pipeline: regex split, byte-level BPE, BOS added by a template."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
@@ -77,7 +77,7 @@ def tokenizer_json(vocab_size: int = 1024):
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_corpus(), trainer=trainer)
     tok.add_tokens(MARKERS)
@@ -100,7 +100,7 @@ def tokenizer_config(tok, pad: str = "unsloth") -> dict:
     }
 
 
-def build_tiny(path: Path, seed: int = 0, pad: str = "unsloth") -> Path:
+def build_tiny(path: Path, pad: str = "unsloth") -> Path:
     """Write the tokenizer files and a random-initialised Llama to `path` atomically."""
     import_unsloth_first()  # before transformers: Unsloth patches it on import
     import torch
@@ -111,14 +111,14 @@ def build_tiny(path: Path, seed: int = 0, pad: str = "unsloth") -> Path:
         vocab_size=tok.get_vocab_size(), bos_token_id=tok.token_to_id(BOS), eos_token_id=tok.token_to_id(EOS),
         pad_token_id=tok.token_to_id(PAD if pad == "unsloth" else EOS), rms_norm_eps=1e-5, rope_theta=500000.0,
         tie_word_embeddings=False, dtype="float32", initializer_range=0.1, **TINY_SHAPE)
-    torch.manual_seed(seed)
+    torch.manual_seed(stamp(pad)["seed"])
     model = LlamaForCausalLM(config).to(torch.float32)
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok, pad), indent=2,
                                                               ensure_ascii=False), encoding="utf-8")
-        (tmp / STAMP).write_text(json.dumps(stamp(seed, pad)))
+        (tmp / STAMP).write_text(json.dumps(stamp(pad)))
     return path
 
 

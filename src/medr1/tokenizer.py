@@ -25,8 +25,7 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|reserved_
 ADDED_PAD = "<｜▁pad▁｜>"
 
 
-def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, check: bool = True,
-                   knob: str = "model_name"):
+def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, knob: str = "model_name"):
     """The tokenizer of a hub id, a local folder, a saved adapter or checkpoint, read from its tokenizer.json
     (`AutoTokenizer` only where there is none: a SentencePiece-only model). The pad token is made distinct from
     EOS, and the chat template renders medr1's prompt for `prompt_style`."""
@@ -41,8 +40,7 @@ def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, check: bool
         except OSError:
             raise ModelError(f"{knob}={name_or_path!r}: no tokenizer could be loaded "
                              f"({str(err).splitlines()[0]})") from None
-    if check:
-        check_tokenizer(tokenizer, name_or_path)
+    check_tokenizer(tokenizer, name_or_path)
     set_pad_token(tokenizer)
     tokenizer.chat_template = chat_template(prompt_style)
     return tokenizer
@@ -72,18 +70,18 @@ def check_tokenizer(tokenizer, name: str = "") -> None:
             raise ModelError(f"{what} splits {marker!r} into several tokens although its vocabulary has it as one")
 
 
-def set_pad_token(tokenizer) -> bool:
-    """Make pad differ from EOS; True when a new token was added (the model's embeddings must then grow). A pad
-    equal to EOS (DeepSeek's own upload) lets a collator mask EOS out of the labels: the model never learns to stop."""
+def set_pad_token(tokenizer) -> None:
+    """Make pad differ from EOS, adding a pad token where the vocabulary has none to spare (the model's embeddings
+    then grow: model.match_tokenizer). A pad equal to EOS (DeepSeek's own upload) lets a collator mask EOS out of the
+    labels: the model never learns to stop."""
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return False
+        return
     vocab = tokenizer.get_vocab()
     for candidate in PAD_CANDIDATES:
         if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
             tokenizer.pad_token = candidate
-            return False
+            return
     tokenizer.add_special_tokens({"pad_token": ADDED_PAD})
-    return True
 
 
 def chat_template(style: str) -> str:

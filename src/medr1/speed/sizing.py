@@ -70,6 +70,13 @@ def allocator_defaults() -> None:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"  # older torch
 
 
+def on_gpu() -> bool:
+    """Whether the model would load on a CUDA GPU here (UNSLOTH_FORCE_CPU=1 keeps it on the CPU)."""
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("UNSLOTH_FORCE_CPU") != "1"
+
+
 def free_gpu_gib(total: bool = False) -> float | None:
     """Free memory of this process's GPU in GiB (with `total`, all of it); None without CUDA."""
     allocator_defaults()  # before torch reads its allocator settings
@@ -77,7 +84,7 @@ def free_gpu_gib(total: bool = False) -> float | None:
         import torch
     except ImportError:
         return None
-    if not torch.cuda.is_available() or os.environ.get("UNSLOTH_FORCE_CPU") == "1":
+    if not on_gpu():
         return None
     device = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
     if total:
@@ -92,10 +99,9 @@ def fast_sizing(seq_len: int = 2048) -> tuple[dict[str, Any], str]:
         return {}, "no CUDA GPU: the preset's defaults"
     processes = world_size()
     plan = plan_micro_batches(free, seq_len, processes=processes)
-    why = (f"{free:.0f} GiB free: {plan['per_device_train_batch_size']} packed rows x "
-           f"{plan['gradient_accumulation_steps']} accumulation x {processes} process(es), "
-           f"gradient_checkpointing={plan['gradient_checkpointing']}")
-    return plan, why
+    return plan, (f"{free:.0f} GiB free: {plan['per_device_train_batch_size']} packed rows x "
+                  f"{plan['gradient_accumulation_steps']} accumulation x {processes} process(es), "
+                  f"gradient_checkpointing={plan['gradient_checkpointing']}")
 
 
 def resumed_sizing(output_dir: str) -> tuple[dict[str, Any], str] | None:

@@ -25,9 +25,10 @@ def enable_packed_varlen() -> str:
         return f"not applicable ({type(err).__name__})"
     if not torch.cuda.is_available():
         return "not applicable (no CUDA)"
-    if getattr(dispatch, "_TORCH_VARLEN_ATTN", 0) is not None:
-        return "not needed (Unsloth already has a varlen kernel)" if hasattr(dispatch, "_TORCH_VARLEN_ATTN") \
-            else "not applicable (unknown Unsloth layout)"
+    if not hasattr(dispatch, "_TORCH_VARLEN_ATTN"):
+        return "not applicable (unknown Unsloth layout)"
+    if dispatch._TORCH_VARLEN_ATTN is not None:
+        return "not needed (Unsloth already has a varlen kernel)"
     lean = getattr(dispatch, "_LeanFlashVarlen", None)
     if lean is None or not torch.backends.cuda.is_flash_attention_available():
         return "not applicable (no flash kernel)"
