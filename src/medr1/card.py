@@ -96,9 +96,8 @@ def trained_with(cfg: dict[str, Any], train: dict[str, Any]) -> dict[str, str]:
             for key in ("optim", "packing")}
 
 
-def card_data(rec: dict[str, Any], kind: str) -> ModelCardData:
-    cfg, knob = rec.get("config") or {}, data_knobs(rec)
-    base = str(cfg.get("model_name") or "")
+def card_data(cfg: dict[str, Any], knob: str, base: str, kind: str) -> ModelCardData:
+    """The card's YAML header, from the run's config (`knob`: its data knobs' prefix) and base model."""
     dataset = cfg.get(f"{knob}dataset_name") if not cfg.get(f"{knob}data_path") else None
     tags = ["medical", "reasoning", "chain-of-thought", "unsloth", "lora" if kind in PEFT_KINDS else "merged-lora",
             *(["grpo"] if knob else []), *(["gguf"] if kind == "gguf" else [])]
@@ -120,8 +119,8 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
     metrics = ev.get("metrics") or {}
     knob = data_knobs(rec)
     card = ModelCard.from_template(
-        card_data(rec, kind), template_str=TEMPLATE.read_text(encoding="utf-8"), fmt=_fmt, kind=kind, step=step,
-        progress=step is not None and progress(cfg, knob == "grpo_", step, total),
+        card_data(cfg, knob, base, kind), template_str=TEMPLATE.read_text(encoding="utf-8"), fmt=_fmt, kind=kind,
+        step=step, progress=step is not None and progress(cfg, knob == "grpo_", step, total),
         repo_id=repo_id, rec=rec, cfg=cfg, knob=knob, data=data, train=train, run={**cfg, **rec},
         used=trained_with(cfg, train), lengths=data.get("lengths") or {}, losses=rec.get("losses") or [],
         versions=rec.get("versions") or {},

@@ -215,7 +215,6 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
     stats.seconds += time.perf_counter() - t_start
     if dec.device.type == "cuda":
         stats.peak_gib = round(torch.cuda.max_memory_allocated(dec.device) / GIB, 2)
-    del dec
     return results  # type: ignore[return-value]
 
 

@@ -28,6 +28,7 @@ from medr1.errors import ConfigError, DataError, OutputDirError
 from medr1.infer import Sampling, Stats, generate_many
 from medr1.llama import shape_limits
 from medr1.log import log
+from medr1.mcq import share
 from medr1.model import load_adapter
 from medr1.plots import LABELS, VARIANTS
 
@@ -75,10 +76,6 @@ def compliance(generations: list[dict[str, Any]]) -> dict[str, Any]:
     marker (a base R1 model's `</think>` is not the seed style's), and EOS within the budget.
     `has_reasoning_and_answer` takes either style's marker."""
     ok = [g["in_format"] and g["stopped"] for g in generations]
-
-    def share(values: list, digits: int = 4) -> float:
-        return round(sum(values) / max(len(values), 1), digits)
-
     return {"format_compliance": share(ok), "has_reasoning_and_answer": share([g["complete"] for g in generations]),
             "stopped_at_eos": share([g["stopped"] for g in generations]),
             "mean_new_tokens": share([g["new_tokens"] for g in generations], 1),
@@ -228,8 +225,7 @@ class Evaluation:
                 "stopped_at_eos", "mean_new_tokens"]
         table = {LABELS[v]: {k: self.results["metrics"][v].get(k) for k in keys} for v in VARIANTS}
         for v in VARIANTS:
-            s = self.results.get("mcq", {}).get(v)
-            if s:
+            if s := self.results.get("mcq", {}).get(v):
                 table[LABELS[v]].update(mcq_accuracy=s["accuracy"], mcq_ci95=f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}",
                                         mcq_unparsed=s["unparsed"], mcq_first_match=s["first_match"],
                                         mcq_last_match=s["last_match"], mcq_either_match=s["either_match"])
@@ -284,12 +280,9 @@ def _counts(**counts: int) -> None:
             raise ConfigError(f"{name}={value}: must be >= 0 (0 = {'greedy' if name == 'samples' else 'all'})")
 
 
-def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_rows: int = 0, max_new_tokens: int = 0,
-                 max_questions: int = 0, batch_size: int = 0, samples: int = 0, engine: str = "auto",
-                 overwrite: bool = False) -> Evaluation:
-    """All of it without pauses (what `medr1 evaluate RUN_DIR` does)."""
-    ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    mcq_file=mcq_file, samples=samples, engine=engine, overwrite=overwrite)
+def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_questions: int = 0, **options: Any) -> Evaluation:
+    """All of it without pauses (what `medr1 evaluate RUN_DIR` does); `options`: Evaluation's (max_rows, ...)."""
+    ev = Evaluation(run_dir, mcq_file=mcq_file, **options)
     ev.load()
     ev.held_out_loss()
     ev.generate()

@@ -36,7 +36,6 @@ from medr1.record import adapter_dir, adapter_sha256, holdout_rows, read_record,
 SLACK_BYTES = 64 * 2**20  # headroom on top of the estimate: config files, tokenizer, the filesystem's own blocks
 PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # what -> folder under export_dir
 MARKER = ".medr1-adapter.sha256"  # in each export folder: the run's adapter weights it was made from (never pushed)
-NO_GGUF = "GGUF export is not possible here: "
 
 
 def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
@@ -106,18 +105,17 @@ class Export:
         check_folder(self.export_dir, f"export destination {str(self.export_dir)!r}")  # its folders go in it
         if merged and (why := to_gguf.why_not_merged(self.config.load_in_4bit)):
             raise ExportError(f"a merged 16-bit model cannot be made here: {why}")
-        if out.gguf and (why := self._gguf_why()):
-            to_gguf.refuse(NO_GGUF + why, strict)
+        if out.gguf and (why := to_gguf.why_not(self.config.load_in_4bit)):
+            to_gguf.refuse(to_gguf.NO_GGUF + why, strict)
             out.gguf, out.gguf_left_out = [], why
         if verify or merged or out.gguf:  # these load the base model: run.json's model_name must be found here
             check_run_model(self.config, self.run_dir)
         wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
-        out.folders = {what: check_destination(self.export_dir / PUSHABLE[what], self.overwrite)
-                       for what, on in wanted.items() if on}
+        out.folders = {what: self._destination(what, "") for what, on in wanted.items() if on}
         if verify and not adapter:
-            self._check_ours("adapter", self.export_dir / "adapter", "verify")
+            self._check_ours("adapter", self._folder("adapter"), "verify")
         if push_repo:
-            folder = self._push_folder(push_what)
+            folder = self._folder(push_what)
             if push_what not in out.folders:
                 self._check_ours(push_what, folder, "push")
                 check_writable(folder, f"push folder {str(folder)!r} (its card names the repository)")
@@ -133,7 +131,7 @@ class Export:
         if out.folders:
             check_disk(self.export_dir, out.need_bytes, " and ".join(out.folders))
         done = [f"{what} -> {dest}" for what, dest in out.folders.items()]
-        done += [f"verify the adapter in {out.folders.get('adapter', self.export_dir / 'adapter')}"] if verify else []
+        done += [f"verify the adapter in {out.folders.get('adapter', self._folder('adapter'))}"] if verify else []
         done += [f"push the {push_what} to {push_repo}"] if push_repo else []
         log.info(f"export plan checked: {'; '.join(done) or 'nothing to do'}")
         return out
@@ -150,7 +148,7 @@ class Export:
         """Reload the exported adapter as a user would and compare next-token predictions: Unsloth against plain
         peft; where Unsloth is not used (its reason is returned), peft against the run's own adapter loaded the
         medr1 way (transformers + peft), so that the check always compares two loads."""
-        path = Path(path or self.paths.get("adapter") or self.export_dir / "adapter")
+        path = Path(path or self._folder("adapter"))
         if path != self.paths.get("adapter"):  # not written by this export: it must be this run's
             self._check_ours("adapter", path, "verify")
         prompt = inference_prompt(question or self._question(), self.config.prompt_style)
@@ -184,7 +182,7 @@ class Export:
             raise ExportError(f"a merged 16-bit model cannot be made here: {why}")
         with self._writing("merged", dest, "the merged 16-bit model") as tmp:
             model, tokenizer = self._load()
-            if hasattr(model, "save_pretrained_merged") and self._unsloth():
+            if hasattr(model, "save_pretrained_merged") and to_gguf.UNSLOTH:
                 model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
             else:
                 merge_16bit(model, self.config).save_pretrained(str(tmp))
@@ -200,8 +198,8 @@ class Export:
             log.info("GGUF skipped (no quantization methods asked for)")
             return None
         dest = self._destination("gguf", dest)  # a full destination is refused before llama.cpp is looked for
-        if why := self._gguf_why():
-            return to_gguf.refuse(NO_GGUF + why, strict) or None
+        if why := to_gguf.why_not(self.config.load_in_4bit):
+            return to_gguf.refuse(to_gguf.NO_GGUF + why, strict) or None
         with self._writing("gguf", dest, f"GGUF {', '.join(wanted)}", wanted) as tmp:
             to_gguf.write(*self._load(), tmp, wanted)
         return sorted(dest.glob("*.gguf"))
@@ -212,7 +210,7 @@ class Export:
         if not repo_id:
             log.info("not pushed to the hub (no repository name given)")
             return None
-        folder = self._push_folder(what)
+        folder = self._folder(what)
         if what not in self.paths:  # not written by this export: it must be this run's
             self._check_ours(what, folder, "push")
         readme = folder / "README.md"
@@ -244,7 +242,8 @@ class Export:
     def _source(self) -> str:  # hashed once, where a check or a MARKER needs it
         return adapter_sha256(self.adapter_src)
 
-    def _push_folder(self, what: str) -> Path:
+    def _folder(self, what: str) -> Path:
+        """The `what` folder to push or verify: the one this export wrote, else the export folder's."""
         if what not in PUSHABLE:
             raise ExportError(f"push what={what!r}: choose one of {list(PUSHABLE)}")
         return Path(self.paths.get(what) or self.export_dir / PUSHABLE[what])
@@ -255,25 +254,12 @@ class Export:
             return sum(p.stat().st_size for p in self.adapter_src.iterdir() if p.is_file()) + SLACK_BYTES
         return merged_bytes(n) if what == "merged" else to_gguf.size(n, list(wanted)) + SLACK_BYTES
 
-    def _unsloth(self) -> bool:
-        """Exports go through Unsloth wherever it can be imported, whatever backend trained the run (the adapter is
-        plain peft LoRA either way); MEDR1_BACKEND=hf keeps it out (then a 16-bit run merges with peft)."""
-        return not to_gguf.why_no_unsloth()
-
-    def _gguf_why(self) -> str:
-        """Why GGUF cannot be made here ("" when it can): it goes through Unsloth and llama.cpp, from a merged model."""
-        if self._unsloth() and (why := to_gguf.why_not_merged(self.config.load_in_4bit)):  # else possible() says why
-            return f"it starts from a merged model, and {why}"
-        try:
-            to_gguf.possible(strict=True)
-        except ExportError as err:
-            return str(err).removeprefix(NO_GGUF)
-        return ""
-
     def _load(self):
-        """Base + adapter, loaded once for the merged and GGUF exports: through Unsloth where it is used."""
+        """Base + adapter, loaded once for the merged and GGUF exports: through Unsloth wherever it can be imported,
+        whatever backend trained the run (the adapter is plain peft LoRA either way); MEDR1_BACKEND=hf keeps it out
+        (then a 16-bit run merges with peft)."""
         if self._model is None:
-            config, via = (self.config, "unsloth") if self._unsloth() else (self.plain, "medr1")
+            config, via = (self.config, "unsloth") if to_gguf.UNSLOTH else (self.plain, "medr1")
             self._model, self._tokenizer = load_adapter(config, self.adapter_src, via=via)
         return self._model, self._tokenizer
 

@@ -20,6 +20,7 @@ from medr1.preflight import reachable
 
 BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
                    "bf16": 2.0, "f16": 2.0}  # the quantizations Unsloth and llama.cpp make
+NO_GGUF = "GGUF export is not possible here: "  # the start of every refusal's line
 
 
 def methods(given: str | list[str]) -> list[str]:
@@ -51,11 +52,11 @@ def _llama_cpp_found() -> str | None:
     return None
 
 
-def _network(url: str = "https://github.com", timeout: float = 3.0) -> bool:
+def _network() -> bool:
     """Whether llama.cpp's sources or binaries could be fetched."""
     if os.environ.get("UNSLOTH_LLAMA_CPP_OFFLINE") == "1" or os.environ.get("UNSLOTH_OFFLINE") == "1":
         return False
-    return reachable(url, timeout)
+    return reachable("https://github.com")
 
 
 def _unsloth_installed() -> bool:
@@ -101,12 +102,23 @@ def possible(strict: bool) -> bool:
     """Whether GGUF export can run here; if not, an ExportError when `strict`, else one line (a notebook goes on)."""
     missing = blockers()
     if missing:
-        return refuse("GGUF export is not possible here: " + (
+        return refuse(NO_GGUF + (
             f"it goes through Unsloth, and {why_no_unsloth()}" if not UNSLOTH else
             "it needs llama.cpp (llama-quantize and convert_hf_to_gguf.py), which is not installed, and "
             f"{', '.join(missing)} is missing to get it. Install llama.cpp and set UNSLOTH_LLAMA_CPP_PATH to its "
             "folder, or export GGUF where there is network and a compiler (Colab has both)"), strict)
     return True
+
+
+def why_not(four_bit: bool) -> str:
+    """Why GGUF cannot be made here ("" when it can): it goes through Unsloth and llama.cpp, from a merged model."""
+    if UNSLOTH and (why := why_not_merged(four_bit)):  # else possible() says why
+        return f"it starts from a merged model, and {why}"
+    try:
+        possible(strict=True)
+    except ExportError as err:
+        return str(err).removeprefix(NO_GGUF)
+    return ""
 
 
 def refuse(message: str, strict: bool) -> bool:
@@ -117,7 +129,7 @@ def refuse(message: str, strict: bool) -> bool:
     return False
 
 
-def write(model, tokenizer, folder: Path, wanted: list[str]) -> list[Path]:
+def write(model, tokenizer, folder: Path, wanted: list[str]) -> None:
     """Unsloth's save_pretrained_gguf into `folder`, then every .gguf brought to its top; a failure deep inside
     llama.cpp comes back as one line."""
     try:
@@ -125,10 +137,8 @@ def write(model, tokenizer, folder: Path, wanted: list[str]) -> list[Path]:
     except Exception as err:  # noqa: BLE001 - llama.cpp's build and converter fail in many ways
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ExportError(f"GGUF export failed in Unsloth/llama.cpp: {type(err).__name__}: {first}") from err
-    files = _collect(folder)
-    if not files:
+    if not _collect(folder):
         raise ExportError(f"GGUF export wrote no .gguf file under {folder}")
-    return files
 
 
 def _collect(folder: Path) -> list[Path]:

@@ -67,11 +67,10 @@ def _one_line(err: BaseException, token: str) -> str:
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0].replace(token, '***')}"
 
 
-def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None,
-                ignore: tuple[str, ...] = ()) -> str:
+def push_folder(folder: str | Path, repo_id: str, *, private: bool = True, ignore: tuple[str, ...] = ()) -> str:
     """Create the repository (private by default; an existing one keeps its visibility) and upload `folder`;
     errors from the hub come back as one line with the token masked out."""
-    token = token or hub_token()  # HF_TOKEN, else the login's token, else Colab's secret
+    token = hub_token()  # HF_TOKEN, else the login's token, else Colab's secret
     from huggingface_hub import HfApi
 
     try:

@@ -84,8 +84,6 @@ _PHRASES = [  # phrases that state a conclusion; a bare "option B" is only a men
 ]
 _PHRASE_RE = [re.compile(rf"{p}{_MARK}([A-Z])(?![A-Za-z0-9])", re.IGNORECASE) for p in _PHRASES]
 # the templates' own markers (prompts.py): "### Answer:\nA beta blocker" is no "answer: A", and both styles agree
-_MARKERS_RE = re.compile("|".join(map(re.escape, (prompts.ANSWER_HEADER.strip(), prompts.THINK_OPEN,
-                                                   prompts.THINK_CLOSE))))
 _LONE_RE = [
     re.compile(r"^\W*([A-Z])\W*$"),  # the whole answer is one letter: "C", "(C).", "**C**"
     re.compile(r"\(([A-Z])\)|\[([A-Z])\]|\{([A-Z])\}"),  # (B) [B] {B}
@@ -122,20 +120,15 @@ def _named(text: str, options: dict[str, str] | list[str], style: str) -> Iterat
     trained-format generation, then in the whole text, the template's markers taken out."""
     parts = prompts.split_answer(text or "", style)  # up to a made-up next question, whose answer is not this one's
     for t in ([parts.answer] if parts.answer else []) + [prompts.own_turn(text or "")]:
-        t, valid = _MARKERS_RE.sub("\n", t).replace("\u2019", "'"), list(options)
+        t, valid = prompts.ANSWER_MARKERS.sub("\n", t).replace("\u2019", "'"), list(options)
         yield (_phrases(t, valid), _lone_letters(t, valid),
                _option_texts(t, options) if isinstance(options, dict) else [])
 
 
 def _phrases(text: str, valid: list[str]) -> list[tuple[int, str]]:
-    found: list[tuple[int, str]] = []
-    for pattern in _PHRASE_RE:
-        for m in pattern.finditer(text):
-            letter = m.group(1)
-            # a capital letter, or a lower-case one only when it stands in quotes or brackets ("answer: (c)")
-            if letter.upper() in valid and (letter.isupper() or m.group(0)[-2:-1] in "([*'\""):
-                found.append((m.start(1), letter.upper()))
-    return sorted(found)
+    # a capital letter, or a lower-case one only when it stands in quotes or brackets ("answer: (c)")
+    return sorted((m.start(1), m.group(1).upper()) for pattern in _PHRASE_RE for m in pattern.finditer(text)
+                  if m.group(1).upper() in valid and (m.group(1).isupper() or m.group(0)[-2:-1] in "([*'\""))
 
 
 def _lone_letters(text: str, valid: list[str]) -> list[tuple[int, str]]:
@@ -203,18 +196,19 @@ def one_to_one(predictions: list[str], questions: list[Any]) -> list[str]:
     return predictions
 
 
+def share(values: list, digits: int = 4) -> float:
+    """The share of `values` that hold (of numbers: their mean), rounded; 0.0 of none."""
+    return round(sum(values) / max(len(values), 1), digits)
+
+
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n, correct = len(rows), sum(r["correct"] for r in rows)
     methods = {m: sum(r["method"] == m for r in rows) for m in ("phrase", "letter", "text", "none")}
-
-    def share(hits: int) -> float:
-        return round(hits / n, 4) if n else 0.0
-
-    return {"n": n, "correct": correct, "accuracy": share(correct), "ci95": list(wilson_interval(correct, n)),
-            "unparsed": methods.pop("none"), "parsed_by": methods,
-            "first_match": share(sum(r["first"] == r["answer"] for r in rows)),
-            "last_match": share(sum(r["last"] == r["answer"] for r in rows)),
-            "either_match": share(sum(r["answer"] in (r["first"], r["last"]) for r in rows))}
+    return {"n": n, "correct": correct, "accuracy": share([r["correct"] for r in rows]),
+            "ci95": list(wilson_interval(correct, n)), "unparsed": methods.pop("none"), "parsed_by": methods,
+            "first_match": share([r["first"] == r["answer"] for r in rows]),
+            "last_match": share([r["last"] == r["answer"] for r in rows]),
+            "either_match": share([r["answer"] in (r["first"], r["last"]) for r in rows])}
 
 
 def score_samples(questions: list[Question], samples: list[list[str]], style: str = "seed") -> dict[str, Any]:
