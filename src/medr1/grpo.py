@@ -20,7 +20,7 @@ from typing import Any
 
 from medr1 import distributed, plots, prompts, record, rewards, verifier
 from medr1.config import Config, same_setting
-from medr1.errors import ConfigError, ModelError, OutputDirError
+from medr1.errors import ConfigError, ModelError
 from medr1.log import log
 from medr1.presets import LORA_TARGETS, PRESETS
 from medr1.stage import Stage
@@ -127,23 +127,13 @@ def start_lora(config: Config, adapter: Path | None) -> Config:
         raise ConfigError(f"init_adapter={config.init_adapter!r}: its adapter_config.json: {err}") from None
 
 
-def check_clear_of_start(config: Config, out: Path, adapter: Path | None) -> None:
-    """output_dir must neither hold nor lie inside the start adapter (its run folder included): an overwrite would
-    remove the adapter, checkpoints and held-out rows GRPO starts from before it reads them."""
-    if not adapter:
-        return
-    out, start = out.resolve(), adapter.resolve()
-    if out == start or out in start.parents or start in out.parents:
-        raise OutputDirError(f"output_dir={config.output_dir!r} holds or lies inside init_adapter="
-                             f"{config.init_adapter!r} ({start}), which GRPO starts from: choose another output_dir")
-
-
 class GrpoRun(Stage):
     """A GRPO run's state across notebook cells: config, questions, model, trainer, record. Each step returns the
     plain object it built, as `medr1.run.Run` does for SFT; medr1.stage holds what both stages share."""
 
     STAGE = "GRPO"
     HISTORY, PLOT, TITLE = "rewards", "rewards.png", "GRPO rewards"
+    DRAW = staticmethod(plots.plot_rewards)
     # one question's group of answers per micro-batch, grpo_questions_per_step questions per optimizer step;
     # never split num_generations: it is the group GRPO compares within
     STEP = distributed.Step("num_generations", "grpo_questions_per_step", "grpo_learning_rate", "grpo_max_steps",
@@ -156,8 +146,10 @@ class GrpoRun(Stage):
         super().__init__(dataclasses.replace(config, packing=False))  # no rows are packed: no varlen attention patch
         self.questions, self.source, counts = load_questions(self.config)
         prints = record.same_data(self.config, self.out, self.source, questions=self.questions)  # as resumed
-        check_clear_of_start(self.config, self.out, self.adapter)
-        held = record.holdout_rows(self.start_dir, self.start_record) if self._held_file() else []
+        record.check_clear_of_start(self.config, self.out, self.adapter)
+        # the start run's held-out rows (their file, or None): no question of theirs trains; `_hold_out` carries them
+        self._held_file = record.holdout_file(self.start_dir, self.start_record) if self.start_dir else None
+        held = record.holdout_rows(self.start_dir, self.start_record) if self._held_file else []
         self.questions, counts["holdout_overlap"] = drop_held_out(self.questions, held, self.source)
         self._check_model()
         self.questions, lengths = fit_questions(self.questions, self.tokenizer, self.config)
@@ -179,7 +171,6 @@ class GrpoRun(Stage):
         """New LoRA as the config says, or the start adapter's shape (`start_lora`) with its trained weights."""
         from medr1.model import load_adapter_weights
 
-        self._need_model()
         if not self.adapter:
             return super().add_lora(source=" (new)")
         super().add_lora(source=f" (trained weights from {self.adapter})")
@@ -268,19 +259,10 @@ class GrpoRun(Stage):
         log.info(f"{steps} GRPO steps in {seconds:.1f} s; {stats['generated_tokens_per_s']} generated "
                  f"tokens/s; mean reward {first} -> {last}")
 
-    def _draw(self, records: list[dict[str, Any]], path: Path, title: str) -> None:
-        plots.plot_rewards(records, path, title)
-
-    def _held_file(self) -> Path | None:
-        """The start run's held-out rows (None: none), which GRPO drops from its questions and carries along."""
-        named = (self.start_record.get("data") or {}).get("holdout_file")
-        held = self.start_dir / (named or "holdout.jsonl") if self.start_dir else None
-        return held if held and held.exists() else None
-
     def _hold_out(self) -> None:
-        if held := self._held_file():  # `medr1 evaluate` compares both runs on the same rows
+        if self._held_file:  # `medr1 evaluate` compares both runs on the same rows
             if distributed.is_main():
-                shutil.copyfile(held, self.out / "holdout.jsonl")
+                shutil.copyfile(self._held_file, self.out / "holdout.jsonl")
             start = self.start_record.get("data") or {}  # and their count, for the card
             self.record["data"].update(holdout_file="holdout.jsonl", holdout_rows=start.get("holdout_rows"))
 

@@ -93,21 +93,22 @@ def adapter_dir(run_dir: str | Path, rec: dict[str, Any] | None = None) -> Path:
     path = Path(run_dir) / (rec.get("adapter") or "adapter")
     if not (path / "adapter_config.json").exists():
         if rec.get("status") == "diverged":  # a resume would diverge again: training's advice
-            raise ModelError(_diverged(run_dir, rec))
+            knob = "grpo_learning_rate" if rec.get("kind") == "grpo" else "learning_rate"
+            step = (rec.get("diverged") or {}).get("step")
+            raise ModelError(f"the run in {run_dir} diverged{f' at step {step}' if step else ''} and saved no adapter "
+                             "(status in run.json: 'diverged'): train it again with a lower learning rate "
+                             + retrain_advice(knob, (rec.get("config") or {}).get(knob)))
         raise ModelError(f"{path} holds no adapter (adapter_config.json): did the run in {run_dir} finish? "
                          f"(status in run.json: {rec.get('status')!r})")
     return path
 
 
-def _diverged(run_dir: str | Path, rec: dict[str, Any]) -> str:
-    """Training's advice for a run that diverged (it saved no adapter, and a resume would diverge again)."""
-    knob = "grpo_learning_rate" if rec.get("kind") == "grpo" else "learning_rate"
-    rate = (rec.get("config") or {}).get(knob)
-    step = (rec.get("diverged") or {}).get("step")
-    return (f"the run in {run_dir} diverged{f' at step {step}' if step else ''} and saved no adapter (status in "
-            f"run.json: 'diverged'): train it again with a lower learning rate "
-            f"({lower_rate(knob, rate) if isinstance(rate, (int, float)) else knob}), with another output_dir or "
-            f"{hint('overwrite')}")
+def retrain_advice(knob: str, rate: Any, also: str = "") -> str:
+    """The advice to a run that diverged (it saved no adapter, and a resume would diverge again), as training gives it
+    when it stops and as a reader of the run later does: a tenth of the learning rate `knob` (`also`: what else may
+    help), in another run folder."""
+    return (f"({lower_rate(knob, rate) if isinstance(rate, (int, float)) else knob}){also}, with another output_dir "
+            f"or {hint('overwrite')}")
 
 
 def adapter_sha256(folder: Path) -> str:
@@ -131,16 +132,22 @@ def run_of(folder: Path) -> Path | None:
     return next((p for p in [folder, *folder.parents][:RECORD_DEPTH] if (p / "run.json").exists()), None)
 
 
+def holdout_file(run_dir: str | Path, rec: dict[str, Any]) -> Path | None:
+    """The file of the held-out rows a run wrote (`rec`: its run.json): the one its record names, else holdout.jsonl;
+    None where there is none."""
+    path = Path(run_dir) / ((rec.get("data") or {}).get("holdout_file") or "holdout.jsonl")
+    return path if path.is_file() else None
+
+
 def holdout_rows(run_dir: str | Path, rec: dict[str, Any] | None = None) -> list[dict[str, str]]:
     """The held-out rows the run wrote (training never saw them); none where its record names no file and there is
     none (a GRPO run from a new LoRA keeps no rows out)."""
-    named = ((rec or read_record(run_dir)).get("data") or {}).get("holdout_file")
-    path = Path(run_dir) / (named or "holdout.jsonl")
-    if not named and not path.exists():
-        return []
-    if not path.exists():
-        raise DataError(f"{path} not found: the run in {run_dir} recorded no held-out rows")
-    return read_file(path, "")[0] if path.stat().st_size else []  # lines end at "\n" only, not at a row's U+2028
+    rec = rec or read_record(run_dir)
+    if path := holdout_file(run_dir, rec):
+        return read_file(path, "")[0] if path.stat().st_size else []  # lines end at "\n" only, not at a row's U+2028
+    if named := (rec.get("data") or {}).get("holdout_file"):
+        raise DataError(f"{Path(run_dir) / named} not found: the run in {run_dir} recorded no held-out rows")
+    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +197,17 @@ def _check_processes(out: Path, rec: dict[str, Any]) -> None:
                          "another output_dir")
 
 
+def check_clear_of_start(config: Config, out: Path, adapter: Path | None) -> None:
+    """output_dir must neither hold nor lie inside the start adapter (its run folder included): an overwrite would
+    remove the adapter, checkpoints and held-out rows GRPO starts from before it reads them."""
+    if not adapter:
+        return
+    out, start = out.resolve(), adapter.resolve()
+    if out == start or out in start.parents or start in out.parents:
+        raise OutputDirError(f"output_dir={config.output_dir!r} holds or lies inside init_adapter="
+                             f"{config.init_adapter!r} ({start}), which GRPO starts from: choose another output_dir")
+
+
 DATA_PARTS = {"train": "training rows", "holdout": "held-out rows", "questions": "questions"}  # what same_data names
 
 
@@ -215,10 +233,9 @@ def _differs(part: str, rows: list[Any], prints: dict[str, str], before: dict[st
         return before[f"{part}_sha256"] != prints[f"{part}_sha256"]
     if before.get(f"{part}_rows", len(rows)) != len(rows):  # train_rows, holdout_rows
         return True
-    held = out / (before.get("holdout_file") or "holdout.jsonl")
-    if part != "holdout" or not held.is_file():
+    if part != "holdout" or not holdout_file(out, {"data": before}):
         return False
-    return _stripped(read_file(held, "")[0] if held.stat().st_size else []) != _stripped(rows)
+    return _stripped(holdout_rows(out, {"data": before})) != _stripped(rows)
 
 
 def _stripped(rows: list[Any]) -> list[Any]:
@@ -237,22 +254,21 @@ RUN_FILES = ("adapter", "checkpoints", "holdout.jsonl", "loss.png", "rewards.png
              "mcq_predictions_base.jsonl", "mcq_predictions_finetuned.jsonl", "export")  # evaluate.VARIANTS' files
 
 
-def remove_run_files(out: Path) -> list[str]:
-    """Remove RUN_FILES from the run folder `out` (run.json, which the caller replaces first, and every other
-    file or folder stay: `out` may hold the user's own); returns the names removed."""
-    removed = []
-    for name in RUN_FILES:
-        path = out / name
+def replace_run(out: Path, rec: dict[str, Any]) -> None:
+    """overwrite, before the new run writes anything, where `out` holds a run: the new record `rec` replaces its
+    run.json first (a stop then leaves a prepared run, never a `complete` one without its adapter), then RUN_FILES go
+    (every other file or folder stays: `out` may hold the user's own)."""
+    if not (out / "run.json").is_file() and not (out / "checkpoints").is_dir():
+        return
+    files.atomic_write_json(out / "run.json", rec)
+    removed = [name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink()]  # a broken link too
+    for path in (out / name for name in removed):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
         else:
-            continue
-        removed.append(name)
+            path.unlink()
     if removed:
         log.info(f"overwrite: removed the old run's {', '.join(removed)} from {out}")
-    return removed
 
 
 def checkpoint_step(path: str | Path) -> int:

@@ -13,7 +13,6 @@ reader can inspect and change it; medr1 adds the checks, the guards and the run 
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from medr1 import data, distributed, files, plots, preflight, record
@@ -27,7 +26,11 @@ class Run(Stage):
     """A fine-tuning run's state across notebook cells: config, data, model, trainer, record (medr1.stage's
     run folder, resume, recording and saving; here what SFT adds: the rows, their losses, the card)."""
 
+    STAGE = "training"
+    STEP = distributed.SFT
     CARRIED = ("answers", "holdout_eval")  # the before-training answers and figures of an interrupted run
+    HISTORY, PLOT, TITLE = "losses", "loss.png", "training loss"
+    DRAW = staticmethod(plots.plot_losses)
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -35,8 +38,7 @@ class Run(Stage):
         split = self.split  # a resume on other rows is refused here, before the tokenizer and the model load
         prints = record.same_data(self.config, self.out, split.source, train=split.train, holdout=split.holdout)
         self._check_model()
-        data.check_control_text(split.holdout, self.tokenizer)
-        self.encoded, self.lengths = data.tokenize_rows(self.split.train, self.tokenizer, self.config)
+        self.encoded, self.lengths = data.tokenize_rows(split.train, self.tokenizer, self.config, split.holdout)
         self.history = None
         self.record = self._prepared({
             "source": split.source, "train_rows": len(split.train), "holdout_rows": len(split.holdout), **prints,
@@ -166,9 +168,6 @@ class Run(Stage):
     # -- what medr1.stage asks of a stage ------------------------------------------------------------
     def _steps(self) -> list[dict[str, Any]]:
         return self.history.records if self.history else []
-
-    def _draw(self, records: list[dict[str, Any]], path: Path, title: str) -> None:
-        plots.plot_losses(records, path, title)
 
     def _hold_out(self) -> None:
         if distributed.is_main():

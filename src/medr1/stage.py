@@ -17,15 +17,13 @@ from medr1.tokenizer import load_tokenizer
 
 
 class Stage:
-    """A training stage's run folder, record, model and trainer across notebook cells. Subclasses build
-    `self.record` (from `_prepared()`), and define `trainer()`, `_record_training(seconds)`, `_steps()` (the per-step
-    records so far, run.json's HISTORY) and `_draw(records, path, title)` (their plot); `_hold_out()` is optional.
-    Both stages' adapters (and checkpoints) get medr1's card, written from the record."""
+    """A training stage's run folder, record, model and trainer across notebook cells. Subclasses set STAGE (its name
+    in the logs), STEP (its optimizer step's knobs), HISTORY (run.json's per-step records) and PLOT, TITLE and DRAW
+    (their plot); build `self.record` (`_prepared()`); define `trainer()`, `_steps()` (the per-step records so far),
+    `_record_training(seconds)` and `_hold_out()` (before training: the held-out rows a later `medr1 evaluate`
+    compares on, into the run folder). Both stages' adapters (and checkpoints) get medr1's card, from the record."""
 
-    STAGE = "training"  # how the logs name the stage
     CARRIED: tuple[str, ...] = ()  # run.json fields a resumed run keeps from its interrupted record
-    HISTORY, PLOT, TITLE = "losses", "loss.png", "training loss"  # per-step records in run.json, their plot
-    STEP = distributed.SFT  # the config knobs of an optimizer step
 
     def __init__(self, config: Config):
         self._started = time.perf_counter()  # preparing the run: what run.json's prepare_s times
@@ -62,16 +60,15 @@ class Stage:
         self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
         return self.model, self.tokenizer
 
-    def add_lora(self, config: Config | None = None, source: str = ""):
-        """The model wrapped with LoRA adapters (a PeftModel) as `config` (the run's) says; logs what trains."""
+    def add_lora(self, source: str = ""):
+        """The model wrapped with LoRA adapters (a PeftModel) as the config says; logs what trains."""
         from medr1.model import add_lora
 
         self._need_model()
-        config = config or self.config
-        self.model = add_lora(self.model, config)
+        self.model = add_lora(self.model, self.config)
         trainable, total = self.model.get_nb_trainable_parameters()  # peft's: 4-bit weights counted unpacked
         self.record["trainable_parameters"] = trainable
-        log.info(f"LoRA r={config.lora_r}{source}: {trainable:,} trainable of {total:,} parameters "
+        log.info(f"LoRA r={self.config.lora_r}{source}: {trainable:,} trainable of {total:,} parameters "
                  f"({100 * trainable / total:.2f}%)")
         return self.model
 
@@ -95,8 +92,7 @@ class Stage:
                 del self._trainer.train
                 self.session = True
             return
-        self._replace_old_run()
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)  # trainer() replaced an old run (overwrite) already
         self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
                            hardware=record.hardware())
         self._hold_out()
@@ -159,7 +155,7 @@ class Stage:
         if not records and not (self.complete and path.exists()):
             raise RuntimeError(f"no {self.HISTORY} yet: train first")
         if records and distributed.is_main() and not self.complete:
-            self._draw(records, path, f"medr1 {self.config.preset}: {self.TITLE}")
+            self.DRAW(records, path, f"medr1 {self.config.preset}: {self.TITLE}")
         return path
 
     # -- for the subclasses ---------------------------------------------------------------------------
@@ -217,15 +213,14 @@ class Stage:
         return checkpoints
 
     def _keep_training(self, seconds: float, figures: dict[str, Any]) -> dict[str, Any]:
-        """run.json after training: status `trained`, the figures (every stage's, then the stage's `figures`), the
-        arguments the trainer really used, and its per-step history. Returns the figures as recorded."""
+        """run.json after training: status `trained`, the figures (every stage's, then the stage's `figures`, then
+        recording()'s: the arguments the trainer really used), and its per-step history. Returns the figures."""
         import torch
 
         peak = round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None
         stats = {"train_s": self._time_training(seconds), "session_s": round(seconds, 2),
-                 "steps": int(self._trainer.state.global_step), **figures,
-                 "peak_gib": peak, "resumed_from": Path(self.resume_from).name if self.resume_from else None,
-                 "args_used": self.record["train"]["args_used"]}
+                 "steps": int(self._trainer.state.global_step), **figures, "peak_gib": peak,
+                 "resumed_from": Path(self.resume_from).name if self.resume_from else None, **self.record["train"]}
         self.record.update({"status": "trained", "train": stats, self.HISTORY: self._steps()})
         self._write_record()
         return stats
@@ -253,17 +248,11 @@ class Stage:
         return self.record["timings"]["train_s"]
 
     def _replace_old_run(self) -> None:
-        """overwrite, before this run writes anything: its record replaces the old one first (a stop then leaves a
-        prepared run, never a `complete` one without its adapter), then the old run's own files go (if it is one)."""
+        """overwrite, once, before this run writes anything: its record replaces the old run (`record.replace_run`)."""
         if self._replaced or not self.config.overwrite or not distributed.is_main():
             return
         self._replaced = True
-        if (self.out / "run.json").is_file() or (self.out / "checkpoints").is_dir():
-            files.atomic_write_json(self.out / "run.json", self.record)
-            record.remove_run_files(self.out)
-
-    def _hold_out(self) -> None:
-        """Before training: put the held-out rows a later `medr1 evaluate` compares on into the run folder."""
+        record.replace_run(self.out, self.record)
 
     def _trained_adapter(self, *args: Any, **kwargs: Any) -> None:
         """`trainer.train` of a complete run resumed: the saved adapter's weights into add_lora's LoRA (new, or GRPO's

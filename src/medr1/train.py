@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from medr1.config import Config, hint, lower_rate
+from medr1.config import Config, hint
 from medr1.distributed import SFT, Step
 from medr1.files import usual_modes
 from medr1.log import log
 from medr1.model import torch_dtype
 from medr1.preflight import reachable
+from medr1.record import retrain_advice
 
 
 def wandb_key() -> str | None:
@@ -147,9 +148,8 @@ def divergence(trainer, model, config: Config, knob: str, err: BaseException | N
     bf16 = f" or train in bf16 ({hint('precision', 'bf16')}) where the GPU has it" if (
         trainer is not None and trainer.args.fp16) else ""
     stopped = f" (stopped by {type(err).__name__}: {(str(err).splitlines() or [''])[0]})" if outputs else ""
-    lower = lower_rate(knob, getattr(config, knob))
     return found, (f"training diverged{at}: {found['what']} went NaN or infinite{stopped}, so no adapter is saved; "
-                   f"lower the learning rate ({lower}){bf16}, with another output_dir or {hint('overwrite')}")
+                   f"lower the learning rate {retrain_advice(knob, getattr(config, knob), bf16)}")
 
 
 @dataclass

@@ -17,8 +17,7 @@ from medr1.log import log
 from medr1.presets import VERIFIABLE_FIXTURE
 
 FIELDS = ("Open-ended Verifiable Question", "Ground-True Answer")
-FIXTURE = VERIFIABLE_FIXTURE  # the bundled questions
-FIXTURE_PATH = data.resolve_path(FIXTURE)
+FIXTURE_PATH = data.resolve_path(VERIFIABLE_FIXTURE)  # the bundled questions
 
 
 def load_questions(config: Config) -> tuple[list[dict[str, str]], str, dict[str, Any]]:
