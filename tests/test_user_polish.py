@@ -496,6 +496,19 @@ def test_auto_under_unsloth_force_cpu_gives_that_reason(monkeypatch):
     assert resolve_preset("auto", cuda=False)[1].startswith("no CUDA GPU and ")
 
 
+def test_auto_under_unsloth_force_cpu_names_it_when_it_looks_for_the_gpu_itself(monkeypatch):
+    """The path users take (no `cuda` given): torch sees a GPU, UNSLOTH_FORCE_CPU=1 keeps the model off it, and the
+    reason said "no CUDA GPU" because the GPU lookup already answers None under the flag."""
+    import torch
+
+    from medr1.presets import resolve_preset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("UNSLOTH_FORCE_CPU", "1")
+    name, why = resolve_preset("auto")
+    assert name == "smoke" and why.startswith("UNSLOTH_FORCE_CPU=1 and ") and "no CUDA GPU" not in why
+
+
 def test_checkpoint_cards_show_the_optimizer_the_trainer_used(smoke_run):
     """A checkpoint's card said the configured optimizer (adamw_torch) while the trainer ran Unsloth's swap
     (adamw_torch_fused): what the trainer uses is known when it is built, before the first checkpoint."""

@@ -82,11 +82,13 @@ def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None
         raise ConfigError(f"unknown preset {name!r}; valid presets: {list(PRESET_NAMES)}")
     if name != "auto":
         return name, "asked for"
+    if os.environ.get("UNSLOTH_FORCE_CPU") == "1":  # before the GPU lookup, which answers None under the flag
+        return _cpu_preset("UNSLOTH_FORCE_CPU=1")
     if cuda is None:
         gpu_gib = free_gpu_gib(total=True)
         cuda = gpu_gib is not None
-    if not cuda or os.environ.get("UNSLOTH_FORCE_CPU") == "1":
-        return _cpu_preset("no CUDA GPU" if not cuda else "UNSLOTH_FORCE_CPU=1")
+    if not cuda:
+        return _cpu_preset("no CUDA GPU")
     if gpu_gib is not None and gpu_gib >= FAST_MIN_GIB:
         return "fast", f"CUDA GPU with {gpu_gib:.0f} GiB (>= {FAST_MIN_GIB:.0f}): packed, many tokens per step"
     return "colab-t4", f"CUDA GPU with {gpu_gib or 0:.0f} GiB (< {FAST_MIN_GIB:.0f}): the seed recipe"
