@@ -372,6 +372,29 @@ def test_a_rival_ruled_out_after_a_comma_is_no_second_candidate(answer):
 
 
 @pytest.mark.parametrize("answer", [
+    "Not pericarditis, myocardial infarction.", "Not pericarditis or pulmonary embolism, myocardial infarction.",
+    "Myocardial infarction, no pericarditis or pulmonary embolism.",
+    "Myocardial infarction, not pericarditis or pulmonary embolism.",
+    "Myocardial infarction, not pericarditis nor pulmonary embolism.",
+    "Myocardial infarction, not pericarditis or pulmonary embolism, and not aortic dissection.",
+    "Myocardial infarction (not pericarditis or pulmonary embolism)."])
+def test_rivals_ruled_out_before_the_answer_or_by_one_not_are_no_candidates(answer):
+    """"Not Y, X" and "X, not Y or Z" were "several candidates": the "not" rules out each rival it heads, so a
+    decisive answer that sets aside its rivals earned nothing and GRPO would have trained that habit away."""
+    assert rewards.judge(answer, "Myocardial infarction") == rewards.Verdict(True, "match")
+
+
+@pytest.mark.parametrize("answer", [
+    "Pericarditis, not aortic dissection, myocardial infarction.", "Myocardial infarction, not pericarditis or "
+    "pulmonary embolism, and aortic dissection.", "Not pericarditis, aortic dissection or myocardial infarction.",
+    "Myocardial infarction or pericarditis, not aortic dissection.", "Myocardial infarction, not sure or pericarditis.",
+    "Not only pericarditis, myocardial infarction."])
+def test_a_rival_beside_a_ruled_out_one_is_still_a_candidate(answer):
+    """Setting one rival aside does not set aside the candidate listed before or after it."""
+    assert rewards.judge(answer, "Myocardial infarction") == rewards.Verdict(False, "several candidates")
+
+
+@pytest.mark.parametrize("answer", [
     "Myocardial infarction, no, pericarditis.", "Myocardial infarction, no. It is pericarditis.",
     "Myocardial infarction, no wait, pericarditis.", "Myocardial infarction, never mind, pericarditis.",
     "Myocardial infarction, not sure, maybe pericarditis", "Myocardial infarction, not excluding pericarditis",

@@ -111,6 +111,7 @@ EXPLAINS = (LINKING - PREPOSITIONS - COMMENTS) | CLAUSE_WORDS | PLURAL_VERBS | C
 PASSIVE = re.compile(r" (may|could|might) be \w+[^e]ed(?= )")  # "This could be confirmed by TRAb" explains: no hedge
 NAMING = re.compile("|".join(rf" {re.escape(c)}(?= )" for c in CUES["naming"]))  # "Y is the alternative" names Y
 # "X, not Y" rules Y out when a name follows the cue; "X, not sure, Y", "X, not excluding Y", "X, no, Y" do not.
+ALTERNATIVES = _cues("or", "nor")  # "not Y or Z": the one "not" rules out both
 RULING_OUT, UNSURE = _cues("not", "no", "rather than", "instead of", "other than"), _cues(
     "sure", "certain", "only", "just", "excluding", "ruling", "wait", "mind", "necessarily", "yet", "that")
 RETRACTIONS = _cues("no wait", "never mind", "actually", "i mean", "scratch that", "on second thought")
@@ -180,6 +181,22 @@ def _ruled_out(item: list[str]) -> bool:
     return bool(rest) and rest[0].isalpha() and rest[0] not in UNSURE
 
 
+def _item_end(words: list[str], j: int) -> int:
+    """Where the list item starting at `j` ends; one that rules out ("not Y or Z") runs through its "or"/"nor"."""
+    nxt = _walk(words, j, 1, ITEM_END)
+    if nxt > j and _ruled_out(words[j:nxt]):
+        while _at(words, nxt) in ALTERNATIVES and (after := _walk(words, nxt + 1, 1, ITEM_END)) > nxt + 1:
+            nxt = after
+    return nxt
+
+
+def _ruled_out_spans(words: list[str]) -> list[tuple[int, int]]:
+    """The items that rule candidates out ("Not Y, X", "X, not Y or Z", "X (not Y or Z)"), as (start, end): each
+    opens the segment or follows a list word or a break, and its "or" offers no rival."""
+    starts = (c for c in range(len(words)) if c == 0 or words[c - 1] in LIST_WORDS or words[c - 1] == BREAK)
+    return [(c, e) for c in starts if _ruled_out(words[c:(e := _item_end(words, c))])]
+
+
 def _retracted(words: list[str]) -> bool:
     """After the answer, a word that takes it back ("X, no, Y", "X. Actually, Y.", "X, never mind, Y")."""
     return _has(words, RETRACTIONS) or any(w == "no" and _at(words, k + 1) in (COMMA, STOP, LINE, None)
@@ -193,15 +210,21 @@ def _listed(words: list[str], start: int, end: int) -> bool:
     ends_item = LIST_WORDS | PLURAL_VERBS | {BREAK, None}  # what may follow the last item (None: the end)
     if _at(words, end) in LIST_WORDS:
         j = _walk(words, end, 1, LIST_WORDS, inside=True)
-        nxt = _walk(words, j, 1, ITEM_END)
+        nxt = _item_end(words, j)
         while nxt > j and _ruled_out(words[j:nxt]) and _at(words, nxt) in LIST_WORDS:  # "X, not Y, and Z": Z next
             j = _walk(words, nxt, 1, LIST_WORDS, inside=True)
-            nxt = _walk(words, j, 1, ITEM_END)
+            nxt = _item_end(words, j)
         if nxt > j and _at(words, nxt) in ends_item and not _ruled_out(words[j:nxt]):
             return True
     if _at(words, start - 1) not in LIST_WORDS or _at(words, end) not in ends_item:
         return False
     j = _walk(words, start - 1, -1, LIST_WORDS, inside=True)
+    for c, e in reversed(_ruled_out_spans(words[:j + 1])):  # "Not Y, X": Y is no candidate; "W, not Y, X": W is
+        if e != j + 1:
+            break
+        if c == 0:
+            return False
+        j = _walk(words, c - 1, -1, LIST_WORDS, inside=True)
     return _walk(words, j, -1, ITEM_END) != j
 
 
@@ -260,7 +283,9 @@ def judge(answer: str, truth: str) -> Verdict:
     if _retracted(words[min(j for _, j in spans):]):
         return Verdict(False, "several candidates")
     for s, i, j in found:  # "or" around the mention, a list, a hedge in another clause ("X, but Y is possible")
-        rest, clauses = s[:i] + s[j:], s[:_walk(s, i - 1, -1, CLAUSE_WORDS) + 1] + s[_walk(s, j, 1, CLAUSE_WORDS):]
+        ruled = {k for c, e in _ruled_out_spans(s) for k in range(c, e)}  # "X, not Y or Z": that "or" is no hedge
+        rest = [w for k, w in enumerate(s) if not (i <= k < j or k in ruled)]
+        clauses = s[:_walk(s, i - 1, -1, CLAUSE_WORDS) + 1] + s[_walk(s, j, 1, CLAUSE_WORDS):]
         k, e = _walk(s, i - 1, -1, CLAUSE_END), _walk(s, j, 1, CLAUSE_END)  # conceded: "Although X is possible, Y"
         conceded = _at(s, k) in CONCESSIVE and (e < len(s) - 1 or _has(s[k:e], RIVAL_HEDGES))
         if DISJUNCTIONS & set(rest) or _listed(s, i, j) or _has(clauses, RIVAL_HEDGES) or conceded:
