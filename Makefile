@@ -37,8 +37,9 @@ help:
 	@echo "make test                                                  every test (CPU, offline)"
 	@echo "make sync | lint | bench"
 
-# GPU: requirements.txt. CPU: torch's CPU build, the HF stack, and unsloth without its GPU-only needs.
-$(VENV)/.installed: requirements.txt requirements-cpu.txt pyproject.toml
+# GPU: requirements.txt (requirements-colab.txt and the headless tools). CPU: torch's CPU build, the HF stack, and
+# unsloth without its GPU-only needs.
+$(VENV)/.installed: requirements.txt requirements-colab.txt requirements-cpu.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 ifeq ($(HAVE_GPU),1)
 	$(BIN)/pip install -q -r requirements.txt 2>&1 | $(QUIET_PIP)

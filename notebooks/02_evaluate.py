@@ -35,13 +35,15 @@
 # `answer_idx`). Results go to `eval.json` and `eval.png` in the run's folder.
 
 # %% tags=["skip-execution"]
-# Install (Colab only; headless runs install from requirements.txt). Colab's own torch is kept.
+# Install (Colab only; headless runs install requirements.txt). Colab's own torch and kernel are kept.
 import importlib
 import sys
 
 if "google.colab" in sys.modules:
     get_ipython().system("git clone -q --depth 1 https://github.com/medr1/medr1 /content/medr1")  # noqa: F821
-    get_ipython().run_line_magic("pip", "install -q -r /content/medr1/requirements.txt -e /content/medr1")  # noqa: F821
+    # the runtime only: Colab's own kernel stays (google-colab pins ipykernel; replacing it live can crash it)
+    runtime = "-r /content/medr1/requirements-colab.txt -e /content/medr1"
+    get_ipython().run_line_magic("pip", f"install -q {runtime}")  # noqa: F821
     # The editable install's .pth is read when Python starts: put medr1 on this kernel's path now.
     sys.path.insert(0, "/content/medr1/src")
     importlib.invalidate_caches()
@@ -50,36 +52,35 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-run_dir: str = ""  # output folder of a training run; empty: train a smoke run first (tiny offline model, CPU, seconds)
+run_dir: str = ""  # output folder of a training run; empty: the newest complete run under outputs/, else a smoke run
 mcq_file: str = ""  # multiple-choice questions: JSON list or JSONL of {question, options, answer_idx}; empty: skip
 max_rows: int = 0  # held-out rows to evaluate; 0: all the run kept out
 max_questions: int = 0  # multiple-choice questions to use; 0: all
 max_new_tokens: int = 0  # generation budget per answer; 0: the run's max_new_tokens
 batch_size: int = 0  # rows generated together; 0: as many as free GPU memory holds
 samples: int = 0  # sampled answers per question (R1's temperature 0.6, top_p 0.95, seeded); 0: greedy
+engine: str = "auto"  # auto | medr1 (the batched decoder) | hf (model.generate in batches, for any model)
 show_rows: int = 3  # questions in the side-by-side table
 overwrite: bool = False  # replace the run's earlier evaluation (eval.json); else it stops here, before any load
 
 # %% [markdown]
 # ## The run to evaluate
 # Seconds, before any model loads: a mistyped parameter (`papermill -p`), a run folder without an adapter or
-# a multiple-choice file with a bad question stops here with one line. With no `run_dir`, a smoke run is
-# trained here first, so the notebook runs anywhere.
+# a multiple-choice file with a bad question stops here with one line. With no `run_dir`, the newest complete run
+# under `outputs/` is evaluated (01's, after "Run all" there); where there is none, a smoke run is trained here
+# first, so the notebook runs anywhere, and said loudly.
 
 # %%
-from medr1 import build_config
-from medr1.notebook import notebook_parameters, short_errors
+from medr1.notebook import notebook_parameters, run_to_use, short_errors
 
 short_errors()  # a medr1 error shows as its one line, not a traceback
 notebook_parameters(globals())  # a mistyped name stops; `-p merged false` is False
 
 from medr1.evaluate import Evaluation
-from medr1.run import train
 
-if not run_dir:
-    run_dir = str(train(build_config("smoke", {"max_steps": 10})).out)
+run_dir = run_to_use(run_dir, "evaluating")
 ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, mcq_file=mcq_file,
-                samples=samples, overwrite=overwrite)
+                samples=samples, engine=engine, overwrite=overwrite)
 
 # %% [markdown]
 # ## Load the base model and the adapter (once)

@@ -36,13 +36,15 @@
 # environment or in Colab's secrets (the key icon); it is never a parameter and never printed.
 
 # %% tags=["skip-execution"]
-# Install (Colab only; headless runs install from requirements.txt). Colab's own torch is kept.
+# Install (Colab only; headless runs install requirements.txt). Colab's own torch and kernel are kept.
 import importlib
 import sys
 
 if "google.colab" in sys.modules:
     get_ipython().system("git clone -q --depth 1 https://github.com/medr1/medr1 /content/medr1")  # noqa: F821
-    get_ipython().run_line_magic("pip", "install -q -r /content/medr1/requirements.txt -e /content/medr1")  # noqa: F821
+    # the runtime only: Colab's own kernel stays (google-colab pins ipykernel; replacing it live can crash it)
+    runtime = "-r /content/medr1/requirements-colab.txt -e /content/medr1"
+    get_ipython().run_line_magic("pip", f"install -q {runtime}")  # noqa: F821
     # The editable install's .pth is read when Python starts: put medr1 on this kernel's path now.
     sys.path.insert(0, "/content/medr1/src")
     importlib.invalidate_caches()
@@ -51,7 +53,7 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-run_dir: str = ""  # output folder of a training run; empty: train a smoke run first (tiny offline model, CPU, seconds)
+run_dir: str = ""  # output folder of a training run; empty: the newest complete run under outputs/, else a smoke run
 export_dir: str = ""  # where the exports go; empty: <run_dir>/export
 overwrite: bool = False  # replace export folders that already hold files
 merged: bool = True  # also save base + adapter merged into 16-bit weights (about 16 GB for an 8B model)
@@ -64,21 +66,19 @@ private: bool = True  # a new hub repository is private unless this is False
 # ## The run to export, and the whole plan checked first
 # Seconds, before anything is written: a mistyped parameter (`papermill -p`), an unknown GGUF quantization, a
 # destination that holds files, too little disk space, or a push without a token stops here with one line
-# (where llama.cpp cannot be had, one line says so and GGUF is left out). With no `run_dir`, a smoke run is
-# trained here first, so the notebook runs anywhere.
+# (where llama.cpp cannot be had, one line says so and GGUF is left out). With no `run_dir`, the newest complete
+# run under `outputs/` is exported (01's, after "Run all" there); where there is none, a smoke run is trained here
+# first, so the notebook runs anywhere, and said loudly; with `push_repo` set, it stops instead.
 
 # %%
-from medr1 import build_config
-from medr1.notebook import notebook_parameters, short_errors
+from medr1.notebook import notebook_parameters, run_to_use, short_errors
 
 short_errors()  # a medr1 error shows as its one line, not a traceback
 notebook_parameters(globals())  # a mistyped name stops; `-p merged false` is False
 
 from medr1.export import Export
-from medr1.run import train
 
-if not run_dir:
-    run_dir = str(train(build_config("smoke", {"max_steps": 10})).out)
+run_dir = run_to_use(run_dir, "exporting", smoke=not push_repo)
 exp = Export(run_dir, export_dir, overwrite=overwrite)
 plan = exp.plan(verify=True, merged=merged, gguf=gguf, push_repo=push_repo, push_what=push_what, strict=False)
 

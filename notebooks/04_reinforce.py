@@ -39,13 +39,15 @@
 # on a tiny random model in seconds; it can only learn to stop early, which is what its reward plot shows.
 
 # %% tags=["skip-execution"]
-# Install (Colab only; headless runs install from requirements.txt). Colab's own torch is kept.
+# Install (Colab only; headless runs install requirements.txt). Colab's own torch and kernel are kept.
 import importlib
 import sys
 
 if "google.colab" in sys.modules:
     get_ipython().system("git clone -q --depth 1 https://github.com/medr1/medr1 /content/medr1")  # noqa: F821
-    get_ipython().run_line_magic("pip", "install -q -r /content/medr1/requirements.txt -e /content/medr1")  # noqa: F821
+    # the runtime only: Colab's own kernel stays (google-colab pins ipykernel; replacing it live can crash it)
+    runtime = "-r /content/medr1/requirements-colab.txt -e /content/medr1"
+    get_ipython().run_line_magic("pip", f"install -q {runtime}")  # noqa: F821
     # The editable install's .pth is read when Python starts: put medr1 on this kernel's path now.
     sys.path.insert(0, "/content/medr1/src")
     importlib.invalidate_caches()

@@ -216,3 +216,44 @@ def test_wandb_local_logs_are_ignored_by_git():
     for path in ("wandb/run-1/files/output.log", "notebooks/wandb/run-1/files/output.log"):
         done = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo, capture_output=True, text=True)
         assert done.returncode == 0, f"{path} is not ignored by .gitignore"
+
+
+KERNEL_PACKAGES = ("ipykernel", "ipython", "jupyter_client", "jupyter-client", "tornado", "pyzmq", "prompt_toolkit",
+                   "prompt-toolkit")
+
+
+def _requirements(path: Path) -> list[str]:
+    """The package names a requirements file installs, following `-r` includes."""
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            names += _requirements(path.parent / line[3:].strip())
+        elif line and not line.startswith("-"):
+            names.append(re.split(r"[<>=!~\[ ;]", line)[0].lower())
+    return names
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.name)
+def test_the_colab_install_keeps_colabs_own_kernel(py):
+    """The Colab cell installed requirements.txt, which pins ipykernel (for papermill and nbmake): google-colab pins
+    its own, and replacing the kernel's packages in a live runtime can crash it. Colab gets the runtime alone."""
+    import shlex
+    import subprocess
+    import sys
+
+    nb = nbformat.read(py.with_suffix(".ipynb"), as_version=4)
+    cell = next(c for c in nb.cells if "skip-execution" in c.metadata.get("tags", []))
+    recorder = COLAB_KERNEL.replace("def run_line_magic(self, *args, **kwargs): pass",
+                                    "def run_line_magic(self, magic, line): print('PIP', line)")
+    done = subprocess.run([sys.executable, "-c", recorder], input=cell.source, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    words = shlex.split(next(line for line in done.stdout.splitlines() if line.startswith("PIP "))[4:])
+    files = [words[i + 1] for i, w in enumerate(words) if w == "-r"]
+    assert files, words
+    root = Path(__file__).parent.parent
+    names = [n for f in files for n in _requirements(root / Path(f).relative_to("/content/medr1"))]
+    assert not set(names) & set(KERNEL_PACKAGES), names
+    assert {"unsloth", "trl", "peft", "transformers", "datasets", "bitsandbytes", "wandb"} <= set(names), names
+    assert set(_requirements(root / "requirements.txt")) >= {*names, "papermill", "nbmake", "jupytext", "ipykernel"}

@@ -1,6 +1,6 @@
 """02_evaluate and 03_export run headless through papermill's Python API, with parameters, on a smoke run.
 
-Their plain run (no parameters: each trains its own smoke run first) happens through nbmake.
+Their plain run happens through nbmake: with no run_dir, each takes the newest complete run under outputs/ (01's).
 """
 
 import json
@@ -74,3 +74,54 @@ def test_export_notebook_checks_the_base_before_it_writes(run_copy, tmp_path):
         _execute("03_export.ipynb", tmp_path / "03.ipynb", {"run_dir": str(run), "merged": False, "gguf": ""})
     assert "ModelError" in str(info.value) and "does not exist" in str(info.value)
     assert not (run / "export").exists()
+
+
+def _finished(source: Path, run: Path, when: str, status: str = "complete") -> Path:
+    """A copy of the run `source` (without its evaluation and exports) as `run`, finished at `when`."""
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("eval.*", "mcq_*", "export"))
+    rec = json.loads((run / "run.json").read_text())
+    rec.update(finished=when, status=status)
+    (run / "run.json").write_text(json.dumps(rec))
+    return run
+
+
+def test_without_run_dir_the_evaluate_notebook_takes_the_newest_complete_run(run_copy, tmp_path):
+    """"Run all" on 02 after 01 without pasting run_dir evaluated a smoke run trained on the spot (a tiny random
+    model) as if it were the user's; it takes the newest complete run under outputs/ now. And `engine`, which 02's
+    own batch-size error told users to set, is a parameter."""
+    import papermill
+
+    outputs = tmp_path / "work" / "outputs"
+    older = _finished(run_copy, outputs / "older", "2026-12-01T10:00:00+00:00")
+    newest = _finished(run_copy, outputs / "newest", "2026-12-02T10:00:00+00:00")
+    unfinished = _finished(run_copy, outputs / "unfinished", "2026-12-03T10:00:00+00:00", "training")
+    nb = papermill.execute_notebook(str(NOTEBOOKS / "02_evaluate.ipynb"), str(tmp_path / "02.ipynb"),
+                                    cwd=str(tmp_path / "work"), kernel_name="python3", progress_bar=False,
+                                    parameters={"engine": "hf", "max_rows": 2, "max_new_tokens": 4, "show_rows": 1})
+    assert not (older / "eval.json").exists() and not (unfinished / "eval.json").exists()
+    results = json.loads((newest / "eval.json").read_text())
+    assert all("engine='hf'" in speed["how"] for speed in results["speed"].values()), results["speed"]
+    assert sorted(p.name for p in outputs.iterdir()) == ["newest", "older", "unfinished"]  # no smoke run trained
+    assert f"evaluating the newest complete run under {outputs}" in _text(nb)
+
+
+def test_the_export_notebook_never_pushes_a_smoke_run_it_trained_itself(tmp_path):
+    """03 with push_repo set and no run_dir trained a tiny random model and pushed it to the user's repository;
+    with no run under outputs/ it stops before training, naming run_dir."""
+    import papermill
+
+    (tmp_path / "work").mkdir()
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(str(NOTEBOOKS / "03_export.ipynb"), str(tmp_path / "03.ipynb"),
+                                   cwd=str(tmp_path / "work"), kernel_name="python3", progress_bar=False,
+                                   parameters={"push_repo": "you/medr1-lora", "merged": False, "gguf": ""})
+    assert "ConfigError" in str(info.value) and "give run_dir" in str(info.value)
+    assert list((tmp_path / "work").iterdir()) == []  # nothing trained, nothing written
+
+
+def test_a_bad_engine_stops_the_evaluation_before_any_load(run_copy):
+    from medr1.errors import ConfigError
+    from medr1.evaluate import Evaluation
+
+    with pytest.raises(ConfigError, match=r"engine='hff' \(--engine\): one of \['auto', 'medr1', 'hf'\]"):
+        Evaluation(run_copy, engine="hff")

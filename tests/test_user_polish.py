@@ -517,3 +517,18 @@ def test_checkpoint_cards_show_the_optimizer_the_trainer_used(smoke_run):
     row = f"| optimizer | {used}{f' (configured: {configured})' if used != configured else ''} |"
     cards = sorted((smoke_run.out / "checkpoints").glob("checkpoint-*/README.md"))
     assert cards and all(row in card.read_text() for card in cards), row
+
+
+def test_a_relative_data_path_not_found_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A notebook runs in notebooks/ (papermill --cwd notebooks, Colab's /content): a path copied relative to the
+    repository was "file not found" with no word of where medr1 looked."""
+    from medr1.data import load_rows
+    from medr1.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as info:
+        load_rows("src/medr1/assets/medical_tiny.jsonl")
+    assert f"data_path: file not found: src/medr1/assets/medical_tiny.jsonl (relative to {tmp_path})" in str(info.value)
+    with pytest.raises(DataError) as info:
+        load_rows(tmp_path / "gone.jsonl")
+    assert str(info.value) == f"data_path: file not found: {tmp_path / 'gone.jsonl'}"  # an absolute path says itself

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from medr1 import distributed, files, mcq, plots, preflight, prompts, record
 from medr1.data import encode_rows
 from medr1.errors import ConfigError, DataError, OutputDirError
-from medr1.infer import Sampling, Stats, generate_many
+from medr1.infer import ENGINES, Sampling, Stats, generate_many
 from medr1.llama import shape_limits
 from medr1.log import log
 from medr1.mcq import share
@@ -91,6 +91,8 @@ class Evaluation:
     def __init__(self, run_dir: str | Path, *, max_rows: int = 0, max_new_tokens: int = 0, batch_size: int = 0,
                  mcq_file: str | Path = "", samples: int = 0, engine: str = "auto", overwrite: bool = False):
         _counts(max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples)
+        if engine not in ENGINES:  # now, not after the models load
+            raise ConfigError(f"engine={engine!r} (--engine): one of {list(ENGINES)}")
         self.run_dir, self.overwrite = Path(run_dir).expanduser(), overwrite
         if (self.run_dir / "eval.json").exists() and not overwrite:  # hours of MCQ answers, and the card's figures
             raise OutputDirError(f"{self.run_dir / 'eval.json'} holds an earlier evaluation; pass overwrite=True "

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import ast
 import sys
+from pathlib import Path
 from typing import Any
 
 from medr1.config import Config, build_config, check_parameters, coerce, knob_names
-from medr1.errors import MedR1Error
+from medr1.errors import ConfigError, MedR1Error
+from medr1.log import log
+from medr1.record import read_record
+
+OUTPUTS = Path("outputs")  # where notebook 01 writes a run by default (output_dir=""), from the notebook's folder
 
 
 def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +45,28 @@ def notebook_parameters(namespace: dict[str, Any]) -> None:
     check_parameters(given, hints)
     for name, value in given.items():
         namespace[name] = coerce(name, value, hints[name])
+
+
+def run_to_use(run_dir: str, doing: str, smoke: bool = True) -> str:
+    """The run notebooks 02 and 03 work on: `run_dir`, or where it is empty the newest complete run under outputs/
+    ("Run all" after 01 in one runtime finds 01's run), else, with `smoke`, a smoke run trained here (a tiny random
+    model, seconds: it shows the notebook, nothing more), said loudly so no one mistakes it for theirs."""
+    if run_dir:
+        return run_dir
+    runs = [(rec.get("finished") or "", found.stat().st_mtime, found.parent) for found in OUTPUTS.glob("*/run.json")
+            if (rec := read_record(found.parent, or_empty=True)).get("status") == "complete"]
+    if runs:
+        newest = max(runs)[2]
+        log.info(f"run_dir is empty: {doing} the newest complete run under {OUTPUTS.resolve()}: {newest}")
+        return str(newest)
+    why = f"run_dir is empty and {OUTPUTS.resolve()} holds no complete run"
+    if not smoke:
+        raise ConfigError(f"{why}: give run_dir, the output folder notebook 01 printed (a smoke run is never pushed)")
+    log.warning(f"{why}: training a smoke run (a tiny random model) to show this notebook; it is not yours: set "
+                f"run_dir to the output folder of your training run")
+    from medr1.run import train
+
+    return str(train(build_config("smoke", {"max_steps": 10})).out)
 
 
 def short_errors() -> bool:

@@ -26,8 +26,9 @@ def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]
     skipped; a .json in JSON Lines layout (`Dataset.to_json`'s default, which `datasets` reads too) is read as one."""
     path = Path(path).expanduser()
     name = f"{what}: {path}" if what else str(path)
-    if not path.exists():
-        raise DataError(f"{what}: file not found: {path}" if what else f"{path}: file not found")
+    if not path.exists():  # a relative path says where it was looked for: a notebook runs in notebooks/
+        here = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise DataError(f"{what}: file not found: {path}{here}" if what else f"{path}: file not found{here}")
     if path.is_dir():
         raise DataError(f"{name} is a folder; give a .json, .jsonl, .csv or .parquet file")
     suffix = path.suffix.lower()
