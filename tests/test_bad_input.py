@@ -281,6 +281,42 @@ def test_an_adapter_or_checkpoint_as_model_name_is_refused_by_every_stage(tmp_pa
     assert not (tmp_path / "g").exists()
 
 
+def _a_t4(monkeypatch):
+    """What torch says on a Colab T4: CUDA, compute capability 7.5, and is_bf16_supported() True (emulated bf16)."""
+    import torch
+
+    monkeypatch.delenv("UNSLOTH_FORCE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+
+
+def test_auto_precision_on_a_t4_is_fp16(monkeypatch):
+    """precision=auto took torch's is_bf16_supported(), which says True on a T4 (it emulates bf16): Unsloth loads
+    the model in fp16 there (it goes by compute capability 8+), and its trainer, asked for bf16, stopped with a
+    TypeError before the first step: the seed recipe crashed on its own card."""
+    import torch
+
+    from medr1.model import torch_dtype
+
+    _a_t4(monkeypatch)
+    assert torch_dtype("auto") == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
+    assert torch_dtype("auto") == torch.bfloat16
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_before_the_load(monkeypatch):
+    from medr1 import build_config, preflight
+
+    _a_t4(monkeypatch)
+    with pytest.raises(ConfigError) as info:
+        preflight.check(build_config("smoke", {"precision": "bf16"}, quiet=True))
+    message = str(info.value)
+    assert message.startswith("precision='bf16' needs a GPU of compute capability 8 or more") and "Tesla T4" in message
+    assert "precision='fp16'" in message
+
+
 def test_fp16_on_a_cpu_is_refused(tmp_path, monkeypatch):
     """Unsloth's CPU path loaded bf16 for fp16 while run.json said fp16 and the trainer ran fp16=True."""
     import torch

@@ -18,16 +18,17 @@ from medr1.config import Config, hint
 from medr1.errors import ModelError
 from medr1.log import log
 from medr1.preflight import model_path as resolve_model_path
+from medr1.speed.sizing import native_bf16
 from medr1.tokenizer import load_tokenizer
 
 
 def torch_dtype(precision: str = "auto") -> torch.dtype:
-    """The one precision rule: bf16 where the GPU supports it, else fp16 (a T4); fp32 on a CPU."""
+    """The one precision rule: bf16 where the GPU computes in it (Ampere on), else fp16 (a T4); fp32 on a CPU."""
     fixed = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if precision in fixed:
         return fixed[precision]
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float16
     return torch.float32
 
 

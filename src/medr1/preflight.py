@@ -22,7 +22,7 @@ from medr1.log import log
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
 from medr1.record import run_of
 from medr1.smollm import model_path as smollm_path
-from medr1.speed.sizing import on_gpu
+from medr1.speed.sizing import native_bf16, on_gpu
 from medr1.tiny import tiny_model_path
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\")  # a model_name starting so means a folder, never a hub id
@@ -35,6 +35,13 @@ def check(config: Config, weights: bool = True) -> dict[str, Any]:
     if config.precision == "fp16" and not on_gpu():  # Unsloth's CPU path would load bf16, the trainer cannot amp fp16
         raise ConfigError(f"precision='fp16' needs a CUDA GPU and this run is on the CPU; "
                           f"{hint('precision', 'fp32')} (or bf16) on a CPU")
+    if config.precision == "bf16" and on_gpu() and not native_bf16():  # a T4 emulates it: Unsloth loads fp16
+        import torch
+
+        major, minor = torch.cuda.get_device_capability()
+        raise ConfigError(f"precision='bf16' needs a GPU of compute capability 8 or more (Ampere on); this "
+                          f"{torch.cuda.get_device_name()} has {major}.{minor} and only emulates bf16 (Unsloth "
+                          f"loads the model in fp16, and the trainer stops): {hint('precision', 'fp16')} or 'auto'")
     model_config = read_model_config(config.model_name, "model_name", weights, _unsloth_4bit(config))
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's

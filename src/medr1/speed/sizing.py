@@ -77,6 +77,15 @@ def on_gpu() -> bool:
     return torch.cuda.is_available() and os.environ.get("UNSLOTH_FORCE_CPU") != "1"
 
 
+def native_bf16() -> bool:
+    """Whether this GPU computes in bf16 (compute capability 8+: Ampere on), as Unsloth decides. torch's
+    is_bf16_supported() says True on a T4 too, which only emulates it: Unsloth loads fp16 there, and a trainer
+    asked for bf16 stops before its first step."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
 def free_gpu_gib(total: bool = False) -> float | None:
     """Free memory of this process's GPU in GiB (with `total`, all of it); None without CUDA."""
     allocator_defaults()  # before torch reads its allocator settings
@@ -102,6 +111,20 @@ def fast_sizing(seq_len: int = 2048) -> tuple[dict[str, Any], str]:
     return plan, (f"{free:.0f} GiB free: {plan['per_device_train_batch_size']} packed rows x "
                   f"{plan['gradient_accumulation_steps']} accumulation x {processes} process(es), "
                   f"gradient_checkpointing={plan['gradient_checkpointing']}")
+
+
+def keep_rows(sizing: dict[str, Any], knob: str, value: int) -> str:
+    """The user set one half of `fast`'s split (`knob`, to `value`): the other half keeps the packed rows per step
+    the sizing chose (PACKED_ROWS over the processes), rounded up where `value` does not divide them. Returns the
+    log line's words for it."""
+    batch, accumulation = FAST_SIZED[:2]
+    rows = sizing[batch] * sizing[accumulation]  # this process's share of a step
+    other = accumulation if knob == batch else batch
+    sizing[other] = math.ceil(rows / value)
+    step, processes = value * sizing[other] * world_size(), world_size()
+    kept = "as the preset" if step == rows * processes else f"not the preset's {rows * processes}"
+    return (f"; yours: {batch}={sizing[batch] if knob == accumulation else value} x {accumulation}="
+            f"{sizing[accumulation] if knob == batch else value} ({step} packed rows per step, {kept})")
 
 
 def resumed_sizing(output_dir: str) -> tuple[dict[str, Any], str] | None:
