@@ -33,6 +33,15 @@ def test_auto_picks_smoke_without_cuda_and_says_why():
     assert name == "fast" and "80" in why
 
 
+@pytest.mark.parametrize("card,gib,preset", [("A100 40GB", 39.59, "fast"), ("L4", 22.03, "colab-t4"),
+                                             ("T4", 14.74, "colab-t4"), ("L40S", 44.42, "fast")])
+def test_auto_counts_a_40_gb_card_as_one(card, gib, preset):
+    """An A100 "40GB" holds 40e9 bytes, which torch reports as 39.59 GiB: auto gave it colab-t4 and said
+    "40 GiB (< 40)", while the README promises `fast` on 40 GB GPUs."""
+    name, why = resolve_preset("auto", cuda=True, gpu_gib=gib)
+    assert name == preset and f"{gib:.1f} GiB" in why, (card, why)
+
+
 def test_auto_prints_its_choice(capsys):
     build_config("auto")
     assert "medr1: preset" in capsys.readouterr().out
@@ -134,6 +143,48 @@ def test_notebook_parameters_are_converted_by_their_annotations():
     ns.update(max_rows="ten", In=["# Parameters\nmax_rows = 'ten'\n"])
     with pytest.raises(ConfigError, match="max_rows must be an integer, got 'ten'"):
         notebook_parameters(ns)
+
+
+@pytest.mark.parametrize("free", [79.19, 47.54, 39.59, 22.03])  # H100, A6000, A100 40GB, L4
+@pytest.mark.parametrize("mine", [{"per_device_train_batch_size": 4}, {"gradient_accumulation_steps": 2},
+                                  {"per_device_train_batch_size": 2}])
+def test_fast_keeps_its_rows_per_step_when_the_user_sets_one_half_of_the_split(monkeypatch, capsys, free, mine):
+    """Under `fast`, a user's per_device_train_batch_size kept the accumulation the sizing chose for its own
+    micro-batch: 4 rows a step on an H100, 16 on an A100 40GB, at the same learning rate and steps, and the log
+    still told the sizing the user had replaced. The README promises the 8 packed rows per step stay fixed."""
+    import medr1.speed.sizing as sizing
+
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: free)
+    c = build_config("fast", {"output_dir": "/tmp/x", **mine})
+    assert c.per_device_train_batch_size * c.gradient_accumulation_steps == sizing.PACKED_ROWS
+    assert all(getattr(c, k) == v for k, v in mine.items())  # the user's own value wins
+    said = capsys.readouterr().out
+    assert f"per_device_train_batch_size={c.per_device_train_batch_size} x gradient_accumulation_steps=" \
+           f"{c.gradient_accumulation_steps}" in said and "yours" in said, said
+
+
+def test_fast_says_when_the_users_micro_batch_does_not_divide_its_rows(monkeypatch, capsys):
+    import medr1.speed.sizing as sizing
+
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 79.19)
+    c = build_config("fast", {"output_dir": "/tmp/x", "per_device_train_batch_size": 3})
+    assert (c.per_device_train_batch_size, c.gradient_accumulation_steps) == (3, 3)
+    assert "9 packed rows per step, not the preset's 8" in capsys.readouterr().out
+
+
+def test_a_resume_under_another_preset_names_the_preset(tmp_path):
+    """A run interrupted under `auto` on one card and resumed on another (auto picks another preset) was refused
+    with ten changed knobs and no word of the one change that explains them: the preset."""
+    from medr1.errors import OutputDirError
+
+    first = build_config("colab-t4", {"output_dir": str(tmp_path)}, quiet=True)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "run.json").write_text(json.dumps({"config": first.to_dict()}))
+    again = build_config("smoke", {"output_dir": str(tmp_path), "resume": "true"}, quiet=True)
+    with pytest.raises(OutputDirError) as info:
+        record.check_output_dir(again)
+    message = str(info.value)
+    assert "it was made with preset 'colab-t4' and this one is 'smoke': resume with preset='colab-t4'" in message
 
 
 def test_a_resumed_fast_run_keeps_its_sizing(tmp_path, monkeypatch):

@@ -73,7 +73,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESET_NAMES = ("auto", *PRESETS)
-FAST_MIN_GIB = 40.0  # GPUs with at least this much memory get the `fast` preset under `auto`
+# GPUs with at least this much memory get the `fast` preset under `auto`: 40 GB cards and up (an A100 "40GB" holds
+# 40e9 bytes, which torch reports as 39.59 GiB)
+FAST_MIN_GIB = 38.0
 
 
 def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None = None) -> tuple[str, str]:
@@ -90,8 +92,8 @@ def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None
     if not cuda:
         return _cpu_preset("no CUDA GPU")
     if gpu_gib is not None and gpu_gib >= FAST_MIN_GIB:
-        return "fast", f"CUDA GPU with {gpu_gib:.0f} GiB (>= {FAST_MIN_GIB:.0f}): packed, many tokens per step"
-    return "colab-t4", f"CUDA GPU with {gpu_gib or 0:.0f} GiB (< {FAST_MIN_GIB:.0f}): the seed recipe"
+        return "fast", f"CUDA GPU with {gpu_gib:.1f} GiB (a 40 GB card or more): packed, many tokens per step"
+    return "colab-t4", f"CUDA GPU with {gpu_gib or 0:.1f} GiB (under 40 GB): the seed recipe"
 
 
 def _cpu_preset(no_gpu: str) -> tuple[str, str]:

@@ -172,9 +172,12 @@ def check_output_dir(config: Config) -> Path:
         changed = [f"{k}: {before[k]!r} -> {v!r}" for k, v in config.to_dict().items()
                    if k not in RESUME_MAY_CHANGE and k in before and not same_setting(k, before[k], v)]
         if changed:
+            was = before.get("preset")  # auto picks by the card: on another one, the preset explains the rest
+            preset = f"; it was made with preset {was!r} and this one is {config.preset!r}: resume with " \
+                     f"{hint('preset', was)}" if was and was != config.preset else ""
             raise OutputDirError(f"{hint('resume')} but the run in {out} was made with other settings "
-                                 f"({'; '.join(changed)}); resume with the same settings, or use {hint('overwrite')} "
-                                 "or another output_dir")
+                                 f"({'; '.join(changed)}){preset}; resume with the same settings, or use "
+                                 f"{hint('overwrite')} or another output_dir")
         _check_processes(out, rec)
         return out
     what = "another run (run.json)" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
