@@ -187,14 +187,14 @@ def cli(*args, cwd):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--set", "data_path=missing.jsonl"], "data_path: file not found: missing.jsonl"),
+    (["--set", "data_path=missing.jsonl"], "data_path: file not found: missing.jsonl (relative to {cwd})"),
     (["--set", "lora_r=0"], "lora_r must be > 0, got 0"),
     (["--set", "model_name=./nowhere"], "model_name: local folder './nowhere' does not exist"),
 ])
 def test_cli_refuses_in_one_line_before_loading(tmp_path, args, message):
     proc = cli("--preset", "smoke", "--set", "output_dir=out", *args, cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"medr1: error: {message}"
+    assert proc.stderr.strip() == f"medr1: error: {message.format(cwd=tmp_path)}"
     assert not (tmp_path / "out").exists()
 
 
