@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ASSETS
 
-from medr1 import mcq
+from medr1 import mcq, stats
 from medr1.errors import DataError
 from medr1.verifiable import FIXTURE_PATH as VERIFIABLE
 
@@ -73,12 +73,12 @@ def test_prompt_lists_the_options():
 
 
 def test_wilson_interval():
-    assert mcq.wilson_interval(5, 10) == (0.2366, 0.7634)
-    lo, hi = mcq.wilson_interval(0, 10)
+    assert stats.wilson_interval(5, 10) == (0.2366, 0.7634)
+    lo, hi = stats.wilson_interval(0, 10)
     assert lo == 0.0 and 0.25 < hi < 0.3
-    lo, hi = mcq.wilson_interval(10, 10)
+    lo, hi = stats.wilson_interval(10, 10)
     assert hi == 1.0 and 0.7 < lo < 0.75
-    assert mcq.wilson_interval(0, 0) == (0.0, 0.0)
+    assert stats.wilson_interval(0, 0) == (0.0, 0.0)
 
 
 def test_score_hand_made_predictions():
@@ -94,7 +94,7 @@ def test_score_hand_made_predictions():
     ]
     s = mcq.score(questions, predictions, details=True)
     assert (s["n"], s["correct"], s["unparsed"]) == (6, 3, 2)
-    assert s["accuracy"] == 0.5 and s["ci95"] == list(mcq.wilson_interval(3, 6))
+    assert s["accuracy"] == 0.5 and s["ci95"] == list(stats.wilson_interval(3, 6))
     assert s["parsed_by"] == {"phrase": 2, "letter": 1, "text": 1}
     assert [i["chosen"] for i in s["items"]] == ["B", "C", "A", "A", None, None]
 
@@ -131,17 +131,17 @@ def test_mcnemar_exact():
     # 10 questions only the second model gets right, 2 only the first: p = 2 * P(X <= 2), X ~ Bin(12, 1/2)
     a = [True] * 2 + [False] * 10 + [True] * 5
     b = [False] * 2 + [True] * 10 + [True] * 5
-    m = mcq.mcnemar(a, b)
+    m = stats.mcnemar(a, b)
     assert (m["only_first"], m["only_second"]) == (2, 10)
     assert m["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 4096, abs=1e-4)
-    assert mcq.mcnemar([True, False], [True, False])["p_value"] == 1.0
+    assert stats.mcnemar([True, False], [True, False])["p_value"] == 1.0
 
 
 def test_published_anchors_by_benchmark_name():
-    assert mcq.anchors_for("MedQA_USLME_test") == ("MedQA", mcq.ANCHORS["MedQA"])
-    assert mcq.anchors_for("medmcqa")[1]["HuatuoGPT-o1-8B"] == 60.4
-    assert mcq.anchors_for("PubMedQA_test")[1]["Llama-3.1-8B-Instruct"] == 75.2
-    assert mcq.anchors_for("MMLU-Pro_Medical") is None
+    assert stats.anchors_for("MedQA_USLME_test") == ("MedQA", stats.ANCHORS["MedQA"])
+    assert stats.anchors_for("medmcqa")[1]["HuatuoGPT-o1-8B"] == 60.4
+    assert stats.anchors_for("PubMedQA_test")[1]["Llama-3.1-8B-Instruct"] == 75.2
+    assert stats.anchors_for("MMLU-Pro_Medical") is None
 
 
 def test_score_needs_one_prediction_per_question():
@@ -212,7 +212,7 @@ def test_cli_scores_predictions_without_a_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)  # exactly one JSON object, nothing else on stdout
     assert (out["n"], out["correct"], out["unparsed"]) == (4, 3, 1)
-    assert out["accuracy"] == 0.75 and out["ci95"] == list(mcq.wilson_interval(3, 4))
+    assert out["accuracy"] == 0.75 and out["ci95"] == list(stats.wilson_interval(3, 4))
     assert "NO-TORCH" in proc.stderr
 
     pred.write_text(json.dumps({"prediction": "B"}) + "\n")
@@ -521,3 +521,52 @@ def test_a_run_whose_base_is_not_here_stops_before_the_model_loads(run_copy, tmp
     monkeypatch.setattr(evaluate, "load_adapter", lambda *a, **k: pytest.fail("loaded"))
     with pytest.raises(ModelError, match=r"model_name \(in .*run.json\)"):
         evaluate.Evaluation(run)
+
+
+VITAMINS = {"A": "Folate deficiency", "B": "Vitamin B12 deficiency", "C": "Iron deficiency",
+            "D": "Vitamin D deficiency"}
+
+
+@pytest.mark.parametrize("answer", ["The answer is B or C.", "B. Vitamin B12 deficiency or C. Iron deficiency",
+                                    "The answer is B/C.", "Final answer: B, C"])
+def test_a_hedged_answer_naming_two_options_is_unparsed(answer):
+    """A reviewer saw "### Answer:\\nThe answer is B or C." scored B (phrase) and "B. Vitamin B12 deficiency or
+    C. Iron deficiency" scored B (letter), first_last (B, B): a hedge is several candidates, so unparsed."""
+    text = f"Neuropathy and anaemia.\n\n### Answer:\n{answer}"
+    got = mcq.extract_choice(text, VITAMINS)
+    assert (got.letter, got.method) == (None, "none")
+    assert mcq.first_last(text, VITAMINS) == ("B", "C")
+    for text in ("The answer is B, since option C is wrong.", "The answer is C, not A.", "The answer is B, C is out."):
+        assert mcq.extract_choice(text, OPTIONS).letter == text[14]  # a comma before a mere mention is no hedge
+
+
+@pytest.mark.parametrize("text, style, letter", [
+    ("<think>\nreasoning\n</think>\n\n**Answer:** A vitamin B12 deficiency, given the neuropathy.", "r1", "B"),
+    ("Reasoning.\n\n### Answer:\nFinal answer: A deficiency of vitamin B12.", "seed", None),
+    ("Reasoning.\n\n### Answer:\nThe answer is A because folate is low.", "seed", "A"),
+])
+def test_the_article_a_after_answer_is_no_letter(text, style, letter):
+    """A reviewer saw "**Answer:** A vitamin B12 deficiency, ..." scored A (phrase): "A" before a lower-case word
+    is the article, and the option named (B's text) is the answer; "A because ..." is still the letter A."""
+    assert mcq.extract_choice(text, VITAMINS, style).letter == letter
+
+
+def test_two_options_in_the_answer_part_do_not_fall_back_on_the_reasoning():
+    """A reviewer saw "At first I would choose A, but ..." in the reasoning scored A when the answer part named
+    (B) and (C) (first_last: B, C): several candidates in the answer part are unparsed."""
+    text = "At first I would choose A, but the smear says otherwise.\n\n### Answer:\n(B) or (C); both fit."
+    got = mcq.extract_choice(text, VITAMINS)
+    assert (got.letter, got.method) == (None, "none") and mcq.first_last(text, VITAMINS) == ("B", "C")
+    text = "At first I would choose A, but then B.\n\n### Answer:\nNo idea."  # nothing named: the whole text
+    assert mcq.extract_choice(text, VITAMINS).letter == "A"
+
+
+def test_score_files_orders_samples_by_number(tmp_path):
+    """A reviewer saw the headline accuracy and accuracies[0] follow the file's order when sample 1's predictions
+    came before sample 0's: they are sample 0's, whatever the order of the lines."""
+    pred = tmp_path / "pred.jsonl"
+    rows = [{"sample": 1, "prediction": t} for t in ("A", "A", "A", "A")]
+    rows += [{"sample": 0, "prediction": t} for t in ("B", "C", "A", "D")]
+    pred.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = mcq.score_files(ASSETS / "mcq_sample.json", pred)
+    assert out["accuracy"] == 1.0 and out["samples"]["accuracies"] == [1.0, 0.25]

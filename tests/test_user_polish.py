@@ -532,3 +532,27 @@ def test_a_relative_data_path_not_found_says_where_it_was_looked_for(tmp_path, m
     with pytest.raises(DataError) as info:
         load_rows(tmp_path / "gone.jsonl")
     assert str(info.value) == f"data_path: file not found: {tmp_path / 'gone.jsonl'}"  # an absolute path says itself
+
+
+def test_sampled_multiple_choice_figures_show_the_mean_as_the_card_does():
+    """With `--samples K`, eval.png and notebook 02's table showed the first sampled set's accuracy (25%) while the
+    card published the mean over the K sets (62.5%): one evaluation, two accuracies."""
+    from medr1.evaluate import Evaluation
+    from medr1.plots import mcq_panel
+
+    def scored(first, mean, std):
+        return {"accuracy": first, "ci95": [0.05, 0.7], "n": 4, "unparsed": 0, "first_match": first,
+                "last_match": first, "either_match": first, "samples": {"k": 2, "mean": mean, "std": std}}
+
+    results = {"metrics": {"base": {}, "finetuned": {}},
+               "mcq": {"base": scored(0.25, 0.625, 0.53), "finetuned": scored(0.5, 0.75, 0.35)}}
+    title, values, errors = mcq_panel(results["mcq"])
+    assert values == [0.625, 0.75] and errors == [[0.53, 0.35], [0.53, 0.35]] and "mean ± sd over 2 sets" in title
+    ev = Evaluation.__new__(Evaluation)
+    ev.results = results
+    table = ev.metrics_table()
+    assert list(table.loc["mcq_accuracy"]) == [0.625, 0.75] and list(table.loc["mcq_first_set"]) == [0.25, 0.5]
+    assert list(table.loc["mcq_accuracy_sd"]) == [0.53, 0.35]
+    for variant in ("base", "finetuned"):  # greedy: the one set, with its CI
+        del results["mcq"][variant]["samples"]
+    assert mcq_panel(results["mcq"])[1] == [0.25, 0.5] and "mcq_first_set" not in ev.metrics_table().index

@@ -22,15 +22,15 @@ from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and 
 import torch
 import torch.nn.functional as F
 
-from medr1 import distributed, files, mcq, plots, preflight, prompts, record
+from medr1 import distributed, files, mcq, plots, preflight, prompts, record, stats
 from medr1.data import encode_rows
 from medr1.errors import ConfigError, DataError, OutputDirError
 from medr1.infer import ENGINES, Sampling, Stats, generate_many
 from medr1.llama import shape_limits
 from medr1.log import log
-from medr1.mcq import share
 from medr1.model import load_adapter
 from medr1.plots import LABELS, VARIANTS
+from medr1.stats import share
 
 
 def adapter_off(model, variant: str):
@@ -200,20 +200,22 @@ class Evaluation:
                 files.atomic_write_jsonl(pred_file, rows)
             result[variant] = {**scored, "budget_without_answer": compliance(gens)["budget_without_answer"],
                                "predictions": pred_file.name}
-        result["mcnemar"] = mcq.mcnemar(correct["base"][0], correct["finetuned"][0])
+        result["mcnemar"] = {**stats.mcnemar(correct["base"][0], correct["finetuned"][0]),  # paired: one set a model
+                             **({"sample": 0} if self.samples > 1 else {})}
         names = sorted({q.source for q in questions if q.source}) or [Path(path).stem]
-        result["anchors"] = dict(a for a in map(mcq.anchors_for, names) if a)
+        result["anchors"] = dict(a for a in map(stats.anchors_for, names) if a)
         self.results["mcq"] = result
         log.info(f"multiple-choice accuracy on {result['questions']} questions (answers in {self.run_dir})")
         for v in VARIANTS:
             s, k = result[v], result[v].get("samples")
-            spread = f", mean of {k['k']} samples {k['mean']:.1%} +/- {k['std']:.1%}" if k else ""
-            log.info(f"  {LABELS[v]:>10}: {s['accuracy']:.1%} (95% CI {s['ci95'][0]:.0%}-{s['ci95'][1]:.0%}; "
+            lead = f"{k['mean']:.1%} +/- {k['std']:.1%} (mean +/- sd of {k['k']} sampled sets); the first " if k else ""
+            log.info(f"  {LABELS[v]:>10}: {lead}{s['accuracy']:.1%} (95% CI {s['ci95'][0]:.0%}-{s['ci95'][1]:.0%}; "
                      f"first-match {s['first_match']:.1%}, last-match {s['last_match']:.1%}, better of the two "
-                     f"{s['either_match']:.1%}; {s['unparsed']} unparsed{spread}; {s['predictions']})")
+                     f"{s['either_match']:.1%}; {s['unparsed']} unparsed; {s['predictions']})")
         m = result["mcnemar"]
-        log.info(f"  paired (McNemar, exact): {m['only_first']} right only for base, {m['only_second']} only for "
-                 f"fine-tuned, p = {m['p_value']:.3g}")
+        log.info(f"  paired (McNemar, exact{', on the first sampled set' if 'sample' in m else ''}): "
+                 f"{m['only_first']} right only for base, {m['only_second']} only for fine-tuned, "
+                 f"p = {m['p_value']:.3g}")
         for bench, figures in result["anchors"].items():
             log.info(f"  published {bench} (HuatuoGPT-o1 paper, Table 1): "
                      + ", ".join(f"{k} {v:.1f}%" for k, v in figures.items()))
@@ -228,7 +230,10 @@ class Evaluation:
         table = {LABELS[v]: {k: self.results["metrics"][v].get(k) for k in keys} for v in VARIANTS}
         for v in VARIANTS:
             if s := self.results.get("mcq", {}).get(v):
-                table[LABELS[v]].update(mcq_accuracy=s["accuracy"], mcq_ci95=f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}",
+                k = s.get("samples") or {}  # sampled: the mean and sd over the K sets, as the card says
+                table[LABELS[v]].update(mcq_accuracy=k.get("mean", s["accuracy"]), mcq_accuracy_sd=k.get("std"),
+                                        mcq_first_set=s["accuracy"] if k else None,
+                                        mcq_ci95=f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}",
                                         mcq_unparsed=s["unparsed"], mcq_first_match=s["first_match"],
                                         mcq_last_match=s["last_match"], mcq_either_match=s["either_match"])
         df = pd.DataFrame(table)

@@ -7,7 +7,6 @@ without loading one. The file format is the dataset authors' for their evaluatio
 
 from __future__ import annotations
 
-import math
 import re
 import statistics
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 from medr1 import data, prompts, readers
 from medr1.errors import DataError
+from medr1.stats import share, wilson_interval
 
 
 @dataclass
@@ -91,6 +91,8 @@ _LONE_RE = [
     re.compile(r"(?m)^\W*([A-Z])[.):](?=\s|$)"),  # "B. Metformin" or "B)" at the start of a line
     re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)\s+([A-Z])(?![A-Za-z0-9])"),  # "option B"
 ]
+_ARTICLE = re.compile(r" +(?!(?:because|since|as|is|was|seems|which|that|given|due|for|and|or|but|so|then)\b)[a-z]")
+_WORD = re.compile(r"\w+|[,/&]")
 
 
 @dataclass
@@ -106,12 +108,15 @@ def extract_choice(text: str, options: dict[str, str] | list[str], style: str = 
     nothing to choose between them: None (unparsed, counted as wrong), never a guess. The template's markers are
     not the model's words, so they never count as a phrase."""
     for phrases, lone, texts in _named(text, options, style):
-        if phrases:  # the last conclusion wins: a model may revise itself
-            return Extraction(phrases[-1][1], "phrase")
+        if phrases:  # the last conclusion wins: a model may revise itself; a hedged one ("B or C") is no answer
+            letters = {letter for _, letter, at in phrases if at == phrases[-1][2]}
+            return Extraction(letters.pop(), "phrase") if len(letters) == 1 else Extraction(None, "none")
         for hits, method in ((lone, "letter"), (texts, "text")):
             letters = {letter for _, letter in hits}
             if len(letters) == 1:
                 return Extraction(letters.pop(), method)
+        if lone or texts:  # several options in the answer part: the reasoning does not get to choose
+            break
     return Extraction(None, "none")
 
 
@@ -121,19 +126,44 @@ def _named(text: str, options: dict[str, str] | list[str], style: str) -> Iterat
     parts = prompts.split_answer(text or "", style)  # up to a made-up next question, whose answer is not this one's
     for t in ([parts.answer] if parts.answer else []) + [prompts.own_turn(text or "")]:
         t, valid = prompts.ANSWER_MARKERS.sub("\n", t).replace("\u2019", "'"), list(options)
-        yield (_phrases(t, valid), _lone_letters(t, valid),
+        yield (_phrases(t, valid, options), _lone_letters(t, valid, options),
                _option_texts(t, options) if isinstance(options, dict) else [])
 
 
-def _phrases(text: str, valid: list[str]) -> list[tuple[int, str]]:
-    # a capital letter, or a lower-case one only when it stands in quotes or brackets ("answer: (c)")
-    return sorted((m.start(1), m.group(1).upper()) for pattern in _PHRASE_RE for m in pattern.finditer(text)
-                  if m.group(1).upper() in valid and (m.group(1).isupper() or m.group(0)[-2:-1] in "([*'\""))
+def _phrases(text: str, valid: list[str], options: dict[str, str] | list[str]) -> list[tuple[int, str, int]]:
+    """(position, letter, where its conclusion's letter stands): a hedge ("B or C") is two letters, one conclusion.
+    A capital letter, or a lower-case one only when it stands in quotes or brackets ("answer: (c)"); "A" or "I"
+    before a lower-case word is the article or the pronoun ("Answer: A vitamin B12 deficiency")."""
+    hits = [(m.start(1), m.group(1).upper(), m.end(1)) for pattern in _PHRASE_RE for m in pattern.finditer(text)
+            if m.group(1).upper() in valid and (m.group(1).isupper() or m.group(0)[-2:-1] in "([*'\"")
+            and not (m.group(1) in "AI" and _ARTICLE.match(text, m.end(1)))]
+    hedges = {(*hit, at) for at, c, end in hits for hit in _also(text, end, c, options)}
+    return sorted({(at, c, at) for at, c, _ in hits} | hedges)
 
 
-def _lone_letters(text: str, valid: list[str]) -> list[tuple[int, str]]:
-    return sorted({(m.start(), g) for pattern in _LONE_RE for m in pattern.finditer(text)
-                   for g in m.groups() if g and g in valid})
+def _lone_letters(text: str, valid: list[str], options: dict[str, str] | list[str]) -> list[tuple[int, str]]:
+    found = [(m.start(), g, m.end(i)) for pattern in _LONE_RE for m in pattern.finditer(text)
+             for i, g in enumerate(m.groups(), 1) if g and g in valid]
+    return sorted({(at, g) for at, g, _ in found} | {h for _, g, end in found for h in _also(text, end, g, options)})
+
+
+def _also(text: str, end: int, letter: str, options: dict[str, str] | list[str]) -> list[tuple[int, str]]:
+    """[(position, letter)] of another option joined to the letter ending at `end`: "B or C", "B/C", "B, C" (not
+    "B, C is wrong", a mere mention), "B or iron deficiency", "B. Vitamin B12 deficiency or C. Iron deficiency"."""
+    words = [(m.start() + end, m.group()) for m in _WORD.finditer(text[end:end + 300])]
+    names = {k: _norm(v).split() for k, v in options.items()} if isinstance(options, dict) else {}
+    low = [w.lower() for _, w in words]
+    at = {i: k for i in range(len(words)) for k, n in names.items() if n and low[i:i + len(n)] == n}
+    i = j = len(names[letter]) if at.get(0) == letter else 0  # past the letter's own option text
+    while j < len(words) and low[j] in (",", "/", "&", "or", "and"):
+        j += 1
+    if j == i or j == len(words):
+        return []
+    pos, w = words[j]
+    after = text[pos + 1:pos + 40]  # "A vitamin": the article; after a comma, "C is wrong": a mere mention
+    mention = _ARTICLE.match(after) if w in "AI" else set(low[i:j]) == {","} and re.match(" +[a-z]", after)
+    other = w if w in options and not mention else at.get(j)
+    return [(pos, other)] if other and other != letter else []
 
 
 def _norm(s: str) -> str:
@@ -160,16 +190,6 @@ def first_last(text: str, options: dict[str, str] | list[str], style: str = "see
     return None, None
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval: stays inside [0, 1] and behaves at 0% and 100% on few questions."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
-
-
 def score(questions: list[Question], predictions: list[str], style: str = "seed",
           details: bool = False) -> dict[str, Any]:
     """Accuracy of `predictions` (free text, one per question, same order); unparsed answers count as wrong.
@@ -194,11 +214,6 @@ def one_to_one(predictions: list[str], questions: list[Any]) -> list[str]:
         raise DataError(f"{len(predictions)} predictions for {len(questions)} questions: they must match one to one, "
                         "in the questions file's order")
     return predictions
-
-
-def share(values: list, digits: int = 4) -> float:
-    """The share of `values` that hold (of numbers: their mean), rounded; 0.0 of none."""
-    return round(sum(values) / max(len(values), 1), digits)
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -230,30 +245,6 @@ def score_samples(questions: list[Question], samples: list[list[str]], style: st
     return out
 
 
-def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
-    """Exact McNemar test of two models on the same questions: a two-sided binomial test on the questions only one
-    of them got right. A small p-value says the difference is unlikely to be chance."""
-    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
-    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
-    n, k = only_a + only_b, min(only_a, only_b)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return {"only_first": only_a, "only_second": only_b, "p_value": round(p, 4)}
-
-
-# Accuracy (%) from the HuatuoGPT-o1 paper (Chen et al., 2024), Table 1: anchors printed beside our results.
-ANCHORS: dict[str, dict[str, float]] = {
-    "MedQA": {"HuatuoGPT-o1-8B": 72.6, "HuatuoGPT-o1-8B (SFT only)": 69.0, "Llama-3.1-8B-Instruct": 58.7},
-    "MedMCQA": {"HuatuoGPT-o1-8B": 60.4, "HuatuoGPT-o1-8B (SFT only)": 57.9, "Llama-3.1-8B-Instruct": 56.0},
-    "PubMedQA": {"HuatuoGPT-o1-8B": 79.2, "HuatuoGPT-o1-8B (SFT only)": 77.7, "Llama-3.1-8B-Instruct": 75.2},
-}
-
-
-def anchors_for(name: str) -> tuple[str, dict[str, float]] | None:
-    """The published figures for a benchmark name ("MedQA_USLME_test" -> MedQA's), or None."""
-    key = re.sub(r"[^a-z]", "", name.lower())
-    return next(((b, v) for b, v in ANCHORS.items() if key.startswith(b.lower())), None)
-
-
 def read_prediction_rows(path: str | Path) -> list[dict[str, Any]]:
     """PRED.jsonl: one object per line with the generated text under `prediction` (and, from medr1, `sample`).
     Errors name the line of a .jsonl file (blank lines counted), else the entry's place in the list."""
@@ -283,6 +274,6 @@ def score_files(mcq_path: str | Path, predictions_path: str | Path, style: str =
     groups: dict[int, list[str]] = {}
     for item in read_prediction_rows(predictions_path):
         groups.setdefault(int(item.get("sample") or 0), []).append(item["prediction"])
-    result = score_samples(questions, [g[:max_questions or None] for g in groups.values()], style)
+    result = score_samples(questions, [groups[k][:max_questions or None] for k in sorted(groups)], style)
     del result["_correct"], result["_rows"]
     return {"file": str(mcq_path), "predictions": str(predictions_path), **result}

@@ -48,6 +48,18 @@ def plot_rewards(records: list[dict[str, Any]], path: Path, title: str = "GRPO r
     return path
 
 
+def mcq_panel(mcq: dict[str, Any]) -> tuple[str, list[float], list[list[float]]]:
+    """Multiple-choice accuracy, base vs fine-tuned: with sampled answers the mean and sd over the K sets (the card's
+    figure), else the one greedy set with its 95% CI."""
+    s = [mcq[v] for v in VARIANTS]
+    if k := s[0].get("samples"):
+        sds = [x["samples"]["std"] for x in s]
+        return (f"multiple-choice accuracy (n={s[0]['n']}, mean ± sd over {k['k']} sets)",
+                [x["samples"]["mean"] for x in s], [sds, sds])
+    errors = [[x["accuracy"] - x["ci95"][0] for x in s], [x["ci95"][1] - x["accuracy"] for x in s]]
+    return f"multiple-choice accuracy (n={s[0]['n']}, 95% CI)", [x["accuracy"] for x in s], errors
+
+
 def plot_results(results: dict[str, Any], path: Path) -> Path:
     """Bars, base vs fine-tuned: held-out loss, format compliance and (if measured) multiple-choice accuracy."""
     m = results["metrics"]
@@ -56,9 +68,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
                                         ("format compliance", "format_compliance", True)]
               if all(m[v].get(key) is not None for v in VARIANTS)]
     if "mcq" in results:
-        s = [results["mcq"][v] for v in VARIANTS]
-        errors = [[x["accuracy"] - x["ci95"][0] for x in s], [x["ci95"][1] - x["accuracy"] for x in s]]
-        panels.append((f"multiple-choice accuracy (n={s[0]['n']}, 95% CI)", [x["accuracy"] for x in s], errors, True))
+        panels.append((*mcq_panel(results["mcq"]), True))
     if not panels:
         raise RuntimeError("nothing measured yet: call held_out_loss(), generate() or mcq() first")
     with figure(path, (3.6 * len(panels), 3.4), ncols=len(panels), squeeze=False) as (fig, axes):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medr1 import data, mcq, prompts, rewards
+from medr1 import data, mcq, prompts, rewards, stats
 from medr1.config import Config, hint
 from medr1.errors import DataError
 from medr1.log import log
@@ -140,5 +140,5 @@ def score_verifiable(questions_path: str | Path, predictions_path: str | Path, s
                 for p, r in zip(predictions, rows, strict=True)]
     correct = sum(v.correct for v in verdicts)
     return {"file": str(questions_path), "predictions": str(predictions_path), "n": len(rows), "correct": correct,
-            "accuracy": round(correct / len(rows), 4), "ci95": list(mcq.wilson_interval(correct, len(rows))),
+            "accuracy": round(correct / len(rows), 4), "ci95": list(stats.wilson_interval(correct, len(rows))),
             "by_reason": {k: sum(v.reason == k for v in verdicts) for k in rewards.REASONS}}
