@@ -556,3 +556,26 @@ def test_sampled_multiple_choice_figures_show_the_mean_as_the_card_does():
     for variant in ("base", "finetuned"):  # greedy: the one set, with its CI
         del results["mcq"][variant]["samples"]
     assert mcq_panel(results["mcq"])[1] == [0.25, 0.5] and "mcq_first_set" not in ev.metrics_table().index
+
+
+def test_the_export_notebook_never_pushes_a_smoke_run_found_under_outputs(tmp_path, monkeypatch):
+    """With run_dir empty, 03 takes the newest complete run under outputs/; a smoke run that 02 trained there for
+    show (a tiny random model) was that run, and 03 with push_repo set would have pushed it."""
+    import json
+    from pathlib import Path
+
+    from medr1.errors import ConfigError
+    from medr1.notebook import run_to_use
+    from medr1.presets import SMOKE_MODEL
+
+    monkeypatch.chdir(tmp_path)
+    for name, model, finished in (("mine", "/models/r1-8b", "2026-12-01T10:00:00+00:00"),
+                                  ("smoke", SMOKE_MODEL, "2026-12-02T10:00:00+00:00")):
+        (tmp_path / "outputs" / name).mkdir(parents=True)
+        (tmp_path / "outputs" / name / "run.json").write_text(json.dumps(
+            {"status": "complete", "finished": finished, "config": {"model_name": model}}))
+    assert run_to_use("", "evaluating") == str(Path("outputs/smoke"))  # the newest, to look at
+    assert run_to_use("", "exporting", smoke=False) == str(Path("outputs/mine"))  # a smoke run is never pushed
+    (tmp_path / "outputs" / "mine" / "run.json").unlink()
+    with pytest.raises(ConfigError, match="give run_dir"):
+        run_to_use("", "exporting", smoke=False)

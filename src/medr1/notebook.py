@@ -14,6 +14,7 @@ from typing import Any
 from medr1.config import Config, build_config, check_parameters, coerce, knob_names
 from medr1.errors import ConfigError, MedR1Error
 from medr1.log import log
+from medr1.presets import SMOKE_MODEL
 from medr1.record import read_record
 
 OUTPUTS = Path("outputs")  # where notebook 01 writes a run by default (output_dir=""), from the notebook's folder
@@ -50,16 +51,18 @@ def notebook_parameters(namespace: dict[str, Any]) -> None:
 def run_to_use(run_dir: str, doing: str, smoke: bool = True) -> str:
     """The run notebooks 02 and 03 work on: `run_dir`, or where it is empty the newest complete run under outputs/
     ("Run all" after 01 in one runtime finds 01's run), else, with `smoke`, a smoke run trained here (a tiny random
-    model, seconds: it shows the notebook, nothing more), said loudly so no one mistakes it for theirs."""
+    model, seconds: it shows the notebook, nothing more), said loudly so no one mistakes it for theirs. Without
+    `smoke` (a push), a smoke run is never taken."""
     if run_dir:
         return run_dir
     runs = [(rec.get("finished") or "", found.stat().st_mtime, found.parent) for found in OUTPUTS.glob("*/run.json")
-            if (rec := read_record(found.parent, or_empty=True)).get("status") == "complete"]
+            if (rec := read_record(found.parent, or_empty=True)).get("status") == "complete"
+            and (smoke or (rec.get("config") or {}).get("model_name") != SMOKE_MODEL)]  # a smoke run is never pushed
     if runs:
         newest = max(runs)[2]
         log.info(f"run_dir is empty: {doing} the newest complete run under {OUTPUTS.resolve()}: {newest}")
         return str(newest)
-    why = f"run_dir is empty and {OUTPUTS.resolve()} holds no complete run"
+    why = f"run_dir is empty and {OUTPUTS.resolve()} holds no complete run{'' if smoke else ' of a real model'}"
     if not smoke:
         raise ConfigError(f"{why}: give run_dir, the output folder notebook 01 printed (a smoke run is never pushed)")
     log.warning(f"{why}: training a smoke run (a tiny random model) to show this notebook; it is not yours: set "
