@@ -29,7 +29,7 @@ from medr1.errors import ConfigError
 from medr1.log import log
 from medr1.presets import CPU_MODEL, LORA_TARGETS, PRESETS, SMOKE_MODEL, resolve_preset
 from medr1.prompts import STYLES
-from medr1.speed.sizing import fast_sizing, keep_rows, resumed_sizing
+from medr1.speed.sizing import FAST_SIZED, fast_sizing, keep_rows, resumed_sizing
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("unsloth", "hf"),
@@ -232,7 +232,7 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
         resumed = overrides.get("output_dir") if coerce("resume", overrides.get("resume", False), bool) else ""
         sizing, sizing_why = resumed_sizing(resumed) or fast_sizing(seq_len)
         why = f"{why}; {sizing_why}"
-        split = [k for k in ("per_device_train_batch_size", "gradient_accumulation_steps") if k in overrides]
+        split = [k for k in FAST_SIZED[:2] if k in overrides]  # the micro-batch and the accumulation
         if sizing and len(split) == 1 and (value := coerce(split[0], overrides[split[0]], int)) > 0:
             why += keep_rows(sizing, split[0], value)  # the other half keeps the rows per step
     config = Config(**{**PRESETS[name], **sizing, **overrides, "preset": name})

@@ -140,5 +140,6 @@ def score_verifiable(questions_path: str | Path, predictions_path: str | Path, s
                 for p, r in zip(predictions, rows, strict=True)]
     correct = sum(v.correct for v in verdicts)
     return {"file": str(questions_path), "predictions": str(predictions_path), "n": len(rows), "correct": correct,
-            "accuracy": round(correct / len(rows), 4), "ci95": list(stats.wilson_interval(correct, len(rows))),
+            "accuracy": stats.share([v.correct for v in verdicts]),
+            "ci95": list(stats.wilson_interval(correct, len(rows))),
             "by_reason": {k: sum(v.reason == k for v in verdicts) for k in rewards.REASONS}}

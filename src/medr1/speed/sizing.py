@@ -121,7 +121,8 @@ def keep_rows(sizing: dict[str, Any], knob: str, value: int) -> str:
     rows = sizing[batch] * sizing[accumulation]  # this process's share of a step
     other = accumulation if knob == batch else batch
     sizing[other] = math.ceil(rows / value)
-    step, processes = value * sizing[other] * world_size(), world_size()
+    processes = world_size()
+    step = value * sizing[other] * processes
     kept = "as the preset" if step == rows * processes else f"not the preset's {rows * processes}"
     return (f"; yours: {batch}={sizing[batch] if knob == accumulation else value} x {accumulation}="
             f"{sizing[accumulation] if knob == batch else value} ({step} packed rows per step, {kept})")
