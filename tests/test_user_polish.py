@@ -579,3 +579,23 @@ def test_the_export_notebook_never_pushes_a_smoke_run_found_under_outputs(tmp_pa
     (tmp_path / "outputs" / "mine" / "run.json").unlink()
     with pytest.raises(ConfigError, match="give run_dir"):
         run_to_use("", "exporting", smoke=False)
+
+
+def test_sampled_table_gives_the_first_sets_interval_under_its_name():
+    """With `--samples K` the table's `mcq_ci95` sat beside the mean over K sets but was the first set's Wilson
+    interval: it goes with `mcq_first_set` now; a greedy run keeps `mcq_ci95`."""
+    from medr1.evaluate import Evaluation
+
+    def scored(first, mean):
+        return {"accuracy": first, "ci95": [0.05, 0.7], "n": 4, "unparsed": 0, "first_match": first,
+                "last_match": first, "either_match": first, "samples": {"k": 2, "mean": mean, "std": 0.1}}
+
+    ev = Evaluation.__new__(Evaluation)
+    ev.results = {"metrics": {"base": {}, "finetuned": {}},
+                  "mcq": {"base": scored(0.25, 0.625), "finetuned": scored(0.5, 0.75)}}
+    table = ev.metrics_table()
+    assert "mcq_ci95" not in table.index and list(table.loc["mcq_first_set_ci95"]) == ["0.05-0.70"] * 2
+    for variant in ("base", "finetuned"):
+        del ev.results["mcq"][variant]["samples"]
+    table = ev.metrics_table()
+    assert list(table.loc["mcq_ci95"]) == ["0.05-0.70"] * 2 and "mcq_first_set_ci95" not in table.index
