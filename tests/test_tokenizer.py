@@ -229,8 +229,10 @@ def test_the_verifier_loads_its_tokenizer_through_medr1(tmp_path):
         assert len(scores) == 3 and 0 < scores[0] < 1 and 0 < scores[1] < 1 and scores[2] == 0.0
 
 
-def test_the_verifier_goes_on_this_processs_gpu(monkeypatch):
-    """Under several processes every rank put its verifier on GPU 0 (the policy goes on LOCAL_RANK's GPU)."""
+@pytest.mark.parametrize("capability, dtype", [((7, 5), "float16"), ((8, 0), "bfloat16")])
+def test_the_verifier_goes_on_this_processs_gpu(monkeypatch, capability, dtype):
+    """Under several processes every rank put its verifier on GPU 0 (the policy goes on LOCAL_RANK's GPU). It loads
+    in the policy's precision: a T4 (7.5, where is_bf16_supported says True) only emulates bf16, so fp16 there."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -244,8 +246,9 @@ def test_the_verifier_goes_on_this_processs_gpu(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: capability)
     monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", capture)
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ModelError, match="stop here"):
         Verifier(str(tiny_model_path(pad="deepseek"))).load()
-    assert seen["device_map"] == {"": 1}
+    assert seen["device_map"] == {"": 1} and seen["dtype"] == getattr(torch, dtype)

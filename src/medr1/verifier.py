@@ -46,10 +46,9 @@ class Verifier:
     def load(self) -> None:
         """Its tokenizer through medr1's loader, as the policy's (AutoTokenizer can drop spaces, and may leave no pad
         token to batch with); the model is told the pad id, which it needs to find each text's last token."""
-        import torch
         from transformers import AutoModelForSequenceClassification
 
-        from medr1.model import match_tokenizer
+        from medr1.model import match_tokenizer, torch_dtype
         from medr1.preflight import model_path
         from medr1.tokenizer import load_tokenizer
 
@@ -57,8 +56,7 @@ class Verifier:
             path = model_path(self.model_name, "verifier_model")
             self.tokenizer = load_tokenizer(path, self.style, knob="verifier_model")
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=2, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
-                device_map=distributed.device_map()).eval()
+                path, num_labels=2, dtype=torch_dtype(), device_map=distributed.device_map()).eval()  # fp16 on a T4
             match_tokenizer(self.model, self.tokenizer)
         except ModelError as err:  # medr1's own: the folder or the tokenizer
             raise ModelError(f"{err}. Set {hint('reward_verifier', 0)} to train without it.") from None
