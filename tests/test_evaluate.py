@@ -570,3 +570,29 @@ def test_score_files_orders_samples_by_number(tmp_path):
     pred.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = mcq.score_files(ASSETS / "mcq_sample.json", pred)
     assert out["accuracy"] == 1.0 and out["samples"]["accuracies"] == [1.0, 0.25]
+
+
+@pytest.mark.parametrize("answer", ["The answer is (c) or (d).", "Answer: (c) or (d)", "The answer is (C) or (d).",
+                                    "The answer is (c)/(d).", "The answer is (c), or (d)."])
+def test_a_lower_case_hedge_is_unparsed(answer):
+    """A reviewer saw "The answer is (c) or (d)." scored C while "B or C" was unparsed: a bracketed lower-case
+    letter is read as a pick, so it is read as a rival too; "a" and "or" in prose stay words."""
+    text = f"Neuropathy and anaemia.\n\n### Answer:\n{answer}"
+    got = mcq.extract_choice(text, VITAMINS)
+    assert (got.letter, got.method) == (None, "none") and mcq.first_last(text, VITAMINS) == ("C", "D")
+    for prose, letter in (("Answer: A vitamin B12 deficiency or a toxin.", "B"), ("The answer is (c) or a toxin", "C")):
+        assert mcq.extract_choice(prose, VITAMINS).letter == letter
+
+
+@pytest.mark.parametrize("answer, letter", [
+    ("The answer is C, A and B are wrong.", "C"), ("The answer is C, A is not correct.", "C"),
+    ("The answer is C, A and B can be excluded.", "C"), ("The answer is C, B and A are incorrect.", "C"),
+    ("The answer is C; A and B are incorrect.", "C"), ("The answer is C, not A or B.", "C"),
+    ("The answer is C and A are both correct.", None), ("The answer is C, A and B are both correct.", None),
+    ("The answer is B, C is also possible.", None), ("The answer is B, C and D.", None),
+    ("The answer is B, C cannot be excluded.", None), ("The answer is B, C is not wrong.", None),
+    ("The answer is B, A could also fit.", None)])
+def test_letters_the_sentence_rules_out_are_no_rivals(answer, letter):
+    """A reviewer saw "The answer is C, A and B are wrong." unparsed (and "B, C is also possible" scored B): after
+    the pick, letters the same clause rules out are mentions; letters it keeps open are rivals."""
+    assert mcq.extract_choice(f"Reasoning.\n\n### Answer:\n{answer}", VITAMINS).letter == letter

@@ -91,8 +91,12 @@ _LONE_RE = [
     re.compile(r"(?m)^\W*([A-Z])[.):](?=\s|$)"),  # "B. Metformin" or "B)" at the start of a line
     re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)\s+([A-Z])(?![A-Za-z0-9])"),  # "option B"
 ]
-_ARTICLE = re.compile(r" +(?!(?:because|since|as|is|was|seems|which|that|given|due|for|and|or|but|so|then)\b)[a-z]")
+_ARTICLE = re.compile(r" +(?!(?:because|since|as|is|are|was|were|seems|which|that|given|due|for|and|or|but|so|then|"
+                      r"can|could|may|might)\b)[a-z]")
 _WORD = re.compile(r"\w+|[,/&]")
+# "B, C and D are wrong": the clause after a run of letters, which rules them out with one denial ("not", "wrong")
+_CLAUSE = re.compile(r"(?:[\s,/&()\[\]]|and |or |[A-Z]\b)*([^.,;:!?\n]*)")
+_NOT, _OUT = re.compile(r"n[o']t\b"), re.compile(r"\b(?:wrong|incorrect|false|unlikely|out|excluded)\b")
 
 
 @dataclass
@@ -148,8 +152,8 @@ def _lone_letters(text: str, valid: list[str], options: dict[str, str] | list[st
 
 
 def _also(text: str, end: int, letter: str, options: dict[str, str] | list[str]) -> list[tuple[int, str]]:
-    """[(position, letter)] of another option joined to the letter ending at `end`: "B or C", "B/C", "B, C" (not
-    "B, C is wrong", a mere mention), "B or iron deficiency", "B. Vitamin B12 deficiency or C. Iron deficiency"."""
+    """[(position, letter)] of another option joined to the letter ending at `end`: "B or C", "B/C", "(b) or (c)",
+    "B, C" (not "B, C and D are wrong": mentions), "B or iron deficiency", "B. Vitamin B12 deficiency or C. ..."."""
     words = [(m.start() + end, m.group()) for m in _WORD.finditer(text[end:end + 300])]
     names = {k: _norm(v).split() for k, v in options.items()} if isinstance(options, dict) else {}
     low = [w.lower() for _, w in words]
@@ -160,9 +164,11 @@ def _also(text: str, end: int, letter: str, options: dict[str, str] | list[str])
     if j == i or j == len(words):
         return []
     pos, w = words[j]
-    after = text[pos + 1:pos + 40]  # "A vitamin": the article; after a comma, "C is wrong": a mere mention
-    mention = _ARTICLE.match(after) if w in "AI" else set(low[i:j]) == {","} and re.match(" +[a-z]", after)
-    other = w if w in options and not mention else at.get(j)
+    clause = _CLAUSE.match(text, pos + 1)[1].lower()  # "not wrong", "cannot be excluded": still open
+    ruled = set(low[i:j]) == {","} and bool(_NOT.search(clause)) != bool(_OUT.search(clause))
+    mention = ruled or w in "AI" and _ARTICLE.match(text, pos + 1)  # "B, C is wrong"; "A vitamin": the article
+    named = w.upper() in options and (w.isupper() or text[pos - 1] in "([*'\"")  # "(c)", as `_phrases` reads it
+    other = w.upper() if named and not mention else at.get(j)
     return [(pos, other)] if other and other != letter else []
 
 
