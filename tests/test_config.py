@@ -195,10 +195,36 @@ def test_a_resumed_fast_run_keeps_its_sizing(tmp_path, monkeypatch):
     monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 79.0)
     first = build_config("fast", {"output_dir": str(tmp_path)}, quiet=True)
     (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted", "config": first.to_dict()}))
-    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 30.0)
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 79.6 if total else 30.0)  # the same card
     assert build_config("fast", quiet=True).per_device_train_batch_size != first.per_device_train_batch_size
     again = build_config("fast", {"output_dir": str(tmp_path), "resume": "true"}, quiet=True)
     assert again.to_dict() == {**first.to_dict(), "resume": True}
+    assert record.check_output_dir(again) == tmp_path
+
+
+def test_a_fast_run_resumed_on_a_smaller_card_keeps_its_rows_per_step(tmp_path, monkeypatch, capsys):
+    """Made on an 80 GB H100 (8 x 1, no recomputation) and resumed on an A100 40GB, the run's split ran out of
+    memory: it is re-planned for this card with the same packed rows per step, which the resume check accepts. On a
+    card as large or larger, the run's split stays."""
+    import medr1.speed.sizing as sizing
+
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 79.6 if total else 79.0)
+    first = build_config("fast", {"output_dir": str(tmp_path)}, quiet=True)
+    split = [getattr(first, k) for k in sizing.FAST_SIZED]
+    assert split == [8, 1, "false"]
+    (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted", "config": first.to_dict()}))
+    resume = {"output_dir": str(tmp_path), "resume": "true"}
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 139.8 if total else 20.0)  # an H200, busy
+    assert [getattr(build_config("fast", resume, quiet=True), k) for k in sizing.FAST_SIZED] == split
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 39.4 if total else 39.0)  # an A100 40GB
+    capsys.readouterr()
+    again = build_config("fast", resume)
+    batch, accumulation, checkpointing = (getattr(again, k) for k in sizing.FAST_SIZED)
+    assert batch * accumulation == 8 and batch < 8, (batch, accumulation)
+    assert sizing.estimate_gib(batch, again.max_seq_length, checkpointing) <= sizing.HEADROOM * 39.0
+    said = capsys.readouterr().out
+    assert "was sized 8 x 1, gradient_checkpointing=false, more than this card's 39 GiB holds" in said, said
+    assert f"re-planned with its rows per step: 39 GiB free: {batch} packed rows x {accumulation}" in said, said
     assert record.check_output_dir(again) == tmp_path
 
 

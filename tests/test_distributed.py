@@ -137,6 +137,63 @@ def test_every_process_takes_rank_0s_config(tmp_path):
     assert seen == [{"output_dir": "out-of-rank-0", "backend": "gloo"}] * 2
 
 
+LEAST = """
+import json, os, sys
+import medr1.speed.sizing as sizing
+from medr1 import build_config, distributed
+rank = distributed.rank()
+sizing.free_gpu_gib = lambda total=False: (79.0, 30.0)[rank]  # another job holds memory on rank 1's GPU
+config = distributed.agree(build_config("fast", {"output_dir": "out"}))
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:
+    json.dump([getattr(config, k) for k in sizing.FAST_SIZED], fh)
+distributed.finish()
+"""
+
+
+def test_fast_is_sized_by_the_least_free_memory_over_the_processes(tmp_path):
+    """Every rank trains rank 0's split: sized from rank 0's free memory alone, a rank whose GPU has less free (another
+    job on it) ran out of memory. The split fits the least free memory over all ranks, and the preset line says so."""
+    from medr1.speed.sizing import FAST_SIZED, plan_micro_batches
+
+    script = tmp_path / "least.py"
+    script.write_text(LEAST)
+    cmd = [str(BIN / "python"), "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(script), str(tmp_path)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = plan_micro_batches(30.0, processes=2)
+    assert plan != plan_micro_batches(79.0, processes=2)  # rank 0's own plan would not fit rank 1
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen == [[plan[k] for k in FAST_SIZED]] * 2
+    assert "30 GiB free (the least over 2 processes): 2 packed rows x 2 accumulation x 2" in done.stdout + done.stderr
+
+
+AUTO = """
+import json, os, sys
+import medr1.presets as presets
+import medr1.speed.sizing as sizing
+from medr1 import build_config, distributed
+rank = distributed.rank()
+presets.free_gpu_gib = sizing.free_gpu_gib = lambda total=False: ((79.6, 23.6) if total else (70.0, 20.0))[rank]
+config = distributed.agree(build_config("auto", {"output_dir": "out"}))
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:
+    json.dump(config.preset, fh)
+distributed.finish()
+"""
+
+
+def test_auto_on_unequal_cards_picks_for_the_smallest_on_every_rank(tmp_path):
+    """`auto` picked by each rank's own card: an 80 GB rank chose `fast` and waited in its sizing for ranks that had
+    chosen `colab-t4` and never came. Every rank picks from the smallest card, and the run goes on."""
+    script = tmp_path / "auto.py"
+    script.write_text(AUTO)
+    cmd = [str(BIN / "python"), "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(script), str(tmp_path)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == ["colab-t4"] * 2
+
+
 def test_learning_rate_rule_names_the_numbers():
     from medr1 import build_config
     from medr1.distributed import learning_rate_rule

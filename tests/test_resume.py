@@ -136,6 +136,51 @@ def test_resume_refuses_another_number_of_processes_before_anything_loads(tmp_pa
         check_output_dir(resumed)
 
 
+def test_resume_may_split_the_same_rows_per_step_otherwise(tmp_path):
+    """`fast` resumed on a smaller card re-plans its split (8 x 1 made on an H100 runs out of memory on an A100
+    40GB): per-device batch x accumulation kept, the same rows make each step and the resume is accepted; another
+    product trains other steps and is refused, as before."""
+    out = tmp_path / "run"
+    interrupted_under(out, build_config("smoke", {"output_dir": str(out), "per_device_train_batch_size": 8},
+                                        quiet=True), processes=1, per_device=8)
+
+    def config(**knobs):
+        return build_config("smoke", {"output_dir": str(out), "resume": True, **knobs}, quiet=True)
+
+    assert check_output_dir(config(per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                   gradient_checkpointing="unsloth")) == out
+    with pytest.raises(OutputDirError, match=r"other settings \(per_device_train_batch_size: 8 -> 4\); resume with"):
+        check_output_dir(config(per_device_train_batch_size=4))
+
+
+def test_a_run_resumed_with_another_split_of_its_rows_ends_like_the_uninterrupted_one(tmp_path, prepared):
+    """What the check above rests on: stopped during step 3 (2 x 2 rows, checkpoint-2) and resumed with 4 x 1, the
+    trainer skips the same 8 rows and trains the same steps, across the epoch boundaries (3 steps an epoch)."""
+    from medr1.train import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("stopped at step 3")
+
+    full = prepared(tmp_path / "full", gradient_accumulation_steps=2)
+    full.train()
+    full.save()
+    cut = prepared(tmp_path / "cut", gradient_accumulation_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        cut.train(callbacks=[StopAt()])
+    resumed = prepared(cut.out, resume=True, per_device_train_batch_size=4)
+    resumed.train()
+    resumed.save()
+    assert resumed.resume_from.endswith("checkpoint-2") and resumed.record["train"]["steps_run"] == 6
+    rec, uninterrupted = record.read_record(cut.out), record.read_record(full.out)
+    assert [r["tokens"] for r in rec["losses"]] == [r["tokens"] for r in uninterrupted["losses"]]  # the same rows
+    assert [r["loss"] for r in rec["losses"]] == pytest.approx([r["loss"] for r in uninterrupted["losses"]], abs=1e-5)
+    mine, theirs = lora_weights(cut.out), lora_weights(full.out)
+    diff = max((mine[k] - theirs[k]).abs().max().item() for k in mine)
+    assert diff <= 1e-5, f"LoRA weights differ by up to {diff}"
+
+
 def test_a_folder_holding_another_run_is_never_written_over(runs, tmp_path):
     def config(out, **flags):
         return build_config("smoke", {"output_dir": str(out), **flags}, quiet=True)

@@ -230,7 +230,7 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
     if name == "fast":  # micro-batch and recomputation from this GPU's free memory; overrides still win
         seq_len = coerce("max_seq_length", overrides.get("max_seq_length", Config.max_seq_length), int)
         resumed = overrides.get("output_dir") if coerce("resume", overrides.get("resume", False), bool) else ""
-        sizing, sizing_why = resumed_sizing(resumed) or fast_sizing(seq_len)
+        sizing, sizing_why = resumed_sizing(resumed, seq_len) or fast_sizing(seq_len)
         why = f"{why}; {sizing_why}"
         split = [k for k in FAST_SIZED[:2] if k in overrides]  # the micro-batch and the accumulation
         if sizing and len(split) == 1 and (value := coerce(split[0], overrides[split[0]], int)) > 0:

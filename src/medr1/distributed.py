@@ -68,6 +68,17 @@ def agree(value: T) -> T:
     return broadcast_object_list([value if is_main() else None], from_process=0)[0]
 
 
+def least(value: float | None) -> float | None:
+    """The smallest of every process's `value` (the split all ranks train must fit the GPU with the least memory);
+    `value` itself with one process, or where there is none (no GPU: then no rank has one)."""
+    if world_size() <= 1 or value is None:
+        return value
+    from accelerate.utils import gather_object
+
+    init()
+    return min(gather_object([value]))
+
+
 def barrier() -> None:
     """Wait until every process gets here (after rank 0 wrote something the others will read)."""
     if world_size() > 1:

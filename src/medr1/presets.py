@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medr1.distributed import least
 from medr1.errors import ConfigError
 from medr1.log import log
 from medr1.speed.sizing import PACKED_ROWS, fast_schedule, free_gpu_gib
@@ -86,8 +87,8 @@ def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None
         return name, "asked for"
     if os.environ.get("UNSLOTH_FORCE_CPU") == "1":  # before the GPU lookup, which answers None under the flag
         return _cpu_preset("UNSLOTH_FORCE_CPU=1")
-    if cuda is None:
-        gpu_gib = free_gpu_gib(total=True)
+    if cuda is None:  # the smallest card's under several processes: every rank must pick the same (sizing gathers)
+        gpu_gib = least(free_gpu_gib(total=True))
         cuda = gpu_gib is not None
     if not cuda:
         return _cpu_preset("no CUDA GPU")

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medr1.distributed import world_size
+from medr1.distributed import least, world_size
 
 RECIPE_STEPS, RECIPE_LR, RECIPE_WARMUP = 60, 2e-4, 5  # the colab-t4 preset
 SCALE = 4  # tokens per optimizer step over the recipe's (8 x 2,048 packed ~ 15.6k vs ~3.9k tokens)
@@ -101,14 +101,16 @@ def free_gpu_gib(total: bool = False) -> float | None:
     return torch.cuda.mem_get_info(device)[0] / 2**30
 
 
-def fast_sizing(seq_len: int = 2048) -> tuple[dict[str, Any], str]:
-    """The `fast` preset's memory-dependent knobs for this machine, and a line saying why."""
-    free = free_gpu_gib()
+def fast_sizing(seq_len: int = 2048, per_process: int = 0) -> tuple[dict[str, Any], str]:
+    """The `fast` preset's memory-dependent knobs for this machine, and a line saying why. From the least free memory
+    over the processes: every rank trains rank 0's split, and another job may hold memory on one GPU only.
+    `per_process`: packed rows per step on each process (0: PACKED_ROWS over the processes)."""
+    free, processes = least(free_gpu_gib()), world_size()
     if free is None:
         return {}, "no CUDA GPU: the preset's defaults"
-    processes = world_size()
-    plan = plan_micro_batches(free, seq_len, processes=processes)
-    return plan, (f"{free:.0f} GiB free: {plan['per_device_train_batch_size']} packed rows x "
+    plan = plan_micro_batches(free, seq_len, per_process * processes or PACKED_ROWS, processes)
+    over = f" (the least over {processes} processes)" if processes > 1 else ""
+    return plan, (f"{free:.0f} GiB free{over}: {plan['per_device_train_batch_size']} packed rows x "
                   f"{plan['gradient_accumulation_steps']} accumulation x {processes} process(es), "
                   f"gradient_checkpointing={plan['gradient_checkpointing']}")
 
@@ -128,12 +130,23 @@ def keep_rows(sizing: dict[str, Any], knob: str, value: int) -> str:
             f"{sizing[accumulation] if knob == batch else value} ({step} packed rows per step, {kept})")
 
 
-def resumed_sizing(output_dir: str) -> tuple[dict[str, Any], str] | None:
-    """A resumed `fast` run (in `output_dir`; "" = no resume) keeps the sizing it was made with: free memory differs
-    now (the interrupted model may still hold some), and a resume must train with the same settings."""
+def resumed_sizing(output_dir: str, seq_len: int = 2048) -> tuple[dict[str, Any], str] | None:
+    """A resumed `fast` run (in `output_dir`; "" = no resume) keeps the split it was made with where this card's
+    total memory fits it: free memory may be low now (the interrupted model may still hold some). On a smaller card,
+    a split planned from free memory with the run's packed rows per step per process, which trains the same rows
+    per step (record.check_output_dir lets a resume change the split alone)."""
     path = Path(str(output_dir)).expanduser() / "run.json"
     with contextlib.suppress(OSError, ValueError, AttributeError):
         if output_dir and (before := json.loads(path.read_text(encoding="utf-8")).get("config") or {}).get(
                 "preset") == "fast":
-            return {k: before[k] for k in FAST_SIZED if k in before}, f"sized as the run it resumes ({path})"
+            kept, why = {k: before[k] for k in FAST_SIZED if k in before}, f"sized as the run it resumes ({path})"
+            batch, accumulation, checkpointing = FAST_SIZED
+            total = least(free_gpu_gib(total=True))
+            if total is None or len(kept) < len(FAST_SIZED) or kept[checkpointing] not in GIB_PER_1K_TOKENS or \
+                    estimate_gib(kept[batch], seq_len, kept[checkpointing]) <= HEADROOM * total:
+                return kept, why
+            plan, planned = fast_sizing(seq_len, kept[batch] * kept[accumulation])
+            return plan, (f"the run it resumes ({path}) was sized {kept[batch]} x {kept[accumulation]}, "
+                          f"gradient_checkpointing={kept[checkpointing]}, more than this card's {total:.0f} GiB holds; "
+                          f"re-planned with its rows per step: {planned}")
     return None
