@@ -149,7 +149,7 @@ class GrpoRun(Stage):
         record.check_clear_of_start(self.config, self.out, self.adapter)
         # the start run's held-out rows (their file, or None): no question of theirs trains; `_hold_out` carries them
         self._held_file = record.holdout_file(self.start_dir, self.start_record) if self.start_dir else None
-        held = record.holdout_rows(self.start_dir, self.start_record) if self._held_file else []
+        held = record.holdout_rows(self.start_dir, self.start_record, self._held_file) if self._held_file else []
         self.questions, counts["holdout_overlap"] = drop_held_out(self.questions, held, self.source)
         self._check_model()
         self.questions, lengths = fit_questions(self.questions, self.tokenizer, self.config)

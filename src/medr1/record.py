@@ -140,11 +140,12 @@ def holdout_file(run_dir: str | Path, rec: dict[str, Any]) -> Path | None:
     return path if path.is_file() else None
 
 
-def holdout_rows(run_dir: str | Path, rec: dict[str, Any] | None = None) -> list[dict[str, str]]:
+def holdout_rows(run_dir: str | Path, rec: dict[str, Any] | None = None,
+                 path: Path | None = None) -> list[dict[str, str]]:
     """The held-out rows the run wrote (training never saw them); none where its record names no file and there is
-    none (a GRPO run from a new LoRA keeps no rows out)."""
+    none (a GRPO run from a new LoRA keeps no rows out). `path`: their file, where `holdout_file` already found it."""
     rec = rec or read_record(run_dir)
-    if path := holdout_file(run_dir, rec):
+    if path := path or holdout_file(run_dir, rec):
         return read_file(path, "")[0] if path.stat().st_size else []  # lines end at "\n" only, not at a row's U+2028
     if named := (rec.get("data") or {}).get("holdout_file"):
         raise DataError(f"{Path(run_dir) / named} not found: the run in {run_dir} recorded no held-out rows")
@@ -248,9 +249,9 @@ def _differs(part: str, rows: list[Any], prints: dict[str, str], before: dict[st
         return before[f"{part}_sha256"] != prints[f"{part}_sha256"]
     if before.get(f"{part}_rows", len(rows)) != len(rows):  # train_rows, holdout_rows
         return True
-    if part != "holdout" or not holdout_file(out, {"data": before}):
+    if part != "holdout" or not (path := holdout_file(out, {"data": before})):
         return False
-    return _stripped(holdout_rows(out, {"data": before})) != _stripped(rows)
+    return _stripped(holdout_rows(out, {"data": before}, path)) != _stripped(rows)
 
 
 def _stripped(rows: list[Any]) -> list[Any]:
