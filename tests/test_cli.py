@@ -33,6 +33,23 @@ def test_check_data_says_how_much_of_the_rows_training_will_see(capsys, sets, ex
     assert expected in capsys.readouterr().out
 
 
+def test_check_data_counts_the_rows_past_num_examples_and_says_when_none_is_kept(capsys):
+    """The README says check-data counts the rows past num_examples apart: it counted 20 to train on and 4 held out of
+    40 and left the other 16 to subtraction. With every row dropped it spoke of 160 epochs over 0 kept rows."""
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "num_examples=20"]) == 0
+    assert "20 to train on, 4 held out, 16 past num_examples (num_examples=20" in capsys.readouterr().out
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", "max_seq_length=100", "--set",
+                 "over_length=truncate", "--set", "loss_on=completion"]) == 1
+    out = capsys.readouterr().out
+    assert "no row is kept to train on" in out and "epochs" not in out
+
+
+def test_evaluate_names_its_overwrite_flag_on_the_command_line(tmp_path, capsys):
+    (tmp_path / "eval.json").write_text("{}")
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "holds an earlier evaluation; pass --overwrite to replace it" in capsys.readouterr().err
+
+
 def test_check_data_fails_on_a_bad_row(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(FIXTURE_PATH.read_text().splitlines()[0] + "\n" + json.dumps({"Question": "q"}) + "\n")

@@ -79,9 +79,10 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     preflight.check(dataclasses.replace(config, load_in_4bit=False, backend="unsloth", precision="auto"), weights=False)
     tokenizer = load_tokenizer(preflight.model_path(config.model_name), config.prompt_style)
     _, report, problem = data.apply_length_policy(split.train, tokenizer, config, split.holdout)
+    past = len(rows) - split.duplicates - config.holdout_examples - len(split.train)  # a local file's rows
     print(f"{args.path}: {len(rows)} valid rows, {split.duplicates} duplicates; {len(split.train)} to train on, "
-          f"{len(split.holdout)} held out (num_examples={config.num_examples}, holdout_examples="
-          f"{config.holdout_examples})")  # an invalid row stops before this line
+          f"{len(split.holdout)} held out{f', {past} past num_examples' * (past > 0)} (num_examples="
+          f"{config.num_examples}, holdout_examples={config.holdout_examples})")  # an invalid row stops before this
     print(f"tokens per training row: median {report.median_tokens:.0f}, max {report.max_tokens}; over "
           f"max_seq_length={config.max_seq_length}: {report.over_length} (policy over_length={config.over_length!r}: "
           f"{report.dropped} dropped, {report.truncated} truncated)")

@@ -157,6 +157,8 @@ class LengthReport:
         240 of its 500): a packed step holds up to per-step x max_seq_length tokens of them."""
         per_step, steps, kept = config.per_device_train_batch_size * config.gradient_accumulation_steps, \
             config.max_steps, self.kept
+        if not kept:
+            return "no row is kept to train on"
         if steps <= 0:
             return f"num_train_epochs={config.num_train_epochs:g}: each of the {kept} kept rows about " \
                    f"{config.num_train_epochs:g} times"

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medr1 import distributed, files, mcq, plots, preflight, prompts, record, stats
+from medr1.config import hint
 from medr1.data import encode_rows
 from medr1.errors import ConfigError, DataError, OutputDirError
 from medr1.infer import ENGINES, Sampling, Stats, generate_many
@@ -95,8 +96,8 @@ class Evaluation:
             raise ConfigError(f"engine={engine!r} (--engine): one of {list(ENGINES)}")
         self.run_dir, self.overwrite = Path(run_dir).expanduser(), overwrite
         if (self.run_dir / "eval.json").exists() and not overwrite:  # hours of MCQ answers, and the card's figures
-            raise OutputDirError(f"{self.run_dir / 'eval.json'} holds an earlier evaluation; pass overwrite=True "
-                                 "(--overwrite, -p overwrite true) to replace it, or move it away")
+            raise OutputDirError(f"{self.run_dir / 'eval.json'} holds an earlier evaluation; pass {hint('overwrite')} "
+                                 "to replace it, or move it away")
         most = shape_limits(torch.device("cuda" if torch.cuda.is_available() else "cpu"))[0]
         if batch_size > most and engine != "hf":  # the batched decoder's fixed shapes; now, not after the loads
             raise ConfigError(f"batch_size={batch_size} (--batch-size): the batched decoder takes at most {most} rows "
