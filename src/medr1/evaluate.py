@@ -232,10 +232,9 @@ class Evaluation:
         for v in VARIANTS:
             if s := self.results.get("mcq", {}).get(v):
                 k = s.get("samples") or {}  # sampled: the mean and sd over the K sets, as the card says
-                ci95 = f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}"  # one set's interval: never beside the mean
+                ci95 = {f"mcq{'_first_set' * bool(k)}_ci95": f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}"}  # one set's
                 table[LABELS[v]].update(mcq_accuracy=k.get("mean", s["accuracy"]), mcq_accuracy_sd=k.get("std"),
-                                        mcq_ci95=None if k else ci95, mcq_first_set=s["accuracy"] if k else None,
-                                        mcq_first_set_ci95=ci95 if k else None,
+                                        mcq_first_set=s["accuracy"] if k else None, **ci95,
                                         mcq_unparsed=s["unparsed"], mcq_first_match=s["first_match"],
                                         mcq_last_match=s["last_match"], mcq_either_match=s["either_match"])
         df = pd.DataFrame(table)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 import shutil
 import subprocess
@@ -171,7 +172,10 @@ def check_output_dir(config: Config) -> Path:
             raise OutputDirError(f"{hint('resume')} but {out} holds no medr1 run (found {sorted(held)[:5]})")
         rec = read_record(out, or_empty=True)
         before = rec.get("config", {})  # none (killed early): the checkpoints decide
-        may = RESUME_MAY_CHANGE + (FAST_SIZED if _same_rows(before, config) else ())
+        # a step's rows may be split otherwise (`fast` re-plans on a smaller card), not changed in number: the Trainer
+        # skips global_step x accumulation micro-batches of the new size on resume, the same rows
+        rows = [math.prod(d.get(k) or 0 for k in FAST_SIZED[:2]) for d in (before, config.to_dict())]
+        may = RESUME_MAY_CHANGE + (FAST_SIZED if rows[0] == rows[1] else ())
         changed = [f"{k}: {before[k]!r} -> {v!r}" for k, v in config.to_dict().items()
                    if k not in may and k in before and not same_setting(k, before[k], v)]
         if changed:
@@ -186,16 +190,6 @@ def check_output_dir(config: Config) -> Path:
     what = "another run (run.json)" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
     raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass {hint('overwrite')} to replace it, "
                          f"{hint('resume')} to continue it, or choose another output_dir")
-
-
-def _same_rows(before: dict[str, Any], config: Config) -> bool:
-    """Whether a resume keeps the run's rows per step (per-device batch x accumulation): then the split and the
-    recomputation (FAST_SIZED) may change, as `fast` re-plans them on a smaller card (sizing.resumed_sizing). The
-    same rows make each step, and transformers' Trainer skips global_step x accumulation micro-batches of the new
-    size on resume: the same rows as before."""
-    batch, accumulation = FAST_SIZED[:2]
-    was, now = (before.get(batch), before.get(accumulation)), getattr(config, batch) * getattr(config, accumulation)
-    return all(isinstance(n, int) for n in was) and was[0] * was[1] == now
 
 
 def _check_processes(out: Path, rec: dict[str, Any]) -> None:
