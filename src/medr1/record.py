@@ -187,7 +187,9 @@ def check_output_dir(config: Config) -> Path:
                                  f"{hint('overwrite')} or another output_dir")
         _check_processes(out, rec)
         return out
-    what = "another run (run.json)" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
+    status = read_record(out, or_empty=True).get("status") if (out / "run.json").exists() else None
+    stopped = f", stopped: status {status!r}" if status in ("training", "interrupted") else ""  # Ctrl-C, a restart
+    what = f"another run (run.json{stopped})" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
     raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass {hint('overwrite')} to replace it, "
                          f"{hint('resume')} to continue it, or choose another output_dir")
 

@@ -235,8 +235,8 @@ class Stage:
             "checkpoint": newest.name if newest else None}, **{self.HISTORY: self._steps()})
         self._write_record()
         if newest:
-            log.info(f"{self.STAGE} stopped at step {step}; {newest.name} is kept: run again with "
-                     f"{hint('resume')} and {hint('output_dir', str(self.out))} to continue from it")
+            log.info(f"{self.STAGE} stopped at step {step}; {newest.name} is kept: run again with the same settings "
+                     f"(preset and knobs) and {hint('resume')}, {hint('output_dir', str(self.out))} to continue")
         else:
             log.info(f"{self.STAGE} stopped at step {step} before the first checkpoint (save_steps="
                      f"{self.config.save_steps}); a resume starts from step 0")

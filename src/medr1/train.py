@@ -56,7 +56,7 @@ def reporting(config: Config) -> str:
     mode = os.environ.get("WANDB_MODE")
     if not (wandb_key() or mode in ("offline", "disabled")):
         log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off"
-                 if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, loss.png)")
+                 if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, plots)")
         return "none"
     url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
     try:
@@ -66,7 +66,7 @@ def reporting(config: Config) -> str:
         return "none"
     if not up:
         log.info(f"W&B ({urlsplit(url).netloc}) cannot be reached; logging to W&B is off, training logs stay local "
-                 "(run.json, loss.png); WANDB_MODE=offline keeps a local W&B log to sync later")
+                 "(run.json, plots); WANDB_MODE=offline keeps a local W&B log to sync later")
         return "none"
     if os.environ.get("WANDB_DIR", _WANDB_DIR) == _WANDB_DIR:
         os.environ["WANDB_DIR"] = _WANDB_DIR = os.path.abspath(os.path.expanduser(config.output_dir))
