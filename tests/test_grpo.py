@@ -11,6 +11,7 @@ raises the probability of those within each group, and in a dozen steps at lr 2e
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -330,15 +331,19 @@ def test_a_verifier_that_cannot_load_fails_before_anything_loads(tmp_path):
                                        "verifier_model": "./no-such-verifier"}, quiet=True))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "c"), "verifier_model": typo}, quiet=True))  # weight 0
+    with pytest.raises(ModelError, match="is no 2-label sequence classifier"):  # a causal LM: a random score head
+        GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "d"), "reward_verifier": 0.5,
+                                       "verifier_model": str(tiny_model_path())}, quiet=True))
+    stand_in = shutil.copytree(tiny_model_path(), tmp_path / "verifier")  # declared as the authors' verifier is
+    cfg = json.loads((stand_in / "config.json").read_text())
+    (stand_in / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"]}))
     run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "d"), "reward_verifier": 0.5,
-                                         "verifier_model": str(tiny_model_path())}, quiet=True))  # a model folder
+                                         "verifier_model": str(stand_in)}, quiet=True))  # a verifier folder
     assert run.weights["verifier"] == 0.5
 
 
 def _copy_run(src, dest):
     """A copy of a finished run folder, with an export of its adapter as `medr1 export` writes it (export/adapter)."""
-    import shutil
-
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("export", "eval.*"))
     shutil.copytree(dest / "adapter", dest / "export" / "adapter")
     return dest
@@ -563,11 +568,13 @@ def test_questions_that_are_the_start_runs_held_out_rows_are_dropped(smoke_run, 
             GrpoRun(build_config("smoke", {**settings, "output_dir": str(tmp_path / "h")}, quiet=True))
 
 
-@pytest.mark.parametrize("answer", ["急性下壁心肌梗死", "Инфаркт миокарда", "—", "A"])
+@pytest.mark.parametrize("answer", ["急性下壁心肌梗死", "Инфаркт миокарда", "—", "A",  # nothing left
+                                    "IgA肾病", "1型糖尿病", "维生素C缺乏", "维生素D缺乏症"])  # "IgA", "1", "c" left
 def test_a_reference_the_matcher_cannot_read_is_refused(tmp_path, answer):
-    """A reference with no Latin letter or digit can never be matched by the rule-based correctness reward: GRPO
-    learnt format and stop only, and `evaluate --verifiable` scored an identical answer wrong, both unsaid. Refused,
-    naming the file, row, line and field and the way out (the verifier model); unweighted correctness may keep it."""
+    """A reference with no Latin letter or digit can never be matched by the rule-based correctness reward (one with
+    other letters is matched by what is left: "IgA肾病" by "IgA vasculitis"): GRPO learnt format and stop only, and
+    `evaluate --verifiable` scored an identical answer wrong (or any answer right), both unsaid. Refused, naming
+    the file, row, line and field and the way out (the verifier model); unweighted correctness may keep it."""
     lines = FIXTURE_PATH.read_text().splitlines(keepends=True)
     path = _questions(tmp_path / "q.jsonl", lines[0], {FIELDS[0]: "Chest pain and ST elevation: diagnosis?",
                                                         FIELDS[1]: answer})
@@ -638,6 +645,9 @@ def test_grpo_num_examples_cuts_a_local_file_and_says_so(tmp_path, capsys):
     assert len(run.questions) == run.record["data"]["questions"] == 5
     assert run.record["data"]["source_questions"] == total
     assert f"5 of {total} questions (grpo_num_examples=5) from {FIXTURE_PATH}" in capsys.readouterr().out
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "h"), "grpo_num_examples": 100}, quiet=True))
+    assert len(run.questions) == total  # fewer than asked for: said, not silent
+    assert f"grpo_num_examples=100, but {FIXTURE_PATH} holds only {total} questions" in capsys.readouterr().out
     notebook = (Path(__file__).parent.parent / "notebooks" / "04_reinforce.py").read_text()
     assert re.search(r"grpo_num_examples: .*# the first N questions of grpo_data_path or the hub dataset", notebook)
 

@@ -116,6 +116,26 @@ def test_trl_callables():
     assert rewards.stop_reward(eos)(completions=completions) == [0.0, 0.0, 0.0]  # no ids: EOS unseen
 
 
+def test_a_reference_is_refused_unless_the_matcher_keeps_all_its_letters():
+    """A reference with one Latin token passed and normalized to it alone: "IgA肾病" (IgA nephropathy) was matched by
+    "IgA vasculitis", "维生素C缺乏" by any answer with a "C". Refused, the dropped letters named; Greek letters the
+    matcher spells out and accented Latin it keeps stay accepted."""
+    from medr1.errors import DataError
+    from medr1.verifiable import FIELDS, check_matchable
+
+    assert rewards.judge("IgA vasculitis", "IgA nephropathy").reason == "not found"
+    refused = (("IgA肾病", "肾病"), ("1型糖尿病", "型糖尿病"), ("维生素C缺乏", "维生素缺乏"), ("ботулизм", "ботулизм"))
+    for truth, dropped in refused:
+        with pytest.raises(DataError, match=f"drops other letters \\({dropped!r} here\\).*{re.escape(repr(truth))}"):
+            check_matchable([{FIELDS[0]: "q", FIELDS[1]: truth}], "remove them")
+    kept = ("β-thalassemia", "Ménière's disease", "Type 1 diabetes", "IgA nephropathy", "α1-antitrypsin deficiency",
+            "Sjögren syndrome", "TNF-α inhibitor", "ε-aminocaproic acid", "5 µg", "Sjøgren", "Ærø")
+    check_matchable([{FIELDS[0]: "q", FIELDS[1]: truth} for truth in kept], "remove them")
+    assert rewards.judge("Meniere disease", "Ménière's disease").correct
+    assert rewards.judge("Beta thalassemia", "β-thalassemia").correct
+    assert rewards.judge("Epsilon-aminocaproic acid", "ε-aminocaproic acid").correct  # every Greek letter spelt out
+
+
 def test_verifier_is_lazy_and_fails_clearly_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: the model is not there

@@ -205,18 +205,29 @@ def test_masked_positions_do_not_move_the_gradient(loss_on, tmp_path):
                                                     else sum(len(e.ids) for e in encoded))
 
 
+def verifier_stand_in(folder: Path, dest: Path) -> Path:
+    """A copy of a tiny folder declaring what the authors' verifier declares: a 2-label LlamaForSequenceClassification
+    (its score head loads random, as the tiny weights are). The causal folder itself is refused as verifier_model."""
+    import shutil
+
+    shutil.copytree(folder, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"],
+                                                  "id2label": {"0": "LABEL_0", "1": "LABEL_1"}}))
+    return dest
+
+
 def test_the_verifier_loads_its_tokenizer_through_medr1(tmp_path):
     """AutoTokenizer read the R1-like tokenizer as LlamaTokenizer (spaces dropped) and, where tokenizer_config.json
     names no pad, crashed at the first scored batch; medr1's loader gives the text back and a pad the model knows."""
-    import shutil
-
     from medr1.verifier import Verifier
 
-    no_pad = shutil.copytree(tiny_model_path(), tmp_path / "no-pad")
+    no_pad = verifier_stand_in(tiny_model_path(), tmp_path / "no-pad")
     cfg = json.loads((no_pad / "tokenizer_config.json").read_text())
     del cfg["pad_token"]
     (no_pad / "tokenizer_config.json").write_text(json.dumps(cfg))
-    for folder in (tiny_model_path(pad="deepseek"), no_pad):
+    deepseek = verifier_stand_in(tiny_model_path(pad="deepseek"), tmp_path / "deepseek")
+    for folder in (deepseek, no_pad):
         verifier = Verifier(str(folder))
         verifier.load()
         tok = verifier.tokenizer
@@ -229,8 +240,29 @@ def test_the_verifier_loads_its_tokenizer_through_medr1(tmp_path):
         assert len(scores) == 3 and 0 < scores[0] < 1 and 0 < scores[1] < 1 and scores[2] == 0.0
 
 
+def test_a_causal_lm_is_refused_as_the_verifier_before_it_loads(tmp_path, monkeypatch):
+    """A causal LM loaded as AutoModelForSequenceClassification gets a newly initialized score head: the reward was
+    a random P(correct), right and wrong answers alike. Its config.json names no sequence classifier (or not 2 labels):
+    refused by GRPO's preflight and by the verifier itself, before any weight loads, the knob and folder named."""
+    from transformers import AutoModelForSequenceClassification
+
+    from medr1.verifier import Verifier, check
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    causal = tiny_model_path(pad="deepseek")
+    three = verifier_stand_in(causal, tmp_path / "three")
+    (three / "config.json").write_text(json.dumps({**json.loads((three / "config.json").read_text()),
+                                                   "id2label": {"0": "A", "1": "B", "2": "C"}}))
+    for folder, declared in ((causal, r"\['LlamaForCausalLM'\], 2 labels"), (three, r"Classification'\], 3 labels")):
+        why = f"verifier_model={str(folder)!r} is no 2-label sequence classifier .*{declared}.*reward_verifier=0"
+        with pytest.raises(ModelError, match=why):
+            check(build_config("smoke", {"reward_verifier": 0.5, "verifier_model": str(folder)}, quiet=True))
+        with pytest.raises(ModelError, match=why):
+            Verifier(str(folder)).load()
+
+
 @pytest.mark.parametrize("capability, dtype", [((7, 5), "float16"), ((8, 0), "bfloat16")])
-def test_the_verifier_goes_on_this_processs_gpu(monkeypatch, capability, dtype):
+def test_the_verifier_goes_on_this_processs_gpu(monkeypatch, tmp_path, capability, dtype):
     """Under several processes every rank put its verifier on GPU 0 (the policy goes on LOCAL_RANK's GPU). It loads
     in the policy's precision: a T4 (7.5, where is_bf16_supported says True) only emulates bf16, so fp16 there."""
     import torch
@@ -250,5 +282,5 @@ def test_the_verifier_goes_on_this_processs_gpu(monkeypatch, capability, dtype):
     monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", capture)
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ModelError, match="stop here"):
-        Verifier(str(tiny_model_path(pad="deepseek"))).load()
+        Verifier(str(verifier_stand_in(tiny_model_path(pad="deepseek"), tmp_path / "v"))).load()
     assert seen["device_map"] == {"": 1} and seen["dtype"] == getattr(torch, dtype)

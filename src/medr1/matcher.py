@@ -8,7 +8,7 @@ includes", or a rival segment: "1. X 2. Y", "X; Y", "X. Or Y.", "X. Y is also li
 neither explains nor manages, or a prose sentence that hedges or is a short bare name. Matching is strict
 (precision over recall): a correct answer in other words earns nothing, nor does one followed by a short fragment
 ("X. Urgent PCI."); the verifier model (medr1.verifier, off by default) is the tool for those. It reads English
-text: a reference without Latin letters or digits normalizes to nothing.
+text: it keeps Latin letters (accents dropped), digits and Greek letters spelt out (`GREEK`), no other.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from medr1 import prompts
 # disease as often as the right one.
 ASSETS = Path(__file__).parent / "assets"
 SYNONYMS: dict[str, list[str]] = json.loads((ASSETS / "synonyms.json").read_text("utf-8"))
-GREEK = {"α": " alpha ", "β": " beta ", "γ": " gamma ", "δ": " delta ", "κ": " kappa ", "μ": " mu "}
+# letters ASCII cannot hold, spelt out: every Greek one ("ε-aminocaproic acid"; after NFKD the micro sign is μ), and
+# Latin ones that have no accent to drop ("Sjøgren")
+GREEK = {chr(c): f" {unicodedata.name(chr(c)).split()[-1].lower()} "
+         for c in [*range(0x391, 0x3AA), *range(0x3B1, 0x3CA)] if c != 0x3A2} | {
+    "ß": "ss", "æ": "ae", "Æ": "Ae", "œ": "oe", "Œ": "Oe", "ø": "o", "Ø": "O"}
 SPELLING = ((re.compile(r"^oe(?=[a-z])"), "e"), (re.compile(r"aem"), "em"), (re.compile(r"oea"), "ea"),
             (re.compile(r"^tumour$"), "tumor"), (re.compile(r"^haemo"), "hemo"))
 ARTICLES = {"a", "an", "the"}
@@ -53,14 +57,24 @@ def _singular(word: str) -> str:
     return word
 
 
+def _fold(text: str) -> str:
+    """Accents dropped ("Ménière" -> "Meniere"), Greek letters spelt out, any other letter that is not ASCII gone."""
+    return "".join(GREEK.get(ch, ch) for ch in unicodedata.normalize("NFKD", text)).encode("ascii", "ignore").decode()
+
+
+def dropped_letters(text: str) -> str:
+    """The letters of `text` that normalization drops (Chinese, Cyrillic), each once: a reference holding
+    one would be matched by what is left ("IgA肾病", IgA nephropathy, by "IgA vasculitis")."""
+    return "".join(dict.fromkeys(ch for ch in text if ch.isalpha() and not _fold(ch).strip()))
+
+
 def _words(text: str) -> list[str]:
     """Lower-case words of `text`, accents, articles and plurals removed; commas, clause breaks and segment ends
     as tokens. Cue words go through it too, so "whereas" and "requires" compare as the answer's words do."""
     text = prompts.ANSWER_MARKERS.sub("\n", text)  # a second answer part inside the answer part: one more candidate
     text = re.sub(r"\b([A-Z][A-Z0-9]+)s\b", r"\1", text)  # SSRIs: an abbreviation's plural
     text = HEADING_END.sub(" \x03 ", ITEM_MARK.sub(" \x02 ", text))
-    text = "".join(GREEK.get(ch, ch) for ch in text)
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    text = _fold(text).lower()
     text = re.sub(r"n't\b", " not", text).replace("no doubt", " ").replace("/", " or ")
     text = re.sub(r"'s\b", "", text)
     text = re.sub(r"(\d)([a-z])", r"\1 \2", text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medr1 import data, mcq, prompts, rewards, stats
+from medr1 import data, matcher, mcq, prompts, rewards, stats
 from medr1.config import Config, hint
 from medr1.errors import DataError
 from medr1.log import log
@@ -30,6 +30,8 @@ def load_questions(config: Config) -> tuple[list[dict[str, str]], str, dict[str,
         total = len(rows)  # what the file holds: run.json says it beside the questions used
         if n and n < total:
             log.info(f"{n} of {total} questions (grpo_num_examples={n}) from {source}")
+        elif n > total:  # not silently fewer
+            log.info(f"grpo_num_examples={n}, but {source} holds only {total} questions: all {total} are used")
         rows = rows[:n or None]
     else:
         name, subset, split = config.grpo_dataset_name, config.grpo_dataset_config, config.grpo_dataset_split
@@ -64,12 +66,16 @@ def unique_questions(rows: list[dict[str, str]], source: str) -> tuple[list[dict
 def check_matchable(rows: list[dict[str, str]], way_out: str) -> None:
     """The rule-based correctness reward reads English text: a reference that normalizes to nothing (Chinese,
     Cyrillic, a dash; or only an article, like an option letter "A") can never be matched, so every answer to it,
-    right or wrong, would score 0 without a word."""
-    bad = [r for r in rows if not rewards.truth_variants(r[FIELDS[1]])]
+    right or wrong, would score 0 without a word; one with letters the matcher drops ("IgA肾病", "1型糖尿病") would be
+    matched by any answer holding what is left ("IgA", "1"). Both would reward noise."""
+    bad = [r for r in rows if not rewards.truth_variants(r[FIELDS[1]]) or matcher.dropped_letters(r[FIELDS[1]])]
     if bad:
-        raise DataError(f"{len(bad)} references normalize to nothing the rule-based matcher can compare (it reads "
-                        "English words: no Latin letter or digit, or only an article such as 'A'), so it can never "
-                        f"match them (first: {_where(bad[0])}, field {FIELDS[1]!r}: {bad[0][FIELDS[1]]!r}); "
+        dropped = matcher.dropped_letters(bad[0][FIELDS[1]])
+        raise DataError(f"{len(bad)} references are not what the rule-based matcher can compare (it reads English "
+                        "words: Latin letters, digits, Greek letters spelt out; it drops other letters"
+                        f"{f' ({dropped!r} here)' * bool(dropped)}, and only an article such as 'A' leaves nothing), "
+                        "so it would never match them or would match any answer holding what is left (first: "
+                        f"{_where(bad[0])}, field {FIELDS[1]!r}: {bad[0][FIELDS[1]]!r}); write them in English; "
                         f"multiple-choice letters belong in `evaluate --mcq`; {way_out}")
 
 

@@ -26,9 +26,21 @@ def check(config: Config) -> None:
     if config.reward_verifier <= 0:
         return
     try:
-        read_model_config(config.verifier_model, "verifier_model")
+        check_head(config.verifier_model)
     except ModelError as err:
         raise ModelError(f"{err}. Set {hint('reward_verifier', 0)} to train without the verifier.") from None
+
+
+def check_head(name: str) -> None:
+    """verifier_model's config.json must declare a 2-label sequence classifier, as the authors' verifier does
+    (LlamaForSequenceClassification): a causal LM loads with a newly initialized score head, and its random
+    P(correct) would be the reward, unsaid."""
+    cfg = read_model_config(name, "verifier_model")
+    labels = len(cfg["id2label"]) if cfg.get("id2label") else cfg.get("num_labels", 2)  # transformers' default: 2
+    if labels != 2 or not any(str(a).endswith("ForSequenceClassification") for a in cfg.get("architectures") or []):
+        raise ModelError(f"verifier_model={name!r} is no 2-label sequence classifier (its config.json declares "
+                         f"architectures={cfg.get('architectures')}, {labels} labels): its score head would load "
+                         f"random weights and the reward be noise; give a verifier such as {Config.verifier_model}")
 
 
 class Verifier:
@@ -53,6 +65,7 @@ class Verifier:
         from medr1.tokenizer import load_tokenizer
 
         try:
+            check_head(self.model_name)
             path = model_path(self.model_name, "verifier_model")
             self.tokenizer = load_tokenizer(path, self.style, knob="verifier_model")
             self.model = AutoModelForSequenceClassification.from_pretrained(
