@@ -391,6 +391,15 @@ def test_output_dir_over_the_start_run_is_refused_before_anything_is_removed(smo
     GrpoRun(build_config("smoke", {"output_dir": str(sft / "grpo"), "init_adapter": str(sft)}, quiet=True))  # beside
 
 
+def test_output_dir_at_the_start_run_is_refused_as_such_before_overwrite_is_offered(smoke_run, tmp_path):
+    """Without --overwrite, output_dir at the start run said "already holds another run; pass --overwrite", and
+    --overwrite was then refused as lying inside init_adapter: the first answer is the one that holds."""
+    from medr1.errors import OutputDirError
+
+    sft = _copy_run(smoke_run.out, tmp_path / "sft")
+    with pytest.raises(OutputDirError, match=r"output_dir=.* init_adapter=.*choose another output_dir$"):
+        GrpoRun(build_config("smoke", {"output_dir": str(sft), "init_adapter": str(sft)}, quiet=True))
+
 def test_questions_too_long_for_max_seq_length_are_dropped_or_refused(tmp_path, capsys):
     """The model is loaded for max_seq_length tokens: each prompt plus max_completion_length must fit. over_length
     (as in SFT) drops the questions that do not, counted in the log and run.json, or stops with one line; a

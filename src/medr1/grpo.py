@@ -143,10 +143,10 @@ class GrpoRun(Stage):
         check(config)
         self.adapter, self.start_dir, self.start_record = start_adapter(config)  # its run.json, read once
         config = start_lora(config, self.adapter)  # before the output folder's resume check compares it
+        record.check_clear_of_start(config, Path(config.output_dir).expanduser(), self.adapter)  # before its advice
         super().__init__(dataclasses.replace(config, packing=False))  # no rows are packed: no varlen attention patch
         self.questions, self.source, counts = load_questions(self.config)
         prints = record.same_data(self.config, self.out, self.source, questions=self.questions)  # as resumed
-        record.check_clear_of_start(self.config, self.out, self.adapter)
         # the start run's held-out rows (their file, or None): no question of theirs trains; `_hold_out` carries them
         self._held_file = record.holdout_file(self.start_dir, self.start_record) if self.start_dir else None
         held = record.holdout_rows(self.start_dir, self.start_record, self._held_file) if self._held_file else []
