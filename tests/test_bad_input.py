@@ -450,3 +450,32 @@ def test_the_adapter_refusal_names_the_base_its_run_was_trained_on(smoke_run, tm
     monkeypatch.chdir(smoke_run.out.parent)
     config = build_config("smoke", {"init_adapter": smoke_run.out.name}, quiet=True)
     assert config.init_adapter == str(smoke_run.out) and build_config("smoke", quiet=True).init_adapter == ""
+
+
+def test_a_damaged_adapter_is_refused_by_export_evaluate_and_grpo_before_anything(smoke_run, tmp_path, capsys):
+    """A truncated adapter_model.safetensors stopped export --merged, evaluate and GRPO's init_adapter at the load with
+    safetensors' traceback, after export had copied it with a card: each names the file first; nothing is written."""
+    import shutil
+
+    from medr1.__main__ import main
+    from medr1.evaluate import Evaluation
+    from medr1.export import Export
+    from medr1.grpo import GrpoRun
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run.out, run, ignore=shutil.ignore_patterns("checkpoints", "export", "eval.*"))
+    weights = run / "adapter" / "adapter_model.safetensors"
+    with weights.open("r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
+    damaged = f"{weights} is damaged"
+    grpo = {"output_dir": str(tmp_path / "g"), "init_adapter": str(run)}
+    for stage in (lambda: Export(run).plan(merged=True), lambda: Export(run).adapter(), lambda: Evaluation(run),
+                  lambda: GrpoRun(build_config("smoke", grpo, quiet=True))):
+        with pytest.raises(ModelError, match="train the run again, or restore the file") as info:
+            stage()
+        assert damaged in str(info.value) and "\n" not in str(info.value)
+    capsys.readouterr()
+    assert main(["export", str(run), "--merged"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and damaged in err and "Traceback" not in err
+    assert not (run / "export").exists() and not (tmp_path / "g").exists()

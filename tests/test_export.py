@@ -495,3 +495,49 @@ def test_card_of_a_run_evaluated_on_multiple_choice_alone():
                       evaluation=evaluation)
     assert "on multiple-choice questions only" in text and "0 held-out rows" not in text
     assert "| multiple-choice accuracy, 4 questions" in text
+
+
+def test_a_run_folder_is_never_an_export_destination(run_copy, tmp_path, capsys):
+    """`export GRPO_RUN --to SFT_RUN --overwrite` wrote the GRPO adapter over the SFT run's own adapter/ (its run.json
+    still said complete; evaluate then scored the other run); --to RUN_DIR rewrote the run's own. A run folder, or a
+    folder in one, is refused without suggesting --overwrite; the run's own export/ and other folders still take it."""
+    from safetensors.torch import load_file, save_file
+
+    from medr1.__main__ import main
+
+    run_a, run_b = tmp_path / "runA", tmp_path / "runB"
+    for run in (run_a, run_b):
+        shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("export"))
+    weights = run_b / "adapter" / "adapter_model.safetensors"
+    save_file({k: v + 1 for k, v in load_file(weights).items()}, weights)  # another run's adapter
+    kept = {p.name: p.read_bytes() for p in (run_a / "adapter").iterdir()}
+    for source, dest in ((run_b, run_a), (run_a, run_a), (run_b, run_a / "export"), (run_b, run_a / "checkpoints")):
+        capsys.readouterr()
+        assert main(["export", str(source), "--to", str(dest), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"lies in the run folder {str(run_a.resolve())!r} (it holds run.json)" in err
+        assert "overwrite" not in err, err
+    assert {p.name: p.read_bytes() for p in (run_a / "adapter").iterdir()} == kept and not (run_a / "export").exists()
+    for args in ([], ["--overwrite"], ["--to", str(run_a / "export"), "--overwrite"]):  # the run's own export/
+        assert main(["export", str(run_a), *args]) == 0
+    assert (run_a / "export" / "adapter" / weights.name).read_bytes() == kept[weights.name]
+    assert main(["export", str(run_b), "--to", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "adapter" / weights.name).read_bytes() == weights.read_bytes()
+
+
+def test_tied_embeddings_are_counted_once(tmp_path):
+    """SmolLM2 ties its output layer to its embeddings: counted twice on the meta device, the cpu preset's merge said
+    162.83 M parameters for the 134.5 M it saves, and the disk estimate was a fifth too high."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from medr1.config import Config
+    from medr1.export import count_parameters
+    from medr1.tiny import tiny_model_path
+
+    for tied in (False, True):  # the tiny model's embeddings are not tied: a copy of it that ties them
+        folder = tmp_path / f"tied-{tied}"
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_path(), tie_word_embeddings=tied)
+                                         ).save_pretrained(folder)
+        saved = sum(t.numel() for t in load_file(folder / "model.safetensors").values())
+        assert count_parameters(Config(model_name=str(folder))) == saved, tied

@@ -29,7 +29,7 @@ from medr1.files import atomic_dir, atomic_write_text, check_disk, check_folder,
 from medr1.hub import check_hub, hub_token, push_folder
 from medr1.log import log
 from medr1.model import load_adapter, merge_16bit
-from medr1.preflight import check_run_model, model_path
+from medr1.preflight import check_adapter, check_run_model, model_path
 from medr1.prompts import inference_prompt
 from medr1.record import adapter_dir, adapter_sha256, holdout_rows, read_record, run_config
 
@@ -38,11 +38,20 @@ PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # w
 MARKER = ".medr1-adapter.sha256"  # in each export folder: the run's adapter weights it was made from (never pushed)
 
 
-def check_destination(dest: str | Path, overwrite: bool = False) -> Path:
+def check_destination(dest: str | Path, overwrite: bool = False, run_dir: Path | None = None) -> Path:
     """Refuse a destination that is a file or lies under one, or in a folder this process cannot write in, or a folder
-    holding anything unless `overwrite`. A killed export's leftovers beside it go first: they hold the disk."""
+    holding anything unless `overwrite`. A killed export's leftovers beside it go first: they hold the disk.
+    A run folder (run.json) and what lies in it are that run's, whatever `overwrite` says: --to RUN would replace its
+    trained adapter/, which its run.json, evaluate and GRPO take for its own. Only `run_dir`'s own export/ is open."""
     dest = Path(dest).expanduser()
     check_folder(dest, f"export destination {str(dest)!r}")
+    where = dest.resolve()
+    run = next((p for p in (where, *where.parents) if (p / "run.json").is_file()), None)
+    if run and not (run_dir and where.is_relative_to((run_dir / "export").resolve())):
+        raise OutputDirError(f"export destination {str(dest)!r} lies in the run folder {str(run)!r} (it holds "
+                             "run.json): an export there would replace that run's own files, such as the adapter its "
+                             "run.json, evaluate and GRPO read; choose a folder outside every run folder, or this "
+                             f"run's own {str(run_dir / 'export') if run_dir else 'export/'!r}")
     check_writable(dest.parent, f"export destination {str(dest)!r}")
     sweep(dest)  # its hidden .tmp-/.old- folders no live writer holds (a previous folder moved aside comes back)
     if _filled(dest) and not overwrite:
@@ -59,6 +68,7 @@ def count_parameters(config: Config) -> int:
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path(config.model_name)))
+    model.tie_weights()  # not done on the meta device: tied embeddings (SmolLM2) would count twice, as never saved
     return sum(p.numel() for p in model.parameters())
 
 
@@ -87,6 +97,7 @@ class Export:
         self.config = run_config(self.run_dir, self.record)
         self.plain = replace(self.config, backend="hf")  # to load through transformers + peft, wherever it trained
         self.adapter_src = adapter_dir(self.run_dir, self.record)
+        check_adapter(self.adapter_src)  # a damaged weights file is refused before any export copies it
         self.export_dir = Path(export_dir).expanduser() if export_dir else self.run_dir / "export"
         self.overwrite = overwrite
         self.evaluation = card.load_eval(self.run_dir)
@@ -109,7 +120,7 @@ class Export:
             to_gguf.refuse(to_gguf.NO_GGUF + why, strict)
             out.gguf, out.gguf_left_out = [], why
         if verify or merged or out.gguf:  # these load the base model: run.json's model_name must be found here
-            check_run_model(self.config, self.run_dir)
+            check_run_model(self.config, self.run_dir, self.adapter_src)
         wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
         out.folders = {what: self._destination(what, "") for what, on in wanted.items() if on}
         if verify and not adapter:
@@ -264,7 +275,7 @@ class Export:
         return self._model, self._tokenizer
 
     def _destination(self, what: str, dest: str | Path) -> Path:
-        return check_destination(dest or self.export_dir / PUSHABLE[what], self.overwrite)
+        return check_destination(dest or self.export_dir / PUSHABLE[what], self.overwrite, self.run_dir)
 
     @contextmanager
     def _writing(self, what: str, dest: Path, label: str, wanted: list[str] | tuple = ()):

@@ -17,6 +17,7 @@ from medr1 import distributed
 from medr1.config import Config, hint
 from medr1.errors import ModelError
 from medr1.log import log
+from medr1.preflight import check_adapter
 from medr1.preflight import model_path as resolve_model_path
 from medr1.speed.sizing import native_bf16
 from medr1.tokenizer import load_tokenizer
@@ -163,6 +164,7 @@ def nonfinite_tensors(adapter: Path) -> list[str]:
     path = adapter / "adapter_model.safetensors"
     if not path.exists():  # the load names what is missing
         return []
+    check_adapter(adapter)  # a damaged file: one line, not safetensors' traceback (GRPO's init_adapter comes here)
     with safe_open(str(path), framework="pt") as weights:
         return [name for name in weights.keys() if not torch.isfinite(weights.get_tensor(name)).all()]
 
@@ -173,6 +175,7 @@ def load_adapter_weights(model, adapter: Path) -> int:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    check_adapter(adapter)
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)
     missing = [k for k in result.missing_keys if "lora_" in k]
