@@ -250,3 +250,45 @@ def test_an_output_dir_through_a_link_to_nothing_stops_before_loading(tmp_path, 
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     assert main(["train", "--preset", "smoke", "--set", f"output_dir={tmp_path / 'dangling' / 'x'}"]) == 2
     assert "is a link to nothing" in capsys.readouterr().err
+
+
+def test_under_several_processes_one_process_commands_refuse_and_evaluate_prints_once(tmp_path, capsys, monkeypatch):
+    """Under accelerate launch, `export` ran in every process (rank 1 found the folder full and failed unsaid, or with
+    --overwrite wrote it again) and `check-data` printed its report twice; `evaluate` printed its JSON once a rank."""
+    from medr1 import distributed
+    from medr1.verifiable import FIXTURE_PATH as QUESTIONS
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        for argv in (["export", str(tmp_path)], ["check-data", str(FIXTURE_PATH), "--preset", "smoke"]):
+            assert main(argv) == 2
+            out, err = capsys.readouterr()
+            said = f"{argv[0]} runs in one process: python -m medr1 {argv[0]} ..., not under accelerate launch"
+            assert out == "" and (said in err if rank == "0" else err == "")
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text(json.dumps({"prediction": "### Answer:\nx"}) + "\n")
+    one = ["--max-questions", "1"]
+    monkeypatch.setattr(distributed, "finish", lambda: None)  # no process group to end in one process
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["evaluate", "--verifiable", str(QUESTIONS), "--predictions", str(pred), *one]) == 0
+        out = capsys.readouterr().out
+        assert (json.loads(out)["n"] == 1) if rank == "0" else out == ""
+
+
+def test_another_ranks_warnings_carry_its_rank(monkeypatch, capsys):
+    """Under accelerate launch a warning every rank gives (duplicate rows) was printed twice, the second unnamed, under
+    a README that says only rank 0 prints: the other ranks' warnings carry "[rank N]", as their errors do."""
+    from medr1 import distributed
+    from medr1 import log as medr1_log
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(medr1_log._Stdout, "prefix", "", raising=False)
+    monkeypatch.setattr(medr1_log.log, "level", medr1_log.log.level)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # quiet_replicas' variables stay in this test
+    distributed.quiet_replicas()
+    medr1_log.log.info("an info line")
+    medr1_log.log.warning("2 duplicate rows")
+    assert capsys.readouterr().out == "[rank 1] medr1: warning: 2 duplicate rows\n"

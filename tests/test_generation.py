@@ -261,3 +261,25 @@ def test_a_question_asked_twice_gets_the_same_samples_whatever_shares_its_proces
     alone = _tokens(infer.generate_many(model, tokenizer, texts[:1], **kw))
     twice = _tokens(infer.generate_many(model, tokenizer, [texts[0], texts[0], texts[1]], **kw))
     assert twice[:2] == alone and twice[2:4] == alone and alone[0] != alone[1]
+
+
+def test_a_sharded_pass_records_the_slowest_process_times(monkeypatch):
+    """Under several processes eval.json's `prefill_s` read 0.0 and `ms_per_step` was wall time over steps (prefill and
+    the gather included): the parts' prefill and decode times were never carried over. The processes run side by
+    side, so the pass's times are the slowest one's."""
+    from medr1 import distributed
+
+    parts = [Stats(slots=4, prompts=2, generated_tokens=40, steps=10, prefill_s=0.5, decode_s=2.0, seconds=2.6),
+             Stats(slots=4, prompts=2, generated_tokens=30, steps=8, prefill_s=0.25, decode_s=1.0, seconds=1.3)]
+    monkeypatch.setattr(distributed, "init", lambda: None)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(infer, "generate_many", lambda *a, **k: [{"text": "x"}] * 2)
+    monkeypatch.setattr(torch.distributed, "all_gather_object",
+                        lambda out, _: out.__setitem__(slice(None), [([0, 2], ["a", "c"], parts[0]),
+                                                                     ([1, 3], ["b", "d"], parts[1])]))
+    stats = Stats()
+    assert infer._sharded(None, None, ["p0", "p1", "p2", "p3"], stats, samples=1) == ["a", "b", "c", "d"]
+    speed = stats.record()
+    assert (speed["steps"], speed["prefill_s"], speed["ms_per_step"]) == (10, 0.5, 200.0)
+    assert speed["generated_tokens"] == 70 and speed["prompts"] == 4

@@ -635,3 +635,19 @@ def test_a_stopped_run_in_output_dir_is_named_as_stopped(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted", "config": {}}))
     with pytest.raises(OutputDirError, match=r"another run \(run.json, stopped: status 'interrupted'\); pass "):
         check_output_dir(build_config("smoke", {"output_dir": str(tmp_path)}, quiet=True))
+
+
+def test_a_resume_under_several_cpu_processes_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    """On a CPU, two processes resuming failed inside transformers ("don't know how to restore data location ...
+    cpu:0") after the model loaded, and the stop's line then said to run the same resume again."""
+    config = build_config("smoke", {"output_dir": str(tmp_path), "resume": True}, quiet=True)
+    (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted", "processes": 2,
+                                                   "config": config.to_dict()}))
+    (tmp_path / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(OutputDirError, match="under 2 processes on a CPU: transformers loads the checkpoint's"):
+        check_output_dir(config)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(OutputDirError, match="trained with 2 processes and this launch has 1"):
+        check_output_dir(config)

@@ -145,7 +145,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             from medr1.mcq import score_files as score
         questions = args.verifiable or args.mcq
-        print(json.dumps(score(questions, args.predictions, args.style or "seed", args.max_questions)))
+        result = score(questions, args.predictions, args.style or "seed", args.max_questions)
+        if distributed.is_main():  # under accelerate launch every process scores; one prints
+            print(json.dumps(result))
         return 0
     if not args.run_dir:
         raise ConfigError("give a run folder (RUN_DIR), or --mcq FILE --predictions PRED.jsonl")
@@ -160,7 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ev = evaluate_run(args.run_dir, mcq_file=args.mcq or "", max_rows=args.max_rows,
                       max_new_tokens=args.max_new_tokens, max_questions=args.max_questions, batch_size=args.batch_size,
                       samples=args.samples, engine=args.engine, overwrite=args.overwrite)
-    print(json.dumps(ev.summary(), indent=2, default=str))
+    if distributed.is_main():  # every process evaluated its share; rank 0 wrote eval.json
+        print(json.dumps(ev.summary(), indent=2, default=str))
     return 0
 
 
@@ -272,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         distributed.quiet_replicas()
     try:
         with cli_hints():  # error hints name --overwrite, --resume, --set KNOB=VALUE
+            if not args.processes and distributed.world_size() > 1:  # each process would do it all (export twice)
+                raise ConfigError(f"{args.command} runs in one process: python -m medr1 {args.command} ..., not under "
+                                  "accelerate launch or torchrun")
             code = args.func(args)
         if args.processes:
             distributed.finish()  # the process group ends cleanly

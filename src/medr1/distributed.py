@@ -119,7 +119,7 @@ def quiet_replicas() -> None:
         return
     from medr1.log import quiet
 
-    quiet()
+    quiet(rank())
     for name, value in (("TQDM_DISABLE", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
                         ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
         os.environ.setdefault(name, value)

@@ -168,7 +168,9 @@ def _sharded(model, tokenizer, prompt_texts: list[str], stats: Stats, *, samples
     stats.slots, stats.merged = sum(p.slots for p in parts), part_stats.merged
     stats.prompts += sum(p.prompts for p in parts)
     stats.generated_tokens += sum(p.generated_tokens for p in parts)
-    stats.steps += max(p.steps for p in parts)
+    slowest = max(parts, key=lambda p: p.seconds)  # the processes ran side by side: its times are the pass's
+    stats.steps, stats.prefill_s, stats.decode_s = (stats.steps + slowest.steps, stats.prefill_s + slowest.prefill_s,
+                                                    stats.decode_s + slowest.decode_s)
     stats.peak_gib = max((p.peak_gib or 0.0) for p in parts) or None
     stats.seconds += time.perf_counter() - t0  # until the slowest process is done
     stats.notes.append(f"{world} processes: {parts[0].notes[0] if parts[0].notes else ''} each")

@@ -21,7 +21,7 @@ from medr1.config import Config, hint, lower_rate, same_setting
 from medr1.errors import DataError, ModelError, OutputDirError
 from medr1.log import log
 from medr1.readers import read_file
-from medr1.speed.sizing import FAST_SIZED
+from medr1.speed.sizing import FAST_SIZED, on_gpu
 
 PACKAGES = ("medr1", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft", "datasets",
             "accelerate", "bitsandbytes")
@@ -198,6 +198,10 @@ def _check_processes(out: Path, rec: dict[str, Any]) -> None:
     """A resume under another number of processes trains another effective batch (per-device x accumulation x
     processes) with the same settings: refused before anything loads. A complete run trains nothing: let it be."""
     was, procs = rec.get("processes"), distributed.world_size()
+    if procs > 1 and not on_gpu() and rec.get("status") != "complete" and newest_checkpoint(out / "checkpoints"):
+        raise OutputDirError(f"{hint('resume')} under {procs} processes on a CPU: transformers loads the checkpoint's "
+                             "optimizer state to device 'cpu:0' there, which torch cannot restore (on GPUs it "
+                             f"resumes); use {hint('overwrite')} to train it again, or another output_dir")
     if not isinstance(was, int) or was < 1 or was == procs or rec.get("status") == "complete":
         return
     batch, unit = rec.get("effective_batch"), "answers" if rec.get("kind") == "grpo" else "rows"
