@@ -422,7 +422,8 @@ def test_an_interruption_hint_names_the_command_line_flags(tmp_path, prepared, c
     with cli_hints(), pytest.raises(KeyboardInterrupt), run.recording():
         raise KeyboardInterrupt("stop button")
     said = capsys.readouterr().out
-    assert f"run again with --resume and --set output_dir={run.out} to continue" in said, said
+    assert f"run again with the same settings (preset and knobs) and --resume, --set output_dir={run.out} to " \
+           "continue" in said, said
 
 
 def test_a_resumed_run_keeps_its_start_and_adds_up_its_training_time(runs):
