@@ -613,23 +613,6 @@ def test_training_without_lora_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_the_interruption_line_says_to_resume_with_the_same_settings(tmp_path, caplog):
-    """After a stop the line said "run again with --resume and --set output_dir=...": done as said, without the
-    run's other options (a GRPO run's init_adapter, its steps), the resume was refused as changed settings."""
-    from medr1.config import cli_hints
-    from medr1.stage import Stage
-
-    (tmp_path / "checkpoints" / "checkpoint-4").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text("{}")
-    stage = SimpleNamespace(_trainer=SimpleNamespace(state=SimpleNamespace(global_step=5)), out=tmp_path,
-                            record={}, HISTORY="loss_history", STAGE="GRPO", _train_t0=0.0, _steps=list,
-                            _time_training=lambda s: s, _write_record=lambda: None)
-    with cli_hints(), caplog.at_level("INFO", logger="medr1"):
-        Stage._record_interruption(stage, KeyboardInterrupt())
-    assert "checkpoint-4 is kept: run again with the same settings (preset and knobs) and --resume, " \
-           f"--set output_dir={tmp_path} to continue" in caplog.text
-
-
 def test_a_stopped_run_in_output_dir_is_named_as_stopped(tmp_path):
     """Running the same command into a folder whose run was stopped (Ctrl-C, a restarted machine) said it held
     "another run": the status tells the user it is theirs to resume."""
