@@ -125,16 +125,20 @@ distributed.finish()
 """
 
 
-def test_every_process_takes_rank_0s_config(tmp_path):
-    """Default folders carry a timestamp computed in each process: rank 0's config must win everywhere."""
-    script = tmp_path / "agree.py"
-    script.write_text(AGREE)
+def _two_ranks(tmp_path: Path, source: str, timeout: int = 120) -> tuple[list, str]:
+    """`source` run as two processes (torch.distributed.run, gloo): what each rank wrote to rankN.json; the output."""
+    script = tmp_path / "ranks.py"
+    script.write_text(source)
     cmd = [str(BIN / "python"), "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), str(script), str(tmp_path)]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
-    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert seen == [{"output_dir": "out-of-rank-0", "backend": "gloo"}] * 2
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)], done.stdout + done.stderr
+
+
+def test_every_process_takes_rank_0s_config(tmp_path):
+    """Default folders carry a timestamp computed in each process: rank 0's config must win everywhere."""
+    assert _two_ranks(tmp_path, AGREE)[0] == [{"output_dir": "out-of-rank-0", "backend": "gloo"}] * 2
 
 
 LEAST = """
@@ -155,17 +159,11 @@ def test_fast_is_sized_by_the_least_free_memory_over_the_processes(tmp_path):
     job on it) ran out of memory. The split fits the least free memory over all ranks, and the preset line says so."""
     from medr1.speed.sizing import FAST_SIZED, plan_micro_batches
 
-    script = tmp_path / "least.py"
-    script.write_text(LEAST)
-    cmd = [str(BIN / "python"), "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(script), str(tmp_path)]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    seen, said = _two_ranks(tmp_path, LEAST)
     plan = plan_micro_batches(30.0, processes=2)
     assert plan != plan_micro_batches(79.0, processes=2)  # rank 0's own plan would not fit rank 1
-    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert seen == [[plan[k] for k in FAST_SIZED]] * 2
-    assert "30 GiB free (the least over 2 processes): 2 packed rows x 2 accumulation x 2" in done.stdout + done.stderr
+    assert "30 GiB free (the least over 2 processes): 2 packed rows x 2 accumulation x 2" in said
 
 
 AUTO = """
@@ -185,13 +183,7 @@ distributed.finish()
 def test_auto_on_unequal_cards_picks_for_the_smallest_on_every_rank(tmp_path):
     """`auto` picked by each rank's own card: an 80 GB rank chose `fast` and waited in its sizing for ranks that had
     chosen `colab-t4` and never came. Every rank picks from the smallest card, and the run goes on."""
-    script = tmp_path / "auto.py"
-    script.write_text(AUTO)
-    cmd = [str(BIN / "python"), "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(script), str(tmp_path)]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == ["colab-t4"] * 2
+    assert _two_ranks(tmp_path, AUTO, timeout=90)[0] == ["colab-t4"] * 2
 
 
 def test_learning_rate_rule_names_the_numbers():
