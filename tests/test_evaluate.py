@@ -596,3 +596,18 @@ def test_letters_the_sentence_rules_out_are_no_rivals(answer, letter):
     """A reviewer saw "The answer is C, A and B are wrong." unparsed (and "B, C is also possible" scored B): after
     the pick, letters the same clause rules out are mentions; letters it keeps open are rivals."""
     assert mcq.extract_choice(f"Reasoning.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
+
+
+@pytest.mark.parametrize("answer", [
+    "**B**, C is incorrect since folate deficiency does not cause neuropathy.",
+    "The answer is B, C is incorrect because folate does not cause neuropathy.",
+    "The answer is B, C and D are wrong since they do not cause neuropathy.",
+    "The answer is B, C is not correct because it is unlikely here.", "The answer is B, C is less likely.",
+    "The answer is B, C is a distractor.", "Answer: B, C is the classic trap.", "I would choose B, C is tempting.",
+    "The answer is B, C is also macrocytic but lacks the neuropathy.", "The answer is B, A may coexist.",
+    "The answer is B, C is the second best choice.", "The answer is B, C is not possible."])
+def test_a_letter_the_sentence_only_talks_about_is_no_rival(answer):
+    """A reviewer found right answers read as C or unparsed once "one denial" decided: "B, C is incorrect since ...
+    not ..." has two, "B, C is less likely" none. A letter after the pick is a rival only where its clause keeps it
+    open ("possible", "correct", "could also", "cannot be excluded") and does not deny that."""
+    assert mcq.extract_choice(f"Reasoning.\n\n### Answer:\n{answer}", VITAMINS).letter == "B"

@@ -94,9 +94,13 @@ _LONE_RE = [
 _ARTICLE = re.compile(r" +(?!(?:because|since|as|is|are|was|were|seems|which|that|given|due|for|and|or|but|so|then|"
                       r"can|could|may|might)\b)[a-z]")
 _WORD = re.compile(r"\w+|[,/&]")
-# "B, C and D are wrong": the clause after a run of letters, which rules them out with one denial ("not", "wrong")
+# "B, C and D are wrong": the clause after a run of letters, which says what they are. It keeps them open where it
+# calls them possible or right (unless it denies that), or says they cannot be excluded; else they are mentions.
 _CLAUSE = re.compile(r"(?:[\s,/&()\[\]]|and |or |[A-Z]\b)*([^.,;:!?\n]*)")
-_NOT, _OUT = re.compile(r"n[o']t\b"), re.compile(r"\b(?:wrong|incorrect|false|unlikely|out|excluded)\b")
+_OPEN = re.compile(r"\b(?:possible|possibly|plausible|correct|right|both|fits?|(?:could|may|might) also|"
+                   r"also (?:likely|an option|a possibility|reasonable))\b")
+_NOT = re.compile(r"n[o']t\b")
+_STILL_OPEN = re.compile(r"\b(?:can ?not|can't|not) be (?:excluded|ruled out)\b|\bnot (?:wrong|incorrect)\b")
 
 
 @dataclass
@@ -153,7 +157,8 @@ def _lone_letters(text: str, valid: list[str], options: dict[str, str] | list[st
 
 def _also(text: str, end: int, letter: str, options: dict[str, str] | list[str]) -> list[tuple[int, str]]:
     """[(position, letter)] of another option joined to the letter ending at `end`: "B or C", "B/C", "(b) or (c)",
-    "B, C" (not "B, C and D are wrong": mentions), "B or iron deficiency", "B. Vitamin B12 deficiency or C. ..."."""
+    "B, C" (not "B, C and D are wrong", "B, C is less likely": mentions), "B or iron deficiency", "B. Vitamin B12
+    deficiency or C. ..."."""
     words = [(m.start() + end, m.group()) for m in _WORD.finditer(text[end:end + 300])]
     names = {k: _norm(v).split() for k, v in options.items()} if isinstance(options, dict) else {}
     low = [w.lower() for _, w in words]
@@ -164,9 +169,10 @@ def _also(text: str, end: int, letter: str, options: dict[str, str] | list[str])
     if j == i or j == len(words):
         return []
     pos, w = words[j]
-    clause = _CLAUSE.match(text, pos + 1)[1].lower()  # "not wrong", "cannot be excluded": still open
-    ruled = set(low[i:j]) == {","} and bool(_NOT.search(clause)) != bool(_OUT.search(clause))
-    mention = ruled or w in "AI" and _ARTICLE.match(text, pos + 1)  # "B, C is wrong"; "A vitamin": the article
+    clause = _CLAUSE.match(text, pos + 1)[1]  # "B, C is less likely": a mention; "B, C is also possible": a rival
+    said = clause[:1].islower() and not _STILL_OPEN.search(low_clause := clause.lower()) and (
+        not _OPEN.search(low_clause) or _NOT.search(low_clause))
+    mention = set(low[i:j]) == {","} and said or w in "AI" and _ARTICLE.match(text, pos + 1)  # "A vitamin": article
     named = w.upper() in options and (w.isupper() or text[pos - 1] in "([*'\"")  # "(c)", as `_phrases` reads it
     other = w.upper() if named and not mention else at.get(j)
     return [(pos, other)] if other and other != letter else []
