@@ -136,6 +136,17 @@ def test_a_reference_is_refused_unless_the_matcher_keeps_all_its_letters():
     assert rewards.judge("Epsilon-aminocaproic acid", "ε-aminocaproic acid").correct  # every Greek letter spelt out
 
 
+def test_a_beta_typed_as_sharp_s_matches_and_a_modifier_apostrophe_is_no_dropped_letter():
+    """A reviewer saw "ß-thalassemia" (β typed as ß) never matched by "Beta-thalassemia" once ß became "ss", and
+    "Crohnʼs disease" (U+02BC, a modifier letter) refused as holding a letter the matcher drops."""
+    from medr1.verifiable import FIELDS, check_matchable
+
+    assert rewards.judge("Beta-thalassemia", "ß-thalassemia").correct
+    assert not rewards.judge("Alpha-thalassemia", "ß-thalassemia").correct
+    check_matchable([{FIELDS[0]: "q", FIELDS[1]: t} for t in ("Crohnʼs disease", "Łódź fever", "ß-blocker")], "x")
+    assert rewards.judge("Crohn's disease", "Crohnʼs disease").correct
+
+
 def test_verifier_is_lazy_and_fails_clearly_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: the model is not there

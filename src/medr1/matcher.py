@@ -26,11 +26,11 @@ from medr1 import prompts
 # disease as often as the right one.
 ASSETS = Path(__file__).parent / "assets"
 SYNONYMS: dict[str, list[str]] = json.loads((ASSETS / "synonyms.json").read_text("utf-8"))
-# letters ASCII cannot hold, spelt out: every Greek one ("ε-aminocaproic acid"; after NFKD the micro sign is μ), and
-# Latin ones that have no accent to drop ("Sjøgren")
+# letters ASCII cannot hold, spelt out: every Greek one ("ε-aminocaproic acid"; after NFKD the micro sign is μ; ß is
+# how β gets typed: "ß-blocker"), and Latin ones that have no accent to drop ("Sjøgren")
 GREEK = {chr(c): f" {unicodedata.name(chr(c)).split()[-1].lower()} "
-         for c in [*range(0x391, 0x3AA), *range(0x3B1, 0x3CA)] if c != 0x3A2} | {
-    "ß": "ss", "æ": "ae", "Æ": "Ae", "œ": "oe", "Œ": "Oe", "ø": "o", "Ø": "O"}
+         for c in [*range(0x391, 0x3AA), *range(0x3B1, 0x3CA)] if c != 0x3A2} | {"ß": " beta "} | dict(
+    zip("æÆœŒøØłŁđĐı", ["ae", "Ae", "oe", "Oe", "o", "O", "l", "L", "d", "D", "i"], strict=True))
 SPELLING = ((re.compile(r"^oe(?=[a-z])"), "e"), (re.compile(r"aem"), "em"), (re.compile(r"oea"), "ea"),
             (re.compile(r"^tumour$"), "tumor"), (re.compile(r"^haemo"), "hemo"))
 ARTICLES = {"a", "an", "the"}
@@ -65,7 +65,8 @@ def _fold(text: str) -> str:
 def dropped_letters(text: str) -> str:
     """The letters of `text` that normalization drops (Chinese, Cyrillic), each once: a reference holding
     one would be matched by what is left ("IgA肾病", IgA nephropathy, by "IgA vasculitis")."""
-    return "".join(dict.fromkeys(ch for ch in text if ch.isalpha() and not _fold(ch).strip()))
+    return "".join(dict.fromkeys(ch for ch in text if ch.isalpha() and unicodedata.category(ch) != "Lm"  # "ʼ"
+                                 and not _fold(ch).strip()))
 
 
 def _words(text: str) -> list[str]:
