@@ -96,10 +96,10 @@ def test_memory_decides_recomputation():
 def test_fast_preset_is_sized_by_free_memory(monkeypatch):
     from medr1 import build_config
 
-    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 15.0)
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 15.0)
     small = build_config("fast", {"output_dir": "/tmp/x"}, quiet=True)
     assert small.gradient_checkpointing == "unsloth" and small.packing
-    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 78.0)
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 78.0)
     big = build_config("fast", {"output_dir": "/tmp/x"}, quiet=True)
     assert big.gradient_checkpointing == "false"
     assert big.per_device_train_batch_size * big.gradient_accumulation_steps == sizing.PACKED_ROWS

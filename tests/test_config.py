@@ -154,7 +154,7 @@ def test_fast_keeps_its_rows_per_step_when_the_user_sets_one_half_of_the_split(m
     still told the sizing the user had replaced. The README promises the 8 packed rows per step stay fixed."""
     import medr1.speed.sizing as sizing
 
-    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: free)
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: free)
     c = build_config("fast", {"output_dir": "/tmp/x", **mine})
     assert c.per_device_train_batch_size * c.gradient_accumulation_steps == sizing.PACKED_ROWS
     assert all(getattr(c, k) == v for k, v in mine.items())  # the user's own value wins
@@ -166,7 +166,7 @@ def test_fast_keeps_its_rows_per_step_when_the_user_sets_one_half_of_the_split(m
 def test_fast_says_when_the_users_micro_batch_does_not_divide_its_rows(monkeypatch, capsys):
     import medr1.speed.sizing as sizing
 
-    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 79.19)
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 79.19)
     c = build_config("fast", {"output_dir": "/tmp/x", "per_device_train_batch_size": 3})
     assert (c.per_device_train_batch_size, c.gradient_accumulation_steps) == (3, 3)
     assert "9 packed rows per step, not the preset's 8" in capsys.readouterr().out
@@ -192,7 +192,7 @@ def test_a_resumed_fast_run_keeps_its_sizing(tmp_path, monkeypatch):
     hold some): the resume takes its run's sizing, so the settings check passes."""
     import medr1.speed.sizing as sizing
 
-    monkeypatch.setattr(sizing, "free_gpu_gib", lambda: 79.0)
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 79.0)
     first = build_config("fast", {"output_dir": str(tmp_path)}, quiet=True)
     (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted", "config": first.to_dict()}))
     monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 79.6 if total else 30.0)  # the same card

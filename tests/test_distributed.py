@@ -186,6 +186,29 @@ def test_auto_on_unequal_cards_picks_for_the_smallest_on_every_rank(tmp_path):
     assert _two_ranks(tmp_path, AUTO, timeout=90)[0] == ["colab-t4"] * 2
 
 
+RESUMED = """
+import json, os, sys
+import medr1.speed.sizing as sizing
+from medr1 import build_config, distributed
+rank = distributed.rank()
+sizing.free_gpu_gib = lambda total=False: 79.6 if total else (70.0, 20.0)[rank]
+out = os.path.join(sys.argv[1], f"out{rank}")  # each rank's own disk: only rank 0's holds the run
+config = distributed.agree(build_config("fast", {"output_dir": out, "resume": True}))
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:
+    json.dump([getattr(config, k) for k in sizing.FAST_SIZED], fh)
+distributed.finish()
+"""
+
+
+def test_a_fast_resume_gathers_alike_on_every_rank_whatever_its_files_say(tmp_path):
+    """A reviewer saw two processes hang: rank 0 read a `fast` run.json and gathered total memory, then free; rank 1,
+    whose disk held no run, gathered free memory once and waited for the others in another collective."""
+    (tmp_path / "out0").mkdir()
+    (tmp_path / "out0" / "run.json").write_text(json.dumps({"config": {
+        "preset": "fast", "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+        "gradient_checkpointing": "false"}}))
+    assert _two_ranks(tmp_path, RESUMED, timeout=60)[0] == [[4, 1, "false"]] * 2  # rank 0's, agreed
+
 def test_learning_rate_rule_names_the_numbers():
     from medr1 import build_config
     from medr1.distributed import learning_rate_rule

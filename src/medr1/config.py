@@ -29,7 +29,7 @@ from medr1.errors import ConfigError
 from medr1.log import log
 from medr1.presets import CPU_MODEL, LORA_TARGETS, PRESETS, SMOKE_MODEL, resolve_preset
 from medr1.prompts import STYLES
-from medr1.speed.sizing import FAST_SIZED, fast_sizing, keep_rows, resumed_sizing
+from medr1.speed.sizing import FAST_SIZED, fast_sizing, keep_rows
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("unsloth", "hf"),
@@ -230,7 +230,7 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
     if name == "fast":  # micro-batch and recomputation from this GPU's free memory; overrides still win
         seq_len = coerce("max_seq_length", overrides.get("max_seq_length", Config.max_seq_length), int)
         resumed = overrides.get("output_dir") if coerce("resume", overrides.get("resume", False), bool) else ""
-        sizing, sizing_why = resumed_sizing(resumed, seq_len) or fast_sizing(seq_len)
+        sizing, sizing_why = fast_sizing(resumed, seq_len)
         why = f"{why}; {sizing_why}"
         split = [k for k in FAST_SIZED[:2] if k in overrides]  # the micro-batch and the accumulation
         if sizing and len(split) == 1 and (value := coerce(split[0], overrides[split[0]], int)) > 0:

@@ -101,11 +101,18 @@ def free_gpu_gib(total: bool = False) -> float | None:
     return torch.cuda.mem_get_info(device)[0] / 2**30
 
 
-def fast_sizing(seq_len: int = 2048, per_process: int = 0) -> tuple[dict[str, Any], str]:
-    """The `fast` preset's memory-dependent knobs for this machine, and a line saying why. From the least free memory
-    over the processes: every rank trains rank 0's split, and another job may hold memory on one GPU only.
-    `per_process`: packed rows per step on each process (0: PACKED_ROWS over the processes)."""
-    free, processes = least(free_gpu_gib()), world_size()
+def fast_sizing(resumed: str, seq_len: int = 2048) -> tuple[dict[str, Any], str]:
+    """The `fast` preset's memory-dependent knobs for this machine, and a line saying why; `resumed`: the output_dir
+    of the run a resume continues ("" = none). From the least free and total memory over the processes: every rank
+    trains rank 0's split, and another job may hold memory on one GPU only. Every rank gathers both, in this order,
+    whatever its files say (a collective one rank skips would hang the others)."""
+    free, total = least(free_gpu_gib()), least(free_gpu_gib(total=True))
+    return resumed_sizing(resumed, seq_len, free, total) or planned(seq_len, free)
+
+
+def planned(seq_len: int, free: float | None, per_process: int = 0) -> tuple[dict[str, Any], str]:
+    """The split for `free` GiB; `per_process`: packed rows per step on each process (0: PACKED_ROWS over them)."""
+    processes = world_size()
     if free is None:
         return {}, "no CUDA GPU: the preset's defaults"
     plan = plan_micro_batches(free, seq_len, per_process * processes or PACKED_ROWS, processes)
@@ -130,7 +137,8 @@ def keep_rows(sizing: dict[str, Any], knob: str, value: int) -> str:
             f"{sizing[accumulation] if knob == batch else value} ({step} packed rows per step, {kept})")
 
 
-def resumed_sizing(output_dir: str, seq_len: int = 2048) -> tuple[dict[str, Any], str] | None:
+def resumed_sizing(output_dir: str, seq_len: int, free: float | None,
+                   total: float | None) -> tuple[dict[str, Any], str] | None:
     """A resumed `fast` run (in `output_dir`; "" = no resume) keeps the split it was made with where this card's
     total memory fits it: free memory may be low now (the interrupted model may still hold some). On a smaller card,
     a split planned from free memory with the run's packed rows per step per process, which trains the same rows
@@ -141,12 +149,11 @@ def resumed_sizing(output_dir: str, seq_len: int = 2048) -> tuple[dict[str, Any]
                 "preset") == "fast":
             kept, why = {k: before[k] for k in FAST_SIZED if k in before}, f"sized as the run it resumes ({path})"
             batch, accumulation, checkpointing = FAST_SIZED
-            total = least(free_gpu_gib(total=True))
             if total is None or len(kept) < len(FAST_SIZED) or kept[checkpointing] not in GIB_PER_1K_TOKENS or \
                     estimate_gib(kept[batch], seq_len, kept[checkpointing]) <= HEADROOM * total:
                 return kept, why
-            plan, planned = fast_sizing(seq_len, kept[batch] * kept[accumulation])
+            plan, why = planned(seq_len, free, kept[batch] * kept[accumulation])
             return plan, (f"the run it resumes ({path}) was sized {kept[batch]} x {kept[accumulation]}, "
                           f"gradient_checkpointing={kept[checkpointing]}, more than this card's {total:.0f} GiB holds; "
-                          f"re-planned with its rows per step: {planned}")
+                          f"re-planned with its rows per step: {why}")
     return None
