@@ -523,6 +523,9 @@ def test_a_run_folder_is_never_an_export_destination(run_copy, tmp_path, capsys)
     assert (run_a / "export" / "adapter" / weights.name).read_bytes() == kept[weights.name]
     assert main(["export", str(run_b), "--to", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "adapter" / weights.name).read_bytes() == weights.read_bytes()
+    nested = shutil.copytree(run_b, run_a / "export" / "grpo")  # a run kept inside run A's export/ is its own
+    assert main(["export", str(run_a), "--to", str(nested), "--overwrite"]) == 2
+    assert f"lies in the run folder {str(nested.resolve())!r}" in capsys.readouterr().err
 
 
 def test_tied_embeddings_are_counted_once(tmp_path):

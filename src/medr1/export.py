@@ -47,7 +47,8 @@ def check_destination(dest: str | Path, overwrite: bool = False, run_dir: Path |
     check_folder(dest, f"export destination {str(dest)!r}")
     where = dest.resolve()
     run = next((p for p in (where, *where.parents) if (p / "run.json").is_file()), None)
-    if run and not (run_dir and where.is_relative_to((run_dir / "export").resolve())):
+    own = run_dir and run == run_dir.resolve() and where.is_relative_to(run / "export")  # not a run nested in it
+    if run and not own:
         raise OutputDirError(f"export destination {str(dest)!r} lies in the run folder {str(run)!r} (it holds "
                              "run.json): an export there would replace that run's own files, such as the adapter its "
                              "run.json, evaluate and GRPO read; choose a folder outside every run folder, or this "
