@@ -252,15 +252,29 @@ def test_an_output_dir_through_a_link_to_nothing_stops_before_loading(tmp_path, 
     assert "is a link to nothing" in capsys.readouterr().err
 
 
-def test_under_several_processes_one_process_commands_refuse_and_evaluate_prints_once(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def as_rank(monkeypatch):
+    """One of two ranks, in this process: quiet_replicas' logger level, prefix and variables undone afterwards (a
+    level left at WARNING would hide every later test's lines)."""
+    from medr1 import log as medr1_log
+
+    level = medr1_log.log.level
+    monkeypatch.setattr(medr1_log._Stdout, "prefix", "", raising=False)
+    monkeypatch.setattr(os, "environ", os.environ.copy())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    yield lambda rank: monkeypatch.setenv("RANK", str(rank))
+    medr1_log.log.setLevel(level)
+
+
+def test_under_several_processes_one_process_commands_refuse_and_evaluate_prints_once(tmp_path, capsys, monkeypatch,
+                                                                                      as_rank):
     """Under accelerate launch, `export` ran in every process (rank 1 found the folder full and failed unsaid, or with
     --overwrite wrote it again) and `check-data` printed its report twice; `evaluate` printed its JSON once a rank."""
     from medr1 import distributed
     from medr1.verifiable import FIXTURE_PATH as QUESTIONS
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
     for rank in ("0", "1"):
-        monkeypatch.setenv("RANK", rank)
+        as_rank(rank)
         for argv in (["export", str(tmp_path)], ["check-data", str(FIXTURE_PATH), "--preset", "smoke"]):
             assert main(argv) == 2
             out, err = capsys.readouterr()
@@ -271,23 +285,19 @@ def test_under_several_processes_one_process_commands_refuse_and_evaluate_prints
     one = ["--max-questions", "1"]
     monkeypatch.setattr(distributed, "finish", lambda: None)  # no process group to end in one process
     for rank in ("0", "1"):
-        monkeypatch.setenv("RANK", rank)
+        as_rank(rank)
         assert main(["evaluate", "--verifiable", str(QUESTIONS), "--predictions", str(pred), *one]) == 0
         out = capsys.readouterr().out
         assert (json.loads(out)["n"] == 1) if rank == "0" else out == ""
 
 
-def test_another_ranks_warnings_carry_its_rank(monkeypatch, capsys):
+def test_another_ranks_warnings_carry_its_rank(as_rank, capsys):
     """Under accelerate launch a warning every rank gives (duplicate rows) was printed twice, the second unnamed, under
     a README that says only rank 0 prints: the other ranks' warnings carry "[rank N]", as their errors do."""
     from medr1 import distributed
     from medr1 import log as medr1_log
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setattr(medr1_log._Stdout, "prefix", "", raising=False)
-    monkeypatch.setattr(medr1_log.log, "level", medr1_log.log.level)
-    monkeypatch.setattr(os, "environ", os.environ.copy())  # quiet_replicas' variables stay in this test
+    as_rank(1)
     distributed.quiet_replicas()
     medr1_log.log.info("an info line")
     medr1_log.log.warning("2 duplicate rows")
