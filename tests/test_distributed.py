@@ -283,6 +283,9 @@ def test_an_error_is_said_once_and_a_ranks_own_by_that_rank(monkeypatch, capsys)
     (Ctrl-C reaches every process). An error that may be one rank's own (training) is said by each rank, named."""
     import medr1.__main__ as cli
     from medr1.errors import TrainingError
+    from medr1.log import _Stdout, log
+
+    monkeypatch.setattr(_Stdout, "prefix", "", raising=False)
 
     def raising(err: BaseException):
         def cmd(args):
@@ -294,13 +297,16 @@ def test_an_error_is_said_once_and_a_ranks_own_by_that_rank(monkeypatch, capsys)
         code = cli.main(argv)
         return code, capsys.readouterr().err
 
+    level = log.level  # rank 1's quiet_replicas lowers it: restored below, or later tests would print nothing
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     monkeypatch.setenv("WORLD_SIZE", "2")
-    refused = ["knobs", "--preset", "no-such-preset"]
+    refused = ["train", "--preset", "no-such-preset"]  # train: a command that runs under several processes
     assert said(1, refused) == (2, "")
     code, err = said(0, refused)
     assert code == 2 and err.startswith("medr1: error: ") and "no-such-preset" in err
     for rank, expected in ((0, "medr1: error: only here\n"), (1, "[rank 1] medr1: error: only here\n")):
-        monkeypatch.setattr(cli, "cmd_knobs", raising(TrainingError("only here")))
-        assert said(rank, ["knobs"]) == (2, expected)
-    monkeypatch.setattr(cli, "cmd_knobs", raising(KeyboardInterrupt()))
-    assert said(1, ["knobs"]) == (130, "") and said(0, ["knobs"]) == (130, "medr1: interrupted\n")
+        monkeypatch.setattr(cli, "cmd_stage", raising(TrainingError("only here")))
+        assert said(rank, ["train"]) == (2, expected)
+    monkeypatch.setattr(cli, "cmd_stage", raising(KeyboardInterrupt()))
+    assert said(1, ["train"]) == (130, "") and said(0, ["train"]) == (130, "medr1: interrupted\n")
+    log.setLevel(level)
