@@ -140,7 +140,8 @@ def keep_rows(sizing: dict[str, Any], knob: str, value: int) -> str:
 def resumed_sizing(output_dir: str, seq_len: int, free: float | None,
                    total: float | None) -> tuple[dict[str, Any], str] | None:
     """A resumed `fast` run (in `output_dir`; "" = no resume) keeps the split it was made with where this card's
-    total memory fits it: free memory may be low now (the interrupted model may still hold some). On a smaller card,
+    total memory fits it (several processes: the least free): free memory may be low now (the interrupted model may
+    still hold some). On a smaller card,
     a split planned from free memory with the run's packed rows per step per process, which trains the same rows
     per step (record.check_output_dir lets a resume change the split alone)."""
     path = Path(str(output_dir)).expanduser() / "run.json"
@@ -149,11 +150,14 @@ def resumed_sizing(output_dir: str, seq_len: int, free: float | None,
                 "preset") == "fast":
             kept, why = {k: before[k] for k in FAST_SIZED if k in before}, f"sized as the run it resumes ({path})"
             batch, accumulation, checkpointing = FAST_SIZED
-            if total is None or len(kept) < len(FAST_SIZED) or kept[checkpointing] not in GIB_PER_1K_TOKENS or \
-                    estimate_gib(kept[batch], seq_len, kept[checkpointing]) <= HEADROOM * total:
+            # one process may be a notebook whose stopped model still holds memory; several are fresh processes, and
+            # another job may hold memory on one of their GPUs
+            room, where = (total, "this card's") if world_size() <= 1 else (free, "the least free")
+            if room is None or len(kept) < len(FAST_SIZED) or kept[checkpointing] not in GIB_PER_1K_TOKENS or \
+                    estimate_gib(kept[batch], seq_len, kept[checkpointing]) <= HEADROOM * room:
                 return kept, why
             plan, why = planned(seq_len, free, kept[batch] * kept[accumulation])
             return plan, (f"the run it resumes ({path}) was sized {kept[batch]} x {kept[accumulation]}, "
-                          f"gradient_checkpointing={kept[checkpointing]}, more than this card's {total:.0f} GiB holds; "
+                          f"gradient_checkpointing={kept[checkpointing]}, more than {where} {room:.0f} GiB holds; "
                           f"re-planned with its rows per step: {why}")
     return None
