@@ -167,10 +167,10 @@ def check_output_dir(config: Config) -> Path:
             if not p.name.startswith(".") and p.suffix not in IGNORED_IN_OUTPUT]
     if not held or config.overwrite:
         return out
+    rec = read_record(out, or_empty=True)
     if config.resume:
         if not (out / "checkpoints").exists() and not (out / "run.json").exists():
             raise OutputDirError(f"{hint('resume')} but {out} holds no medr1 run (found {sorted(held)[:5]})")
-        rec = read_record(out, or_empty=True)
         before = rec.get("config", {})  # none (killed early): the checkpoints decide
         # a step's rows may be split otherwise (`fast` re-plans on a smaller card), not changed in number: the Trainer
         # skips global_step x accumulation micro-batches of the new size on resume, the same rows
@@ -187,8 +187,7 @@ def check_output_dir(config: Config) -> Path:
                                  f"{hint('overwrite')} or another output_dir")
         _check_processes(out, rec)
         return out
-    status = read_record(out, or_empty=True).get("status") if (out / "run.json").exists() else None
-    stopped = f", stopped: status {status!r}" if status in ("training", "interrupted") else ""  # Ctrl-C, a restart
+    stopped = f", stopped: status {rec['status']!r}" if rec.get("status") in ("training", "interrupted") else ""
     what = f"another run (run.json{stopped})" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
     raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass {hint('overwrite')} to replace it, "
                          f"{hint('resume')} to continue it, or choose another output_dir")
