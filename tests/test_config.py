@@ -225,6 +225,8 @@ def test_a_fast_run_resumed_on_a_smaller_card_keeps_its_rows_per_step(tmp_path, 
     said = capsys.readouterr().out
     assert "was sized 8 x 1, gradient_checkpointing=false, more than this card's 39 GiB holds" in said, said
     assert f"re-planned with its rows per step: 39 GiB free: {batch} packed rows x {accumulation}" in said, said
+    assert "(transformers will warn that per_device_train_batch_size differs from trainer_state.json: the rows per " \
+           "step do not)" in said  # its compare_trainer_and_checkpoint_args does, on the resume
     assert record.check_output_dir(again) == tmp_path
 
 

@@ -159,5 +159,7 @@ def resumed_sizing(output_dir: str, seq_len: int, free: float | None,
             plan, why = planned(seq_len, free, kept[batch] * kept[accumulation])
             return plan, (f"the run it resumes ({path}) was sized {kept[batch]} x {kept[accumulation]}, "
                           f"gradient_checkpointing={kept[checkpointing]}, more than {where} {room:.0f} GiB holds; "
-                          f"re-planned with its rows per step: {why}")
+                          f"re-planned with its rows per step: {why}" + (
+                              " (transformers will warn that per_device_train_batch_size differs from "
+                              "trainer_state.json: the rows per step do not)" if plan[batch] != kept[batch] else ""))
     return None
