@@ -106,7 +106,8 @@ class Evaluation:
         rec = record.read_record(self.run_dir)  # read once: the config, the adapter and the held-out rows come from it
         self.config = record.run_config(self.run_dir, rec)
         self.adapter = record.adapter_dir(self.run_dir, rec)
-        preflight.check_run_model(self.config, self.run_dir, self.adapter)  # base and adapter here, before any load
+        preflight.check_run_model(self.config, self.run_dir)  # the base is here: a folder of another machine is not
+        preflight.check_adapter(self.adapter)  # and its weights open
         if mcq_file:  # every question checked now (file, fields, answer_idx among the options), not after generating
             mcq.load_questions(mcq_file)
         self.rows = record.holdout_rows(self.run_dir, rec)[:max_rows or None]

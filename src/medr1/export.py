@@ -121,7 +121,7 @@ class Export:
             to_gguf.refuse(to_gguf.NO_GGUF + why, strict)
             out.gguf, out.gguf_left_out = [], why
         if verify or merged or out.gguf:  # these load the base model: run.json's model_name must be found here
-            check_run_model(self.config, self.run_dir, self.adapter_src)
+            check_run_model(self.config, self.run_dir)
         wanted = {"adapter": adapter, "merged": merged, "gguf": bool(out.gguf)}
         out.folders = {what: self._destination(what, "") for what, on in wanted.items() if on}
         if verify and not adapter:

@@ -20,7 +20,7 @@ from medr1.config import Config, hint
 from medr1.errors import ConfigError, ModelError
 from medr1.log import log
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
-from medr1.record import adapter_dir, run_of
+from medr1.record import run_of
 from medr1.smollm import model_path as smollm_path
 from medr1.speed.sizing import native_bf16, on_gpu
 from medr1.tiny import tiny_model_path
@@ -132,10 +132,9 @@ def read_model_config(name: str, knob: str, weights: bool = True, unsloth_4bit: 
     return _read_json(Path(path))
 
 
-def check_run_model(config: Config, run_dir: str | Path, adapter: Path | None = None) -> dict[str, Any]:
-    """A finished run's base model (evaluate, export) is there and its adapter's weights open, before anything loads:
-    its run.json may name a folder of another machine, or a hub model not in this cache."""
-    check_adapter(adapter or adapter_dir(run_dir))
+def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's base model (evaluate, export) is there, before anything loads: its run.json may name a folder
+    of another machine, or a hub model not in this cache."""
     return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})", True,
                              _unsloth_4bit(config))
 

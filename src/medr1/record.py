@@ -171,12 +171,12 @@ def check_output_dir(config: Config) -> Path:
     if config.resume:
         if not (out / "checkpoints").exists() and not (out / "run.json").exists():
             raise OutputDirError(f"{hint('resume')} but {out} holds no medr1 run (found {sorted(held)[:5]})")
-        before = rec.get("config", {})  # none (killed early): the checkpoints decide
+        before, now = rec.get("config", {}), config.to_dict()  # none before (killed early): the checkpoints decide
         # a step's rows may be split otherwise (`fast` re-plans on a smaller card), not changed in number: the Trainer
         # skips global_step x accumulation micro-batches of the new size on resume, the same rows
-        rows = [math.prod(d.get(k) or 0 for k in FAST_SIZED[:2]) for d in (before, config.to_dict())]
+        rows = [math.prod(d.get(k) or 0 for k in FAST_SIZED[:2]) for d in (before, now)]
         may = RESUME_MAY_CHANGE + (FAST_SIZED if rows[0] == rows[1] else ())
-        changed = [f"{k}: {before[k]!r} -> {v!r}" for k, v in config.to_dict().items()
+        changed = [f"{k}: {before[k]!r} -> {v!r}" for k, v in now.items()
                    if k not in may and k in before and not same_setting(k, before[k], v)]
         if changed:
             was = before.get("preset")  # auto picks by the card: on another one, the preset explains the rest

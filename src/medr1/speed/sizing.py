@@ -141,9 +141,8 @@ def resumed_sizing(output_dir: str, seq_len: int, free: float | None,
                    total: float | None) -> tuple[dict[str, Any], str] | None:
     """A resumed `fast` run (in `output_dir`; "" = no resume) keeps the split it was made with where this card's
     total memory fits it (several processes: the least free): free memory may be low now (the interrupted model may
-    still hold some). On a smaller card,
-    a split planned from free memory with the run's packed rows per step per process, which trains the same rows
-    per step (record.check_output_dir lets a resume change the split alone)."""
+    still hold some). On a smaller card, a split planned from free memory with the run's packed rows per step per
+    process, which trains the same rows per step (record.check_output_dir lets a resume change the split alone)."""
     path = Path(str(output_dir)).expanduser() / "run.json"
     with contextlib.suppress(OSError, ValueError, AttributeError):
         if output_dir and (before := json.loads(path.read_text(encoding="utf-8")).get("config") or {}).get(
