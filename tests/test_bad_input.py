@@ -59,6 +59,67 @@ def test_damaged_parquet_is_named(tmp_path):
     assert "not a readable Parquet file" in refused(tmp_path, {"data_path": str(path)}, DataError)
 
 
+ROW = {"Question": "What is x?", "Complex_CoT": "Think.", "Response": "Aspirin."}
+
+
+def test_a_json_row_naming_a_field_twice_is_refused(tmp_path):
+    """json.loads keeps a repeated key's last value: the row's real answer was dropped without a word and trained
+    on the other (a CSV header naming a column twice was refused already). Any object: MCQ options are read too."""
+    from medr1 import mcq
+
+    def message(path):
+        return refused(tmp_path, {"data_path": str(path), "holdout_examples": 0}, DataError)
+
+    twice = json.dumps(ROW)[:-1] + ', "Response": "OVERRIDDEN"}'
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f"{json.dumps(ROW)}\n\n{twice}\n")  # the blank line counts as a line, not as a row
+    assert message(path) == (f"{path} line 3: row 1 names ['Response'] more than once, and only the last value "
+                             "would be read; give each field once")
+    path = tmp_path / "rows.json"
+    path.write_text(f'[{json.dumps(ROW)}, {twice[:-1]}, "Question": "Another?"}}]')
+    assert f"{path}: row 1 names ['Question', 'Response'] more than once" in message(path)
+    path.write_text(f'{{"train": [{json.dumps(ROW)}], "train": [{json.dumps(ROW)}]}}')  # a whole list dropped
+    assert f"{path}: the top-level object names ['train'] more than once" in message(path)
+    item = '{"question": "q", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}'
+    bad = item.replace('"y"', '"y", "A": "z"')  # option A's text would silently become z
+    path.write_text(f'{{"MedQA": [{item}, {bad}]}}')
+    with pytest.raises(DataError, match=r"row 1 of 'MedQA' field 'options' names \['A'\] more than once"):
+        mcq.load_questions(path)
+
+
+def test_csv_rows_of_empty_values_are_skipped_like_blank_lines(tmp_path):
+    """A spreadsheet exports ",," rows after its data: the file was refused ("row 2 field 'Question' is empty")
+    although it holds no bad row. Such a row is not counted, as a blank line is not: later rows keep their numbers."""
+    from medr1 import data
+
+    path = tmp_path / "sheet.csv"
+    path.write_text("Question,Complex_CoT,Response\r\nq0,c0,r0\r\n,,\r\n\r\nq1,c1,r1\r\n,,\r\n,,,,\r\n\" \",,\r\n")
+    rows = data.load_rows(path)[0]
+    assert [(r["Question"], r.where) for r in rows] == [("q0", f"row 0 of {path}, line 2"),
+                                                         ("q1", f"row 1 of {path}, line 5")]
+    for gap in (",,\n", "\n"):  # an empty-values line and a blank line: the same row and line in the message
+        path.write_text(f"Question,Complex_CoT,Response\nq0,c0,r0\n{gap}q1,,r1\n")
+        with pytest.raises(DataError, match=rf"{path} line 4: row 1 field 'Complex_CoT' is empty"):
+            data.load_rows(path)
+        path.write_text(f"Question,Complex_CoT,Response\nq0,c0,r0\n{gap}q1,c1,r1,r2\n")
+        with pytest.raises(DataError, match=r"row 1, line 4 has 4 values but the header has 3"):
+            data.load_rows(path)
+
+
+def test_a_parquet_column_named_twice_is_named_as_in_a_csv(tmp_path):
+    """pyarrow's "Multiple matches for FieldRef" was reported as a damaged file, sending the user to repair it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([ROW[k]]) for k in ROW] + [pa.array(["X"])],
+                                        names=[*ROW, "Response"]), path)
+    message = refused(tmp_path, {"data_path": str(path)}, DataError)
+    assert message == f"{path}: the file's schema names ['Response'] more than once; give each column its own name"
+    path.write_bytes(path.read_bytes()[:-20])  # a real file cut short is still damage
+    assert "not a readable Parquet file" in refused(tmp_path, {"data_path": str(path)}, DataError)
+
+
 def test_every_row_over_max_seq_length(tmp_path):
     message = refused(tmp_path, {"max_seq_length": 16}, DataError)
     assert "every row" in message and "max_seq_length=16" in message

@@ -44,7 +44,11 @@ def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]
         text = path.read_text(encoding="utf-8-sig")  # lines end at "\n", "\r\n" or "\r", not at a row's U+2028
     except UnicodeDecodeError:
         raise DataError(_not_utf8(path)) from None
-    return _json_document(path, text) if suffix == ".json" else _json_lines(path, text)
+    decoder, twice = _decoder()
+    value, lines = (_json_document if suffix == ".json" else _json_lines)(path, text, decoder)
+    if twice:  # rare: only then is the value searched for where
+        _refuse_twice(path, value, lines)
+    return value, lines
 
 
 def _not_utf8(path: Path) -> str:
@@ -60,12 +64,21 @@ def _not_utf8(path: Path) -> str:
     return f"{path}: not UTF-8 text; save it as UTF-8"
 
 
+def _repeated(names: list[str]) -> list[str]:
+    return sorted({name for name in names if names.count(name) > 1})
+
+
 def _parquet(path: Path) -> list[dict[str, Any]]:
-    """A Parquet file's rows; a damaged file is named (pyarrow's own errors name no file)."""
+    """A Parquet file's rows; a damaged file is named (pyarrow's own errors name no file). A repeated column name is
+    refused as in a CSV header (read_table calls it "Multiple matches for FieldRef"; other readers keep the last)."""
     import pyarrow.parquet as pq
 
     try:
+        if twice := _repeated(pq.read_schema(path).names):  # the footer alone
+            raise DataError(f"{path}: the file's schema names {twice} more than once; give each column its own name")
         return pq.read_table(path).to_pylist()
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
 
@@ -85,40 +98,40 @@ def _csv(path: Path, reader) -> tuple[list[dict[str, str]], list[int]]:
     """Rows as objects of the header's named fields, and their lines: a column with no name (a spreadsheet's
     trailing ",,", pandas' index) is left out, as any column but the three is later. More (non-empty) values than
     the header is an error: csv.DictReader files the surplus under None, so an unquoted comma silently cut the
-    answer; so is a repeated column name, whose last column would silently win."""
+    answer; so is a repeated column name, whose last column would silently win. A row of empty values (the ",,"
+    a spreadsheet exports after its data) is skipped as a blank line is: not a row, so later rows keep their numbers."""
     header, rows, start = next(filter(None, reader), []), {}, reader.line_num + 1  # blank lines before it skipped
     named = [i for i, name in enumerate(header) if name.strip()]
-    names = [header[i] for i in named]
-    if twice := sorted({name for name in names if names.count(name) > 1}):
+    if twice := _repeated([header[i] for i in named]):
         raise DataError(f"{path}: the header names {twice} more than once; give each column its own name")
     for values in reader:
         if any(v.strip() for v in values[len(header):]):
             raise DataError(f"{path}: row {len(rows)}, line {start} has {len(values)} values but the header has "
                             f'{len(header)} columns: an unquoted comma? Quote a value that holds one ("a, b")')
-        if values:
+        if any(v.strip() for v in values):  # not a blank line (no values) nor one of empty values
             rows[start] = {header[i]: values[i] for i in named if i < len(values)}
         start = reader.line_num + 1
     return list(rows.values()), list(rows)
 
 
-def _json_document(path: Path, text: str) -> tuple[Any, list[int]]:
+def _json_document(path: Path, text: str, decoder: json.JSONDecoder) -> tuple[Any, list[int]]:
     """A .json file's value; one JSON value a line (its first line one whole value) is read as JSON Lines."""
     try:
-        return json.loads(text), []
+        return decoder.decode(text), []
     except json.JSONDecodeError as err:
         if err.msg == "Extra data" and _loads(text.lstrip().split("\n", 1)[0]) is not _BAD:
-            return _json_lines(path, text)
+            return _json_lines(path, text, decoder)
         raise DataError(f"{path}: invalid JSON on line {err.lineno}: {err.msg}") from None
 
 
-def _json_lines(path: Path, text: str) -> tuple[list[Any], list[int]]:
+def _json_lines(path: Path, text: str, decoder: json.JSONDecoder) -> tuple[list[Any], list[int]]:
     """Each non-blank line's value, and its line. A .jsonl that is one JSON document (a .json misnamed) says so."""
     numbered = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
     first = _loads(numbered[0][1]) if numbered else None
     if (first is _BAD or isinstance(first, list)) and (whole := _loads(text)) is not _BAD:
         kind = {list: "array", dict: "object"}.get(type(whole), "value")
         raise DataError(f"{path}: this file holds one JSON {kind}, not one row a line: name it .json")
-    return [_json(path, line, n) for n, line in numbered], [n for n, _ in numbered]
+    return [_json(path, line, n, decoder) for n, line in numbered], [n for n, _ in numbered]
 
 
 def _loads(text: str) -> Any:
@@ -129,11 +142,53 @@ def _loads(text: str) -> Any:
         return _BAD
 
 
-def _json(path: Path, text: str, line: int) -> Any:
+def _json(path: Path, text: str, line: int, decoder: json.JSONDecoder) -> Any:
     try:
-        return json.loads(text)
+        return decoder.decode(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: invalid JSON on line {line}: {err.msg}") from None
+
+
+class _Twice(dict):
+    """A JSON object that named a key more than once, kept only to say where it is."""
+
+    names: list[str] = []
+
+
+def _decoder() -> tuple[json.JSONDecoder, list[_Twice]]:
+    """A JSON decoder for one file, and the objects it read that name a key twice (json.loads keeps the last value
+    and drops the first without a word). Every object, not only a row: medr1 reads some nested ones (an MCQ's
+    `options`), and a repeated key of the object holding the rows would drop a whole list of them."""
+    found: list[_Twice] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) < len(items):  # the common case costs a dict and a len
+            obj = _Twice(obj)
+            obj.names = _repeated([key for key, _ in items])
+            found.append(obj)
+        return obj
+
+    return json.JSONDecoder(object_pairs_hook=pairs), found
+
+
+def _refuse_twice(path: Path, value: Any, lines: list[int], keys: tuple = ()) -> None:
+    """Raise for the first object in `value` (at `keys` in the file's value) that names a key twice, naming its row
+    (the JSONL line's, or the list entry's: as validate_rows counts them) and the field it is in, if not the row."""
+    if isinstance(value, _Twice):
+        at, where = list(keys), f"{path}:"
+        if at and isinstance(at[0], int):  # a JSONL line's value or a JSON list's entry: a row
+            row = at.pop(0)
+            where = f"{path} line {lines[row]}: row {row}" if lines else f"{path}: row {row}"
+        elif len(at) > 1 and isinstance(at[1], int):  # a row of a list the file's object holds ({"train": [...]})
+            where, at = f"{path}: row {at[1]} of {at[0]!r}", at[2:]
+        elif not at:
+            where = f"{path}: the top-level object"
+        field = f" field {at[0]!r}" + "".join(f"[{key!r}]" for key in at[1:]) if at else ""
+        raise DataError(f"{where}{field} names {value.names} more than once, and only the last value would be read; "
+                        "give each field once")
+    for key, item in value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ():
+        _refuse_twice(path, item, lines, (*keys, key))
 
 
 def read_rows(path: str | Path, what: str = "data_path", rows: Any = None) -> list[dict[str, Any]]:
