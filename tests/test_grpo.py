@@ -342,6 +342,24 @@ def test_a_verifier_that_cannot_load_fails_before_anything_loads(tmp_path):
     assert run.weights["verifier"] == 0.5
 
 
+def test_the_verifier_loads_in_the_runs_precision(tmp_path):
+    """The verifier followed the automatic rule whatever the `precision` knob said: a run set to fp32 (or bf16)
+    scored its answers with a verifier in another precision than the one asked for."""
+    import torch
+
+    from medr1.tiny import tiny_model_path
+
+    stand_in = shutil.copytree(tiny_model_path(pad="deepseek"), tmp_path / "verifier")
+    cfg = json.loads((stand_in / "config.json").read_text())
+    (stand_in / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"]}))
+    run = GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "run"), "reward_verifier": 0.5,
+                                         "verifier_model": str(stand_in), "precision": "bf16"}, quiet=True))
+    run.tokenizer = type("Tok", (), {"eos_token_id": 2})()  # what reward_funcs reads of the policy's tokenizer
+    verifier = dict(zip(run.weights, run.reward_funcs(), strict=True))["verifier"]
+    verifier.load()
+    assert verifier.model.dtype == torch.bfloat16  # on the CPU the automatic rule gives fp32
+
+
 def _copy_run(src, dest):
     """A copy of a finished run folder, with an export of its adapter as `medr1 export` writes it (export/adapter)."""
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("export", "eval.*"))

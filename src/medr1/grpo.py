@@ -198,7 +198,7 @@ class GrpoRun(Stage):
         eos, style = self.tokenizer.eos_token_id, self.config.prompt_style
         made = {"correctness": lambda: rewards.correctness_reward(style),
                 "format": lambda: rewards.format_reward(eos, style), "stop": lambda: rewards.stop_reward(eos),
-                "verifier": lambda: Verifier(self.config.verifier_model, style)}
+                "verifier": lambda: Verifier(self.config.verifier_model, style, precision=self.config.precision)}
         return [made[name]() for name in self.weights]
 
     def trainer(self, callbacks: list | None = None):

@@ -50,8 +50,9 @@ class Verifier:
     """
 
     def __init__(self, model_name: str = Config.verifier_model, style: str = "seed", batch_size: int = 8,
-                 max_length: int = 4096):
+                 max_length: int = 4096, precision: str = "auto"):
         self.model_name, self.style, self.batch_size, self.max_length = model_name, style, batch_size, max_length
+        self.precision = precision  # the policy's knob: "auto" is fp16 on a T4, where bf16 is only emulated
         self.model = self.tokenizer = None
         self.__name__ = "verifier"
 
@@ -69,7 +70,7 @@ class Verifier:
             path = model_path(self.model_name, "verifier_model")
             self.tokenizer = load_tokenizer(path, self.style, knob="verifier_model")
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=2, dtype=torch_dtype(), device_map=distributed.device_map()).eval()  # fp16 on a T4
+                path, num_labels=2, dtype=torch_dtype(self.precision), device_map=distributed.device_map()).eval()
             match_tokenizer(self.model, self.tokenizer)
         except ModelError as err:  # medr1's own: the folder or the tokenizer
             raise ModelError(f"{err}. Set {hint('reward_verifier', 0)} to train without it.") from None
