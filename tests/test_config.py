@@ -95,6 +95,14 @@ def test_default_output_dir_is_fresh_per_run_and_named_by_preset():
     assert c.output_dir.startswith("outputs/smoke-")
 
 
+@pytest.mark.parametrize("preset", [p for p in PRESET_NAMES if p != "auto"])
+def test_every_preset_checkpoints_its_final_step(preset):
+    """With save_steps=0 (the cpu preset's) the trained weights lived only in memory until run.save(), after the
+    "after" answers (minutes on a CPU): a stop there lost the training, and a resume began at step 0. The trainer saves
+    at max_steps whenever save_steps > 0, and a resume from that checkpoint trains nothing (tests/test_resume.py)."""
+    assert build_config(preset, quiet=True).save_steps > 0
+
+
 def test_defaults_are_the_recipe_values():
     assert Config().lora_targets == LORA_TARGETS and Config().max_seq_length == 2048
 

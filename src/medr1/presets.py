@@ -62,12 +62,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # sized for `make run` (training, before/after answers) in 8 min on 2 cores. 24 steps of 3 rows (~19k tokens,
     # 203-217 s at 88-94 tokens/s): 10 of 12 held-out answers in the format and stopped at EOS, 12 of 12 with reasoning
     # and an answer; `make run` 6 min 9 s from a fresh clone. 4 rows a step: 11 of 12 but 8 min 7 s to 8 min 50 s;
-    # 20 steps of 4: 6 of 12; lr 1e-3: 5 of 12. 256 new tokens: answers take 94 to 172. No checkpoints: rerun it.
+    # 20 steps of 4: 6 of 12; lr 1e-3: 5 of 12. 256 new tokens: answers take 94 to 172. One checkpoint, at the end
+    # (save_steps=max_steps): the "after" answers take minutes here, and a stop then resumes with nothing to train.
     "cpu": dict(
         model_name=CPU_MODEL, data_path=CPU_DATA, load_in_4bit=False, max_seq_length=1024, num_examples=0,
         holdout_examples=12, lora_r=16, lora_alpha=16, per_device_train_batch_size=3, gradient_accumulation_steps=1,
         max_steps=24, learning_rate=2e-3, warmup_steps=2, optim="adamw_torch", weight_decay=0.0,
-        precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=256, save_steps=0,
+        precision="fp32", gradient_checkpointing="false", report_to="none", max_new_tokens=256, save_steps=24,
         # GRPO: bundled questions, short answers (not tuned: 4 answers of 64 tokens took 30-50 s a step, 2 busy cores)
         grpo_data_path=VERIFIABLE_FIXTURE, grpo_num_examples=0, num_generations=4, max_completion_length=128,
         grpo_questions_per_step=1, grpo_max_steps=10, grpo_learning_rate=5e-5,
