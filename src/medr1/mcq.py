@@ -77,12 +77,24 @@ def mcq_prompt(q: Question, style: str = "seed") -> str:
 
 
 _MARK = r"[\s*_`'\"(\[{:]*"  # markdown, quotes and brackets that may wrap a letter
-_PHRASES = [  # phrases that state a conclusion; a bare "option B" is only a mention (see _LONE_RE)
-    r"answer\s*(?:is|would be|will be|should be|:|=|-)\s*(?:option|choice|letter)?",
-    r"(?:correct|right|best|most likely)\s+(?:option|choice|answer)\s*(?:is|would be|:|=)?\s*(?:option|choice)?",
-    r"(?:i|we)(?:\s+would|\s+will|'d|'ll)?\s+(?:choose|pick|select|go with)\s*(?:option|choice)?",
-]
-_PHRASE_RE = [re.compile(rf"{p}{_MARK}([A-Z])(?![A-Za-z0-9])", re.IGNORECASE) for p in _PHRASES]
+# after a conclusion, "A" before a word that cannot follow the article "a" ("A in this patient", "A based on ...")
+# is the option; before any other lower-case word or a number ("A beta blocker", "A 45-year-old") the article
+_ARTICLE = re.compile(r" +(?!(?:because|since|as|is|are|was|were|seems|fits|which|that|this|the|here|there|now|then|"
+                      r"too|also|only|not|and|or|but|so|if|when|while|can|could|may|might|in|on|at|by|with|without|"
+                      r"from|for|of|to|per|over|after|before|despite|given|due|based|considering|according|following|"
+                      r"regarding|assuming)\b)[a-z\d]")
+# a capital letter, or a lower-case one in brackets or quotes ("answer: (c)"); not "B12", "B-cell" or "E. coli"
+_L = rf"{_MARK}((?-i:[A-Z])|(?<=[(\[*'\"])[a-z])(?![A-Za-z0-9]|(?-i:-[a-z\d]|\. ?[a-z]{{2}}))"
+_PHRASE_RE = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (  # conclusions; a bare "option B" is a mention
+    rf"answer\s*(?:is|would be|will be|should be|:|=|-)\s*(?:option|choice|letter)?{_L}",
+    rf"(?:correct|right|best|most likely)\s+(?:option|choice|answer)\s*(?:is|would be|:|=)?\s*(?:option|choice)?{_L}",
+    rf"(?:i|we)(?:\s+would|\s+will|'d|'ll)?\s+(?:choose|pick|select|go with)\s*(?:option|choice)?{_L}",
+    # "the most likely diagnosis is B", "the next step is C"; not "the second most likely ... is C", "... is B cell"
+    rf"\b(?:(?<!second.)(?<!next.)most|(?<!second.)best|final|correct|the\s+(?:(?:likely|next|best)\s+)*(?:diagnosis|"
+    rf"step|treatment|management|drug|cause))\b[\w -]{{0,60}}?(?:\s(?:is|would be)|:){_L}(?!(?-i:{_ARTICLE.pattern}))",
+    # "B is correct", "so option B is the right answer"; not "hepatitis B is ...", "neither B nor C is correct"
+    rf"(?:^|[.!?;:]|\b(?:so|thus|therefore|hence|overall|conclusion|summary|only|option|choice|letter),?){_L}"
+    r"[*_`'\")\]]*\s+(?:is|would be)\s+(?:the\s+)?(?:correct|right|best|most likely|most appropriate)\b")]
 # the templates' own markers (prompts.py): "### Answer:\nA beta blocker" is no "answer: A", and both styles agree
 _LONE_RE = [
     re.compile(r"^\W*([A-Z])\W*$"),  # the whole answer is one letter: "C", "(C).", "**C**"
@@ -91,8 +103,6 @@ _LONE_RE = [
     re.compile(r"(?m)^\W*([A-Z])[.):](?=\s|$)"),  # "B. Metformin" or "B)" at the start of a line
     re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)\s+([A-Z])(?![A-Za-z0-9])"),  # "option B"
 ]
-_ARTICLE = re.compile(r" +(?!(?:because|since|as|is|are|was|were|seems|which|that|given|due|for|and|or|but|so|then|"
-                      r"can|could|may|might)\b)[a-z]")
 _WORD = re.compile(r"\w+|[,/&]")
 # "B, C and D are wrong": the clause after a run of letters, which says what they are. It keeps them open where it
 # calls them possible or right (unless it denies that), or says they cannot be excluded; else they are mentions.
@@ -139,12 +149,11 @@ def _named(text: str, options: dict[str, str] | list[str], style: str) -> Iterat
 
 
 def _phrases(text: str, valid: list[str], options: dict[str, str] | list[str]) -> list[tuple[int, str, int]]:
-    """(position, letter, where its conclusion's letter stands): a hedge ("B or C") is two letters, one conclusion.
-    A capital letter, or a lower-case one only when it stands in quotes or brackets ("answer: (c)"); "A" or "I"
-    before a lower-case word is the article or the pronoun ("Answer: A vitamin B12 deficiency")."""
-    hits = [(m.start(1), m.group(1).upper(), m.end(1)) for pattern in _PHRASE_RE for m in pattern.finditer(text)
-            if m.group(1).upper() in valid and (m.group(1).isupper() or m.group(0)[-2:-1] in "([*'\"")
-            and not (m.group(1) in "AI" and _ARTICLE.match(text, m.end(1)))]
+    """(position, letter, where its conclusion's letter stands): a hedge ("B or C") is two letters, one conclusion,
+    its rivals looked for after the whole phrase ("B is correct, C is also possible"). "A" or "I" before a noun
+    phrase is the article or the pronoun (`_ARTICLE`)."""
+    hits = [(m.start(1), m.group(1).upper(), m.end()) for pattern in _PHRASE_RE for m in pattern.finditer(text)
+            if m.group(1).upper() in valid and not (m.group(1) in "AI" and _ARTICLE.match(text, m.end(1)))]
     hedges = {(*hit, at) for at, c, end in hits for hit in _also(text, end, c, options)}
     return sorted({(at, c, at) for at, c, _ in hits} | hedges)
 

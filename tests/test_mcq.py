@@ -1,0 +1,143 @@
+"""Reading the chosen option out of realistic multiple-choice answer endings: picks, articles, mentions, hedges."""
+
+import pytest
+
+from medr1 import mcq
+
+UTI = {"A": "Acute cystitis", "B": "Acute pyelonephritis", "C": "Urethritis", "D": "Renal calculus"}
+DRUGS = {"A": "Amlodipine", "B": "Metoprolol", "C": "Lisinopril", "D": "Hydrochlorothiazide"}
+VITAMINS = {"A": "Folate deficiency", "B": "Vitamin B12 deficiency", "C": "Iron deficiency",
+            "D": "Vitamin D deficiency"}
+STEPS = {"A": "Urine dipstick", "B": "Urine culture", "C": "Oral nitrofurantoin", "D": "Renal ultrasound"}
+HEPATITIS = {"A": "Hepatitis A", "B": "Hepatitis C", "C": "Hepatitis B", "D": "Hepatitis E"}
+LYMPHOMA = {"A": "Hodgkin lymphoma", "B": "Burkitt lymphoma", "C": "Diffuse large B-cell lymphoma",
+            "D": "Follicular lymphoma"}
+PE = {"A": "CT pulmonary angiography", "B": "Compression ultrasound", "C": "Echocardiography",
+      "D": "Ventilation-perfusion scan"}
+COLITIS = {"A": "Clostridioides difficile", "B": "Salmonella", "C": "Shigella", "D": "Campylobacter", "E": "Yersinia"}
+TEN = {k: f"Option text {k}" for k in "ABCDEFGHIJ"}
+SETS = {"UTI": UTI, "DRUGS": DRUGS, "VITAMINS": VITAMINS, "STEPS": STEPS, "HEPATITIS": HEPATITIS,
+        "LYMPHOMA": LYMPHOMA, "PE": PE, "COLITIS": COLITIS, "TEN": TEN}
+
+# option A after a conclusion, followed by a word that cannot follow the article "a": the option, as B would be
+PICKS_OF_A = [
+    ("The answer is A in this patient.", "UTI", "A"),
+    ("The correct answer is A here.", "UTI", "A"),
+    ("The answer is A based on the findings.", "UTI", "A"),
+    ("The correct answer is A in this case.", "UTI", "A"),
+    ("The answer is A considering the absence of casts.", "UTI", "A"),
+    ("The correct option is A according to the guidelines.", "UTI", "A"),
+    ("The answer is A with no flank pain or fever.", "UTI", "A"),
+    ("Final answer: A given the afebrile course.", "UTI", "A"),
+    ("The best answer is A since the symptoms stay in the bladder.", "UTI", "A"),
+    ("I would choose A over B here.", "UTI", "A"),
+    ("The answer is A following the guidelines.", "UTI", "A"),
+    ("The answer is A without doubt.", "UTI", "A"),
+    ("The answer is A and not B.", "UTI", "A"),
+    ("The answer is A on balance.", "UTI", "A"),
+    ("The answer is A per the IDSA guidance.", "UTI", "A"),
+    ("The most likely diagnosis is A in this young woman.", "UTI", "A"),
+    ("The answer is I in this patient.", "TEN", "I"),
+]
+# the article "A" before a noun phrase: no option A; the option its text names, if any
+ARTICLES = [
+    ("Answer: A vitamin B12 deficiency, given the neuropathy.", "VITAMINS", "B"),
+    ("The answer is A deficiency of vitamin B12.", "VITAMINS", None),
+    ("The answer is A beta blocker such as metoprolol.", "DRUGS", "B"),
+    ("The answer is A selective beta-1 blocker (metoprolol).", "DRUGS", "B"),
+    ("The answer is A thiazide diuretic.", "DRUGS", None),
+    ("The answer is A calcium channel blocker, amlodipine.", "DRUGS", "A"),
+    ("The answer is A lower urinary tract infection.", "UTI", None),
+    ("The answer is A kidney stone.", "UTI", None),
+    ("Final answer: A renal calculus.", "UTI", "D"),
+    ("The most likely diagnosis is A urinary tract infection confined to the bladder.", "UTI", None),
+    ("The answer is A common cause of dysuria in young women.", "UTI", None),
+    ("The best next step is A urine culture.", "STEPS", "B"),
+    ("The most appropriate treatment is A course of oral nitrofurantoin.", "STEPS", "C"),
+    ("The answer is A bleeding peptic ulcer.", "UTI", None),
+    ("I would choose A renal ultrasound.", "STEPS", "D"),
+    ("The answer is A 2-week course of oral nitrofurantoin.", "STEPS", "C"),
+    ("The answer is A 24-year-old woman's uncomplicated cystitis.", "UTI", None),
+]
+# a conclusion with a letter and no "answer", "option" or "choice" word
+CONCLUSIONS = [
+    ("The most likely diagnosis is B.", "UTI", "B"),
+    ("The best next step is B.", "STEPS", "B"),
+    ("The most appropriate treatment is C.", "STEPS", "C"),
+    ("B is correct. A, C and D are incorrect.", "UTI", "B"),
+    ("B is the correct answer.", "UTI", "B"),
+    ("Option B is correct.", "UTI", "B"),
+    ("Option A is wrong. Option B is correct.", "UTI", "B"),
+    ("So B is correct.", "UTI", "B"),
+    ("Therefore, the most likely diagnosis is (B) acute pyelonephritis.", "UTI", "B"),
+    ("The most likely diagnosis is **B**.", "UTI", "B"),
+    ("The most appropriate next step in management is D.", "STEPS", "D"),
+    ("The diagnosis is B.", "UTI", "B"),
+    ("B is the most likely diagnosis.", "UTI", "B"),
+    ("The most likely diagnosis is B: acute pyelonephritis.", "UTI", "B"),
+    ("Most likely diagnosis: C", "UTI", "C"),
+    ("The most likely cause is D.", "UTI", "D"),
+    ("The next best step in management is B.", "STEPS", "B"),
+    ("A is correct.", "UTI", "A"),
+    ("The treatment of choice is C.", "STEPS", "C"),
+    ("In conclusion, B is correct.", "UTI", "B"),
+    ("Only B is correct.", "UTI", "B"),
+    ("The answer is B, i.e. acute pyelonephritis.", "UTI", "B"),
+    ("The answer is B-Acute pyelonephritis.", "UTI", "B"),
+    ("The most likely diagnosis is B, not A or C.", "UTI", "B"),
+    ("Hepatitis B is unlikely. The most likely diagnosis is D.", "HEPATITIS", "D"),
+]
+# a letter talked about, or a capital inside a name: no conclusion
+MENTIONS = [
+    ("B is incorrect.", "UTI", None),
+    ("B is less likely.", "UTI", None),
+    ("A is wrong because the casts point to the kidney.", "UTI", None),
+    ("Vitamin B is essential for myelin.", "VITAMINS", None),
+    ("The diagnosis is vitamin B12 deficiency.", "VITAMINS", "B"),
+    ("The diagnosis is hepatitis B.", "HEPATITIS", "C"),
+    ("The most likely diagnosis is hepatitis B.", "HEPATITIS", "C"),
+    ("Hepatitis B is the most likely diagnosis.", "HEPATITIS", "C"),
+    ("The most likely diagnosis is B-cell lymphoma.", "LYMPHOMA", None),
+    ("The best next step is D-dimer testing.", "PE", None),
+    ("The most likely organism is E. coli.", "COLITIS", None),
+    ("The answer is C. The most common cause of colitis worldwide is E. coli.", "COLITIS", "C"),
+    ("The most likely diagnosis is C difficile colitis.", "COLITIS", None),
+    ("C is not correct.", "UTI", None),
+    ("Neither B nor C is correct.", "UTI", None),
+    ("The answer is B. The second most likely diagnosis is C.", "UTI", "B"),
+    ("The answer is B. The next most likely diagnosis is A.", "UTI", "B"),
+    ("The answer is B. The differential diagnosis is C.", "UTI", "B"),
+    ("The answer is B. The least likely diagnosis is D.", "UTI", "B"),
+]
+# two options left open: several candidates, unparsed
+HEDGES = [
+    ("The answer is B or C.", "UTI", None),
+    ("The most likely diagnosis is B or C.", "UTI", None),
+    ("B or C is correct.", "UTI", None),
+    ("B and C are both correct.", "UTI", None),
+    ("The answer is A or B.", "UTI", None),
+    ("The answer is A or C in this patient.", "UTI", None),
+    ("The best next step is B, C is also reasonable.", "STEPS", None),
+    ("B is correct, C is also possible.", "UTI", None),
+    ("The answer is B or A in this case.", "UTI", None),
+]
+TABLE = PICKS_OF_A + ARTICLES + CONCLUSIONS + MENTIONS + HEDGES
+
+
+@pytest.mark.parametrize("answer, options, letter", TABLE)
+def test_realistic_answer_endings(answer, options, letter):
+    """A reviewer saw "The answer is A in this patient." unparsed where "... B in this patient." was B (every
+    question whose gold letter is A lost such answers), and "The most likely diagnosis is B." / "B is correct."
+    unparsed: after a conclusion "A" is the article only before a noun phrase, and conclusions without the word
+    "answer" count, while mentions ("B is incorrect", "hepatitis B", "B-cell", "E. coli") and hedges do not."""
+    text = f"Reasoning about the case.\n\n### Answer:\n{answer}"
+    assert mcq.extract_choice(text, SETS[options]).letter == letter
+    assert mcq.extract_choice(f"<think>\nReasoning.\n</think>\n\n{answer}", SETS[options], "r1").letter == letter
+
+
+def test_option_a_reads_as_option_b_does():
+    """The same ending reads the same for every letter: no bias against the questions whose gold letter is A."""
+    for tail in ("in this patient.", "here.", "based on the findings.", "in this case.", "considering the casts.",
+                 "according to the guidelines.", "with white cell casts.", "given the fever."):
+        got = [mcq.extract_choice(f"### Answer:\nThe correct answer is {c} {tail}", UTI).letter for c in "ABCD"]
+        assert got == list("ABCD"), tail
