@@ -284,3 +284,144 @@ def test_the_verifier_goes_on_this_processs_gpu(monkeypatch, tmp_path, capabilit
     with pytest.raises(ModelError, match="stop here"):
         Verifier(str(verifier_stand_in(tiny_model_path(pad="deepseek"), tmp_path / "v"))).load()
     assert seen["device_map"] == {"": 1} and seen["dtype"] == getattr(torch, dtype)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def without_tokenizer(folder: Path, dest: Path, keep: tuple[str, ...] = ()) -> Path:
+    """A copy of a model folder as `model.save_pretrained` alone (or a partial download) leaves it: no tokenizer
+    files but those in `keep`."""
+    import shutil
+
+    shutil.copytree(folder, dest, ignore=lambda _, names: [n for n in names if n in TOKENIZER_FILES and n not in keep])
+    return dest
+
+
+@pytest.mark.parametrize("keep", [(), ("tokenizer_config.json",)], ids=["nothing", "tokenizer_config"])
+def test_a_model_folder_without_tokenizer_json_is_refused_in_one_line_before_its_weights(tmp_path, capsys,
+                                                                                          monkeypatch, keep):
+    """Was a traceback advising to install sentencepiece (exit 1) or, with tokenizer_config.json, a probe failure
+    saying medr1 had read tokenizer.json: transformers 5 builds a LlamaTokenizer of the config's named tokens alone."""
+    from transformers import AutoModelForSequenceClassification
+
+    from medr1.__main__ import main
+    from medr1.tokenizer import load_tokenizer
+    from medr1.verifier import Verifier
+
+    monkeypatch.setattr(medr1.model, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    folder = without_tokenizer(tiny_model_path(), tmp_path / "model", keep)
+    line = (f"no tokenizer.json in {folder}, and transformers builds no tokenizer from its other files (a model saved "
+            f"without its tokenizer, or a partial download): save the tokenizer beside the model "
+            f"(tokenizer.save_pretrained({str(folder)!r}), the tokenizer it was trained with) or copy its base "
+            "model's tokenizer.json and tokenizer_config.json into it")
+    with pytest.raises(ModelError) as err:
+        load_tokenizer(str(folder))
+    assert str(err.value) == f"model_name={str(folder)!r}: {line}"
+    for command in (["check-data", str(data.FIXTURE_PATH)], ["train", "--set", f"output_dir={tmp_path / 'run'}"]):
+        assert main([*command, "--preset", "smoke", "--set", f"model_name={folder}"]) == 2
+        assert capsys.readouterr().err == f"medr1: error: model_name={str(folder)!r}: {line}\n"
+    assert not (tmp_path / "run").exists()
+    verifier = verifier_stand_in(folder, tmp_path / "verifier")
+    with pytest.raises(ModelError) as err:
+        Verifier(str(verifier)).load()
+    assert str(err.value).startswith(f"verifier_model={str(verifier)!r}: no tokenizer.json in {verifier}, ")
+    assert str(err.value).endswith("Set reward_verifier=0 to train without it.")
+
+
+def test_a_hub_cache_without_tokenizer_json_is_refused_in_one_line(tmp_path):
+    """A partial download of the default model: check-data and train say what is missing and where, exit 2."""
+    from medr1.tiny import hub_cache
+
+    snapshot = hub_cache(tmp_path / "hf", HUB_ID)
+    (snapshot / "tokenizer.json").unlink()  # tokenizer_config.json kept: the LlamaTokenizer of the trap was built
+    script = f"""
+from medr1.__main__ import main
+print(main(["check-data", {str(data.FIXTURE_PATH)!r}, "--preset", "smoke", "--set", "model_name={HUB_ID}"]),
+      main(["train", "--preset", "smoke", "--set", "model_name={HUB_ID}", "--set", "output_dir={tmp_path / 'run'}"]))
+"""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.splitlines()[-1] == "2 2", out.stdout[-2000:] + out.stderr[-2000:]
+    line = (f"medr1: error: model_name={HUB_ID!r}: no tokenizer.json in the hub cache ({snapshot}), and transformers "
+            "builds no tokenizer from its other files (a model saved without its tokenizer, or a partial download): "
+            f"download it once online (hf download {HUB_ID}) or give a local folder that holds it")
+    assert [x for x in out.stderr.splitlines() if x.startswith("medr1: error")] == [line, line], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
+def sentencepiece_folder(dest: Path, byte_fallback: bool) -> Path:
+    """A non-Llama-3 model's tokenizer: a SentencePiece tokenizer.model (trained here on the fixture), no
+    tokenizer.json, beside the stand-in's config.json."""
+    import io
+    import shutil
+
+    import sentencepiece
+
+    dest.mkdir()
+    shutil.copy(tiny_model_path() / "config.json", dest)
+    model = io.BytesIO()
+    text = [v for row in readers.read_rows(data.FIXTURE_PATH) for v in row.values()]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(text), model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=byte_fallback,
+        user_defined_symbols=["<think>", "</think>"], remove_extra_whitespaces=not byte_fallback,
+        normalization_rule_name="identity" if byte_fallback else "nmt_nfkc", minloglevel=2)
+    (dest / "tokenizer.model").write_bytes(model.getvalue())
+    return dest
+
+
+def test_other_tokenizer_files_still_load_without_tokenizer_json(tmp_path):
+    """No tokenizer.json is refused only where nothing else is there: a SentencePiece tokenizer.model (converted by
+    the same class) and GPT-2's vocab.json + merges.txt with their class named (AutoTokenizer) still load, probed."""
+    from medr1.tokenizer import load_tokenizer
+
+    spm = load_tokenizer(str(sentencepiece_folder(tmp_path / "spm", byte_fallback=True)))
+    bpe = tmp_path / "bpe"
+    bpe.mkdir()
+    model = json.loads((tiny_model_path() / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    (bpe / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (bpe / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]), encoding="utf-8")
+    (bpe / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", "eos_token": EOS}))
+    gpt2 = load_tokenizer(str(bpe))
+    assert (type(spm).__name__, type(gpt2).__name__) == ("TokenizersBackend", "GPT2Tokenizer")
+    for tok in (spm, gpt2):
+        assert tok.decode(tok(TEXT, add_special_tokens=False)["input_ids"]) == TEXT
+
+
+def test_the_probe_says_a_tokenizer_without_tokenizer_json_was_built_from_other_files(tmp_path):
+    """It said "medr1 reads tokenizer.json directly" of a tokenizer built from a tokenizer.model (there was none)."""
+    from medr1.tokenizer import load_tokenizer
+
+    folder = sentencepiece_folder(tmp_path / "spm", byte_fallback=False)  # no bytes: a tab or a "β" is lost
+    with pytest.raises(ModelError, match=r"does not round-trip text: .*Training on it would teach the model broken "
+                                         rf"text; there is no tokenizer.json in {folder}: transformers built it from "
+                                         r"tokenizer.model; save the model's tokenizer beside it") as err:
+        load_tokenizer(str(folder))
+    assert "reads tokenizer.json" not in str(err.value)
+
+
+def test_over_long_rows_are_counted_without_the_indexing_errors_warning(tmp_path, capsys, caplog):
+    """check-data and train tokenize whole rows, then drop or cut the long ones: transformers' "will result in indexing
+    errors" is wrong there. Silenced for those calls only: the same tokenizer still warns of a text of its own."""
+    from medr1.__main__ import main
+    from medr1.tokenizer import load_tokenizer
+
+    def warned() -> bool:
+        found = any("will result in indexing errors" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        return found
+
+    rows = readers.read_rows(data.FIXTURE_PATH)
+    rows[4]["Complex_CoT"] *= 400  # about 95,000 tokens, over the stand-in's model_max_length of 16,384
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["check-data", str(path), "--preset", "smoke"]) == 0
+    assert "over max_seq_length=4096: 1 (policy over_length='drop': 1 dropped" in capsys.readouterr().out
+    assert not warned()
+    tok = load_tokenizer(str(tiny_model_path()))
+    data.encode_rows(rows[4:5], tok, "seed")
+    assert not warned()
+    tok(prompts.format_row(rows[4], EOS, "seed"))  # the library's own warning, once per tokenizer
+    assert warned()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medr1 import prompts
+from medr1 import noise, prompts
 from medr1.config import Config, hint
 from medr1.errors import DataError
 from medr1.log import log
@@ -189,9 +189,11 @@ class Encoded:
 
 def encode_rows(rows: list[dict[str, str]], tokenizer, style: str) -> list[Encoded]:
     """Training texts -> ids and completion masks. One rule for training and evaluation alike: a token belongs
-    to the completion when it starts at or after the end of the inference prompt (BOS and the prompt do not)."""
+    to the completion when it starts at or after the end of the inference prompt (BOS and the prompt do not).
+    Whole texts, however long: every caller counts them and cuts or drops those over max_seq_length."""
     texts = [prompts.format_row(r, tokenizer.eos_token, style) for r in rows]
-    enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
+    with noise.whole_texts(tokenizer):  # no "will result in indexing errors": nothing this long reaches the model
+        enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
     out = []
     for row, ids, offsets in zip(rows, enc["input_ids"], enc["offset_mapping"], strict=True):
         prompt_chars = len(prompts.inference_prompt(row["Question"], style))

@@ -6,12 +6,15 @@ tokenizer_config.json declares `LlamaTokenizerFast`, and transformers 5 (up to 5
 Upstream special-cases only `deepseek-ai/deepseek-r1-distill-llama-*` ids (not `unsloth/...`, a folder, an adapter).
 So medr1 builds `PreTrainedTokenizerFast` from tokenizer.json and proves it with a probe before any weights load;
 saved, it declares `TokenizersBackend`, so `AutoTokenizer.from_pretrained(folder)` (vLLM, TGI, a later script) reads
-the same ids.
+the same ids. Without a tokenizer.json, the same class converts a SentencePiece tokenizer.model, and `AutoTokenizer`
+reads a named class's own files (GPT-2's vocab.json + merges.txt); a model with none (saved without its tokenizer, a
+partial download) is refused in one line, not built from tokenizer_config.json's named tokens alone.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from medr1.stack import import_unsloth_first
 
@@ -27,27 +30,77 @@ ADDED_PAD = "<｜▁pad▁｜>"
 
 def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, knob: str = "model_name"):
     """The tokenizer of a hub id, a local folder, a saved adapter or checkpoint, read from its tokenizer.json
-    (`AutoTokenizer` only where there is none: a SentencePiece-only model). The pad token is made distinct from
+    (without one: from its other tokenizer files, see the module's docstring). The pad token is made distinct from
     EOS, and the chat template renders medr1's prompt for `prompt_style`."""
     import_unsloth_first()
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    try:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
+    try:  # tokenizer.json; without one, a SentencePiece tokenizer.model converted
+        tokenizer, err = PreTrainedTokenizerFast.from_pretrained(name_or_path), None
+    except (OSError, ValueError) as first:
+        tokenizer, err = None, first
+    where, has_json = _tokenizer_json(name_or_path)  # after the load: online, it has fetched tokenizer.json if any
+    if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        except OSError:
-            raise ModelError(f"{knob}={name_or_path!r}: no tokenizer could be loaded "
-                             f"({str(err).splitlines()[0]})") from None
-    check_tokenizer(tokenizer, name_or_path)
+        except (OSError, ValueError):
+            if has_json:
+                raise ModelError(f"{knob}={name_or_path!r}: no tokenizer could be loaded "
+                                 f"({str(err).splitlines()[0]})") from None
+    if has_json and err is None:
+        why = "medr1 reads tokenizer.json directly, so this tokenizer's files are themselves wrong"
+    elif has_json:
+        why = f"its tokenizer.json could not be read ({str(err).splitlines()[0]}), so AutoTokenizer built it"
+    elif files := built_from(tokenizer):
+        why = (f"there is no tokenizer.json in {where}: transformers built it from {', '.join(files)}; save the "
+               "model's tokenizer beside it (tokenizer.save_pretrained)")
+    else:  # nothing, or what transformers 5 builds from tokenizer_config.json alone (the trap's class, no vocabulary)
+        raise ModelError(_no_tokenizer_json(name_or_path, knob, where))
+    check_tokenizer(tokenizer, name_or_path, why)
     set_pad_token(tokenizer)
     tokenizer.chat_template = chat_template(prompt_style)
     return tokenizer
 
 
-def check_tokenizer(tokenizer, name: str = "") -> None:
-    """Refuse a tokenizer that does not give back the text it was given, before anything trains on it."""
+def _tokenizer_json(name_or_path: str) -> tuple[str, bool]:
+    """(where the model's files are, as a message names it; whether tokenizer.json is there): a local folder, or
+    the hub cache's snapshot of a hub id."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        return str(local), (local / "tokenizer.json").is_file()
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found, config = (try_to_load_from_cache(name_or_path, f) for f in ("tokenizer.json", "config.json"))
+    except ValueError:  # not a valid hub id: nothing of it is cached
+        found = config = None
+    where = f"the hub cache ({Path(config).parent})" if isinstance(config, str) else f"the hub cache of {name_or_path}"
+    return where, isinstance(found, str)
+
+
+def built_from(tokenizer) -> list[str]:
+    """The vocabulary files transformers found for `tokenizer` (its class's `vocab_files_names`); none where it was
+    built from tokenizer_config.json's named tokens alone (a handful of tokens: every text would come out broken)."""
+    if tokenizer is None:
+        return []
+    kwargs = tokenizer.init_kwargs
+    return [Path(kwargs[key]).name for key in tokenizer.vocab_files_names if isinstance(kwargs.get(key), str)]
+
+
+def _no_tokenizer_json(name_or_path: str, knob: str, where: str) -> str:
+    """One line for a model without a tokenizer: the knob, the folder, what is missing and what to do."""
+    if not Path(name_or_path).expanduser().is_dir():  # a hub id
+        todo = f"download it once online (hf download {name_or_path}) or give a local folder that holds it"
+    else:
+        todo = (f"save the tokenizer beside the model (tokenizer.save_pretrained({where!r}), the tokenizer it was "
+                "trained with) or copy its base model's tokenizer.json and tokenizer_config.json into it")
+    return (f"{knob}={name_or_path!r}: no tokenizer.json in {where}, and transformers builds no tokenizer from its "
+            f"other files (a model saved without its tokenizer, or a partial download): {todo}")
+
+
+def check_tokenizer(tokenizer, name: str = "", why: str = "") -> None:
+    """Refuse a tokenizer that does not give back the text it was given, before anything trains on it (`why`: what
+    the round-trip error adds, where the tokenizer came from)."""
     what = f"the tokenizer of {name or 'the model'} ({type(tokenizer).__name__})"
     if tokenizer.eos_token is None:
         raise ModelError(f"{what} has no EOS token: a model trained without one never stops")
@@ -60,7 +113,7 @@ def check_tokenizer(tokenizer, name: str = "") -> None:
         if i == min(len(text), len(back)):  # one is a prefix of the other
             lost = f"expected {len(text)} characters, got {len(back)} ({back[-24:]!r} at the end)"
         raise ModelError(f"{what} does not round-trip text: {lost}. Training on it would teach the model broken "
-                         "text; medr1 reads tokenizer.json directly, so this tokenizer's files are themselves wrong")
+                         f"text{'; ' + why if why else ''}")
     if ids[-1] != tokenizer.eos_token_id:
         raise ModelError(f"{what} does not encode its EOS {tokenizer.eos_token!r} as the single token "
                          f"{tokenizer.eos_token_id}")
