@@ -3,6 +3,7 @@ stand-in whose files are declared like the real model's, loaded the ways users l
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -328,6 +329,8 @@ def test_a_model_folder_without_tokenizer_json_is_refused_in_one_line_before_its
         Verifier(str(verifier)).load()
     assert str(err.value).startswith(f"verifier_model={str(verifier)!r}: no tokenizer.json in {verifier}, ")
     assert str(err.value).endswith("Set reward_verifier=0 to train without it.")
+    with pytest.raises(ModelError, match=f"^adapter={re.escape(repr(str(folder)))}: no tokenizer.json in "):
+        medr1.model.load_adapter(build_config("smoke", quiet=True), folder)  # an adapter saved without its tokenizer
 
 
 def test_a_hub_cache_without_tokenizer_json_is_refused_in_one_line(tmp_path):

@@ -90,7 +90,7 @@ def load_adapter(config: Config, adapter: str | Path, via: str = "medr1"):
     "unsloth" lets `FastLanguageModel` read the adapter folder, "peft" uses `AutoPeftModelForCausalLM` (the
     base the adapter names), as a user without medr1 would. The last two exist to prove the adapter reloads.
     """
-    tokenizer = load_tokenizer(str(adapter), config.prompt_style)
+    tokenizer = load_tokenizer(str(adapter), config.prompt_style, knob="adapter")  # saved beside it by medr1
     if via == "medr1":
         from peft import PeftModel
 
