@@ -437,3 +437,56 @@ def test_a_retraction_or_a_double_negative_after_the_answer_is_no_ruling_out(ans
     """"X, not Y" rules Y out; "X, no, Y", "X, not sure, Y", "X, not excluding Y" take X back or keep Y open: a policy
     must not learn to write the reference first and then switch or hedge."""
     assert rewards.judge(answer, "Myocardial infarction") == rewards.Verdict(False, "several candidates")
+
+
+PYELO = "Acute pyelonephritis"
+KEY_FINDINGS = f"{PYELO}\n\nKey findings:\n- Fever\n- Flank pain\n- White cell casts"
+
+
+@pytest.mark.parametrize("answer", [
+    KEY_FINDINGS,
+    f"{PYELO}\n\nManagement:\n- Urine culture\n- IV ceftriaxone",
+    f"**Diagnosis:** {PYELO}\n\n**Supporting features:**\n1. Fever\n2. Flank pain",
+    f"{PYELO}.\n\nWhy:\n- fever\n- flank pain",
+    f"{PYELO}\n\n**Next steps:**\n- Urine culture\n- Renal ultrasound",
+    f"{PYELO}\n\nInvestigations:\n* Urinalysis\n* Blood cultures",
+    f"{PYELO}\n\nTreatment:\n1) IV ceftriaxone\n2) Oral ciprofloxacin",
+    f"{PYELO}\n\nRationale:\n- Fever and flank pain\n- White cell casts",
+    f"Key findings:\n- Fever\n- Flank pain\n\nDiagnosis: {PYELO}",  # the list before the answer
+    f"{PYELO}\n\nKey clinical features:\n- Fever\n- Costovertebral angle tenderness\n\nManagement:\n- IV ceftriaxone",
+    "The most likely diagnosis is acute pyelonephritis.\n\nReasons:\n\u2022 Fever\n\u2022 Flank pain",
+    f"{PYELO}\n\nFindings supporting this diagnosis:\n- Fever\n- Flank pain",
+    f"{PYELO}\n\nKey findings include:\n- Fever\n- Flank pain",
+    "Why acute pyelonephritis:\n- Fever\n- Flank pain",
+    f"{PYELO}\n\nInitial management:\n- Blood cultures\n- IV fluids\n\nThis explains the fever.",
+])
+def test_bare_items_under_a_heading_of_findings_reasons_or_management_are_no_rivals(answer):
+    """A reasoning model's structured answer (the diagnosis, then "Key findings:", "Why:", "Management:" over bare
+    bullets) earned nothing: each bullet read as a rival diagnosis, and GRPO pushed the policy away from the format.
+    The items of such a heading are its content."""
+    assert rewards.judge(answer, PYELO) == rewards.Verdict(True, "match")
+    assert rewards.correctness_reward()(completions=[seed("r", answer)], ground_truth=[PYELO]) == [1.0]
+
+
+@pytest.mark.parametrize("answer, truth", [
+    (f"{PYELO}\n\nDifferential diagnosis:\n- Renal abscess\n- Nephrolithiasis", PYELO),  # headings of candidates
+    (f"{PYELO}\n\nOther possibilities:\n- Renal abscess", PYELO),
+    (f"{PYELO}\n\nConsider:\n- Renal abscess\n- Perinephric abscess", PYELO),
+    (f"Diagnoses:\n- {PYELO}\n- Acute cystitis", PYELO),
+    (f"{PYELO}\n\nPossible causes:\n- Renal abscess\n- Infected stone", PYELO),
+    (f"{PYELO}\n\nAlternatives:\n- Renal abscess", PYELO),
+    (f"{PYELO}\n\nFeatures of renal abscess:\n- Fever\n- Flank mass", PYELO),  # a heading that names another
+    (f"{PYELO}\n- Acute cystitis\n- Renal abscess", PYELO),  # candidates with no heading
+    (f"- {PYELO}\n- Acute cystitis", PYELO),
+    (f"{KEY_FINDINGS}\nRenal abscess", PYELO),  # a rival after the list: on the next line, after a blank line
+    (f"{KEY_FINDINGS}\n\nRenal abscess.", PYELO),
+    (f"{KEY_FINDINGS}\n\nAcute cystitis is also likely.", PYELO),
+    (f"{KEY_FINDINGS}. Or a renal abscess.", PYELO),  # in a sentence after an item
+    (f"{PYELO}\n\nKey findings:\n- Fever\n- Could also be a renal abscess", PYELO),  # an item that hedges
+    (f"Key findings:\n- Fever\n- Flank pain\nDiagnosis:\n- {PYELO}\n- Renal abscess", PYELO),  # the next heading's
+    ("Treatment:\n- Intramuscular epinephrine\n- IV fluids\n- Antihistamines", "Intramuscular epinephrine"),
+])
+def test_lists_of_candidates_or_a_rival_after_a_list_of_findings_are_several_candidates(answer, truth):
+    """Items under a heading that announces candidates, or under none, are candidates; a list of findings ends at a
+    blank line, a line that is no item or the next heading; a list that holds the reference is the answer's own."""
+    assert rewards.judge(answer, truth) == rewards.Verdict(False, "several candidates")

@@ -1,14 +1,13 @@
 """The correctness matcher behind GRPO's correctness reward and `evaluate --verifiable`: does an answer part assert
 the reference answer, once, without denying or hedging it?
 
-Matching is normalized (case, punctuation, articles, plurals, British spellings and a small table of abbreviations
-and synonyms), and it refuses the two ways a policy learns to game a string match: a negated mention ("not X", "X is
-unlikely", "rule out X") and hedging over several candidates ("X or Y", "X, Y and Z", "the differential
-includes", or a rival segment: "1. X 2. Y", "X; Y", "X. Or Y.", "X. Y is also likely."): a list item that
-neither explains nor manages, or a prose sentence that hedges or is a short bare name. Matching is strict
-(precision over recall): a correct answer in other words earns nothing, nor does one followed by a short fragment
-("X. Urgent PCI."); the verifier model (medr1.verifier, off by default) is the tool for those. It reads English
-text: it keeps Latin letters (accents dropped), digits and Greek letters spelt out (`GREEK`), no other.
+Matching is normalized (case, punctuation, articles, plurals, British spellings, a small table of abbreviations and
+synonyms) and refuses the two ways a policy learns to game a string match: a negated mention ("not X", "X is
+unlikely", "rule out X") and hedging over several candidates ("X or Y", "X, Y and Z", "the differential includes",
+or a rival segment, `_rival`: "1. X 2. Y", "X; Y", "X. Or Y.", "X. Y is also likely."). It is strict (precision over
+recall): a right answer in other words earns nothing, nor does one followed by a short fragment ("X. Urgent PCI.");
+the verifier model (medr1.verifier, off by default) is the tool for those. It reads English text: Latin letters
+(accents dropped), digits and Greek letters spelt out (`GREEK`), no other.
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ from pathlib import Path
 from medr1 import prompts
 
 # Canonical phrase -> its abbreviations and synonyms (assets/synonyms.json, written for medr1, a table to extend).
-# Ambiguous short forms (PE, MS, ALL, DM, IV, CF) are left out on purpose: mapping them would reward the wrong
-# disease as often as the right one.
+# Ambiguous short forms (PE, MS, ALL, DM, IV, CF) are left out: they would reward the wrong disease as often as not.
 ASSETS = Path(__file__).parent / "assets"
 SYNONYMS: dict[str, list[str]] = json.loads((ASSETS / "synonyms.json").read_text("utf-8"))
 # letters ASCII cannot hold, spelt out: every Greek one ("ε-aminocaproic acid"; after NFKD the micro sign is μ; ß is
@@ -46,15 +44,11 @@ ABBREVIATION = re.compile(r"\b(e\.g|i\.e|etc|vs|cf)\.")  # a dot that ends no se
 
 
 def _singular(word: str) -> str:
-    if len(word) <= 3 or not word.isalpha():
+    if len(word) <= 3 or not word.isalpha() or not word.endswith("s") or word.endswith(("ss", "us", "is")):
         return word
     if word.endswith("ies"):
         return word[:-3] + "y"
-    if word.endswith(("sses", "shes", "ches", "xes", "zes", "uses")):
-        return word[:-2]
-    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
+    return word[:-2] if word.endswith(("sses", "shes", "ches", "xes", "zes", "uses")) else word[:-1]
 
 
 def _fold(text: str) -> str:
@@ -96,20 +90,13 @@ def _phrase(text: str) -> tuple[str, ...]:
     return tuple(w for w in _words(text) if w not in PUNCTUATION)
 
 
-def _cues(*phrases: str) -> set[str]:
-    return {" ".join(_phrase(p)) for p in phrases}
-
-
 # Cue words (assets/cues.json, written for medr1, lists to extend), normalized as answers are.
-CUES = {k: _cues(*v) for k, v in json.loads((ASSETS / "cues.json").read_text("utf-8")).items() if k != "_about"}
+CUES = {k: {" ".join(_phrase(p)) for p in v} for k, v in json.loads((ASSETS / "cues.json").read_text("utf-8")).items()
+        if k != "_about"}
 # Before a mention (in its clause), or just after it: the mention is denied, not asserted.
 NEGATION_BEFORE, NEGATION_AFTER = CUES["negation_before"], CUES["negation_after"]
-CLAUSE_WORDS = _cues("but", "however", "whereas", "although", "though", "yet", "while")
-DISJUNCTIONS = _cues("or", "either", "versus", "vs", "nor")
-HEDGES = _cues("differential", "alternatively", "could also be", "might also be", "may also be", "another possibility",
-               "other possibility", "possibilities")
-LIST_WORDS = _cues("and", "plus") | {COMMA}
-PLURAL_VERBS = _cues("are", "were", "both")
+CLAUSE_WORDS, DISJUNCTIONS, HEDGES = CUES["clause_words"], CUES["disjunctions"], CUES["hedges"]
+LIST_WORDS, PLURAL_VERBS, ALTERNATIVES = CUES["list_words"] | {COMMA}, CUES["plural_verbs"], CUES["alternatives"]
 CLAUSE_END = CLAUSE_WORDS | {COMMA, BREAK}
 CONCESSIVE, PREPOSITIONS = CUES["concessive"], CUES["prepositions"]
 LINKING = CUES["linking"]  # a word that opens an explanation or a clause, never a second candidate ("MI, given ...")
@@ -125,13 +112,10 @@ LABELS, COMMENTS, HEADS = CUES["labels"], CUES["comments"], tuple(CUES["heads"])
 EXPLAINS = (LINKING - PREPOSITIONS - COMMENTS) | CLAUSE_WORDS | PLURAL_VERBS | CUES["explains"]
 PASSIVE = re.compile(r" (may|could|might) be \w+[^e]ed(?= )")  # "This could be confirmed by TRAb" explains: no hedge
 NAMING = re.compile("|".join(rf" {re.escape(c)}(?= )" for c in CUES["naming"]))  # "Y is the alternative" names Y
-# "X, not Y" rules Y out when a name follows the cue; "X, not sure, Y", "X, not excluding Y", "X, no, Y" do not.
-ALTERNATIVES = _cues("or", "nor")  # "not Y or Z": the one "not" rules out both
-RULING_OUT, UNSURE = _cues("not", "no", "rather than", "instead of", "other than"), _cues(
-    "sure", "certain", "only", "just", "excluding", "ruling", "wait", "mind", "necessarily", "yet", "that")
-RETRACTIONS = _cues("no wait", "never mind", "actually", "i mean", "scratch that", "on second thought")
+# "X, not Y" rules Y out ("not Y or Z", ALTERNATIVES: both); "X, not sure, Y", "X, not excluding Y", "X, no, Y" do not.
+RULING_OUT, UNSURE, RETRACTIONS = CUES["ruling_out"], CUES["unsure"], CUES["retractions"]
+CONTENT, HEADING_WORDS = ({w for c in CUES[k] for w in c.split()} for k in ("content_headings", "heading_words"))
 SHORT = 4  # the most words (besides "also" and "consider") of a sentence that is a bare name ("X. Toxic adenoma.")
-
 
 ALIASES = {_phrase(alias): _phrase(canon) for canon, aliases in SYNONYMS.items() for alias in (canon, *aliases)}
 LONGEST_ALIAS = max(len(a) for a in ALIASES)
@@ -142,9 +126,8 @@ def canonical(words: list[str] | tuple[str, ...]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(words):
-        longest = min(LONGEST_ALIAS, len(words) - i)
-        n = next((n for n in range(longest, 0, -1) if tuple(words[i:i + n]) in ALIASES), 0)  # 0: no alias starts here
-        out.extend(ALIASES[tuple(words[i:i + n])] if n else words[i:i + 1])
+        n = next((n for n in range(min(LONGEST_ALIAS, len(words) - i), 0, -1) if tuple(words[i:i + n]) in ALIASES), 0)
+        out.extend(ALIASES[tuple(words[i:i + n])] if n else words[i:i + 1])  # n = 0: no alias starts at i
         i += max(n, 1)
     return out
 
@@ -168,11 +151,6 @@ def _has(words: list[str], cues: tuple[str, ...] | set[str]) -> bool:
     return any(f" {cue} " in text for cue in cues)
 
 
-def _find(words: list[str], target: list[str]) -> list[int]:
-    n = len(target)
-    return [i for i in range(len(words) - n + 1) if words[i:i + n] == target] if n else []
-
-
 def _walk(words: list[str], at: int, step: int, group: set[str], inside: bool = False) -> int:
     """Where a walk from `at` by `step` leaves the words outside `group` (or, `inside`, those in it)."""
     while 0 <= at < len(words) and (words[at] in group) == inside:
@@ -182,10 +160,6 @@ def _walk(words: list[str], at: int, step: int, group: set[str], inside: bool = 
 
 def _at(words: list[str], i: int) -> str | None:
     return words[i] if 0 <= i < len(words) else None
-
-
-def _opens(words: list[str], cues: set[str]) -> bool:
-    return any(f"{' '.join(words)} ".startswith(f"{c} ") for c in cues)
 
 
 def _ruled_out(item: list[str]) -> bool:
@@ -243,15 +217,31 @@ def _listed(words: list[str], start: int, end: int) -> bool:
     return _walk(words, j, -1, ITEM_END) != j
 
 
-def _rival(words: list[str], a: int, b: int) -> bool:
+def _contents(words: list[str], spans: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The items (start, end) listed under a heading of CONTENT and HEADING_WORDS ("Key findings:", "Why:"), up to a
+    blank line, a line that is no item or the next heading: its content, not candidates, unless the reference is one of
+    them (the list is then the answer's). Items under any other heading ("Consider:", "Diagnoses:") stay candidates."""
+    out: set[tuple[int, int]] = set()
+    for h in (k for k, w in enumerate(words) if w == HEAD and _at(words, k + 1) == LINE):
+        head = {w for w in words[_walk(words, h - 1, -1, SEPARATORS) + 1:h] if w.isalnum()}  # the reference masked
+        items, k = [], h + 2
+        while _at(words, k) == ITEM:
+            items.append((k + 1, _walk(words, k + 1, 1, SEPARATORS)))
+            k = _walk(words, items[-1][1], 1, {LINE, HEAD}) + 1  # the item's line may go on in further sentences
+        if items and head & CONTENT and head <= CONTENT | HEADING_WORDS and not any(h < i < k for i, _ in spans):
+            out.update(items)
+    return out
+
+
+def _rival(words: list[str], a: int, b: int, content: bool = False) -> bool:
     """Is words[a:b], a segment without the reference, another candidate? Yes if it hedges ("Or PE."); no if a
-    heading or comment, or it explains, manages or denies. Else it is a bare name: a rival as a list item, but as a
-    sentence only if short or a HEADS name up to a preposition (prose explains: "Digoxin inhibits the Na pump.")."""
+    heading or comment, a heading's `content`, or it explains, manages or denies. Else it is a bare name: a rival as a
+    list item, but as a sentence only if short or a HEADS name up to a preposition ("Digoxin inhibits ..." explains)."""
     text = NAMING.sub("", f" {' '.join(w for w in words[a:b] if w.isalpha() or w in (COMMA, BREAK))} ").split()
     seg, name = [w for w in text if w.isalpha()], text[:_walk(text, 0, 1, PREPOSITIONS | {COMMA, BREAK})]
-    if _opens(seg, OPENERS) or _has(seg, RIVAL_HEDGES):
+    if any(f"{' '.join(seg)} ".startswith(f"{c} ") for c in OPENERS) or _has(seg, RIVAL_HEDGES):
         return True
-    if _at(words, b) == HEAD or all(w in LABELS for w in seg) or (name and all(w in COMMENTS for w in name)) \
+    if content or _at(words, b) == HEAD or all(w in LABELS for w in seg) or (name and all(w in COMMENTS for w in name))\
             or EXPLAINS & set(seg) or _has(seg, NEGATION_BEFORE | NEGATION_AFTER):
         return False
     item = _at(words, a - 1) == ITEM or (_at(words, a - 1) in (None, LINE) and _at(words, b) in (None, LINE))
@@ -263,9 +253,8 @@ def truth_variants(truth: str) -> list[list[str]]:
     """The reference as words, with its punctuation ("46,XY", "S. aureus") and without; "Myocardial infarction
     (MI)" also as its outside and inside parts."""
     inside = re.findall(r"\(([^()]*)\)", truth)
-    outside = re.sub(r"\([^()]*\)", " ", truth)
     variants: list[list[str]] = []
-    for text in [outside, *inside] if inside else [truth]:
+    for text in [re.sub(r"\([^()]*\)", " ", truth), *inside] if inside else [truth]:  # outside, then inside
         words = canonical(_words(text))
         kept = [k for k, w in enumerate(words) if w not in PUNCTUATION]
         for v in (words[kept[0]:kept[-1] + 1] if kept else [], [words[k] for k in kept]):
@@ -280,23 +269,20 @@ def judge(answer: str, truth: str) -> Verdict:
     if not answer.strip():
         return Verdict(False, "no answer")
     words = canonical(_words(answer))
-    spans = sorted({(i, i + len(v)) for v in truth_variants(truth) for i in _find(words, v)})
+    spans = sorted({(i, i + len(v)) for v in truth_variants(truth) for i in range(len(words) - len(v) + 1)
+                    if words[i:i + len(v)] == v})
     if not spans:
         return Verdict(False, "not found")
     ends = [k for k, w in enumerate(words) if w in SEPARATORS]
     sentences = list(zip([0, *(k + 1 for k in ends)], [*ends, len(words)], strict=True))  # the segments
-    found = []  # each mention in its segment: (the segment, where the mention starts and ends in it)
-    for i, j in spans:
-        start, end = max(a for a, _ in sentences if a <= i), min(b for _, b in sentences if b >= j)
-        found.append((words[start:end], i - start, j - start))
+    found = [(words[a:b], i - a, j - a) for i, j in spans  # each mention in its segment, and where it lies in it
+             for a, b in [(_walk(words, i - 1, -1, SEPARATORS) + 1, _walk(words, j, 1, SEPARATORS))]]
     for s, i, j in found:
         before = s[_walk(s, i - 1, -1, CLAUSE_END | {"and"}) + 1:i]  # the mention's clause, up to it
         after = s[j:min(j + 4, _walk(s, j, 1, CLAUSE_END | {"and"}))]  # up to four words after it, in the clause
         non = i > 0 and s[i - 1] == "non"  # "non-Hodgkin lymphoma" is not "Hodgkin lymphoma"
         if non or _has(before, NEGATION_BEFORE) or _has(after, NEGATION_AFTER):
             return Verdict(False, "negated")
-    if _retracted(words[min(j for _, j in spans):]):
-        return Verdict(False, "several candidates")
     for s, i, j in found:  # "or" around the mention, a list, a hedge in another clause ("X, but Y is possible")
         ruled = {k for c, e in _ruled_out_spans(s) for k in range(c, e)}  # "X, not Y or Z": that "or" is no hedge
         rest = [w for k, w in enumerate(s) if not (i <= k < j or k in ruled)]
@@ -307,6 +293,8 @@ def judge(answer: str, truth: str) -> Verdict:
             return Verdict(False, "several candidates")
     masked = [BREAK if any(i <= k < j for i, j in spans) else w for k, w in enumerate(words)]  # "Differential cyanosis"
     others = [(a, b) for a, b in sentences if all(b <= i or a >= j for i, j in spans)]
-    if _has(masked, HEDGES) or any(_rival(words, a, b) for a, b in others):
+    contents = _contents(masked, spans)  # the items of "Key findings:" and the like
+    if _retracted(words[min(j for _, j in spans):]) or _has(masked, HEDGES) \
+            or any(_rival(words, a, b, (a, b) in contents) for a, b in others):
         return Verdict(False, "several candidates")
     return Verdict(True, "match")
