@@ -189,7 +189,8 @@ if case:
 # `output_dir/adapter` reloads with Unsloth or `peft`, with the tokenizer and a chat template that
 # renders the trained prompt; `output_dir/run.json` holds the config, versions, timings, tokens/s,
 # peak memory, losses, the before/after answers and held-out figures. Evaluate it with
-# `02_evaluate`, ship it with `03_export`.
+# `02_evaluate`, ship it with `03_export`, reinforce it with `04_reinforce`: the last line printed is the
+# run's folder, absolute, to give them as `run_dir` (`init_adapter` for 04) from any folder.
 
 # %%
 run.save()

@@ -52,7 +52,7 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-run_dir: str = ""  # output folder of a training run; empty: the newest complete run under outputs/, else a smoke run
+run_dir: str = ""  # the folder 01 printed last; empty: the newest complete run under outputs/, else a smoke run
 mcq_file: str = ""  # multiple-choice questions: JSON list or JSONL of {question, options, answer_idx}; empty: skip
 max_rows: int = 0  # held-out rows to evaluate; 0: all the run kept out
 max_questions: int = 0  # multiple-choice questions to use; 0: all
@@ -67,8 +67,9 @@ overwrite: bool = False  # replace the run's earlier evaluation (eval.json); els
 # ## The run to evaluate
 # Seconds, before any model loads: a mistyped parameter (`papermill -p`), a run folder without an adapter or
 # a multiple-choice file with a bad question stops here with one line. With no `run_dir`, the newest complete run
-# under `outputs/` is evaluated (01's, after "Run all" there); where there is none, a smoke run is trained here
-# first, so the notebook runs anywhere, and said loudly.
+# under `outputs/` is evaluated (01's, after "Run all" there); without `mcq_file`, the newest that kept held-out
+# rows (a GRPO run from a new LoRA keeps none). Where there is no run, a smoke run is trained here first, so the
+# notebook runs anywhere, and said loudly.
 
 # %%
 from medr1.notebook import notebook_parameters, run_to_use, short_errors
@@ -78,7 +79,7 @@ notebook_parameters(globals())  # a mistyped name stops; `-p merged false` is Fa
 
 from medr1.evaluate import Evaluation
 
-run_dir = run_to_use(run_dir, "evaluating")
+run_dir = run_to_use(run_dir, "evaluating", rows=not mcq_file)  # without mcq_file, held-out rows are all there is
 ev = Evaluation(run_dir, max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, mcq_file=mcq_file,
                 samples=samples, engine=engine, overwrite=overwrite)
 

@@ -53,7 +53,7 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-run_dir: str = ""  # output folder of a training run; empty: the newest complete run under outputs/, else a smoke run
+run_dir: str = ""  # the folder 01 printed last; empty: the newest complete run under outputs/, else a smoke run
 export_dir: str = ""  # where the exports go; empty: <run_dir>/export
 overwrite: bool = False  # replace export folders that already hold files
 merged: bool = True  # also save base + adapter merged into 16-bit weights (about 16 GB for an 8B model)

@@ -55,13 +55,19 @@ if "google.colab" in sys.modules:
 # %% [markdown]
 # ## Parameters
 # `preset` picks the defaults; every knob left at `None` keeps the preset's value (`python -m medr1 knobs
-# --preset colab-t4` lists them all; any knob of `medr1.config.Config` may be passed with `-p`).
+# --preset colab-t4` lists them all). Any knob GRPO reads may be passed with `-p`; an SFT knob, such as
+# `max_steps`, stops the run naming the GRPO knob to set instead (`grpo_max_steps`).
+#
+# With `init_adapter` left at `None`, GRPO starts from the newest complete SFT run under `outputs/` of this
+# model and prompt style (`01_finetune`'s, after Run all there), named in one line; where there is none,
+# one line says it starts from a new LoRA on the base model. `init_adapter="base"` starts from the base
+# on purpose.
 
 # %% tags=["parameters"]
 from typing import Optional
 
 preset: str = "auto"  # auto | colab-t4 | fast | cpu | smoke (auto: by the GPU, cpu or smoke without one)
-init_adapter: Optional[str] = None  # a medr1 SFT run folder (or its adapter folder) to start from; None: the base
+init_adapter: Optional[str] = None  # SFT run folder to start from; None: newest under outputs/; "base": the base
 grpo_data_path: Optional[str] = None  # local file with Open-ended Verifiable Question, Ground-True Answer
 grpo_num_examples: Optional[int] = None  # the first N questions of grpo_data_path or the hub dataset (0: all)
 num_generations: Optional[int] = None  # answers sampled per question; rewards are compared within this group
@@ -109,7 +115,7 @@ for answer in ("Acute MI.", "Heart attacks", "This is not an MI.", "MI or pulmon
     print(f"{answer!r:32} -> {rewards.judge(answer, truth)}")
 
 # %% [markdown]
-# ## Load the model, then LoRA (with the SFT adapter's weights when `init_adapter` is set)
+# ## Load the model, then LoRA (with the SFT adapter's weights, unless GRPO starts from the base)
 
 # %%
 model, tokenizer = run.load()

@@ -99,6 +99,30 @@ def test_a_mistyped_parameter_stops_the_notebook_naming_it(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_mistyped_parameter_lists_the_stages_own_knobs():
+    """01's "valid parameters" listed the GRPO knobs, which 01 refuses (and 04's the SFT ones): each its stage's."""
+    from medr1.config import NOT_READ
+    from medr1.errors import ConfigError
+    from medr1.notebook import notebook_config
+
+    for stage, own in (("train", "max_steps"), ("grpo", "grpo_max_steps")):
+        with pytest.raises(ConfigError) as info:
+            notebook_config({"In": ["# Parameters\nmax_step = 2\n"], "max_step": 2, "preset": "smoke"}, stage)
+        listed = ast.literal_eval(str(info.value).split("valid parameters: ")[1])
+        assert {"preset", own} <= set(listed) and not set(listed) & set(NOT_READ[stage]), (stage, listed)
+
+
+def test_a_run_knows_its_folder_absolute(tmp_path, monkeypatch):
+    """01 printed its folder relative to the kernel's (notebooks/ under papermill --cwd): pasted into 02-04 run from
+    another folder, it was not found. run.out (printed last, and in "adapter saved to") is absolute now."""
+    from medr1.config import build_config
+    from medr1.run import Run
+
+    monkeypatch.chdir(tmp_path)
+    run = Run(build_config("smoke", {"output_dir": "outputs/../runs/a"}, quiet=True))
+    assert run.out == Path.cwd() / "runs" / "a" and run.config.output_dir == "outputs/../runs/a"
+
+
 def knob_sections() -> dict[str, list[str]]:
     """Knob names under each `# --- section ---` comment of Config's source (model, data, LoRA, ..., GRPO)."""
     from medr1.config import Config, knob_names

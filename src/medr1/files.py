@@ -20,6 +20,12 @@ from medr1.errors import ExportError, OutputDirError
 from medr1.log import log
 
 
+def relative_note(path: Path) -> str:
+    """Where a relative path not found was looked for: a notebook's kernel runs in notebooks/ (papermill --cwd
+    notebooks, Colab's /content), a shell somewhere else."""
+    return "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+
+
 def usual_modes(path: Path) -> None:
     """Give `path` (and everything under a folder) the modes a plain `open`/`mkdir` would: 0644/0755 under the
     usual umask 022; executables stay executable. tempfile makes 0600 files and 0700 folders, and an atomic

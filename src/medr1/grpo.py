@@ -18,9 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medr1 import distributed, plots, prompts, record, rewards, verifier
+from medr1 import distributed, files, plots, prompts, record, rewards, verifier
 from medr1.config import Config, same_setting
-from medr1.errors import ConfigError, ModelError
+from medr1.errors import ConfigError, ModelError, OutputDirError
 from medr1.log import log
 from medr1.presets import LORA_TARGETS, PRESETS
 from medr1.stage import Stage
@@ -65,10 +65,14 @@ def reward_weights(config: Config) -> dict[str, float]:
 
 def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, Any]]:
     """The adapter folder `init_adapter` names (a run folder, its adapter/, a checkpoint or an export of it), checked
-    against this config, with its run's folder and record, found by `record.run_of` (None, {}: none)."""
+    against this config, with its run's folder and record, found by `record.run_of` (None, {}: none). output_dir
+    must neither hold nor lie inside it (its run folder included): an overwrite would remove what GRPO starts from."""
     if not config.init_adapter:
         return None, None, {}
     path = Path(config.init_adapter).expanduser().absolute()  # a relative path's parents would stop at "."
+    if not path.exists():  # Config made an existing folder absolute: a relative one here is not found
+        raise ConfigError(f"init_adapter={config.init_adapter!r}: folder not found"
+                          f"{files.relative_note(Path(config.init_adapter).expanduser())}")
     run_dir = record.run_of(path)
     rec = record.read_record(run_dir) if run_dir else {}
     adapter = path
@@ -98,6 +102,10 @@ def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, A
     if differ:
         raise ConfigError(f"init_adapter={config.init_adapter!r} was trained with {'; '.join(differ)}: set the "
                           "same values, so the adapter meets the base and the prompts it learned")
+    out, start = Path(config.output_dir).expanduser().resolve(), adapter.resolve()
+    if out == start or out in start.parents or start in out.parents:
+        raise OutputDirError(f"output_dir={config.output_dir!r} holds or lies inside init_adapter="
+                             f"{config.init_adapter!r} ({start}), which GRPO starts from: choose another output_dir")
     return adapter, run_dir, rec
 
 
@@ -143,7 +151,6 @@ class GrpoRun(Stage):
         check(config)
         self.adapter, self.start_dir, self.start_record = start_adapter(config)  # its run.json, read once
         config = start_lora(config, self.adapter)  # before the output folder's resume check compares it
-        record.check_clear_of_start(config, Path(config.output_dir).expanduser(), self.adapter)  # before its advice
         super().__init__(dataclasses.replace(config, packing=False))  # no rows are packed: no varlen attention patch
         self.questions, self.source, counts = load_questions(self.config)
         prints = record.same_data(self.config, self.out, self.source, questions=self.questions)  # as resumed

@@ -7,17 +7,19 @@ mistyped name stops the run with a "did you mean", and each value is converted b
 from __future__ import annotations
 
 import ast
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
-from medr1.config import Config, build_config, check_parameters, coerce, knob_names
+from medr1.config import NOT_READ, Config, build_config, check_parameters, coerce, knob_names, same_setting
 from medr1.errors import ConfigError, MedR1Error
 from medr1.log import log
 from medr1.presets import SMOKE_MODEL
-from medr1.record import read_record
+from medr1.record import holdout_file, read_record
 
 OUTPUTS = Path("outputs")  # where notebook 01 writes a run by default (output_dir=""), from the notebook's folder
+BASE = "base"  # notebook 04's init_adapter for a new LoRA on the base model, on purpose (Config's "")
 
 
 def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -33,10 +35,15 @@ def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
 
 def notebook_config(namespace: dict[str, Any], stage: str = "train") -> Config:
     """The config of a notebook run from its variables: `preset` plus every knob it sets (None keeps the
-    preset's value). A name papermill injected that is no knob, or one `stage` never reads, stops the run."""
-    check_parameters(papermill_parameters(namespace), ["preset", *knob_names()])
+    preset's value). A name papermill injected that is no knob, or one `stage` never reads, stops the run; the
+    valid names listed are the stage's own. GRPO's `init_adapter` left at None: `start_to_use`."""
+    unread = NOT_READ.get(stage, {})  # build_config says which knob the stage reads instead
+    check_parameters([k for k in papermill_parameters(namespace) if k not in unread],
+                     ["preset", *(k for k in knob_names() if k not in unread)])
     overrides = {k: namespace[k] for k in knob_names() if namespace.get(k) is not None}
-    return build_config(namespace.get("preset") or "auto", overrides, stage=stage)
+    start = overrides.pop("init_adapter", None) if stage == "grpo" else None
+    config = build_config(namespace.get("preset") or "auto", overrides, stage=stage)
+    return dataclasses.replace(config, init_adapter=start_to_use(start, config)) if stage == "grpo" else config
 
 
 def notebook_parameters(namespace: dict[str, Any]) -> None:
@@ -48,20 +55,37 @@ def notebook_parameters(namespace: dict[str, Any]) -> None:
         namespace[name] = coerce(name, value, hints[name])
 
 
-def run_to_use(run_dir: str, doing: str, smoke: bool = True) -> str:
+def complete_runs(smoke: bool = True) -> list[tuple[Path, dict[str, Any]]]:
+    """The complete runs under outputs/ with their records, newest first (by finish time, then run.json's time);
+    without `smoke`, no smoke run (a tiny random model)."""
+    runs = [((rec.get("finished") or "", found.stat().st_mtime), found.parent, rec)
+            for found in OUTPUTS.glob("*/run.json")
+            if (rec := read_record(found.parent, or_empty=True)).get("status") == "complete"
+            and (smoke or (rec.get("config") or {}).get("model_name") != SMOKE_MODEL)]
+    return [(folder, rec) for _, folder, rec in sorted(runs, key=lambda r: r[0], reverse=True)]
+
+
+def run_to_use(run_dir: str, doing: str, smoke: bool = True, rows: bool = False) -> str:
     """The run notebooks 02 and 03 work on: `run_dir`, or where it is empty the newest complete run under outputs/
-    ("Run all" after 01 in one runtime finds 01's run), else, with `smoke`, a smoke run trained here (a tiny random
+    ("Run all" after 01 in one runtime finds 01's run; with `rows`, the newest that kept held-out rows: 02 without a
+    multiple-choice file has nothing else to evaluate on), else, with `smoke`, a smoke run trained here (a tiny random
     model, seconds: it shows the notebook, nothing more), said loudly so no one mistakes it for theirs. Without
     `smoke` (a push), a smoke run is never taken."""
     if run_dir:
         return run_dir
-    runs = [(rec.get("finished") or "", found.stat().st_mtime, found.parent) for found in OUTPUTS.glob("*/run.json")
-            if (rec := read_record(found.parent, or_empty=True)).get("status") == "complete"
-            and (smoke or (rec.get("config") or {}).get("model_name") != SMOKE_MODEL)]  # a smoke run is never pushed
-    if runs:
-        newest = max(runs)[2]
-        log.info(f"run_dir is empty: {doing} the newest complete run under {OUTPUTS.resolve()}: {newest}")
+    runs = complete_runs(smoke)
+    usable = [not rows or bool((held := holdout_file(folder, rec)) and held.stat().st_size) for folder, rec in runs]
+    if True in usable:
+        newest, skipped = runs[usable.index(True)][0], [str(folder) for folder, _ in runs[:usable.index(True)]]
+        log.info(f"run_dir is empty: {doing} the newest complete run under {OUTPUTS.resolve()}"
+                 f"{' with held-out rows' if rows else ''}: {newest}" + (
+                     f" (not the newer {skipped}: no held-out rows, as a GRPO run from a new LoRA; give mcq_file "
+                     "to evaluate one)" if skipped else ""))
         return str(newest)
+    if runs:  # 02 without mcq_file: every run lacks held-out rows; a smoke run trained here would hide them
+        raise ConfigError(f"run_dir is empty and no complete run under {OUTPUTS.resolve()} kept held-out rows "
+                          f"({', '.join(str(folder) for folder, _ in runs[:3])}: GRPO runs from a new LoRA, or "
+                          "holdout_examples=0): give mcq_file to evaluate one on multiple choice, or run_dir")
     why = f"run_dir is empty and {OUTPUTS.resolve()} holds no complete run{'' if smoke else ' of a real model'}"
     if not smoke:
         raise ConfigError(f"{why}: give run_dir, the output folder notebook 01 printed (a smoke run is never pushed)")
@@ -70,6 +94,28 @@ def run_to_use(run_dir: str, doing: str, smoke: bool = True) -> str:
     from medr1.run import train
 
     return str(train(build_config("smoke", {"max_steps": 10})).out)
+
+
+def start_to_use(init_adapter: str | None, config: Config) -> str:
+    """Notebook 04's start adapter: `init_adapter` as given (BASE: a new LoRA on the base model); where it is None,
+    with `resume` the start the run in output_dir recorded, else the newest complete SFT run under outputs/ of this
+    model and prompt style ("Run all" after 01 in one runtime starts from 01's run), named in one line, or, with
+    none, one line that GRPO starts from the base model and how to give init_adapter."""
+    if init_adapter is not None:
+        return "" if init_adapter == BASE else init_adapter
+    if config.resume and (rec := read_record(config.output_dir, or_empty=True)).get("kind") == "grpo":
+        return (rec.get("config") or {}).get("init_adapter") or ""
+    keys = ("model_name", "prompt_style")
+    sft = [folder for folder, rec in complete_runs() if rec.get("kind", "sft") == "sft"
+           and all(same_setting(k, (rec.get("config") or {}).get(k), getattr(config, k)) for k in keys)]
+    if sft:
+        log.info(f"init_adapter is None: GRPO starts from the newest complete SFT run under {OUTPUTS.resolve()} of "
+                 f"{config.model_name} ({config.prompt_style} prompts): {sft[0]} (init_adapter={BASE!r}: the base)")
+        return str(sft[0])  # Config makes it absolute
+    log.warning(f"init_adapter is None and {OUTPUTS.resolve()} holds no complete SFT run of {config.model_name} "
+                f"({config.prompt_style} prompts): GRPO starts from a new LoRA on the base model; to start from your "
+                f"SFT run, set init_adapter to the output folder notebook 01 printed ({BASE!r}: the base, on purpose)")
+    return ""
 
 
 def short_errors() -> bool:

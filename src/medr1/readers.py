@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1.errors import DataError
+from medr1.files import relative_note
 
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 # csv's default limit, 131,072 characters, is one long reasoning; 2**31 - 1 is the most a C long holds everywhere
@@ -26,8 +27,8 @@ def read_file(path: str | Path, what: str = "data_path") -> tuple[Any, list[int]
     skipped; a .json in JSON Lines layout (`Dataset.to_json`'s default, which `datasets` reads too) is read as one."""
     path = Path(path).expanduser()
     name = f"{what}: {path}" if what else str(path)
-    if not path.exists():  # a relative path says where it was looked for: a notebook runs in notebooks/
-        here = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    if not path.exists():
+        here = relative_note(path)
         raise DataError(f"{what}: file not found: {path}{here}" if what else f"{path}: file not found{here}")
     if path.is_dir():
         raise DataError(f"{name} is a folder; give a .json, .jsonl, .csv or .parquet file")

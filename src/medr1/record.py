@@ -70,17 +70,17 @@ def now() -> str:
 
 def read_record(output_dir: str | Path, or_empty: bool = False) -> dict[str, Any]:
     """output_dir/run.json; `or_empty`: {} where it is missing or unreadable (a run killed before writing it)."""
-    path = Path(output_dir).expanduser() / "run.json"
+    folder = Path(output_dir).expanduser()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads((folder / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         if or_empty:
             return {}
-        if path.exists():
+        if (folder / "run.json").exists():
             raise
-        run = run_of(Path(output_dir).expanduser())  # an adapter or export folder given for its run
-        raise DataError(f"{path} not found: is {output_dir} the output folder of a medr1 training run?"
-                        + (f" (did you mean {run}?)" if run else "")) from None
+        run = run_of(folder)  # an adapter or export folder given for its run
+        raise DataError(f"{folder / 'run.json'} not found{files.relative_note(folder)}: is {output_dir} the output "
+                        "folder of a medr1 training run?" + (f" (did you mean {run}?)" if run else "")) from None
 
 
 def run_config(run_dir: str | Path, rec: dict[str, Any] | None = None) -> Config:
@@ -210,17 +210,6 @@ def _check_processes(out: Path, rec: dict[str, Any]) -> None:
     raise OutputDirError(f"{hint('resume')} but the run in {out} trained with {was} process{'es' * (was > 1)} and "
                          f"this launch has {procs}{sizes}; resume it with {launch}, or use {hint('overwrite')} or "
                          "another output_dir")
-
-
-def check_clear_of_start(config: Config, out: Path, adapter: Path | None) -> None:
-    """output_dir must neither hold nor lie inside the start adapter (its run folder included): an overwrite would
-    remove the adapter, checkpoints and held-out rows GRPO starts from before it reads them."""
-    if not adapter:
-        return
-    out, start = out.resolve(), adapter.resolve()
-    if out == start or out in start.parents or start in out.parents:
-        raise OutputDirError(f"output_dir={config.output_dir!r} holds or lies inside init_adapter="
-                             f"{config.init_adapter!r} ({start}), which GRPO starts from: choose another output_dir")
 
 
 DATA_PARTS = {"train": "training rows", "holdout": "held-out rows", "questions": "questions"}  # what same_data names

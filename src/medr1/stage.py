@@ -5,6 +5,7 @@ so a fix to resume or to the record reaches both stages; each subclass keeps onl
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ class Stage:
     def __init__(self, config: Config):
         self._started = time.perf_counter()  # preparing the run: what run.json's prepare_s times
         config = distributed.agree(config)  # several processes train rank 0's config, in one folder
-        self.config, self.out = config, record.check_output_dir(config)
+        # absolute: what 01 prints is pasted into 02-04, which may run in another folder
+        self.config, self.out = config, Path(os.path.abspath(record.check_output_dir(config)))
         distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         self.model = self._trainer = self.tokenizer = None
         self.resume_from: str | None = None
