@@ -61,7 +61,7 @@ batch_size: int = 0  # rows generated together; 0: as many as free GPU memory ho
 samples: int = 0  # sampled answers per question (R1's temperature 0.6, top_p 0.95, seeded); 0: greedy
 engine: str = "auto"  # auto | medr1 (the batched decoder) | hf (model.generate in batches, for any model)
 show_rows: int = 3  # questions in the side-by-side table
-overwrite: bool = False  # replace the run's earlier evaluation (eval.json); else it stops here, before any load
+overwrite: bool = False  # replace the earlier evaluation (eval.json, eval.png, mcq_predictions_*); else stop here
 
 # %% [markdown]
 # ## The run to evaluate

@@ -235,6 +235,77 @@ def test_cli_scores_predictions_without_a_model(tmp_path):
         assert proc.returncode == 0 and json.loads(proc.stdout)["n"] == 2, proc.stderr
 
 
+def test_verifiable_predictions_without_an_answer_marker_are_judged_whole(tmp_path, capsys):
+    """vLLM's reasoning-parser content, an API's answer, a model asked for the answer alone: no `### Answer:` or
+    `</think>`, so `--verifiable` judged "" and scored every right answer "no answer" (0%), where `--mcq` reads the
+    text whole. Such a prediction is judged whole now, and counted; one with a marker is judged on its answer part
+    (nothing after it, or a `<think>` never closed: no answer); GRPO's reward still gives a marker-less
+    completion 0 (the format is what it learns)."""
+    from medr1 import rewards
+    from medr1.__main__ import main
+
+    rows = [json.loads(line) for line in VERIFIABLE.read_text().splitlines()[:5]]
+    predictions = ["Inferior STEMI",  # plain and right
+                   "Spoon nails: iron deficiency.\n\n### Answer:",  # a marker, nothing after it
+                   "<think>\nKetones and glucose: diabetic ketoacidosis",  # reasoning cut off before its end
+                   "Malar rash.\n</think>\n\nSystemic lupus erythematosus",  # R1's answer part
+                   "Deep vein thrombosis."]  # plain and right
+    questions, pred = tmp_path / "q.jsonl", tmp_path / "pred.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pred.write_text("".join(json.dumps({"prediction": p}) + "\n" for p in predictions))
+    assert main(["evaluate", "--verifiable", str(questions), "--predictions", str(pred)]) == 0
+    result = json.loads(capsys.readouterr().out)  # the count is in the JSON: stdout stays one JSON object
+    assert result["by_reason"] == {"match": 3, "not found": 0, "negated": 0, "several candidates": 0, "no answer": 2}
+    assert (result["n"], result["correct"], result["judged_whole"]) == (5, 3, 2)
+    truths = [r["Ground-True Answer"] for r in rows]
+    assert rewards.correctness_reward()(predictions, truths) == [0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_every_file_of_an_earlier_evaluation_is_kept_unasked(tmp_path, capsys):
+    """After `mv eval.json` (the refusal's "or move it away"), a new `--mcq` evaluation replaced the earlier one's
+    mcq_predictions_*.jsonl (hours of answers) and eval.png unasked: any of its files is refused now, all named."""
+    from medr1.__main__ import main
+    from medr1.errors import OutputDirError
+    from medr1.evaluate import Evaluation
+
+    questions = str(ASSETS / "mcq_sample.jsonl")
+    names = ["eval.png", "mcq_predictions_base.jsonl", "mcq_predictions_finetuned.jsonl"]  # eval.json moved away
+    for name in names:
+        (tmp_path / name).write_text(f"earlier {name}\n")
+    with pytest.raises(OutputDirError, match="eval.png holds an earlier evaluation; pass overwrite=True to replace "
+                                             "it, or move eval.png, mcq_predictions_base.jsonl, "
+                                             "mcq_predictions_finetuned.jsonl away"):
+        Evaluation(tmp_path, mcq_file=questions)
+    assert main(["evaluate", str(tmp_path), "--mcq", questions]) == 2
+    assert f"{tmp_path / 'eval.png'} holds an earlier evaluation; pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "eval.png").unlink()
+    for mcq_file in (questions, ""):  # without --mcq too: the new eval.json would not be theirs
+        assert main(["evaluate", str(tmp_path), *(["--mcq", mcq_file] if mcq_file else [])]) == 2
+        err = capsys.readouterr().err
+        assert "mcq_predictions_base.jsonl holds an earlier evaluation" in err
+        assert "or move mcq_predictions_base.jsonl, mcq_predictions_finetuned.jsonl away" in err
+    assert {name: (tmp_path / name).read_text() for name in names[1:]} == {n: f"earlier {n}\n" for n in names[1:]}
+
+
+def test_a_bad_questions_file_is_named_before_the_earlier_evaluation(tmp_path, capsys):
+    """On an evaluated run a missing or bad `--mcq` file was named only after `--overwrite`: the user was told to
+    replace the earlier evaluation before learning that the new one cannot run."""
+    from medr1.__main__ import main
+    from medr1.evaluate import Evaluation
+
+    (tmp_path / "eval.json").write_text("{}")
+    bad = tmp_path / "bad_answer.jsonl"
+    rows = ASSETS.joinpath("mcq_sample.jsonl").read_text().splitlines()
+    bad.write_text(rows[0] + "\n" + json.dumps({**json.loads(rows[1]), "answer_idx": "E"}) + "\n")
+    for mcq_file, said in ((tmp_path / "missing.json", "missing.json: file not found"),
+                           (bad, "bad_answer.jsonl: question 1: answer_idx 'E' is not one of the options")):
+        with pytest.raises(DataError, match=said):
+            Evaluation(tmp_path, mcq_file=mcq_file)
+        assert main(["evaluate", str(tmp_path), "--mcq", str(mcq_file)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "earlier evaluation" not in err
+
+
 # ---------------------------------------------------------------------------------------------
 # On the tiny model, with the session's smoke run (conftest.smoke_run), copied so nothing here touches it.
 
@@ -333,7 +404,8 @@ def test_greedy_generation_is_reproducible(evaluation):
 def test_cli_evaluates_a_run_folder(run_copy, capsys):
     from medr1.__main__ import main
 
-    (run_copy / "eval.json").unlink(missing_ok=True)
+    for name in ("eval.json", "eval.png", "mcq_predictions_base.jsonl", "mcq_predictions_finetuned.jsonl"):
+        (run_copy / name).unlink(missing_ok=True)  # every file of the earlier evaluation, as the refusal says
     assert main(["evaluate", str(run_copy), "--max-new-tokens", "4", "--max-rows", "2"]) == 0
     printed = capsys.readouterr().out
     summary = json.loads(printed[printed.index("{\n"):])

@@ -224,7 +224,7 @@ def test_evaluate_verifiable_scores_answer_parts_without_a_model(tmp_path):
         "Low MCV, spoon nails: iron deficiency.\n\n### Answer:\nThalassemia trait",  # right only in the reasoning
         "Hyperglycemia and ketones.\n\n### Answer:\nNot diabetic ketoacidosis.",  # negated
         "Malar rash.\n\n### Answer:\nSLE or rheumatoid arthritis",  # two candidates
-        "Deep vein thrombosis",  # no answer part
+        "Calf swelling: deep vein thrombosis.\n\n### Answer:",  # an empty answer part
     ]
     pred = tmp_path / "pred.jsonl"
     pred.write_text("".join(json.dumps({"prediction": p}) + "\n" for p in predictions))

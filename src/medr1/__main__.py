@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--predictions", default="", metavar="PRED.jsonl",
                    help="score these generations (one {'prediction': ...} per line, FILE's order); loads no model")
     p.add_argument("--verifiable", default="", metavar="FILE", help="open questions with `Open-ended Verifiable "
-                   "Question` and `Ground-True Answer`: score --predictions' answer parts against them (medr1.rewards)")
+                   "Question` and `Ground-True Answer`: score --predictions against them with the correctness reward "
+                   "(medr1.rewards): each answer part, or the whole text where there is no answer marker")
     for flag, text in (("--max-rows", "held-out rows to use (0 = all)"),
                        ("--max-questions", "multiple-choice questions to use (0 = all)"),
                        ("--max-new-tokens", "generation budget (0 = the run's max_new_tokens)"),
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="medr1: the batched decoder; hf: model.generate in batches; auto: medr1 where it applies")
     p.add_argument("--style", choices=prompts.STYLES, help="prompt style of the predictions (default: seed); a "
                    "run's evaluation uses the run's own")
-    p.add_argument("--overwrite", action="store_true", help="replace the run's earlier evaluation (eval.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run's earlier evaluation (eval.json, eval.png, mcq_predictions_*.jsonl)")
     p = command("export", cmd_export, "adapter, merged 16-bit, GGUF, push to the hub (with a model card)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a training run")
     p.add_argument("--to", default="", metavar="DIR", help="export folder; default: RUN_DIR/export")

@@ -33,6 +33,8 @@ from medr1.model import load_adapter
 from medr1.plots import LABELS, VARIANTS
 from medr1.stats import share
 
+FILES = ("eval.json", "eval.png", *(f"mcq_predictions_{v}.jsonl" for v in VARIANTS))  # what evaluate writes
+
 
 def adapter_off(model, variant: str):
     """A context in which `model` answers as the base model ("base") or as base + adapter ("finetuned")."""
@@ -94,30 +96,28 @@ class Evaluation:
         _counts(max_rows=max_rows, max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples)
         if engine not in ENGINES:  # now, not after the models load
             raise ConfigError(f"engine={engine!r} (--engine): one of {list(ENGINES)}")
-        self.run_dir, self.overwrite = Path(run_dir).expanduser(), overwrite
-        if (self.run_dir / "eval.json").exists() and not overwrite:  # hours of MCQ answers, and the card's figures
-            raise OutputDirError(f"{self.run_dir / 'eval.json'} holds an earlier evaluation; pass {hint('overwrite')} "
-                                 "to replace it, or move it away")
         most = shape_limits(torch.device("cuda" if torch.cuda.is_available() else "cpu"))[0]
         if batch_size > most and engine != "hf":  # the batched decoder's fixed shapes; now, not after the loads
             raise ConfigError(f"batch_size={batch_size} (--batch-size): the batched decoder takes at most {most} rows "
                               "per step on this machine; give fewer (0 = as many as memory holds), or engine='hf' "
                               "(--engine hf)")
+        if mcq_file:  # every question checked now, not after generating; and before the refusal below, so the user
+            mcq.load_questions(mcq_file)  # learns that the new evaluation cannot run before replacing the earlier
+        self.run_dir, self.overwrite = Path(run_dir).expanduser(), overwrite
+        if not overwrite and (earlier := [n for n in FILES if (self.run_dir / n).exists()]):  # hours of answers
+            raise OutputDirError(f"{self.run_dir / earlier[0]} holds an earlier evaluation; pass {hint('overwrite')} "
+                                 f"to replace it, or move {', '.join(earlier)} away")
         rec = record.read_record(self.run_dir)  # read once: the config, the adapter and the held-out rows come from it
-        self.config = record.run_config(self.run_dir, rec)
-        self.adapter = record.adapter_dir(self.run_dir, rec)
+        self.config, self.adapter = record.run_config(self.run_dir, rec), record.adapter_dir(self.run_dir, rec)
         preflight.check_run_model(self.config, self.run_dir)  # the base is here: a folder of another machine is not
         preflight.check_adapter(self.adapter)  # and its weights open
-        if mcq_file:  # every question checked now (file, fields, answer_idx among the options), not after generating
-            mcq.load_questions(mcq_file)
         self.rows = record.holdout_rows(self.run_dir, rec)[:max_rows or None]
         if not self.rows and not mcq_file:
             raise DataError(f"the run in {self.run_dir} has no held-out rows (holdout_examples=0, or a GRPO run from a "
                             "new LoRA) and no multiple-choice file was given: nothing to evaluate on")
         self.max_new_tokens = max_new_tokens or self.config.max_new_tokens
         self.batch_size, self.engine = batch_size, engine  # batch_size 0: as many rows as free memory holds
-        self.samples = max(1, samples)
-        self.sampling = Sampling(seed=self.config.seed) if samples else None
+        self.samples, self.sampling = max(1, samples), Sampling(seed=self.config.seed) if samples else None
         decoding = {**dataclasses.asdict(self.sampling), "samples": self.samples} if self.sampling else "greedy"
         self.model = self.tokenizer = None
         self.results: dict[str, Any] = {
@@ -238,8 +238,7 @@ class Evaluation:
                                         mcq_first_set=s["accuracy"] if k else None, **ci95,
                                         mcq_unparsed=s["unparsed"], mcq_first_match=s["first_match"],
                                         mcq_last_match=s["last_match"], mcq_either_match=s["either_match"])
-        df = pd.DataFrame(table)
-        return df[df.notna().any(axis=1)]
+        return pd.DataFrame(table).dropna(how="all")  # a metric neither model has (no mcq): no row
 
     def side_by_side(self, n: int = 3, width: int = 400):
         """Question, reference answer, base answer, fine-tuned answer for the first `n` held-out rows."""
@@ -262,8 +261,8 @@ class Evaluation:
         if not distributed.is_main():
             return {}
         self.results["created"] = record.now()
-        for variant in VARIANTS if self.overwrite and "mcq" not in self.results else ():  # not the earlier's answers
-            (self.run_dir / f"mcq_predictions_{variant}.jsonl").unlink(missing_ok=True)
+        for name in FILES[2:] if self.overwrite and "mcq" not in self.results else ():  # not the earlier's answers
+            (self.run_dir / name).unlink(missing_ok=True)
         json_path = files.atomic_write_json(self.run_dir / "eval.json", self.results)
         png = plots.plot_results(self.results, self.run_dir / "eval.png")
         log.info(f"results in {json_path} and {png}")
@@ -295,8 +294,7 @@ def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_questions: int 
     ev.load()
     ev.held_out_loss()
     ev.generate()
-    if mcq_file:
-        ev.mcq(mcq_file, max_questions)
+    ev.mcq(mcq_file, max_questions)  # none given: skipped, said in a line
     ev.save()
     return ev
 

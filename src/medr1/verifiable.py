@@ -136,16 +136,20 @@ def score_verifiable(questions_path: str | Path, predictions_path: str | Path, s
                      max_questions: int = 0) -> dict[str, Any]:
     """What `medr1 evaluate --verifiable FILE --predictions PRED.jsonl` prints: the correctness reward, no model.
 
-    Only each prediction's answer part (after `### Answer:` or `</think>`) is judged, as in training; with
+    A prediction with an answer marker is judged on its answer part (after `### Answer:` or `</think>`; nothing
+    after it, or a `<think>` never closed: no answer), as in training. One with no marker anywhere (an API's answer,
+    vLLM's reasoning-parser content, a model asked for the answer alone) is judged whole, as `--mcq` reads it:
+    `judged_whole` counts them (GRPO's reward still gives such a completion 0: the format is what it learns). With
     `max_questions`, the first that many questions and predictions, as for --mcq.
     """
     rows = data.load_rows(questions_path, FIELDS, "--verifiable")[0][:max_questions or None]
     check_matchable(rows, "remove them: only the verifier model (GRPO's reward_verifier) can judge such answers")
     predictions = mcq.one_to_one(mcq.read_predictions(predictions_path)[:max_questions or None], rows)
-    verdicts = [rewards.judge(rewards.answer_part(p, style), r[FIELDS[1]])
-                for p, r in zip(predictions, rows, strict=True)]
+    whole = [not prompts.ANSWER_MARKERS.search(p) for p in predictions]  # printed in the JSON: stdout stays JSON alone
+    verdicts = [rewards.judge(prompts.own_turn(p).strip() if w else rewards.answer_part(p, style), r[FIELDS[1]])
+                for p, w, r in zip(predictions, whole, rows, strict=True)]
     correct = sum(v.correct for v in verdicts)
     return {"file": str(questions_path), "predictions": str(predictions_path), "n": len(rows), "correct": correct,
             "accuracy": stats.share([v.correct for v in verdicts]),
             "ci95": list(stats.wilson_interval(correct, len(rows))),
-            "by_reason": {k: sum(v.reason == k for v in verdicts) for k in rewards.REASONS}}
+            "by_reason": {k: sum(v.reason == k for v in verdicts) for k in rewards.REASONS}, "judged_whole": sum(whole)}
