@@ -443,6 +443,8 @@ PYELO = "Acute pyelonephritis"
 KEY_FINDINGS = f"{PYELO}\n\nKey findings:\n- Fever\n- Flank pain\n- White cell casts"
 
 
+AMI = "Acute myocardial infarction"
+
 @pytest.mark.parametrize("answer", [
     KEY_FINDINGS,
     f"{PYELO}\n\nManagement:\n- Urine culture\n- IV ceftriaxone",
@@ -485,6 +487,13 @@ def test_bare_items_under_a_heading_of_findings_reasons_or_management_are_no_riv
     (f"{PYELO}\n\nKey findings:\n- Fever\n- Could also be a renal abscess", PYELO),  # an item that hedges
     (f"Key findings:\n- Fever\n- Flank pain\nDiagnosis:\n- {PYELO}\n- Renal abscess", PYELO),  # the next heading's
     ("Treatment:\n- Intramuscular epinephrine\n- IV fluids\n- Antihistamines", "Intramuscular epinephrine"),
+    # rival diseases put under a heading of findings or reasons: a hedge with a heading over it, never the full reward
+    (f"{AMI}.\nKey findings:\n- Pulmonary embolism\n- Aortic dissection\n- Pericarditis", AMI),
+    (f"Key findings:\n- Pulmonary embolism\n- Aortic dissection\n{AMI}.", AMI),
+    (f"{AMI}.\n\nWhy:\n- Pulmonary embolism", AMI),
+    (f"{AMI}.\n\nNext steps:\n- Aortic dissection", AMI),
+    (f"{AMI}.\n\nSupporting evidence:\n- Pericarditis\n- Troponin rise", AMI),
+    ("Graves disease\nKey findings:\n- Toxic multinodular goiter\n- Toxic adenoma", "Graves disease"),
 ])
 def test_lists_of_candidates_or_a_rival_after_a_list_of_findings_are_several_candidates(answer, truth):
     """Items under a heading that announces candidates, or under none, are candidates; a list of findings ends at a

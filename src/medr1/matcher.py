@@ -241,11 +241,11 @@ def _rival(words: list[str], a: int, b: int, content: bool = False) -> bool:
     seg, name = [w for w in text if w.isalpha()], text[:_walk(text, 0, 1, PREPOSITIONS | {COMMA, BREAK})]
     if any(f"{' '.join(seg)} ".startswith(f"{c} ") for c in OPENERS) or _has(seg, RIVAL_HEDGES):
         return True
-    if content or _at(words, b) == HEAD or all(w in LABELS for w in seg) or (name and all(w in COMMENTS for w in name))\
-            or EXPLAINS & set(seg) or _has(seg, NEGATION_BEFORE | NEGATION_AFTER):
-        return False
-    item = _at(words, a - 1) == ITEM or (_at(words, a - 1) in (None, LINE) and _at(words, b) in (None, LINE))
     bare = 0 < len(name) <= SHORT and name[-1].endswith(HEADS) and not {COMMA, BREAK} & set(text[len(name):])
+    if (content and not bare) or _at(words, b) == HEAD or all(w in LABELS for w in seg) or EXPLAINS & set(seg) \
+            or (name and all(w in COMMENTS for w in name)) or _has(seg, NEGATION_BEFORE | NEGATION_AFTER):
+        return False  # a heading's content, unless a disease's bare name: "Key findings:\n- Pulmonary embolism" hedges
+    item = _at(words, a - 1) == ITEM or (_at(words, a - 1) in (None, LINE) and _at(words, b) in (None, LINE))
     return item or bare or len([w for w in seg if w not in ("also", "consider")]) <= SHORT
 
 
