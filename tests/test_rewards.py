@@ -446,6 +446,9 @@ KEY_FINDINGS = f"{PYELO}\n\nKey findings:\n- Fever\n- Flank pain\n- White cell c
 AMI = "Acute myocardial infarction"
 
 @pytest.mark.parametrize("answer", [
+    f"{PYELO}. May be due to an ascending infection.",  # "may be" explaining, not naming: no hedge
+    f"{PYELO}. Could be confirmed with a urine culture.",
+    f"{PYELO}.\n\nWhy:\n- Could be caused by bacteria ascending from the bladder",
     KEY_FINDINGS,
     f"{PYELO}\n\nManagement:\n- Urine culture\n- IV ceftriaxone",
     f"**Diagnosis:** {PYELO}\n\n**Supporting features:**\n1. Fever\n2. Flank pain",
@@ -494,6 +497,10 @@ def test_bare_items_under_a_heading_of_findings_reasons_or_management_are_no_riv
     (f"{AMI}.\n\nNext steps:\n- Aortic dissection", AMI),
     (f"{AMI}.\n\nSupporting evidence:\n- Pericarditis\n- Troponin rise", AMI),
     ("Graves disease\nKey findings:\n- Toxic multinodular goiter\n- Toxic adenoma", "Graves disease"),
+    (f"{AMI}.\nWhy:\n- Could be pulmonary embolism", AMI),  # "could be" a disease: a hedge, in a list or a sentence
+    (f"{AMI}. Could be pulmonary embolism.", AMI),
+    (f"{AMI}.\n- May also be aortic dissection", AMI),
+    (f"{AMI}. Might be pericarditis in a young patient.", AMI),
 ])
 def test_lists_of_candidates_or_a_rival_after_a_list_of_findings_are_several_candidates(answer, truth):
     """Items under a heading that announces candidates, or under none, are candidates; a list of findings ends at a

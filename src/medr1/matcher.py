@@ -112,6 +112,7 @@ LABELS, COMMENTS, HEADS = CUES["labels"], CUES["comments"], tuple(CUES["heads"])
 EXPLAINS = (LINKING - PREPOSITIONS - COMMENTS) | CLAUSE_WORDS | PLURAL_VERBS | CUES["explains"]
 PASSIVE = re.compile(r" (may|could|might) be \w+[^e]ed(?= )")  # "This could be confirmed by TRAb" explains: no hedge
 NAMING = re.compile("|".join(rf" {re.escape(c)}(?= )" for c in CUES["naming"]))  # "Y is the alternative" names Y
+MAYBE = re.compile(r"^ (?:could|may|might)(?: also)? be ")  # "Could be PE." names PE, hedged; "May be due to" explains
 # "X, not Y" rules Y out ("not Y or Z", ALTERNATIVES: both); "X, not sure, Y", "X, not excluding Y", "X, no, Y" do not.
 RULING_OUT, UNSURE, RETRACTIONS = CUES["ruling_out"], CUES["unsure"], CUES["retractions"]
 CONTENT, HEADING_WORDS = ({w for c in CUES[k] for w in c.split()} for k in ("content_headings", "heading_words"))
@@ -237,11 +238,13 @@ def _rival(words: list[str], a: int, b: int, content: bool = False) -> bool:
     """Is words[a:b], a segment without the reference, another candidate? Yes if it hedges ("Or PE."); no if a
     heading or comment, a heading's `content`, or it explains, manages or denies. Else it is a bare name: a rival as a
     list item, but as a sentence only if short or a HEADS name up to a preposition ("Digoxin inhibits ..." explains)."""
-    text = NAMING.sub("", f" {' '.join(w for w in words[a:b] if w.isalpha() or w in (COMMA, BREAK))} ").split()
-    seg, name = [w for w in text if w.isalpha()], text[:_walk(text, 0, 1, PREPOSITIONS | {COMMA, BREAK})]
-    if any(f"{' '.join(seg)} ".startswith(f"{c} ") for c in OPENERS) or _has(seg, RIVAL_HEDGES):
-        return True
+    said = NAMING.sub("", f" {' '.join(w for w in words[a:b] if w.isalpha() or w in (COMMA, BREAK))} ")
+    seg, text = [w for w in said.split() if w.isalpha()], MAYBE.sub(" ", said).split()  # the name after "could be"
+    name = text[:_walk(text, 0, 1, PREPOSITIONS | {COMMA, BREAK})]
     bare = 0 < len(name) <= SHORT and name[-1].endswith(HEADS) and not {COMMA, BREAK} & set(text[len(name):])
+    if any(f"{' '.join(seg)} ".startswith(f"{c} ") for c in OPENERS) or _has(seg, RIVAL_HEDGES) \
+            or (bare and MAYBE.match(said) and not EXPLAINS & set(name)):
+        return True
     if (content and not bare) or _at(words, b) == HEAD or all(w in LABELS for w in seg) or EXPLAINS & set(seg) \
             or (name and all(w in COMMENTS for w in name)) or _has(seg, NEGATION_BEFORE | NEGATION_AFTER):
         return False  # a heading's content, unless a disease's bare name: "Key findings:\n- Pulmonary embolism" hedges
