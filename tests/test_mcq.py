@@ -16,8 +16,15 @@ PE = {"A": "CT pulmonary angiography", "B": "Compression ultrasound", "C": "Echo
       "D": "Ventilation-perfusion scan"}
 COLITIS = {"A": "Clostridioides difficile", "B": "Salmonella", "C": "Shigella", "D": "Campylobacter", "E": "Yersinia"}
 TEN = {k: f"Option text {k}" for k in "ABCDEFGHIJ"}
+DIABETES = {"A": "Metformin", "B": "Insulin glargine", "C": "Glipizide", "D": "Pioglitazone"}
+LOWER = {k: v.lower() for k, v in DIABETES.items()}  # MedMCQA writes its options in lower case
+HUS = {"A": "Shigella dysenteriae", "B": "Campylobacter jejuni", "C": "E. coli O157:H7", "D": "Salmonella",
+       "E": "Yersinia enterocolitica"}
+CDIFF = {"A": "Staphylococcus aureus", "B": "Clostridioides difficile", "C": "Bacillus cereus", "D": "Norovirus",
+         "E": "Escherichia coli"}
 SETS = {"UTI": UTI, "DRUGS": DRUGS, "VITAMINS": VITAMINS, "STEPS": STEPS, "HEPATITIS": HEPATITIS,
-        "LYMPHOMA": LYMPHOMA, "PE": PE, "COLITIS": COLITIS, "TEN": TEN}
+        "LYMPHOMA": LYMPHOMA, "PE": PE, "COLITIS": COLITIS, "TEN": TEN, "DIABETES": DIABETES, "LOWER": LOWER,
+        "HUS": HUS, "CDIFF": CDIFF}
 
 # option A after a conclusion, followed by a word that cannot follow the article "a": the option, as B would be
 PICKS_OF_A = [
@@ -121,7 +128,45 @@ HEDGES = [
     ("B is correct, C is also possible.", "UTI", None),
     ("The answer is B or A in this case.", "UTI", None),
 ]
-TABLE = PICKS_OF_A + ARTICLES + CONCLUSIONS + MENTIONS + HEDGES
+# an explicit answer, then a weaker conclusion phrase that explains it: the explicit one stays the answer
+EXPLAINED = [
+    ("**Answer: B**\n\nExplanation: in most patients the first-line drug is A (metformin), but with an eGFR of 20 it "
+     "is contraindicated.", "DIABETES", "B"),
+    ("The answer is C. The most common cause of dysentery in adults is A, but HUS points to C's toxin.", "HUS", "C"),
+    ("The answer is B.\nA is correct only for patients with normal renal function.", "DIABETES", "B"),
+    ("The answer is C. The most common cause in children is A.", "UTI", "C"),
+    ("The answer is B. Why not the others: A is the best first-line drug in general, but it is contraindicated here.",
+     "DIABETES", "B"),
+    ("The answer is B. D would be the most likely diagnosis if she were a vegan.", "VITAMINS", "B"),
+    ("The answer is B. In most patients the first-line drug is A.", "DIABETES", "B"),
+    ("The answer is B. The drug of choice in pregnancy is A.", "DIABETES", "B"),
+    ("The correct answer is B. The most likely diagnosis in an older man would be D.", "UTI", "B"),
+    ("I would choose B. The best initial test is A in most clinics, but it cannot grow the organism.", "STEPS", "B"),
+    ("Final answer: C\n\nThe most appropriate treatment for an adult would be A.", "DIABETES", "C"),
+    ("The answer is B.\nA is correct as well for a patient without kidney disease.", "DIABETES", "B"),
+    ("The answer is B. A is also correct for mild disease, but not at this eGFR.", "DIABETES", "B"),
+    ("The answer is B. Option A is the best choice for most patients, not this one.", "DIABETES", "B"),
+    ("The answer is A. On reflection, the answer is B.", "UTI", "B"),  # the last explicit one still wins
+    ("The most likely diagnosis is A. On reflection, the most likely diagnosis is B.", "UTI", "B"),  # so a weak one
+]
+# a letter joined to lower-case words: after an explicit phrase the option, unless another option holds that name
+NAMES = [
+    ("The answer is B. insulin glargine, since metformin is contraindicated at this eGFR.", "LOWER", "B"),
+    ("Answer: C. glipizide, as the only one left.", "LOWER", "C"),
+    ("I choose D. pioglitazone.", "LOWER", "D"),
+    ("The answer is B. it lowers glucose fastest.", "DIABETES", "B"),
+    ("The answer is B. difficile toxin causes it, not S. aureus.", "CDIFF", "B"),
+    ("The answer is E. coli.", "CDIFF", "E"),  # its own option's name
+    ("The answer is E. coli O157:H7.", "HUS", "C"),  # C's name, not the letter E
+    ("The answer is C. difficile colitis.", "COLITIS", None),  # A's name (Clostridioides difficile), not Shigella
+    ("The answer is E. coli.", "COLITIS", "E"),  # no option's name: the letter, as the prompt asks for one
+    ("The answer is B-acute pyelonephritis.", "UTI", "B"),  # read by its option's text
+    ("The answer is B-cell lymphoma.", "LYMPHOMA", None),
+    ("The answer is D-dimer testing.", "PE", None),
+    ("The most likely organism is E. coli O157:H7.", "HUS", "C"),  # after a weak phrase always a name: C's text
+    ("The most likely organism is E. coli, not S. aureus.", "COLITIS", None),
+]
+TABLE = PICKS_OF_A + ARTICLES + CONCLUSIONS + MENTIONS + HEDGES + EXPLAINED + NAMES
 
 
 @pytest.mark.parametrize("answer, options, letter", TABLE)
@@ -129,7 +174,10 @@ def test_realistic_answer_endings(answer, options, letter):
     """A reviewer saw "The answer is A in this patient." unparsed where "... B in this patient." was B (every
     question whose gold letter is A lost such answers), and "The most likely diagnosis is B." / "B is correct."
     unparsed: after a conclusion "A" is the article only before a noun phrase, and conclusions without the word
-    "answer" count, while mentions ("B is incorrect", "hepatitis B", "B-cell", "E. coli") and hedges do not."""
+    "answer" count, while mentions ("B is incorrect", "hepatitis B", "B-cell", "E. coli") and hedges do not. A
+    later reviewer saw "The answer is B. The most common cause is A." read A (the weaker phrases now rank below
+    "the answer is"), and "The answer is B. insulin glargine" unread (after an explicit phrase "E. coli" is a name
+    only where another option holds it)."""
     text = f"Reasoning about the case.\n\n### Answer:\n{answer}"
     assert mcq.extract_choice(text, SETS[options]).letter == letter
     assert mcq.extract_choice(f"<think>\nReasoning.\n</think>\n\n{answer}", SETS[options], "r1").letter == letter
@@ -141,3 +189,19 @@ def test_option_a_reads_as_option_b_does():
                  "according to the guidelines.", "with white cell casts.", "given the fever."):
         got = [mcq.extract_choice(f"### Answer:\nThe correct answer is {c} {tail}", UTI).letter for c in "ABCD"]
         assert got == list("ABCD"), tail
+
+
+def test_an_explanation_after_the_answer_keeps_the_score():
+    """The reviewer's `evaluate --mcq` run: 3 of 3 right and last_match 1.0 at ebd0bd3, 0 of 3 at 5e5de2c (no
+    warning, parsed_by.phrase 3): the explanation after "The answer is B" replaced the answer; and "The answer is B.
+    insulin glargine" (lower-case options) went unparsed."""
+    qs = [mcq.Question("Best drug?", DIABETES, "B"), mcq.Question("Cause?", HUS, "C"),
+          mcq.Question("Best drug?", DIABETES, "B"), mcq.Question("Best drug?", LOWER, "B")]
+    preds = ["<think>\nRenal failure.\n</think>\n**Answer: B**\n\nExplanation: in most patients the first-line drug is "
+             "A (metformin), but with an eGFR of 20 it is contraindicated.",
+             "<think>\nHUS.\n</think>\nThe answer is C. The most common cause of dysentery in adults is A.\n",
+             "<think>\nRenal failure.\n</think>\nThe answer is B.\nA is correct only for normal renal function.",
+             "<think>\nRenal failure.\n</think>\nThe answer is B. insulin glargine; metformin is contraindicated."]
+    got = mcq.score(qs, preds, "r1")
+    assert (got["correct"], got["unparsed"], got["parsed_by"]["phrase"]) == (4, 0, 4)
+    assert got["first_match"] == got["last_match"] == 1.0

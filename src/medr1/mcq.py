@@ -77,14 +77,13 @@ def mcq_prompt(q: Question, style: str = "seed") -> str:
 
 
 _MARK = r"[\s*_`'\"(\[{:]*"  # markdown, quotes and brackets that may wrap a letter
-# after a conclusion, "A" before a word that cannot follow the article "a" ("A in this patient", "A based on ...")
-# is the option; before any other lower-case word or a number ("A beta blocker", "A 45-year-old") the article
+# after a conclusion, "A" before a noun phrase is the article ("A beta blocker"), else the option ("A in this patient")
 _ARTICLE = re.compile(r" +(?!(?:because|since|as|is|are|was|were|seems|fits|which|that|this|the|here|there|now|then|"
                       r"too|also|only|not|and|or|but|so|if|when|while|can|could|may|might|in|on|at|by|with|without|"
                       r"from|for|of|to|per|over|after|before|despite|given|due|based|considering|according|following|"
                       r"regarding|assuming)\b)[a-z\d]")
-# a capital letter, or a lower-case one in brackets or quotes ("answer: (c)"); not "B12", "B-cell" or "E. coli"
-_L = rf"{_MARK}((?-i:[A-Z])|(?<=[(\[*'\"])[a-z])(?![A-Za-z0-9]|(?-i:-[a-z\d]|\. ?[a-z]{{2}}))"
+# a capital letter, or a lower-case one in brackets or quotes ("answer: (c)"); not "B12", "B-cell"; "E. coli": `word`
+_L = rf"{_MARK}((?-i:[A-Z])|(?<=[(\[*'\"])[a-z])(?![A-Za-z0-9]|(?-i:-[a-z\d]))(?=(?-i:\. ?(?P<word>[a-z]{{2}}\w*))?)"
 _PHRASE_RE = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (  # conclusions; a bare "option B" is a mention
     rf"answer\s*(?:is|would be|will be|should be|:|=|-)\s*(?:option|choice|letter)?{_L}",
     rf"(?:correct|right|best|most likely)\s+(?:option|choice|answer)\s*(?:is|would be|:|=)?\s*(?:option|choice)?{_L}",
@@ -98,8 +97,7 @@ _PHRASE_RE = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (  # conclusi
 # the templates' own markers (prompts.py): "### Answer:\nA beta blocker" is no "answer: A", and both styles agree
 _LONE_RE = [
     re.compile(r"^\W*([A-Z])\W*$"),  # the whole answer is one letter: "C", "(C).", "**C**"
-    re.compile(r"\(([A-Z])\)|\[([A-Z])\]|\{([A-Z])\}"),  # (B) [B] {B}
-    re.compile(r"\*\*([A-Z])\*\*|__([A-Z])__"),  # **B** __B__
+    re.compile(r"\(([A-Z])\)|\[([A-Z])\]|\{([A-Z])\}|\*\*([A-Z])\*\*|__([A-Z])__"),  # (B) [B] {B} **B** __B__
     re.compile(r"(?m)^\W*([A-Z])[.):](?=\s|$)"),  # "B. Metformin" or "B)" at the start of a line
     re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)\s+([A-Z])(?![A-Za-z0-9])"),  # "option B"
 ]
@@ -109,7 +107,6 @@ _WORD = re.compile(r"\w+|[,/&]")
 _CLAUSE = re.compile(r"(?:[\s,/&()\[\]]|and |or |[A-Z]\b)*([^.,;:!?\n]*)")
 _OPEN = re.compile(r"\b(?:possible|possibly|plausible|correct|right|both|fits?|(?:could|may|might) also|"
                    r"also (?:likely|an option|a possibility|reasonable))\b")
-_NOT = re.compile(r"n[o']t\b")
 _STILL_OPEN = re.compile(r"\b(?:can ?not|can't|not) be (?:excluded|ruled out)\b|\bnot (?:wrong|incorrect)\b")
 
 
@@ -149,11 +146,15 @@ def _named(text: str, options: dict[str, str] | list[str], style: str) -> Iterat
 
 
 def _phrases(text: str, valid: list[str], options: dict[str, str] | list[str]) -> list[tuple[int, str, int]]:
-    """(position, letter, where its conclusion's letter stands): a hedge ("B or C") is two letters, one conclusion,
-    its rivals looked for after the whole phrase ("B is correct, C is also possible"). "A" or "I" before a noun
-    phrase is the article or the pronoun (`_ARTICLE`)."""
-    hits = [(m.start(1), m.group(1).upper(), m.end()) for pattern in _PHRASE_RE for m in pattern.finditer(text)
-            if m.group(1).upper() in valid and not (m.group(1) in "AI" and _ARTICLE.match(text, m.end(1)))]
+    """(position, letter, where its conclusion's letter stands): a hedge ("B or C") is two letters, one conclusion, its
+    rivals looked for after the whole phrase ("B is correct, C is also possible"). "A" or "I" before a noun phrase is
+    the article or the pronoun (`_ARTICLE`). Explicit phrases outrank weak ones ("The answer is B. The most common cause
+    is A.": B); "E. coli" (`word`) is a name, after an explicit one only where another option holds it."""
+    hits = [(i > 2, m.start(1), c, m.end()) for i, pattern in enumerate(_PHRASE_RE) for m in pattern.finditer(text)
+            if (c := m.group(1).upper()) in valid and not (m.group(1) in "AI" and _ARTICLE.match(text, m.end(1)))
+            and not (m["word"] and (i > 2 or any(re.search(rf" {c.lower()}\w* {m['word']} ", f" {_norm(v)} ") for k, v
+                     in (options.items() if isinstance(options, dict) else ()) if k != c)))]
+    hits = [hit for weak, *hit in hits if weak == hits[0][0]]  # the explicit ones (listed first), where there are any
     hedges = {(*hit, at) for at, c, end in hits for hit in _also(text, end, c, options)}
     return sorted({(at, c, at) for at, c, _ in hits} | hedges)
 
@@ -180,7 +181,7 @@ def _also(text: str, end: int, letter: str, options: dict[str, str] | list[str])
     pos, w = words[j]
     clause = _CLAUSE.match(text, pos + 1)[1]  # "B, C is less likely": a mention; "B, C is also possible": a rival
     said = clause[:1].islower() and not _STILL_OPEN.search(low_clause := clause.lower()) and (
-        not _OPEN.search(low_clause) or _NOT.search(low_clause))
+        not _OPEN.search(low_clause) or re.search(r"n[o']t\b", low_clause))
     mention = set(low[i:j]) == {","} and said or w in "AI" and _ARTICLE.match(text, pos + 1)  # "A vitamin": article
     named = w.upper() in options and (w.isupper() or text[pos - 1] in "([*'\"")  # "(c)", as `_phrases` reads it
     other = w.upper() if named and not mention else at.get(j)
@@ -205,8 +206,7 @@ def first_last(text: str, options: dict[str, str] | list[str], style: str = "see
     one (else the whole text), by conclusion phrases, else lone letters, else option texts. Where the two differ,
     the dataset authors' scorer counts the question right if either is (`either_match`, optimistic)."""
     for found in _named(text, options, style):
-        hits = next(filter(None, found), None)
-        if hits:
+        if hits := next(filter(None, found), None):
             return hits[0][1], hits[-1][1]
     return None, None
 
