@@ -57,6 +57,8 @@ endif
 	touch $@
 
 run: $(VENV)/.installed
+	@# a mistyped PRESET in one line (papermill would show it at the end of a traceback, with the notebook left behind)
+	@[ "$(PRESET)" = auto ] || $(BIN)/python -m medr1 knobs --preset $(PRESET) >/dev/null
 	@# papermill writes the output notebook before any cell runs: a refused run would replace the earlier one's
 	@[ ! -e $(RUN_DIR)/run.json ] || { echo "medr1: $(RUN_DIR) already holds a run (run.json); give another RUN_DIR" >&2; \
 	  exit 2; }
@@ -67,7 +69,7 @@ ifneq ($(HAVE_GPU),1)
 endif
 	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb \
 	  --cwd notebooks -p preset $(PRESET) -p output_dir $(abspath $(RUN_DIR))
-	@echo "executed notebook, adapter and run.json: $(RUN_DIR)"
+	@echo "executed notebook, adapter and run.json: $(abspath $(RUN_DIR))"
 
 train: $(VENV)/.installed
 	$(OFFLINE) $(LAUNCH) -m medr1 train --preset $(PRESET)$(if $(GIVEN_RUN_DIR), --set output_dir=$(GIVEN_RUN_DIR)) $(ARGS)

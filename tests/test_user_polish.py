@@ -216,6 +216,17 @@ def test_make_run_refuses_a_folder_that_holds_a_run(tmp_path):
     assert (tmp_path / "01_finetune.ipynb").read_text() == "the earlier run's executed notebook"
 
 
+
+def test_make_run_names_a_mistyped_preset_in_one_line_before_papermill(tmp_path):
+    """`make run PRESET=smok` printed papermill's 42-line traceback with the one-line error near its end, and left
+    RUN_DIR/01_finetune.ipynb behind; `make train` says it in one line."""
+    done = subprocess.run(["make", "-o", ".venv/.installed", "run", "PRESET=smok", f"RUN_DIR={tmp_path / 'typo'}"],
+                          cwd=NOTEBOOKS.parent, capture_output=True, text=True, timeout=600)
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("make")]
+    assert done.returncode == 2 and len(errors) == 1, done.stdout + done.stderr
+    assert errors[0].startswith("medr1: error: unknown preset 'smok'") and "'smoke'" in errors[0], errors
+    assert not (tmp_path / "typo").exists()
+
 # ---------------------------------------------------------------------------------------------
 # Noise: bitsandbytes' kernels line, tqdm's IProgress warning.
 
