@@ -131,13 +131,7 @@ class Export:
             if push_what not in out.folders:
                 self._check_ours(push_what, folder, "push")
                 check_writable(folder, f"push folder {str(folder)!r} (its card names the repository)")
-            from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-            try:
-                validate_repo_id(push_repo)
-            except HFValidationError as err:
-                raise ExportError(f"push repository {push_repo!r} is not a valid hub name (you/name): {err}") from None
-            check_hub(hub_token(), push_repo)
+            check_hub(push_repo, hub_token)
         n = count_parameters(self.config) if merged or out.gguf else 0
         out.need_bytes = sum(self._bytes(what, n, out.gguf) for what in out.folders)
         if out.folders:

@@ -3,6 +3,7 @@ can happen at all (checked before an export writes anything), and the upload. Th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,11 +23,18 @@ def hub_token() -> str:
     return token
 
 
-def check_hub(token: str, repo_id: str) -> None:
-    """Whether a push to `repo_id` can happen, before anything is written: hub offline mode off, the hub reachable
-    (unless a proxy carries it, as for W&B), the token valid and allowed to write there; else one line, the token
-    never shown."""
+def check_hub(repo_id: str, get_token: Callable[[], str] = hub_token) -> None:
+    """Whether a push to `repo_id` can happen, before anything is written: a valid repository name (before the token
+    is looked for), hub offline mode off, the hub reachable (unless a proxy carries it, as for W&B), the token valid
+    and allowed to write there; else one line, the token never shown."""
     from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ExportError(f"push repository {repo_id!r} is not a valid hub name (you/name): {err}") from None
+    token = get_token()
 
     later = "or export now and push later"
     if constants.HF_HUB_OFFLINE:  # what huggingface_hub itself reads, now (set from the environment at its import)
