@@ -302,3 +302,34 @@ def test_another_ranks_warnings_carry_its_rank(as_rank, capsys):
     medr1_log.log.info("an info line")
     medr1_log.log.warning("2 duplicate rows")
     assert capsys.readouterr().out == "[rank 1] medr1: warning: 2 duplicate rows\n"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--preset", "smoke", "--o", "--res"],  # they were abbreviations of --overwrite and --resume
+     "medr1 train: error: unrecognized arguments: --o --res (--res: did you mean --resume?)"),
+    (["train", "--presett", "smoke"], "medr1 train: error: unrecognized arguments: --presett smoke (--presett: did you "
+                                      "mean --preset?)"),
+    (["evaluate", "--mcq-file", "x"], "medr1 evaluate: error: unrecognized arguments: --mcq-file (--mcq-file: did you "
+                                      "mean --mcq?)"),
+    (["trian", "--preset", "smoke"], "medr1: error: invalid command 'trian' (did you mean 'train'?); choose from"),
+])
+def test_flags_are_whole_and_a_typo_is_named_by_its_command_with_the_nearest(capsys, argv, said):
+    """argparse took `--o` for --overwrite and `--res` for --resume, and a mistyped flag was reported under medr1's
+    usage line (not the command's) with no suggestion, as was a mistyped command."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and said in err, err
+    assert f"usage: medr1 {argv[0]} [-h]" in err if argv[0] != "trian" else "usage: medr1 [-h]" in err
+
+
+def test_check_data_refuses_a_data_path_knob_and_what_train_refuses(capsys):
+    """check-data checked PATH and dropped `--set data_path=...` unsaid, and passed `--set beta=0.1`, which train
+    then refused: its settings are training's."""
+    check = ["check-data", str(FIXTURE_PATH), "--preset", "smoke"]
+    assert main([*check, "--set", "data_path=x.jsonl"]) == 2
+    err = capsys.readouterr().err
+    said = f"--set data_path: check-data checks PATH, its first argument ({FIXTURE_PATH}): leave it out"
+    assert err == f"medr1: error: {said}\n"
+    assert main([*check, "--set", "beta=0.1"]) == 2
+    assert "beta is not read by train: it is a GRPO knob" in capsys.readouterr().err

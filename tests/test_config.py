@@ -265,3 +265,53 @@ def test_default_output_dirs_of_processes_started_together_differ():
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     dirs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert dirs[0] != dirs[1] and all(d.startswith("outputs/smoke-") for d in dirs), dirs
+
+
+def test_a_local_data_file_is_recorded_absolute_and_a_relative_record_resumes_from_any_folder(tmp_path, monkeypatch):
+    """run.json kept data_path=rows.jsonl as typed: from another folder the file named absolute was refused as a
+    changed setting and rows.jsonl was not found, so the run resumed only from the folder it began in. A local data
+    file is now recorded absolute, as a model folder is; a record from before resumes with the file named absolute
+    from any folder (its rows are compared apart), or named as typed from its folder; a refusal says it was typed."""
+    import shutil
+
+    from medr1.config import same_setting
+    from medr1.data import FIXTURE_PATH
+    from medr1.errors import OutputDirError
+
+    start, other, run = tmp_path / "start", tmp_path / "other", tmp_path / "run"
+    for folder in (start / "data", other, run / "checkpoints"):
+        folder.mkdir(parents=True)
+    rows, mine = start / "data" / "rows.jsonl", other / "mine.jsonl"
+    shutil.copy(FIXTURE_PATH, rows)
+    shutil.copy(FIXTURE_PATH, mine)
+    monkeypatch.chdir(start)
+    sets = {"data_path": "data/rows.jsonl", "output_dir": str(run)}
+    first, grpo = (build_config("smoke", knobs, quiet=True) for knobs in (sets, {"grpo_data_path": "data/rows.jsonl"}))
+    assert first.data_path == grpo.grpo_data_path == str(rows)  # what run.json records
+    kept = {"dataset_name": "data/rows.jsonl", "grpo_dataset_name": "data/rows.jsonl"}  # hub names, never paths
+    assert all(getattr(build_config("colab-t4", kept, quiet=True), k) == v for k, v in kept.items())
+    assert build_config("smoke", quiet=True).data_path == "medr1:fixture"  # the bundled file, by name
+    assert build_config("smoke", {"data_path": "no.jsonl"}, quiet=True).data_path == "no.jsonl"  # not found: as typed
+    (run / "run.json").write_text(json.dumps({"status": "interrupted", "config": {**first.to_dict(),
+                                                                                  "data_path": "data/rows.jsonl"}}))
+    resume = {"output_dir": str(run), "resume": "true"}
+    assert record.check_output_dir(build_config("smoke", {**sets, **resume}, quiet=True)) == run  # from its folder
+    monkeypatch.chdir(other)
+    assert record.check_output_dir(build_config("smoke", {**resume, "data_path": str(rows)}, quiet=True)) == run
+    with pytest.raises(OutputDirError) as info:
+        record.check_output_dir(build_config("smoke", {**resume, "data_path": str(mine)}, quiet=True))
+    assert f"(data_path: 'data/rows.jsonl' -> {str(mine)!r} (recorded as typed, relative to the folder that run was " \
+           "started in: resume from that folder))" in str(info.value)
+    assert same_setting("data_path", "../data/rows.jsonl", str(rows))  # from start/sub, say
+    assert not same_setting("data_path", "rows.jsonl", str(start / "data"))  # a folder is no data file
+    assert not same_setting("model_name", "data", str(start / "data"))  # a model folder: from its own folder only
+
+
+def test_a_mistyped_preset_gets_the_nearest_name(capsys):
+    """`--preset smok` listed the valid presets with no "did you mean", as a mistyped knob gets."""
+    from medr1.__main__ import main
+
+    with pytest.raises(ConfigError, match=r"^unknown preset 'smok' \(did you mean 'smoke'\?\); valid presets: \["):
+        build_config("smok")
+    assert main(["train", "--preset", "colab-t3"]) == 2
+    assert "unknown preset 'colab-t3' (did you mean 'colab-t4'?)" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import sys
 import typing
 
 from medr1 import data, distributed, prompts
-from medr1.config import build_config, cli_hints, parse_overrides
+from medr1.config import build_config, cli_hints, nearest, parse_overrides
 from medr1.errors import ConfigError, MedR1Error
 from medr1.log import log
 from medr1.presets import PRESET_NAMES
@@ -69,9 +69,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     """The checks training makes, with its settings, on the rows it trains on (not the held-out ones): rc 2 for
     invalid data or settings, 1 where training would stop on the lengths (the counts are printed first), else 0."""
-    config = build_config(args.preset, {**parse_overrides(args.overrides), "data_path": args.path})  # logs auto's pick
+    if "data_path" in (overrides := parse_overrides(args.overrides)):  # PATH would silently win
+        raise ConfigError(f"--set data_path: check-data checks PATH, its first argument ({args.path}): leave it out")
+    config = build_config(args.preset, {**overrides, "data_path": args.path}, stage="train")  # train's knobs only
     from medr1 import preflight
-    from medr1.tokenizer import load_tokenizer
+    from medr1.tokenizer import load_tokenizer, token_view
 
     loaded = data.load_rows(args.path)  # read once; --show N is the file's row N
     rows, split = loaded[0], data.load_split(config, loaded)  # training's rows: no duplicates, held out apart
@@ -102,27 +104,6 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         print(f"medr1: training would stop: {problem}", file=sys.stderr)
         return 1
     return 0
-
-
-def token_view(row: dict[str, str], tokenizer, config) -> str:
-    """One row as the trainer sees it: each token's id and text, whether it counts in the loss, the round trip.
-    A lost space or newline, a split `<think>`, a missing EOS or a misplaced mask shows at a glance. Whether it
-    fits and is trained on is data.row_fate's (the policy, the split and duplicates decide it)."""
-    text = prompts.format_row(row, tokenizer.eos_token, config.prompt_style)
-    enc = data.encode_rows([row], tokenizer, config.prompt_style)[0]
-    counted = enc.completion if config.loss_on == "completion" else [1] * len(enc.ids)
-    counted = [0, *counted[1:]]  # the first token is never predicted
-    lines = [f"--- row at token level: {len(enc.ids)} tokens ({type(tokenizer).__name__}); loss_on="
-             f"{config.loss_on!r}: '+' counts in the loss, '.' does not ---"]
-    lines += [f"{i:6d} {tok:8d} {'+' if c else '.'} {tokenizer.decode([tok])!r}"
-              for i, (tok, c) in enumerate(zip(enc.ids, counted, strict=True))]
-    back = tokenizer.decode(enc.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    bos = tokenizer.bos_token or ""
-    same = back == text or (bos and back == bos + text)
-    lines.append(f"round trip: decode(ids) {'==' if same else '!='} the training text"
-                 f"{'' if same else ' (the tokenizer loses text: do not train on it)'}; "
-                 f"{sum(counted)} of {len(enc.ids)} tokens count in the loss")
-    return "\n".join(lines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -211,12 +192,13 @@ def cmd_knobs(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medr1", description=__doc__.splitlines()[0], formatter_class=_Help)
+    parser = argparse.ArgumentParser(prog="medr1", description=__doc__.splitlines()[0], formatter_class=_Help,
+                                     allow_abbrev=False)  # `--o` was --overwrite: each parser takes whole flags only
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func, text: str, processes: bool = False) -> argparse.ArgumentParser:
         """`processes`: the command may run under accelerate launch / torchrun (several processes)."""
-        p = sub.add_parser(name, help=text, formatter_class=_Help)
+        p = sub.add_parser(name, help=text, formatter_class=_Help, allow_abbrev=False)
         p.set_defaults(func=func, processes=processes)
         return p
 
@@ -272,7 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         print("medr1: the benchmarks are scripts now: python benchmarks/bench.py (training), "
               "python benchmarks/bench_eval.py (evaluation, was --eval)", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    if argv[:1] and argv[0][:1] != "-" and argv[0] not in sub.choices and (near := nearest(argv[0], sub.choices)):
+        parser.error(f"invalid command {argv[0]!r} (did you mean {near!r}?); choose from {list(sub.choices)}")
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's parser (its usage, not medr1's), with its flag nearest each unknown one
+        used, flags = sub.choices[args.command], [e.split("=")[0] for e in extra if e[:1] == "-"]
+        near = "; ".join(f"{f}: did you mean {m}?" for f in flags if (m := nearest(f, used._option_string_actions)))
+        used.error(f"unrecognized arguments: {' '.join(extra)}{f' ({near})' * bool(near)}")
     if args.processes:  # under accelerate launch / torchrun only rank 0 prints (set before the heavy imports)
         distributed.quiet_replicas()
     try:

@@ -12,12 +12,10 @@ import contextlib
 import dataclasses
 import difflib
 import inspect
-import io
 import math
 import operator
 import os
 import textwrap
-import tokenize
 import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from typing import Any
 
 from medr1.errors import ConfigError
 from medr1.log import log
-from medr1.presets import CPU_MODEL, LORA_TARGETS, PRESETS, SMOKE_MODEL, resolve_preset
+from medr1.presets import CPU_MODEL, FIXTURE, LORA_TARGETS, PRESETS, SMOKE_MODEL, VERIFIABLE_FIXTURE, resolve_preset
 from medr1.prompts import STYLES
 from medr1.speed.sizing import FAST_SIZED, fast_sizing, keep_rows
 
@@ -147,8 +145,8 @@ class Config:
         if self.resume and self.overwrite:  # else overwrite would skip the resume's check of the settings
             raise ConfigError(f"{hint('resume')} continues the run in output_dir and {hint('overwrite')} replaces "
                               "it: choose one")
-        for knob in MODEL_KNOBS:  # a local folder, absolute: run.json is read from other folders
-            setattr(self, knob, absolute_model(getattr(self, knob)))
+        for knob in (*MODEL_KNOBS, *DATA_FILES):  # a local folder or file, absolute: run.json is read elsewhere
+            setattr(self, knob, absolute_path(knob, getattr(self, knob)))
         if not self.output_dir:  # a fresh folder per run (runs started in one second differ by process)
             self.output_dir = f"outputs/{self.preset or 'run'}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
 
@@ -157,19 +155,26 @@ class Config:
         return {**dataclasses.asdict(self), "lora_targets": list(self.lora_targets)}
 
 
-MODEL_KNOBS = ("model_name", "verifier_model", "init_adapter")  # folders: recorded absolute
+MODEL_KNOBS = ("model_name", "verifier_model", "init_adapter")  # a local folder (else a hub id): recorded absolute
+DATA_FILES = ("data_path", "grpo_data_path")  # a local file (else one medr1 bundles): recorded absolute
+BUILT_IN = ("", SMOKE_MODEL, CPU_MODEL, FIXTURE, VERIFIABLE_FIXTURE)  # names medr1 resolves itself ("": none)
 
 
-def absolute_model(name: str) -> str:
-    """A model (or adapter) folder as an absolute path; a hub id (or a model medr1 builds) as it is."""
-    local = name not in ("", SMOKE_MODEL, CPU_MODEL) and Path(name).expanduser().is_dir()  # "": no init_adapter
+def absolute_path(knob: str, name: str) -> str:
+    """A local folder (model knobs) or file (data knobs), absolute; else as it is (not found: the error says where)."""
+    local = name not in BUILT_IN and (Path.is_file if knob in DATA_FILES else Path.is_dir)(Path(name).expanduser())
     return os.path.abspath(os.path.expanduser(name)) if local else name
 
 
 def same_setting(knob: str, recorded: Any, value: Any) -> bool:
-    """Whether a run's recorded knob is `value`: a model folder recorded relative (before they were made absolute)
-    is the same folder named absolute."""
-    return recorded == value or knob in MODEL_KNOBS and isinstance(recorded, str) and absolute_model(recorded) == value
+    """Whether a run's recorded knob is `value`; a path recorded relative (before paths were made absolute) also if
+    it names `value` from here, or for a data file if `value` ends with it (same_data then compares the rows)."""
+    if recorded == value or knob not in (*MODEL_KNOBS, *DATA_FILES) or not isinstance(recorded, str):
+        return recorded == value
+    tail = Path(os.path.normpath(recorded)).parts  # "../data/rows.jsonl": normpath leaves ".." only in front
+    tail = tail[tail.count(".."):]  # an absolute path's parts start with "/": no `value` but itself ends with them
+    return absolute_path(knob, recorded) == value or knob in DATA_FILES and os.path.isabs(value) \
+        and Path(value).is_file() and Path(value).parts[-len(tail):] == tail
 
 
 def knob_names() -> list[str]:
@@ -245,9 +250,13 @@ def check_parameters(given: Iterable[str], known: Iterable[str], *, what: str = 
     """Stop on a name nobody reads (papermill only warns "Passed unknown parameter"), with a "did you mean"."""
     known = list(known)
     if unknown := sorted(set(given) - set(known)):
-        hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
-        guess = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in hints.items() if m)
+        guess = "; ".join(f"{k!r}: did you mean {m!r}?" for k in unknown if (m := nearest(k, known)))
         raise ConfigError(f"unknown {what}(s) {unknown}{f' ({guess})' if guess else ''}; valid {what}s: {known}")
+
+
+def nearest(word: str, known: Iterable[str]) -> str:
+    """The name in `known` a typo `word` most likely meant, else "": every "did you mean" (knobs, flags, presets)."""
+    return next(iter(difflib.get_close_matches(word, list(known), n=1)), "")
 
 
 _CLI_HINTS = False  # set by `python -m medr1` (cli_hints), so that error hints name its flags
@@ -260,12 +269,6 @@ def hint(knob: str, value: Any = True) -> str:
             return f"--preset {value}"
         return f"--{knob}" if knob in ("overwrite", "resume") and value is True else f"--set {knob}={value}"
     return f"{knob}={value!r}"
-
-
-def lower_rate(knob: str, rate: float) -> str:
-    """The hint to train again at a tenth of `rate` (a diverged run's advice), rounded: 3e-05, not
-    2.9999999999999997e-05."""
-    return hint(knob, float(f"{rate / 10:.3g}"))
 
 
 @contextlib.contextmanager
@@ -281,10 +284,9 @@ def cli_hints() -> Iterator[None]:
 def knob_advice() -> dict[str, str]:
     """Each knob's advice: the comment beside it in Config's source, the one place it is written."""
     src = textwrap.dedent(inspect.getsource(Config))
-    comments = {t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(src).readline)
-                if t.type == tokenize.COMMENT}
-    return {n.target.id: comments.get(n.end_lineno or n.lineno, "") for n in ast.parse(src).body[0].body
-            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    lines = src.encode().splitlines()  # what follows a knob on its last line (ast's columns count bytes)
+    return {n.target.id: lines[n.end_lineno - 1][n.end_col_offset:].decode().strip().lstrip("# ")
+            for n in ast.parse(src).body[0].body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

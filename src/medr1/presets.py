@@ -83,7 +83,11 @@ FAST_MIN_GIB = 38.0
 def resolve_preset(name: str, *, cuda: bool | None = None, gpu_gib: float | None = None) -> tuple[str, str]:
     """Turn `auto` into a concrete preset name; returns (name, why)."""
     if name not in PRESET_NAMES:
-        raise ConfigError(f"unknown preset {name!r}; valid presets: {list(PRESET_NAMES)}")
+        from medr1.config import nearest  # config imports this module
+
+        near = nearest(name, PRESET_NAMES)
+        raise ConfigError(f"unknown preset {name!r}{f' (did you mean {near!r}?)' * bool(near)}; valid presets: "
+                          f"{list(PRESET_NAMES)}")
     if name != "auto":
         return name, "asked for"
     if os.environ.get("UNSLOTH_FORCE_CPU") == "1":  # before the GPU lookup, which answers None under the flag

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1 import distributed, files
-from medr1.config import Config, hint, lower_rate, same_setting
+from medr1.config import BUILT_IN, DATA_FILES, Config, hint, same_setting
 from medr1.errors import DataError, ModelError, OutputDirError
 from medr1.log import log
 from medr1.readers import read_file
@@ -109,8 +110,8 @@ def retrain_advice(knob: str, rate: Any, also: str = "") -> str:
     """The advice to a run that diverged (it saved no adapter, and a resume would diverge again), as training gives it
     when it stops and as a reader of the run later does: a tenth of the learning rate `knob` (`also`: what else may
     help), in another run folder."""
-    return (f"({lower_rate(knob, rate) if isinstance(rate, (int, float)) else knob}){also}, with another output_dir "
-            f"or {hint('overwrite')}")
+    lower = hint(knob, float(f"{rate / 10:.3g}")) if isinstance(rate, (int, float)) else knob  # 3e-05, not 2.99...e-05
+    return f"({lower}){also}, with another output_dir or {hint('overwrite')}"
 
 
 def adapter_sha256(folder: Path) -> str:
@@ -176,7 +177,7 @@ def check_output_dir(config: Config) -> Path:
         # skips global_step x accumulation micro-batches of the new size on resume, the same rows
         rows = [math.prod(d.get(k) or 0 for k in FAST_SIZED[:2]) for d in (before, now)]
         may = RESUME_MAY_CHANGE + (FAST_SIZED if rows[0] == rows[1] else ())
-        changed = [f"{k}: {before[k]!r} -> {v!r}" for k, v in now.items()
+        changed = [f"{k}: {before[k]!r} -> {v!r}{AS_TYPED * as_typed(k, before[k])}" for k, v in now.items()
                    if k not in may and k in before and not same_setting(k, before[k], v)]
         if changed:
             was = before.get("preset")  # auto picks by the card: on another one, the preset explains the rest
@@ -191,6 +192,14 @@ def check_output_dir(config: Config) -> Path:
     what = f"another run (run.json{stopped})" if (out / "run.json").exists() else f"files {sorted(held)[:5]}"
     raise OutputDirError(f"output_dir={str(out)!r} already holds {what}; pass {hint('overwrite')} to replace it, "
                          f"{hint('resume')} to continue it, or choose another output_dir")
+
+
+AS_TYPED = " (recorded as typed, relative to the folder that run was started in: resume from that folder)"
+
+
+def as_typed(knob: str, recorded: Any) -> bool:
+    """Whether a run recorded a data file relative (before paths were made absolute): to a folder no record names."""
+    return knob in DATA_FILES and recorded not in BUILT_IN and not os.path.isabs(os.path.expanduser(str(recorded)))
 
 
 def _check_processes(out: Path, rec: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from medr1.stack import import_unsloth_first
 
-from medr1 import prompts
+from medr1 import data, prompts
 from medr1.errors import ModelError
 
 # Spaces, newlines, tabs, unicode, digits and R1's reasoning markers: what a broken pre-tokenizer loses first.
@@ -169,3 +169,24 @@ def generation_text(tokenizer, question: str, style: str) -> str:
     """What medr1 generates from: the chat template's rendering (BOS + inference prompt), tokenized as is."""
     return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                          tokenize=False, chat_template=chat_template(style))
+
+
+def token_view(row: dict[str, str], tokenizer, config) -> str:
+    """One row as the trainer sees it: each token's id and text, whether it counts in the loss, the round trip.
+    A lost space or newline, a split `<think>`, a missing EOS or a misplaced mask shows at a glance. Whether it
+    fits and is trained on is data.row_fate's (the policy, the split and duplicates decide it)."""
+    text = prompts.format_row(row, tokenizer.eos_token, config.prompt_style)
+    enc = data.encode_rows([row], tokenizer, config.prompt_style)[0]
+    counted = enc.completion if config.loss_on == "completion" else [1] * len(enc.ids)
+    counted = [0, *counted[1:]]  # the first token is never predicted
+    lines = [f"--- row at token level: {len(enc.ids)} tokens ({type(tokenizer).__name__}); loss_on="
+             f"{config.loss_on!r}: '+' counts in the loss, '.' does not ---"]
+    lines += [f"{i:6d} {tok:8d} {'+' if c else '.'} {tokenizer.decode([tok])!r}"
+              for i, (tok, c) in enumerate(zip(enc.ids, counted, strict=True))]
+    back = tokenizer.decode(enc.ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    bos = tokenizer.bos_token or ""
+    same = back == text or (bos and back == bos + text)
+    lines.append(f"round trip: decode(ids) {'==' if same else '!='} the training text"
+                 f"{'' if same else ' (the tokenizer loses text: do not train on it)'}; "
+                 f"{sum(counted)} of {len(enc.ids)} tokens count in the loss")
+    return "\n".join(lines)
