@@ -449,6 +449,9 @@ AMI = "Acute myocardial infarction"
     f"{PYELO}. May be due to an ascending infection.",  # "may be" explaining, not naming: no hedge
     f"{PYELO}. Could be confirmed with a urine culture.",
     f"{PYELO}.\n\nWhy:\n- Could be caused by bacteria ascending from the bladder",
+    f"{PYELO}\n\n**Key findings**\n- Fever\n- Flank pain",  # a markdown heading of findings, without its colon
+    f"{PYELO}\n\n### Key findings\n- Fever\n- Flank pain",
+    f"{PYELO}\n\n__Management__\n- Urine culture\n- IV ceftriaxone",
     KEY_FINDINGS,
     f"{PYELO}\n\nManagement:\n- Urine culture\n- IV ceftriaxone",
     f"**Diagnosis:** {PYELO}\n\n**Supporting features:**\n1. Fever\n2. Flank pain",
@@ -497,6 +500,9 @@ def test_bare_items_under_a_heading_of_findings_reasons_or_management_are_no_riv
     (f"{AMI}.\n\nNext steps:\n- Aortic dissection", AMI),
     (f"{AMI}.\n\nSupporting evidence:\n- Pericarditis\n- Troponin rise", AMI),
     ("Graves disease\nKey findings:\n- Toxic multinodular goiter\n- Toxic adenoma", "Graves disease"),
+    (f"{AMI}.\n\n**Key findings**\n- Pulmonary embolism", AMI),  # a markdown heading: the same rules
+    (f"{AMI}.\n\n### Differential\n- Pulmonary embolism", AMI),
+    (f"{AMI}.\n\n**Pulmonary embolism**", AMI),  # a bold name is no heading
     (f"{AMI}.\nWhy:\n- Could be pulmonary embolism", AMI),  # "could be" a disease: a hedge, in a list or a sentence
     (f"{AMI}. Could be pulmonary embolism.", AMI),
     (f"{AMI}.\n- May also be aortic dissection", AMI),

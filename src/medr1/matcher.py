@@ -40,6 +40,7 @@ TOKENS = {"\x01": STOP, "\n": LINE, "\x02": ITEM, "\x03": HEAD}
 SENTENCE_END = re.compile(r"(?<!\d)[.!?](?!\d)|;")
 ITEM_MARK = re.compile(r"^[ \t]*[-*+\u2022\u2013][ \t]+|(?<![\w.])\d{1,2}[.)][ \t]+", re.M)  # "- ", "1. ", "2) "
 HEADING_END = re.compile(r":[*_ \t]*(?=\n|$)")  # "Management:", "**Next steps:**" at the end of a line
+MARKDOWN_HEAD = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+|\*\*|__)([^\n*_#:]+?)(?:\*\*|__)?[ \t]*$", re.M)  # "### Why"
 ABBREVIATION = re.compile(r"\b(e\.g|i\.e|etc|vs|cf)\.")  # a dot that ends no sentence
 
 
@@ -68,6 +69,8 @@ def _words(text: str) -> list[str]:
     as tokens. Cue words go through it too, so "whereas" and "requires" compare as the answer's words do."""
     text = prompts.ANSWER_MARKERS.sub("\n", text)  # a second answer part inside the answer part: one more candidate
     text = re.sub(r"\b([A-Z][A-Z0-9]+)s\b", r"\1", text)  # SSRIs: an abbreviation's plural
+    text = MARKDOWN_HEAD.sub(lambda m: f"{m[1]}:" if (h := {*_phrase(m[1])}) & CONTENT and h <= CONTENT | HEADING_WORDS
+                             else m[0], text)  # "**Key findings**" as "Key findings:"; "**Renal abscess**" names
     text = HEADING_END.sub(" \x03 ", ITEM_MARK.sub(" \x02 ", text))
     text = _fold(text).lower()
     text = re.sub(r"n't\b", " not", text).replace("no doubt", " ").replace("/", " or ")
