@@ -33,8 +33,6 @@ from medr1.model import load_adapter
 from medr1.plots import LABELS, VARIANTS
 from medr1.stats import share
 
-FILES = ("eval.json", "eval.png", *(f"mcq_predictions_{v}.jsonl" for v in VARIANTS))  # what evaluate writes
-
 
 def adapter_off(model, variant: str):
     """A context in which `model` answers as the base model ("base") or as base + adapter ("finetuned")."""
@@ -104,7 +102,7 @@ class Evaluation:
         if mcq_file:  # every question checked now, not after generating; and before the refusal below, so the user
             mcq.load_questions(mcq_file)  # learns that the new evaluation cannot run before replacing the earlier
         self.run_dir, self.overwrite = Path(run_dir).expanduser(), overwrite
-        if not overwrite and (earlier := [n for n in FILES if (self.run_dir / n).exists()]):  # hours of answers
+        if not overwrite and (earlier := [n for n in record.EVAL_FILES if (self.run_dir / n).exists()]):  # hours of it
             raise OutputDirError(f"{self.run_dir / earlier[0]} holds an earlier evaluation; pass {hint('overwrite')} "
                                  f"to replace it, or move {', '.join(earlier)} away")
         rec = record.read_record(self.run_dir)  # read once: the config, the adapter and the held-out rows come from it
@@ -197,7 +195,7 @@ class Evaluation:
             by_sample = [[g["text"] for g in gens[s::self.samples]] for s in range(self.samples)]
             scored = mcq.score_samples(questions, by_sample, self.config.prompt_style)
             correct[variant], rows = scored.pop("_correct"), scored.pop("_rows")
-            pred_file = self.run_dir / f"mcq_predictions_{variant}.jsonl"
+            pred_file = self.run_dir / record.PREDICTIONS[variant]
             if distributed.is_main():
                 files.atomic_write_jsonl(pred_file, rows)
             result[variant] = {**scored, "budget_without_answer": compliance(gens)["budget_without_answer"],
@@ -261,8 +259,9 @@ class Evaluation:
         if not distributed.is_main():
             return {}
         self.results["created"] = record.now()
-        for name in FILES[2:] if self.overwrite and "mcq" not in self.results else ():  # not the earlier's answers
-            (self.run_dir / name).unlink(missing_ok=True)
+        if self.overwrite and "mcq" not in self.results:  # not the earlier evaluation's answers beside these results
+            for name in record.PREDICTIONS.values():
+                (self.run_dir / name).unlink(missing_ok=True)
         json_path = files.atomic_write_json(self.run_dir / "eval.json", self.results)
         png = plots.plot_results(self.results, self.run_dir / "eval.png")
         log.info(f"results in {json_path} and {png}")

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from medr1 import distributed, files
+from medr1 import distributed, files, plots
 from medr1.config import BUILT_IN, DATA_FILES, Config, hint, same_setting
 from medr1.errors import DataError, ModelError, OutputDirError
 from medr1.log import log
@@ -261,10 +261,11 @@ RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "report_to", "wandb_pr
                      "logging_steps", "save_steps", "save_total_limit", "preset")
 
 
+PREDICTIONS = {v: f"mcq_predictions_{v}.jsonl" for v in plots.VARIANTS}  # `medr1 evaluate`'s multiple-choice answers
+EVAL_FILES = ("eval.json", "eval.png", *PREDICTIONS.values())  # all `medr1 evaluate` writes: kept unless overwrite
 # What a run folder holds that medr1 wrote for that run (training, `medr1 evaluate`, `medr1 export`'s default
 # export_dir): an overwrite removes these, and only these, so nothing of the old run passes for the new one's.
-RUN_FILES = ("adapter", "checkpoints", "holdout.jsonl", "loss.png", "rewards.png", "eval.json", "eval.png",
-             "mcq_predictions_base.jsonl", "mcq_predictions_finetuned.jsonl", "export")  # evaluate.VARIANTS' files
+RUN_FILES = ("adapter", "checkpoints", "holdout.jsonl", "loss.png", "rewards.png", *EVAL_FILES, "export")
 
 
 def replace_run(out: Path, rec: dict[str, Any]) -> None:
