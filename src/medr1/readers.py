@@ -153,7 +153,7 @@ def _json(path: Path, text: str, line: int, decoder: json.JSONDecoder) -> Any:
 class _Twice(dict):
     """A JSON object that named a key more than once, kept only to say where it is."""
 
-    names: list[str] = []
+    names: list[str]  # the keys it named more than once, set where it is made
 
 
 def _decoder() -> tuple[json.JSONDecoder, list[_Twice]]:
