@@ -74,9 +74,10 @@ def run_to_use(run_dir: str, doing: str, smoke: bool = True, rows: bool = False)
     if run_dir:
         return run_dir
     runs = complete_runs(smoke)
-    usable = [not rows or bool((held := holdout_file(folder, rec)) and held.stat().st_size) for folder, rec in runs]
-    if True in usable:
-        newest, skipped = runs[usable.index(True)][0], [str(folder) for folder, _ in runs[:usable.index(True)]]
+    at = next((i for i, (folder, rec) in enumerate(runs)  # the newest usable: older runs' files are not read
+               if not rows or ((held := holdout_file(folder, rec)) and held.stat().st_size)), None)
+    if at is not None:
+        newest, skipped = runs[at][0], [str(folder) for folder, _ in runs[:at]]
         log.info(f"run_dir is empty: {doing} the newest complete run under {OUTPUTS.resolve()}"
                  f"{' with held-out rows' if rows else ''}: {newest}" + (
                      f" (not the newer {skipped}: no held-out rows, as a GRPO run from a new LoRA; give mcq_file "
