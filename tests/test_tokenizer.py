@@ -113,6 +113,58 @@ def test_the_chat_template_renders_each_prompt_style_and_a_training_example(stan
     assert example == BOS + prompts.inference_prompt(q, style) + cot + EOS
 
 
+def served(stand_in: Path, style: str, dest: Path):
+    """The tokenizer medr1 saves beside an adapter, reloaded as a server loads it: plain AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    from medr1.tokenizer import load_tokenizer
+
+    load_tokenizer(str(stand_in), style).save_pretrained(dest)
+    return AutoTokenizer.from_pretrained(dest)
+
+
+SINGLE = ("this medr1 model was fine-tuned on single questions in its prompt style; send one user message "
+          "(no system message, no earlier turns)")
+
+
+@pytest.mark.parametrize("roles", [("system", "user"), ("user", "assistant", "user"),
+                                   ("user", "assistant", "user", "assistant"), ("user", "user"),
+                                   ("assistant", "user"), ("system", "user", "assistant")])
+def test_the_saved_chat_template_refuses_a_conversation_it_cannot_render(stand_in, tmp_path, roles):
+    """It rendered only the last user message: a system prompt and earlier turns were dropped silently, and a chat
+    client got an answer out of context. Refused in the template (raise_exception), the roles sent named."""
+    from jinja2.exceptions import TemplateError
+
+    tok = served(stand_in, "seed", tmp_path)
+    messages = [{"role": r, "content": "You are a helpful doctor." if r == "system" else f"turn {i}"}
+                for i, r in enumerate(roles)]
+    with pytest.raises(TemplateError) as err:
+        tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert str(err.value) == f"{SINGLE}; got the roles [{', '.join(roles)}]"
+
+
+@pytest.mark.parametrize("style", prompts.STYLES)
+def test_the_saved_chat_template_still_renders_one_question_and_a_training_example(stand_in, tmp_path, style):
+    """One user message (an empty system message before it, as some clients always send, loses nothing) is BOS +
+    the inference prompt, text and ids; user + assistant is BOS + the training text."""
+    from medr1.tokenizer import load_tokenizer
+
+    medr1_tok, tok = load_tokenizer(str(stand_in), style), served(stand_in, style, tmp_path)
+    row = {"Question": "A 58-year-old man, BP 90/60,\tHR 40. Diagnosis?", "Complex_CoT": "Inferior STEMI.",
+           "Response": "RCA occlusion."}
+    prompt = prompts.inference_prompt(row["Question"], style)
+    user = {"role": "user", "content": row["Question"]}
+    for empty in ("", "  \n", None):
+        for messages in ([user], [{"role": "system", "content": empty}, user]):
+            rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            assert rendered == BOS + prompt
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+            assert ids == medr1_tok(prompt)["input_ids"] == tok(rendered, add_special_tokens=False)["input_ids"]
+    training = prompts.format_row(row, EOS, style)
+    example = [user, {"role": "assistant", "content": training.removeprefix(prompt).removesuffix(EOS)}]
+    assert tok.apply_chat_template(example, tokenize=False) == BOS + training
+
+
 def test_a_run_from_the_hub_id_in_an_offline_cache_trains_and_generates_on_the_real_ids(tmp_path):
     """The default model name, through HF_HOME as a download would leave it: rows tokenized before load()
     are the ids of tokenizer.json, and the model is loaded and answers with the very same tokenizer object."""
