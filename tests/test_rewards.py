@@ -512,3 +512,44 @@ def test_lists_of_candidates_or_a_rival_after_a_list_of_findings_are_several_can
     """Items under a heading that announces candidates, or under none, are candidates; a list of findings ends at a
     blank line, a line that is no item or the next heading; a list that holds the reference is the answer's own."""
     assert rewards.judge(answer, truth) == rewards.Verdict(False, "several candidates")
+
+
+@pytest.mark.parametrize("answer, truth, correct", [
+    # another diagnosis, the reference named only as what it resembles or comes from: no match
+    ("Aortic dissection, which can mimic myocardial infarction", MI, False),
+    ("Aortic dissection, often mistaken for myocardial infarction.", MI, False),
+    ("Aortic dissection (a myocardial infarction mimic)", MI, False),
+    ("Aortic dissection presenting like myocardial infarction", MI, False),
+    ("Stress cardiomyopathy (mimics myocardial infarction)", MI, False),
+    ("Myocardial infarction mimic", MI, False),
+    ("Pulmonary embolism secondary to myocardial infarction", MI, False),
+    ("Aortic dissection, which may be confused with MI", MI, False),
+    ("Aortic dissection masquerading as MI", MI, False),
+    ("Aortic dissection, resembling MI", MI, False),
+    ("Aortic dissection, a mimic of MI", MI, False),
+    ("Pseudo-MI", MI, False),
+    ("Cardiogenic shock complicating MI", MI, False),
+    ("Cardiogenic shock, most likely due to MI", MI, False),
+    ("Ventricular septal rupture caused by MI", MI, False),
+    ("Aortic dissection looks like MI", MI, False),
+    ("MI-like aortic dissection", MI, False),
+    ("Myocardial infarction, likely secondary to coronary thrombosis", "Coronary thrombosis", False),
+    # the reference as the answer, or as the cause of a finding: still a match
+    ("Myocardial infarction due to plaque rupture", MI, True),
+    ("Myocardial infarction, likely secondary to coronary thrombosis", MI, True),
+    ("Myocardial infarction. It can mimic aortic dissection.", MI, True),
+    ("Myocardial infarction, which can mimic aortic dissection", MI, True),
+    ("Myocardial infarction. Aortic dissection can mimic myocardial infarction.", MI, True),
+    ("Myocardial infarction (STEMI)", MI, True),
+    ("Myocardial infarction mimicking aortic dissection", MI, True),
+    ("Chest pain due to myocardial infarction", MI, True),
+    ("ST elevation secondary to MI", MI, True),
+    ("Most likely due to MI", MI, True),
+    ("It looks like an MI.", MI, True),
+])
+def test_a_reference_named_as_what_another_diagnosis_mimics_or_comes_from_is_no_match(answer, truth, correct):
+    """"Y, which can mimic X", "X mimic", "Y secondary to X" name Y: a policy must not learn to append the reference
+    as a look-alike or a cause. A relation ("due to", "like") counts only after another diagnosis's name."""
+    verdict = rewards.judge(answer, truth)
+    assert verdict.correct is correct, verdict
+    assert rewards.correctness_reward()(completions=[seed("r", answer)], ground_truth=[truth]) == [float(correct)]

@@ -1,13 +1,12 @@
 """The correctness matcher behind GRPO's correctness reward and `evaluate --verifiable`: does an answer part assert
 the reference answer, once, without denying or hedging it?
 
-Matching is normalized (case, punctuation, articles, plurals, British spellings, a small table of abbreviations and
-synonyms) and refuses the two ways a policy learns to game a string match: a negated mention ("not X", "X is
-unlikely", "rule out X") and hedging over several candidates ("X or Y", "X, Y and Z", "the differential includes",
-or a rival segment, `_rival`: "1. X 2. Y", "X; Y", "X. Or Y.", "X. Y is also likely."). It is strict (precision over
-recall): a right answer in other words earns nothing, nor does one followed by a short fragment ("X. Urgent PCI.");
-the verifier model (medr1.verifier, off by default) is the tool for those. It reads English text: Latin letters
-(accents dropped), digits and Greek letters spelt out (`GREEK`), no other.
+Matching is normalized (case, punctuation, articles, plurals, British spellings, abbreviations and synonyms) and
+refuses the ways a policy learns to game a string match: a negated mention ("not X", "rule out X"), hedging over
+several candidates ("X or Y", "X. Y is also likely.", `_rival`) and the reference named as what another diagnosis
+resembles or comes from ("Y, which can mimic X", "Y secondary to X", `_related`). It is strict (precision over recall):
+a right answer in other words earns nothing; the verifier model (medr1.verifier) is the tool for those. It reads
+English text: Latin letters (accents dropped), digits and Greek letters spelt out (`GREEK`), no other.
 """
 
 from __future__ import annotations
@@ -24,14 +23,13 @@ from medr1 import prompts
 # Ambiguous short forms (PE, MS, ALL, DM, IV, CF) are left out: they would reward the wrong disease as often as not.
 ASSETS = Path(__file__).parent / "assets"
 SYNONYMS: dict[str, list[str]] = json.loads((ASSETS / "synonyms.json").read_text("utf-8"))
-# letters ASCII cannot hold, spelt out: every Greek one ("ε-aminocaproic acid"; after NFKD the micro sign is μ; ß is
-# how β gets typed: "ß-blocker"), and Latin ones that have no accent to drop ("Sjøgren")
+TABLES = json.loads((ASSETS / "cues.json").read_text("utf-8"))  # cue words, and the tables of "normalization"
+# letters ASCII cannot hold, spelt out: every Greek one ("ε-aminocaproic acid"; after NFKD the micro sign is μ), and
+# the `letters` of cues.json (ß is how β gets typed: "ß-blocker"; Latin ones with no accent to drop: "Sjøgren")
 GREEK = {chr(c): f" {unicodedata.name(chr(c)).split()[-1].lower()} "
-         for c in [*range(0x391, 0x3AA), *range(0x3B1, 0x3CA)] if c != 0x3A2} | {"ß": " beta "} | dict(
-    zip("æÆœŒøØłŁđĐı", ["ae", "Ae", "oe", "Oe", "o", "O", "l", "L", "d", "D", "i"], strict=True))
-SPELLING = ((re.compile(r"^oe(?=[a-z])"), "e"), (re.compile(r"aem"), "em"), (re.compile(r"oea"), "ea"),
-            (re.compile(r"^tumour$"), "tumor"), (re.compile(r"^haemo"), "hemo"))
-ARTICLES = {"a", "an", "the"}
+         for c in [*range(0x391, 0x3AA), *range(0x3B1, 0x3CA)] if c != 0x3A2} | TABLES["normalization"]["letters"]
+SPELLING = [(re.compile(pattern), repl) for pattern, repl in TABLES["normalization"]["spellings"]]  # in this order
+ARTICLES = set(TABLES["normalization"]["articles"])
 COMMA, BREAK = ",", "|"  # tokens kept from punctuation: a list separator, a clause boundary
 # Segment ends kept as tokens: a sentence end (. ! ? ;), a line end, a bullet or list number, a colon ending a line.
 STOP, LINE, ITEM, HEAD = ".", "/", "#", ":"
@@ -93,9 +91,8 @@ def _phrase(text: str) -> tuple[str, ...]:
     return tuple(w for w in _words(text) if w not in PUNCTUATION)
 
 
-# Cue words (assets/cues.json, written for medr1, lists to extend), normalized as answers are.
-CUES = {k: {" ".join(_phrase(p)) for p in v} for k, v in json.loads((ASSETS / "cues.json").read_text("utf-8")).items()
-        if k != "_about"}
+# Cue words (lists to extend), normalized as answers are.
+CUES = {k: {" ".join(_phrase(p)) for p in v} for k, v in TABLES.items() if isinstance(v, list)}
 # Before a mention (in its clause), or just after it: the mention is denied, not asserted.
 NEGATION_BEFORE, NEGATION_AFTER = CUES["negation_before"], CUES["negation_after"]
 CLAUSE_WORDS, DISJUNCTIONS, HEDGES = CUES["clause_words"], CUES["disjunctions"], CUES["hedges"]
@@ -104,11 +101,9 @@ CLAUSE_END = CLAUSE_WORDS | {COMMA, BREAK}
 CONCESSIVE, PREPOSITIONS = CUES["concessive"], CUES["prepositions"]
 LINKING = CUES["linking"]  # a word that opens an explanation or a clause, never a second candidate ("MI, given ...")
 ITEM_END = LIST_WORDS | {BREAK} | LINKING | DISJUNCTIONS | PLURAL_VERBS | CLAUSE_WORDS
-# A segment (sentence, line or list item) without the reference hedges over another candidate when it opens with
-# one of OPENERS ("X. Or Y.", "X. Also consider Y.") or holds one of RIVAL_HEDGES ("X. Y is also likely.").
+# A segment without the reference hedges if it opens with OPENERS ("X. Or Y.") or holds RIVAL_HEDGES (`_rival`).
 OPENERS, RIVAL_HEDGES = DISJUNCTIONS | CUES["openers"], CUES["rival_hedges"]
-# A line of LABELS ("Final answer") is a heading, one opening with COMMENTS ("Very common") a comment: neither names.
-# A longer one is a bare name if its words up to a preposition end in one of HEADS ("Toxic multinodular goiter in").
+# LABELS make a heading ("Final answer"), COMMENTS a comment ("Very common"), HEADS end a bare name (`_rival`).
 LABELS, COMMENTS, HEADS = CUES["labels"], CUES["comments"], tuple(CUES["heads"])
 # One with a word of EXPLAINS explains, argues or manages. "likely", "most" and "probably" assert ("Most likely PE");
 # a preposition ("Y in the elderly") or "consider" ("Consider Y") may go with a second candidate.
@@ -116,9 +111,10 @@ EXPLAINS = (LINKING - PREPOSITIONS - COMMENTS) | CLAUSE_WORDS | PLURAL_VERBS | C
 PASSIVE = re.compile(r" (may|could|might) be \w+[^e]ed(?= )")  # "This could be confirmed by TRAb" explains: no hedge
 NAMING = re.compile("|".join(rf" {re.escape(c)}(?= )" for c in CUES["naming"]))  # "Y is the alternative" names Y
 MAYBE = re.compile(r"^ (?:could|may|might)(?: also)? be ")  # "Could be PE." names PE, hedged; "May be due to" explains
-# "X, not Y" rules Y out ("not Y or Z", ALTERNATIVES: both); "X, not sure, Y", "X, not excluding Y", "X, no, Y" do not.
-RULING_OUT, UNSURE, RETRACTIONS = CUES["ruling_out"], CUES["unsure"], CUES["retractions"]
 CONTENT, HEADING_WORDS = ({w for c in CUES[k] for w in c.split()} for k in ("content_headings", "heading_words"))
+# A mention named only as what the answer resembles or comes from is no mention of the answer (`_related`).
+MIMICRY, RELATIONS = ([c.split() for c in CUES[k]] for k in ("mimicry", "relations"))  # "mimics" follow the mention
+RELATION_SKIPS = LINKING | COMMENTS | CUES["relation_skips"] | {COMMA, BREAK}  # between a relation and its diagnosis
 SHORT = 4  # the most words (besides "also" and "consider") of a sentence that is a bare name ("X. Toxic adenoma.")
 
 ALIASES = {_phrase(alias): _phrase(canon) for canon, aliases in SYNONYMS.items() for alias in (canon, *aliases)}
@@ -166,12 +162,23 @@ def _at(words: list[str], i: int) -> str | None:
     return words[i] if 0 <= i < len(words) else None
 
 
+def _related(words: list[str], i: int, j: int) -> bool:
+    """Is the mention words[i:j] only what the answer resembles or comes from ("Y, which can mimic X", "X mimic")? A
+    RELATIONS cue counts after another diagnosis, a HEADS name: "Y secondary to X"; "Chest pain due to X" names X."""
+    start = _walk(words, i - 1, -1, CLAUSE_END | SEPARATORS | {"and"}) + 1  # the mention's clause, as in `judge`
+    heads = [_at(words, _walk(words, k - 1, -1, RELATION_SKIPS, inside=True)) or "" for k in range(start, i)]
+    return not _has(words[start:i], NEGATION_BEFORE) and (_at(words, j) in CUES["mimics"] or any(  # denied: negated
+        words[k:min(k + len(c), i)] == c and (c in MIMICRY or (h.endswith(HEADS) and h not in LABELS))
+        for k, h in enumerate(heads, start) for c in MIMICRY + RELATIONS))
+
+
 def _ruled_out(item: list[str]) -> bool:
-    """Does a list item rule its candidate out ("not Y", "rather than Y")? A cue with no name after it ("no"), or
-    one that keeps the candidate open ("not sure", "not excluding Y", "not only Y"), does not."""
-    cue = next((c.split() for c in RULING_OUT if item[:len(c.split())] == c.split()), None)
+    """Does a list item rule its candidate out ("not Y", "rather than Y"; "not Y or Z", `_item_end`: both)? A cue with
+    no name after it ("no"), or one that keeps the candidate open ("not sure", "not excluding Y", "not only Y"), does
+    not."""
+    cue = next((c.split() for c in CUES["ruling_out"] if item[:len(c.split())] == c.split()), None)
     rest = item[len(cue):] if cue else []
-    return bool(rest) and rest[0].isalpha() and rest[0] not in UNSURE
+    return bool(rest) and rest[0].isalpha() and rest[0] not in CUES["unsure"]
 
 
 def _item_end(words: list[str], j: int) -> int:
@@ -192,7 +199,7 @@ def _ruled_out_spans(words: list[str]) -> list[tuple[int, int]]:
 
 def _retracted(words: list[str]) -> bool:
     """After the answer, a word that takes it back ("X, no, Y", "X. Actually, Y.", "X, never mind, Y")."""
-    return _has(words, RETRACTIONS) or any(w == "no" and _at(words, k + 1) in (COMMA, STOP, LINE, None)
+    return _has(words, CUES["retractions"]) or any(w == "no" and _at(words, k + 1) in (COMMA, STOP, LINE, None)
                                            for k, w in enumerate(words))
 
 
@@ -276,7 +283,7 @@ def judge(answer: str, truth: str) -> Verdict:
         return Verdict(False, "no answer")
     words = canonical(_words(answer))
     spans = sorted({(i, i + len(v)) for v in truth_variants(truth) for i in range(len(words) - len(v) + 1)
-                    if words[i:i + len(v)] == v})
+                    if words[i:i + len(v)] == v and not _related(words, i, i + len(v))})
     if not spans:
         return Verdict(False, "not found")
     ends = [k for k, w in enumerate(words) if w in SEPARATORS]
