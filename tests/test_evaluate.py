@@ -377,6 +377,8 @@ def test_generation_compliance_table_mcq_and_saved_results(evaluation, run_copy)
     assert set(scores["mcnemar"]) == {"only_first", "only_second", "p_value"} and scores["anchors"] == {}
     assert "mcq_generated_tokens_per_s" not in scores and evaluation.results["speed"]["mcq_finetuned"]["answers"] == 4
 
+    if "loss" not in evaluation.results["metrics"]["base"]:  # run alone (-k): the held-out test computes it first
+        evaluation.held_out_loss()
     saved = evaluation.save()
     data = json.loads(saved["json"].read_text())
     assert set(data["metrics"]) == {"base", "finetuned"}
@@ -407,8 +409,9 @@ def test_cli_evaluates_a_run_folder(run_copy, capsys):
     for name in ("eval.json", "eval.png", "mcq_predictions_base.jsonl", "mcq_predictions_finetuned.jsonl"):
         (run_copy / name).unlink(missing_ok=True)  # every file of the earlier evaluation, as the refusal says
     assert main(["evaluate", str(run_copy), "--max-new-tokens", "4", "--max-rows", "2"]) == 0
-    printed = capsys.readouterr().out
-    summary = json.loads(printed[printed.index("{\n"):])
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out)  # standard output is the JSON alone (`> eval.json`); medr1's lines on stderr
+    assert "medr1: " in printed.err
     assert summary["holdout_rows"] == 2 and summary["max_new_tokens"] == 4
     assert "samples" not in summary and (run_copy / "eval.json").exists() and (run_copy / "eval.png").exists()
 

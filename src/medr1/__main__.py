@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -138,11 +139,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
          args.max_questions and not args.mcq)) if v]
     if unused:
         raise ConfigError(f"{'; '.join(unused)}: leave it out")
-    from medr1.evaluate import evaluate_run
+    # medr1's lines and the libraries' banners to stderr: stdout is the summary's JSON alone (`evaluate RUN > s.json`)
+    with contextlib.redirect_stdout(sys.stderr):
+        from medr1.evaluate import evaluate_run
 
-    ev = evaluate_run(args.run_dir, mcq_file=args.mcq or "", max_rows=args.max_rows,
-                      max_new_tokens=args.max_new_tokens, max_questions=args.max_questions, batch_size=args.batch_size,
-                      samples=args.samples, engine=args.engine, overwrite=args.overwrite)
+        ev = evaluate_run(args.run_dir, mcq_file=args.mcq or "", max_rows=args.max_rows,
+                          max_new_tokens=args.max_new_tokens, max_questions=args.max_questions,
+                          batch_size=args.batch_size, samples=args.samples, engine=args.engine,
+                          overwrite=args.overwrite)
     if distributed.is_main():  # every process evaluated its share; rank 0 wrote eval.json
         print(json.dumps(ev.summary(), indent=2, default=str))
     return 0
