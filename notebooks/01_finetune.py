@@ -36,18 +36,26 @@
 # guards and the run record (`run.json`) around it.
 
 # %% tags=["skip-execution"]
-# Install (Colab only; headless runs install requirements.txt). Colab's own torch and kernel are kept.
-import importlib
+# Install (Colab only; headless runs install requirements.txt). Colab's own kernel is kept, and its torch where
+# Unsloth accepts it; where pip replaces torch, this cell says so: the runtime must then restart.
+import importlib.metadata
 import sys
 
 if "google.colab" in sys.modules:
     get_ipython().system("git clone -q --depth 1 https://github.com/medr1/medr1 /content/medr1")  # noqa: F821
     # the runtime only: Colab's own kernel stays (google-colab pins ipykernel; replacing it live can crash it)
     runtime = "-r /content/medr1/requirements-colab.txt -e /content/medr1"
+    torch_before = importlib.metadata.version("torch")  # read from its files: importing torch here would pin it
     get_ipython().run_line_magic("pip", f"install -q {runtime}")  # noqa: F821
     # The editable install's .pth is read when Python starts: put medr1 on this kernel's path now.
     sys.path.insert(0, "/content/medr1/src")
-    importlib.invalidate_caches()
+    importlib.invalidate_caches()  # and importlib.metadata reads what pip just wrote
+    if (torch_after := importlib.metadata.version("torch")) != torch_before:
+        replaced = (f"pip replaced Colab's torch {torch_before} with {torch_after}: Runtime > Restart session, "
+                    "then Run all again")
+        if "torch" in sys.modules:  # this kernel holds the old torch: no later cell can work until a restart
+            raise RuntimeError(replaced)
+        print(replaced)
 
 # %% [markdown]
 # ## Parameters

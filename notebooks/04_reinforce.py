@@ -36,21 +36,32 @@
 # answers that beat their group. Start from your SFT run's adapter (`init_adapter`), so the model already
 # reasons and answers in the format the rewards check. Without a GPU, `auto` picks `cpu` (the real SmolLM2-135M:
 # its answers take tens of seconds a step on a CPU) or, where that model cannot be had, `smoke`: the same steps
-# on a tiny random model in seconds; it can only learn to stop early, which is what its reward plot shows.
+# on a tiny random model in seconds, with no medicine to learn; the one reward it can earn is `stop` (EOS within
+# 24 tokens). From a new LoRA (`init_adapter="base"`) its reward plot rises: stop 6% -> 100% of the answers in
+# 12 steps. From 01's smoke adapter (the default start after 01) it stays flat or falls, 12.5% -> 6%: nearly
+# all of that adapter's answers run past the 24 tokens, at the first step and at the last.
 
 # %% tags=["skip-execution"]
-# Install (Colab only; headless runs install requirements.txt). Colab's own torch and kernel are kept.
-import importlib
+# Install (Colab only; headless runs install requirements.txt). Colab's own kernel is kept, and its torch where
+# Unsloth accepts it; where pip replaces torch, this cell says so: the runtime must then restart.
+import importlib.metadata
 import sys
 
 if "google.colab" in sys.modules:
     get_ipython().system("git clone -q --depth 1 https://github.com/medr1/medr1 /content/medr1")  # noqa: F821
     # the runtime only: Colab's own kernel stays (google-colab pins ipykernel; replacing it live can crash it)
     runtime = "-r /content/medr1/requirements-colab.txt -e /content/medr1"
+    torch_before = importlib.metadata.version("torch")  # read from its files: importing torch here would pin it
     get_ipython().run_line_magic("pip", f"install -q {runtime}")  # noqa: F821
     # The editable install's .pth is read when Python starts: put medr1 on this kernel's path now.
     sys.path.insert(0, "/content/medr1/src")
-    importlib.invalidate_caches()
+    importlib.invalidate_caches()  # and importlib.metadata reads what pip just wrote
+    if (torch_after := importlib.metadata.version("torch")) != torch_before:
+        replaced = (f"pip replaced Colab's torch {torch_before} with {torch_after}: Runtime > Restart session, "
+                    "then Run all again")
+        if "torch" in sys.modules:  # this kernel holds the old torch: no later cell can work until a restart
+            raise RuntimeError(replaced)
+        print(replaced)
 
 # %% [markdown]
 # ## Parameters

@@ -112,6 +112,50 @@ def test_a_mistyped_parameter_lists_the_stages_own_knobs():
         assert {"preset", own} <= set(listed) and not set(listed) & set(NOT_READ[stage]), (stage, listed)
 
 
+SECRET_VALUE = "hf_FAKESECRET123"
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "WANDB_API_KEY", "hf_token", "my_secret", "Password"])
+def test_a_secret_given_as_a_parameter_says_papermill_wrote_it_into_the_notebook(name):
+    """`-p HF_TOKEN hf_...` was refused only as an unknown parameter, though papermill has already written the value
+    into the output notebook: the refusal is the one place the user can learn that, and it never echoes the value."""
+    from medr1.errors import ConfigError
+    from medr1.notebook import notebook_config, notebook_parameters
+
+    injected = {"In": [f"# Parameters\n{name} = {SECRET_VALUE!r}\n"], name: SECRET_VALUE}
+    refusals = []
+    for call in (lambda: notebook_config({**injected, "preset": "smoke"}, "train"),
+                 lambda: notebook_config({**injected, "preset": "smoke"}, "grpo"),
+                 lambda: notebook_parameters({**injected, "__annotations__": {"merged": bool}})):
+        with pytest.raises(ConfigError) as info:
+            call()
+        refusals.append(str(info.value))
+    for text in refusals:
+        assert text.startswith(f"{name} is never a parameter: set it in the environment or Colab's secrets"), text
+        assert "papermill has already written its value into the output notebook" in text
+        assert "delete that notebook and revoke the secret" in text and SECRET_VALUE not in text
+
+
+def test_a_knob_with_token_in_its_name_is_no_secret():
+    """max_new_tokens is a knob: only an unknown name is taken for a secret."""
+    from medr1.notebook import notebook_config
+
+    ns = {"In": ["# Parameters\nmax_new_tokens = 8\n"], "max_new_tokens": 8, "preset": "smoke"}
+    assert notebook_config(ns, "train").max_new_tokens == 8
+
+
+def test_a_secret_parameter_stops_the_notebook_with_that_line(tmp_path):
+    """Through papermill, as the user runs it: the line reaches the error, the run does not start."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match=r"HF_TOKEN is never a parameter") as info:
+        papermill.execute_notebook(
+            str(NOTEBOOKS / "01_finetune.ipynb"), str(tmp_path / "bad.ipynb"), cwd=str(NOTEBOOKS),
+            kernel_name="python3", parameters={"preset": "smoke", "HF_TOKEN": SECRET_VALUE,
+                                               "output_dir": str(tmp_path / "run")}, progress_bar=False)
+    assert SECRET_VALUE not in str(info.value) and not (tmp_path / "run").exists()
+
+
 def test_a_run_knows_its_folder_absolute(tmp_path, monkeypatch):
     """01 printed its folder relative to the kernel's (notebooks/ under papermill --cwd): pasted into 02-04 run from
     another folder, it was not found. run.out (printed last, and in "adapter saved to") is absolute now."""
@@ -226,6 +270,47 @@ def test_colab_install_cell_puts_medr1_on_the_path_at_once(py):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "/content/medr1/src", done.stdout
+
+
+TORCH_KERNEL = """
+import builtins, importlib.metadata, sys, types
+sys.modules["google.colab"] = types.ModuleType("google.colab")  # as in Colab
+installed = {"torch": "2.8.0+cu126"}  # Colab's torch, as pip's metadata on disk says
+importlib.metadata.version = lambda name: installed[name]
+class Shell:
+    def system(self, *args, **kwargs): pass
+    def run_line_magic(self, magic, line): installed["torch"] = sys.argv[1]  # the torch pip leaves
+builtins.get_ipython = Shell
+if sys.argv[2] == "imported":
+    sys.modules["torch"] = types.ModuleType("torch")  # an earlier cell imported Colab's torch
+exec(compile(sys.stdin.read(), "install cell", "exec"), {"__name__": "__main__"})
+print("torch imported by the cell:", "torch" in sys.modules)
+"""
+REPLACED = "pip replaced Colab's torch 2.8.0+cu126 with 2.9.1: Runtime > Restart session, then Run all again"
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.name)
+@pytest.mark.parametrize("after, imported", [("2.8.0+cu126", "no"), ("2.9.1", "no"), ("2.9.1", "imported")])
+def test_colab_install_cell_says_when_pip_replaced_colabs_torch(py, after, imported):
+    """Where Unsloth's range excludes Colab's torch, pip replaced it (a multi-GB download) under `-q` in silence, and
+    the runtime went on with the wrong one. The cell reads torch's version from its files before and after the
+    install (never importing it), says so in one line, and stops where this kernel already holds the old torch."""
+    import subprocess
+    import sys
+
+    nb = nbformat.read(py.with_suffix(".ipynb"), as_version=4)
+    cell = next(c for c in nb.cells if "skip-execution" in c.metadata.get("tags", []))
+    done = subprocess.run([sys.executable, "-c", TORCH_KERNEL, after, imported], input=cell.source,
+                          capture_output=True, text=True, timeout=60)
+    if after == "2.8.0+cu126":
+        assert done.returncode == 0 and "pip replaced" not in done.stdout + done.stderr, done
+        assert done.stdout.splitlines() == ["torch imported by the cell: False"], done.stdout
+    elif imported == "no":
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [REPLACED, "torch imported by the cell: False"], done.stdout
+    else:
+        assert done.returncode != 0 and "torch imported by the cell" not in done.stdout, done
+        assert done.stderr.strip().splitlines()[-1] == f"RuntimeError: {REPLACED}", done.stderr
 
 
 def test_wandb_local_logs_are_ignored_by_git():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from medr1.record import holdout_file, read_record
 
 OUTPUTS = Path("outputs")  # where notebook 01 writes a run by default (output_dir=""), from the notebook's folder
 BASE = "base"  # notebook 04's init_adapter for a new LoRA on the base model, on purpose (Config's "")
+SECRET = re.compile(r"token|api_?key|secret|password", re.IGNORECASE)  # a name that looks like a credential
 
 
 def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -33,13 +35,26 @@ def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def check_names(given: list[str], known: list[str]) -> None:
+    """check_parameters, but an unknown name that looks like a secret (HF_TOKEN, WANDB_API_KEY) first gets its own
+    line: papermill has already written its value into the output notebook, and only this message can say so."""
+    if secrets := [name for name in given if name not in known and SECRET.search(name)]:
+        one = len(secrets) == 1
+        raise ConfigError(f"{', '.join(secrets)} {'is never a parameter' if one else 'are never parameters'}: set "
+                          f"{'it' if one else 'them'} in the environment or Colab's secrets; papermill has already "
+                          f"written {'its value' if one else 'their values'} into the output notebook (its "
+                          "injected-parameters cell and metadata): delete that notebook and revoke the secret if it "
+                          "was shared")
+    check_parameters(given, known)
+
+
 def notebook_config(namespace: dict[str, Any], stage: str = "train") -> Config:
     """The config of a notebook run from its variables: `preset` plus every knob it sets (None keeps the
     preset's value). A name papermill injected that is no knob, or one `stage` never reads, stops the run; the
     valid names listed are the stage's own. GRPO's `init_adapter` left at None: `start_to_use`."""
     unread = NOT_READ.get(stage, {})  # build_config says which knob the stage reads instead
-    check_parameters([k for k in papermill_parameters(namespace) if k not in unread],
-                     ["preset", *(k for k in knob_names() if k not in unread)])
+    check_names([k for k in papermill_parameters(namespace) if k not in unread],
+                ["preset", *(k for k in knob_names() if k not in unread)])
     overrides = {k: namespace[k] for k in knob_names() if namespace.get(k) is not None}
     start = overrides.pop("init_adapter", None) if stage == "grpo" else None
     config = build_config(namespace.get("preset") or "auto", overrides, stage=stage)
@@ -50,7 +65,7 @@ def notebook_parameters(namespace: dict[str, Any]) -> None:
     """A notebook's own parameters (not knobs): stop on a name nobody reads, and check and convert each injected
     value by its annotation as knobs are (papermill passes `-p merged false` as the string "false")."""
     hints, given = namespace["__annotations__"], papermill_parameters(namespace)
-    check_parameters(given, hints)
+    check_names(list(given), list(hints))
     for name, value in given.items():
         namespace[name] = coerce(name, value, hints[name])
 
