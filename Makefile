@@ -67,7 +67,8 @@ ifneq ($(HAVE_GPU),1)
 	@[ "$(PRESET)" != auto ] || $(BIN)/python -c "from medr1.smollm import unavailable as u; p = u(); \
 	  p and print(f'medr1: {p}: falling back to the smoke preset (the tiny offline model)')"
 endif
-	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb \
+	@# --log-output: the cells' printed lines (medr1's per-step loss) reach the terminal as they come
+	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb --log-output \
 	  --cwd notebooks -p preset $(PRESET) -p output_dir $(abspath $(RUN_DIR))
 	@echo "executed notebook, adapter and run.json: $(abspath $(RUN_DIR))"
 

@@ -86,11 +86,11 @@ def fake_colab(monkeypatch, secrets: dict[str, str]) -> None:
 
 
 def test_secrets_come_from_the_environment_first_then_colab(monkeypatch, tmp_path):
-    """HF_TOKEN is found by huggingface_hub (medr1 passes no token anywhere); W&B's key by medr1.train."""
+    """HF_TOKEN is found by huggingface_hub (medr1 passes no token anywhere); W&B's key by medr1.tracking."""
     from huggingface_hub import get_token
     from huggingface_hub.utils import _auth
 
-    from medr1.train import wandb_key
+    from medr1.tracking import wandb_key
 
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # no stored login
     monkeypatch.setattr(_auth.constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
@@ -112,7 +112,7 @@ def test_secrets_never_enter_the_config_or_record(monkeypatch, tmp_path, capsys)
     monkeypatch.setenv("WANDB_API_KEY", WANDB_CANARY)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     from medr1.run import Run
-    from medr1.train import reporting
+    from medr1.tracking import reporting
 
     config = build_config("smoke", {"output_dir": str(tmp_path / "run"), "report_to": "auto"})
     assert reporting(config) == "wandb"
@@ -126,7 +126,7 @@ def test_without_a_key_wandb_stays_off_and_never_prompts(monkeypatch, report_to,
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setitem(sys.modules, "google.colab", None)  # not on Colab: no secret to ask for
-    from medr1.train import reporting
+    from medr1.tracking import reporting
 
     assert reporting(build_config("smoke", {"report_to": report_to}, quiet=True)) == expected
 
@@ -135,7 +135,121 @@ def test_each_run_logs_to_its_own_wandb_project(monkeypatch):
     """TRL reads only WANDB_PROJECT: a second run in the same kernel must not keep the first run's project."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_PROJECT", "first")
-    from medr1.train import reporting
+    from medr1.tracking import reporting
 
     assert reporting(build_config("smoke", {"report_to": "wandb", "wandb_project": "second"}, quiet=True)) == "wandb"
     assert os.environ["WANDB_PROJECT"] == "second"
+
+
+@pytest.fixture
+def refusing_wandb(monkeypatch):
+    """A W&B stand-in on 127.0.0.1 answering 401 to every request, as W&B does for a revoked or mistyped key."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.server.asked.append(self.path)
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"errors":[{"message":"user is not logged in"}]}')
+
+        do_GET = do_PUT = do_POST
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    server.asked = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setitem(sys.modules, "google.colab", None)
+    monkeypatch.setattr("medr1.tracking._FROM_COLAB", "")  # no key an earlier test took from a (fake) Colab secret
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("key,why", [(WANDB_CANARY, "answered 401 Unauthorized"),
+                                     (WANDB_CANARY[:39], "API key must have 40+ characters, has 39")])
+def test_a_refused_wandb_key_stops_a_wandb_run_before_training(refusing_wandb, monkeypatch, capsys, key, why):
+    """A set but wrong key (revoked, mistyped, cut short) crashed the run at trainer.train(), after the model loaded,
+    with W&B's traceback; report_to='wandb' asked for W&B, so it is an error; 'auto' goes on without W&B."""
+    from medr1.errors import ConfigError
+    from medr1.tracking import reporting
+
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    with pytest.raises(ConfigError) as err:
+        reporting(build_config("smoke", {"report_to": "wandb"}, quiet=True))
+    assert str(err.value).startswith("report_to='wandb' but W&B refused WANDB_API_KEY (") and why in str(err.value)
+    assert "fix WANDB_API_KEY (the environment, or the Colab secret), or report_to='none'" in str(err.value)
+    assert reporting(build_config("smoke", {"report_to": "auto"}, quiet=True)) == "none"
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("medr1:")]
+    assert len(lines) == 1 and lines[0].startswith("medr1: W&B refused WANDB_API_KEY (") and why in lines[0], lines
+    assert "logging to W&B is off, training logs stay local" in lines[0]
+    assert key not in str(err.value) + lines[0]
+    assert refusing_wandb.asked == (["/graphql"] * 2 if len(key) >= 40 else [])  # a short key: refused locally
+
+
+def test_a_refused_colab_secret_is_read_again_once_fixed(refusing_wandb, monkeypatch):
+    """wandb_key() exports the secret; left in the environment, a fixed secret would never be read in that kernel."""
+    from medr1.tracking import reporting
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    fake_colab(monkeypatch, {"WANDB_API_KEY": WANDB_CANARY})
+    assert reporting(build_config("smoke", {"report_to": "auto"}, quiet=True)) == "none"
+    assert "WANDB_API_KEY" not in os.environ
+    monkeypatch.setenv("WANDB_MODE", "offline")  # not checked: W&B on with the key of the (fixed) secret
+    assert reporting(build_config("smoke", {"report_to": "auto"}, quiet=True)) == "wandb"
+
+
+def test_a_wandb_key_check_never_hangs(monkeypatch):
+    """A server that takes the connection but never answers: no verdict after the timeout (wandb.init says more)."""
+    import socket
+    import time
+
+    from medr1.tracking import key_refused
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        t0 = time.perf_counter()
+        assert key_refused(WANDB_CANARY, f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5) == ""
+        assert time.perf_counter() - t0 < 3
+
+
+def test_the_cli_refuses_a_wrong_wandb_key_in_one_line_and_trains_nothing(refusing_wandb, tmp_path):
+    env = {**canary_env(tmp_path, ""), "WANDB_BASE_URL": os.environ["WANDB_BASE_URL"], "NO_PROXY": "127.0.0.1",
+           "no_proxy": "127.0.0.1"}
+    env.pop("WANDB_MODE")
+    proc = subprocess.run(
+        [sys.executable, "-m", "medr1", "train", "--preset", "smoke", "--set", "max_steps=2", "--set", "save_steps=1",
+         "--set", "report_to=wandb", "--set", "output_dir=out"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("medr1: error:")]
+    assert len(errors) == 1 and "W&B refused WANDB_API_KEY" in errors[0] and "--set report_to=none" in errors[0]
+    assert "Traceback" not in proc.stderr and "training stopped" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "wandb").exists()
+    assert leaks(tmp_path, proc.stdout, proc.stderr) == []
+
+
+def test_a_refused_wandb_key_stops_the_run_as_it_is_prepared_before_the_model_loads(refusing_wandb, monkeypatch,
+                                                                                      tmp_path):
+    """The key was checked only when the trainer was built: after the model loaded (minutes of an 8B on a T4) and, in
+    01, after the "before" answers. Run(config) (data, tokenizer, folder: seconds) now refuses it."""
+    from medr1.errors import ConfigError
+    from medr1.run import Run
+
+    monkeypatch.setenv("WANDB_API_KEY", WANDB_CANARY)
+    with pytest.raises(ConfigError, match=r"W&B refused WANDB_API_KEY"):
+        Run(build_config("smoke", {"report_to": "wandb", "output_dir": str(tmp_path / "run")}, quiet=True))
+    run = Run(build_config("smoke", {"report_to": "auto", "output_dir": str(tmp_path / "run")}, quiet=True))
+    assert run.model is None and run.report_to == "none"  # W&B off, said once; the trainer is built with it

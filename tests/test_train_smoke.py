@@ -183,19 +183,19 @@ def test_mean_loss_is_the_trainers_average_when_logging_every_n_steps(logged_eve
 @pytest.fixture
 def wandb_env(monkeypatch):
     """W&B switched on by a key, nothing of W&B's set by the user; the environment comes back after the test."""
-    from medr1 import train
+    from medr1 import tracking
 
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_BASE_URL", "WANDB_PROJECT"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(train, "_WANDB_DIR", "", raising=False)
+    monkeypatch.setattr(tracking, "_WANDB_DIR", "", raising=False)
     return monkeypatch
 
 
 def test_an_unreachable_wandb_logs_locally_at_once(wandb_env, tmp_path, capsys):
     """wandb.init would wait about 90 s, then end the run with CommError after the model loaded."""
     from medr1 import build_config
-    from medr1.train import reporting
+    from medr1.tracking import reporting
 
     tried = []
 
@@ -218,7 +218,7 @@ def test_wandb_writes_its_folder_into_the_output_dir(wandb_env, tmp_path):
     import os
 
     from medr1 import build_config
-    from medr1.train import reporting
+    from medr1.tracking import reporting
 
     wandb_env.setenv("WANDB_MODE", "offline")
     for name in ("one", "two"):  # a second run in the same process gets its own folder
@@ -305,7 +305,7 @@ def test_wandb_behind_a_proxy_or_with_a_bad_url(wandb_env, tmp_path, capsys):
     """Behind HTTPS_PROXY the direct connection fails though wandb would get through; a port that is no number
     ended the run with a ValueError traceback after the model loaded."""
     from medr1 import build_config
-    from medr1.train import reporting
+    from medr1.tracking import reporting
 
     wandb_env.setattr("socket.create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
     config = build_config("smoke", {"output_dir": str(tmp_path / "run"), "report_to": "wandb"}, quiet=True)

@@ -610,3 +610,69 @@ def test_sampled_table_gives_the_first_sets_interval_under_its_name():
         del ev.results["mcq"][variant]["samples"]
     table = ev.metrics_table()
     assert list(table.loc["mcq_ci95"]) == ["0.05-0.70"] * 2 and "mcq_first_set_ci95" not in table.index
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress of a headless notebook run: papermill logs no HTML, so the trainer's table never reached the terminal.
+
+
+class NotebookProgressCallback:
+    """Named as transformers' HTML progress table, which the trainer uses in an IPython kernel."""
+
+
+def test_a_kernel_run_logs_a_line_per_logged_loss(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from transformers.trainer_callback import ProgressCallback
+
+    from medr1.train import ProgressLines
+
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    added = []
+
+    def trainer(progress):
+        return SimpleNamespace(callback_handler=SimpleNamespace(callbacks=[progress()]), add_callback=added.append)
+
+    ProgressLines.where_html(trainer(ProgressCallback))  # the command line: tqdm's bar and its own lines
+    assert added == []
+    monkeypatch.setitem(sys.modules, "google.colab", object())  # Colab shows the HTML table live
+    ProgressLines.where_html(trainer(NotebookProgressCallback))
+    assert added == []
+    monkeypatch.delitem(sys.modules, "google.colab")
+    ProgressLines.where_html(trainer(NotebookProgressCallback))
+    [lines] = added
+    state = SimpleNamespace(global_step=3, max_steps=60)
+    capsys.readouterr()  # Unsloth's banner, at medr1.train's import
+    lines.on_train_begin(None, state, None)
+    lines.on_log(None, state, None, logs={"loss": 7.41234, "grad_norm": 1.0, "learning_rate": 2e-4})
+    lines.on_log(None, state, None, logs={"train_runtime": 9.0, "train_loss": 7.0})  # the end: no line
+    assert capsys.readouterr().out == "medr1: step 3/60: loss 7.4123; 0 s\n"
+
+
+def test_a_training_in_a_kernel_prints_each_logged_step(tmp_path, monkeypatch, capsys):
+    """The trainer built as in a kernel (its HTML table stood in for): each logged step gives a `medr1:` line."""
+    import transformers.trainer
+    from transformers import TrainerCallback
+
+    from medr1 import build_config
+    from medr1.run import Run
+
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(transformers.trainer, "DEFAULT_PROGRESS_CALLBACK",
+                        type("NotebookProgressCallback", (TrainerCallback,), {}))
+    run = Run(build_config("smoke", {"output_dir": str(tmp_path / "run"), "max_steps": 2, "save_steps": 0,
+                                     "logging_steps": 1, "report_to": "none"}, quiet=True))
+    run.load()
+    run.add_lora()
+    run.train()
+    out = capsys.readouterr().out
+    assert re.search(r"^medr1: step 1/2: loss \d+\.\d{4}; \d+ s$", out, re.M), out
+    assert re.search(r"^medr1: step 2/2: loss \d+\.\d{4}; \d+ s$", out, re.M), out
+
+
+def test_make_run_logs_the_notebook_output():
+    """Without --log-output papermill shows its cell counter only, whatever the cells print."""
+    done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "run", "RUN_DIR=/tmp/medr1-dry"],
+                          cwd=NOTEBOOKS.parent, capture_output=True, text=True, timeout=60)
+    [papermill] = [line for line in done.stdout.splitlines() if "/papermill " in line]
+    assert "--log-output" in papermill, done.stdout

@@ -218,7 +218,7 @@ class GrpoRun(Stage):
         from trl import GRPOConfig, GRPOTrainer
 
         from medr1.model import for_training
-        from medr1.train import CheckpointCards, plain_log_probs_without_triton, reporting
+        from medr1.train import CheckpointCards, ProgressLines, plain_log_probs_without_triton
 
         plain_log_probs_without_triton()  # backend='hf' on a CPU: TRL's kernel needs Triton
         cfg, checkpoints = self.config, self._start_trainer()
@@ -226,9 +226,10 @@ class GrpoRun(Stage):
                                      "ground_truth": [q[FIELDS[1]] for q in self.questions]})
         rollout = self.rollout if cfg.grpo_generation == "medr1" else None
         self._trainer = GRPOTrainer(model=self.model, reward_funcs=self.reward_funcs(), train_dataset=dataset,
-                                    args=GRPOConfig(**self.trainer_args(str(checkpoints), reporting(cfg))),
+                                    args=GRPOConfig(**self.trainer_args(str(checkpoints), self.report_to)),
                                     processing_class=self.tokenizer, rollout_func=rollout,
                                     callbacks=[CheckpointCards(self.record), *(callbacks or [])])
+        ProgressLines.where_html(self._trainer)
         for_training(self.model, cfg.backend)
         return self._trainer
 

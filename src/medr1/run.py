@@ -122,7 +122,7 @@ class Run(Stage):
         """TRL's SFTTrainer over the tokenized rows, every argument from the config; finds the checkpoint a
         resume starts from (`self.resume_from`) and says so."""
         from medr1.model import for_training
-        from medr1.train import CheckpointCards, LossHistory, make_trainer, reporting
+        from medr1.train import CheckpointCards, LossHistory, make_trainer
 
         cfg = self.config
         checkpoints = self._start_trainer(f"; packing={cfg.packing}; loss_on={cfg.loss_on}")
@@ -130,7 +130,7 @@ class Run(Stage):
         self._trainer = make_trainer(self.model, self.tokenizer, data.to_dataset(self.encoded, cfg.loss_on), cfg,
                                      str(checkpoints),
                                      callbacks=[self.history, CheckpointCards(self.record), *(callbacks or [])],
-                                     report_to=reporting(cfg))
+                                     report_to=self.report_to)
         for_training(self.model, cfg.backend)
         return self._trainer
 

@@ -15,6 +15,7 @@ from medr1.config import Config, hint
 from medr1.errors import TrainingError
 from medr1.log import log
 from medr1.tokenizer import load_tokenizer
+from medr1.tracking import reporting
 
 
 class Stage:
@@ -33,6 +34,7 @@ class Stage:
         self.config, self.out = config, Path(os.path.abspath(record.check_output_dir(config)))
         distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         self.model = self._trainer = self.tokenizer = None
+        self.report_to = "none"  # 'wandb' or 'none', from `_check_model`
         self.resume_from: str | None = None
         self.complete = False  # a finished run resumed: nothing trains, no file changes
         self.record: dict[str, Any] = {}
@@ -162,9 +164,11 @@ class Stage:
 
     # -- for the subclasses ---------------------------------------------------------------------------
     def _check_model(self) -> None:
-        """The model name, max_seq_length and 4-bit from config.json alone; the tokenizer, probe-checked."""
+        """The model name, max_seq_length and 4-bit from config.json alone; the tokenizer, probe-checked; where the
+        training logs go (W&B's key checked), all before the weights load."""
         preflight.check(self.config)
         self.tokenizer = load_tokenizer(preflight.model_path(self.config.model_name), self.config.prompt_style)
+        self.report_to = reporting(self.config)
 
     def _prepared(self, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """run.json of a prepared run (`extra`: what the stage adds; `CARRIED`: what a resume keeps of the run's

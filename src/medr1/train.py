@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and trl
 
@@ -24,54 +24,7 @@ from medr1.distributed import SFT, Step
 from medr1.files import usual_modes
 from medr1.log import log
 from medr1.model import torch_dtype
-from medr1.preflight import reachable
 from medr1.record import retrain_advice
-
-
-def wandb_key() -> str | None:
-    """WANDB_API_KEY from the environment, else Colab's secrets (exported for wandb, never printed)."""
-    if key := os.environ.get("WANDB_API_KEY"):
-        return key
-    try:
-        from google.colab import userdata  # type: ignore[import-not-found]
-
-        key = userdata.get("WANDB_API_KEY")
-    except Exception:  # noqa: BLE001 - not on Colab, or the secret is not granted
-        return None
-    if key:
-        os.environ["WANDB_API_KEY"] = key
-    return key
-
-
-_WANDB_DIR = ""  # the WANDB_DIR reporting() set: a later run in this process may replace it, not the user's own
-
-
-def reporting(config: Config) -> str:
-    """'wandb' or 'none'. A headless run never waits for a key: without one, W&B is off and we say so; nor for a
-    W&B it cannot reach (wandb.init would wait about 90 s, then end the run with CommError after the model loaded).
-    W&B's local folder goes into output_dir (unless WANDB_DIR is set), not wherever the process started."""
-    global _WANDB_DIR
-    if config.report_to == "none":
-        return "none"
-    mode = os.environ.get("WANDB_MODE")
-    if not (wandb_key() or mode in ("offline", "disabled")):
-        log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off"
-                 if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, plots)")
-        return "none"
-    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-    try:
-        up = mode in ("offline", "disabled") or reachable(url)
-    except ValueError as err:  # a port that is no number
-        log.info(f"WANDB_BASE_URL is not a valid URL ({err}); logging to W&B is off, training logs stay local")
-        return "none"
-    if not up:
-        log.info(f"W&B ({urlsplit(url).netloc}) cannot be reached; logging to W&B is off, training logs stay local "
-                 "(run.json, plots); WANDB_MODE=offline keeps a local W&B log to sync later")
-        return "none"
-    if os.environ.get("WANDB_DIR", _WANDB_DIR) == _WANDB_DIR:
-        os.environ["WANDB_DIR"] = _WANDB_DIR = os.path.abspath(os.path.expanduser(config.output_dir))
-    os.environ["WANDB_PROJECT"] = config.wandb_project  # TRL reads only this; the knob of this run wins
-    return "wandb"
 
 
 def trainer_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none", step: Step = SFT,
@@ -230,6 +183,27 @@ class SessionCallback(TrainerCallback):
         trainer.is_in_train = False
 
 
+class ProgressLines(TrainerCallback):
+    """A `medr1:` line per logged loss (step/max, loss, time): in a kernel the trainer's progress is an HTML table,
+    which papermill (`make run`) does not log, so a headless notebook showed nothing until the Train cell ended."""
+
+    t0 = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0 = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            log.info(f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}; "
+                     f"{time.perf_counter() - self.t0:.0f} s")
+
+    @staticmethod
+    def where_html(trainer) -> None:  # not on Colab, which shows the table live
+        if "google.colab" not in sys.modules and any(
+                type(c).__name__ == "NotebookProgressCallback" for c in trainer.callback_handler.callbacks):
+            trainer.add_callback(ProgressLines())
+
+
 class CheckpointCards(TrainerCallback):
     """Each checkpoint gets medr1's model card instead of PEFT's stub ("[More Information Needed]"), and TRL's card
     of the checkpoints folder itself ("a fine-tuned version of [None]", written at every save) goes. Its files get
@@ -285,5 +259,7 @@ def plain_log_probs_without_triton() -> None:
 def make_trainer(model, tokenizer, train_dataset, config: Config, checkpoint_dir: str,
                  callbacks: list | None = None, report_to: str = "none") -> SFTTrainer:
     plain_log_probs_without_triton()
-    return SFTTrainer(model=model, args=sft_config(config, checkpoint_dir, report_to), train_dataset=train_dataset,
-                      processing_class=tokenizer, callbacks=callbacks or [])
+    trainer = SFTTrainer(model=model, args=sft_config(config, checkpoint_dir, report_to), train_dataset=train_dataset,
+                         processing_class=tokenizer, callbacks=callbacks or [])
+    ProgressLines.where_html(trainer)
+    return trainer
