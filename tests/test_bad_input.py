@@ -6,6 +6,7 @@ must not exist afterwards. The CLI cases check that the whole message is one lin
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -540,3 +541,27 @@ def test_a_damaged_adapter_is_refused_by_export_evaluate_and_grpo_before_anythin
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and damaged in err and "Traceback" not in err
     assert not (run / "export").exists() and not (tmp_path / "g").exists()
+
+
+def test_a_tokenizer_whose_eos_is_not_one_token_is_refused(tmp_path):
+    """A hand-edited tokenizer.json whose EOS is added `single_word` (matched only apart from a word): the EOS appended
+    to every training text ("...answer<EOS>") comes out as ordinary pieces, the round trip still holds, and a model
+    trained on it never learns the EOS id: it never stops. A review removed this check and no test noticed."""
+    import shutil
+
+    from medr1.tiny import EOS, tiny_model_path
+    from medr1.tokenizer import load_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_path(), folder)
+    for name, key in (("tokenizer.json", "added_tokens"), ("tokenizer_config.json", "added_tokens_decoder")):
+        content = json.loads((folder / name).read_text(encoding="utf-8"))
+        entries = content[key] if isinstance(content[key], list) else content[key].values()
+        for entry in entries:
+            entry["single_word"] = entry["single_word"] or entry["content"] == EOS
+        (folder / name).write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
+    expected = (rf"^the tokenizer of {re.escape(str(folder))} \(\w+\) does not encode its EOS "
+                rf"{re.escape(repr(EOS))} as the single token \d+$")
+    with pytest.raises(ModelError, match=expected):
+        load_tokenizer(str(folder))
+    assert refused(tmp_path, {"model_name": str(folder)}, ModelError).startswith(f"the tokenizer of {folder} (")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from medr1 import build_config, data, readers
+from medr1 import build_config, data, prompts, readers
 from medr1.errors import DataError
 
 ROWS = [{"Question": f"Question {i}?", "Complex_CoT": f"Reasoning {i}.", "Response": f"Answer {i}."}
@@ -359,3 +359,70 @@ def test_hub_holdout_is_deduplicated_and_counted(tmp_path, monkeypatch, capsys):
     assert len(split.train) == len(ROWS) and (tmp_path / "cache").is_dir()  # held-out copies of training questions go
     out = capsys.readouterr().out
     assert "1 duplicate rows in" in out and "2 hold-out rows also appear in training" in out
+
+
+def at_the_limit(tokenizer, policy: str, over: int):
+    """ROWS and one longer row, with max_seq_length its length minus `over`: the boundary, not a row 200x too long."""
+    long = dict(ROWS[0], Complex_CoT="Reasoning that runs a little longer than the others.")
+    rows = [*ROWS, long]
+    n = len(data.encode_rows(rows, tokenizer, "seed")[-1].ids)
+    assert n > max(len(e.ids) for e in data.encode_rows(ROWS, tokenizer, "seed"))
+    return rows, n, build_config("smoke", {"max_seq_length": n - over, "over_length": policy}, quiet=True)
+
+
+@pytest.mark.parametrize("policy", ["error", "drop", "truncate"])
+def test_a_row_exactly_at_max_seq_length_is_trained_whole_with_its_eos(tokenizer, policy):
+    rows, n, cfg = at_the_limit(tokenizer, policy, 0)
+    encoded, report = data.tokenize_rows(rows, tokenizer, cfg)
+    assert (report.kept, report.over_length, report.dropped, report.truncated) == (7, 0, 0, 0)
+    assert len(encoded[-1].ids) == n and encoded[-1].ids[-1] == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("policy", ["error", "drop", "truncate"])
+def test_a_row_one_token_over_max_seq_length_follows_over_length(tokenizer, policy):
+    """A review's mutant (`n > limit + 1`) let a row one token too long through every policy: cut to the limit, its
+    EOS lost (the model never learns to stop), and run.json's counts saying nothing was cut."""
+    rows, n, cfg = at_the_limit(tokenizer, policy, 1)
+    if policy == "error":
+        with pytest.raises(DataError, match=rf"1 rows are longer than max_seq_length={n - 1} tokens \(first: row 6, "
+                                            rf"{n} tokens\)"):
+            data.tokenize_rows(rows, tokenizer, cfg)
+        return
+    encoded, report = data.tokenize_rows(rows, tokenizer, cfg)
+    assert report.over_length == 1 and report.over_length_rows == [6]
+    if policy == "drop":
+        assert (report.kept, report.dropped, report.truncated) == (6, 1, 0) and len(encoded) == 6
+        assert all(e.ids[-1] == tokenizer.eos_token_id for e in encoded)
+    else:
+        assert (report.kept, report.dropped, report.truncated) == (7, 0, 1)
+        assert len(encoded[-1].ids) == n - 1 and encoded[-1].ids[-1] != tokenizer.eos_token_id
+
+
+def prompt_ids(tokenizer, question: str, style: str) -> list[int]:
+    """The oracle: the tokenizer's own encoding of the style's inference prompt (BOS included), not encode_rows'."""
+    return tokenizer(prompts.inference_prompt(question, style), add_special_tokens=True)["input_ids"]
+
+
+@pytest.mark.parametrize("style", prompts.STYLES)
+def test_the_loss_mask_leaves_out_exactly_the_prompt_of_the_row_s_style(tokenizer, style):
+    """A review's mutant computed the mask from the seed prompt whatever the style: with prompt_style='r1' the
+    first 478 characters of every reasoning left the loss (the r1 prompt is 39 characters, the seed one 517)."""
+    for row, e in zip(ROWS, data.encode_rows(ROWS, tokenizer, style), strict=True):
+        prompt = prompt_ids(tokenizer, row["Question"], style)
+        assert e.ids[:len(prompt)] == prompt and len(e.ids) > len(prompt)
+        assert e.completion == [0] * len(prompt) + [1] * (len(e.ids) - len(prompt))
+
+
+@pytest.mark.parametrize("style", prompts.STYLES)
+def test_the_loss_starts_at_the_first_token_of_the_reasoning(tokenizer, style):
+    """A review's mutant (`start > prompt_chars`) took the first reasoning token of every row out of the loss. The
+    boundary is pinned on the fixture's rows: the last prompt token's label is -100, the next one is trained on and is
+    the first token of Complex_CoT as the tokenizer encodes it alone."""
+    rows = data.load_rows(data.FIXTURE_PATH)[0][:5]
+    for row, e in zip(rows, data.encode_rows(rows, tokenizer, style), strict=True):
+        at = len(prompt_ids(tokenizer, row["Question"], style))
+        labels = [i if c else -100 for i, c in zip(e.ids, e.completion, strict=True)]  # what TRL trains on
+        first = tokenizer(row["Complex_CoT"], add_special_tokens=False)["input_ids"][0]
+        assert labels[at - 1] == -100 and labels[at] == e.ids[at] == first
+        assert set(labels[:at]) == {-100} and -100 not in labels[at:]
+        assert tokenizer.decode(e.ids[:at]).endswith("\n")

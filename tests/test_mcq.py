@@ -1,8 +1,11 @@
 """Reading the chosen option out of realistic multiple-choice answer endings: picks, articles, mentions, hedges."""
 
+import json
+
 import pytest
 
 from medr1 import mcq
+from medr1.errors import DataError
 
 UTI = {"A": "Acute cystitis", "B": "Acute pyelonephritis", "C": "Urethritis", "D": "Renal calculus"}
 DRUGS = {"A": "Amlodipine", "B": "Metoprolol", "C": "Lisinopril", "D": "Hydrochlorothiazide"}
@@ -205,3 +208,45 @@ def test_an_explanation_after_the_answer_keeps_the_score():
     got = mcq.score(qs, preds, "r1")
     assert (got["correct"], got["unparsed"], got["parsed_by"]["phrase"]) == (4, 0, 4)
     assert got["first_match"] == got["last_match"] == 1.0
+
+
+def test_a_hedge_naming_the_gold_letter_is_not_counted_right():
+    """A review's mutant counted a question right when the gold letter was the first or the last one named (the
+    optimistic `either_match`): accuracy must be the strict reading, a hedge being no answer."""
+    qs = [mcq.Question("Diagnosis?", UTI, "B"), mcq.Question("Diagnosis?", UTI, "C"),
+          mcq.Question("Diagnosis?", UTI, "B")]
+    preds = [f"### Answer:\nThe answer is {a}." for a in ("B or C", "B or C", "B")]
+    got = mcq.score(qs, preds, details=True)
+    assert [(r["chosen"], r["first"], r["last"], r["correct"]) for r in got["items"]] == [
+        (None, "B", "C", False), (None, "B", "C", False), ("B", "B", "B", True)]
+    assert (got["correct"], got["unparsed"]) == (1, 2) and got["accuracy"] == pytest.approx(1 / 3, abs=1e-3)
+    assert got["first_match"] == pytest.approx(2 / 3, abs=1e-3) and got["last_match"] == pytest.approx(2 / 3, abs=1e-3)
+    assert got["either_match"] == 1.0
+
+
+def test_the_longer_option_text_named_is_the_one_chosen():
+    """"Aspirin" inside "Aspirin and clopidogrel": the answer names B, not both (a review's mutant read it as a tie:
+    unparsed, counted wrong; MedQA has many combination options)."""
+    options = {"A": "Aspirin", "B": "Aspirin and clopidogrel", "C": "Warfarin", "D": "Heparin"}
+    text = "### Answer:\nStart aspirin and clopidogrel now."
+    assert mcq.extract_choice(text, options) == mcq.Extraction("B", "text")
+    assert mcq.first_last(text, options) == ("B", "B")
+    assert mcq.extract_choice("### Answer:\nStart aspirin alone.", options) == mcq.Extraction("A", "text")
+    got = mcq.score([mcq.Question("Next step?", options, "B")], [text])
+    assert (got["accuracy"], got["unparsed"]) == (1.0, 0)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_predictions_that_do_not_match_the_questions_one_to_one_are_a_data_error(tmp_path, n):
+    """Not zip's "argument 2 is shorter than argument 1" traceback: the counts and what to do, from `score` and from
+    `medr1 evaluate --mcq FILE --predictions PRED.jsonl` (score_files)."""
+    qs = [mcq.Question("Diagnosis?", UTI, "B")] * 3
+    message = rf"^{n} predictions for 3 questions: they must match one to one, in the questions file's order$"
+    with pytest.raises(DataError, match=message):
+        mcq.score(qs, ["The answer is B."] * n)
+    questions, predictions = tmp_path / "mcq.jsonl", tmp_path / "pred.jsonl"
+    questions.write_text("".join(json.dumps({"question": q.question, "options": q.options, "answer_idx": q.answer})
+                                 + "\n" for q in qs))
+    predictions.write_text("".join(json.dumps({"prediction": "The answer is B."}) + "\n" for _ in range(n)))
+    with pytest.raises(DataError, match=message):
+        mcq.score_files(questions, predictions)
