@@ -123,24 +123,21 @@ def served(stand_in: Path, style: str, dest: Path):
     return AutoTokenizer.from_pretrained(dest)
 
 
-SINGLE = ("this medr1 model was fine-tuned on single questions in its prompt style; send one user message "
-          "(no system message, no earlier turns)")
+# What llama.cpp's server renders as it loads a model (common_chat_format_example); on an error it serves every
+# request in ChatML, not in the model's template.
+LLAMA_SERVER_EXAMPLE = [{"role": "system", "content": "You are a helpful assistant"},
+                        {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there"},
+                        {"role": "user", "content": "How are you?"}]
 
 
-@pytest.mark.parametrize("roles", [("system", "user"), ("user", "assistant", "user"),
-                                   ("user", "assistant", "user", "assistant"), ("user", "user"),
-                                   ("assistant", "user"), ("system", "user", "assistant")])
-def test_the_saved_chat_template_refuses_a_conversation_it_cannot_render(stand_in, tmp_path, roles):
-    """It rendered only the last user message: a system prompt and earlier turns were dropped silently, and a chat
-    client got an answer out of context. Refused in the template (raise_exception), the roles sent named."""
-    from jinja2.exceptions import TemplateError
-
-    tok = served(stand_in, "seed", tmp_path)
-    messages = [{"role": r, "content": "You are a helpful doctor." if r == "system" else f"turn {i}"}
-                for i, r in enumerate(roles)]
-    with pytest.raises(TemplateError) as err:
-        tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert str(err.value) == f"{SINGLE}; got the roles [{', '.join(roles)}]"
+@pytest.mark.parametrize("style", prompts.STYLES)
+def test_the_saved_chat_template_renders_any_conversation_as_its_last_question(stand_in, tmp_path, style):
+    """A template that raised on a system message or earlier turns made llama.cpp's server fall back to ChatML for
+    every request (it renders LLAMA_SERVER_EXAMPLE at load). The model was trained on single questions: the last user
+    message is asked, in the trained prompt (README and card say the rest is not shown to the model)."""
+    tok = served(stand_in, style, tmp_path)
+    rendered = tok.apply_chat_template(LLAMA_SERVER_EXAMPLE, add_generation_prompt=True, tokenize=False)
+    assert rendered == BOS + prompts.inference_prompt("How are you?", style)
 
 
 @pytest.mark.parametrize("style", prompts.STYLES)

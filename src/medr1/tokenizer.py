@@ -137,26 +137,18 @@ def set_pad_token(tokenizer) -> None:
     tokenizer.add_special_tokens({"pad_token": ADDED_PAD})
 
 
-SINGLE_TURN = ("this medr1 model was fine-tuned on single questions in its prompt style; send one user message "
-               "(no system message, no earlier turns)")
-
-
 def chat_template(style: str) -> str:
     """A Jinja chat template that renders exactly medr1's generation prompt (BOS + inference prompt), so servers
-    that read it (vLLM, TGI, llama.cpp through GGUF metadata) ask the model the way it was trained. It takes one user
-    message (the question), optionally followed by an assistant message (a training example, rendered after the
-    prompt, ending with EOS); an empty system message, which some clients always send, loses nothing and is skipped.
-    Anything else (a system prompt, earlier turns) cannot be rendered in the trained prompt: it is refused through
-    `raise_exception` (transformers raises jinja2's TemplateError) instead of dropped silently."""
+    that read it (vLLM, TGI, llama.cpp through GGUF metadata) ask the model the way it was trained. The last user
+    message is the question; an assistant message after it (a training example) is rendered after the prompt,
+    ending with EOS. The model was trained on single questions: a system message and earlier turns are not shown
+    to it (README and card say so). It never raises: llama.cpp's server renders a system message and several turns
+    as it loads a model and, on an error, serves every request in ChatML instead."""
     prefix, suffix = prompts.inference_prompt("\x00", style).split("\x00")
-    refuse = f"{SINGLE_TURN}; got the roles [" + "' ~ (messages | map(attribute='role') | join(', ')) ~ ']"
     return (
-        "{% set m = messages[1:] if messages and messages[0].role == 'system' and not (messages[0].content or '')"
-        " | trim else messages %}"
-        "{% if not m or m[0].role != 'user' or m | length > 2 or (m | length == 2 and m[1].role != 'assistant') %}"
-        f"{{{{ raise_exception('{refuse}') }}}}{{% endif %}}"
-        f"{{{{ bos_token }}}}{_jinja_literal(prefix)}{{{{ m[0].content }}}}{_jinja_literal(suffix)}"
-        "{% if m | length == 2 %}{{ m[1].content }}{{ eos_token }}{% endif %}"
+        "{{ bos_token }}{% set q = (messages | selectattr('role', 'equalto', 'user') | list | last).content %}"
+        f"{_jinja_literal(prefix)}{{{{ q }}}}{_jinja_literal(suffix)}"
+        "{% if messages[-1].role == 'assistant' %}{{ messages[-1].content }}{{ eos_token }}{% endif %}"
     )
 
 
