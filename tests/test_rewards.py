@@ -546,6 +546,19 @@ def test_lists_of_candidates_or_a_rival_after_a_list_of_findings_are_several_can
     ("ST elevation secondary to MI", MI, True),
     ("Most likely due to MI", MI, True),
     ("It looks like an MI.", MI, True),
+    # a finding and its trigger, then the diagnosis asserted (the diff review: refused by the first version)
+    ("Hypocalcemia after thyroidectomy indicates hypoparathyroidism", "Hypoparathyroidism", True),
+    ("Hypocalcemia after thyroidectomy is due to hypoparathyroidism", "Hypoparathyroidism", True),
+    ("Hypoglycemia after gastric bypass surgery suggests dumping syndrome", "Dumping syndrome", True),
+    ("Noncaseating granulomas from the lymph node biopsy point to sarcoidosis", "Sarcoidosis", True),
+    ("Pneumonia after influenza suggests Staphylococcus aureus pneumonia", "Staphylococcus aureus pneumonia", True),
+    ("Meningitis after a neurosurgical procedure most likely is Staphylococcus aureus meningitis",
+     "Staphylococcus aureus meningitis", True),
+    ("Arthritis following urethritis suggests reactive arthritis", "Reactive arthritis", True),
+    ("Hemolytic anemia after fava beans suggests G6PD deficiency", "G6PD deficiency", True),
+    ("Thrombosis after heparin with low platelets indicates heparin-induced thrombocytopenia",
+     "Heparin-induced thrombocytopenia", True),
+    ("A hemorrhage after delivery most likely reflects uterine atony", "Uterine atony", True),
 ])
 def test_a_reference_named_as_what_another_diagnosis_mimics_or_comes_from_is_no_match(answer, truth, correct):
     """"Y, which can mimic X", "X mimic", "Y secondary to X" name Y: a policy must not learn to append the reference

@@ -164,11 +164,13 @@ def _at(words: list[str], i: int) -> str | None:
 
 def _related(words: list[str], i: int, j: int) -> bool:
     """Is the mention words[i:j] only what the answer resembles or comes from ("Y, which can mimic X", "X mimic")? A
-    RELATIONS cue counts after another diagnosis, a HEADS name: "Y secondary to X"; "Chest pain due to X" names X."""
+    RELATIONS cue counts after another diagnosis, a HEADS name, and with no verb between it and the mention: "Y
+    secondary to X"; "Chest pain due to X" and "Hypocalcemia after surgery indicates X" name X."""
     start = _walk(words, i - 1, -1, CLAUSE_END | SEPARATORS | {"and"}) + 1  # the mention's clause, as in `judge`
     heads = [_at(words, _walk(words, k - 1, -1, RELATION_SKIPS, inside=True)) or "" for k in range(start, i)]
     return not _has(words[start:i], NEGATION_BEFORE) and (_at(words, j) in CUES["mimics"] or any(  # denied: negated
-        words[k:min(k + len(c), i)] == c and (c in MIMICRY or (h.endswith(HEADS) and h not in LABELS))
+        words[k:min(k + len(c), i)] == c and (c in MIMICRY or (
+            h.endswith(HEADS) and h not in LABELS and not EXPLAINS & set(words[k + len(c):i])))
         for k, h in enumerate(heads, start) for c in MIMICRY + RELATIONS))
 
 
