@@ -43,3 +43,41 @@ def test_another_seed_gives_another_history(first, tmp_path):
     other_losses, _, other_lora = trained(tmp_path, "other", seed=1234)
     assert other_losses != losses
     assert any(not bool((lora[n] == other_lora[n]).all()) for n in lora)
+
+
+def test_greedy_answers_ignore_the_checkpoints_sampling_defaults():
+    """The real model's generation_config.json samples by default (do_sample, temperature 0.6, top_p 0.95), and so
+    does the stand-in's: medr1's greedy answers (infer.generate, generate_many on both engines) must not depend on
+    the global seed and must equal an explicitly greedy `generate`, while a bare `generate` on the same model samples
+    (so a forgotten `do_sample=False` shows in the tests, not first on the real model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from medr1 import infer, prompts
+    from medr1.tiny import tiny_model_path
+    from medr1.tokenizer import load_tokenizer
+
+    path = str(tiny_model_path())
+    tokenizer = load_tokenizer(path, "seed")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    assert model.generation_config.do_sample is True  # the checkpoint's own default, kept by from_pretrained
+    questions = ["What causes fever?", "Why is the sky blue?"]
+    texts = [prompts.inference_prompt(q, "seed") for q in questions]
+    new = 12
+
+    def continuation(seed: int, **kwargs) -> str:
+        torch.manual_seed(seed)
+        enc = tokenizer(texts[:1], return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=new, min_new_tokens=new, pad_token_id=tokenizer.pad_token_id,
+                             **kwargs)
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    assert len({continuation(seed) for seed in range(4)}) > 1  # a bare generate samples, as on the real model
+    greedy = continuation(0, do_sample=False)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        assert infer.generate(model, tokenizer, questions[0], max_new_tokens=new, backend="hf").text == greedy
+        for engine in ("hf", "medr1"):
+            torch.manual_seed(seed)
+            got = infer.generate_many(model, tokenizer, texts, max_new_tokens=new, engine=engine)
+            assert got[0]["text"] == greedy, (seed, engine)

@@ -39,8 +39,8 @@ def lm():
     path = str(tiny_model_path())
     tokenizer = load_tokenizer(path, "seed")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    torch.manual_seed(0)  # LoRA A is drawn here: the same adapter in every process (its answers must not reach EOS)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(LORA_TARGETS)))
-    torch.manual_seed(0)
     for name, p in model.named_parameters():
         if "lora_B" in name:  # a trained-looking adapter: base and fine-tuned answers differ
             p.data.normal_(0, 0.05)

@@ -73,3 +73,32 @@ def test_hf_backend_trains_on_cpu_without_unsloth(tmp_path):
     assert len(losses) == 4 and all(0 < x < 20 for x in losses)
     assert losses[-1] < losses[0]  # it learns
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("pad", ["unsloth", "deepseek"])
+def test_the_stand_in_declares_the_real_generation_defaults_and_a_chat_template(pad):
+    """The real upload's generation_config.json samples (do_sample, temperature 0.6, top_p 0.95) and its
+    tokenizer_config.json carries R1's chat template: the stand-in declares both, so a `generate` call without
+    `do_sample=False` or a tokenizer that kept the base's template fails here as it would on the real model."""
+    from transformers import PreTrainedTokenizerFast
+
+    from medr1.tiny import BOS, EOS, PAD, tiny_model_path
+    from medr1.tokenizer import generation_text, load_tokenizer
+
+    path = tiny_model_path(pad=pad)
+    raw = PreTrainedTokenizerFast.from_pretrained(str(path))
+    ids = {t: raw.convert_tokens_to_ids(t) for t in (BOS, EOS, PAD)}
+    gen = json.loads((path / "generation_config.json").read_text(encoding="utf-8"))
+    assert (gen["do_sample"], gen["temperature"], gen["top_p"]) == (True, 0.6, 0.95)
+    assert (gen["bos_token_id"], gen["eos_token_id"]) == (ids[BOS], ids[EOS])  # as the real 128000, 128001
+    assert gen["pad_token_id"] == ids[PAD if pad == "unsloth" else EOS]
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    assert (config["bos_token_id"], config["eos_token_id"]) == (ids[BOS], ids[EOS])
+    tok_config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert "chat_template" in tok_config
+    chat = [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "hmm</think>Because."}]
+    assert raw.apply_chat_template(chat, tokenize=False) == f"{BOS}<｜User｜>Why?<｜Assistant｜>Because.{EOS}"
+    medr1_tok = load_tokenizer(str(path), "seed")  # medr1 replaces the base's template with its own
+    assert medr1_tok.chat_template != tok_config["chat_template"]
+    asked = medr1_tok.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=False)
+    assert asked == generation_text(medr1_tok, "Why?", "seed") and "<｜User｜>" not in asked

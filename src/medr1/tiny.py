@@ -1,9 +1,11 @@
 """An offline stand-in for DeepSeek-R1-Distill-Llama-8B that fails the way the real one can.
 
 A tiny random Llama whose tokenizer files are declared like the real model's: a Llama-3 byte-level BPE
-tokenizer.json (trained on the fixture), a tokenizer_config.json naming `LlamaTokenizerFast`, and R1's special
-tokens (SPECIAL, MARKERS). So `AutoTokenizer` mis-reads it as it mis-reads the real one (spaces and newlines
-dropped). Two pad variants, as uploaded: Unsloth's (PAD) and DeepSeek's (pad = EOS).
+tokenizer.json (trained on the fixture), a tokenizer_config.json naming `LlamaTokenizerFast` and carrying an R1-style
+chat template (medr1 must replace it), and R1's special tokens (SPECIAL, MARKERS). So `AutoTokenizer` mis-reads it
+as it mis-reads the real one (spaces and newlines dropped). Two pad variants, as uploaded: Unsloth's (PAD) and
+DeepSeek's (pad = EOS). Its generation_config.json samples by default (GENERATION), as the real one does, so a
+`generate` call that forgets `do_sample=False` is not greedy here either.
 
 Built once into `cache_dir()` (`MEDR1_CACHE`, default `~/.cache/medr1`); `hub_cache()` also serves it under a hub
 id from an offline `HF_HOME`, the way users load the real model.
@@ -32,7 +34,17 @@ MARKERS = list(prompts.R1_MARKERS)
 # Llama-3's pre-tokenizer split: contractions, words, 1-3 digit numbers, punctuation runs, newlines, spaces.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-TINY_VERSION = 3  # bump when the recipe below changes, so stale caches are rebuilt
+# The real generation_config.json's sampling defaults (DeepSeek's upload; R1's recommended temperature and top_p).
+GENERATION = dict(do_sample=True, temperature=0.6, top_p=0.95)
+# DeepSeek's template in short: BOS, user turns after <｜User｜>, assistant turns after <｜Assistant｜> without their
+# reasoning (text up to </think> dropped) and ending with EOS; the generation prompt opens <think>.
+R1_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{% set content = message['content'].split('</think>')[-1] %}"
+    "{{ '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}")
+TINY_VERSION = 4  # bump when the recipe below changes, so stale caches are rebuilt
 STAMP = "medr1_tiny.json"
 TINY_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=4096)
@@ -97,6 +109,7 @@ def tokenizer_config(tok, pad: str = "unsloth") -> dict:
         "bos_token": BOS, "eos_token": EOS, "pad_token": PAD if pad == "unsloth" else EOS, "unk_token": None,
         "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 16384,
         "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizerFast", "use_default_system_prompt": False,
+        "chat_template": R1_CHAT_TEMPLATE,
     }
 
 
@@ -104,7 +117,7 @@ def build_tiny(path: Path, pad: str = "unsloth") -> Path:
     """Write the tokenizer files and a random-initialised Llama to `path` atomically."""
     import_unsloth_first()  # before transformers: Unsloth patches it on import
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tok = tokenizer_json()
     config = LlamaConfig(
@@ -113,6 +126,8 @@ def build_tiny(path: Path, pad: str = "unsloth") -> Path:
         tie_word_embeddings=False, dtype="float32", initializer_range=0.1, **TINY_SHAPE)
     torch.manual_seed(stamp(pad)["seed"])
     model = LlamaForCausalLM(config).to(torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                                               pad_token_id=config.pad_token_id, **GENERATION)
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tok.save(str(tmp / "tokenizer.json"))
