@@ -168,6 +168,8 @@ def test_a_run_from_the_hub_id_in_an_offline_cache_trains_and_generates_on_the_r
     from medr1.tiny import hub_cache
 
     snapshot = hub_cache(tmp_path / "hf", HUB_ID)
+    assert all((snapshot / f).is_symlink() and (snapshot / f).resolve().parent.name == "blobs"  # a download's layout
+               for f in ("tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"))
     script = f"""
 import json
 from medr1 import build_config, prompts

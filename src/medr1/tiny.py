@@ -13,6 +13,7 @@ id from an offline `HF_HOME`, the way users load the real model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -139,12 +140,19 @@ def build_tiny(path: Path, pad: str = "unsloth") -> Path:
 
 def hub_cache(hf_home: Path, repo_id: str = "unsloth/DeepSeek-R1-Distill-Llama-8B", pad: str = "unsloth",
               revision: str = "0" * 40) -> Path:
-    """Serve the tiny model under `repo_id` from an offline hub cache in `hf_home`, as a download would: with
+    """Serve the tiny model under `repo_id` from an offline hub cache in `hf_home`, laid out as a download leaves it
+    (each file's content in blobs/, the snapshot's files relative symlinks to them, refs/main the revision): with
     HF_HOME=hf_home and HF_HUB_OFFLINE=1, `from_pretrained(repo_id)` finds it and records the id as `_name_or_path`."""
     src = tiny_model_path(pad=pad)
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / revision
-    shutil.copytree(src, snapshot, ignore=shutil.ignore_patterns(STAMP), dirs_exist_ok=True)
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for file in (f for f in src.iterdir() if f.is_file() and f.name != STAMP):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).unlink(missing_ok=True)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
     return snapshot
