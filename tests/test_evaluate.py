@@ -446,7 +446,8 @@ def test_two_processes_share_the_questions_out_and_write_what_one_writes(run_cop
         assert two["mcq"][variant]["accuracy"] == one["mcq"][variant]["accuracy"]
         rows = [(folders[n] / f"mcq_predictions_{variant}.jsonl").read_text() for n in (1, 2)]
         assert rows[0] == rows[1] and rows[0].count("\n") == 6
-    assert procs[1].stdout.count("multiple-choice accuracy on 6 questions") == 1  # rank 0 prints, once
+    assert procs[1].stderr.count("multiple-choice accuracy on 6 questions") == 1  # rank 0 prints, once
+    assert json.loads(procs[1].stdout)["mcq"]["questions"] == 6  # stdout: rank 0's summary, alone
 
 
 def test_cli_names_a_folder_that_is_no_run(tmp_path, capsys):
