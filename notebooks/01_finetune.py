@@ -119,7 +119,6 @@ max_new_tokens: Optional[int] = None  # generation budget for the test answers
 # an output folder holding another run stops here with a one-line message.
 
 # %%
-from medr1.infer import show
 from medr1.notebook import notebook_config, short_errors
 from medr1.run import Run
 
@@ -148,6 +147,8 @@ print(run.example_text())
 # the trained format that stop at EOS.
 
 # %%
+from medr1.infer import show  # here, not with the checks: it loads Unsloth (seconds), a wrong parameter need not wait
+
 case = run.holdout_case()  # None with holdout_examples=0: nothing to ask, before or after
 if case:
     before = run.answer(case["Question"], stream=True, label="before")
