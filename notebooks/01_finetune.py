@@ -50,12 +50,9 @@ if "google.colab" in sys.modules:
     # The editable install's .pth is read when Python starts: put medr1 on this kernel's path now.
     sys.path.insert(0, "/content/medr1/src")
     importlib.invalidate_caches()  # and importlib.metadata reads what pip just wrote
-    if (torch_after := importlib.metadata.version("torch")) != torch_before:
-        replaced = (f"pip replaced Colab's torch {torch_before} with {torch_after}: Runtime > Restart session, "
-                    "then Run all again")
-        if "torch" in sys.modules:  # this kernel holds the old torch: no later cell can work until a restart
-            raise RuntimeError(replaced)
-        print(replaced)
+    from medr1.notebook import torch_replaced
+
+    torch_replaced(torch_before)  # one line if pip replaced it; stops if this kernel holds the old one
 
 # %% [markdown]
 # ## Parameters

@@ -35,6 +35,19 @@ def papermill_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def torch_replaced(before: str) -> None:
+    """After the Colab install cell's pip: where pip replaced Colab's torch `before` (Unsloth's range excludes it; a
+    multi-GB download under `-q`), one line says to restart, and where this kernel already imported the old torch no
+    later cell can work: it stops there. The versions are read from the files, never by importing torch."""
+    import importlib.metadata
+
+    if (after := importlib.metadata.version("torch")) != before:
+        replaced = f"pip replaced Colab's torch {before} with {after}: Runtime > Restart session, then Run all again"
+        if "torch" in sys.modules:
+            raise RuntimeError(replaced)
+        print(replaced)
+
+
 def check_names(given: list[str], known: list[str]) -> None:
     """check_parameters, but an unknown name that looks like a secret (HF_TOKEN, WANDB_API_KEY) first gets its own
     line: papermill has already written its value into the output notebook, and only this message can say so."""
