@@ -660,6 +660,15 @@ def test_a_lower_case_hedge_is_unparsed(answer):
         assert mcq.extract_choice(prose, VITAMINS).letter == letter
 
 
+@pytest.mark.parametrize("answer, letter", [("The answer is (c) or d.", None), ("Answer: (c) or d", None),
+                                            ("The answer is (b)/c", None), ("The answer is (c) or a toxin.", "C"),
+                                            ("The answer is (c).", "C")])
+def test_a_bracketed_letter_or_a_bare_lower_case_one_is_a_hedge(answer, letter):
+    """"The answer is (c) or d" was scored C: the rival after "or" was read only in brackets or upper case. A bare
+    lower-case option letter after "or" or "/" is a rival too; "a" and "i" there stay words."""
+    assert mcq.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
+
+
 @pytest.mark.parametrize("answer, letter", [
     ("The answer is C, A and B are wrong.", "C"), ("The answer is C, A is not correct.", "C"),
     ("The answer is C, A and B can be excluded.", "C"), ("The answer is C, B and A are incorrect.", "C"),

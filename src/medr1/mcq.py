@@ -183,7 +183,8 @@ def _also(text: str, end: int, letter: str, options: dict[str, str] | list[str])
     said = clause[:1].islower() and not _STILL_OPEN.search(low_clause := clause.lower()) and (
         not _OPEN.search(low_clause) or re.search(r"n[o']t\b", low_clause))
     mention = set(low[i:j]) == {","} and said or w in "AI" and _ARTICLE.match(text, pos + 1)  # "A vitamin": article
-    named = w.upper() in options and (w.isupper() or text[pos - 1] in "([*'\"")  # "(c)", as `_phrases` reads it
+    named = w.upper() in options and (w.isupper() or text[pos - 1] in "([*'\"" or  # "(c)", as `_phrases` reads it
+                                      w not in "ai" and low[j - 1] in ("or", "/"))  # "(c) or d"; "or a toxin": a word
     other = w.upper() if named and not mention else at.get(j)
     return [(pos, other)] if other and other != letter else []
 
