@@ -250,3 +250,13 @@ def test_predictions_that_do_not_match_the_questions_one_to_one_are_a_data_error
     predictions.write_text("".join(json.dumps({"prediction": "The answer is B."}) + "\n" for _ in range(n)))
     with pytest.raises(DataError, match=message):
         mcq.score_files(questions, predictions)
+
+
+@pytest.mark.parametrize("answer, letter", [
+    ("Option C is less likely.", None), ("Option C is incorrect.", None), ("Option C is unlikely.", None),
+    ("Option C is not correct.", None), ("Option C was ruled out.", None),
+    ("Option C is less likely. Option B fits.", "B"),  # was unparsed: C and B read as two picks
+    ("Option C.", "C"), ("Option C, iron deficiency.", "C"), ("Option C is the answer", "C")])
+def test_an_option_named_only_to_deny_it_is_no_pick(answer, letter):
+    """The lone "option C" rule read "Option C is less likely." (and "... is incorrect") as the pick C."""
+    assert mcq.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter

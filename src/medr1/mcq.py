@@ -99,7 +99,8 @@ _LONE_RE = [
     re.compile(r"^\W*([A-Z])\W*$"),  # the whole answer is one letter: "C", "(C).", "**C**"
     re.compile(r"\(([A-Z])\)|\[([A-Z])\]|\{([A-Z])\}|\*\*([A-Z])\*\*|__([A-Z])__"),  # (B) [B] {B} **B** __B__
     re.compile(r"(?m)^\W*([A-Z])[.):](?=\s|$)"),  # "B. Metformin" or "B)" at the start of a line
-    re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)\s+([A-Z])(?![A-Za-z0-9])"),  # "option B"
+    re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)\s+([A-Z])(?![A-Za-z0-9])(?!\W*\s(?:is|was)\s+(?:not|incorrect|"
+               r"wrong|unlikely|less likely|ruled out|excluded)\b)"),  # "option B"; not "option C is less likely"
 ]
 _WORD = re.compile(r"\w+|[,/&]")
 # "B, C and D are wrong": the clause after a run of letters, which says what they are. It keeps them open where it
