@@ -17,6 +17,9 @@ import pytest  # noqa: E402
 
 ASSETS = Path(__file__).parent / "assets"
 SMOKE_STEPS = 20
+# multiple-choice options for the answer-reading tests (test_mcq, test_evaluate)
+VITAMINS = {"A": "Folate deficiency", "B": "Vitamin B12 deficiency", "C": "Iron deficiency",
+            "D": "Vitamin D deficiency"}
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ASSETS
+from conftest import ASSETS, VITAMINS
 
 from medr1 import mcq, stats
 from medr1.errors import DataError
@@ -599,10 +599,6 @@ def test_a_run_whose_base_is_not_here_stops_before_the_model_loads(run_copy, tmp
         evaluate.Evaluation(run)
 
 
-VITAMINS = {"A": "Folate deficiency", "B": "Vitamin B12 deficiency", "C": "Iron deficiency",
-            "D": "Vitamin D deficiency"}
-
-
 @pytest.mark.parametrize("answer", ["The answer is B or C.", "B. Vitamin B12 deficiency or C. Iron deficiency",
                                     "The answer is B/C.", "Final answer: B, C"])
 def test_a_hedged_answer_naming_two_options_is_unparsed(answer):
@@ -658,15 +654,6 @@ def test_a_lower_case_hedge_is_unparsed(answer):
     assert (got.letter, got.method) == (None, "none") and mcq.first_last(text, VITAMINS) == ("C", "D")
     for prose, letter in (("Answer: A vitamin B12 deficiency or a toxin.", "B"), ("The answer is (c) or a toxin", "C")):
         assert mcq.extract_choice(prose, VITAMINS).letter == letter
-
-
-@pytest.mark.parametrize("answer, letter", [("The answer is (c) or d.", None), ("Answer: (c) or d", None),
-                                            ("The answer is (b)/c", None), ("The answer is (c) or a toxin.", "C"),
-                                            ("The answer is (c).", "C")])
-def test_a_bracketed_letter_or_a_bare_lower_case_one_is_a_hedge(answer, letter):
-    """"The answer is (c) or d" was scored C: the rival after "or" was read only in brackets or upper case. A bare
-    lower-case option letter after "or" or "/" is a rival too; "a" and "i" there stay words."""
-    assert mcq.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
 
 
 @pytest.mark.parametrize("answer, letter", [

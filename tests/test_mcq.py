@@ -3,14 +3,13 @@
 import json
 
 import pytest
+from conftest import VITAMINS
 
 from medr1 import mcq
 from medr1.errors import DataError
 
 UTI = {"A": "Acute cystitis", "B": "Acute pyelonephritis", "C": "Urethritis", "D": "Renal calculus"}
 DRUGS = {"A": "Amlodipine", "B": "Metoprolol", "C": "Lisinopril", "D": "Hydrochlorothiazide"}
-VITAMINS = {"A": "Folate deficiency", "B": "Vitamin B12 deficiency", "C": "Iron deficiency",
-            "D": "Vitamin D deficiency"}
 STEPS = {"A": "Urine dipstick", "B": "Urine culture", "C": "Oral nitrofurantoin", "D": "Renal ultrasound"}
 HEPATITIS = {"A": "Hepatitis A", "B": "Hepatitis C", "C": "Hepatitis B", "D": "Hepatitis E"}
 LYMPHOMA = {"A": "Hodgkin lymphoma", "B": "Burkitt lymphoma", "C": "Diffuse large B-cell lymphoma",
@@ -259,4 +258,13 @@ def test_predictions_that_do_not_match_the_questions_one_to_one_are_a_data_error
     ("Option C.", "C"), ("Option C, iron deficiency.", "C"), ("Option C is the answer", "C")])
 def test_an_option_named_only_to_deny_it_is_no_pick(answer, letter):
     """The lone "option C" rule read "Option C is less likely." (and "... is incorrect") as the pick C."""
+    assert mcq.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
+
+
+@pytest.mark.parametrize("answer, letter", [("The answer is (c) or d.", None), ("Answer: (c) or d", None),
+                                            ("The answer is (b)/c", None), ("The answer is (c) or a toxin.", "C"),
+                                            ("The answer is (c).", "C")])
+def test_a_bracketed_letter_or_a_bare_lower_case_one_is_a_hedge(answer, letter):
+    """"The answer is (c) or d" was scored C: the rival after "or" was read only in brackets or upper case. A bare
+    lower-case option letter after "or" or "/" is a rival too; "a" and "i" there stay words."""
     assert mcq.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
