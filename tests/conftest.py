@@ -22,6 +22,15 @@ VITAMINS = {"A": "Folate deficiency", "B": "Vitamin B12 deficiency", "C": "Iron 
             "D": "Vitamin D deficiency"}
 
 
+def one_error(err: str) -> str:
+    """The CLI's refusal on stderr: one `medr1: error:` line, the last; any line before it is medr1's own progress
+    (commands whose stdout is JSON send those to stderr), never a traceback or a second error."""
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith("medr1: error: ") and err.endswith("\n"), err
+    assert all(line.startswith("medr1: ") and "error:" not in line for line in lines[:-1]), err
+    return lines[-1]
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """A smoke run trained once per session, with snapshots of its weights from before training."""

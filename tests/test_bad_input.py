@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_error
 
 from medr1 import build_config
 from medr1.errors import ConfigError, DataError, MedR1Error, ModelError, OutputDirError
@@ -538,8 +539,7 @@ def test_a_damaged_adapter_is_refused_by_export_evaluate_and_grpo_before_anythin
         assert damaged in str(info.value) and "\n" not in str(info.value)
     capsys.readouterr()
     assert main(["export", str(run), "--merged"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and damaged in err and "Traceback" not in err
+    assert damaged in one_error(capsys.readouterr().err)
     assert not (run / "export").exists() and not (tmp_path / "g").exists()
 
 

@@ -183,10 +183,10 @@ def test_export_no_adapter_verify_checks_the_export_made_before(smoke_run, tmp_p
     assert main(["export", str(run)]) == 0
     capsys.readouterr()
     assert main(["export", str(run), "--no-adapter", "--verify"]) == 0
-    out = capsys.readouterr().out  # medr1's lines, then the JSON of what was done
-    done = json.loads(out[out.index("{\n"):])
+    printed = capsys.readouterr()  # medr1's lines on stderr; stdout is the JSON of what was done, alone
+    done = json.loads(printed.out)
     assert done["verify"]["same_next_token"] >= 0.9 and len(done["verify"]["loaded_with"]) == 2
-    assert f"export plan checked: verify the adapter in {run / 'export' / 'adapter'}" in out  # not "nothing to do"
+    assert f"export plan checked: verify the adapter in {run / 'export' / 'adapter'}" in printed.err  # not "nothing"
 
 
 def test_check_data_reads_the_file_once(monkeypatch, capsys):

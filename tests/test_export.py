@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import one_error
 
 from medr1.errors import OutputDirError
 
@@ -283,9 +284,8 @@ def test_gguf_says_what_is_missing(run_copy, tmp_path, monkeypatch, capsys):
         exp.gguf("q3_fancy")
 
     assert main(["export", str(run_copy), "--to", str(tmp_path / "cli"), "--no-adapter", "--gguf", "q8_0"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "GGUF export is not possible here" in err and "cmake" in err
-    assert "Traceback" not in err
+    line = one_error(capsys.readouterr().err)
+    assert "GGUF export is not possible here" in line and "cmake" in line
 
     monkeypatch.setattr(gguf, "_network", lambda *a, **k: True)  # with network, Unsloth can fetch binaries
     assert gguf.blockers() == []
@@ -346,8 +346,9 @@ def test_cli_exports_a_run_folder(run_copy, tmp_path, capsys):
     from medr1.__main__ import main
 
     assert main(["export", str(run_copy), "--to", str(tmp_path / "cli"), "--merged"]) == 0
-    printed = capsys.readouterr().out
-    done = json.loads(printed[printed.index("{\n"):])
+    printed = capsys.readouterr()
+    done = json.loads(printed.out)  # alone on stdout (`export RUN > done.json`); medr1's lines went to stderr
+    assert "medr1: " not in printed.out and "medr1: " in printed.err
     assert done == {"adapter": str(tmp_path / "cli" / "adapter"), "merged": str(tmp_path / "cli" / "merged-16bit")}
     assert (tmp_path / "cli" / "merged-16bit" / "model.safetensors").exists()
     assert main(["export", str(run_copy), "--to", str(tmp_path / "cli")]) == 2  # refused: not empty
@@ -515,7 +516,7 @@ def test_a_run_folder_is_never_an_export_destination(run_copy, tmp_path, capsys)
         capsys.readouterr()
         assert main(["export", str(source), "--to", str(dest), "--overwrite"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"lies in the run folder {str(run_a.resolve())!r} (it holds run.json)" in err
+        assert f"lies in the run folder {str(run_a.resolve())!r} (it holds run.json)" in one_error(err)
         assert "overwrite" not in err, err
     assert {p.name: p.read_bytes() for p in (run_a / "adapter").iterdir()} == kept and not (run_a / "export").exists()
     for args in ([], ["--overwrite"], ["--to", str(run_a / "export"), "--overwrite"]):  # the run's own export/

@@ -154,22 +154,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Adapter (default), merged 16-bit, GGUF, and a push to the hub, each with a model card."""
-    from medr1.export import Export
+    # as in evaluate: medr1's lines and the libraries' banners to stderr, the JSON of what was done alone on stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        from medr1.export import Export
 
-    exp = Export(args.run_dir, args.to or "", overwrite=args.overwrite)
-    exp.plan(adapter=not args.no_adapter, verify=args.verify, merged=args.merged, gguf=args.gguf,
-             push_repo=args.push, push_what=args.push_what)  # every input checked before anything is written
-    done: dict[str, object] = {}
-    if not args.no_adapter:
-        done["adapter"] = str(exp.adapter())
-    if args.verify:  # the adapter just written, or with --no-adapter the one exported before (the plan checked it)
-        done["verify"] = exp.verify_adapter()
-    if args.merged:
-        done["merged"] = str(exp.merged())
-    if args.gguf:
-        done["gguf"] = [str(p) for p in exp.gguf(args.gguf, strict=True) or []]
-    if args.push:
-        done["pushed"] = exp.push(args.push, args.push_what, private=not args.public)
+        exp = Export(args.run_dir, args.to or "", overwrite=args.overwrite)
+        exp.plan(adapter=not args.no_adapter, verify=args.verify, merged=args.merged, gguf=args.gguf,
+                 push_repo=args.push, push_what=args.push_what)  # every input checked before anything is written
+        done: dict[str, object] = {}
+        if not args.no_adapter:
+            done["adapter"] = str(exp.adapter())
+        if args.verify:  # the adapter just written, or with --no-adapter the one exported before (the plan checked it)
+            done["verify"] = exp.verify_adapter()
+        if args.merged:
+            done["merged"] = str(exp.merged())
+        if args.gguf:
+            done["gguf"] = [str(p) for p in exp.gguf(args.gguf, strict=True) or []]
+        if args.push:
+            done["pushed"] = exp.push(args.push, args.push_what, private=not args.public)
     print(json.dumps(done, indent=2, default=str))
     return 0
 
