@@ -213,6 +213,26 @@ def test_an_unreachable_wandb_logs_locally_at_once(wandb_env, tmp_path, capsys):
     assert reporting(config) == "wandb" and len(tried) == 1
 
 
+def test_a_preset_that_turns_wandb_off_says_so_when_a_key_is_set(wandb_env, tmp_path, capsys):
+    """The cpu and smoke presets set report_to='none': with WANDB_API_KEY set (README: W&B when the key is set) a
+    `make run` on a laptop logged nothing to W&B without a word. A user's own report_to='none' is not remarked on."""
+    from medr1 import build_config
+    from medr1.tracking import reporting
+
+    wandb_env.setenv("WANDB_API_KEY", "k" * 40)
+    for preset in ("cpu", "smoke"):
+        config = build_config(preset, {"output_dir": str(tmp_path / preset)}, quiet=True)
+        assert reporting(config) == "none"
+        said = capsys.readouterr().out
+        assert f"W&B is off: preset {preset!r} sets report_to='none'" in said and "report_to=" in said
+        assert "k" * 40 not in said
+    config = build_config("colab-t4", {"output_dir": str(tmp_path / "t4"), "report_to": "none"}, quiet=True)
+    assert reporting(config) == "none" and capsys.readouterr().out == ""  # asked for by the user
+    wandb_env.delenv("WANDB_API_KEY")
+    assert reporting(build_config("smoke", {"output_dir": str(tmp_path / "s")}, quiet=True)) == "none"
+    assert capsys.readouterr().out == ""  # no key: nothing to say
+
+
 def test_wandb_writes_its_folder_into_the_output_dir(wandb_env, tmp_path):
     """Not under the cwd (notebooks/wandb/ under papermill --cwd notebooks); a WANDB_DIR the user set wins."""
     import os

@@ -12,6 +12,7 @@ from medr1.config import Config, hint
 from medr1.errors import ConfigError
 from medr1.log import log
 from medr1.preflight import reachable
+from medr1.presets import PRESETS
 
 _WANDB_DIR = ""  # the WANDB_DIR reporting() set: a later run in this process may replace it, not the user's own
 _FROM_COLAB = ""  # the key wandb_key() exported from Colab's secrets: once refused it goes, so a fixed secret is read
@@ -59,6 +60,9 @@ def reporting(config: Config) -> str:
     short) would fail at the first step: an error under report_to='wandb', else W&B off. W&B's folder: output_dir."""
     global _WANDB_DIR
     if config.report_to == "none":
+        if os.environ.get("WANDB_API_KEY") and PRESETS.get(config.preset, {}).get("report_to") == "none":
+            log.info(f"W&B is off: preset {config.preset!r} sets report_to='none' (WANDB_API_KEY is set; "
+                     f"{hint('report_to', 'auto')} to log to W&B)")  # a CPU preset: else it looked ignored
         return "none"
     mode = os.environ.get("WANDB_MODE")
     if not (wandb_key() or mode in ("offline", "disabled")):
