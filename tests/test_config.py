@@ -180,6 +180,34 @@ def test_fast_says_when_the_users_micro_batch_does_not_divide_its_rows(monkeypat
     assert "9 packed rows per step, not the preset's 8" in capsys.readouterr().out
 
 
+def test_fast_sizes_grpo_recomputation_for_its_answers_not_sfts_packed_rows(monkeypatch, capsys):
+    """`fast`'s plan for SFT's packed 2,048-token rows reached GRPO: on an A100 40GB it left recomputation off for a
+    micro-batch of 8 answers (up to 2,048 tokens each) that medr1's estimator puts at far more than the card holds,
+    and the log spoke of packed rows. GRPO plans recomputation alone, for its own micro-batch."""
+    import medr1.speed.sizing as sizing
+
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 39.5)  # an A100 40GB, as torch reports it
+    capsys.readouterr()
+    grpo = build_config("fast", {}, stage="grpo")
+    said = capsys.readouterr().out
+    assert grpo.gradient_checkpointing == "unsloth"
+    assert sizing.estimate_gib(grpo.num_generations, grpo.max_seq_length, "false") > sizing.HEADROOM * 39.5
+    assert "GRPO's micro-batch of 8 answers x up to 2048 tokens" in said and "packed rows" not in said, said
+    assert "gradient_checkpointing=unsloth" in said, said
+    sft = build_config("fast", {})  # SFT's plan on the same card, as before
+    assert [getattr(sft, k) for k in sizing.FAST_SIZED] == [2, 4, "false"]
+    assert "40 GiB free: 2 packed rows x 4 accumulation x 1 process(es), gradient_checkpointing=false" in \
+        capsys.readouterr().out
+    mine = build_config("fast", {"gradient_checkpointing": "false"}, stage="grpo", quiet=True)
+    assert mine.gradient_checkpointing == "false"  # the user's own value wins
+    fewer = build_config("fast", {"num_generations": 4, "max_seq_length": 1536}, stage="grpo", quiet=True)
+    assert fewer.gradient_checkpointing == "false"  # the overrides size the micro-batch: 4 x 1,536 fits, 4 x 2,048 not
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 139.8)  # an H200
+    big = build_config("fast", {}, stage="grpo", quiet=True)
+    assert sizing.estimate_gib(big.num_generations, big.max_seq_length, "false") <= sizing.HEADROOM * 139.8
+    assert big.gradient_checkpointing == "false"
+
+
 def test_a_resume_under_another_preset_names_the_preset(tmp_path):
     """A run interrupted under `auto` on one card and resumed on another (auto picks another preset) was refused
     with ten changed knobs and no word of the one change that explains them: the preset."""

@@ -27,7 +27,7 @@ from medr1.errors import ConfigError
 from medr1.log import log
 from medr1.presets import CPU_MODEL, FIXTURE, LORA_TARGETS, PRESETS, SMOKE_MODEL, VERIFIABLE_FIXTURE, resolve_preset
 from medr1.prompts import STYLES
-from medr1.speed.sizing import FAST_SIZED, fast_sizing, keep_rows
+from medr1.speed.sizing import fast_knobs
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("unsloth", "hf"),
@@ -109,7 +109,7 @@ class Config:
     grpo_learning_rate: float = 5e-6  # far below SFT's: small steps keep the policy near what SFT taught
     grpo_temperature: float = 1.0  # sampling temperature; lower gives less varied answers (less to learn from)
     grpo_generation: str = "trl"  # trl: TRL's model.generate | medr1: medr1's batched decoder, faster on a GPU
-    beta: float = 0.0  # KL penalty towards the base model; 0 = none (no reference pass); DeepSeek-R1 used 0.001
+    beta: float = 0.0  # KL penalty towards the start policy (init_adapter; else the base); 0 = none; DeepSeek-R1: 0.001
     reward_correctness: float = 1.0  # weight: the answer part matches Ground-True Answer (medr1.rewards)
     reward_format: float = 0.5  # weight: reasoning, then one answer part, then EOS within the budget
     reward_stop: float = 0.0  # weight: EOS within the budget, whatever the text (what a tiny model can learn)
@@ -232,14 +232,9 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
                                     f": {v or 'it is a GRPO knob (python -m medr1 grpo, notebook 04)'}")
                                     for k, v in unread.items()))
     sizing: dict[str, Any] = {}
-    if name == "fast":  # micro-batch and recomputation from this GPU's free memory; overrides still win
-        seq_len = coerce("max_seq_length", overrides.get("max_seq_length", Config.max_seq_length), int)
-        resumed = overrides.get("output_dir") if coerce("resume", overrides.get("resume", False), bool) else ""
-        sizing, sizing_why = fast_sizing(resumed, seq_len)
+    if name == "fast":  # recomputation (SFT: and the micro-batch) from this GPU's free memory; overrides still win
+        sizing, sizing_why = fast_knobs(stage, overrides, PRESETS[name])
         why = f"{why}; {sizing_why}"
-        split = [k for k in FAST_SIZED[:2] if k in overrides]  # the micro-batch and the accumulation
-        if sizing and len(split) == 1 and (value := coerce(split[0], overrides[split[0]], int)) > 0:
-            why += keep_rows(sizing, split[0], value)  # the other half keeps the rows per step
     config = Config(**{**PRESETS[name], **sizing, **overrides, "preset": name})
     if not quiet:
         log.info(f"preset {name!r} ({why})")

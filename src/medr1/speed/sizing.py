@@ -1,4 +1,5 @@
-"""How the `fast` preset is sized: the learning-problem rule and the micro-batch plan from free GPU memory.
+"""How the `fast` preset is sized: the learning-problem rule and the micro-batch plan from free GPU memory (GRPO: the
+recomputation alone, for its micro-batch of answers).
 
 The learning problem stays the recipe's: the same rows and training tokens (60 steps x 4 rows, about 216k), the same
 token-weighted loss. `fast` packs PACKED_ROWS rows of max_seq_length per step (about SCALE x the recipe's tokens), so
@@ -99,6 +100,43 @@ def free_gpu_gib(total: bool = False) -> float | None:
     if total:
         return torch.cuda.get_device_properties(device).total_memory / 2**30
     return torch.cuda.mem_get_info(device)[0] / 2**30
+
+
+def fast_knobs(stage: str, overrides: dict[str, Any], preset: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The `fast` preset's memory-dependent knobs for `stage` ("grpo", else SFT's) given the user's `overrides` (which
+    build_config applies after them) over `preset` (fast's values), and the log line's words. SFT's plan is for its
+    packed rows; GRPO's micro-batch is num_generations answers, so it gets its own (grpo_sizing)."""
+    from medr1.config import Config, coerce  # config imports this module
+
+    def knob(name: str) -> int:
+        return coerce(name, overrides.get(name, preset.get(name, getattr(Config, name))), int)
+
+    if stage == "grpo":
+        return grpo_sizing(knob("num_generations"), knob("max_seq_length"), knob("max_completion_length"))
+    resumed = overrides.get("output_dir") if coerce("resume", overrides.get("resume", False), bool) else ""
+    sizing, why = fast_sizing(resumed, knob("max_seq_length"))
+    split = [k for k in FAST_SIZED[:2] if k in overrides]  # the micro-batch and the accumulation
+    if sizing and len(split) == 1 and (value := coerce(split[0], overrides[split[0]], int)) > 0:
+        why += keep_rows(sizing, split[0], value)  # the other half keeps the rows per step
+    return sizing, why
+
+
+def grpo_sizing(answers: int, seq_len: int, completion: int) -> tuple[dict[str, Any], str]:
+    """GRPO's recomputation under `fast`: none where its micro-batch fits the free memory (the least over the
+    processes), else Unsloth's. The micro-batch is one question's `answers` (num_generations), each up to `seq_len`
+    tokens: the question plus `completion` (max_completion_length) must fit max_seq_length. num_generations and
+    grpo_questions_per_step make GRPO's step, so SFT's split of packed rows is not planned: sized for 2,048-token
+    rows, it left a 40 GB card without recomputation for a step estimated at 45 GiB."""
+    free, processes = least(free_gpu_gib()), world_size()
+    if free is None:
+        return {}, "no CUDA GPU: the preset's defaults"
+    need = estimate_gib(answers, seq_len, "false")
+    checkpointing = "false" if need <= HEADROOM * free else "unsloth"
+    over = f" (the least over {processes} processes)" if processes > 1 else ""
+    return {FAST_SIZED[2]: checkpointing}, (
+        f"{free:.0f} GiB free{over}: GRPO's micro-batch of {answers} answers x up to {seq_len} tokens (the question "
+        f"and max_completion_length={completion}, within max_seq_length) takes about {need:.0f} GiB without "
+        f"recomputation: gradient_checkpointing={checkpointing}")
 
 
 def fast_sizing(resumed: str, seq_len: int = 2048) -> tuple[dict[str, Any], str]:
