@@ -164,13 +164,61 @@ def test_run_json_records_what_the_trainer_really_used(logged_every_5, capsys):
     used = strict_json(run.out / "run.json")["train"]["args_used"]
     args = run._trainer.args
     assert used == {k: getattr(getattr(args, k), "value", getattr(args, k))
-                    for k in ("optim", "bf16", "fp16", "packing", "padding_free")}
+                    for k in ("optim", "bf16", "fp16", "packing", "padding_free", "gradient_checkpointing")}
     if medr1.stack.import_unsloth_first() and not torch.cuda.is_available():
         assert used["packing"] is False  # unsloth_zoo.cpu.trainer.normalize_cpu_training_arguments
         from medr1.train import args_used
 
         args_used(run.config, run._trainer.args)
         assert "the trainer uses packing=False, not True as configured" in capsys.readouterr().out
+
+
+def recomputes():
+    """A callback that reads, at each step (after Trainer.train() set up what its arguments ask), whether the decoder
+    layers recompute their activations: `.seen`, one bool a step."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
+
+    class Recomputes(TrainerCallback):
+        def __init__(self):
+            self.seen: list[bool] = []
+
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            flags = {m.gradient_checkpointing for m in model.modules() if isinstance(m, GradientCheckpointingLayer)}
+            assert len(flags) == 1, flags  # every decoder layer alike
+            self.seen.append(flags.pop())
+
+    return Recomputes()
+
+
+@pytest.mark.parametrize("backend,checkpointing", [("unsloth", "false"), ("hf", "false"), ("hf", "true")])
+def test_gradient_checkpointing_is_what_the_config_says_during_training(backend, checkpointing, tmp_path):
+    """TRL's SFTConfig defaults gradient_checkpointing to True, so Trainer.train() turned recomputation back on over
+    `add_lora`'s "false" (review 15, finding 1). medr1 passes False: add_lora sets it up as configured ("true" still
+    recomputes)."""
+    run = smoke(tmp_path / "run", backend=backend, gradient_checkpointing=checkpointing, max_steps=1, save_steps=0)
+    seen = recomputes()
+    run.train(callbacks=[seen])
+    assert run._trainer.args.gradient_checkpointing is False  # the trainer does not redo what add_lora set up
+    assert seen.seen == [checkpointing == "true"]
+    used = strict_json(run.out / "run.json")["train"]["args_used"]
+    assert used.get("gradient_checkpointing", "not recorded") == (False if checkpointing == "false" else "not recorded")
+
+
+def test_args_used_says_when_the_trainer_would_recompute_against_false(capsys):
+    """Where the config says "false", the trainer's flag alone decides whether training recomputes."""
+    from types import SimpleNamespace
+
+    from medr1 import build_config
+    from medr1.train import args_used
+
+    args = SimpleNamespace(optim="adamw_torch", bf16=False, fp16=False, packing=False, padding_free=False,
+                           gradient_checkpointing=True)
+    assert args_used(build_config("smoke", quiet=True), args)["gradient_checkpointing"] is True
+    assert "the trainer uses gradient_checkpointing=True, not False as configured" in capsys.readouterr().out
+    assert "gradient_checkpointing" not in args_used(build_config("smoke", {"gradient_checkpointing": "unsloth"},
+                                                                  quiet=True), args)
 
 
 def test_mean_loss_is_the_trainers_average_when_logging_every_n_steps(logged_every_5):

@@ -195,8 +195,7 @@ class GrpoRun(Stage):
         return trainer_kwargs(
             cfg, checkpoint_dir, report_to, self.STEP, num_generations=cfg.num_generations,
             max_completion_length=cfg.max_completion_length, temperature=cfg.grpo_temperature, beta=cfg.beta,
-            reward_weights=list(self.weights.values()),
-            gradient_checkpointing=False)  # add_lora set it up as the config says; TRL's default would redo it
+            reward_weights=list(self.weights.values()))
 
     def reward_funcs(self) -> list:
         """The weighted rewards as TRL callables, in the order of `self.weights`."""

@@ -46,6 +46,7 @@ def trainer_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none",
                 run_name=os.path.basename(os.path.abspath(config.output_dir)), disable_tqdm=False,
                 use_cpu=not torch.cuda.is_available(), bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
                 ddp_find_unused_parameters=False,
+                gradient_checkpointing=False,  # add_lora set it up as the config says; TRL's default would redo it
                 logging_nan_inf_filter=False,  # its default logs a NaN loss as 0.0: a diverged run looked fine
                 **stage)
 
@@ -67,10 +68,12 @@ def sft_config(config: Config, checkpoint_dir: str, report_to: str = "none") -> 
 def args_used(config: Config, args: Any) -> dict[str, Any]:
     """What the built trainer's arguments really use (optim, precision, packing), for run.json; each that differs from
     the config is said in one line: on a CPU, Unsloth replaces them (unsloth_zoo.cpu.trainer's
-    normalize_cpu_training_arguments) without a word in the record."""
+    normalize_cpu_training_arguments) without a word in the record. gradient_checkpointing only where the config says
+    "false": there the trainer's flag alone decides whether training recomputes (else add_lora set it up)."""
     dtype = torch_dtype(config.precision)
     asked = {"optim": config.optim, "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16,
-             "packing": config.packing, "padding_free": False}
+             "packing": config.packing, "padding_free": False,
+             **({"gradient_checkpointing": False} if config.gradient_checkpointing == "false" else {})}
     used = {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in asked if hasattr(args, k)}
     for key, value in used.items():
         if value != asked[key]:
