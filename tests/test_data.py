@@ -141,6 +141,15 @@ def test_the_advice_of_a_length_error_fits_the_rows(tmp_path, tokenizer):
     config = build_config("smoke", {"max_seq_length": lengths[-2] + 1, "over_length": "error"}, quiet=True)
     with pytest.raises(DataError, match=rf"every row fit in {lengths[-1]}: max_seq_length={lengths[-1]}"):
         data.tokenize_rows(rows, tokenizer, config)
+    config = build_config("smoke", {"max_seq_length": lengths[0], "over_length": "error"}, quiet=True)
+    with pytest.raises(DataError, match=rf"every row fit in {lengths[-1]}: max_seq_length={lengths[-1]}"):
+        data.tokenize_rows(rows, tokenizer, config)  # the 95th percentile would leave rows that stop the next run
+    kept, report, problem = data.apply_length_policy(rows, tokenizer, build_config(
+        "smoke", {"max_seq_length": lengths[0], "over_length": "drop"}, quiet=True))
+    assert not problem and report.dropped == sum(n > lengths[0] for n in lengths)  # under drop, nothing to advise
+    config = build_config("smoke", {"max_seq_length": lengths[0] - 1}, quiet=True)  # every row over: drop leaves none
+    with pytest.raises(DataError, match=rf"95% of rows fit in {report.p95_tokens}: max_seq_length="):
+        data.tokenize_rows(rows, tokenizer, config)
 
 
 @pytest.mark.parametrize("ext", [".csv", ".json", ".jsonl"])

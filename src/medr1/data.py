@@ -244,7 +244,8 @@ def apply_length_policy(rows: list[dict[str, str]], tokenizer, config: Config,
                     "prompt fills it): dropped, as loss_on='completion' has nothing to train on in them")
     gone = set(over if policy == "drop" else empty)
     kept = [e for i, e in enumerate(cut) if i not in gone]
-    fits, share = (p95, "95% of rows") if p95 > limit else (max(lengths, default=0), "every row")  # 95% fit already
+    # under "error" every row must fit (the 95th percentile left 5% that stop the next run); 95% may fit already
+    fits, share = (p95, "95% of rows") if p95 > limit and policy != "error" else (max(lengths, default=0), "every row")
     fix, problem = f"raise max_seq_length ({share} fit in {fits}: {hint('max_seq_length', fits)})", ""
     if over and policy == "error":
         where = getattr(rows[over[0]], "where", f"row {over[0]}")
