@@ -1,98 +1,35 @@
 """The correctness matcher behind GRPO's correctness reward and `evaluate --verifiable`: does an answer part assert
 the reference answer, once, without denying or hedging it?
 
-Matching is normalized (case, punctuation, articles, plurals, British spellings, abbreviations and synonyms) and
-refuses the ways a policy learns to game a string match: a negated mention ("not X", "rule out X"), hedging over
-several candidates ("X or Y", "X. Y is also likely.", `_rival`) and the reference named as what another diagnosis
-resembles or comes from ("Y, which can mimic X", "Y secondary to X", `_related`). It is strict (precision over recall):
-a right answer in other words earns nothing; the verifier model (medr1.verifier) is the tool for those. It reads
-English text: Latin letters (accents dropped), digits and Greek letters spelt out (`GREEK`), no other.
+Matching is on normalized words (medr1.phrases: case, punctuation, articles, plurals, British spellings,
+abbreviations and synonyms) and refuses the ways a policy learns to game a string match: a negated mention ("not
+X", "rule out X"), hedging over several candidates ("X or Y", "X. Y is also likely.", `_rival`) and the reference
+named as what another diagnosis resembles or comes from ("Y, which can mimic X", "Y secondary to X", `_related`). It
+is strict (precision over recall): a right answer in other words earns nothing; the verifier model (medr1.verifier)
+is the tool for those.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 
-from medr1 import prompts
+from medr1.phrases import (
+    BREAK,
+    COMMA,
+    CONTENT,
+    CUES,
+    HEAD,
+    HEADING_WORDS,
+    ITEM,
+    LINE,
+    SEPARATORS,
+    STOP,
+    canonical,
+    to_words,
+    truth_variants,
+)
 
-# Canonical phrase -> its abbreviations and synonyms (assets/synonyms.json, written for medr1, a table to extend).
-# Ambiguous short forms (PE, MS, ALL, DM, IV, CF) are left out: they would reward the wrong disease as often as not.
-ASSETS = Path(__file__).parent / "assets"
-SYNONYMS: dict[str, list[str]] = json.loads((ASSETS / "synonyms.json").read_text("utf-8"))
-TABLES = json.loads((ASSETS / "cues.json").read_text("utf-8"))  # cue words, and the tables of "normalization"
-# letters ASCII cannot hold, spelt out: every Greek one ("ε-aminocaproic acid"; after NFKD the micro sign is μ), and
-# the `letters` of cues.json (ß is how β gets typed: "ß-blocker"; Latin ones with no accent to drop: "Sjøgren")
-GREEK = {chr(c): f" {unicodedata.name(chr(c)).split()[-1].lower()} "
-         for c in [*range(0x391, 0x3AA), *range(0x3B1, 0x3CA)] if c != 0x3A2} | TABLES["normalization"]["letters"]
-SPELLING = [(re.compile(pattern), repl) for pattern, repl in TABLES["normalization"]["spellings"]]  # in this order
-ARTICLES = set(TABLES["normalization"]["articles"])
-COMMA, BREAK = ",", "|"  # tokens kept from punctuation: a list separator, a clause boundary
-# Segment ends kept as tokens: a sentence end (. ! ? ;), a line end, a bullet or list number, a colon ending a line.
-STOP, LINE, ITEM, HEAD = ".", "/", "#", ":"
-SEPARATORS, PUNCTUATION = {STOP, LINE, ITEM, HEAD}, {STOP, LINE, ITEM, HEAD, COMMA, BREAK}
-TOKENS = {"\x01": STOP, "\n": LINE, "\x02": ITEM, "\x03": HEAD}
-SENTENCE_END = re.compile(r"(?<!\d)[.!?](?!\d)|;")
-ITEM_MARK = re.compile(r"^[ \t]*[-*+\u2022\u2013][ \t]+|(?<![\w.])\d{1,2}[.)][ \t]+", re.M)  # "- ", "1. ", "2) "
-HEADING_END = re.compile(r":[*_ \t]*(?=\n|$)")  # "Management:", "**Next steps:**" at the end of a line
-MARKDOWN_HEAD = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+|\*\*|__)([^\n*_#:]+?)(?:\*\*|__)?[ \t]*$", re.M)  # "### Why"
-ABBREVIATION = re.compile(r"\b(e\.g|i\.e|etc|vs|cf)\.")  # a dot that ends no sentence
-
-
-def _singular(word: str) -> str:
-    if len(word) <= 3 or not word.isalpha() or not word.endswith("s") or word.endswith(("ss", "us", "is")):
-        return word
-    if word.endswith("ies"):
-        return word[:-3] + "y"
-    return word[:-2] if word.endswith(("sses", "shes", "ches", "xes", "zes", "uses")) else word[:-1]
-
-
-def _fold(text: str) -> str:
-    """Accents dropped ("Ménière" -> "Meniere"), Greek letters spelt out, any other letter that is not ASCII gone."""
-    return "".join(GREEK.get(ch, ch) for ch in unicodedata.normalize("NFKD", text)).encode("ascii", "ignore").decode()
-
-
-def dropped_letters(text: str) -> str:
-    """The letters of `text` that normalization drops (Chinese, Cyrillic), each once: a reference holding
-    one would be matched by what is left ("IgA肾病", IgA nephropathy, by "IgA vasculitis")."""
-    return "".join(dict.fromkeys(ch for ch in text if ch.isalpha() and unicodedata.category(ch) != "Lm"  # "ʼ"
-                                 and not _fold(ch).strip()))
-
-
-def _words(text: str) -> list[str]:
-    """Lower-case words of `text`, accents, articles and plurals removed; commas, clause breaks and segment ends
-    as tokens. Cue words go through it too, so "whereas" and "requires" compare as the answer's words do."""
-    text = prompts.ANSWER_MARKERS.sub("\n", text)  # a second answer part inside the answer part: one more candidate
-    text = re.sub(r"\b([A-Z][A-Z0-9]+)s\b", r"\1", text)  # SSRIs: an abbreviation's plural
-    text = MARKDOWN_HEAD.sub(lambda m: f"{m[1]}:" if (h := {*_phrase(m[1])}) & CONTENT and h <= CONTENT | HEADING_WORDS
-                             else m[0], text)  # "**Key findings**" as "Key findings:"; "**Renal abscess**" names
-    text = HEADING_END.sub(" \x03 ", ITEM_MARK.sub(" \x02 ", text))
-    text = _fold(text).lower()
-    text = re.sub(r"n't\b", " not", text).replace("no doubt", " ").replace("/", " or ")
-    text = re.sub(r"'s\b", "", text)
-    text = re.sub(r"(\d)([a-z])", r"\1 \2", text)
-    text = SENTENCE_END.sub(" \x01 ", ABBREVIATION.sub(lambda m: m[1].replace(".", ""), text))
-    text = re.sub(r"[:()\[\]{}\u2014]|--", f" {BREAK} ", text).replace(",", f" {COMMA} ")
-    out = []
-    for word in re.findall(r"[a-z0-9]+|[,|\n\x01-\x03]", text):
-        word = TOKENS.get(word, word)
-        if word not in ARTICLES:
-            word = _singular(word)  # before the spelling: "tumours" -> "tumour" -> "tumor"
-            for pattern, repl in SPELLING:
-                word = pattern.sub(repl, word)
-            out.append(word)
-    return out
-
-
-def _phrase(text: str) -> tuple[str, ...]:
-    return tuple(w for w in _words(text) if w not in PUNCTUATION)
-
-
-# Cue words (lists to extend), normalized as answers are.
-CUES = {k: {" ".join(_phrase(p)) for p in v} for k, v in TABLES.items() if isinstance(v, list)}
 # Before a mention (in its clause), or just after it: the mention is denied, not asserted.
 NEGATION_BEFORE, NEGATION_AFTER = CUES["negation_before"], CUES["negation_after"]
 CLAUSE_WORDS, DISJUNCTIONS, HEDGES = CUES["clause_words"], CUES["disjunctions"], CUES["hedges"]
@@ -111,30 +48,11 @@ EXPLAINS = (LINKING - PREPOSITIONS - COMMENTS) | CLAUSE_WORDS | PLURAL_VERBS | C
 PASSIVE = re.compile(r" (may|could|might) be \w+[^e]ed(?= )")  # "This could be confirmed by TRAb" explains: no hedge
 NAMING = re.compile("|".join(rf" {re.escape(c)}(?= )" for c in CUES["naming"]))  # "Y is the alternative" names Y
 MAYBE = re.compile(r"^ (?:could|may|might)(?: also)? be ")  # "Could be PE." names PE, hedged; "May be due to" explains
-CONTENT, HEADING_WORDS = ({w for c in CUES[k] for w in c.split()} for k in ("content_headings", "heading_words"))
 # A mention named only as what the answer resembles or comes from is no mention of the answer (`_related`).
 MIMICRY, RELATIONS = ([c.split() for c in CUES[k]] for k in ("mimicry", "relations"))  # "mimics" follow the mention
 RELATION_SKIPS = LINKING | COMMENTS | CUES["relation_skips"] | {COMMA, BREAK}  # between a relation and its diagnosis
 SHORT = 4  # the most words (besides "also" and "consider") of a sentence that is a bare name ("X. Toxic adenoma.")
 
-ALIASES = {_phrase(alias): _phrase(canon) for canon, aliases in SYNONYMS.items() for alias in (canon, *aliases)}
-LONGEST_ALIAS = max(len(a) for a in ALIASES)
-
-
-def canonical(words: list[str] | tuple[str, ...]) -> list[str]:
-    """Replace every abbreviation or synonym (longest first) by its canonical phrase."""
-    out: list[str] = []
-    i = 0
-    while i < len(words):
-        n = next((n for n in range(min(LONGEST_ALIAS, len(words) - i), 0, -1) if tuple(words[i:i + n]) in ALIASES), 0)
-        out.extend(ALIASES[tuple(words[i:i + n])] if n else words[i:i + 1])  # n = 0: no alias starts at i
-        i += max(n, 1)
-    return out
-
-
-def normalize(text: str) -> str:
-    """The form two answers are compared in: `normalize("The Heart-Attacks.") == "myocardial infarction"`."""
-    return " ".join(canonical(_phrase(text)))
 
 
 REASONS = ("match", "not found", "negated", "several candidates", "no answer")
@@ -264,26 +182,12 @@ def _rival(words: list[str], a: int, b: int, content: bool = False) -> bool:
     return item or bare or len([w for w in seg if w not in ("also", "consider")]) <= SHORT
 
 
-def truth_variants(truth: str) -> list[list[str]]:
-    """The reference as words, with its punctuation ("46,XY", "S. aureus") and without; "Myocardial infarction
-    (MI)" also as its outside and inside parts."""
-    inside = re.findall(r"\(([^()]*)\)", truth)
-    variants: list[list[str]] = []
-    for text in [re.sub(r"\([^()]*\)", " ", truth), *inside] if inside else [truth]:  # outside, then inside
-        words = canonical(_words(text))
-        kept = [k for k, w in enumerate(words) if w not in PUNCTUATION]
-        for v in (words[kept[0]:kept[-1] + 1] if kept else [], [words[k] for k in kept]):
-            if v and v not in variants:
-                variants.append(v)
-    return variants
-
-
 def judge(answer: str, truth: str) -> Verdict:
     """Does the answer part `answer` assert the reference `truth`, once, without denying or hedging it?
     A mention is judged in its segment (sentence, line or list item); no other segment may be a rival (`_rival`)."""
     if not answer.strip():
         return Verdict(False, "no answer")
-    words = canonical(_words(answer))
+    words = canonical(to_words(answer))
     spans = sorted({(i, i + len(v)) for v in truth_variants(truth) for i in range(len(words) - len(v) + 1)
                     if words[i:i + len(v)] == v and not _related(words, i, i + len(v))})
     if not spans:

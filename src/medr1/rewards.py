@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from medr1 import prompts
-from medr1.matcher import REASONS, Verdict, judge, normalize, truth_variants
+from medr1.matcher import REASONS, Verdict, judge
+from medr1.phrases import normalize, truth_variants
 
 __all__ = ["REASONS", "Verdict", "answer_part", "correctness_reward", "format_ok", "format_reward", "is_correct",
            "judge", "normalize", "stop_reward", "truth_variants"]
