@@ -11,6 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # trains the real one on purpose). The Makefile's `test` target sets it too.
 os.environ.setdefault("MEDR1_CPU_PRESET", "smoke")
 
+import sys  # noqa: E402
+import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -30,6 +32,22 @@ def one_error(err: str) -> str:
     assert all(line.startswith("medr1: ") and "error:" not in line for line in lines[:-1]), err
     return lines[-1]
 
+
+def fake_colab(monkeypatch, secrets: dict[str, str]) -> None:
+    """Colab's `google.colab.userdata` holding `secrets`, for as long as the test runs."""
+    userdata = types.SimpleNamespace(get=lambda name: secrets[name], NotebookAccessError=KeyError,
+                                     SecretNotFoundError=KeyError)
+    colab = types.ModuleType("google.colab")
+    colab.userdata = userdata
+    errors = types.ModuleType("google.colab.errors")
+    errors.Error = RuntimeError
+    colab.errors = errors
+    monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
+    monkeypatch.setitem(sys.modules, "google.colab.errors", errors)
+    google = types.ModuleType("google")
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):

@@ -208,6 +208,28 @@ def test_fast_sizes_grpo_recomputation_for_its_answers_not_sfts_packed_rows(monk
     assert big.gradient_checkpointing == "false"
 
 
+def test_a_resumed_fast_grpo_run_keeps_its_recomputation(tmp_path, monkeypatch, capsys):
+    """GRPO's plan came from the memory free at the resume (a notebook's stopped model may still hold some): a run
+    begun without recomputation went on with it, slower, unsaid. It keeps its own where the card's total fits it."""
+    import medr1.speed.sizing as sizing
+
+    memory = {"free": 78.0, "total": 79.0}
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: memory["total" if total else "free"])
+    first = build_config("fast", {"output_dir": str(tmp_path)}, stage="grpo", quiet=True)
+    assert first.gradient_checkpointing == "false"
+    (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted", "config": first.to_dict()}))
+    memory["free"] = 30.0  # the stopped model still holds most of the card
+    capsys.readouterr()
+    again = build_config("fast", {"output_dir": str(tmp_path), "resume": True}, stage="grpo")
+    assert again.gradient_checkpointing == "false"
+    assert f"sized as the run it resumes ({tmp_path}): gradient_checkpointing=false" in capsys.readouterr().out
+    assert build_config("fast", {"output_dir": str(tmp_path)}, stage="grpo", quiet=True).gradient_checkpointing \
+        == "unsloth"  # not a resume: planned from the free memory
+    memory["total"] = 40.0  # resumed on a smaller card: the run's own setting does not fit, re-planned
+    assert build_config("fast", {"output_dir": str(tmp_path), "resume": True}, stage="grpo",
+                        quiet=True).gradient_checkpointing == "unsloth"
+
+
 def test_a_resume_under_another_preset_names_the_preset(tmp_path):
     """A run interrupted under `auto` on one card and resumed on another (auto picks another preset) was refused
     with ten changed knobs and no word of the one change that explains them: the preset."""

@@ -207,6 +207,20 @@ def test_bad_knobs(tmp_path, overrides, message):
         GrpoRun(build_config("smoke", {"output_dir": str(tmp_path), **overrides}, quiet=True))
 
 
+def test_a_fast_config_sized_for_sft_is_refused_by_grpo(tmp_path, monkeypatch):
+    """`GrpoRun(build_config("fast", ...))` (the Python API without stage='grpo') took SFT's memory plan: on a 40 GB
+    card, no recomputation for GRPO's 8 answers. Refused in one line, before anything loads; stage='grpo' passes."""
+    import medr1.speed.sizing as sizing
+    from medr1 import grpo
+
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 39.5)
+    with pytest.raises(ConfigError, match=r"holds SFT's memory plan: .*stage='grpo'"):
+        GrpoRun(build_config("fast", {"output_dir": str(tmp_path)}, quiet=True))
+    grpo.check(build_config("fast", {"output_dir": str(tmp_path)}, stage="grpo", quiet=True))
+    monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: None)  # no GPU: nothing sized, nothing to refuse
+    grpo.check(build_config("fast", {"output_dir": str(tmp_path)}, quiet=True))
+
+
 def test_grpo_command(tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["grpo", "--preset", "smoke", "--set", "grpo_max_steps=1", "--set", f"output_dir={out}"]) == 0

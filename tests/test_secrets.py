@@ -9,10 +9,10 @@ import os
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
+from conftest import fake_colab
 
 from medr1 import build_config
 from medr1.config import knob_names
@@ -67,22 +67,6 @@ def test_notebook_run_writes_no_secret(tmp_path, monkeypatch):
                     "max_new_tokens": 4, "report_to": "auto"})
     assert (out / "run.json").exists() and (out / "adapter" / "README.md").exists()
     assert leaks(tmp_path) == []
-
-
-def fake_colab(monkeypatch, secrets: dict[str, str]) -> None:
-    userdata = types.SimpleNamespace(get=lambda name: secrets[name], NotebookAccessError=KeyError,
-                                     SecretNotFoundError=KeyError)
-    colab = types.ModuleType("google.colab")
-    colab.userdata = userdata
-    errors = types.ModuleType("google.colab.errors")
-    errors.Error = RuntimeError
-    colab.errors = errors
-    monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
-    monkeypatch.setitem(sys.modules, "google.colab.errors", errors)
-    google = types.ModuleType("google")
-    google.colab = colab
-    monkeypatch.setitem(sys.modules, "google", google)
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
 
 
 def test_secrets_come_from_the_environment_first_then_colab(monkeypatch, tmp_path):

@@ -2,10 +2,11 @@
 
 import json
 import math
+import sys
 
 import pytest
 import torch
-from conftest import SMOKE_STEPS
+from conftest import SMOKE_STEPS, fake_colab
 
 
 def test_loss_falls_clearly(smoke_run):
@@ -272,13 +273,18 @@ def test_a_preset_that_turns_wandb_off_says_so_when_a_key_is_set(wandb_env, tmp_
         config = build_config(preset, {"output_dir": str(tmp_path / preset)}, quiet=True)
         assert reporting(config) == "none"
         said = capsys.readouterr().out
-        assert f"W&B is off: preset {preset!r} sets report_to='none'" in said and "report_to=" in said
+        assert f"W&B is off: report_to='none' (the {preset!r} preset's value, or yours)" in said
+        assert "report_to='auto' to log to W&B" in said
         assert "k" * 40 not in said
     config = build_config("colab-t4", {"output_dir": str(tmp_path / "t4"), "report_to": "none"}, quiet=True)
     assert reporting(config) == "none" and capsys.readouterr().out == ""  # asked for by the user
     wandb_env.delenv("WANDB_API_KEY")
+    wandb_env.setitem(sys.modules, "google.colab", None)  # not on Colab either
     assert reporting(build_config("smoke", {"output_dir": str(tmp_path / "s")}, quiet=True)) == "none"
     assert capsys.readouterr().out == ""  # no key: nothing to say
+    fake_colab(wandb_env, {"WANDB_API_KEY": "c" * 40})  # the key only as a Colab secret (a Colab CPU runtime)
+    assert reporting(build_config("smoke", {"output_dir": str(tmp_path / "c")}, quiet=True)) == "none"
+    assert "W&B is off: report_to='none'" in capsys.readouterr().out
 
 
 def test_wandb_writes_its_folder_into_the_output_dir(wandb_env, tmp_path):

@@ -1,6 +1,6 @@
 """Reinforcement on verifiable medical answers: GRPO with LoRA, the stage after SFT.
 
-    run = GrpoRun(build_config("smoke"))   # checks knobs, questions, start adapter, output folder: nothing heavy
+    run = GrpoRun(build_config("smoke", stage="grpo"))  # checks knobs, questions, adapter, output folder: light
     run.load(); run.add_lora(); run.train(); run.plot_rewards(); run.save()
 
 Each question is asked `num_generations` times in the run's prompt style; every answer is scored by the rewards
@@ -23,6 +23,7 @@ from medr1.config import Config, same_setting
 from medr1.errors import ConfigError, ModelError, OutputDirError
 from medr1.log import log
 from medr1.presets import LORA_TARGETS, PRESETS
+from medr1.speed.sizing import FAST_SIZED
 from medr1.stage import Stage
 from medr1.verifiable import FIELDS, check_enough, drop_held_out, fit_questions, load_questions
 
@@ -49,6 +50,8 @@ def check(config: Config) -> None:
         raise ConfigError(f"every reward weight is 0 ({', '.join(REWARD_KNOBS.values())}): nothing to learn from")
     if config.grpo_generation not in GENERATION:
         raise ConfigError(f"grpo_generation={config.grpo_generation!r} is not valid; choose one of {list(GENERATION)}")
+    if config.preset == "fast" and any(getattr(config, k) != PRESETS["fast"][k] for k in FAST_SIZED[:2]):
+        raise ConfigError("this fast config holds SFT's memory plan: build it with build_config(..., stage='grpo')")
     if config.over_length == "truncate":
         raise ConfigError("over_length='truncate' cuts SFT rows; a question cut off is no question: GRPO takes "
                           "over_length='drop' or 'error'")

@@ -60,9 +60,9 @@ def reporting(config: Config) -> str:
     short) would fail at the first step: an error under report_to='wandb', else W&B off. W&B's folder: output_dir."""
     global _WANDB_DIR
     if config.report_to == "none":
-        if os.environ.get("WANDB_API_KEY") and PRESETS.get(config.preset, {}).get("report_to") == "none":
-            log.info(f"W&B is off: preset {config.preset!r} sets report_to='none' (WANDB_API_KEY is set; "
-                     f"{hint('report_to', 'auto')} to log to W&B)")  # a CPU preset: else it looked ignored
+        if PRESETS.get(config.preset, {}).get("report_to") == "none" and wandb_key():  # a CPU preset's value
+            log.info(f"W&B is off: report_to='none' (the {config.preset!r} preset's value, or yours), though a "
+                     f"WANDB_API_KEY is set: {hint('report_to', 'auto')} to log to W&B")
         return "none"
     mode = os.environ.get("WANDB_MODE")
     if not (wandb_key() or mode in ("offline", "disabled")):

@@ -111,9 +111,9 @@ def fast_knobs(stage: str, overrides: dict[str, Any], preset: dict[str, Any]) ->
     def knob(name: str) -> int:
         return coerce(name, overrides.get(name, preset.get(name, getattr(Config, name))), int)
 
-    if stage == "grpo":
-        return grpo_sizing(knob("num_generations"), knob("max_seq_length"), knob("max_completion_length"))
     resumed = overrides.get("output_dir") if coerce("resume", overrides.get("resume", False), bool) else ""
+    if stage == "grpo":
+        return grpo_sizing(knob("num_generations"), knob("max_seq_length"), knob("max_completion_length"), resumed)
     sizing, why = fast_sizing(resumed, knob("max_seq_length"))
     split = [k for k in FAST_SIZED[:2] if k in overrides]  # the micro-batch and the accumulation
     if sizing and len(split) == 1 and (value := coerce(split[0], overrides[split[0]], int)) > 0:
@@ -121,15 +121,19 @@ def fast_knobs(stage: str, overrides: dict[str, Any], preset: dict[str, Any]) ->
     return sizing, why
 
 
-def grpo_sizing(answers: int, seq_len: int, completion: int) -> tuple[dict[str, Any], str]:
+def grpo_sizing(answers: int, seq_len: int, completion: int, resumed: str = "") -> tuple[dict[str, Any], str]:
     """GRPO's recomputation under `fast`: none where its micro-batch fits the free memory (the least over the
     processes), else Unsloth's. The micro-batch is one question's `answers` (num_generations), each up to `seq_len`
     tokens: the question plus `completion` (max_completion_length) must fit max_seq_length. num_generations and
     grpo_questions_per_step make GRPO's step, so SFT's split of packed rows is not planned: sized for 2,048-token
-    rows, it left a 40 GB card without recomputation for a step estimated at 45 GiB."""
-    free, processes = least(free_gpu_gib()), world_size()
+    rows, it left a 40 GB card without recomputation for a step estimated at 45 GiB. A resume (`resumed`: its
+    output_dir) keeps the run's own setting where it fits, as SFT's does (`resumed_sizing`)."""
+    free, total, processes = least(free_gpu_gib()), least(free_gpu_gib(total=True)), world_size()  # every rank
     if free is None:
         return {}, "no CUDA GPU: the preset's defaults"
+    kept, room = recorded(resumed).get(FAST_SIZED[2]), total if processes <= 1 else free
+    if kept in GIB_PER_1K_TOKENS and estimate_gib(answers, seq_len, kept) <= HEADROOM * (room or 0):
+        return {FAST_SIZED[2]: kept}, f"sized as the run it resumes ({resumed}): gradient_checkpointing={kept}"
     need = estimate_gib(answers, seq_len, "false")
     checkpointing = "false" if need <= HEADROOM * free else "unsloth"
     over = f" (the least over {processes} processes)" if processes > 1 else ""
@@ -137,6 +141,15 @@ def grpo_sizing(answers: int, seq_len: int, completion: int) -> tuple[dict[str, 
         f"{free:.0f} GiB free{over}: GRPO's micro-batch of {answers} answers x up to {seq_len} tokens (the question "
         f"and max_completion_length={completion}, within max_seq_length) takes about {need:.0f} GiB without "
         f"recomputation: gradient_checkpointing={checkpointing}")
+
+
+def recorded(output_dir: str) -> dict[str, Any]:
+    """The config a `fast` run in `output_dir` recorded in its run.json ({} for none, another preset, or unreadable)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if output_dir and (before := json.loads((Path(str(output_dir)).expanduser() / "run.json").read_text(
+                encoding="utf-8")).get("config") or {}).get("preset") == "fast":
+            return before
+    return {}
 
 
 def fast_sizing(resumed: str, seq_len: int = 2048) -> tuple[dict[str, Any], str]:
@@ -182,21 +195,19 @@ def resumed_sizing(output_dir: str, seq_len: int, free: float | None,
     still hold some). On a smaller card, a split planned from free memory with the run's packed rows per step per
     process, which trains the same rows per step (record.check_output_dir lets a resume change the split alone)."""
     path = Path(str(output_dir)).expanduser() / "run.json"
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        if output_dir and (before := json.loads(path.read_text(encoding="utf-8")).get("config") or {}).get(
-                "preset") == "fast":
-            kept, why = {k: before[k] for k in FAST_SIZED if k in before}, f"sized as the run it resumes ({path})"
-            batch, accumulation, checkpointing = FAST_SIZED
-            # one process may be a notebook whose stopped model still holds memory; several are fresh processes, and
-            # another job may hold memory on one of their GPUs
-            room, where = (total, "this card's") if world_size() <= 1 else (free, "the least free")
-            if room is None or len(kept) < len(FAST_SIZED) or kept[checkpointing] not in GIB_PER_1K_TOKENS or \
-                    estimate_gib(kept[batch], seq_len, kept[checkpointing]) <= HEADROOM * room:
-                return kept, why
-            plan, why = planned(seq_len, free, kept[batch] * kept[accumulation])
-            return plan, (f"the run it resumes ({path}) was sized {kept[batch]} x {kept[accumulation]}, "
-                          f"gradient_checkpointing={kept[checkpointing]}, more than {where} {room:.0f} GiB holds; "
-                          f"re-planned with its rows per step: {why}" + (
-                              " (transformers will warn that per_device_train_batch_size differs from "
-                              "trainer_state.json: the rows per step do not)" if plan[batch] != kept[batch] else ""))
-    return None
+    if not (before := recorded(output_dir)):
+        return None
+    kept, why = {k: before[k] for k in FAST_SIZED if k in before}, f"sized as the run it resumes ({path})"
+    batch, accumulation, checkpointing = FAST_SIZED
+    # one process may be a notebook whose stopped model still holds memory; several are fresh processes, and
+    # another job may hold memory on one of their GPUs
+    room, where = (total, "this card's") if world_size() <= 1 else (free, "the least free")
+    if room is None or len(kept) < len(FAST_SIZED) or kept[checkpointing] not in GIB_PER_1K_TOKENS or \
+            estimate_gib(kept[batch], seq_len, kept[checkpointing]) <= HEADROOM * room:
+        return kept, why
+    plan, why = planned(seq_len, free, kept[batch] * kept[accumulation])
+    return plan, (f"the run it resumes ({path}) was sized {kept[batch]} x {kept[accumulation]}, "
+                  f"gradient_checkpointing={kept[checkpointing]}, more than {where} {room:.0f} GiB holds; "
+                  f"re-planned with its rows per step: {why}" + (
+                      " (transformers will warn that per_device_train_batch_size differs from "
+                      "trainer_state.json: the rows per step do not)" if plan[batch] != kept[batch] else ""))
