@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import VITAMINS
+from conftest import ASSETS, VITAMINS
 
 from medr1 import mcq
 from medr1.errors import DataError
@@ -268,3 +268,42 @@ def test_a_bracketed_letter_or_a_bare_lower_case_one_is_a_hedge(answer, letter):
     """"The answer is (c) or d" was scored C: the rival after "or" was read only in brackets or upper case. A bare
     lower-case option letter after "or" or "/" is a rival too; "a" and "i" there stay words."""
     assert mcq.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
+
+
+BARE_HEDGES = ["A or C", "A or C.", "A/C", "Either A or C.", "A or C, I cannot decide.", "A and C", "A & C",
+               "Options A and C both fit.", "It could be A or C.", "Probably A/C."]
+
+
+@pytest.mark.parametrize("answer", BARE_HEDGES)
+def test_a_hedge_of_bare_letters_does_not_fall_back_on_the_reasoning(answer):
+    """A reviewer saw "the answer is B" in the reasoning win over an answer part "A or C" ("A/C", "Either A or C.",
+    "Options A and C both fit."): two options in the answer part are several candidates, bracketed or not."""
+    for text, style in ((f"At first the answer is B, but the casts say otherwise.\n\n### Answer:\n{answer}", "seed"),
+                        (f"<think>\nThe answer is B? No, the casts say otherwise.\n</think>\n{answer}", "r1")):
+        assert mcq.extract_choice(text, UTI, style) == mcq.Extraction(None, "none")
+        assert mcq.first_last(text, UTI, style) == ("A", "C")
+
+
+def test_a_bare_hedge_is_unparsed_and_not_counted_right(tmp_path):
+    """The reviewer's `medr1 evaluate --mcq tests/assets/mcq_sample.json --predictions h0.jsonl --max-questions 1`
+    printed correct 1, unparsed 0 for a hedge "A or C" after "the answer is B" in the reasoning (gold B)."""
+    pred = tmp_path / "h0.jsonl"
+    pred.write_text(json.dumps({"prediction": "At first the answer is B, but the casts say otherwise.\n\n"
+                                              "### Answer:\nA or C"}) + "\n")
+    got = mcq.score_files(ASSETS / "mcq_sample.json", pred, max_questions=1)
+    assert (got["n"], got["correct"], got["unparsed"], got["parsed_by"]["phrase"]) == (1, 0, 1, 0)
+    assert got["first_match"] == got["last_match"] == got["either_match"] == 0.0
+
+
+@pytest.mark.parametrize("answer, letter", [
+    ("C, A and B are wrong", "C"), ("C, A and B are wrong.", "C"), ("C; A and B are wrong.", "C"),
+    ("C - A and B are wrong.", "C"), ("C, A and B are incorrect.", "C"), ("C, B and A are not correct.", "C"),
+    ("C, A is wrong", "C"), ("C, since A and B do not fit.", "C"),
+    ("C, A and B are possible", None), ("C, A and B", None), ("C, A and B are both correct.", None), ("C/A", None)])
+def test_a_leading_letter_then_the_others_ruled_out_is_the_pick(answer, letter):
+    """README's "C, A and B are wrong" is C held only as "The answer is C, A and B are wrong."; bare, it was
+    unparsed (or the reasoning's letter): a letter that opens the answer is the pick, the letters its clause rules
+    out are mentions, and the ones it keeps open ("are possible", or nothing said) are several candidates."""
+    text = f"At first I would choose D.\n\n### Answer:\n{answer}"
+    assert mcq.extract_choice(text, VITAMINS).letter == letter
+    assert mcq.extract_choice(f"<think>\nMaybe D.\n</think>\n{answer}", VITAMINS, "r1").letter == letter

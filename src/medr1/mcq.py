@@ -98,9 +98,12 @@ _PHRASE_RE = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (  # conclusi
 _LONE_RE = [
     re.compile(r"^\W*([A-Z])\W*$"),  # the whole answer is one letter: "C", "(C).", "**C**"
     re.compile(r"\(([A-Z])\)|\[([A-Z])\]|\{([A-Z])\}|\*\*([A-Z])\*\*|__([A-Z])__"),  # (B) [B] {B} **B** __B__
-    re.compile(r"(?m)^\W*([A-Z])[.):](?=\s|$)"),  # "B. Metformin" or "B)" at the start of a line
-    re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)\s+([A-Z])(?![A-Za-z0-9])(?!\W*\s(?:is|was)\s+(?:not|incorrect|"
-               r"wrong|unlikely|less likely|ruled out|excluded)\b)"),  # "option B"; not "option C is less likely"
+    # a letter that starts a line ("B. Metformin", "B)", "C, A and B are wrong", "C - ...", "A or C", "A/C"), or
+    # is hedged with another after a lead-in word ("Either A or C", "It could be A/C"; "vitamin B or C" is a name)
+    re.compile(r"(?m)^\W*([A-Z])(?=[.):](?:\s|$)|\s*[,;/&]|\s+(?:-\s|or\b|and\b))|\b(?i:either|is|be|probably|"
+               r"possibly|likely|perhaps|maybe)\s+([A-Z])(?=(?:\s*/|\s+or\s)\W*[A-Z](?![A-Za-z0-9]))"),
+    re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)s?\s+([A-Z])(?![A-Za-z0-9])(?!\W*\s(?:is|was)\s+(?:not|"
+               r"incorrect|wrong|unlikely|less likely|ruled out|excluded)\b)"),  # "option B", "options A and C"
 ]
 _WORD = re.compile(r"\w+|[,/&]")
 # "B, C and D are wrong": the clause after a run of letters, which says what they are. It keeps them open where it
@@ -120,16 +123,15 @@ class Extraction:
 def extract_choice(text: str, options: dict[str, str] | list[str], style: str = "seed") -> Extraction:
     """Which option a generation chose, or None: in the answer part of a trained-format generation (after
     "### Answer:" or "</think>"), then in the whole text, an "answer is X"-style phrase (the last one wins), else
-    a lone option letter (bracketed, bold, or alone), else an option's text. Several letters or option texts with
-    nothing to choose between them: None (unparsed, counted as wrong), never a guess. The template's markers are
-    not the model's words, so they never count as a phrase."""
+    a lone option letter (bracketed, bold, alone, or opening a line), else an option's text. Several letters or
+    option texts with nothing to choose between them: None (unparsed, counted as wrong), never a guess; several in
+    the answer part never fall back on the reasoning. The template's markers, not the model's words, are no phrase."""
     for phrases, lone, texts in _named(text, options, style):
         if phrases:  # the last conclusion wins: a model may revise itself; a hedged one ("B or C") is no answer
             letters = {letter for _, letter, at in phrases if at == phrases[-1][2]}
             return Extraction(letters.pop(), "phrase") if len(letters) == 1 else Extraction(None, "none")
         for hits, method in ((lone, "letter"), (texts, "text")):
-            letters = {letter for _, letter in hits}
-            if len(letters) == 1:
+            if len(letters := {letter for _, letter in hits}) == 1:
                 return Extraction(letters.pop(), method)
         if lone or texts:  # several options in the answer part: the reasoning does not get to choose
             break
