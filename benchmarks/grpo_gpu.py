@@ -12,6 +12,8 @@ same work in every step. Configurations, each in its own process:
 - `medr1`: the answers from medr1's batched decoder (`grpo_generation=medr1`, the evaluation's fast path);
 - `t4` / `t4-medr1`: `trl` / `medr1` with PyTorch held to 15 GiB of GPU memory (what a 16 GB T4 leaves),
   to see whether the recipe fits; its time is the big GPU's (a T4 estimate is printed, marked as one).
+- `fast`: the `fast` preset's GRPO (4 questions x 8 answers of up to 1,024 tokens a step, TRL's generation), its
+  recomputation planned from free memory (medr1.speed.sizing.grpo_sizing): does the plan fit, at what peak.
 Prints one JSON line at the end (and writes it to --json after every configuration). Without a GPU it runs
 the same harness on the tiny model, in seconds: a test of the script, not a measurement.
 """
@@ -30,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 CONFIGS = {"trl": {"grpo_generation": "trl"}, "medr1": {"grpo_generation": "medr1"},
-           "t4": {"grpo_generation": "trl"}, "t4-medr1": {"grpo_generation": "medr1"}}
+           "t4": {"grpo_generation": "trl"}, "t4-medr1": {"grpo_generation": "medr1"},
+           "fast": {"grpo_generation": "trl"}}  # the `fast` preset's GRPO: its recomputation sized by free memory
 T4_GIB = 15.0  # what a 16 GB T4 leaves to PyTorch
 # A T4 against an H100 SXM (datasheets): memory bandwidth 320 vs 3,350 GB/s (decoding is bandwidth-bound),
 # fp16 tensor throughput 65 vs ~990 TFLOP/s dense (training steps are compute-bound). An estimate, not a measure.
@@ -51,8 +54,8 @@ def worker(name: str, model_dir: str, warmup: int, measure: int, cpu: bool) -> d
                                  save_steps=0, report_to="none", output_dir=tempfile.mkdtemp(prefix="grpo-bench-"))
     if cpu:
         knobs.update(max_completion_length=32)
-    run = GrpoRun(build_config("smoke" if cpu else "colab-t4", {**knobs, **({} if cpu else {"model_name": model_dir})},
-                               quiet=True))
+    preset = "smoke" if cpu else "fast" if name == "fast" else "colab-t4"
+    run = GrpoRun(build_config(preset, {**knobs, **({} if cpu else {"model_name": model_dir})}, quiet=name != "fast"))
     if t4:
         run.rollout_memory_gib = T4_GIB
     t0 = time.perf_counter()
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
     from medr1 import files, record
 
-    report: dict[str, Any] = {"what": "GRPO, colab-t4 recipe, 8B shape with random weights" if not cpu
+    what = "GRPO, 8B shape with random weights (trl, medr1, t4: the colab-t4 recipe; fast: the fast preset)"
+    report: dict[str, Any] = {"what": what if not cpu
                               else "GRPO harness on the tiny model (CPU): a test, not a measurement",
                               "device": "cpu" if cpu else torch.cuda.get_device_name(0), "started": record.now(),
                               "versions": record.versions(), "git_commit": record.git_commit(), "results": []}
