@@ -307,3 +307,37 @@ def test_a_leading_letter_then_the_others_ruled_out_is_the_pick(answer, letter):
     text = f"At first I would choose D.\n\n### Answer:\n{answer}"
     assert mcq.extract_choice(text, VITAMINS).letter == letter
     assert mcq.extract_choice(f"<think>\nMaybe D.\n</think>\n{answer}", VITAMINS, "r1").letter == letter
+
+
+CKD = {"A": "Metformin", "B": "Insulin glargine", "C": "Sitagliptin", "D": "Glipizide"}
+ABDOMEN = {"A": "Acute pancreatitis", "B": "Acute cholecystitis", "C": "Perforated peptic ulcer",
+           "D": "Acute mesenteric ischemia", "E": "Myocardial infarction"}
+
+
+@pytest.mark.parametrize("explained", [
+    "A, B and D are wrong.", "A, B and D are incorrect at this eGFR.", "A, metformin, is contraindicated below 30.",
+    "D - glipizide - carries hypoglycemia risk.", "A and D are contraindicated at this eGFR.", "A/D: avoid in CKD.",
+    "B or D would raise hypoglycemia risk.", "Options A and D are not appropriate here.", "Choices A and D are unsafe"])
+@pytest.mark.parametrize("pick", ["C", "**C**", "C. Sitagliptin"])
+def test_a_later_line_that_explains_the_other_options_is_no_pick(pick, explained):
+    """Review 15: the rule for a letter opening the answer ("C, A and B are wrong", "A or C") read every line, so an
+    explanation under the pick ("A, B and D are wrong.", "D - glipizide - ...") voided it or became it (A, D: a
+    ruled-out option scored right). Only the answer part's first line holds the pick or a hedge."""
+    for text, style in ((f"The answer is C.\n\n### Answer:\n{pick}\n\n{explained}", "seed"),
+                        (f"<think>\nThe eGFR is 25.\n</think>\n{pick}\n{explained}", "r1")):
+        assert mcq.extract_choice(text, CKD, style).letter == "C"
+        assert mcq.first_last(text, CKD, style) == ("C", "C")
+
+
+@pytest.mark.parametrize("line, letter", [
+    ("C/o epigastric pain for 2 days.", None), ("A/w nausea and vomiting.", None), ("E, coli sepsis? No.", None),
+    ("B and T cells are not relevant here.", None), ("A, B and C were considered.", None),
+    ("B and C are less likely.\nSo I'd say **A**", "A"), ("C, a perforated ulcer, would show free air.\nSo (A)", "A"),
+    ("D and E are unlikely.\nOption A seems best", "A"), ("B/C unlikely.\nOption A", "A")])
+def test_a_cut_off_reasoning_reads_no_letter_out_of_a_line_start(line, letter):
+    """Review 15: a generation cut off before its answer is read whole; "C/o", "A/w", "B and T cells" read a letter
+    (scored right where it was gold) and "B and C are less likely" voided a marked "**A**". Only an answer part's
+    first line reads a letter that opens it."""
+    text = f"Okay, a 45-year-old man.\n{line}\nLet me check the lipase level"
+    assert mcq.extract_choice(text, ABDOMEN).letter == letter
+    assert mcq.first_last(text, ABDOMEN) == (letter, letter)

@@ -98,13 +98,14 @@ _PHRASE_RE = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (  # conclusi
 _LONE_RE = [
     re.compile(r"^\W*([A-Z])\W*$"),  # the whole answer is one letter: "C", "(C).", "**C**"
     re.compile(r"\(([A-Z])\)|\[([A-Z])\]|\{([A-Z])\}|\*\*([A-Z])\*\*|__([A-Z])__"),  # (B) [B] {B} **B** __B__
-    # a letter that starts a line ("B. Metformin", "B)", "C, A and B are wrong", "C - ...", "A or C", "A/C"), or
-    # is hedged with another after a lead-in word ("Either A or C", "It could be A/C"; "vitamin B or C" is a name)
-    re.compile(r"(?m)^\W*([A-Z])(?=[.):](?:\s|$)|\s*[,;/&]|\s+(?:-\s|or\b|and\b))|\b(?i:either|is|be|probably|"
-               r"possibly|likely|perhaps|maybe)\s+([A-Z])(?=(?:\s*/|\s+or\s)\W*[A-Z](?![A-Za-z0-9]))"),
-    re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)s?\s+([A-Z])(?![A-Za-z0-9])(?!\W*\s(?:is|was)\s+(?:not|"
-               r"incorrect|wrong|unlikely|less likely|ruled out|excluded)\b)"),  # "option B", "options A and C"
+    re.compile(r"(?m)^\W*([A-Z])[.):](?=\s|$)"),  # "B. Metformin" or "B)" at the start of a line
+    re.compile(r"\b(?:[Oo]ption|[Cc]hoice|[Ll]etter)\s+([A-Z])(?![A-Za-z0-9])(?!\W*\s(?:is|was)\s+(?:not|incorrect|"
+               r"wrong|unlikely|less likely|ruled out|excluded)\b)"),  # "option B"; not "option C is less likely"
 ]
+# the answer part's first line: a pick or a hedge ("C", "C, A and B are wrong", "C - ...", "A/C", "Either A or C",
+# "Options A and C"); on later lines and in the reasoning such letters explain ("B and C are less likely") or abbreviate
+_HEAD_RE = re.compile(r"^\W*([A-Z])(?=\W*$|\s*[,;/&]|\s+(?:-\s|or\b|and\b))|\b(?i:either|is|be|probably|possibly|"
+                      r"likely|perhaps|maybe)\s+([A-Z])(?=(?:\s*/|\s+or\s)\W*[A-Z]\b)|\b(?i:option|choice|letter)s\s+([A-Z])\b")
 _WORD = re.compile(r"\w+|[,/&]")
 # "B, C and D are wrong": the clause after a run of letters, which says what they are. It keeps them open where it
 # calls them possible or right (unless it denies that), or says they cannot be excluded; else they are mentions.
@@ -123,7 +124,7 @@ class Extraction:
 def extract_choice(text: str, options: dict[str, str] | list[str], style: str = "seed") -> Extraction:
     """Which option a generation chose, or None: in the answer part of a trained-format generation (after
     "### Answer:" or "</think>"), then in the whole text, an "answer is X"-style phrase (the last one wins), else
-    a lone option letter (bracketed, bold, alone, or opening a line), else an option's text. Several letters or
+    a lone option letter (bracketed, bold, alone, or opening the answer part), else an option's text. Several letters or
     option texts with nothing to choose between them: None (unparsed, counted as wrong), never a guess; several in
     the answer part never fall back on the reasoning. The template's markers, not the model's words, are no phrase."""
     for phrases, lone, texts in _named(text, options, style):
@@ -142,9 +143,9 @@ def _named(text: str, options: dict[str, str] | list[str], style: str) -> Iterat
     """(position, letter) of every conclusion phrase, lone letter and option text in the answer part of a
     trained-format generation, then in the whole text, the template's markers taken out."""
     parts = prompts.split_answer(text or "", style)  # up to a made-up next question, whose answer is not this one's
-    for t in ([parts.answer] if parts.answer else []) + [prompts.own_turn(text or "")]:
+    for t, head in ([(parts.answer, True)] if parts.answer else []) + [(prompts.own_turn(text or ""), False)]:
         t, valid = prompts.ANSWER_MARKERS.sub("\n", t).replace("\u2019", "'"), list(options)
-        yield (_phrases(t, valid, options), _lone_letters(t, valid, options),
+        yield (_phrases(t, valid, options), _lone_letters(t, options, head),
                _option_texts(t, options) if isinstance(options, dict) else [])
 
 
@@ -162,9 +163,10 @@ def _phrases(text: str, valid: list[str], options: dict[str, str] | list[str]) -
     return sorted({(at, c, at) for at, c, _ in hits} | hedges)
 
 
-def _lone_letters(text: str, valid: list[str], options: dict[str, str] | list[str]) -> list[tuple[int, str]]:
-    found = [(m.start(), g, m.end(i)) for pattern in _LONE_RE for m in pattern.finditer(text)
-             for i, g in enumerate(m.groups(), 1) if g and g in valid]
+def _lone_letters(text: str, options: dict[str, str] | list[str], head: bool) -> list[tuple[int, str]]:
+    rules = [(p, len(text)) for p in _LONE_RE] + ([(_HEAD_RE, re.search(r"\S.*|$", text).end())] if head else [])
+    found = [(m.start(), g, m.end(i)) for pattern, end in rules for m in pattern.finditer(text, 0, end)
+             for i, g in enumerate(m.groups(), 1) if g and g in options]
     return sorted({(at, g) for at, g, _ in found} | {h for _, g, end in found for h in _also(text, end, g, options)})
 
 
