@@ -49,6 +49,7 @@ def fake_colab(monkeypatch, secrets: dict[str, str]) -> None:
     monkeypatch.setitem(sys.modules, "google", google)
     monkeypatch.setitem(sys.modules, "google.colab", colab)
 
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """A smoke run trained once per session, with snapshots of its weights from before training."""

@@ -340,6 +340,24 @@ def test_resume_from_the_final_checkpoint_trains_nothing_more(runs, tmp_path, pr
     assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed) <= TOLERANCE
 
 
+def test_a_resume_in_another_precision_says_so(runs, tmp_path, prepared, capsys):
+    """precision='auto' follows the GPU: a run begun in bf16 (an A100) and resumed on a T4 goes on in fp16, and run.json
+    and the card name the last session's alone. The resume says so in one line; the same precision says nothing."""
+    out = finished_but_not_saved(runs.full.out, tmp_path / "bf16")
+    rec = record.read_record(out)
+    rec["train"]["args_used"] = {**rec["train"]["args_used"], "bf16": True, "fp16": False}  # as on a bf16 GPU
+    files.atomic_write_json(out / "run.json", rec)
+    capsys.readouterr()
+    run = prepared(out, resume=True)
+    run.train()
+    said = capsys.readouterr().out
+    assert "warning: this run's earlier steps trained in bf16, this session in fp32 (precision='fp32' here)" in said
+    assert "precision='bf16' keeps the run's own" in said
+    same = finished_but_not_saved(runs.full.out, tmp_path / "same")
+    prepared(same, resume=True).train()
+    assert "earlier steps trained in" not in capsys.readouterr().out
+
+
 def test_an_epoch_based_run_resumed_from_its_end_trains_nothing_more(tmp_path, prepared):
     """max_steps=0: the trainer's own total (1.5 epochs of 6 steps: 9) is the end, not the knob."""
     from medr1.train import TrainerCallback

@@ -83,7 +83,7 @@ class Stage:
         step and checkpoint to resume from (re-raised). A complete run's `trainer.train()` loads its saved adapter."""
         import torch
 
-        from medr1.train import AlreadyTrained, SessionCallback, args_used
+        from medr1.train import AlreadyTrained, SessionCallback, args_used, precision_change
 
         if self._trainer is None:
             raise RuntimeError("no trainer yet: call trainer() first")
@@ -101,6 +101,8 @@ class Stage:
                            hardware=record.hardware())
         self._hold_out()
         self.record["train"] = {"args_used": args_used(self.config, self._trainer.args)}  # checkpoint cards say it
+        if changed := precision_change(self._earlier_used, self.record["train"]["args_used"], self.config.precision):
+            log.warning(changed)
         self._write_record()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -174,6 +176,7 @@ class Stage:
         """run.json of a prepared run (`extra`: what the stage adds; `CARRIED`: what a resume keeps of the run's
         earlier record). Resuming a complete run keeps its record: `self.complete`."""
         earlier = record.read_record(self.out, or_empty=True) if self.config.resume else {}
+        self._earlier_used = (earlier.get("train") or {}).get("args_used") or {}  # the precision it trained in
         self.complete = earlier.get("status") == "complete"
         if self.complete:
             log.info(f"the run in {self.out} is complete ({earlier.get('train', {}).get('steps')} steps): "

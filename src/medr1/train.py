@@ -81,6 +81,20 @@ def args_used(config: Config, args: Any) -> dict[str, Any]:
     return used
 
 
+def precision_change(before: dict[str, Any], used: dict[str, Any], precision: str) -> str:
+    """Why a resumed run's sessions compute in different precisions ("" when they do not): `before` and `used` are
+    the earlier and this session's args_used. precision='auto' follows the GPU (bf16 where it computes in it, else
+    fp16), so a run begun on one GPU class and resumed on another (Colab: a T4, then an A100) changes unsaid."""
+    def name(u: dict[str, Any]) -> str:
+        return "bf16" if u.get("bf16") else "fp16" if u.get("fp16") else "fp32"
+
+    if not {"bf16", "fp16"} & before.keys() or name(before) == name(used):
+        return ""
+    return (f"this run's earlier steps trained in {name(before)}, this session in {name(used)} "
+            f"(precision={precision!r} here): the adapter mixes both, and run.json and the card name this session's; "
+            f"precision='{name(before)}' keeps the run's own where this GPU has it")
+
+
 SAMPLER_NAN = "probability tensor contains either `inf`, `nan` or element < 0"  # torch.multinomial, on NaN outputs
 
 
