@@ -338,6 +338,7 @@ def test_a_cut_off_reasoning_reads_no_letter_out_of_a_line_start(line, letter):
     """Review 15: a generation cut off before its answer is read whole; "C/o", "A/w", "B and T cells" read a letter
     (scored right where it was gold) and "B and C are less likely" voided a marked "**A**". Only an answer part's
     first line reads a letter that opens it."""
-    text = f"Okay, a 45-year-old man.\n{line}\nLet me check the lipase level"
-    assert mcq.extract_choice(text, ABDOMEN).letter == letter
-    assert mcq.first_last(text, ABDOMEN) == (letter, letter)
+    for text in (f"Okay, a 45-year-old man.\n{line}\nLet me check the lipase level",
+                 f"{line}\nLet me check the lipase level"):  # its first line too: no answer part, no first-line rule
+        assert mcq.extract_choice(text, ABDOMEN).letter == letter
+        assert mcq.first_last(text, ABDOMEN) == (letter, letter)

@@ -351,8 +351,9 @@ def test_a_resume_in_another_precision_says_so(runs, tmp_path, prepared, capsys)
     run = prepared(out, resume=True)
     run.train()
     said = capsys.readouterr().out
-    assert "warning: this run's earlier steps trained in bf16, this session in fp32 (precision='fp32' here)" in said
-    assert "precision='bf16' keeps the run's own" in said
+    assert "warning: this run's earlier steps trained in bf16, this session computes in fp32 (precision='fp32' " \
+        "here): steps it trains mix both" in said
+    assert "resume on a GPU that computes in bf16" in said  # not a precision knob: a resume refuses a changed one
     same = finished_but_not_saved(runs.full.out, tmp_path / "same")
     prepared(same, resume=True).train()
     assert "earlier steps trained in" not in capsys.readouterr().out

@@ -60,7 +60,8 @@ def reporting(config: Config) -> str:
     short) would fail at the first step: an error under report_to='wandb', else W&B off. W&B's folder: output_dir."""
     global _WANDB_DIR
     if config.report_to == "none":
-        if PRESETS.get(config.preset, {}).get("report_to") == "none" and wandb_key():  # a CPU preset's value
+        # a CPU preset's value; the environment only: reading a Colab secret may ask the user to grant it
+        if PRESETS.get(config.preset, {}).get("report_to") == "none" and os.environ.get("WANDB_API_KEY"):
             log.info(f"W&B is off: report_to='none' (the {config.preset!r} preset's value, or yours), though a "
                      f"WANDB_API_KEY is set: {hint('report_to', 'auto')} to log to W&B")
         return "none"

@@ -90,9 +90,9 @@ def precision_change(before: dict[str, Any], used: dict[str, Any], precision: st
 
     if not {"bf16", "fp16"} & before.keys() or name(before) == name(used):
         return ""
-    return (f"this run's earlier steps trained in {name(before)}, this session in {name(used)} "
-            f"(precision={precision!r} here): the adapter mixes both, and run.json and the card name this session's; "
-            f"precision='{name(before)}' keeps the run's own where this GPU has it")
+    return (f"this run's earlier steps trained in {name(before)}, this session computes in {name(used)} "
+            f"(precision={precision!r} here): steps it trains mix both into the adapter, and run.json and the card "
+            f"name this session's; resume on a GPU that computes in {name(before)} to keep the run's own")
 
 
 SAMPLER_NAN = "probability tensor contains either `inf`, `nan` or element < 0"  # torch.multinomial, on NaN outputs
