@@ -265,7 +265,8 @@ def test_an_unreachable_wandb_logs_locally_at_once(wandb_env, tmp_path, capsys):
 
 def test_a_preset_that_turns_wandb_off_says_so_when_a_key_is_set(wandb_env, tmp_path, capsys):
     """The cpu and smoke presets set report_to='none': with WANDB_API_KEY set (README: W&B when the key is set) a
-    `make run` on a laptop logged nothing to W&B without a word. A user's own report_to='none' is not remarked on."""
+    `make run` on a laptop logged nothing to W&B without a word. report_to='none' on a preset that logs is the
+    user's own: not remarked on."""
     from medr1 import build_config
     from medr1.tracking import reporting
 
