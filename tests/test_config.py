@@ -198,8 +198,9 @@ def test_fast_sizes_grpo_recomputation_for_its_answers_not_sfts_packed_rows(monk
     assert [getattr(sft, k) for k in sizing.FAST_SIZED] == [2, 4, "false"]
     assert "40 GiB free: 2 packed rows x 4 accumulation x 1 process(es), gradient_checkpointing=false" in \
         capsys.readouterr().out
-    mine = build_config("fast", {"gradient_checkpointing": "false"}, stage="grpo", quiet=True)
-    assert mine.gradient_checkpointing == "false"  # the user's own value wins
+    mine = build_config("fast", {"gradient_checkpointing": "false"}, stage="grpo")
+    assert mine.gradient_checkpointing == "false"  # the user's own value wins, and the preset line says so
+    assert "gradient_checkpointing=unsloth; yours: gradient_checkpointing=false" in capsys.readouterr().out
     fewer = build_config("fast", {"num_generations": 4, "max_seq_length": 1536}, stage="grpo", quiet=True)
     assert fewer.gradient_checkpointing == "false"  # the overrides size the micro-batch: 4 x 1,536 fits, 4 x 2,048 not
     monkeypatch.setattr(sizing, "free_gpu_gib", lambda total=False: 139.8)  # an H200

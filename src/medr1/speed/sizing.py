@@ -113,11 +113,15 @@ def fast_knobs(stage: str, overrides: dict[str, Any], preset: dict[str, Any]) ->
 
     resumed = overrides.get("output_dir") if coerce("resume", overrides.get("resume", False), bool) else ""
     if stage == "grpo":
-        return grpo_sizing(knob("num_generations"), knob("max_seq_length"), knob("max_completion_length"), resumed)
-    sizing, why = fast_sizing(resumed, knob("max_seq_length"))
-    split = [k for k in FAST_SIZED[:2] if k in overrides]  # the micro-batch and the accumulation
-    if sizing and len(split) == 1 and (value := coerce(split[0], overrides[split[0]], int)) > 0:
-        why += keep_rows(sizing, split[0], value)  # the other half keeps the rows per step
+        sizing, why = grpo_sizing(knob("num_generations"), knob("max_seq_length"), knob("max_completion_length"),
+                                  resumed)
+    else:
+        sizing, why = fast_sizing(resumed, knob("max_seq_length"))
+        split = [k for k in FAST_SIZED[:2] if k in overrides]  # the micro-batch and the accumulation
+        if sizing and len(split) == 1 and (value := coerce(split[0], overrides[split[0]], int)) > 0:
+            why += keep_rows(sizing, split[0], value)  # the other half keeps the rows per step
+    if sizing and FAST_SIZED[2] in overrides:  # the user's wins (build_config applies it last): say so
+        why += f"; yours: {FAST_SIZED[2]}={overrides[FAST_SIZED[2]]}"
     return sizing, why
 
 
