@@ -233,7 +233,10 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
                                     for k, v in unread.items()))
     sizing: dict[str, Any] = {}
     if name == "fast":  # recomputation (SFT: and the micro-batch) from this GPU's free memory; overrides still win
-        sizing, sizing_why = fast_knobs(stage, overrides, PRESETS[name])
+        def knob(k: str) -> Any:  # what the knob will be: the user's, else the preset's, else Config's, checked
+            return coerce(k, overrides.get(k, PRESETS[name].get(k, getattr(Config, k))), type(getattr(Config, k)))
+
+        sizing, sizing_why = fast_knobs(stage, overrides, knob)
         why = f"{why}; {sizing_why}"
     config = Config(**{**PRESETS[name], **sizing, **overrides, "preset": name})
     if not quiet:

@@ -54,7 +54,6 @@ RELATION_SKIPS = LINKING | COMMENTS | CUES["relation_skips"] | {COMMA, BREAK}  #
 SHORT = 4  # the most words (besides "also" and "consider") of a sentence that is a bare name ("X. Toxic adenoma.")
 
 
-
 REASONS = ("match", "not found", "negated", "several candidates", "no answer")
 
 

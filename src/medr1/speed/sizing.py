@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,23 +103,19 @@ def free_gpu_gib(total: bool = False) -> float | None:
     return torch.cuda.mem_get_info(device)[0] / 2**30
 
 
-def fast_knobs(stage: str, overrides: dict[str, Any], preset: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def fast_knobs(stage: str, overrides: dict[str, Any], knob: Callable[[str], Any]) -> tuple[dict[str, Any], str]:
     """The `fast` preset's memory-dependent knobs for `stage` ("grpo", else SFT's) given the user's `overrides` (which
-    build_config applies after them) over `preset` (fast's values), and the log line's words. SFT's plan is for its
-    packed rows; GRPO's micro-batch is num_generations answers, so it gets its own (grpo_sizing)."""
-    from medr1.config import Config, coerce  # config imports this module
-
-    def knob(name: str) -> int:
-        return coerce(name, overrides.get(name, preset.get(name, getattr(Config, name))), int)
-
-    resumed = overrides.get("output_dir") if coerce("resume", overrides.get("resume", False), bool) else ""
+    build_config applies after them), and the log line's words; `knob(name)`: the value a knob will have (the user's,
+    else fast's, else Config's), checked. SFT's plan is for its packed rows; GRPO's micro-batch is num_generations
+    answers, so it gets its own (grpo_sizing)."""
+    resumed = overrides.get("output_dir") if knob("resume") else ""
     if stage == "grpo":
         sizing, why = grpo_sizing(knob("num_generations"), knob("max_seq_length"), knob("max_completion_length"),
                                   resumed)
     else:
         sizing, why = fast_sizing(resumed, knob("max_seq_length"))
         split = [k for k in FAST_SIZED[:2] if k in overrides]  # the micro-batch and the accumulation
-        if sizing and len(split) == 1 and (value := coerce(split[0], overrides[split[0]], int)) > 0:
+        if sizing and len(split) == 1 and (value := knob(split[0])) > 0:
             why += keep_rows(sizing, split[0], value)  # the other half keeps the rows per step
     if sizing and FAST_SIZED[2] in overrides:  # the user's wins (build_config applies it last): say so
         why += f"; yours: {FAST_SIZED[2]}={overrides[FAST_SIZED[2]]}"
