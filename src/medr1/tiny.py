@@ -17,13 +17,14 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from medr1.stack import import_unsloth_first
 
 from medr1 import prompts
 from medr1.data import FIXTURE_PATH
-from medr1.files import atomic_dir
+from medr1.files import atomic_dir, one_at_a_time
 from medr1.readers import read_file
 from medr1.tokenizer import byte_level_with_bos
 
@@ -65,6 +66,16 @@ def is_built(path: Path, stamp_file: str, recipe: dict) -> bool:
         return False
 
 
+def cached(path: Path, stamp_file: str, recipe: dict, build: Callable[[Path], object]) -> Path:
+    """`path`, first built by `build(path)` where it does not hold `recipe`: by one process at a time, so the ranks
+    of a multi-process run on an empty cache build it once and load what the first built."""
+    if not is_built(path, stamp_file, recipe):
+        with one_at_a_time(path, "building"):
+            if not is_built(path, stamp_file, recipe):
+                build(path)
+    return path
+
+
 def stamp(pad: str = "unsloth") -> dict:
     """The recipe a tiny folder was built by, written in it as STAMP (its weights' seed is 0)."""
     return {"version": TINY_VERSION, "seed": 0, "pad": pad}
@@ -73,9 +84,7 @@ def stamp(pad: str = "unsloth") -> dict:
 def tiny_model_path(root: Path | None = None, pad: str = "unsloth") -> Path:
     """The folder of the tiny model, building it first if it is not cached."""
     path = (root or cache_dir()) / f"tiny-llama-v{TINY_VERSION}-{pad}"
-    if not is_built(path, STAMP, stamp(pad)):
-        build_tiny(path, pad=pad)
-    return path
+    return cached(path, STAMP, stamp(pad), lambda folder: build_tiny(folder, pad=pad))
 
 
 def _corpus() -> list[str]:
