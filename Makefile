@@ -76,8 +76,11 @@ train: $(VENV)/.installed
 	$(OFFLINE) $(LAUNCH) -m medr1 train --preset $(PRESET)$(if $(GIVEN_RUN_DIR), --set output_dir=$(GIVEN_RUN_DIR)) $(ARGS)
 
 # MEDR1_CPU_PRESET=smoke: `auto` (the notebooks' default) keeps the tiny model here; test_real_model.py trains the real one.
+# TEST_JOBS processes (pytest-xdist), each test file and the four notebooks kept in one (tests/conftest.py).
+TEST_JOBS ?= 2
 test: $(VENV)/.installed
-	MEDR1_CPU_PRESET=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 --durations=12 tests notebooks
+	MEDR1_CPU_PRESET=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_JOBS) \
+	  --nbmake --nbmake-timeout=600 --durations=12 tests notebooks
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks notebooks/*.py

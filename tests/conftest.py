@@ -10,6 +10,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `auto` without a GPU picks the real cpu model; the notebooks run by nbmake keep the tiny one (test_real_model.py
 # trains the real one on purpose). The Makefile's `test` target sets it too.
 os.environ.setdefault("MEDR1_CPU_PRESET", "smoke")
+# `make test` runs the tests in TEST_JOBS processes (pytest-xdist): each gets its share of the cores for torch (and
+# the notebook kernels and CLI runs it starts inherit it); two processes each running as many threads as there are
+# cores ran the notebooks four times slower.
+if jobs := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(jobs))))
 
 import sys  # noqa: E402
 import types  # noqa: E402
@@ -22,6 +27,21 @@ SMOKE_STEPS = 20
 # multiple-choice options for the answer-reading tests (test_mcq, test_evaluate)
 VITAMINS = {"A": "Folate deficiency", "B": "Vitamin B12 deficiency", "C": "Iron deficiency",
             "D": "Vitamin D deficiency"}
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: `make test` runs the tests in TEST_JOBS processes
+def pytest_xdist_make_scheduler(config, log):
+    """Send each test file to one process (its module-scoped fixtures are built once), and the four notebooks to one,
+    in order: 02-04 take the newest run under notebooks/outputs/, as "Run all" after 01 does. (xdist's loadgroup
+    marks would say so, but its renaming of test ids has no effect under pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndNotebooks(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::")[0]
+            return "notebooks" if file.endswith(".ipynb") else file
+
+    return FilesAndNotebooks(config, log)
 
 
 def one_error(err: str) -> str:
