@@ -67,8 +67,10 @@ ifneq ($(HAVE_GPU),1)
 	@[ "$(PRESET)" != auto ] || $(BIN)/python -c "from medr1.smollm import unavailable as u; p = u(); \
 	  p and print(f'medr1: {p}: falling back to the smoke preset (the tiny offline model)')"
 endif
-	@# --log-output: the cells' printed lines (medr1's per-step loss) reach the terminal as they come
-	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb --log-output \
+	@# what the cells print (medr1's per-step loss, the streamed answers) reaches the terminal as printed; --log-output
+	@# would log each printed piece as a line of its own: a streamed answer, one word per line
+	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb \
+	  --stdout-file /dev/stdout --stderr-file /dev/stderr \
 	  --cwd notebooks -p preset $(PRESET) -p output_dir $(abspath $(RUN_DIR))
 	@echo "executed notebook, adapter and run.json: $(abspath $(RUN_DIR))"
 

@@ -9,6 +9,7 @@ import ast
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -670,9 +671,21 @@ def test_a_training_in_a_kernel_prints_each_logged_step(tmp_path, monkeypatch, c
     assert re.search(r"^medr1: step 2/2: loss \d+\.\d{4}; \d+ s$", out, re.M), out
 
 
-def test_make_run_logs_the_notebook_output():
-    """Without --log-output papermill shows its cell counter only, whatever the cells print."""
+def test_make_run_shows_what_the_cells_print_as_printed(tmp_path):
+    """`make run`'s papermill options, on a cell that prints a streamed answer's pieces (as TextStreamer does) and a
+    medr1 line. Without options papermill shows its cell counter only; with --log-output each printed piece was a
+    log line of its own, so the answers in the terminal came one word per line."""
     done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "run", "RUN_DIR=/tmp/medr1-dry"],
                           cwd=NOTEBOOKS.parent, capture_output=True, text=True, timeout=60)
-    [papermill] = [line for line in done.stdout.splitlines() if "/papermill " in line]
-    assert "--log-output" in papermill, done.stdout
+    [papermill] = [shlex.split(line) for line in done.stdout.replace("\\\n", " ").splitlines() if "/papermill " in line]
+    given = papermill[papermill.index("notebooks/01_finetune.ipynb") + 2:papermill.index("--cwd")]
+    cell = ("import sys, time\nfor piece in ['The ', 'answer ', 'is ', 'B.']:\n"
+            "    print(piece, end='', flush=True); time.sleep(0.2)\n"
+            "print()\nprint('medr1: step 1/2: loss 2.5000; 1 s')\nprint('a warning', file=sys.stderr)")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)], metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}}), tmp_path / "in.ipynb")
+    shown = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(tmp_path / "in.ipynb"),
+                            str(tmp_path / "out.ipynb"), *given], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "The answer is B.\nmedr1: step 1/2: loss 2.5000; 1 s\n", (given, shown.stdout)
+    assert "a warning\n" in shown.stderr
