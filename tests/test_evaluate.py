@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ASSETS, VITAMINS
 
-from medr1 import mcq, stats
+from medr1 import choice, mcq, stats
 from medr1.errors import DataError
 from medr1.verifiable import FIXTURE_PATH as VERIFIABLE
 
@@ -42,15 +42,15 @@ OPTIONS = {"A": "Aspirin", "B": "Metformin", "C": "Aspirin and clopidogrel", "D"
     ("The answer is E.", None, "none"),  # not one of the options
 ])
 def test_extractor(text, letter, method):
-    got = mcq.extract_choice(text, OPTIONS)
+    got = choice.extract_choice(text, OPTIONS)
     assert (got.letter, got.method) == (letter, method)
 
 
 def test_extractor_reads_the_answer_part_first():
     text = ("Option A looks tempting; the answer is not simply A.\n\n### Answer:\nThe answer is C.")
-    assert mcq.extract_choice(text, OPTIONS).letter == "C"
+    assert choice.extract_choice(text, OPTIONS).letter == "C"
     r1 = "<think>Maybe (A)? Or (B)?</think>\n\n**B**"
-    assert mcq.extract_choice(r1, OPTIONS, style="r1").letter == "B"
+    assert choice.extract_choice(r1, OPTIONS, style="r1").letter == "B"
 
 
 @pytest.mark.parametrize("answer", ["A beta blocker such as metoprolol.", "(A) or (C); I cannot decide."])
@@ -59,10 +59,10 @@ def test_template_markers_are_no_conclusion(answer):
     article "A", or names two options, stays unparsed, as the same text after r1's "</think>" does."""
     seed = f"Rate control is needed.\n\n### Answer:\n{answer}"
     r1 = f"Rate control is needed.\n</think>\n\n{answer}"
-    got = [mcq.extract_choice(seed, OPTIONS), mcq.extract_choice(r1, OPTIONS, style="r1")]
+    got = [choice.extract_choice(seed, OPTIONS), choice.extract_choice(r1, OPTIONS, style="r1")]
     assert [(g.letter, g.method) for g in got] == [(None, "none")] * 2
-    assert mcq.first_last(seed, OPTIONS) == mcq.first_last(r1, OPTIONS, style="r1")
-    assert mcq.first_last(seed, OPTIONS) == ((None, None) if answer.startswith("A ") else ("A", "C"))
+    assert choice.first_last(seed, OPTIONS) == choice.first_last(r1, OPTIONS, style="r1")
+    assert choice.first_last(seed, OPTIONS) == ((None, None) if answer.startswith("A ") else ("A", "C"))
 
 
 def test_prompt_lists_the_options():
@@ -110,7 +110,7 @@ def test_score_hand_made_predictions():
     ("I don't know.", None, None),
 ])
 def test_first_and_last_match(text, first, last):
-    assert mcq.first_last(text, OPTIONS) == (first, last)
+    assert choice.first_last(text, OPTIONS) == (first, last)
 
 
 def test_first_last_and_either_accuracy_and_samples():
@@ -370,9 +370,9 @@ def test_generation_compliance_table_mcq_and_saved_results(evaluation, run_copy)
     rows = mcq.read_prediction_rows(run_copy / "mcq_predictions_finetuned.jsonl")
     assert [(r["index"], r["sample"], r["gold"]) for r in rows] == [(i, 0, q.answer) for i, q in enumerate(questions)]
     for r, q in zip(rows, questions, strict=True):
-        ex = mcq.extract_choice(r["prediction"], q.options)
+        ex = choice.extract_choice(r["prediction"], q.options)
         assert (r["parsed"], r["parsed_by"], r["correct"]) == (ex.letter, ex.method, ex.letter == q.answer)
-        assert (r["first_match"], r["last_match"]) == mcq.first_last(r["prediction"], q.options)
+        assert (r["first_match"], r["last_match"]) == choice.first_last(r["prediction"], q.options)
     assert {"first_match", "last_match", "either_match"} <= set(scores["base"])
     assert set(scores["mcnemar"]) == {"only_first", "only_second", "p_value"} and scores["anchors"] == {}
     assert "mcq_generated_tokens_per_s" not in scores and evaluation.results["speed"]["mcq_finetuned"]["answers"] == 4
@@ -493,7 +493,7 @@ def test_format_compliance_counts_the_trained_styles_marker_only(style, other):
 
 def test_a_made_up_next_question_is_not_the_answer():
     """A model that does not stop writes a new "### Query:" and answers it: that answer is not this one's."""
-    from medr1.mcq import extract_choice
+    from medr1.choice import extract_choice
     from medr1.prompts import split_answer
 
     text = ("Reasoning.\n\n### Answer:\nThe answer is B.\n\n### Query:\nWhich drug?\n\n### Chain of Thought:\n"
@@ -605,11 +605,11 @@ def test_a_hedged_answer_naming_two_options_is_unparsed(answer):
     """A reviewer saw "### Answer:\\nThe answer is B or C." scored B (phrase) and "B. Vitamin B12 deficiency or
     C. Iron deficiency" scored B (letter), first_last (B, B): a hedge is several candidates, so unparsed."""
     text = f"Neuropathy and anaemia.\n\n### Answer:\n{answer}"
-    got = mcq.extract_choice(text, VITAMINS)
+    got = choice.extract_choice(text, VITAMINS)
     assert (got.letter, got.method) == (None, "none")
-    assert mcq.first_last(text, VITAMINS) == ("B", "C")
+    assert choice.first_last(text, VITAMINS) == ("B", "C")
     for text in ("The answer is B, since option C is wrong.", "The answer is C, not A.", "The answer is B, C is out."):
-        assert mcq.extract_choice(text, OPTIONS).letter == text[14]  # a comma before a mere mention is no hedge
+        assert choice.extract_choice(text, OPTIONS).letter == text[14]  # a comma before a mere mention is no hedge
 
 
 @pytest.mark.parametrize("text, style, letter", [
@@ -620,17 +620,17 @@ def test_a_hedged_answer_naming_two_options_is_unparsed(answer):
 def test_the_article_a_after_answer_is_no_letter(text, style, letter):
     """A reviewer saw "**Answer:** A vitamin B12 deficiency, ..." scored A (phrase): "A" before a lower-case word
     is the article, and the option named (B's text) is the answer; "A because ..." is still the letter A."""
-    assert mcq.extract_choice(text, VITAMINS, style).letter == letter
+    assert choice.extract_choice(text, VITAMINS, style).letter == letter
 
 
 def test_two_options_in_the_answer_part_do_not_fall_back_on_the_reasoning():
     """A reviewer saw "At first I would choose A, but ..." in the reasoning scored A when the answer part named
     (B) and (C) (first_last: B, C): several candidates in the answer part are unparsed."""
     text = "At first I would choose A, but the smear says otherwise.\n\n### Answer:\n(B) or (C); both fit."
-    got = mcq.extract_choice(text, VITAMINS)
-    assert (got.letter, got.method) == (None, "none") and mcq.first_last(text, VITAMINS) == ("B", "C")
+    got = choice.extract_choice(text, VITAMINS)
+    assert (got.letter, got.method) == (None, "none") and choice.first_last(text, VITAMINS) == ("B", "C")
     text = "At first I would choose A, but then B.\n\n### Answer:\nNo idea."  # nothing named: the whole text
-    assert mcq.extract_choice(text, VITAMINS).letter == "A"
+    assert choice.extract_choice(text, VITAMINS).letter == "A"
 
 
 def test_score_files_orders_samples_by_number(tmp_path):
@@ -650,10 +650,10 @@ def test_a_lower_case_hedge_is_unparsed(answer):
     """A reviewer saw "The answer is (c) or (d)." scored C while "B or C" was unparsed: a bracketed lower-case
     letter is read as a pick, so it is read as a rival too; "a" and "or" in prose stay words."""
     text = f"Neuropathy and anaemia.\n\n### Answer:\n{answer}"
-    got = mcq.extract_choice(text, VITAMINS)
-    assert (got.letter, got.method) == (None, "none") and mcq.first_last(text, VITAMINS) == ("C", "D")
+    got = choice.extract_choice(text, VITAMINS)
+    assert (got.letter, got.method) == (None, "none") and choice.first_last(text, VITAMINS) == ("C", "D")
     for prose, letter in (("Answer: A vitamin B12 deficiency or a toxin.", "B"), ("The answer is (c) or a toxin", "C")):
-        assert mcq.extract_choice(prose, VITAMINS).letter == letter
+        assert choice.extract_choice(prose, VITAMINS).letter == letter
 
 
 @pytest.mark.parametrize("answer, letter", [
@@ -667,7 +667,7 @@ def test_a_lower_case_hedge_is_unparsed(answer):
 def test_letters_the_sentence_rules_out_are_no_rivals(answer, letter):
     """A reviewer saw "The answer is C, A and B are wrong." unparsed (and "B, C is also possible" scored B): after
     the pick, letters the same clause rules out are mentions; letters it keeps open are rivals."""
-    assert mcq.extract_choice(f"Reasoning.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
+    assert choice.extract_choice(f"Reasoning.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
 
 
 @pytest.mark.parametrize("answer", [
@@ -682,4 +682,4 @@ def test_a_letter_the_sentence_only_talks_about_is_no_rival(answer):
     """A reviewer found right answers read as C or unparsed once "one denial" decided: "B, C is incorrect since ...
     not ..." has two, "B, C is less likely" none. A letter after the pick is a rival only where its clause keeps it
     open ("possible", "correct", "could also", "cannot be excluded") and does not deny that."""
-    assert mcq.extract_choice(f"Reasoning.\n\n### Answer:\n{answer}", VITAMINS).letter == "B"
+    assert choice.extract_choice(f"Reasoning.\n\n### Answer:\n{answer}", VITAMINS).letter == "B"

@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import ASSETS, VITAMINS
 
-from medr1 import mcq
+from medr1 import choice, mcq
 from medr1.errors import DataError
 
 UTI = {"A": "Acute cystitis", "B": "Acute pyelonephritis", "C": "Urethritis", "D": "Renal calculus"}
@@ -181,15 +181,15 @@ def test_realistic_answer_endings(answer, options, letter):
     "the answer is"), and "The answer is B. insulin glargine" unread (after an explicit phrase "E. coli" is a name
     only where another option holds it)."""
     text = f"Reasoning about the case.\n\n### Answer:\n{answer}"
-    assert mcq.extract_choice(text, SETS[options]).letter == letter
-    assert mcq.extract_choice(f"<think>\nReasoning.\n</think>\n\n{answer}", SETS[options], "r1").letter == letter
+    assert choice.extract_choice(text, SETS[options]).letter == letter
+    assert choice.extract_choice(f"<think>\nReasoning.\n</think>\n\n{answer}", SETS[options], "r1").letter == letter
 
 
 def test_option_a_reads_as_option_b_does():
     """The same ending reads the same for every letter: no bias against the questions whose gold letter is A."""
     for tail in ("in this patient.", "here.", "based on the findings.", "in this case.", "considering the casts.",
                  "according to the guidelines.", "with white cell casts.", "given the fever."):
-        got = [mcq.extract_choice(f"### Answer:\nThe correct answer is {c} {tail}", UTI).letter for c in "ABCD"]
+        got = [choice.extract_choice(f"### Answer:\nThe correct answer is {c} {tail}", UTI).letter for c in "ABCD"]
         assert got == list("ABCD"), tail
 
 
@@ -228,9 +228,9 @@ def test_the_longer_option_text_named_is_the_one_chosen():
     unparsed, counted wrong; MedQA has many combination options)."""
     options = {"A": "Aspirin", "B": "Aspirin and clopidogrel", "C": "Warfarin", "D": "Heparin"}
     text = "### Answer:\nStart aspirin and clopidogrel now."
-    assert mcq.extract_choice(text, options) == mcq.Extraction("B", "text")
-    assert mcq.first_last(text, options) == ("B", "B")
-    assert mcq.extract_choice("### Answer:\nStart aspirin alone.", options) == mcq.Extraction("A", "text")
+    assert choice.extract_choice(text, options) == choice.Extraction("B", "text")
+    assert choice.first_last(text, options) == ("B", "B")
+    assert choice.extract_choice("### Answer:\nStart aspirin alone.", options) == choice.Extraction("A", "text")
     got = mcq.score([mcq.Question("Next step?", options, "B")], [text])
     assert (got["accuracy"], got["unparsed"]) == (1.0, 0)
 
@@ -258,7 +258,7 @@ def test_predictions_that_do_not_match_the_questions_one_to_one_are_a_data_error
     ("Option C.", "C"), ("Option C, iron deficiency.", "C"), ("Option C is the answer", "C")])
 def test_an_option_named_only_to_deny_it_is_no_pick(answer, letter):
     """The lone "option C" rule read "Option C is less likely." (and "... is incorrect") as the pick C."""
-    assert mcq.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
+    assert choice.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
 
 
 @pytest.mark.parametrize("answer, letter", [("The answer is (c) or d.", None), ("Answer: (c) or d", None),
@@ -267,7 +267,7 @@ def test_an_option_named_only_to_deny_it_is_no_pick(answer, letter):
 def test_a_bracketed_letter_or_a_bare_lower_case_one_is_a_hedge(answer, letter):
     """"The answer is (c) or d" was scored C: the rival after "or" was read only in brackets or upper case. A bare
     lower-case option letter after "or" or "/" is a rival too; "a" and "i" there stay words."""
-    assert mcq.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
+    assert choice.extract_choice(f"Neuropathy.\n\n### Answer:\n{answer}", VITAMINS).letter == letter
 
 
 BARE_HEDGES = ["A or C", "A or C.", "A/C", "Either A or C.", "A or C, I cannot decide.", "A and C", "A & C",
@@ -280,8 +280,8 @@ def test_a_hedge_of_bare_letters_does_not_fall_back_on_the_reasoning(answer):
     "Options A and C both fit."): two options in the answer part are several candidates, bracketed or not."""
     for text, style in ((f"At first the answer is B, but the casts say otherwise.\n\n### Answer:\n{answer}", "seed"),
                         (f"<think>\nThe answer is B? No, the casts say otherwise.\n</think>\n{answer}", "r1")):
-        assert mcq.extract_choice(text, UTI, style) == mcq.Extraction(None, "none")
-        assert mcq.first_last(text, UTI, style) == ("A", "C")
+        assert choice.extract_choice(text, UTI, style) == choice.Extraction(None, "none")
+        assert choice.first_last(text, UTI, style) == ("A", "C")
 
 
 def test_a_bare_hedge_is_unparsed_and_not_counted_right(tmp_path):
@@ -305,8 +305,8 @@ def test_a_leading_letter_then_the_others_ruled_out_is_the_pick(answer, letter):
     unparsed (or the reasoning's letter): a letter that opens the answer is the pick, the letters its clause rules
     out are mentions, and the ones it keeps open ("are possible", or nothing said) are several candidates."""
     text = f"At first I would choose D.\n\n### Answer:\n{answer}"
-    assert mcq.extract_choice(text, VITAMINS).letter == letter
-    assert mcq.extract_choice(f"<think>\nMaybe D.\n</think>\n{answer}", VITAMINS, "r1").letter == letter
+    assert choice.extract_choice(text, VITAMINS).letter == letter
+    assert choice.extract_choice(f"<think>\nMaybe D.\n</think>\n{answer}", VITAMINS, "r1").letter == letter
 
 
 CKD = {"A": "Metformin", "B": "Insulin glargine", "C": "Sitagliptin", "D": "Glipizide"}
@@ -325,8 +325,8 @@ def test_a_later_line_that_explains_the_other_options_is_no_pick(pick, explained
     ruled-out option scored right). Only the answer part's first line holds the pick or a hedge."""
     for text, style in ((f"The answer is C.\n\n### Answer:\n{pick}\n\n{explained}", "seed"),
                         (f"<think>\nThe eGFR is 25.\n</think>\n{pick}\n{explained}", "r1")):
-        assert mcq.extract_choice(text, CKD, style).letter == "C"
-        assert mcq.first_last(text, CKD, style) == ("C", "C")
+        assert choice.extract_choice(text, CKD, style).letter == "C"
+        assert choice.first_last(text, CKD, style) == ("C", "C")
 
 
 @pytest.mark.parametrize("line, letter", [
@@ -340,5 +340,5 @@ def test_a_cut_off_reasoning_reads_no_letter_out_of_a_line_start(line, letter):
     first line reads a letter that opens it."""
     for text in (f"Okay, a 45-year-old man.\n{line}\nLet me check the lipase level",
                  f"{line}\nLet me check the lipase level"):  # its first line too: no answer part, no first-line rule
-        assert mcq.extract_choice(text, ABDOMEN).letter == letter
-        assert mcq.first_last(text, ABDOMEN) == (letter, letter)
+        assert choice.extract_choice(text, ABDOMEN).letter == letter
+        assert choice.first_last(text, ABDOMEN) == (letter, letter)
