@@ -67,10 +67,10 @@ ifneq ($(HAVE_GPU),1)
 	@[ "$(PRESET)" != auto ] || $(BIN)/python -c "from medr1.smollm import unavailable as u; p = u(); \
 	  p and print(f'medr1: {p}: falling back to the smoke preset (the tiny offline model)')"
 endif
-	@# what the cells print (medr1's per-step loss, the streamed answers) reaches the terminal as printed; --log-output
-	@# would log each printed piece as a line of its own: a streamed answer, one word per line
-	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb \
-	  --stdout-file /dev/stdout --stderr-file /dev/stderr \
+	@# what the cells print (medr1's per-step loss, the streamed answers; their stderr too) goes to make's stdout as
+	@# printed. --log-output would log each printed piece as a line of its own (a streamed answer, one word per line);
+	@# /dev/stdout would be opened anew, truncating a log file (`make run > log 2>&1`) and failing on a socket.
+	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb --stdout-file - --stderr-file - \
 	  --cwd notebooks -p preset $(PRESET) -p output_dir $(abspath $(RUN_DIR))
 	@echo "executed notebook, adapter and run.json: $(abspath $(RUN_DIR))"
 

@@ -316,23 +316,46 @@ def test_an_error_is_said_once_and_a_ranks_own_by_that_rank(monkeypatch, capsys)
     log.setLevel(level)
 
 
+def _second(cache: Path, **env: str) -> subprocess.Popen:
+    """Another process asking for the tiny model in `cache`: it prints 'built' if it built it, 'loaded' if not."""
+    script = ("import medr1.tiny as t; built = []; b = t.build_tiny\n"
+              "t.build_tiny = lambda p, pad: built.append(p) or b(p, pad=pad)\n"
+              "t.tiny_model_path(); print('built' if built else 'loaded')")
+    return subprocess.Popen([sys.executable, "-c", script], env={**_env(), "MEDR1_CACHE": str(cache), **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_processes_started_together_on_an_empty_cache_build_the_tiny_model_once(tmp_path):
-    """The ranks of `make train GPUS=2 PRESET=smoke` (or two test processes) on an empty cache each built the tiny
-    model, and the last to finish moved the folder aside while another loaded it. Here the test is the first builder:
-    a second process started while it builds waits, says so, and then loads the folder built, without building."""
+    """Two processes on an empty cache (two test processes, two runs) each built the tiny model, and the last to
+    finish moved the folder aside while the other loaded it. Here the test is the first builder: a second process
+    started while it builds waits, says so, and then loads the folder built, without building."""
     from medr1.files import one_at_a_time
     from medr1.tiny import STAMP, TINY_VERSION, build_tiny, stamp
 
     path = tmp_path / f"tiny-llama-v{TINY_VERSION}-unsloth"  # where the second process looks, under MEDR1_CACHE
-    script = ("import medr1.tiny as t; built = []; b = t.build_tiny\n"
-              "t.build_tiny = lambda p, pad: built.append(p) or b(p, pad=pad)\n"
-              "print('ready', flush=True); t.tiny_model_path(); print('built' if built else 'loaded')")
     with one_at_a_time(path, "building"):
-        second = subprocess.Popen([sys.executable, "-c", script], env={**_env(), "MEDR1_CACHE": str(tmp_path)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert second.stdout.readline() == "ready\n"
+        second = _second(tmp_path)
+        assert second.stdout.readline() == f"medr1: waiting for another process building {path}\n"
         build_tiny(path)
     out, err = second.communicate(timeout=300)
-    assert second.returncode == 0, err
-    assert out == f"medr1: waiting for another process building {path}\nloaded\n"
+    assert second.returncode == 0 and out == "loaded\n", err
     assert json.loads((path / STAMP).read_text()) == stamp()
+
+
+def test_under_a_process_group_rank_0_builds_the_tiny_model_and_the_others_wait(tmp_path):
+    """`make train GPUS=2` on an empty cache: the rank that took the lock first built the tiny model, and where that
+    was rank 1, transformers' save_pretrained (rank 0 only under a process group) wrote no config and no weights into
+    the folder medr1 then stamped: every later run failed on it. Rank 1 now waits for rank 0's build (the test's),
+    and a stamped folder without a model is no built one (a cache left so is built again)."""
+    from medr1.tiny import STAMP, TINY_VERSION, build_tiny, is_built, stamp, tiny_model_path
+
+    path = tmp_path / f"tiny-llama-v{TINY_VERSION}-unsloth"
+    rank1 = _second(tmp_path, RANK="1", WORLD_SIZE="2")
+    assert rank1.stdout.readline() == f"medr1: waiting for rank 0 to build {path}\n"
+    build_tiny(path)
+    out, err = rank1.communicate(timeout=300)
+    assert rank1.returncode == 0 and out == "loaded\n", err
+    for name in ("config.json", "model.safetensors"):  # what rank 1's save left out
+        (path / name).unlink()
+    assert json.loads((path / STAMP).read_text()) == stamp() and not is_built(path, STAMP, stamp())
+    assert tiny_model_path(tmp_path) == path and is_built(path, STAMP, stamp())

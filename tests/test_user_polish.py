@@ -673,19 +673,22 @@ def test_a_training_in_a_kernel_prints_each_logged_step(tmp_path, monkeypatch, c
 
 def test_make_run_shows_what_the_cells_print_as_printed(tmp_path):
     """`make run`'s papermill options, on a cell that prints a streamed answer's pieces (as TextStreamer does) and a
-    medr1 line. Without options papermill shows its cell counter only; with --log-output each printed piece was a
-    log line of its own, so the answers in the terminal came one word per line."""
+    medr1 line, then one that writes to stderr, all in `make run > log 2>&1`'s way. Without options papermill shows its
+    cell counter only; with --log-output each printed piece was a log line of its own, so the answers came one word
+    per line; with --stdout-file /dev/stdout papermill opened the log anew, truncating what came before it."""
     done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "run", "RUN_DIR=/tmp/medr1-dry"],
                           cwd=NOTEBOOKS.parent, capture_output=True, text=True, timeout=60)
     [papermill] = [shlex.split(line) for line in done.stdout.replace("\\\n", " ").splitlines() if "/papermill " in line]
     given = papermill[papermill.index("notebooks/01_finetune.ipynb") + 2:papermill.index("--cwd")]
-    cell = ("import sys, time\nfor piece in ['The ', 'answer ', 'is ', 'B.']:\n"
-            "    print(piece, end='', flush=True); time.sleep(0.2)\n"
-            "print()\nprint('medr1: step 1/2: loss 2.5000; 1 s')\nprint('a warning', file=sys.stderr)")
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)], metadata={"kernelspec": {
-        "name": "python3", "display_name": "Python 3", "language": "python"}}), tmp_path / "in.ipynb")
-    shown = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(tmp_path / "in.ipynb"),
-                            str(tmp_path / "out.ipynb"), *given], capture_output=True, text=True, timeout=300)
-    assert shown.returncode == 0, shown.stderr
-    assert shown.stdout == "The answer is B.\nmedr1: step 1/2: loss 2.5000; 1 s\n", (given, shown.stdout)
-    assert "a warning\n" in shown.stderr
+    cells = ["import time\nfor piece in ['The ', 'answer ', 'is ', 'B.']:\n"
+             "    print(piece, end='', flush=True); time.sleep(0.2)\nprint()\nprint('medr1: step 1/2: loss 2.5; 1 s')",
+             "import sys\nprint('a warning', file=sys.stderr)"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells], metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), tmp_path / "in.ipynb")
+    command = shlex.join([str(Path(sys.executable).parent / "papermill"), "in.ipynb", "out.ipynb", *given])
+    shown = subprocess.run(f"{{ echo before; {command}; echo after; }} > log 2>&1", shell=True, cwd=tmp_path,
+                           timeout=300)
+    log = (tmp_path / "log").read_text()
+    assert shown.returncode == 0, log
+    assert log.startswith("before\n") and log.endswith("after\n") and "\0" not in log, (given, log)
+    assert "\nThe answer is B.\nmedr1: step 1/2: loss 2.5; 1 s\n" in log and "a warning\n" in log, (given, log)

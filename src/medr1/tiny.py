@@ -17,14 +17,16 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from medr1.stack import import_unsloth_first
 
-from medr1 import prompts
+from medr1 import distributed, prompts
 from medr1.data import FIXTURE_PATH
 from medr1.files import atomic_dir, one_at_a_time
+from medr1.log import log
 from medr1.readers import read_file
 from medr1.tokenizer import byte_level_with_bos
 
@@ -59,20 +61,30 @@ def cache_dir() -> Path:
 
 def is_built(path: Path, stamp_file: str, recipe: dict) -> bool:
     """The one rule for a model medr1 builds itself (tiny, smollm): its cached folder is valid for this recipe when
-    the stamp file, written inside its atomic write, holds `recipe`; else it is built again."""
+    the stamp file, written inside its atomic write, holds `recipe` and a model is there (config and weights: a folder
+    a rank other than 0 built under a process group has neither, as transformers saves them on rank 0 only); else it
+    is built again."""
     try:
-        return json.loads((path / stamp_file).read_text(encoding="utf-8")) == recipe
+        return json.loads((path / stamp_file).read_text(encoding="utf-8")) == recipe and (
+            path / "config.json").is_file() and any(path.glob("*.safetensors"))
     except (OSError, ValueError):
         return False
 
 
 def cached(path: Path, stamp_file: str, recipe: dict, build: Callable[[Path], object]) -> Path:
-    """`path`, first built by `build(path)` where it does not hold `recipe`: by one process at a time, so the ranks
-    of a multi-process run on an empty cache build it once and load what the first built."""
-    if not is_built(path, stamp_file, recipe):
-        with one_at_a_time(path, "building"):
-            if not is_built(path, stamp_file, recipe):
-                build(path)
+    """`path`, first built by `build(path)` where it is not built: by one process at a time (processes started
+    together on an empty cache), and under a process group (`make train GPUS=2`) by rank 0, whose `save_pretrained`
+    alone writes the weights, while the other ranks wait for it."""
+    if is_built(path, stamp_file, recipe):
+        return path
+    if not distributed.is_main():
+        log.info(f"waiting for rank 0 to build {path}")
+        while not is_built(path, stamp_file, recipe):
+            time.sleep(1)  # a failure on rank 0 ends the launch, this process with it
+        return path
+    with one_at_a_time(path, "building"):
+        if not is_built(path, stamp_file, recipe):
+            build(path)
     return path
 
 
