@@ -109,8 +109,8 @@ def prepared(request):
 
 @pytest.fixture(scope="module")
 def full_and_cut(prepared):
-    """full_and_cut(root, step): a run trained to the end and saved (root/full), and one stopped during `step` by
-    what a notebook's stop button raises (root/cut). Returns (the full run, the cut folder, the cut run.json)."""
+    """full_and_cut(root, step, **overrides): a run trained to the end and saved (root/full), and one stopped during
+    `step` by what a notebook's stop button raises (root/cut). Returns (the full run, the cut folder, its run.json)."""
     from medr1 import record
     from medr1.train import TrainerCallback  # transformers' own, imported after unsloth as it must be
 
@@ -124,11 +124,11 @@ def full_and_cut(prepared):
             if state.global_step == self.step:
                 raise KeyboardInterrupt(f"stopped at step {self.step}")
 
-    def full_and_cut(root, step):
-        full = prepared(root / "full")
+    def full_and_cut(root, step, **overrides):
+        full = prepared(root / "full", **overrides)
         full.train()
         full.save()
-        cut = prepared(root / "cut")
+        cut = prepared(root / "cut", **overrides)
         with pytest.raises(KeyboardInterrupt):
             cut.train(callbacks=[StopAt(step)])
         return full, cut.out, record.read_record(cut.out)

@@ -140,6 +140,24 @@ def test_interrupted_run_resumes_to_the_same_end(runs):
     assert max((w_full[k] - w_resumed[k]).abs().max().item() for k in w_full) < 1e-5
 
 
+def test_a_run_with_a_kl_penalty_resumes_to_the_same_end(tmp_path, prepared, full_and_cut):
+    """beta > 0: each checkpoint also holds TRL's frozen start copy (ref/), and transformers, finding an adapter in a
+    sub-folder, loads only those on resume: the policy went back to the start while the steps went on (the KL fell to
+    0 at the first resumed step), and the run ended `complete` with another adapter."""
+    knobs = {"beta": 0.1, "grpo_max_steps": 6, "save_steps": 2}
+    full, cut_dir, after_cut = full_and_cut(tmp_path, 4, **knobs)
+    assert after_cut["interrupted"]["checkpoint"] == "checkpoint-2"
+    assert (cut_dir / "checkpoints" / "checkpoint-2" / "ref" / "adapter_model.safetensors").is_file()
+    resumed = prepared(cut_dir, resume=True, **knobs)
+    resumed.train()
+    resumed.save()
+    kl = [[r["kl"] for r in run.rewards] for run in (full, resumed)]
+    assert kl[0][2] > 0 and kl[1] == pytest.approx(kl[0], abs=1e-6), kl
+    w_full = load_file(str(full.out / "adapter" / "adapter_model.safetensors"))
+    w_resumed = load_file(str(resumed.out / "adapter" / "adapter_model.safetensors"))
+    assert max((w_full[k] - w_resumed[k]).abs().max().item() for k in w_full) < 1e-5
+
+
 def test_resume_of_a_complete_run_trains_nothing_and_changes_nothing(runs, prepared, capsys):
     full, _, _ = runs
     out = full.out
@@ -537,6 +555,21 @@ def test_a_policy_gone_nan_is_diverged_not_interrupted(tmp_path, prepared, gener
         run.train(callbacks=[Poison()])
     rec = record.read_record(run.out)
     assert rec["status"] == "diverged" and rec["diverged"]["step"] == 2 and "interrupted" not in rec
+
+
+def test_a_resume_whose_start_adapter_is_gone_says_to_put_it_back(tmp_path):
+    """A GRPO run kept on Drive whose SFT start was on Colab's local disk, gone after a disconnect: its resume stopped
+    at 'folder not found', without saying that the start is needed again, or how to go on."""
+    from medr1.errors import ConfigError
+    from medr1.grpo import start_adapter
+
+    gone = str(tmp_path / "sft")
+    for resume in (False, True):
+        with pytest.raises(ConfigError) as err:
+            start_adapter(build_config("smoke", {"init_adapter": gone, "resume": resume,
+                                                 "output_dir": str(tmp_path / "grpo")}, quiet=True))
+        assert str(err.value).startswith(f"init_adapter={gone!r}: folder not found")
+        assert ("a resume starts from it again" in str(err.value)) == resume, err.value
 
 
 def test_a_diverged_run_as_init_adapter_is_not_sent_to_resume(tmp_path):

@@ -74,8 +74,9 @@ def start_adapter(config: Config) -> tuple[Path | None, Path | None, dict[str, A
         return None, None, {}
     path = Path(config.init_adapter).expanduser().absolute()  # a relative path's parents would stop at "."
     if not path.exists():  # Config made an existing folder absolute: a relative one here is not found
+        again = "; a resume starts from it again (its LoRA, its run's held-out rows): put it back there and resume"
         raise ConfigError(f"init_adapter={config.init_adapter!r}: folder not found"
-                          f"{files.relative_note(Path(config.init_adapter).expanduser())}")
+                          f"{files.relative_note(Path(config.init_adapter).expanduser())}{again * config.resume}")
     run_dir = record.run_of(path)
     rec = record.read_record(run_dir) if run_dir else {}
     adapter = path

@@ -178,7 +178,7 @@ def load_adapter_weights(model, adapter: Path) -> int:
     check_adapter(adapter)
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)
-    missing = [k for k in result.missing_keys if "lora_" in k]
+    missing = [k for k in result.missing_keys if "lora_" in k and ".default." in k]  # not GRPO's frozen ref copy
     if result.unexpected_keys or missing:
         raise ModelError(f"{adapter} does not fit the LoRA built from its own config (unexpected "
                          f"{list(result.unexpected_keys)[:3]}, missing {missing[:3]})")

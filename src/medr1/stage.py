@@ -83,6 +83,7 @@ class Stage:
         step and checkpoint to resume from (re-raised). A complete run's `trainer.train()` loads its saved adapter."""
         import torch
 
+        from medr1.model import load_adapter_weights
         from medr1.train import AlreadyTrained, SessionCallback, args_used, precision_change
 
         if self._trainer is None:
@@ -104,6 +105,8 @@ class Stage:
         if changed := precision_change(self._earlier_used, self.record["train"]["args_used"], self.config.precision):
             log.warning(changed)
         self._write_record()
+        if self.resume_from:  # transformers, finding an adapter in a sub-folder (GRPO's ref/ under beta > 0), loads
+            load_adapter_weights(self.model, Path(self.resume_from))  # only those: the policy would stay the start
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         session = SessionCallback(self)
