@@ -147,8 +147,8 @@ def _held(folder: Path) -> int | None:
 @contextmanager
 def one_at_a_time(path: Path, doing: str):
     """Hold the lock beside `path` (a hidden `.lock` file) while doing the work on it; a second process waits for the
-    first, saying so. Ranks that start together on an empty cache (`make train GPUS=2`) would each build a model
-    folder, and the last to finish moves the folder aside while another loads it."""
+    first, saying so. Processes that start together on an empty cache (two runs, two test processes) would each build
+    a model folder, and the last to finish moves the folder aside while another loads it."""
     with _writing_in(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
