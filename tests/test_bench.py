@@ -169,6 +169,7 @@ def test_bench_model_rebuilds_a_tiny_model_of_an_older_recipe(tmp_path, monkeypa
     built = []
     monkeypatch.setattr(tiny, "build_tiny", lambda path: built.append(path) or path)
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")  # a model is there: only the stamp's recipe is old
     (tmp_path / tiny.STAMP).write_text(json.dumps({"version": tiny.TINY_VERSION - 1, "seed": 0, "pad": "unsloth"}))
     assert bench.bench_model(str(tmp_path), cpu=True) == tmp_path and built == [tmp_path]  # stale: built again
     (tmp_path / tiny.STAMP).write_text(json.dumps({"version": tiny.TINY_VERSION, "seed": 0, "pad": "unsloth"}))
@@ -184,6 +185,7 @@ def test_build_8b_rebuilds_a_folder_of_another_recipe(tmp_path, monkeypatch):
         def save_pretrained(self, folder):
             saved.append(folder)
             (folder / "config.json").write_text("{}")
+            (folder / "model-00001-of-00004.safetensors").write_bytes(b"")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", lambda config: Model())
     path = tmp_path / "8b"
