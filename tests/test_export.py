@@ -196,6 +196,22 @@ def test_card_of_a_grpo_run_names_the_kind_of_run_it_started_from(init_kind, sta
            "leave less than max_completion_length=128 tokens within max_seq_length=256 (over_length `drop`)" in text
 
 
+@pytest.mark.parametrize("adapter, run, named", [
+    ("/runs/sft/checkpoints/checkpoint-4", "/runs/sft", "sft/checkpoints/checkpoint-4"),
+    ("/runs/g1/export/adapter", "/runs/g1", "g1/export/adapter"), ("/runs/sft/adapter", "/runs/sft", "sft/adapter"),
+    ("/mine/lora", None, "mine/lora")])
+def test_card_of_a_grpo_run_names_its_start_from_the_start_run_on(adapter, run, named):
+    """The card named the start adapter by its path's last two parts: from a checkpoint or an export,
+    "checkpoints/checkpoint-4" or "export/adapter", which name no run (the GRPO review). run.json's `init_run` (the
+    start's run folder) gives the rest; an adapter folder without a run keeps its last two parts."""
+    from medr1.card import model_card
+
+    rec = {"kind": "grpo", "init_adapter": adapter, "init_run": run, "init_kind": "sft" if run else "",
+           "reward_weights": {"correctness": 1.0}, "config": {"model_name": "m", "grpo_data_path": "q.jsonl"},
+           "data": {"source": "q.jsonl", "questions": 3}}
+    assert f"adapter `{named}`, made with medr1" in model_card(rec)
+
+
 @pytest.mark.parametrize("grpo", [False, True])
 def test_card_shows_the_optimizer_and_packing_the_trainer_used(grpo):
     """On a CPU Unsloth swaps the configured optimizer and packing (run.json's `train.args_used`): the card's table

@@ -309,6 +309,7 @@ def test_after_sft_the_run_evaluates_on_the_sft_holdout(smoke_run, tmp_path, pre
     run.save()
     assert (out / "holdout.jsonl").read_text() == (smoke_run.out / "holdout.jsonl").read_text()
     assert record.read_record(out)["init_adapter"] == str(smoke_run.out / "adapter")
+    assert record.read_record(out)["init_run"] == str(smoke_run.out)  # what the card names the start from
     card = (out / "adapter" / "README.md").read_text()  # says where it started and which rows it holds out
     held = len(smoke_run.holdout)
     assert "starting from the SFT adapter `run/adapter`" in card and f"{held}, the SFT run's (`holdout.jsonl`" in card

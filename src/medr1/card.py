@@ -107,6 +107,15 @@ def card_data(cfg: dict[str, Any], knob: str, base: str, kind: str) -> ModelCard
         pipeline_tag="text-generation", language=["en"], tags=tags, datasets=[dataset] if dataset else None)
 
 
+def start_path(rec: dict[str, Any]) -> str:
+    """A GRPO run's start adapter as its card names it: from its run's folder on ("sft/checkpoints/checkpoint-4",
+    "g1/export/adapter": the last two parts name no run), else (a folder without run.json) its last two parts."""
+    adapter, run = str(rec.get("init_adapter") or ""), str(rec.get("init_run") or "")
+    if run and Path(adapter).is_relative_to(run):
+        return Path(run).name + adapter[len(run):]
+    return "/".join(adapter.split("/")[-2:])
+
+
 def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[str, Any] | None = None,
                repo_id: str = "", files: list[str] | None = None, step: int | None = None,
                total: int | None = None) -> str:
@@ -123,7 +132,7 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
         step=step, progress=step is not None and progress(cfg, knob == "grpo_", step, total),
         repo_id=repo_id, rec=rec, cfg=cfg, knob=knob, data=data, train=train, run={**cfg, **rec},
         used=trained_with(cfg, train), lengths=data.get("lengths") or {}, losses=rec.get("losses") or [],
-        versions=rec.get("versions") or {},
+        versions=rec.get("versions") or {}, start_path=start_path(rec),
         base=base, base_name=Path(hub_base(base) or base).name, licence=base_license(base)[1],
         converted=CONVERTED.get(base), local_base=not _on_hub(base), hub_name=hub_base(base),
         data_file=Path(str(data.get("source") or cfg.get("data_path"))).name,

@@ -171,6 +171,7 @@ class GrpoRun(Stage):
         data = {"source": self.source, "questions": len(self.questions), **counts, **lengths, **prints}
         self.record = self._prepared(data, kind="grpo", reward_weights=self.weights,
                                      init_adapter=self.adapter and str(self.adapter),
+                                     init_run=self.start_dir and str(self.start_dir),
                                      init_kind=self.start_record.get("kind", "sft") if self.start_dir else "")
         log.info(f"{len(self.questions)} verifiable questions from {self.source}; reward weights {self.weights}")
 
