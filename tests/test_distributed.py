@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -321,8 +322,12 @@ def _second(cache: Path, **env: str) -> subprocess.Popen:
     script = ("import medr1.tiny as t; built = []; b = t.build_tiny\n"
               "t.build_tiny = lambda p, pad: built.append(p) or b(p, pad=pad)\n"
               "t.tiny_model_path(); print('built' if built else 'loaded')")
-    return subprocess.Popen([sys.executable, "-c", script], env={**_env(), "MEDR1_CACHE": str(cache), **env},
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**_env(), "MEDR1_CACHE": str(cache), **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(300, proc.kill)  # one that never says it waits: the test's readline ends, and fails
+    timer.daemon = True
+    timer.start()
+    return proc
 
 
 def test_processes_started_together_on_an_empty_cache_build_the_tiny_model_once(tmp_path):
