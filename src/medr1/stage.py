@@ -97,6 +97,8 @@ class Stage:
                 del self._trainer.train
                 self.session = True
             return
+        if self.resume_from:  # transformers, finding an adapter in a sub-folder (GRPO's ref/ under beta > 0), loads
+            load_adapter_weights(self.model, Path(self.resume_from))  # only those: the policy would stay the start
         self.out.mkdir(parents=True, exist_ok=True)  # trainer() replaced an old run (overwrite) already
         self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
                            hardware=record.hardware())
@@ -105,8 +107,6 @@ class Stage:
         if changed := precision_change(self._earlier_used, self.record["train"]["args_used"], self.config.precision):
             log.warning(changed)
         self._write_record()
-        if self.resume_from:  # transformers, finding an adapter in a sub-folder (GRPO's ref/ under beta > 0), loads
-            load_adapter_weights(self.model, Path(self.resume_from))  # only those: the policy would stay the start
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         session = SessionCallback(self)
