@@ -112,7 +112,7 @@ def start_path(rec: dict[str, Any]) -> str:
     "g1/export/adapter": the last two parts name no run), else (a folder without run.json) its last two parts."""
     adapter, run = str(rec.get("init_adapter") or ""), str(rec.get("init_run") or "")
     if run and Path(adapter).is_relative_to(run):
-        return Path(run).name + adapter[len(run):]
+        return str(Path(Path(run).name) / Path(adapter).relative_to(run))
     return "/".join(adapter.split("/")[-2:])
 
 

@@ -68,7 +68,7 @@ def check_matchable(rows: list[dict[str, str]], way_out: str) -> None:
     Cyrillic, a dash; or only an article, like an option letter "A") can never be matched, so every answer to it,
     right or wrong, would score 0 without a word; one with letters the matcher drops ("IgA肾病", "1型糖尿病") would be
     matched by any answer holding what is left ("IgA", "1"). Both would reward noise."""
-    bad = [r for r in rows if not rewards.truth_variants(r[FIELDS[1]]) or phrases.dropped_letters(r[FIELDS[1]])]
+    bad = [r for r in rows if not phrases.truth_variants(r[FIELDS[1]]) or phrases.dropped_letters(r[FIELDS[1]])]
     if bad:
         dropped = phrases.dropped_letters(bad[0][FIELDS[1]])
         raise DataError(f"{len(bad)} references are not what the rule-based matcher can compare (it reads English "
