@@ -342,3 +342,15 @@ def test_a_cut_off_reasoning_reads_no_letter_out_of_a_line_start(line, letter):
                  f"{line}\nLet me check the lipase level"):  # its first line too: no answer part, no first-line rule
         assert choice.extract_choice(text, ABDOMEN).letter == letter
         assert choice.first_last(text, ABDOMEN) == (letter, letter)
+
+
+@pytest.mark.parametrize("text", ["C, because insulin is not first line here.", "C because insulin needs titration",
+                                  "(C) - since insulin is not first line", "C: because insulin is not first line",
+                                  "### Answer:\nC because insulin needs titration"])
+def test_a_pick_opening_the_text_then_because_is_read(text):
+    """The late review of round 15: a generation with no answer part (cut off, or a model without the format) that
+    opens "C, because insulin ..." was read by the option text it explains away (B, insulin); the letter before
+    "because" or "since" on the first line is the pick, with or without an answer part."""
+    options = {"A": "Metformin", "B": "Insulin", "C": "Glipizide", "D": "Acarbose"}
+    assert choice.extract_choice(text, options).letter == "C"
+    assert choice.first_last(text, options) == ("C", "C")

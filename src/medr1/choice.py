@@ -41,6 +41,8 @@ _LONE_RE = [
 # "Options A and C"); on later lines and in the reasoning such letters explain ("B and C are less likely") or abbreviate
 _HEAD_RE = re.compile(r"^\W*([A-Z])(?=\W*$|\s*[,;/&]|\s+(?:-\s|or\b|and\b))|\b(?i:either|is|be|probably|possibly|"
                       r"likely|perhaps|maybe)\s+([A-Z])(?=(?:\s*/|\s+or\s)\W*[A-Z]\b)|\b(?i:option|choice|letter)s\s+([A-Z])\b")
+# a text with no answer part (cut off, or a model without the format) opening with its pick: "C, because insulin ..."
+_BECAUSE = re.compile(r"^\W*([A-Z])(?:\s*[,:]|\s+-)?\s+(?:because|since)\b")
 _WORD = re.compile(r"\w+|[,/&]")
 # "B, C and D are wrong": the clause after a run of letters, which says what they are. It keeps them open where it
 # calls them possible or right (unless it denies that), or says they cannot be excluded; else they are mentions.
@@ -99,7 +101,8 @@ def _phrases(text: str, valid: list[str], options: dict[str, str] | list[str]) -
 
 
 def _lone_letters(text: str, options: dict[str, str] | list[str], head: bool) -> list[tuple[int, str]]:
-    rules = [(p, len(text)) for p in _LONE_RE] + ([(_HEAD_RE, re.search(r"\S.*|$", text).end())] if head else [])
+    first = re.search(r"\S.*|$", text).end()  # the end of the first line
+    rules = [(p, len(text)) for p in _LONE_RE] + [(_HEAD_RE, first)] * head + [(_BECAUSE, first)]
     found = [(m.start(), g, m.end(i)) for pattern, end in rules for m in pattern.finditer(text, 0, end)
              for i, g in enumerate(m.groups(), 1) if g and g in options]
     return sorted({(at, g) for at, g, _ in found} | {h for _, g, end in found for h in _also(text, end, g, options)})
