@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ def check(config: Config, weights: bool = True) -> dict[str, Any]:
                           f"{torch.cuda.get_device_name()} has {major}.{minor} and only emulates bf16 (Unsloth "
                           f"loads the model in fp16, and the trainer stops): {hint('precision', 'fp16')} or 'auto'")
     model_config = read_model_config(config.model_name, "model_name", weights, _unsloth_4bit(config))
+    check_quantized(model_config, config, "model_name")
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
     if limit is not None and config.max_seq_length > limit:
@@ -135,8 +137,22 @@ def read_model_config(name: str, knob: str, weights: bool = True, unsloth_4bit: 
 def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
     """A finished run's base model (evaluate, export) is there, before anything loads: its run.json may name a folder
     of another machine, or a hub model not in this cache."""
-    return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})", True,
-                             _unsloth_4bit(config))
+    knob = f"model_name (in {Path(run_dir) / 'run.json'})"
+    return check_quantized(read_model_config(config.model_name, knob, True, _unsloth_4bit(config)), config, knob)
+
+
+def check_quantized(model_config: dict[str, Any], config: Config, knob: str) -> dict[str, Any]:
+    """A model saved quantized (its config.json's quantization_config: the `-bnb-4bit` copies) loads only so. With
+    load_in_4bit=False transformers builds 16-bit layers and stops on the 4-bit tensors (a load report, a traceback),
+    and Unsloth loads the 16-bit original instead: another repository than the one run.json names."""
+    quant = model_config.get("quantization_config")
+    if not isinstance(quant, dict) or config.load_in_4bit:
+        return model_config
+    plain = re.sub(r"-(unsloth-)?bnb-4bit$", "", config.model_name)
+    other = hint("model_name", plain) if plain != config.model_name else "its 16-bit model as model_name"
+    raise ConfigError(f"{knob}={config.model_name!r} is saved quantized ({quant.get('quant_method', '?')}"
+                      f"{' 4-bit' * bool(quant.get('load_in_4bit'))}: quantization_config in its config.json), which "
+                      f"load_in_4bit=False cannot load: {hint('load_in_4bit', True)}, or give {other}")
 
 
 def check_adapter(adapter: Path) -> None:
