@@ -94,6 +94,49 @@ def test_plan_refuses_a_4bit_merge_on_a_cpu_even_with_unsloth(runs, tmp_path, no
     assert not (tmp_path / "x").exists()
 
 
+def test_plan_refuses_a_4bit_merge_of_a_hub_model_where_unsloth_cannot_ask_the_hub(smoke_run, tmp_path, nothing_loaded,
+                                                                                    monkeypatch, capsys):
+    """The stand-in review, on an H100 with the base cached: offline, the default recipe's `export --merged` passed
+    the plan, exported the adapter, then stopped in Unsloth's merge with a traceback (it asks the hub about the base's
+    16-bit weights even where they are cached). The plan says so first, offline and where the hub cannot be reached;
+    a local base folder needs no hub; GGUF (a merge first) is left out the same way."""
+    from huggingface_hub import constants
+
+    import medr1.gguf
+    from medr1.__main__ import main
+    from medr1.export import Export
+    from medr1.tiny import hub_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    hub_cache(tmp_path / "hf", name := "someone/model")
+    run = _copy(smoke_run.out, tmp_path / "run", model_name=name, load_in_4bit=True)
+    monkeypatch.setattr(medr1.gguf, "UNSLOTH", True)
+    monkeypatch.setattr(medr1.gguf, "possible", lambda strict: True)  # llama.cpp at hand
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ExportError, match=r"16-bit weights of 'someone/model', which it looks up on the hub even where "
+                                          r"they are cached, and hub offline mode is on \(HF_HUB_OFFLINE=1\): export "
+                                          r"the adapter now"):
+        Export(run, tmp_path / "x").plan(merged=True)
+    assert Export(run, tmp_path / "x").plan(gguf="q8_0", strict=False).gguf_left_out.startswith("it starts from a merg")
+    capsys.readouterr()
+    assert main(["export", str(run), "--to", str(tmp_path / "cli"), "--merged"]) == 2
+    assert "HF_HUB_OFFLINE=1" in one_error(capsys.readouterr().err) and not (tmp_path / "cli").exists()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(medr1.gguf, "reachable", lambda url: False)
+    with pytest.raises(ExportError, match=r"the hub \(https://huggingface.co\) cannot be reached"):
+        Export(run, tmp_path / "x").plan(merged=True)
+    monkeypatch.setattr(medr1.gguf, "reachable", lambda url: True)
+    monkeypatch.setattr(medr1.export, "check_run_model", lambda *a: {})  # the weights are there (not what is checked)
+    assert Export(run, tmp_path / "x").plan(merged=True).folders  # the hub answers: Unsloth fetches what it needs
+    local = _copy(smoke_run.out, tmp_path / "local", load_in_4bit=True)  # medr1/tiny-llama: a local folder
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert Export(local, tmp_path / "y").plan(merged=True).folders
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_gguf_refused_where_unsloth_is_not_used_or_the_run_is_4bit_on_a_cpu(runs, tmp_path, no_unsloth,
                                                                            nothing_loaded, monkeypatch, capsys):
     """GGUF goes through Unsloth: without it, one line naming the true reason (strict raises, a notebook goes on);

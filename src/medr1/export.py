@@ -115,9 +115,9 @@ class Export:
         one line says so and GGUF is left out (`Plan.gguf_left_out` keeps why)."""
         out = Plan(gguf=to_gguf.methods(gguf), push_repo=push_repo, push_what=push_what)
         check_folder(self.export_dir, f"export destination {str(self.export_dir)!r}")  # its folders go in it
-        if merged and (why := to_gguf.why_not_merged(self.config.load_in_4bit)):
+        if merged and (why := to_gguf.why_not_merged(self.config.load_in_4bit, self.config.model_name)):
             raise ExportError(f"a merged 16-bit model cannot be made here: {why}")
-        if out.gguf and (why := to_gguf.why_not(self.config.load_in_4bit)):
+        if out.gguf and (why := to_gguf.why_not(self.config.load_in_4bit, self.config.model_name)):
             to_gguf.refuse(to_gguf.NO_GGUF + why, strict)
             out.gguf, out.gguf_left_out = [], why
         if verify or merged or out.gguf:  # these load the base model: run.json's model_name must be found here
@@ -184,7 +184,7 @@ class Export:
     def merged(self, dest: str | Path = "") -> Path:
         """Base + adapter merged into 16-bit weights (Unsloth's save_pretrained_merged, else peft's), with its card."""
         dest = self._destination("merged", dest)
-        if why := to_gguf.why_not_merged(self.config.load_in_4bit):  # before anything is loaded
+        if why := to_gguf.why_not_merged(self.config.load_in_4bit, self.config.model_name):  # before anything is loaded
             raise ExportError(f"a merged 16-bit model cannot be made here: {why}")
         with self._writing("merged", dest, "the merged 16-bit model") as tmp:
             model, tokenizer = self._load()
@@ -204,7 +204,7 @@ class Export:
             log.info("GGUF skipped (no quantization methods asked for)")
             return None
         dest = self._destination("gguf", dest)  # a full destination is refused before llama.cpp is looked for
-        if why := to_gguf.why_not(self.config.load_in_4bit):
+        if why := to_gguf.why_not(self.config.load_in_4bit, self.config.model_name):
             return to_gguf.refuse(to_gguf.NO_GGUF + why, strict) or None
         with self._writing("gguf", dest, f"GGUF {', '.join(wanted)}", wanted) as tmp:
             to_gguf.write(*self._load(), tmp, wanted)

@@ -16,7 +16,7 @@ import torch
 
 from medr1.errors import ExportError
 from medr1.log import log
-from medr1.preflight import reachable
+from medr1.preflight import model_path, reachable
 
 BYTES_PER_PARAM = {"q8_0": 1.07, "q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.83, "q4_0": 0.57,
                    "bf16": 2.0, "f16": 2.0}  # the quantizations Unsloth and llama.cpp make
@@ -88,14 +88,33 @@ def blockers() -> list[str]:
     return missing
 
 
-def why_not_merged(four_bit: bool) -> str:
+def why_not_merged(four_bit: bool, model_name: str = "") -> str:
     """Why base + adapter cannot be merged here ("" when they can; GGUF merges first): only Unsloth merges into a
-    4-bit base (into its 16-bit weights), and only on a CUDA GPU ("not supported on CPU yet")."""
-    if not four_bit or (UNSLOTH and torch.cuda.is_available()):
+    4-bit base (into its 16-bit weights), only on a CUDA GPU ("not supported on CPU yet"), and for a hub id only where
+    it can ask the hub (it does even where the weights are cached; else a traceback after the adapter's export)."""
+    if not four_bit:
         return ""
+    if UNSLOTH and torch.cuda.is_available():
+        return _hub_for_base(model_name)
     return (f"this run's base is 4-bit, which only Unsloth merges into, and {why_no_unsloth()}" if not UNSLOTH else
             "this run's base is 4-bit, which Unsloth merges into only on a CUDA GPU, not on a CPU: export it on a GPU "
             "machine (Colab's T4 will do)")
+
+
+def _hub_for_base(model_name: str) -> str:
+    from huggingface_hub import constants
+
+    if not model_name or Path(model_path(model_name)).is_dir():  # a local folder: Unsloth reads its weights there
+        return ""
+    if constants.HF_HUB_OFFLINE:
+        why = "hub offline mode is on (HF_HUB_OFFLINE=1)"
+    elif not reachable(constants.ENDPOINT):
+        why = f"the hub ({constants.ENDPOINT}) cannot be reached (no network?)"
+    else:
+        return ""
+    return (f"this run's base is 4-bit, and Unsloth merges it into the 16-bit weights of {model_name!r}, which it "
+            f"looks up on the hub even where they are cached, and {why}: export the adapter now (no merge) and the "
+            "merged model or GGUF where the hub can be reached")
 
 
 def possible(strict: bool) -> bool:
@@ -110,9 +129,9 @@ def possible(strict: bool) -> bool:
     return True
 
 
-def why_not(four_bit: bool) -> str:
+def why_not(four_bit: bool, model_name: str = "") -> str:
     """Why GGUF cannot be made here ("" when it can): it goes through Unsloth and llama.cpp, from a merged model."""
-    if UNSLOTH and (why := why_not_merged(four_bit)):  # else possible() says why
+    if UNSLOTH and (why := why_not_merged(four_bit, model_name)):  # else possible() says why
         return f"it starts from a merged model, and {why}"
     try:
         possible(strict=True)
