@@ -263,6 +263,26 @@ def test_an_unreachable_wandb_logs_locally_at_once(wandb_env, tmp_path, capsys):
     assert reporting(config) == "wandb" and len(tried) == 1
 
 
+def test_the_wandb_check_goes_to_the_server_wandb_logs_to(wandb_env, tmp_path, capsys):
+    """The repro review: `wandb login --host` saves a company's W&B in wandb's settings file, which wandb reads and
+    medr1 did not: it checked api.wandb.ai (W&B off, "cannot be reached", while the company's was up) and would have
+    sent the key there. WANDB_BASE_URL still wins, as it does for wandb."""
+    from medr1 import build_config
+    from medr1.tracking import reporting
+
+    tried = []
+    wandb_env.setattr("socket.create_connection", lambda address, timeout=None: tried.append(address) or
+                      (_ for _ in ()).throw(OSError("unreachable")))
+    (tmp_path / "wandb-config").mkdir()
+    (tmp_path / "wandb-config" / "settings").write_text("[default]\nbase_url = https://wandb.mycorp.example:8443\n")
+    wandb_env.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    config = build_config("smoke", {"output_dir": str(tmp_path / "run"), "report_to": "wandb"}, quiet=True)
+    assert reporting(config) == "none" and tried == [("wandb.mycorp.example", 8443)]
+    assert "W&B (wandb.mycorp.example:8443) cannot be reached" in capsys.readouterr().out
+    wandb_env.setenv("WANDB_BASE_URL", "https://wandb.other.example")
+    assert reporting(config) == "none" and tried[-1] == ("wandb.other.example", 443)
+
+
 def test_a_preset_that_turns_wandb_off_says_so_when_a_key_is_set(wandb_env, tmp_path, capsys):
     """The cpu and smoke presets set report_to='none': with WANDB_API_KEY set (README: W&B when the key is set) a
     `make run` on a laptop logged nothing to W&B without a word. report_to='none' on a preset that logs is the

@@ -54,6 +54,23 @@ def key_refused(key: str, url: str, timeout: float = 5.0) -> str:
     return ""
 
 
+def wandb_url() -> str:
+    """The server wandb logs to, as wandb reads it: WANDB_BASE_URL, else the host `wandb login --host` saved in its
+    settings file (a company's W&B), else its default. The check and the key go there, never to another host."""
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    try:
+        from wandb import Settings
+
+        settings = Settings(quiet=True)
+        folder = os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb"  # where wandb.setup() looks
+        settings.settings_system = os.path.expanduser(os.path.join(folder, "settings"))
+        settings.update_from_system_settings()
+        settings.update_from_env_vars(dict(os.environ))
+        return str(settings.base_url or url)
+    except Exception:  # noqa: BLE001 - no wandb, or a value it refuses (a port that is no number): said below
+        return url
+
+
 def reporting(config: Config) -> str:
     """'wandb' or 'none'. A headless run never waits for a key (without one W&B is off, said), nor for a W&B it cannot
     reach (wandb.init would wait 90 s, then fail after the model loaded); a key W&B refuses (revoked, mistyped, cut
@@ -70,7 +87,7 @@ def reporting(config: Config) -> str:
         log.info("report_to='wandb' but no WANDB_API_KEY (environment or Colab secret); logging to W&B is off"
                  if config.report_to == "wandb" else "no WANDB_API_KEY; training logs stay local (run.json, plots)")
         return "none"
-    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    url = wandb_url()
     try:
         up = mode in ("offline", "disabled") or reachable(url)
     except ValueError as err:  # a port that is no number
