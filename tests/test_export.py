@@ -124,6 +124,41 @@ def test_model_card_holds_the_runs_numbers(exported):
     assert "library_name: transformers" in merged_card and "AutoModelForCausalLM" in merged_card
 
 
+def test_the_cards_prompt_and_code_give_the_trained_prompt_without_medr1(exported, tmp_path):
+    """The share review: the card's prompt block ended in a blank line (`### Chain of Thought:` then "\\n\\n", a token
+    the model never saw there: the real 135M model answered otherwise), and its code imported medr1, which a colleague
+    given the folder does not have. The block, as CommonMark reads it, is the trained prompt; the code, run with medr1
+    blocked, asks with the trained token ids and gets medr1's greedy answer, for the adapter and the merged model."""
+    import re
+    import subprocess
+    import sys
+
+    from medr1.model import load_adapter
+    from medr1.prompts import inference_prompt
+
+    question = json.loads((exported.run_dir / "holdout.jsonl").read_text().splitlines()[0])["Question"]
+    model, tokenizer = load_adapter(exported.config, exported.run_dir / "adapter")
+    ids = tokenizer(inference_prompt(question), return_tensors="pt")
+    want = model.generate(**ids, max_new_tokens=12, do_sample=False)[0].tolist()
+    for what in ("adapter", "merged"):
+        card = (exported.paths[what] / "README.md").read_text()
+        block = re.search(r"```text\n(.*?)```", card, re.S)[1]  # a fenced block's lines, each with its line break
+        assert block == inference_prompt("{question}", "seed")
+        code = re.search(r"```python\n(.*?)```", card, re.S)[1].replace("PATH_OR_REPO", str(exported.paths[what]))
+        code = code.replace("A 60-year-old ... ?", question).replace("max_new_tokens=1024", "max_new_tokens=12")
+        assert "medr1" not in code
+        script = "import sys\nsys.modules['medr1'] = sys.modules['unsloth'] = None\n" + code + \
+            "import json\nprint(json.dumps(out[0].tolist()))\n"
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        got = json.loads(done.stdout.splitlines()[-1])
+        assert got[:ids["input_ids"].shape[1]] == ids["input_ids"][0].tolist()  # the trained prompt, BOS once
+        if what == "adapter":  # the merged weights are rounded to 16 bits: the same prompt is what is checked there
+            assert got == want
+        assert "`FastLanguageModel.from_pretrained(\"PATH_OR_REPO\", load_in_4bit=False)` loads it as it was" in card
+
+
 def test_card_without_evaluation_says_how_to_get_one():
     from medr1.card import model_card
 
@@ -228,6 +263,30 @@ def test_card_shows_the_optimizer_and_packing_the_trainer_used(grpo):
         assert "| packing | False (configured: True) |" in text
     old = model_card({**rec, "train": {"steps": 3}})
     assert "| optimizer | adamw_8bit |" in old and "configured" not in old.split("## Training metrics")[0]
+
+
+@pytest.mark.parametrize("grpo", [False, True])
+def test_card_names_the_backend_precision_and_loss_it_trained_with(grpo):
+    """The share and repro reviews: a backend='hf' run's card said "made with medr1 (Unsloth, LoRA)" with an `unsloth`
+    tag, though Unsloth was never imported; and the card, all that travels with a pushed adapter, named neither the
+    precision the trainer computed in nor `loss_on` (a completion-only run showed only its preset, whose value is
+    'all')."""
+    from huggingface_hub import ModelCard
+
+    from medr1.card import model_card
+
+    cfg = {"model_name": "m", "backend": "hf", "precision": "auto", "loss_on": "completion", "data_path": "d.jsonl",
+           "load_in_4bit": True}
+    rec = {"config": cfg, "kind": "grpo" if grpo else "sft", "reward_weights": {"correctness": 1.0},
+           "train": {"steps": 3, "args_used": {"fp16": True, "bf16": False}}}
+    card = ModelCard(model_card(rec))
+    assert "made with medr1 (transformers + peft, LoRA, 4-bit base)" in card.text and "unsloth" not in card.data.tags
+    assert "| precision | fp16 (precision=auto) |" in card.text
+    assert ("| loss on | completion |" in card.text) is not grpo  # GRPO's loss is on its answers alone
+    assert "load_in_4bit=True)` loads it as it was trained" in card.text
+    unsloth = ModelCard(model_card({**rec, "config": {**cfg, "backend": "unsloth", "precision": "fp16"}}))
+    assert "made with medr1 (Unsloth, LoRA" in unsloth.text and "unsloth" in unsloth.data.tags
+    assert "| precision | fp16 |" in unsloth.text
 
 
 @pytest.mark.parametrize(("epochs", "seen"), [(0.4, "0.4 epochs (2 optimizer steps): about 8 of the 20 rows"),

@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from medr1 import prompts
 from medr1.files import atomic_write_text
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
-from medr1.record import checkpoint_step
+from medr1.record import checkpoint_step, computed_in
 from medr1.smollm import GGUF_FILE, PACKAGE, PACKAGE_VERSION
 
 KINDS = ("adapter", "checkpoint", "merged", "gguf")
@@ -96,10 +96,18 @@ def trained_with(cfg: dict[str, Any], train: dict[str, Any]) -> dict[str, str]:
             for key in ("optim", "packing")}
 
 
+def precision(cfg: dict[str, Any], train: dict[str, Any]) -> str:
+    """The precision the trainer computed in (run.json's `train.args_used`; 'auto' follows the GPU), with the knob."""
+    done = computed_in(used) if (used := train.get("args_used")) else ""
+    knob = cfg.get("precision") or ""
+    return f"{done} (precision={knob})" if done and knob and knob != done else done or knob
+
+
 def card_data(cfg: dict[str, Any], knob: str, base: str, kind: str) -> ModelCardData:
     """The card's YAML header, from the run's config (`knob`: its data knobs' prefix) and base model."""
     dataset = cfg.get(f"{knob}dataset_name") if not cfg.get(f"{knob}data_path") else None
-    tags = ["medical", "reasoning", "chain-of-thought", "unsloth", "lora" if kind in PEFT_KINDS else "merged-lora",
+    tags = ["medical", "reasoning", "chain-of-thought", *(["unsloth"] if cfg.get("backend") != "hf" else []),
+            "lora" if kind in PEFT_KINDS else "merged-lora",
             *(["grpo"] if knob else []), *(["gguf"] if kind == "gguf" else [])]
     return ModelCardData(
         base_model=hub_base(base), license=base_license(base)[0],
@@ -131,7 +139,8 @@ def model_card(rec: dict[str, Any], *, kind: str = "adapter", evaluation: dict[s
         card_data(cfg, knob, base, kind), template_str=TEMPLATE.read_text(encoding="utf-8"), fmt=_fmt, kind=kind,
         step=step, progress=step is not None and progress(cfg, knob == "grpo_", step, total),
         repo_id=repo_id, rec=rec, cfg=cfg, knob=knob, data=data, train=train, run={**cfg, **rec},
-        used=trained_with(cfg, train), lengths=data.get("lengths") or {}, losses=rec.get("losses") or [],
+        used=trained_with(cfg, train), precision=precision(cfg, train), lengths=data.get("lengths") or {},
+        losses=rec.get("losses") or [],
         versions=rec.get("versions") or {}, start_path=start_path(rec),
         base=base, base_name=Path(hub_base(base) or base).name, licence=base_license(base)[1],
         converted=CONVERTED.get(base), local_base=not _on_hub(base), hub_name=hub_base(base),

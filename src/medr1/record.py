@@ -106,6 +106,11 @@ def adapter_dir(run_dir: str | Path, rec: dict[str, Any] | None = None) -> Path:
     return path
 
 
+def computed_in(used: dict[str, Any]) -> str:
+    """bf16, fp16 or fp32: the precision run.json's `train.args_used` says the trainer computed in."""
+    return "bf16" if used.get("bf16") else "fp16" if used.get("fp16") else "fp32"
+
+
 def retrain_advice(knob: str, rate: Any, also: str = "") -> str:
     """The advice to a run that diverged (it saved no adapter, and a resume would diverge again), as training gives it
     when it stops and as a reader of the run later does: a tenth of the learning rate `knob` (`also`: what else may

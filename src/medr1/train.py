@@ -24,7 +24,7 @@ from medr1.distributed import SFT, Step
 from medr1.files import usual_modes
 from medr1.log import log
 from medr1.model import torch_dtype
-from medr1.record import retrain_advice
+from medr1.record import computed_in, retrain_advice
 
 
 def trainer_kwargs(config: Config, checkpoint_dir: str, report_to: str = "none", step: Step = SFT,
@@ -85,14 +85,12 @@ def precision_change(before: dict[str, Any], used: dict[str, Any], precision: st
     """Why a resumed run's sessions compute in different precisions ("" when they do not): `before` and `used` are
     the earlier and this session's args_used. precision='auto' follows the GPU (bf16 where it computes in it, else
     fp16), so a run begun on one GPU class and resumed on another (Colab: a T4, then an A100) changes unsaid."""
-    def name(u: dict[str, Any]) -> str:
-        return "bf16" if u.get("bf16") else "fp16" if u.get("fp16") else "fp32"
-
-    if not {"bf16", "fp16"} & before.keys() or name(before) == name(used):
+    if not {"bf16", "fp16"} & before.keys() or computed_in(before) == computed_in(used):
         return ""
-    return (f"this run's earlier steps trained in {name(before)}, this session computes in {name(used)} "
-            f"(precision={precision!r} here): steps it trains mix both into the adapter, and run.json and the card "
-            f"name this session's; resume on a GPU that computes in {name(before)} to keep the run's own")
+    return (f"this run's earlier steps trained in {computed_in(before)}, this session computes in "
+            f"{computed_in(used)} (precision={precision!r} here): steps it trains mix both into the adapter, and "
+            f"run.json and the card name this session's; resume on a GPU that computes in {computed_in(before)} to "
+            "keep the run's own")
 
 
 SAMPLER_NAN = "probability tensor contains either `inf`, `nan` or element < 0"  # torch.multinomial, on NaN outputs
