@@ -185,3 +185,43 @@ def test_a_4bit_run_of_either_backend_merges_on_gpu(tmp_path, backend):
         a, b = merged(ids).logits[0], reference(ids).logits[0]
     same = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     assert same >= 0.9, (backend, same, (a - b).abs().max().item())
+
+
+def test_a_4bit_run_stopped_and_resumed_on_gpu_ends_like_an_uninterrupted_one(tmp_path):
+    """Stage.recording loads a resumed run's checkpoint adapter into the LoRA itself (transformers loads only an
+    adapter's sub-folders where it finds any: GRPO's ref/ under beta > 0). Here, through Unsloth's 4-bit GPU model:
+    stopped during step 3 (checkpoint-2) and resumed, the run ends with the losses and LoRA weights of one that ran
+    through."""
+    from safetensors.torch import load_file
+
+    from medr1 import build_config
+    from medr1.run import Run
+    from medr1.train import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("stopped at step 3")
+
+    def run(out, **more):
+        made = Run(build_config("smoke", {**GPU_SMOKE, "max_steps": 6, "save_steps": 2, "output_dir": str(out),
+                                          **more}, quiet=True))
+        made.load()
+        made.add_lora()
+        return made
+
+    full = run(tmp_path / "full")
+    full.train()
+    full.save()
+    cut = run(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        cut.train(callbacks=[StopAt()])
+    resumed = run(tmp_path / "cut", resume=True)
+    resumed.train()
+    resumed.save()
+    assert resumed.resume_from.endswith("checkpoint-2") and resumed.record["train"]["steps_run"] == 4
+    mine, theirs = (json.loads((tmp_path / d / "run.json").read_text())["losses"] for d in ("cut", "full"))
+    assert [r["loss"] for r in mine] == pytest.approx([r["loss"] for r in theirs], abs=1e-3)
+    a, b = (load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("cut", "full"))
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert a.keys() == b.keys() and diff <= 1e-3, f"LoRA weights differ by up to {diff}"
