@@ -1,6 +1,7 @@
 """Evaluation: the answer extractor, the multiple-choice scorer, and base vs fine-tuned on a trained smoke run."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -566,14 +567,24 @@ def test_no_completion_token_within_max_seq_length_is_not_a_perfect_loss(evaluat
     assert (got["loss"], got["perplexity"], got["tokens"], got["truncated_rows"]) == (None, None, 0, 1)
 
 
-@pytest.mark.parametrize("knob", ["max_rows", "max_new_tokens", "batch_size", "samples"])
-def test_negative_counts_are_refused_as_the_cli_refuses_them(run_copy, knob):
-    """Notebook 02's `-p max_rows -1` evaluated all rows but the last, `-p samples -1` turned on sampling."""
+@pytest.mark.parametrize(("knob", "zero"), [("max_rows", "all"), ("max_new_tokens", "the run's max_new_tokens"),
+                                           ("batch_size", "as many as free GPU memory holds"), ("samples", "greedy")])
+def test_negative_counts_are_refused_as_the_cli_refuses_them(run_copy, knob, zero):
+    """Notebook 02's `-p max_rows -1` evaluated all rows but the last, `-p samples -1` turned on sampling; the
+    refusal says what 0 asks for (it said "0 = all" of max_new_tokens: the repro review)."""
     from medr1.errors import ConfigError
     from medr1.evaluate import Evaluation
 
-    with pytest.raises(ConfigError, match=f"{knob}=-1: must be >= 0"):
+    with pytest.raises(ConfigError, match=re.escape(f"{knob}=-1: must be >= 0 (0 = {zero})")):
         Evaluation(run_copy, **{knob: -1})
+
+
+def test_a_negative_show_rows_is_refused(evaluation):
+    """The repro review: notebook 02's `-p show_rows -1` showed every row but the last (-10: an empty table)."""
+    from medr1.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"show_rows=-1: must be >= 0"):
+        evaluation.side_by_side(-1)
 
 
 def test_negative_max_questions_is_refused(evaluation):

@@ -112,6 +112,20 @@ def test_a_mistyped_parameter_lists_the_stages_own_knobs():
         assert {"preset", own} <= set(listed) and not set(listed) & set(NOT_READ[stage]), (stage, listed)
 
 
+@pytest.mark.parametrize(("preset", "said"), [(3, "preset must be a string, got 3 (int)"),
+                                              (False, "preset must be a string, got False (bool)"),
+                                              ("", "unknown preset ''")])
+def test_a_preset_parameter_of_another_type_is_refused_not_taken_for_auto(preset, said):
+    """The repro review: `-p preset 3` stopped with difflib's TypeError traceback, and `-p preset False`, `0` or `""`
+    ran `auto` (the cpu preset here) without a word. Only None, the parameter cell's own default, means auto."""
+    from medr1.errors import ConfigError
+    from medr1.notebook import notebook_config
+
+    with pytest.raises(ConfigError) as info:
+        notebook_config({"In": [f"# Parameters\npreset = {preset!r}\n"], "preset": preset}, "train")
+    assert str(info.value).startswith(said)
+
+
 SECRET_VALUE = "hf_FAKESECRET123"
 
 

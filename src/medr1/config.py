@@ -222,7 +222,7 @@ def build_config(preset: str = "auto", overrides: dict[str, Any] | None = None, 
                  stage: str = "") -> Config:
     """Config = defaults <- preset <- overrides; validated. Unknown knobs are errors that list valid ones, and so are
     knobs `stage` ("train" or "grpo") never reads."""
-    name, why = resolve_preset(preset)
+    name, why = resolve_preset(coerce("preset", preset, str))
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "preset" in overrides:  # not a knob: difflib's nearest knob was 'resume'
         raise ConfigError(f"preset is chosen on its own ({'--preset NAME' if _CLI_HINTS else 'preset=NAME'}): no knob")

@@ -242,6 +242,8 @@ class Evaluation:
         """Question, reference answer, base answer, fine-tuned answer for the first `n` held-out rows."""
         import pandas as pd
 
+        _counts(show_rows=n)
+
         if not self.rows:
             return self._skipped("side by side") or None
         if "samples" not in self.results:
@@ -280,11 +282,15 @@ class Evaluation:
             raise RuntimeError("the model is not loaded: call load() first")
 
 
+ZERO = {"samples": " (0 = greedy)", "max_rows": " (0 = all)", "max_questions": " (0 = all)",  # what 0 asks for
+        "max_new_tokens": " (0 = the run's max_new_tokens)", "batch_size": " (0 = as many as free GPU memory holds)"}
+
+
 def _counts(**counts: int) -> None:
     """A negative count sliced rows off the end (`max_rows=-1`: all but the last) or turned on sampling."""
     for name, value in counts.items():
         if value < 0:
-            raise ConfigError(f"{name}={value}: must be >= 0 (0 = {'greedy' if name == 'samples' else 'all'})")
+            raise ConfigError(f"{name}={value}: must be >= 0" + ZERO.get(name, ""))
 
 
 def evaluate_run(run_dir: str | Path, *, mcq_file: str = "", max_questions: int = 0, **options: Any) -> Evaluation:

@@ -70,7 +70,8 @@ def notebook_config(namespace: dict[str, Any], stage: str = "train") -> Config:
                 ["preset", *(k for k in knob_names() if k not in unread)])
     overrides = {k: namespace[k] for k in knob_names() if namespace.get(k) is not None}
     start = overrides.pop("init_adapter", None) if stage == "grpo" else None
-    config = build_config(namespace.get("preset") or "auto", overrides, stage=stage)
+    preset = namespace.get("preset")  # None, the parameter cell's own: auto; papermill's `-p preset False`: refused
+    config = build_config("auto" if preset is None else preset, overrides, stage=stage)
     return dataclasses.replace(config, init_adapter=start_to_use(start, config)) if stage == "grpo" else config
 
 
