@@ -487,6 +487,40 @@ def test_a_failed_push_leaves_the_folders_card_as_it_was(runs, tmp_path, monkeyp
     assert exp.push("me/x") == "me/x" and "# me/x" in readme.read_text()
 
 
+def test_a_push_keeps_a_card_the_user_edited(runs, tmp_path, monkeypatch, capsys):
+    """The share review: a push wrote medr1's card over the one the user had edited after the export (README's own
+    two steps: export, then `--no-adapter --push`), locally and on the hub, without a word. medr1's own card is
+    still filled in with the repository name; one edited since medr1 wrote it goes as it is, said in a line."""
+    import huggingface_hub
+
+    from medr1.export import Export
+
+    pushed = []
+
+    class Hub:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            pass
+
+        def upload_folder(self, **kwargs):
+            pushed.append((Path(kwargs["folder_path"]) / "README.md").read_text())
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    readme = Export(runs.plain, tmp_path / "x").adapter() / "README.md"
+    assert Export(runs.plain, tmp_path / "x").push("me/x") == "me/x"  # medr1's card: the repository named
+    assert pushed[-1].startswith("---") and "# me/x" in pushed[-1] == readme.read_text()
+    assert Export(runs.plain, tmp_path / "x").push("me/y") and "# me/y" in pushed[-1]  # still medr1's own
+    edited = readme.read_text() + "\nMy notes: trained for a ward-round demo.\n"
+    readme.write_text(edited)
+    capsys.readouterr()
+    assert Export(runs.plain, tmp_path / "x").push("me/z") == "me/z"
+    assert pushed[-1] == edited == readme.read_text()
+    assert f"{readme} was edited after medr1 wrote it: pushed as you left it" in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def other(smoke_run, tmp_path_factory):
     """Another run: the smoke run with other adapter weights."""

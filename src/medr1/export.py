@@ -10,6 +10,7 @@ leaves no half-written export. A non-empty destination is refused unless `overwr
 from __future__ import annotations
 
 import gc
+import hashlib
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -35,7 +36,8 @@ from medr1.record import adapter_dir, adapter_sha256, holdout_rows, read_record,
 
 SLACK_BYTES = 64 * 2**20  # headroom on top of the estimate: config files, tokenizer, the filesystem's own blocks
 PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # what -> folder under export_dir
-MARKER = ".medr1-adapter.sha256"  # in each export folder: the run's adapter weights it was made from (never pushed)
+MARKER = ".medr1-adapter.sha256"  # in each export folder: the run's adapter weights it was made from (never pushed),
+# then the card medr1 wrote there: a card that differs was edited by the user, and a push keeps it
 
 
 def check_destination(dest: str | Path, overwrite: bool = False, run_dir: Path | None = None) -> Path:
@@ -219,14 +221,21 @@ class Export:
         folder = self._folder(what)
         if what not in self.paths:  # not written by this export: it must be this run's
             self._check_ours(what, folder, "push")
-        readme = folder / "README.md"
+        readme, (source, written) = folder / "README.md", _marked(folder)
         before = readme.read_text(encoding="utf-8") if readme.is_file() else None
+        if before is not None and written and _sha256(before) != written:  # the user's own words: never written over
+            log.info(f"{readme} was edited after medr1 wrote it: pushed as you left it (medr1's card, naming "
+                     f"{repo_id}, is not written over yours)")
+            return push_folder(folder, repo_id, private=private, ignore=(MARKER,))
         card.write_card(folder, self.record, what, evaluation=self.evaluation, repo_id=repo_id)
         try:
-            return push_folder(folder, repo_id, private=private, ignore=(MARKER,))
+            pushed = push_folder(folder, repo_id, private=private, ignore=(MARKER,))
         except BaseException:  # its card names a repository that was not made: the previous one comes back
             atomic_write_text(readme, before) if before is not None else readme.unlink(missing_ok=True)
             raise
+        if source:
+            _mark(folder, source)
+        return pushed
 
     def _check_ours(self, what: str, folder: Path, action: str) -> None:
         """A folder this export does not write now must hold this run's export: --no-adapter --push would write this
@@ -235,7 +244,7 @@ class Export:
         if not _filled(folder):
             raise ExportError(f"nothing to {action}: {folder} does not exist and this export does not make the {what}")
         marker = folder / MARKER
-        made = marker.read_text().strip() if marker.is_file() else adapter_sha256(folder)
+        made = _marked(folder)[0] if marker.is_file() else adapter_sha256(folder)
         if not made and what != "adapter":  # a merge or GGUF from before the marker: nothing else tells whose it is
             log.warning(f"{folder} was made before medr1 marked its exports: check that it is this run's {what}")
             return
@@ -281,7 +290,7 @@ class Export:
         with atomic_dir(dest) as tmp:
             yield tmp
             card.write_card(tmp, self.record, what, evaluation=self.evaluation)
-            (tmp / MARKER).write_text(self._source + "\n")
+            _mark(tmp, self._source)
         self.paths[what] = dest
         log.info(f"{label} saved to {dest}")
 
@@ -290,6 +299,21 @@ class Export:
             return holdout_rows(self.run_dir, self.record)[0]["Question"]
         except (MedR1Error, IndexError):  # no held-out rows
             return "What is the first-line treatment of anaphylaxis?"
+
+
+def _mark(folder: Path, source: str) -> None:
+    """MARKER: the adapter weights' hash, then the hash of the card medr1 has just written in `folder`."""
+    atomic_write_text(folder / MARKER, f"{source}\n{_sha256((folder / 'README.md').read_text(encoding='utf-8'))}\n")
+
+
+def _marked(folder: Path) -> tuple[str, str]:
+    """(adapter weights' hash, card's hash) from `folder`'s MARKER; "" for what it lacks (older exports: the card)."""
+    lines = (folder / MARKER).read_text().split() if (folder / MARKER).is_file() else []
+    return (lines + ["", ""])[0], (lines + ["", ""])[1]
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _filled(folder: Path) -> bool:
