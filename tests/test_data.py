@@ -435,3 +435,29 @@ def test_the_loss_starts_at_the_first_token_of_the_reasoning(tokenizer, style):
         assert labels[at - 1] == -100 and labels[at] == e.ids[at] == first
         assert set(labels[:at]) == {-100} and -100 not in labels[at:]
         assert tokenizer.decode(e.ids[:at]).endswith("\n")
+
+
+def test_the_hub_datasets_layout_loads_and_a_wrong_split_or_config_is_named(tmp_path, monkeypatch):
+    """The stand-in review: no test read a dataset laid out as FreedomIntelligence/medical-o1-reasoning-SFT is (a
+    README whose `configs` name one JSON-array file each: en, zh, ...; only a `train` split), and a mistyped
+    dataset_split was met with "Offline? Give a local file". Its rows load; a wrong split or config names its knob."""
+    import datasets
+
+    from medr1 import data
+    from medr1.errors import DataError
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    repo = tmp_path / "medical-o1-reasoning-SFT"
+    repo.mkdir()
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: en\n  data_files: medical_o1_sft.json\n"
+                                    "- config_name: zh\n  data_files: medical_o1_sft_Chinese.json\n---\n")
+    rows = [json.loads(line) for line in data.FIXTURE_PATH.read_text().splitlines()]
+    for name in ("medical_o1_sft.json", "medical_o1_sft_Chinese.json"):  # one JSON array each, as the dataset's
+        (repo / name).write_text(json.dumps([{k: r[k] for k in data.FIELDS} for r in rows], indent=2))
+    assert data.hub_rows(str(repo), "en", "train[:4]") == [{k: r[k] for k in data.FIELDS} for r in rows[:4]]
+    with pytest.raises(DataError, match=r"Unknown split \"validation\". Should be one of \['train'\]; set "
+                                        r"dataset_split to one it names$"):
+        data.hub_rows(str(repo), "en", "validation")
+    with pytest.raises(DataError, match=r"BuilderConfig 'fr' not found. Available: \['en', 'zh'\]; set "
+                                        r"grpo_dataset_config to one it names$"):
+        data.hub_rows(str(repo), "fr", "train", knob="grpo_data_path")

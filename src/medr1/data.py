@@ -125,8 +125,12 @@ def hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELD
     try:
         ds = load_dataset(name, subset, split=split)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; name the source and the cause
-        raise DataError(f"dataset {name!r} (config {subset!r}, split {split!r}) could not be loaded: "
-                        f"{type(err).__name__}: {err}. Offline? Give a local file: {hint(knob, 'rows.jsonl')}") from err
+        said, prefix = f"{type(err).__name__}: {err}".rstrip("."), knob.removesuffix("data_path")
+        fix = (f"set {prefix}dataset_split to one it names" if "Unknown split" in said else
+               f"set {prefix}dataset_config to one it names" if "BuilderConfig" in said else
+               f"offline? Give a local file: {hint(knob, 'rows.jsonl')}")
+        raise DataError(f"dataset {name!r} (config {subset!r}, split {split!r}) could not be loaded: {said}; "
+                        f"{fix}") from err
     return validate_rows(ds.to_list(), f"{name} ({subset}, {split})", fields)
 
 
