@@ -85,6 +85,14 @@ def test_strings_from_the_cli_are_converted():
     assert (c.max_steps, c.learning_rate, c.packing, c.lora_targets) == (7, 1e-3, True, ("q_proj", "v_proj"))
 
 
+def test_a_knob_set_twice_with_two_values_is_refused():
+    """The repro review: `--set max_steps=2 ... --set max_steps=5` ran with 5, unsaid (the last won); the same value
+    twice is no conflict."""
+    with pytest.raises(ConfigError, match=r"^--set max_steps is given twice \('2', then '5'\): keep one$"):
+        parse_overrides(["max_steps=2", "lora_r=8", " max_steps = 5"])
+    assert parse_overrides(["max_steps=2", "max_steps=2"]) == {"max_steps": "2"}
+
+
 def test_parse_overrides_rejects_pairs_without_equals():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["max_steps"])

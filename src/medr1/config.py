@@ -294,5 +294,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = value.strip()
+        if out.get(key := key.strip(), value.strip()) != value.strip():  # the last would win unsaid
+            raise ConfigError(f"--set {key} is given twice ({out[key]!r}, then {value.strip()!r}): keep one")
+        out[key] = value.strip()
     return out
