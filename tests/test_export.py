@@ -428,6 +428,12 @@ def test_cli_exports_a_run_folder(run_copy, tmp_path, capsys):
     assert (tmp_path / "cli" / "merged-16bit" / "model.safetensors").exists()
     assert main(["export", str(run_copy), "--to", str(tmp_path / "cli")]) == 2  # refused: not empty
     assert "not empty" in capsys.readouterr().err
+    # the share review: adding GGUF beside an adapter exported before was advised only --overwrite or another folder
+    assert main(["export", str(run_copy), "--to", str(tmp_path / "two")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run_copy), "--to", str(tmp_path / "two"), "--merged"]) == 2
+    assert one_error(capsys.readouterr().err).endswith("; or --no-adapter to keep the adapter exported there")
+    assert main(["export", str(run_copy), "--to", str(tmp_path / "two"), "--merged", "--no-adapter"]) == 0
 
 
 def test_run_json_is_read_once_and_its_errors_stay(run_copy, tmp_path, monkeypatch):

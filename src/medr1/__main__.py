@@ -22,7 +22,7 @@ import typing
 
 from medr1 import data, distributed, prompts
 from medr1.config import build_config, cli_hints, nearest, parse_overrides
-from medr1.errors import ConfigError, MedR1Error
+from medr1.errors import ConfigError, MedR1Error, OutputDirError
 from medr1.log import log
 from medr1.presets import PRESET_NAMES
 
@@ -159,8 +159,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         from medr1.export import Export
 
         exp = Export(args.run_dir, args.to or "", overwrite=args.overwrite)
-        exp.plan(adapter=not args.no_adapter, verify=args.verify, merged=args.merged, gguf=args.gguf,
-                 push_repo=args.push, push_what=args.push_what)  # every input checked before anything is written
+        try:  # every input checked before anything is written
+            exp.plan(adapter=not args.no_adapter, verify=args.verify, merged=args.merged, gguf=args.gguf,
+                     push_repo=args.push, push_what=args.push_what)
+        except OutputDirError as err:  # the adapter exported before, and now the merged model or GGUF beside it
+            adapter = repr(str(exp.export_dir / "adapter"))  # what the refusal names when it is that folder
+            more = (args.merged or args.gguf or args.push) and not args.no_adapter and adapter in str(err)
+            if more:
+                raise OutputDirError(f"{err}; or --no-adapter to keep the adapter exported there") from None
+            raise
         done: dict[str, object] = {}
         if not args.no_adapter:
             done["adapter"] = str(exp.adapter())
