@@ -694,3 +694,19 @@ def test_a_letter_the_sentence_only_talks_about_is_no_rival(answer):
     not ..." has two, "B, C is less likely" none. A letter after the pick is a rival only where its clause keeps it
     open ("possible", "correct", "could also", "cannot be excluded") and does not deny that."""
     assert choice.extract_choice(f"Reasoning.\n\n### Answer:\n{answer}", VITAMINS).letter == "B"
+
+
+def test_eval_json_names_its_run_and_multiple_choice_file_wherever_evaluate_ran(evaluation, run_copy, monkeypatch):
+    """The repro review: eval.json, the record of the accuracy someone will quote, kept `run_dir`, `adapter` and the
+    MCQ file as typed (relative to the shell's folder; notebook 02 runs in notebooks/) and no hash of the questions."""
+    import hashlib
+
+    from medr1.evaluate import Evaluation
+
+    monkeypatch.chdir(run_copy.parent)
+    results = Evaluation(run_copy.name, max_new_tokens=8, overwrite=True).results
+    assert results["run_dir"] == str(run_copy) and results["adapter"] == str(run_copy / "adapter")
+    monkeypatch.chdir(ASSETS)
+    scores = evaluation.mcq("mcq_sample.jsonl", max_questions=2)
+    assert scores["file"] == str(ASSETS / "mcq_sample.jsonl")
+    assert scores["sha256"] == hashlib.sha256((ASSETS / "mcq_sample.jsonl").read_bytes()).hexdigest()

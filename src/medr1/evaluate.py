@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -101,7 +102,7 @@ class Evaluation:
                               "(--engine hf)")
         if mcq_file:  # every question checked now, not after generating; and before the refusal below, so the user
             mcq.load_questions(mcq_file)  # learns that the new evaluation cannot run before replacing the earlier
-        self.run_dir, self.overwrite = Path(run_dir).expanduser(), overwrite
+        self.run_dir, self.overwrite = Path(run_dir).expanduser().absolute(), overwrite  # eval.json names it
         if not overwrite and (earlier := [n for n in record.EVAL_FILES if (self.run_dir / n).exists()]):  # hours of it
             raise OutputDirError(f"{self.run_dir / earlier[0]} holds an earlier evaluation; pass {hint('overwrite')} "
                                  f"to replace it, or move {', '.join(earlier)} away")
@@ -188,7 +189,9 @@ class Evaluation:
         _counts(max_questions=max_questions)
         questions = mcq.load_questions(path)[:max_questions or None]
         texts = [mcq.mcq_prompt(q, self.config.prompt_style) for q in questions]
-        result: dict[str, Any] = {"file": str(path), "questions": len(questions)}
+        path = Path(path).expanduser().absolute()  # eval.json says which file, wherever evaluate ran, and its bytes
+        result: dict[str, Any] = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                  "questions": len(questions)}
         correct = {}
         for variant in VARIANTS:
             gens = self.answers(texts, variant, "mcq")
