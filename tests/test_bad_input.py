@@ -607,12 +607,17 @@ def test_a_model_saved_in_4bit_with_load_in_4bit_false_is_refused_before_it_load
             "--set", f"output_dir={tmp_path / 'run'}"]
     assert main(["train", *args]) == 2
     line = one_error(capsys.readouterr().err)
-    assert f"model_name='{name}' is saved quantized (bitsandbytes 4-bit" in line
+    assert f"model_name='{name}' is saved in 4-bit by bitsandbytes (quantization_config" in line
     assert "--set load_in_4bit=True, or give --set model_name=someone/model" in line
     assert not (tmp_path / "run").exists()
-    sixteen = build_config("smoke", {"model_name": name, "backend": backend}, quiet=True)
-    with pytest.raises(ConfigError, match=r"^model_name \(in .*run.json\)='someone/model-bnb-4bit' is saved quant"):
-        preflight.check_run_model(sixteen, tmp_path / "run")  # evaluate's and export's check of a run's base
+    from medr1.data import FIXTURE_PATH
+
+    assert main(["check-data", str(FIXTURE_PATH), "--preset", "smoke", "--set", f"model_name={name}", "--set",
+                 "load_in_4bit=true"]) == 0  # the diff review: it forced load_in_4bit=False, then refused
+    sixteen = build_config("smoke", {"model_name": name}, quiet=True)
+    for other in ({"quant_method": "fp8"}, {"quant_method": "gptq", "bits": 4}, {"quant_method": "bitsandbytes",
+                                                                                   "load_in_8bit": True}):
+        preflight.check_quantized({"quantization_config": other}, sixteen)  # not bitsandbytes' 4-bit: not this check
     four_bit = build_config("smoke", {"model_name": name, "backend": backend, "load_in_4bit": True}, quiet=True)
     monkeypatch.setattr(preflight, "bnb_4bit_problem", lambda backend: None)  # 4-bit itself is not what is checked
     assert preflight.check(four_bit)["quantization_config"]["quant_method"] == "bitsandbytes"

@@ -91,6 +91,8 @@ def test_a_knob_set_twice_with_two_values_is_refused():
     with pytest.raises(ConfigError, match=r"^--set max_steps is given twice \('2', then '5'\): keep one$"):
         parse_overrides(["max_steps=2", "lora_r=8", " max_steps = 5"])
     assert parse_overrides(["max_steps=2", "max_steps=2"]) == {"max_steps": "2"}
+    with pytest.raises(ConfigError, match=r"'runs/a', then 'runs/b'; make train sets it from RUN_DIR\): keep one$"):
+        parse_overrides(["output_dir=runs/a", "output_dir=runs/b"])  # make train RUN_DIR=runs/a ARGS="--set ..."
 
 
 def test_parse_overrides_rejects_pairs_without_equals():

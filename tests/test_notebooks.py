@@ -126,6 +126,20 @@ def test_a_preset_parameter_of_another_type_is_refused_not_taken_for_auto(preset
     assert str(info.value).startswith(said)
 
 
+@pytest.mark.parametrize("name", ["show_rows", "max_questions"])
+def test_a_negative_count_stops_notebook_02_in_its_first_cell(name):
+    """The diff review: `-p show_rows -1` was refused by side_by_side, after the model load and every generation,
+    and the cells that save eval.json never ran; `max_questions` only at the multiple-choice cell. Every int a
+    notebook takes is a count: refused with the parameters, before anything loads."""
+    from medr1.errors import ConfigError
+    from medr1.notebook import notebook_parameters
+
+    namespace = {"In": [f"# Parameters\n{name} = -1\n"], name: -1, "__annotations__": {name: int}}
+    with pytest.raises(ConfigError, match=f"^{name}=-1: must be >= 0$"):
+        notebook_parameters(namespace)
+    notebook_parameters({**namespace, name: "0"})  # papermill's string, converted
+
+
 SECRET_VALUE = "hf_FAKESECRET123"
 
 

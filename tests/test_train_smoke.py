@@ -276,6 +276,7 @@ def test_the_wandb_check_goes_to_the_server_wandb_logs_to(wandb_env, tmp_path, c
     (tmp_path / "wandb-config").mkdir()
     (tmp_path / "wandb-config" / "settings").write_text("[default]\nbase_url = https://wandb.mycorp.example:8443\n")
     wandb_env.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    wandb_env.setenv("WANDB_PROJECT", "team/medr1")  # a value wandb refuses (the diff review): the file still counts
     config = build_config("smoke", {"output_dir": str(tmp_path / "run"), "report_to": "wandb"}, quiet=True)
     assert reporting(config) == "none" and tried == [("wandb.mycorp.example", 8443)]
     assert "W&B (wandb.mycorp.example:8443) cannot be reached" in capsys.readouterr().out

@@ -295,6 +295,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         if out.get(key := key.strip(), value.strip()) != value.strip():  # the last would win unsaid
-            raise ConfigError(f"--set {key} is given twice ({out[key]!r}, then {value.strip()!r}): keep one")
+            raise ConfigError(f"--set {key} is given twice ({out[key]!r}, then {value.strip()!r}"
+                              f"{'; make train sets it from RUN_DIR' * (key == 'output_dir')}): keep one")
         out[key] = value.strip()
     return out

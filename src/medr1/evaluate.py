@@ -286,7 +286,8 @@ class Evaluation:
 
 
 ZERO = {"samples": " (0 = greedy)", "max_rows": " (0 = all)", "max_questions": " (0 = all)",  # what 0 asks for
-        "max_new_tokens": " (0 = the run's max_new_tokens)", "batch_size": " (0 = as many as free GPU memory holds)"}
+        "max_new_tokens": " (0 = the run's max_new_tokens)", "batch_size": " (0 = as many as free GPU memory holds)",
+        "show_rows": " (0 = no table)"}
 
 
 def _counts(**counts: int) -> None:

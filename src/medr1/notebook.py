@@ -82,6 +82,8 @@ def notebook_parameters(namespace: dict[str, Any]) -> None:
     check_names(list(given), list(hints))
     for name, value in given.items():
         namespace[name] = coerce(name, value, hints[name])
+        if hints[name] is int and namespace[name] < 0:  # each is a count: refused here, not after the generations
+            raise ConfigError(f"{name}={namespace[name]}: must be >= 0")
 
 
 def complete_runs(smoke: bool = True) -> list[tuple[Path, dict[str, Any]]]:

@@ -44,7 +44,8 @@ def check(config: Config, weights: bool = True) -> dict[str, Any]:
                           f"{torch.cuda.get_device_name()} has {major}.{minor} and only emulates bf16 (Unsloth "
                           f"loads the model in fp16, and the trainer stops): {hint('precision', 'fp16')} or 'auto'")
     model_config = read_model_config(config.model_name, "model_name", weights, _unsloth_4bit(config))
-    check_quantized(model_config, config, "model_name")
+    if weights:  # how the weights load (check-data reads none)
+        check_quantized(model_config, config)
     limits = [cfg.get("max_position_embeddings") for cfg in (model_config, model_config.get("text_config") or {})]
     limit = next((n for n in limits if isinstance(n, int) and n > 0), None)  # a multimodal model: its text part's
     if limit is not None and config.max_seq_length > limit:
@@ -137,22 +138,24 @@ def read_model_config(name: str, knob: str, weights: bool = True, unsloth_4bit: 
 def check_run_model(config: Config, run_dir: str | Path) -> dict[str, Any]:
     """A finished run's base model (evaluate, export) is there, before anything loads: its run.json may name a folder
     of another machine, or a hub model not in this cache."""
-    knob = f"model_name (in {Path(run_dir) / 'run.json'})"
-    return check_quantized(read_model_config(config.model_name, knob, True, _unsloth_4bit(config)), config, knob)
+    return read_model_config(config.model_name, f"model_name (in {Path(run_dir) / 'run.json'})", True,
+                             _unsloth_4bit(config))
 
 
-def check_quantized(model_config: dict[str, Any], config: Config, knob: str) -> dict[str, Any]:
-    """A model saved quantized (its config.json's quantization_config: the `-bnb-4bit` copies) loads only so. With
-    load_in_4bit=False transformers builds 16-bit layers and stops on the 4-bit tensors (a load report, a traceback),
-    and Unsloth loads the 16-bit original instead: another repository than the one run.json names."""
+def check_quantized(model_config: dict[str, Any], config: Config) -> None:
+    """A model saved in 4-bit by bitsandbytes (config.json's quantization_config: the `-bnb-4bit` copies) loads only so.
+    With load_in_4bit=False transformers builds 16-bit layers and stops on the 4-bit tensors (a load report, a
+    traceback), and Unsloth loads the 16-bit original instead: another repository than the one run.json names.
+    Training refuses it; a run trained so before is still evaluated and exported as it was (Unsloth's way)."""
     quant = model_config.get("quantization_config")
-    if not isinstance(quant, dict) or config.load_in_4bit:
-        return model_config
+    if config.load_in_4bit or not isinstance(quant, dict) or not (quant.get("quant_method") == "bitsandbytes" and
+                                                                  quant.get("load_in_4bit")):
+        return
     plain = re.sub(r"-(unsloth-)?bnb-4bit$", "", config.model_name)
     other = hint("model_name", plain) if plain != config.model_name else "its 16-bit model as model_name"
-    raise ConfigError(f"{knob}={config.model_name!r} is saved quantized ({quant.get('quant_method', '?')}"
-                      f"{' 4-bit' * bool(quant.get('load_in_4bit'))}: quantization_config in its config.json), which "
-                      f"load_in_4bit=False cannot load: {hint('load_in_4bit', True)}, or give {other}")
+    raise ConfigError(f"model_name={config.model_name!r} is saved in 4-bit by bitsandbytes (quantization_config in "
+                      f"its config.json), which load_in_4bit=False cannot load: {hint('load_in_4bit', True)}, or give "
+                      f"{other}")
 
 
 def check_adapter(adapter: Path) -> None:

@@ -57,18 +57,18 @@ def key_refused(key: str, url: str, timeout: float = 5.0) -> str:
 def wandb_url() -> str:
     """The server wandb logs to, as wandb reads it: WANDB_BASE_URL, else the host `wandb login --host` saved in its
     settings file (a company's W&B), else its default. The check and the key go there, never to another host."""
-    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    if url := os.environ.get("WANDB_BASE_URL"):  # as wandb reads it: before its settings file
+        return url
     try:
         from wandb import Settings
 
         settings = Settings(quiet=True)
         folder = os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb"  # where wandb.setup() looks
         settings.settings_system = os.path.expanduser(os.path.join(folder, "settings"))
-        settings.update_from_system_settings()
-        settings.update_from_env_vars(dict(os.environ))
-        return str(settings.base_url or url)
-    except Exception:  # noqa: BLE001 - no wandb, or a value it refuses (a port that is no number): said below
-        return url
+        settings.update_from_system_settings()  # the file alone: another WANDB_ variable wandb refuses is not ours
+        return str(settings.base_url)
+    except Exception:  # noqa: BLE001 - no wandb, or a settings file it cannot read: W&B's public host
+        return "https://api.wandb.ai"
 
 
 def reporting(config: Config) -> str:
