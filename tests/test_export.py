@@ -169,6 +169,31 @@ def test_card_without_evaluation_says_how_to_get_one():
     assert "<think>" in text and "llama-cli -m m.Q8_0.gguf -no-cnv -p" in text and "- gguf" in text
 
 
+@pytest.mark.parametrize("style", ["seed", "r1"])
+def test_the_gguf_cards_command_gives_llama_cpp_the_trained_prompt(style, tmp_path):
+    """The diff review: `-p "$(cat prompt.txt)"` dropped the prompt's last line break (a shell's command substitution
+    does), which the card says the prompt ends with. The card's command, run by bash with a llama-cli that prints
+    what it was given, passes the trained prompt whole."""
+    import re
+    import stat
+    import subprocess
+
+    from medr1.card import model_card
+    from medr1.prompts import inference_prompt
+
+    card = model_card({"config": {"model_name": "m", "prompt_style": style}}, kind="gguf", files=["m.Q8_0.gguf"])
+    block = re.search(r"```text\n(.*?)```", card, re.S)[1]
+    (tmp_path / "prompt.txt").write_text(block.replace("{question}", "What is the dose?"))
+    fake = tmp_path / "bin" / "llama-cli"
+    fake.parent.mkdir()
+    fake.write_text("#!/usr/bin/env python3\nimport json, sys\nprint(json.dumps(sys.argv[sys.argv.index('-p') + 1]))\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    command = re.search(r"```bash\n(.*?)```", card, re.S)[1]
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=tmp_path, check=True,
+                          env={"PATH": f"{fake.parent}:/usr/bin:/bin"})
+    assert json.loads(done.stdout) == inference_prompt("What is the dose?", style)
+
+
 def test_card_of_an_exported_grpo_run_tells_grpo():
     """A GRPO run's record (as GrpoRun writes run.json) exported: the card names GRPO, its questions, knobs and
     rewards, never the SFT settings, rows and losses the GRPO stage did not use."""
