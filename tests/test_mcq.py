@@ -345,6 +345,7 @@ def test_a_cut_off_reasoning_reads_no_letter_out_of_a_line_start(line, letter):
 
 
 @pytest.mark.parametrize("text", ["C, because insulin is not first line here.", "C because insulin needs titration",
+                                  "C since insulin is not first line", "C - because insulin needs titration",
                                   "(C) - since insulin is not first line", "C: because insulin is not first line",
                                   "### Answer:\nC because insulin needs titration"])
 def test_a_pick_opening_the_text_then_because_is_read(text):
@@ -354,3 +355,5 @@ def test_a_pick_opening_the_text_then_because_is_read(text):
     options = {"A": "Metformin", "B": "Insulin", "C": "Glipizide", "D": "Acarbose"}
     assert choice.extract_choice(text, options).letter == "C"
     assert choice.first_last(text, options) == ("C", "C")
+    if text[1] in ", ":  # the bare letter's rule reads the first line only: later, "A because" explains an option
+        assert choice.extract_choice(f"**B** fits best.\n{text.replace('C', 'A', 1)}", options).letter == "B"
