@@ -115,10 +115,13 @@ def test_plan_refuses_a_4bit_merge_of_a_hub_model_where_unsloth_cannot_ask_the_h
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ExportError, match=r"16-bit weights of 'someone/model', which it looks up on the hub even where "
-                                          r"they are cached, and hub offline mode is on \(HF_HUB_OFFLINE=1\): export "
-                                          r"the adapter now"):
-        Export(run, tmp_path / "x").plan(merged=True)
+    for step in (lambda exp: exp.plan(merged=True), lambda exp: exp.merged()):  # merged() alone checks it too
+        with pytest.raises(ExportError, match=r"16-bit weights of 'someone/model', which it looks up on the hub even "
+                                              r"where they are cached, and hub offline mode is on \(HF_HUB_OFFLINE=1\)"
+                                              r": export the adapter now"):
+            step(Export(run, tmp_path / "x"))
+    with pytest.raises(ExportError, match=r"GGUF export is not possible here: it starts from a merged model.*offline"):
+        Export(run, tmp_path / "x").gguf("q8_0", strict=True)
     assert Export(run, tmp_path / "x").plan(gguf="q8_0", strict=False).gguf_left_out.startswith("it starts from a merg")
     capsys.readouterr()
     assert main(["export", str(run), "--to", str(tmp_path / "cli"), "--merged"]) == 2
@@ -519,6 +522,9 @@ def test_a_push_keeps_a_card_the_user_edited(runs, tmp_path, monkeypatch, capsys
     assert Export(runs.plain, tmp_path / "x").push("me/z") == "me/z"
     assert pushed[-1] == edited == readme.read_text()
     assert f"{readme} was edited after medr1 wrote it: pushed as you left it" in capsys.readouterr().out
+    Export(runs.plain, tmp_path / "x", overwrite=True).adapter()  # an overwrite replaces it: said (the diff review)
+    assert f"{readme} was edited after medr1 wrote it; overwrite replaces it" in capsys.readouterr().out
+    assert "My notes" not in readme.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -287,6 +287,9 @@ class Export:
         n = 0 if what == "adapter" else count_parameters(self.config)
         label += (f" ({n / 1e9:.2f} B parameters)" if n >= 1e9 else f" ({n / 1e6:.2f} M parameters)") if n else ""
         check_disk(dest, self._bytes(what, n, wanted), label)
+        if (readme := dest / "README.md").is_file() and (made := _marked(dest)[1]) and _sha256(readme.read_text(
+                encoding="utf-8")) != made:  # overwrite: said, as the push keeps such a card
+            log.warning(f"{readme} was edited after medr1 wrote it; overwrite replaces it with medr1's card")
         with atomic_dir(dest) as tmp:
             yield tmp
             card.write_card(tmp, self.record, what, evaluation=self.evaluation)
