@@ -456,24 +456,29 @@ def test_a_proxy_for_every_scheme_counts_as_a_route(monkeypatch):
     assert reachable(f"https://hub.example.org:{closed}", timeout=0.5)
 
 
+class FakeHub:
+    """huggingface_hub.HfApi for a push that goes nowhere: the card of each upload is kept in `cards`."""
+
+    cards: list[str] = []
+
+    def __init__(self, token=None):
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        pass
+
+    def upload_folder(self, **kwargs):
+        assert kwargs["ignore_patterns"] == [".medr1-adapter.sha256"]  # the marker stays home
+        FakeHub.cards.append((Path(kwargs["folder_path"]) / "README.md").read_text())
+
+
 def test_a_failed_push_leaves_the_folders_card_as_it_was(runs, tmp_path, monkeypatch):
     """The card written for the push names the repository: where the upload fails, the card it replaced comes back."""
     import huggingface_hub
 
     from medr1.export import Export
 
-    class Hub:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, repo_id, **kwargs):
-            pass
-
-        def upload_folder(self, **kwargs):
-            assert "# me/x" in (Path(kwargs["folder_path"]) / "README.md").read_text()  # the card goes with it
-            assert kwargs["ignore_patterns"] == [".medr1-adapter.sha256"]
-
-    class Failing(Hub):
+    class Failing(FakeHub):
         def upload_folder(self, **kwargs):
             raise RuntimeError(f"connection reset ({TOKEN})")
 
@@ -486,8 +491,8 @@ def test_a_failed_push_leaves_the_folders_card_as_it_was(runs, tmp_path, monkeyp
         exp.push("me/x")
     assert TOKEN not in str(err.value)
     assert readme.read_text() == before and "# me/x" not in before
-    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
-    assert exp.push("me/x") == "me/x" and "# me/x" in readme.read_text()
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    assert exp.push("me/x") == "me/x" and "# me/x" in readme.read_text() == FakeHub.cards[-1]  # the card goes with it
 
 
 def test_a_push_keeps_a_card_the_user_edited(runs, tmp_path, monkeypatch, capsys):
@@ -498,20 +503,9 @@ def test_a_push_keeps_a_card_the_user_edited(runs, tmp_path, monkeypatch, capsys
 
     from medr1.export import Export
 
-    pushed = []
-
-    class Hub:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, repo_id, **kwargs):
-            pass
-
-        def upload_folder(self, **kwargs):
-            pushed.append((Path(kwargs["folder_path"]) / "README.md").read_text())
-
+    pushed = FakeHub.cards
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
     readme = Export(runs.plain, tmp_path / "x").adapter() / "README.md"
     assert Export(runs.plain, tmp_path / "x").push("me/x") == "me/x"  # medr1's card: the repository named
     assert pushed[-1].startswith("---") and "# me/x" in pushed[-1] == readme.read_text()
