@@ -312,6 +312,8 @@ def test_card_names_the_backend_precision_and_loss_it_trained_with(grpo):
     unsloth = ModelCard(model_card({**rec, "config": {**cfg, "backend": "unsloth", "precision": "fp16"}}))
     assert "made with medr1 (Unsloth, LoRA" in unsloth.text and "unsloth" in unsloth.data.tags
     assert "| precision | fp16 |" in unsloth.text
+    older = model_card({**rec, "train": {"steps": 3, "args_used": {"optim": "adamw_8bit"}}})  # before bf16/fp16
+    assert "| precision | auto |" in older
 
 
 @pytest.mark.parametrize(("epochs", "seen"), [(0.4, "0.4 epochs (2 optimizer steps): about 8 of the 20 rows"),

@@ -98,7 +98,8 @@ def trained_with(cfg: dict[str, Any], train: dict[str, Any]) -> dict[str, str]:
 
 def precision(cfg: dict[str, Any], train: dict[str, Any]) -> str:
     """The precision the trainer computed in (run.json's `train.args_used`; 'auto' follows the GPU), with the knob."""
-    done = computed_in(used) if (used := train.get("args_used")) else ""
+    used = train.get("args_used") or {}
+    done = computed_in(used) if {"bf16", "fp16"} & used.keys() else ""  # a record from before them: the knob alone
     knob = cfg.get("precision") or ""
     return f"{done} (precision={knob})" if done and knob and knob != done else done or knob
 
