@@ -10,7 +10,6 @@ leaves no half-written export. A non-empty destination is refused unless `overwr
 from __future__ import annotations
 
 import gc
-import hashlib
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -25,8 +24,9 @@ import torch
 from medr1 import card
 from medr1 import gguf as to_gguf
 from medr1.config import Config, hint
-from medr1.errors import ExportError, MedR1Error, OutputDirError
-from medr1.files import atomic_dir, atomic_write_text, check_disk, check_folder, check_writable, sweep
+from medr1.errors import ExportError, MedR1Error
+from medr1.exportdir import MARKER, card_edited, check_destination, filled, mark, marked
+from medr1.files import atomic_dir, atomic_write_text, check_disk, check_folder, check_writable
 from medr1.hub import check_hub, hub_token, push_folder
 from medr1.log import log
 from medr1.model import load_adapter, merge_16bit
@@ -36,32 +36,6 @@ from medr1.record import adapter_dir, adapter_sha256, holdout_rows, read_record,
 
 SLACK_BYTES = 64 * 2**20  # headroom on top of the estimate: config files, tokenizer, the filesystem's own blocks
 PUSHABLE = {"adapter": "adapter", "merged": "merged-16bit", "gguf": "gguf"}  # what -> folder under export_dir
-MARKER = ".medr1-adapter.sha256"  # in each export folder: the run's adapter weights it was made from (never pushed),
-# then the card medr1 wrote there: a card that differs was edited by the user, and a push keeps it
-
-
-def check_destination(dest: str | Path, overwrite: bool = False, run_dir: Path | None = None) -> Path:
-    """Refuse a destination that is a file or lies under one, or in a folder this process cannot write in, or a folder
-    holding anything unless `overwrite`. A killed export's leftovers beside it go first: they hold the disk.
-    A run folder (run.json) and what lies in it are that run's, whatever `overwrite` says: --to RUN would replace its
-    trained adapter/, which its run.json, evaluate and GRPO take for its own. Only `run_dir`'s own export/ is open."""
-    dest = Path(dest).expanduser()
-    check_folder(dest, f"export destination {str(dest)!r}")
-    where = dest.resolve()
-    run = next((p for p in (where, *where.parents) if (p / "run.json").is_file()), None)
-    own = run_dir and run == run_dir.resolve() and where.is_relative_to(run / "export")  # not a run nested in it
-    if run and not own:
-        raise OutputDirError(f"export destination {str(dest)!r} lies in the run folder {str(run)!r} (it holds "
-                             "run.json): an export there would replace that run's own files, such as the adapter its "
-                             "run.json, evaluate and GRPO read; choose a folder outside every run folder, or this "
-                             f"run's own {str(run_dir / 'export') if run_dir else 'export/'!r}")
-    check_writable(dest.parent, f"export destination {str(dest)!r}")
-    sweep(dest)  # its hidden .tmp-/.old- folders no live writer holds (a previous folder moved aside comes back)
-    if _filled(dest) and not overwrite:
-        held = sorted(p.name for p in dest.iterdir())[:5]
-        raise OutputDirError(f"export destination {str(dest)!r} is not empty (holds {held}); pass {hint('overwrite')} "
-                             "to replace it, or choose another folder")
-    return dest
 
 
 def count_parameters(config: Config) -> int:
@@ -221,9 +195,9 @@ class Export:
         folder = self._folder(what)
         if what not in self.paths:  # not written by this export: it must be this run's
             self._check_ours(what, folder, "push")
-        readme, (source, written) = folder / "README.md", _marked(folder)
+        readme = folder / "README.md"
         before = readme.read_text(encoding="utf-8") if readme.is_file() else None
-        if before is not None and written and _sha256(before) != written:  # the user's own words: never written over
+        if card_edited(folder):  # the user's own words: never written over
             log.info(f"{readme} was edited after medr1 wrote it: pushed as you left it (medr1's card, naming "
                      f"{repo_id}, is not written over yours)")
             return push_folder(folder, repo_id, private=private, ignore=(MARKER,))
@@ -233,18 +207,18 @@ class Export:
         except BaseException:  # its card names a repository that was not made: the previous one comes back
             atomic_write_text(readme, before) if before is not None else readme.unlink(missing_ok=True)
             raise
-        if source:
-            _mark(folder, source)
+        if source := marked(folder)[0]:
+            mark(folder, source)  # the card now medr1's, with the repository named
         return pushed
 
     def _check_ours(self, what: str, folder: Path, action: str) -> None:
         """A folder this export does not write now must hold this run's export: --no-adapter --push would write this
         run's card over another run's weights, --verify check another run's adapter. Its MARKER (an adapter:
         its weights) must be the sha256 of this run's adapter weights."""
-        if not _filled(folder):
+        if not filled(folder):
             raise ExportError(f"nothing to {action}: {folder} does not exist and this export does not make the {what}")
         marker = folder / MARKER
-        made = _marked(folder)[0] if marker.is_file() else adapter_sha256(folder)
+        made = marked(folder)[0] if marker.is_file() else adapter_sha256(folder)
         if not made and what != "adapter":  # a merge or GGUF from before the marker: nothing else tells whose it is
             log.warning(f"{folder} was made before medr1 marked its exports: check that it is this run's {what}")
             return
@@ -287,13 +261,13 @@ class Export:
         n = 0 if what == "adapter" else count_parameters(self.config)
         label += (f" ({n / 1e9:.2f} B parameters)" if n >= 1e9 else f" ({n / 1e6:.2f} M parameters)") if n else ""
         check_disk(dest, self._bytes(what, n, wanted), label)
-        if (readme := dest / "README.md").is_file() and (made := _marked(dest)[1]) and _sha256(readme.read_text(
-                encoding="utf-8")) != made:  # overwrite: said, as the push keeps such a card
-            log.warning(f"{readme} was edited after medr1 wrote it; overwrite replaces it with medr1's card")
+        if card_edited(dest):  # overwrite: said, as the push keeps such a card
+            log.warning(f"{dest / 'README.md'} was edited after medr1 wrote it; overwrite replaces it with medr1's "
+                        "card")
         with atomic_dir(dest) as tmp:
             yield tmp
             card.write_card(tmp, self.record, what, evaluation=self.evaluation)
-            _mark(tmp, self._source)
+            mark(tmp, self._source)
         self.paths[what] = dest
         log.info(f"{label} saved to {dest}")
 
@@ -302,22 +276,3 @@ class Export:
             return holdout_rows(self.run_dir, self.record)[0]["Question"]
         except (MedR1Error, IndexError):  # no held-out rows
             return "What is the first-line treatment of anaphylaxis?"
-
-
-def _mark(folder: Path, source: str) -> None:
-    """MARKER: the adapter weights' hash, then the hash of the card medr1 has just written in `folder`."""
-    atomic_write_text(folder / MARKER, f"{source}\n{_sha256((folder / 'README.md').read_text(encoding='utf-8'))}\n")
-
-
-def _marked(folder: Path) -> tuple[str, str]:
-    """(adapter weights' hash, card's hash) from `folder`'s MARKER; "" for what it lacks (older exports: the card)."""
-    lines = (folder / MARKER).read_text().split() if (folder / MARKER).is_file() else []
-    return (lines + ["", ""])[0], (lines + ["", ""])[1]
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _filled(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.iterdir())
