@@ -461,6 +461,10 @@ def test_cli_exports_a_run_folder(run_copy, tmp_path, capsys):
     assert main(["export", str(run_copy), "--to", str(tmp_path / "two"), "--merged"]) == 2
     assert one_error(capsys.readouterr().err).endswith("; or --no-adapter to keep the adapter exported there")
     assert main(["export", str(run_copy), "--to", str(tmp_path / "two"), "--merged", "--no-adapter"]) == 0
+    (tmp_path / "two" / "adapter" / ".medr1-adapter.sha256").write_text("0" * 64 + "\n")  # another run's adapter
+    capsys.readouterr()
+    assert main(["export", str(run_copy), "--to", str(tmp_path / "two"), "--merged"]) == 2
+    assert "--no-adapter" not in capsys.readouterr().err  # the late review: it would leave that run's adapter there
 
 
 def test_run_json_is_read_once_and_its_errors_stay(run_copy, tmp_path, monkeypatch):

@@ -346,6 +346,7 @@ def test_a_cut_off_reasoning_reads_no_letter_out_of_a_line_start(line, letter):
 
 @pytest.mark.parametrize("text", ["C, because insulin is not first line here.", "C because insulin needs titration",
                                   "C since insulin is not first line", "C - because insulin needs titration",
+                                  "C : because insulin is not first line", "C:because insulin is not first line",
                                   "(C) - since insulin is not first line", "C: because insulin is not first line",
                                   "### Answer:\nC because insulin needs titration"])
 def test_a_pick_opening_the_text_then_because_is_read(text):

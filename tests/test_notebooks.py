@@ -138,6 +138,9 @@ def test_a_negative_count_stops_notebook_02_in_its_first_cell(name):
     with pytest.raises(ConfigError, match=f"^{name}=-1: must be >= 0$"):
         notebook_parameters(namespace)
     notebook_parameters({**namespace, name: "0"})  # papermill's string, converted
+    typed = {"In": ["# Parameters\n"], name: -1, "__annotations__": {name: int}}  # typed in the cell (Colab): the
+    with pytest.raises(ConfigError, match=f"^{name}=-1: must be >= 0$"):  # late review
+        notebook_parameters(typed)
 
 
 SECRET_VALUE = "hf_FAKESECRET123"

@@ -162,10 +162,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         try:  # every input checked before anything is written
             exp.plan(adapter=not args.no_adapter, verify=args.verify, merged=args.merged, gguf=args.gguf,
                      push_repo=args.push, push_what=args.push_what)
-        except OutputDirError as err:  # the adapter exported before, and now the merged model or GGUF beside it
-            adapter = repr(str(exp.export_dir / "adapter"))  # what the refusal names when it is that folder
-            more = (args.merged or args.gguf or args.push) and not args.no_adapter and adapter in str(err)
-            if more:
+        except OutputDirError as err:  # this run's adapter exported before, and now the merged model or GGUF beside it
+            from medr1.exportdir import marked
+            from medr1.record import adapter_sha256
+
+            adapter = exp.export_dir / "adapter"  # named by the refusal when it is that folder
+            more = (args.merged or args.gguf or args.push) and not args.no_adapter and repr(str(adapter)) in str(err)
+            if more and marked(adapter)[0] == adapter_sha256(exp.adapter_src):  # not another run's (the late review)
                 raise OutputDirError(f"{err}; or --no-adapter to keep the adapter exported there") from None
             raise
         done: dict[str, object] = {}

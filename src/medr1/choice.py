@@ -42,7 +42,7 @@ _LONE_RE = [
 _HEAD_RE = re.compile(r"^\W*([A-Z])(?=\W*$|\s*[,;/&]|\s+(?:-\s|or\b|and\b))|\b(?i:either|is|be|probably|possibly|"
                       r"likely|perhaps|maybe)\s+([A-Z])(?=(?:\s*/|\s+or\s)\W*[A-Z]\b)|\b(?i:option|choice|letter)s\s+([A-Z])\b")
 # a text with no answer part (cut off, or a model without the format) opening with its pick: "C, because insulin ..."
-_BECAUSE = re.compile(r"^\W*([A-Z])(?:\s*,|\s+-)?\s+(?:because|since)\b")  # "C: because": `_LONE_RE`'s
+_BECAUSE = re.compile(r"^\W*([A-Z])(?:\s*[,:]\s*|\s+-\s+|\s+)(?:because|since)\b")
 _WORD = re.compile(r"\w+|[,/&]")
 # "B, C and D are wrong": the clause after a run of letters, which says what they are. It keeps them open where it
 # calls them possible or right (unless it denies that), or says they cannot be excluded; else they are mentions.

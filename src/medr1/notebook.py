@@ -82,7 +82,8 @@ def notebook_parameters(namespace: dict[str, Any]) -> None:
     check_names(list(given), list(hints))
     for name, value in given.items():
         namespace[name] = coerce(name, value, hints[name])
-        if hints[name] is int and namespace[name] < 0:  # each is a count: refused here, not after the generations
+    for name, kind in hints.items():  # injected or typed into the cell: each int is a count, refused here, not after
+        if kind is int and isinstance(namespace.get(name), int) and namespace[name] < 0:  # the generations
             raise ConfigError(f"{name}={namespace[name]}: must be >= 0")
 
 
