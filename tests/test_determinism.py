@@ -81,3 +81,30 @@ def test_greedy_answers_ignore_the_checkpoints_sampling_defaults():
             torch.manual_seed(seed)
             got = infer.generate_many(model, tokenizer, texts, max_new_tokens=new, engine=engine)
             assert got[0]["text"] == greedy, (seed, engine)
+
+
+def test_the_saved_adapter_config_is_the_same_file_whatever_the_hash_seed(tmp_path):
+    """The repro review: two identical runs wrote byte-identical LoRA weights but adapter_config.json files that
+    differed (peft keeps `target_modules` in a set, written in the order of Python's per-process string hashing), so
+    an adapter folder's or an export's checksum was never reproducible and every re-push was a new hub commit."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from medr1 import build_config
+from medr1.model import add_lora, load_model
+config = build_config("smoke", {"backend": "hf"}, quiet=True)
+model, _ = load_model(config)
+add_lora(model, config).save_pretrained(sys.argv[1])
+"""
+    files = []
+    for seed in ("1", "2", "3"):
+        out = subprocess.run([sys.executable, "-c", script, str(tmp_path / seed)], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        files.append((tmp_path / seed / "adapter_config.json").read_bytes())
+    assert files[0] == files[1] == files[2]
+    assert json.loads(files[0])["target_modules"] == sorted(json.loads(files[0])["target_modules"])

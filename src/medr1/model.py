@@ -126,17 +126,22 @@ def add_lora(model, config: Config):
     if config.backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        return FastLanguageModel.get_peft_model(model, **lora, use_gradient_checkpointing=checkpointing,
-                                                random_state=config.seed, max_seq_length=config.max_seq_length)
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        model = FastLanguageModel.get_peft_model(model, **lora, use_gradient_checkpointing=checkpointing,
+                                                 random_state=config.seed, max_seq_length=config.max_seq_length)
+    else:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    torch.manual_seed(config.seed)
-    if config.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(checkpointing))
-    elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    return get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
+        torch.manual_seed(config.seed)
+        if config.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(checkpointing))
+        elif checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
+    for adapter in model.peft_config.values():  # a set in peft, saved in the process's string-hash order
+        if isinstance(adapter.target_modules, (set, list)):
+            adapter.target_modules = sorted(adapter.target_modules)
+    return model
 
 
 def for_inference(model, backend: str = "unsloth") -> None:
