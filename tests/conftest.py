@@ -16,6 +16,7 @@ os.environ.setdefault("MEDR1_CPU_PRESET", "smoke")
 if jobs := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(jobs))))
 
+import json  # noqa: E402
 import sys  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -51,6 +52,26 @@ def one_error(err: str) -> str:
     assert lines and lines[-1].startswith("medr1: error: ") and err.endswith("\n"), err
     assert all(line.startswith("medr1: ") and "error:" not in line for line in lines[:-1]), err
     return lines[-1]
+
+
+def quantized_hub_copy(hf_home: Path, repo_id: str) -> Path:
+    """medr1's tiny model saved 4-bit by bitsandbytes (NF4, double quantization, lm_head kept), as the `-bnb-4bit`
+    repositories hold it (config.json's quantization_config, 4-bit tensors and their quant state), in a hub cache."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from medr1.tiny import hub_cache, tiny_model_path
+
+    four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head"])
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_path()), quantization_config=four_bit,
+                                                 dtype=torch.bfloat16, device_map="cpu")
+    snapshot = hub_cache(hf_home, repo_id)
+    for file in ("config.json", "model.safetensors"):
+        (snapshot / file).unlink()
+    model.save_pretrained(snapshot)  # real files over the links: the cache still reads them
+    assert json.loads((snapshot / "config.json").read_text())["quantization_config"]["load_in_4bit"]
+    return snapshot
 
 
 def fake_colab(monkeypatch, secrets: dict[str, str]) -> None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import one_error
+from conftest import one_error, quantized_hub_copy
 
 from medr1 import build_config
 from medr1.errors import ConfigError, DataError, MedR1Error, ModelError, OutputDirError
@@ -567,26 +567,6 @@ def test_a_tokenizer_whose_eos_is_not_one_token_is_refused(tmp_path):
     assert refused(tmp_path, {"model_name": str(folder)}, ModelError).startswith(f"the tokenizer of {folder} (")
 
 
-def _quantized_hub_copy(hf_home: Path, repo_id: str) -> Path:
-    """medr1's tiny model saved 4-bit by bitsandbytes (NF4, double quantization, lm_head kept), as the `-bnb-4bit`
-    repositories hold it (config.json's quantization_config, 4-bit tensors and their quant state), in a hub cache."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from medr1.tiny import hub_cache, tiny_model_path
-
-    four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head"])
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_path()), quantization_config=four_bit,
-                                                 dtype=torch.bfloat16, device_map="cpu")
-    snapshot = hub_cache(hf_home, repo_id)
-    for file in ("config.json", "model.safetensors"):
-        (snapshot / file).unlink()
-    model.save_pretrained(snapshot)  # real files over the links: the cache still reads them
-    assert json.loads((snapshot / "config.json").read_text())["quantization_config"]["load_in_4bit"]
-    return snapshot
-
-
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])
 def test_a_model_saved_in_4bit_with_load_in_4bit_false_is_refused_before_it_loads(backend, tmp_path, monkeypatch,
                                                                                    capsys):
@@ -601,7 +581,7 @@ def test_a_model_saved_in_4bit_with_load_in_4bit_false_is_refused_before_it_load
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    _quantized_hub_copy(tmp_path / "hf", name := "someone/model-bnb-4bit")
+    quantized_hub_copy(tmp_path / "hf", name := "someone/model-bnb-4bit")
     capsys.readouterr()  # the stand-in's own loading bar
     args = ["--preset", "smoke", "--set", f"model_name={name}", "--set", f"backend={backend}", "--set", "max_steps=1",
             "--set", f"output_dir={tmp_path / 'run'}"]

@@ -4,6 +4,7 @@ Run on a CUDA machine with `pytest -m gpu tests`; everything here skips without 
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def test_smoke_run_uses_unsloth_gpu_kernels(tmp_path):
     losses = run.losses
     assert all(loss == loss for loss in losses)  # no NaN
     assert losses[-1] < 0.9 * losses[0], losses
-    assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
+    saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert saved == sorted(saved) and len(saved) == 7, saved  # Unsloth's LoRA too: the same file in every process
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +238,48 @@ def test_a_4bit_run_stopped_and_resumed_on_gpu_starts_from_its_checkpoint(tmp_pa
     mine, theirs = (json.loads((tmp_path / d / "run.json").read_text())["losses"] for d in ("cut", "full"))
     assert [r["step"] for r in mine] == list(range(1, 7))
     assert [r["loss"] for r in mine] == pytest.approx([r["loss"] for r in theirs], abs=1e-3)
+
+
+def test_an_offline_4bit_merge_of_a_cached_hub_base_is_refused_and_unsloth_would_fail(tmp_path):
+    """The stand-in review, on an H100: offline with the default recipe's base cached, `export --merged` of a 4-bit
+    run passed its plan, exported the adapter, then stopped in Unsloth's merge with a traceback (Unsloth asks the hub
+    about the base's 16-bit weights even where they are cached). Served as a download leaves them (the base under its
+    hub id, the 4-bit copy Unsloth's loader maps it to): the plan refuses in one line; and Unsloth's merge, asked
+    anyway, still fails offline (should a newer Unsloth stop asking, this refusal is out of date and this test says
+    so)."""
+    import subprocess
+
+    from conftest import quantized_hub_copy
+
+    from medr1.config import Config
+    from medr1.tiny import hub_cache
+
+    base = Config.model_name
+    hub_cache(tmp_path / "hf", base)
+    quantized_hub_copy(tmp_path / "hf", base + "-unsloth-bnb-4bit")
+    settings = {**GPU_SMOKE, "model_name": base, "max_steps": 2, "save_steps": 0, "output_dir": str(tmp_path / "run")}
+    script = f"""
+import json
+import medr1.gguf
+from medr1 import build_config
+from medr1.export import Export, ExportError
+from medr1.run import train
+train(build_config("smoke", {settings!r}, quiet=True))
+seen = {{}}
+try:
+    Export({str(tmp_path / "run")!r}, {str(tmp_path / "a")!r}).plan(merged=True)
+except ExportError as error:
+    seen["plan"] = str(error)
+medr1.gguf._hub_for_base = lambda name: ""  # as before the check: on to Unsloth's merge
+try:
+    Export({str(tmp_path / "run")!r}, {str(tmp_path / "b")!r}).merged()
+except Exception as error:
+    seen["unsloth"] = type(error).__name__ + ": " + str(error)
+print(json.dumps(seen))
+"""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "hub offline mode is on (HF_HUB_OFFLINE=1): export the adapter now" in seen.get("plan", ""), seen
+    assert "unsloth" in seen and "hub" in seen["unsloth"].lower(), seen
