@@ -280,6 +280,20 @@ def test_verify_without_unsloth_compares_peft_with_the_runs_own_adapter(runs, tm
         exp.verify_adapter()
 
 
+def test_evaluate_without_unsloth_loads_an_unsloth_run_through_peft_and_says_so(runs, tmp_path, no_unsloth, capsys):
+    """The late review: `MEDR1_BACKEND=hf medr1 evaluate RUN` of an Unsloth run stopped after "evaluating ..." with
+    "install it or --set backend=hf", a flag evaluate does not take. The adapter is plain peft LoRA: it loads through
+    transformers + peft (as export's --verify does), one line says so, and eval.json records the backend used."""
+    from medr1.__main__ import main
+
+    run = _copy(runs.plain, tmp_path / "run")
+    assert json.loads((run / "run.json").read_text())["config"]["backend"] == "unsloth"
+    assert main(["evaluate", str(run), "--max-rows", "1", "--max-new-tokens", "2"]) == 0
+    assert "MEDR1_BACKEND=hf keeps Unsloth out of this process: base + adapter load with transformers + peft" in \
+        capsys.readouterr().err  # evaluate's stdout is its JSON
+    assert json.loads((run / "eval.json").read_text())["backend"] == "hf"
+
+
 def test_a_process_with_medr1_backend_hf_never_imports_unsloth(runs, tmp_path):
     """The real thing, in a fresh process: --verify compares, a 4-bit merge is refused by the plan, no unsloth."""
     script = f"""

@@ -30,7 +30,7 @@ from medr1.errors import ConfigError, DataError, OutputDirError
 from medr1.infer import ENGINES, Sampling, Stats, generate_many
 from medr1.llama import shape_limits
 from medr1.log import log
-from medr1.model import load_adapter
+from medr1.model import adapter_backend, load_adapter
 from medr1.plots import LABELS, VARIANTS
 from medr1.stats import share
 
@@ -131,6 +131,7 @@ class Evaluation:
     def load(self) -> None:
         t0 = time.perf_counter()
         self.model, self.tokenizer = load_adapter(self.config, self.adapter)  # PeftModel, with the run's settings
+        self.results["backend"] = adapter_backend(self.config)
         self.results["load_s"] = round(time.perf_counter() - t0, 2)
 
     def held_out_loss(self) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,8 @@ secret) are found by huggingface_hub itself, never passed around.
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 
 from medr1.stack import UNSLOTH
@@ -83,6 +85,12 @@ def match_tokenizer(model, tokenizer) -> None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
+def adapter_backend(config: Config) -> str:
+    """The backend a run's saved adapter loads with here: the run's, but transformers + peft where this process has
+    no Unsloth (MEDR1_BACKEND=hf, or not installed): the adapter is plain peft LoRA whichever trained it."""
+    return config.backend if UNSLOTH or config.backend == "hf" else "hf"
+
+
 def load_adapter(config: Config, adapter: str | Path, via: str = "medr1"):
     """(PeftModel, tokenizer): a saved adapter on its base, ready for inference, with the adapter's tokenizer.
 
@@ -93,6 +101,12 @@ def load_adapter(config: Config, adapter: str | Path, via: str = "medr1"):
     tokenizer = load_tokenizer(str(adapter), config.prompt_style, knob="adapter")  # saved beside it by medr1
     if via == "medr1":
         from peft import PeftModel
+
+        if config.backend != adapter_backend(config):  # evaluate takes no --set: the adapter is plain peft LoRA
+            why = ("MEDR1_BACKEND=hf keeps Unsloth out of this process" if os.environ.get("MEDR1_BACKEND") == "hf"
+                   else "Unsloth cannot be imported here")
+            log.info(f"{why}: base + adapter load with transformers + peft")
+            config = replace(config, backend="hf")
 
         model, tokenizer = load_model(config, tokenizer)
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
