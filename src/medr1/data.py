@@ -118,6 +118,11 @@ def load_split(config: Config, loaded: tuple[list, str] | None = None) -> Split:
     return Split(train=train, holdout=holdout, source=source, duplicates=dups)
 
 
+# what datasets says of a split or config it cannot read (the rest is most often a dataset it cannot reach)
+SPLIT_SAID = ("Unknown split", "instruction format", "corresponds to no data", "slice boundaries", "Split name should")
+CONFIG_SAID = ("BuilderConfig", "Config name is missing")
+
+
 def hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELDS, knob: str = "data_path") -> list:
     """A hub dataset's split, validated (`knob` names the local file that can stand in for it)."""
     from datasets import load_dataset
@@ -125,9 +130,9 @@ def hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELD
     try:
         ds = load_dataset(name, subset, split=split)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; name the source and the cause
-        said, prefix = f"{type(err).__name__}: {err}".rstrip("."), knob.removesuffix("data_path")
-        fix = (f"set {prefix}dataset_split to one it names" if "Unknown split" in said else
-               f"set {prefix}dataset_config to one it names" if "BuilderConfig" in said else
+        said, prefix = " ".join(f"{type(err).__name__}: {err}".split()).rstrip("."), knob.removesuffix("data_path")
+        fix = (f"set {prefix}dataset_split to one it names" if any(s in said for s in SPLIT_SAID) else
+               f"set {prefix}dataset_config to one it names" if any(s in said for s in CONFIG_SAID) else
                f"offline? Give a local file: {hint(knob, 'rows.jsonl')}")
         raise DataError(f"dataset {name!r} (config {subset!r}, split {split!r}) could not be loaded: {said}; "
                         f"{fix}") from err
