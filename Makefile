@@ -80,9 +80,16 @@ train: $(VENV)/.installed
 # MEDR1_CPU_PRESET=smoke: `auto` (the notebooks' default) keeps the tiny model here; test_real_model.py trains the real one.
 # TEST_JOBS processes (pytest-xdist), each test file and the four notebooks kept in one (tests/conftest.py).
 TEST_JOBS ?= 2
-test: $(VENV)/.installed
-	MEDR1_CPU_PRESET=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_JOBS) \
-	  --nbmake --nbmake-timeout=600 --durations=12 tests notebooks
+# transformers 4, apart from the venv's 5: tests/test_compat.py reads medr1's saved folders with it (vLLM's pin)
+COMPAT := $(VENV)/compat-reader
+$(COMPAT)/.installed: requirements-compat.txt $(VENV)/.installed
+	rm -rf $(COMPAT) && $(BIN)/pip install -q --no-deps --require-hashes --only-binary=:all: --target $(COMPAT) \
+	  -r requirements-compat.txt 2>&1 | $(QUIET_PIP)
+	touch $@
+
+test: $(VENV)/.installed $(COMPAT)/.installed
+	MEDR1_CPU_PRESET=smoke MEDR1_COMPAT_READER=$(abspath $(COMPAT)) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+	  $(BIN)/python -m pytest -n $(TEST_JOBS) --nbmake --nbmake-timeout=600 --durations=12 tests notebooks
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks notebooks/*.py

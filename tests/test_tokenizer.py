@@ -190,7 +190,7 @@ print(json.dumps({{"same": run.encoded[0].ids == truth.encode(text).ids, "kept":
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"same": True, "kept": True, "name": HUB_ID, "cls": "TokenizersBackend"}
+    assert result == {"same": True, "kept": True, "name": HUB_ID, "cls": "PreTrainedTokenizerFast"}
 
 
 def test_check_data_shows_a_row_at_token_level_with_the_loss_mask(tmp_path, capsys):
@@ -439,7 +439,7 @@ def test_other_tokenizer_files_still_load_without_tokenizer_json(tmp_path):
     (bpe / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]), encoding="utf-8")
     (bpe / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", "eos_token": EOS}))
     gpt2 = load_tokenizer(str(bpe))
-    assert (type(spm).__name__, type(gpt2).__name__) == ("TokenizersBackend", "GPT2Tokenizer")
+    assert (type(spm).__name__, type(gpt2).__name__) == ("PreTrainedTokenizerFast", "GPT2Tokenizer")
     for tok in (spm, gpt2):
         assert tok.decode(tok(TEXT, add_special_tokens=False)["input_ids"]) == TEXT
 

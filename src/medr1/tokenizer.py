@@ -5,8 +5,9 @@ tokenizer_config.json declares `LlamaTokenizerFast`, and transformers 5 (up to 5
 `LlamaTokenizer` with SentencePiece's Metaspace: every space and newline is lost ("Hello world" -> "Helloworld").
 Upstream special-cases only `deepseek-ai/deepseek-r1-distill-llama-*` ids (not `unsloth/...`, a folder, an adapter).
 So medr1 builds `PreTrainedTokenizerFast` from tokenizer.json and proves it with a probe before any weights load;
-saved, it declares `TokenizersBackend`, so `AutoTokenizer.from_pretrained(folder)` (vLLM, TGI, a later script) reads
-the same ids. Without a tokenizer.json, the same class converts a SentencePiece tokenizer.model, and `AutoTokenizer`
+saved, it declares that class (not transformers 5's `TokenizersBackend`, which transformers 4 lacks: vLLM and
+llama.cpp's converter pin transformers < 5), so `AutoTokenizer.from_pretrained(folder)` under either reads the same
+ids. Without a tokenizer.json, the same class converts a SentencePiece tokenizer.model, and `AutoTokenizer`
 reads a named class's own files (GPT-2's vocab.json + merges.txt); a model with none (saved without its tokenizer, a
 partial download) is refused in one line, not built from tokenizer_config.json's named tokens alone.
 """
@@ -33,10 +34,10 @@ def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, knob: str =
     (without one: from its other tokenizer files, see the module's docstring). The pad token is made distinct from
     EOS, and the chat template renders medr1's prompt for `prompt_style`."""
     import_unsloth_first()
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     try:  # tokenizer.json; without one, a SentencePiece tokenizer.model converted
-        tokenizer, err = PreTrainedTokenizerFast.from_pretrained(name_or_path), None
+        tokenizer, err = fast_class().from_pretrained(name_or_path), None
     except (OSError, ValueError) as first:
         tokenizer, err = None, first
     where, has_json = _tokenizer_json(name_or_path)  # after the load: online, it has fetched tokenizer.json if any
@@ -60,6 +61,20 @@ def load_tokenizer(name_or_path: str, prompt_style: str = "seed", *, knob: str =
     set_pad_token(tokenizer)
     tokenizer.chat_template = chat_template(prompt_style)
     return tokenizer
+
+
+def fast_class() -> type:
+    """transformers 5's tokenizer of a tokenizer.json (`TokenizersBackend`), under the name its saves declare:
+    transformers 5 writes the class's own name, one transformers 4 does not have ("does not exist"), so vLLM and
+    llama.cpp's converter (both pin transformers < 5) could not read a folder medr1 saved; `PreTrainedTokenizerFast`
+    both read from tokenizer.json to the same ids. Made on first use (load_tokenizer imports Unsloth first),
+    kept in this module so that it pickles by name."""
+    if (made := globals().get("PreTrainedTokenizerFast")) is None:
+        from transformers import TokenizersBackend
+
+        made = type("PreTrainedTokenizerFast", (TokenizersBackend,), {"__module__": __name__})
+        globals()["PreTrainedTokenizerFast"] = made
+    return made
 
 
 def _tokenizer_json(name_or_path: str) -> tuple[str, bool]:
