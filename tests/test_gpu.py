@@ -173,6 +173,9 @@ def test_a_4bit_run_of_either_backend_merges_on_gpu(tmp_path, backend):
     export = Export(out, tmp_path / "export")
     export.plan(adapter=False, merged=True)
     path = export.merged()
+    saved = json.loads((path / "config.json").read_text())
+    assert "rope_theta" in saved and "torch_dtype" in saved, saved  # transformers 4's names too, after Unsloth's save
+    assert json.loads((path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     merged = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda()
     # the tokenizer Unsloth saves beside the merged weights reloads with plain AutoTokenizer to the same ids
     text = run.example_text()

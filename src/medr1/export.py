@@ -25,7 +25,7 @@ from medr1 import card
 from medr1 import gguf as to_gguf
 from medr1.config import Config, hint
 from medr1.errors import ExportError, MedR1Error
-from medr1.exportdir import MARKER, card_edited, check_destination, filled, mark, marked
+from medr1.exportdir import MARKER, card_edited, check_destination, filled, mark, marked, readable_by_transformers_4
 from medr1.files import atomic_dir, atomic_write_text, check_disk, check_folder, check_writable
 from medr1.hub import check_hub, hub_token, push_folder
 from medr1.log import log
@@ -169,6 +169,7 @@ class Export:
             else:
                 merge_16bit(model, self.config).save_pretrained(str(tmp))
                 tokenizer.save_pretrained(str(tmp))
+            readable_by_transformers_4(tmp)
         return self.paths["merged"]
 
     def gguf(self, methods: str | list[str] = "q8_0,q4_k_m", dest: str | Path = "", *,

@@ -5,11 +5,12 @@ keeps a card the user edited since, and an overwrite says it replaces one. `medr
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from medr1.config import hint
 from medr1.errors import OutputDirError
-from medr1.files import atomic_write_text, check_folder, check_writable, sweep
+from medr1.files import atomic_write_json, atomic_write_text, check_folder, check_writable, sweep
 
 MARKER = ".medr1-adapter.sha256"  # in each export folder (never pushed): the adapter's hash, then the card's
 
@@ -61,3 +62,19 @@ def filled(folder: Path) -> bool:
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def readable_by_transformers_4(folder: Path) -> None:
+    """Give a saved model's config.json transformers 4's names beside transformers 5's: 5 writes the rope as
+    `rope_parameters` (theta inside) and the dtype as `dtype`; 4 reads `rope_theta`, `rope_scaling`, `torch_dtype`,
+    and without them ran R1-Distill-Llama's llama3 rope of theta 500000 as theta 10000 unscaled, wrong from the first
+    positions on (vLLM and llama.cpp's converter pin transformers < 5). 5 reads `rope_parameters` first."""
+    config = json.loads((folder / "config.json").read_text())
+    rope = dict(config.get("rope_parameters") or {})
+    if "rope_theta" in rope:
+        config.setdefault("rope_theta", rope.pop("rope_theta"))
+    if rope.get("rope_type", "default") != "default":
+        config.setdefault("rope_scaling", rope)
+    if "dtype" in config:
+        config.setdefault("torch_dtype", config["dtype"])
+    atomic_write_json(folder / "config.json", config)
