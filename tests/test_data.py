@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -240,6 +241,29 @@ def test_special_tokens_and_prompt_markers_in_a_field_are_refused(tmp_path, toke
     assert not (tmp_path / "run").exists()
     assert main(["check-data", str(path), "--preset", "smoke", "--set", "holdout_examples=0"]) == 2
     assert "3 rows hold a special token" in capsys.readouterr().err
+
+
+def test_control_tokens_added_as_not_special_are_refused_but_not_added_whitespace(tmp_path):
+    """The tokens review: R1-Distill-Qwen's tokenizer adds `<tool_call>`, `<|EOT|>` and FIM markers with
+    `special: false` (`normalized: false`, read raw); a row holding one was trained as that one control id mid-answer.
+    Added tokens some tokenizers hold for runs of spaces (`normalized: true`) are text and stay allowed."""
+    from tokenizers import AddedToken
+
+    from medr1.preflight import model_path
+    from medr1.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path(build_config("smoke", quiet=True).model_name))
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<tool_call>", "<|EOT|>")])
+    tokenizer.add_tokens([AddedToken("    ", special=False, normalized=True)])
+    assert len(tokenizer("<tool_call>", add_special_tokens=False).input_ids) == 1  # one control id, as in the real one
+    for text in ("<tool_call>", "<|EOT|>"):
+        rows = [dict(r) for r in ROWS]
+        rows[1]["Response"] += f" {text}"
+        with pytest.raises(DataError, match=rf"1 rows hold a special token .*field 'Response': '{re.escape(text)}'"):
+            data.check_control_text(rows, tokenizer)
+    rows = [dict(r) for r in ROWS]
+    rows[1]["Complex_CoT"] += "\n    indented"
+    data.check_control_text(rows, tokenizer)
 
 
 def test_special_tokens_in_held_out_rows_and_grpo_questions_are_refused(tmp_path, tokenizer, capsys):

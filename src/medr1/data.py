@@ -225,7 +225,8 @@ def check_control_text(rows: list[dict[str, str]], tokenizer, fields: tuple[str,
     it as that control token mid-text (an EOS in the reasoning teaches the model to stop before its answer, a
     `</think>` or `<｜User｜>` splits the reasoning or the turn). The template's own markers surround the fields.
     Held-out rows and GRPO questions too: they become before/after answers, evaluation texts and rollout prompts."""
-    special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()  # not normalized: read
+               if t.special or not t.normalized}  # raw, a control token (R1-Distill-Qwen's <tool_call> is not special)
     markers = {*tokenizer.all_special_tokens, *special, *prompts.R1_MARKERS}
     pattern = re.compile("|".join(map(re.escape, sorted(filter(None, markers), key=len, reverse=True))))
     found = [(i, name, m.group()) for i, row in enumerate(rows) for name in fields if (m := pattern.search(row[name]))]
