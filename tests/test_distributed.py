@@ -142,6 +142,34 @@ def test_every_process_takes_rank_0s_config(tmp_path):
     assert _two_ranks(tmp_path, AGREE)[0] == [{"output_dir": "out-of-rank-0", "backend": "gloo"}] * 2
 
 
+EMPTY_SHARE = """
+import json, os, sys
+import torch
+from transformers import AutoModelForCausalLM
+from medr1 import distributed, infer, prompts
+from medr1.tiny import tiny_model_path
+from medr1.tokenizer import load_tokenizer
+path = str(tiny_model_path())
+tokenizer = load_tokenizer(path)
+model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+texts = [prompts.inference_prompt("Why is the sky blue?", "seed")]
+seen = {e: infer.generate_many(model, tokenizer, texts, max_new_tokens=4, engine=e) for e in ("medr1", "hf")}
+seen["alone"] = infer.generate_many(model, tokenizer, texts, max_new_tokens=4, shard=False)
+with open(os.path.join(sys.argv[1], f"rank{distributed.rank()}.json"), "w") as fh:
+    json.dump(seen, fh)
+distributed.finish()
+"""
+
+
+def test_a_process_with_no_prompt_to_answer_still_gets_everyones_answers(tmp_path):
+    """The processes review: `evaluate --max-rows 1` (or a short --mcq file) under 2 processes left rank 1 an empty
+    share; the batched decoder tokenized the empty list (IndexError) and rank 0 died waiting in the gather (gloo's
+    "Connection closed by peer"), 140 lines and no medr1 line. Both ranks get the one answer one process gives."""
+    ranks, _ = _two_ranks(tmp_path, EMPTY_SHARE, timeout=240)
+    assert ranks[0] == ranks[1] and len(ranks[0]["alone"]) == 1
+    assert ranks[0]["medr1"] == ranks[0]["hf"] == ranks[0]["alone"]
+
+
 LEAST = """
 import json, os, sys
 import medr1.speed.sizing as sizing

@@ -99,6 +99,8 @@ def generate_many(model, tokenizer, prompt_texts: list[str], *, max_new_tokens: 
                         batch_size=batch_size, style=style, sampling=sampling, engine=engine, merge=merge,
                         memory_gib=memory_gib)
     texts = [t for t in prompt_texts for _ in range(samples)]
+    if not texts:  # a process's empty share (fewer prompts than processes): the tokenizer refuses an empty batch
+        return []
     eos = tokenizer.eos_token_id
     why_not = decode.unsupported(model) if engine != "hf" else "engine='hf'"
     if why_not is None:
