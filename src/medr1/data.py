@@ -19,7 +19,7 @@ from medr1.config import Config, hint
 from medr1.errors import DataError
 from medr1.log import log
 from medr1.presets import FIXTURE, VERIFIABLE_FIXTURE
-from medr1.readers import read_file, read_rows
+from medr1.readers import read_file, read_hub, read_rows
 
 FIELDS = ("Question", "Complex_CoT", "Response")
 ASSETS = Path(__file__).parent / "assets"
@@ -118,25 +118,9 @@ def load_split(config: Config, loaded: tuple[list, str] | None = None) -> Split:
     return Split(train=train, holdout=holdout, source=source, duplicates=dups)
 
 
-# what datasets says of a split or config it cannot read (the rest is most often a dataset it cannot reach)
-SPLIT_SAID = ("Unknown split", "instruction format", "corresponds to no data", "slice boundaries", "Split name should")
-CONFIG_SAID = ("BuilderConfig", "Config name is missing")
-
-
 def hub_rows(name: str, subset: str, split: str, fields: tuple[str, ...] = FIELDS, knob: str = "data_path") -> list:
     """A hub dataset's split, validated (`knob` names the local file that can stand in for it)."""
-    from datasets import load_dataset
-
-    try:
-        ds = load_dataset(name, subset, split=split)
-    except Exception as err:  # noqa: BLE001 - datasets raises many types; name the source and the cause
-        said, prefix = " ".join(f"{type(err).__name__}: {err}".split()).rstrip("."), knob.removesuffix("data_path")
-        fix = (f"set {prefix}dataset_split to one it names" if any(s in said for s in SPLIT_SAID) else
-               f"set {prefix}dataset_config to one it names" if any(s in said for s in CONFIG_SAID) else
-               f"offline? Give a local file: {hint(knob, 'rows.jsonl')}")
-        raise DataError(f"dataset {name!r} (config {subset!r}, split {split!r}) could not be loaded: {said}; "
-                        f"{fix}") from err
-    return validate_rows(ds.to_list(), f"{name} ({subset}, {split})", fields)
+    return validate_rows(read_hub(name, subset, split, knob), f"{name} ({subset}, {split})", fields)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Reading a user's data file: JSONL, JSON, CSV, Parquet, with errors that name the file and line.
+"""Reading a user's data: a file (JSONL, JSON, CSV, Parquet), with errors that name the file and line; a hub dataset.
 
 By hand: on a broken JSONL line `datasets.load_dataset("json", ...)` names neither file nor line, and it fills a
 missing field with None. Lines are 1-based, as an editor numbers them.
@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medr1.config import hint
 from medr1.errors import DataError
 from medr1.files import relative_note
 
@@ -205,3 +206,25 @@ def read_rows(path: str | Path, what: str = "data_path", rows: Any = None) -> li
     if not rows:
         raise DataError(f"{what}: {path} holds no rows")
     return rows
+
+
+# what datasets says of a split or config it cannot read (the rest is most often a dataset it cannot reach)
+SPLIT_SAID = ("Unknown split", "instruction format", "corresponds to no data", "slice boundaries", "Split name should")
+CONFIG_SAID = ("BuilderConfig", "Config name is missing")
+
+
+def read_hub(name: str, subset: str, split: str, knob: str = "data_path") -> list:
+    """A hub dataset's split, its rows as dicts; where it cannot be read, the knob to change (`knob`: the local file
+    that can stand in for it)."""
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(name, subset, split=split)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types; name the source and the cause
+        said, prefix = " ".join(f"{type(err).__name__}: {err}".split()).rstrip("."), knob.removesuffix("data_path")
+        fix = (f"set {prefix}dataset_split to one it names" if any(s in said for s in SPLIT_SAID) else
+               f"set {prefix}dataset_config to one it names" if any(s in said for s in CONFIG_SAID) else
+               f"offline? Give a local file: {hint(knob, 'rows.jsonl')}")
+        raise DataError(f"dataset {name!r} (config {subset!r}, split {split!r}) could not be loaded: {said}; "
+                        f"{fix}") from err
+    return ds.to_list()
