@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ASSETS, VITAMINS
@@ -710,3 +711,31 @@ def test_eval_json_names_its_run_and_multiple_choice_file_wherever_evaluate_ran(
     scores = evaluation.mcq("mcq_sample.jsonl", max_questions=2)
     assert scores["file"] == str(ASSETS / "mcq_sample.jsonl")
     assert scores["sha256"] == hashlib.sha256((ASSETS / "mcq_sample.jsonl").read_bytes()).hexdigest()
+
+
+def test_a_run_folder_it_cannot_write_in_is_refused_before_the_model_loads(run_copy, tmp_path, monkeypatch, capsys):
+    """The processes review (3): on a read-only run folder (a Kaggle input, a shared volume) `evaluate` generated
+    every answer, then failed at its first write, advising "choose another folder", which evaluate has no option
+    for. Now one line before the model loads names the folder and says to evaluate a writable copy.
+    Tests run as root here, and root may write in a chmod 555 folder, so `os.access` (what files.check_writable
+    asks) is patched to say the run folder is not writable, as a read-only mount would."""
+    import os
+
+    from medr1 import evaluate, files
+    from medr1.__main__ import main
+    from medr1.errors import OutputDirError
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("eval.*", "mcq_predictions_*"))
+    real = os.access
+    monkeypatch.setattr(files.os, "access", lambda p, mode, **k: Path(p) != run and real(p, mode, **k))
+    monkeypatch.setattr(evaluate, "load_adapter", lambda *a, **k: pytest.fail("loaded"))
+    said = f"{str(run)!r} is not writable here"
+    with pytest.raises(OutputDirError, match=re.escape(said)):
+        evaluate.Evaluation(run, mcq_file=ASSETS / "mcq_sample.jsonl")
+    assert main(["evaluate", str(run), "--mcq", str(ASSETS / "mcq_sample.jsonl")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and said in err[0] and "copy the run folder somewhere writable" in err[0], err
+    assert "choose another folder" not in err[0]  # evaluate has no option for one
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in run_copy.iterdir()
+                                                          if not p.name.startswith(("eval.", "mcq_predictions_")))

@@ -107,6 +107,13 @@ class Evaluation:
             raise OutputDirError(f"{self.run_dir / earlier[0]} holds an earlier evaluation; pass {hint('overwrite')} "
                                  f"to replace it, or move {', '.join(earlier)} away")
         rec = record.read_record(self.run_dir)  # read once: the config, the adapter and the held-out rows come from it
+        try:  # now, not at the first write after every answer (a read-only mount, another user's run)
+            files.check_writable(self.run_dir, "evaluate")
+        except OutputDirError:  # its advice, another folder, is no option of evaluate's
+            raise OutputDirError(f"{str(self.run_dir)!r} is not writable here, and evaluate writes its results "
+                                 "(eval.json, eval.png, mcq_predictions_*.jsonl) into the run folder: make it "
+                                 "writable, or copy the run folder somewhere writable (cp -r) and evaluate the "
+                                 "copy") from None
         self.config, self.adapter = record.run_config(self.run_dir, rec), record.adapter_dir(self.run_dir, rec)
         preflight.check_run_model(self.config, self.run_dir)  # the base is here: a folder of another machine is not
         preflight.check_adapter(self.adapter)  # and its weights open
