@@ -117,7 +117,8 @@ ev.side_by_side(show_rows)
 
 # %% [markdown]
 # ## Multiple-choice accuracy (with `mcq_file`)
-# Each model's generations are kept in `mcq_predictions_base.jsonl` and `mcq_predictions_finetuned.jsonl`;
+# Each model's generations are kept in `mcq_predictions_base.jsonl` and `mcq_predictions_finetuned.jsonl` (written
+# with eval.json by `save()` below, so a stop before it leaves an earlier evaluation whole);
 # `python -m medr1 evaluate --mcq FILE --predictions PRED.jsonl` scores them again, or any other model's.
 
 # %%

@@ -365,6 +365,15 @@ def test_generation_compliance_table_mcq_and_saved_results(evaluation, run_copy)
 
     scores = evaluation.mcq(ASSETS / "mcq_sample.jsonl", max_questions=4)
     assert scores["questions"] == 4 and scores["base"]["n"] == 4
+    assert not list(run_copy.glob("mcq_predictions_*"))  # written by save(), with eval.json
+    assert {"first_match", "last_match", "either_match"} <= set(scores["base"])
+    assert set(scores["mcnemar"]) == {"only_first", "only_second", "p_value"} and scores["anchors"] == {}
+    assert "mcq_generated_tokens_per_s" not in scores and evaluation.results["speed"]["mcq_finetuned"]["answers"] == 4
+
+    if "loss" not in evaluation.results["metrics"]["base"]:  # run alone (-k): the held-out test computes it first
+        evaluation.held_out_loss()
+    saved = evaluation.save()
+    data = json.loads(saved["json"].read_text())
     preds = mcq.read_predictions(run_copy / "mcq_predictions_finetuned.jsonl")
     questions = mcq.load_questions(ASSETS / "mcq_sample.jsonl")[:4]
     again = mcq.score(questions, preds)
@@ -375,14 +384,6 @@ def test_generation_compliance_table_mcq_and_saved_results(evaluation, run_copy)
         ex = choice.extract_choice(r["prediction"], q.options)
         assert (r["parsed"], r["parsed_by"], r["correct"]) == (ex.letter, ex.method, ex.letter == q.answer)
         assert (r["first_match"], r["last_match"]) == choice.first_last(r["prediction"], q.options)
-    assert {"first_match", "last_match", "either_match"} <= set(scores["base"])
-    assert set(scores["mcnemar"]) == {"only_first", "only_second", "p_value"} and scores["anchors"] == {}
-    assert "mcq_generated_tokens_per_s" not in scores and evaluation.results["speed"]["mcq_finetuned"]["answers"] == 4
-
-    if "loss" not in evaluation.results["metrics"]["base"]:  # run alone (-k): the held-out test computes it first
-        evaluation.held_out_loss()
-    saved = evaluation.save()
-    data = json.loads(saved["json"].read_text())
     assert set(data["metrics"]) == {"base", "finetuned"}
     assert data["metrics"]["finetuned"]["loss"] < data["metrics"]["base"]["loss"]
     assert data["decoding"] == "greedy" and len(data["samples"]) == 4 and data["mcq"]["questions"] == 4
@@ -739,3 +740,35 @@ def test_a_run_folder_it_cannot_write_in_is_refused_before_the_model_loads(run_c
     assert "choose another folder" not in err[0]  # evaluate has no option for one
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in run_copy.iterdir()
                                                           if not p.name.startswith(("eval.", "mcq_predictions_")))
+
+
+def test_an_overwrite_stopped_midway_leaves_no_mix_of_two_evaluations(run_copy, tmp_path, monkeypatch):
+    """The processes review (5): `evaluate --overwrite` stopped (Ctrl-C, Colab gone, out of memory) after the base
+    model's multiple-choice answers left the new mcq_predictions_base.jsonl beside the earlier evaluation's eval.json,
+    eval.png and mcq_predictions_finetuned.jsonl. The stop is a KeyboardInterrupt from the fine-tuned pass; every
+    file left must be the earlier evaluation's. A whole evaluation then replaces all four."""
+    from medr1 import evaluate, record
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("eval.*", "mcq_predictions_*"))
+    for name in record.EVAL_FILES:
+        (run / name).write_text(f"earlier {name}\n")
+    real = evaluate.Evaluation.answers
+
+    def stopped(self, texts, variant, step):
+        if (step, variant) == ("mcq", "finetuned"):
+            raise KeyboardInterrupt
+        return real(self, texts, variant, step)
+
+    monkeypatch.setattr(evaluate.Evaluation, "answers", stopped)
+    questions = ASSETS / "mcq_sample.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate_run(run, mcq_file=questions, max_rows=1, max_new_tokens=2, overwrite=True)
+    assert {n: (run / n).read_text() for n in record.EVAL_FILES} == {n: f"earlier {n}\n" for n in record.EVAL_FILES}
+
+    monkeypatch.setattr(evaluate.Evaluation, "answers", real)
+    evaluate.evaluate_run(run, mcq_file=questions, max_rows=1, max_new_tokens=2, overwrite=True)
+    assert json.loads((run / "eval.json").read_text())["mcq"]["questions"] == 6
+    for variant, name in record.PREDICTIONS.items():
+        assert len(mcq.read_prediction_rows(run / name)) == 6, variant
+    assert (run / "eval.png").read_bytes().startswith(b"\x89PNG")

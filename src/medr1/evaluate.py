@@ -126,6 +126,7 @@ class Evaluation:
         self.samples, self.sampling = max(1, samples), Sampling(seed=self.config.seed) if samples else None
         decoding = {**dataclasses.asdict(self.sampling), "samples": self.samples} if self.sampling else "greedy"
         self.model = self.tokenizer = None
+        self.predictions: dict[str, list[dict[str, Any]]] = {}  # mcq()'s answers, written by save() with eval.json
         self.results: dict[str, Any] = {
             "run_dir": str(self.run_dir), "model_name": self.config.model_name, "adapter": str(self.adapter),
             "prompt_style": self.config.prompt_style, "decoding": decoding, "max_new_tokens": self.max_new_tokens,
@@ -189,7 +190,8 @@ class Evaluation:
         """Multiple-choice accuracy of both models on a file of {question, options, answer_idx} (an empty `path`
         skips this), an exact McNemar test between them, published figures where they exist. Each model's answers
         go to mcq_predictions_<variant>.jsonl in the run folder (a row per question and sample: gold letter, letter
-        read and how, right or not), which `--predictions` scores again without a model."""
+        read and how, right or not), which `--predictions` scores again without a model; written by save(), with
+        eval.json, so an evaluation stopped before it leaves no file of its own beside an earlier one's."""
         if not path:
             log.info("multiple-choice accuracy skipped (no questions file given)")
             return None
@@ -200,23 +202,20 @@ class Evaluation:
         path = Path(path).expanduser().absolute()  # eval.json says which file, wherever evaluate ran, and its bytes
         result: dict[str, Any] = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                                   "questions": len(questions)}
-        correct = {}
+        correct, predictions = {}, {}
         for variant in VARIANTS:
             gens = self.answers(texts, variant, "mcq")
             by_sample = [[g["text"] for g in gens[s::self.samples]] for s in range(self.samples)]
             scored = mcq.score_samples(questions, by_sample, self.config.prompt_style)
-            correct[variant], rows = scored.pop("_correct"), scored.pop("_rows")
-            pred_file = self.run_dir / record.PREDICTIONS[variant]
-            if distributed.is_main():
-                files.atomic_write_jsonl(pred_file, rows)
+            correct[variant], predictions[variant] = scored.pop("_correct"), scored.pop("_rows")
             result[variant] = {**scored, "budget_without_answer": compliance(gens)["budget_without_answer"],
-                               "predictions": pred_file.name}
+                               "predictions": record.PREDICTIONS[variant]}
         result["mcnemar"] = {**stats.mcnemar(correct["base"][0], correct["finetuned"][0]),  # paired: one set a model
                              **({"sample": 0} if self.samples > 1 else {})}
         names = sorted({q.source for q in questions if q.source}) or [Path(path).stem]
         result["anchors"] = dict(a for a in map(stats.anchors_for, names) if a)
-        self.results["mcq"] = result
-        log.info(f"multiple-choice accuracy on {result['questions']} questions (answers in {self.run_dir})")
+        self.results["mcq"], self.predictions = result, predictions  # together: a pass stopped midway changes neither
+        log.info(f"multiple-choice accuracy on {result['questions']} questions (answers saved with eval.json)")
         for v in VARIANTS:
             s, k = result[v], result[v].get("samples")
             lead = f"{k['mean']:.1%} +/- {k['std']:.1%} (mean +/- sd of {k['k']} sampled sets); the first " if k else ""
@@ -268,13 +267,17 @@ class Evaluation:
                                  for v in VARIANTS}} for s in self.results["samples"][:n]])
 
     def save(self) -> dict[str, Path]:
-        """eval.json and eval.png in the run folder (eval.json is written atomically); rank 0 only."""
+        """mcq_predictions_*.jsonl, eval.json and eval.png in the run folder (each written atomically); rank 0 only.
+        Nothing of this evaluation is written before: one stopped earlier leaves an earlier evaluation whole."""
         if not distributed.is_main():
             return {}
         self.results["created"] = record.now()
-        if self.overwrite and "mcq" not in self.results:  # not the earlier evaluation's answers beside these results
-            for name in record.PREDICTIONS.values():
+        if self.overwrite:  # the earlier evaluation goes as a whole: a stop in here leaves none of it beside this one
+            for name in record.EVAL_FILES:
                 (self.run_dir / name).unlink(missing_ok=True)
+        if "mcq" in self.results:
+            for variant, rows in self.predictions.items():
+                files.atomic_write_jsonl(self.run_dir / record.PREDICTIONS[variant], rows)
         json_path = files.atomic_write_json(self.run_dir / "eval.json", self.results)
         png = plots.plot_results(self.results, self.run_dir / "eval.png")
         log.info(f"results in {json_path} and {png}")
