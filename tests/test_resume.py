@@ -11,6 +11,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from conftest import one_error
 from safetensors.torch import load_file
 
 from medr1 import build_config, files, record
@@ -202,6 +203,56 @@ def test_a_folder_holding_another_run_is_never_written_over(runs, tmp_path):
     assert check_output_dir(config(empty_but_notebook)) == empty_but_notebook
 
 
+HOLDER = """
+import sys, time
+from medr1 import build_config
+from medr1.run import Run
+run = Run(build_config("smoke", {"output_dir": sys.argv[1]}, quiet=True))
+run.load()
+if sys.argv[2] == "training":
+    run.add_lora()
+    trainer = run.trainer()
+    with run.recording():
+        print("holding", flush=True)
+        time.sleep(120)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("stage", ["loaded", "training"])
+def test_a_folder_another_process_is_training_into_is_refused_whatever_the_flags(stage, tmp_path, capsys):
+    """The processes review: two runs started into one output_dir both trained and both said "adapter saved", the
+    second silently replacing the first (a run's first file comes only when training starts, after a model load of
+    minutes); once run.json said 'training', the live run was called "stopped" and --resume of it was advised and
+    accepted: two trainers in one checkpoints/. A run holds its folder from the model load (where the folder is
+    there: `make run` makes it first) or from training's first write, until its adapter is saved or training stops:
+    another process is refused, in one line, with or without --resume or --overwrite."""
+    from medr1.__main__ import main
+
+    out = tmp_path / "busy"
+    if stage == "loaded":
+        out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), stage], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in holder.stdout:  # Unsloth's banner first
+            if line.strip() == "holding":
+                break
+        assert holder.poll() is None, "the holding process ended"
+        for flags in ([], ["--resume"], ["--overwrite"]):
+            capsys.readouterr()
+            assert main(["train", "--preset", "smoke", "--set", f"output_dir={out}", *flags]) == 2, flags
+            assert "is in use by another medr1 process right now" in one_error(capsys.readouterr().err), flags
+        with pytest.raises(OutputDirError, match="in use by another medr1 process"):
+            Run(build_config("smoke", {"output_dir": str(out)}, quiet=True))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not files.held_elsewhere(out)  # the kernel lets go of a killed process's hold
+    assert record.read_record(out, or_empty=True).get("status") == (None if stage == "loaded" else "training")
+
+
 def test_overwrite_replaces_the_old_run_and_its_checkpoints(runs, tmp_path, prepared):
     import shutil
 
@@ -232,6 +283,69 @@ def test_adapter_write_is_atomic(runs, monkeypatch):
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert (runs.full.out / "run.json").read_text() == record_before
     assert not [p.name for p in runs.full.out.iterdir() if p.name.startswith(".adapter")], "temporary left behind"
+
+
+def test_an_output_dir_it_cannot_write_in_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """The processes review (7): an output_dir on a read-only mount stopped with a raw OSError from the trainer's
+    makedirs, after the model load (both ranks' tracebacks under 2 processes). Tests run as root, who may write in a
+    chmod 555 folder: `os.access` (what files.check_writable asks) is patched to say what a read-only mount says."""
+    import os
+
+    from medr1 import model
+    from medr1.__main__ import main
+
+    real = os.access
+    monkeypatch.setattr(files.os, "access", lambda p, mode, **k: p != tmp_path and real(p, mode, **k))
+    monkeypatch.setattr(model, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    for out in (tmp_path, tmp_path / "new" / "run"):
+        assert main(["train", "--preset", "smoke", "--set", f"output_dir={out}"]) == 2
+        assert f"{str(tmp_path)!r} is not writable here" in one_error(capsys.readouterr().err)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_run_stopped_by_sigterm_is_recorded_as_interrupted(tmp_path):
+    """The processes review (8): SIGTERM (what `timeout`, `kill`, Slurm, `docker stop` and accelerate's launcher
+    send) killed training at once: run.json stayed 'training' (read as still running) and nothing said how to go
+    on. It stops training as Ctrl-C does: 'interrupted', with the step and the checkpoint, and the line to resume."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medr1", "train", "--preset", "smoke", "--set", f"output_dir={out}",
+           "--set", "max_steps=400", "--set", "save_steps=2"]
+    log = tmp_path / "printed.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=err, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    done = out / "checkpoints" / "checkpoint-2" / "trainer_state.json"  # written last: the checkpoint is whole
+    while not done.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    lines = log.read_text().splitlines()
+    rec = record.read_record(out)
+    assert rec["status"] == "interrupted" and rec["interrupted"]["checkpoint"], (rec["status"], lines[-5:])
+    assert any("training stopped at step" in line and "--resume" in line for line in lines), lines[-5:]
+
+
+def test_a_stopped_save_leaves_the_run_trained_for_the_next_cell_and_a_resume(tmp_path, prepared, monkeypatch):
+    """The processes review: the Save cell stopped (the stop button, a full Drive) left `complete` in the record in
+    memory; the next cell that writes run.json (the "after" answers) wrote it with no adapter, and resume, evaluate and
+    export all refused the run. The record says `complete` only once the adapter is there."""
+    run = prepared(tmp_path / "r", max_steps=2)
+    run.train()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.model, "save_pretrained", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run.save()
+    monkeypatch.undo()
+    run.measure("after")  # a cell after Save, run again: it writes run.json
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "trained"
+    assert run.save() == tmp_path / "r" / "adapter" and record.read_record(tmp_path / "r")["status"] == "complete"
 
 
 def test_run_record_write_is_atomic(tmp_path, monkeypatch):

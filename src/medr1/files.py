@@ -144,6 +144,51 @@ def _held(folder: Path) -> int | None:
         return None
 
 
+_CLAIMED: dict[Path, int] = {}  # run folders this process holds (claim), and the descriptor holding each
+
+
+def claim(folder: Path) -> bool:
+    """Hold `folder` (made if missing) for this process until `release` or its exit: False where another process
+    holds it. Two runs started into one folder both passed the folder check (a run writes its first file only when
+    training starts) and the second wrote over the first. The kernel drops a killed process's hold; a filesystem
+    without locks holds nothing, as before."""
+    key = folder.resolve()
+    if key in _CLAIMED:  # a notebook's cell run again: this process holds it already
+        return True
+    key.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    except OSError:
+        pass
+    _CLAIMED[key] = fd
+    return True
+
+
+def release(folder: Path) -> None:
+    if (fd := _CLAIMED.pop(folder.resolve(), None)) is not None:
+        os.close(fd)
+
+
+def held_elsewhere(folder: Path) -> bool:
+    """Whether another process holds `folder` (`claim`) right now."""
+    if not folder.is_dir() or folder.resolve() in _CLAIMED:
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # the probe's own lock goes with it
+    return False
+
+
 @contextmanager
 def one_at_a_time(path: Path, doing: str):
     """Hold the lock beside `path` (a hidden `.lock` file) while doing the work on it; a second process waits for the

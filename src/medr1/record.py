@@ -162,6 +162,8 @@ def holdout_rows(run_dir: str | Path, rec: dict[str, Any] | None = None,
 # ---------------------------------------------------------------------------------------------
 # Which folder a run may write into, and where it resumes from.
 
+IN_USE = ("output_dir={out!r} is in use by another medr1 process right now (a run started in another terminal, "
+          "notebook or job, loading or training): let it finish or stop it, or choose another output_dir")
 IGNORED_IN_OUTPUT = (".ipynb",)  # papermill may write the executed notebook into the run's folder
 
 
@@ -169,6 +171,9 @@ def check_output_dir(config: Config) -> Path:
     """Refuse to write a run over another one unless `overwrite` (or `resume` of that same run) says so."""
     out = Path(config.output_dir).expanduser()
     files.check_folder(out, f"output_dir={str(out)!r}")  # now, not as NotADirectoryError after the model load
+    files.check_writable(out, f"output_dir={str(out)!r}")  # else an OSError after the model load
+    if files.held_elsewhere(out):  # whatever overwrite or resume say: two trainers would write one folder
+        raise OutputDirError(IN_USE.format(out=str(out)))
     held = [p.name for p in (out.iterdir() if out.exists() else ())
             if not p.name.startswith(".") and p.suffix not in IGNORED_IN_OUTPUT]
     if not held or config.overwrite:

@@ -12,7 +12,7 @@ from typing import Any
 
 from medr1 import distributed, files, preflight, record
 from medr1.config import Config, hint
-from medr1.errors import TrainingError
+from medr1.errors import OutputDirError, TrainingError
 from medr1.log import log
 from medr1.tokenizer import load_tokenizer
 from medr1.tracking import reporting
@@ -59,6 +59,8 @@ class Stage:
         """(model, tokenizer): the base model, and the tokenizer that was checked before it loaded."""
         from medr1.model import load_model
 
+        if self.out.is_dir():  # else from training's first write: a refusal until then leaves nothing
+            self._claim()
         t0 = time.perf_counter()
         self.model, self.tokenizer = load_model(self.config, self.tokenizer)
         self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
@@ -84,7 +86,7 @@ class Stage:
         import torch
 
         from medr1.model import load_adapter_weights
-        from medr1.train import AlreadyTrained, SessionCallback, args_used, precision_change
+        from medr1.train import AlreadyTrained, SessionCallback, args_used, precision_change, terminated_as_interrupted
 
         if self._trainer is None:
             raise RuntimeError("no trainer yet: call trainer() first")
@@ -100,6 +102,7 @@ class Stage:
         if self.resume_from:  # transformers, finding an adapter in a sub-folder (GRPO's ref/ under beta > 0), loads
             load_adapter_weights(self.model, Path(self.resume_from))  # only those: the policy would stay the start
         self.out.mkdir(parents=True, exist_ok=True)  # trainer() replaced an old run (overwrite) already
+        self._claim()
         self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
                            hardware=record.hardware())
         self._hold_out()
@@ -113,7 +116,8 @@ class Stage:
         self._trainer.add_callback(session)
         self._train_t0 = time.perf_counter()
         try:
-            yield
+            with terminated_as_interrupted():
+                yield
         except AlreadyTrained:
             session.end(self._trainer)
         except BaseException as err:
@@ -142,19 +146,22 @@ class Stage:
         target = self.out / "adapter"
         if self.complete:
             log.info(f"the run was already complete; {target} is unchanged")
+            files.release(self.out)
             return target
         self._check_finite()
         if (status := self.record.get("status")) not in ("trained", "complete"):  # an untrained LoRA, as complete
             raise TrainingError(f"nothing trained to save (status {status!r}): train first (run.train(), or "
                                 "trainer.train() inside run.recording())")
-        self.record.update(status="complete", adapter="adapter", finished=record.now())
+        done = dict(status="complete", adapter="adapter", finished=record.now())
         if distributed.is_main():  # self.model is the bare PEFT model: DDP only wraps it inside the trainer
             with files.atomic_dir(target) as tmp:
                 self.model.save_pretrained(str(tmp))
                 self.tokenizer.save_pretrained(str(tmp))
-                write_card(tmp, self.record, "adapter")
+                write_card(tmp, {**self.record, **done}, "adapter")
         distributed.barrier()  # when any process returns, the adapter is there
+        self.record.update(done)  # only now: a stopped save left 'complete' for the next cell to write, no adapter
         self._write_record()
+        files.release(self.out)
         log.info(f"adapter saved to {target}")
         return target
 
@@ -246,12 +253,20 @@ class Stage:
             "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
             "checkpoint": newest.name if newest else None}, **{self.HISTORY: self._steps()})
         self._write_record()
+        files.release(self.out)  # a resume from another process may take it now
         if newest:
             log.info(f"{self.STAGE} stopped at step {step}; {newest.name} is kept: run again with the same settings "
                      f"(preset and knobs) and {hint('resume')}, {hint('output_dir', str(self.out))} to continue")
         else:
             log.info(f"{self.STAGE} stopped at step {step} before the first checkpoint (save_steps="
                      f"{self.config.save_steps}); a resume starts from step 0")
+
+    def _claim(self) -> None:
+        """Hold the run folder from the model load (where it exists) until the adapter is saved or training stops:
+        another process's run into it, whatever its flags, is refused (two runs both trained, the second over the
+        first). A notebook's cells run again hold it still (one process)."""
+        if not distributed.agree(files.claim(self.out) if distributed.is_main() else None):
+            raise OutputDirError(record.IN_USE.format(out=str(self.out)))
 
     def _time_training(self, seconds: float) -> float:
         """Record this session's training `seconds` after the earlier sessions'; returns their sum (`train_s`)."""

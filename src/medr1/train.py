@@ -262,6 +262,28 @@ class PlainLogProbs:
                 log_p.argmax(-1) == targets if "is_top1" in outputs else None)
 
 
+@contextlib.contextmanager
+def terminated_as_interrupted():
+    """SIGTERM (`timeout`, `kill`, Slurm, `docker stop`, accelerate's launcher passing its own on) stops training
+    as Ctrl-C does, so the run is recorded `interrupted` with the checkpoint to resume from: by default Python dies at
+    once, leaving run.json at 'training'. Only the main thread may set a handler; elsewhere, as before."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def plain_log_probs_without_triton() -> None:
     """Where TRL's fused LM-head kernel could not be built (no Triton: CPU torch), PlainLogProbs stands in for it;
     SFTTrainer and GRPOTrainer both compute through it (trl.trainer.utils)."""
