@@ -479,3 +479,24 @@ def test_over_long_rows_are_counted_without_the_indexing_errors_warning(tmp_path
     assert not warned()
     tok(prompts.format_row(rows[4], EOS, "seed"))  # the library's own warning, once per tokenizer
     assert warned()
+
+
+def test_a_tokenizer_pickled_here_loads_in_a_fresh_process(tmp_path):
+    """The diff review: medr1's tokenizer class was made on first use, so a process that had not loaded a tokenizer
+    could not unpickle one (datasets.map(num_proc=...) and multiprocessing under spawn, macOS's and Windows' default:
+    "subprocesses abruptly died", or a hang). A fresh process unpickles it to the same class and ids."""
+    import pickle
+
+    from medr1.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_path()))
+    (tmp_path / "tok.pkl").write_bytes(pickle.dumps(tokenizer))
+    script = f"""
+import json, pickle
+tokenizer = pickle.loads(open({str(tmp_path / 'tok.pkl')!r}, "rb").read())
+print(json.dumps([type(tokenizer).__module__, type(tokenizer).__name__, tokenizer({TEXT!r}).input_ids]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["medr1.tokenizer", "PreTrainedTokenizerFast",
+                                                                tokenizer(TEXT).input_ids]

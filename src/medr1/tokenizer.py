@@ -67,14 +67,22 @@ def fast_class() -> type:
     """transformers 5's tokenizer of a tokenizer.json (`TokenizersBackend`), under the name its saves declare:
     transformers 5 writes the class's own name, one transformers 4 does not have ("does not exist"), so vLLM and
     llama.cpp's converter (both pin transformers < 5) could not read a folder medr1 saved; `PreTrainedTokenizerFast`
-    both read from tokenizer.json to the same ids. Made on first use (load_tokenizer imports Unsloth first),
-    kept in this module so that it pickles by name."""
+    both read from tokenizer.json to the same ids. Made on first use (transformers loads after Unsloth), kept in
+    this module so that it pickles by name, and made by `__getattr__` where a fresh process unpickles one."""
     if (made := globals().get("PreTrainedTokenizerFast")) is None:
+        import_unsloth_first()
         from transformers import TokenizersBackend
 
         made = type("PreTrainedTokenizerFast", (TokenizersBackend,), {"__module__": __name__})
         globals()["PreTrainedTokenizerFast"] = made
     return made
+
+
+def __getattr__(name: str) -> type:
+    """`medr1.tokenizer.PreTrainedTokenizerFast` where no tokenizer was loaded yet: what unpickling one asks for."""
+    if name == "PreTrainedTokenizerFast":
+        return fast_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _tokenizer_json(name_or_path: str) -> tuple[str, bool]:
