@@ -374,6 +374,7 @@ def test_generation_compliance_table_mcq_and_saved_results(evaluation, run_copy)
         evaluation.held_out_loss()
     saved = evaluation.save()
     data = json.loads(saved["json"].read_text())
+    assert data["backend"] == json.loads((run_copy / "run.json").read_text())["config"]["backend"]  # Unsloth's here
     preds = mcq.read_predictions(run_copy / "mcq_predictions_finetuned.jsonl")
     questions = mcq.load_questions(ASSETS / "mcq_sample.jsonl")[:4]
     again = mcq.score(questions, preds)

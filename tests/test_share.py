@@ -280,7 +280,8 @@ def test_verify_without_unsloth_compares_peft_with_the_runs_own_adapter(runs, tm
         exp.verify_adapter()
 
 
-def test_evaluate_without_unsloth_loads_an_unsloth_run_through_peft_and_says_so(runs, tmp_path, no_unsloth, capsys):
+def test_evaluate_without_unsloth_loads_an_unsloth_run_through_peft_and_says_so(runs, tmp_path, no_unsloth, capsys,
+                                                                                monkeypatch):
     """The late review: `MEDR1_BACKEND=hf medr1 evaluate RUN` of an Unsloth run stopped after "evaluating ..." with
     "install it or --set backend=hf", a flag evaluate does not take. The adapter is plain peft LoRA: it loads through
     transformers + peft (as export's --verify does), one line says so, and eval.json records the backend used."""
@@ -292,6 +293,18 @@ def test_evaluate_without_unsloth_loads_an_unsloth_run_through_peft_and_says_so(
     assert "MEDR1_BACKEND=hf keeps Unsloth out of this process: base + adapter load with transformers + peft" in \
         capsys.readouterr().err  # evaluate's stdout is its JSON
     assert json.loads((run / "eval.json").read_text())["backend"] == "hf"
+    monkeypatch.delenv("MEDR1_BACKEND")  # Unsloth installed but failing to import: said so
+    assert main(["evaluate", str(run), "--max-rows", "1", "--max-new-tokens", "2", "--overwrite"]) == 0
+    assert "Unsloth cannot be imported here: base + adapter load with transformers + peft" in capsys.readouterr().err
+    # a 4-bit Unsloth run trained on Unsloth's own 4-bit copy of the base (adapter_config.json names it):
+    # transformers would quantize the 16-bit original instead, another base (the diff review): refused
+    four = _copy(runs.plain, tmp_path / "four", load_in_4bit=True)
+    named = json.loads((four / "adapter" / "adapter_config.json").read_text())
+    (four / "adapter" / "adapter_config.json").write_text(json.dumps({**named, "base_model_name_or_path":
+                                                                       "unsloth/model-unsloth-bnb-4bit"}))
+    monkeypatch.setattr("medr1.model.load_model", lambda *a, **k: pytest.fail("loaded"))
+    assert main(["evaluate", str(four), "--max-rows", "1"]) == 2
+    assert "trained in 4-bit through Unsloth on 'unsloth/model-unsloth-bnb-4bit'" in one_error(capsys.readouterr().err)
 
 
 def test_a_process_with_medr1_backend_hf_never_imports_unsloth(runs, tmp_path):

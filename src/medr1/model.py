@@ -7,6 +7,7 @@ secret) are found by huggingface_hub itself, never passed around.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -103,6 +104,13 @@ def load_adapter(config: Config, adapter: str | Path, via: str = "medr1"):
         from peft import PeftModel
 
         if config.backend != adapter_backend(config):  # evaluate takes no --set: the adapter is plain peft LoRA
+            from medr1.gguf import why_no_unsloth
+
+            named = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if config.load_in_4bit and named != config.model_name:  # transformers would quantize the 16-bit one
+                raise ModelError(f"this run trained in 4-bit through Unsloth on {named!r}, Unsloth's own 4-bit copy "
+                                 f"of {config.model_name!r}, which transformers + peft would not load as it trained: "
+                                 f"{why_no_unsloth()}")
             why = ("MEDR1_BACKEND=hf keeps Unsloth out of this process" if os.environ.get("MEDR1_BACKEND") == "hf"
                    else "Unsloth cannot be imported here")
             log.info(f"{why}: base + adapter load with transformers + peft")
