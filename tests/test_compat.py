@@ -106,6 +106,7 @@ def test_a_merged_model_of_the_real_bases_config_reads_the_same_under_transforme
     text = _text(tokenizer)
     seen = read_with_transformers_4(reader, str(merged), text, str(tmp_path / "logits.pt"))
     assert seen["rope_theta"] == 500000.0 and seen["rope_scaling"] == {**REAL_ROPE["rope_scaling"]}, seen
+    assert json.loads((merged / "config.json").read_text())["torch_dtype"] == "bfloat16"  # before 4.56: no `dtype`
     assert seen["ids"] == tokenizer(text).input_ids and len(seen["ids"]) > 300
     with torch.inference_mode():
         ours = model(torch.tensor([seen["ids"]])).logits[0]
