@@ -487,7 +487,7 @@ def test_a_run_recorded_with_a_relative_model_folder_still_resumes(relative_run,
     check) compared it with the absolute path and refused, telling the user to set a value they could not set."""
     import shutil
 
-    from medr1 import record
+    from medr1 import runfolder
     from medr1.config import same_setting
 
     run = shutil.copytree(relative_run / "run", tmp_path / "run")
@@ -497,7 +497,7 @@ def test_a_run_recorded_with_a_relative_model_folder_still_resumes(relative_run,
     monkeypatch.chdir(relative_run)
     config = build_config("smoke", {"model_name": "mymodel", "output_dir": str(run), "max_steps": 1, "save_steps": 0,
                                     "resume": True}, quiet=True)
-    assert record.check_output_dir(config) == run
+    assert runfolder.check_output_dir(config) == run
     assert same_setting("model_name", "mymodel", str(relative_run / "mymodel"))
     assert not same_setting("model_name", "othermodel", str(relative_run / "mymodel"))
     assert not same_setting("prompt_style", "seed", "r1")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from medr1 import record
+from medr1 import runfolder
 from medr1.config import Config, build_config, parse_overrides
 from medr1.errors import ConfigError
 from medr1.notebook import notebook_config, notebook_parameters
@@ -251,7 +251,7 @@ def test_a_resume_under_another_preset_names_the_preset(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"config": first.to_dict()}))
     again = build_config("smoke", {"output_dir": str(tmp_path), "resume": "true"}, quiet=True)
     with pytest.raises(OutputDirError) as info:
-        record.check_output_dir(again)
+        runfolder.check_output_dir(again)
     message = str(info.value)
     assert "it was made with preset 'colab-t4' and this one is 'smoke': resume with preset='colab-t4'" in message
 
@@ -268,7 +268,7 @@ def test_a_resumed_fast_run_keeps_its_sizing(tmp_path, monkeypatch):
     assert build_config("fast", quiet=True).per_device_train_batch_size != first.per_device_train_batch_size
     again = build_config("fast", {"output_dir": str(tmp_path), "resume": "true"}, quiet=True)
     assert again.to_dict() == {**first.to_dict(), "resume": True}
-    assert record.check_output_dir(again) == tmp_path
+    assert runfolder.check_output_dir(again) == tmp_path
 
 
 def test_a_fast_run_resumed_on_a_smaller_card_keeps_its_rows_per_step(tmp_path, monkeypatch, capsys):
@@ -296,7 +296,7 @@ def test_a_fast_run_resumed_on_a_smaller_card_keeps_its_rows_per_step(tmp_path, 
     assert f"re-planned with its rows per step: 39 GiB free: {batch} packed rows x {accumulation}" in said, said
     assert "(transformers will warn that per_device_train_batch_size differs from trainer_state.json: the rows per " \
            "step do not)" in said  # its compare_trainer_and_checkpoint_args does, on the resume
-    assert record.check_output_dir(again) == tmp_path
+    assert runfolder.check_output_dir(again) == tmp_path
 
 
 @pytest.mark.parametrize("knob, value", [("seed", "-1"), ("seed", str(2**32)), ("learning_rate", "inf"),
@@ -356,11 +356,11 @@ def test_a_local_data_file_is_recorded_absolute_and_a_relative_record_resumes_fr
     (run / "run.json").write_text(json.dumps({"status": "interrupted", "config": {**first.to_dict(),
                                                                                   "data_path": "data/rows.jsonl"}}))
     resume = {"output_dir": str(run), "resume": "true"}
-    assert record.check_output_dir(build_config("smoke", {**sets, **resume}, quiet=True)) == run  # from its folder
+    assert runfolder.check_output_dir(build_config("smoke", {**sets, **resume}, quiet=True)) == run  # from its folder
     monkeypatch.chdir(other)
-    assert record.check_output_dir(build_config("smoke", {**resume, "data_path": str(rows)}, quiet=True)) == run
+    assert runfolder.check_output_dir(build_config("smoke", {**resume, "data_path": str(rows)}, quiet=True)) == run
     with pytest.raises(OutputDirError) as info:
-        record.check_output_dir(build_config("smoke", {**resume, "data_path": str(mine)}, quiet=True))
+        runfolder.check_output_dir(build_config("smoke", {**resume, "data_path": str(mine)}, quiet=True))
     assert f"(data_path: 'data/rows.jsonl' -> {str(mine)!r} (recorded as typed, relative to the folder that run was " \
            "started in: resume from that folder))" in str(info.value)
     assert same_setting("data_path", "../data/rows.jsonl", str(rows))  # from start/sub, say

@@ -748,11 +748,11 @@ def test_an_overwrite_stopped_midway_leaves_no_mix_of_two_evaluations(run_copy, 
     model's multiple-choice answers left the new mcq_predictions_base.jsonl beside the earlier evaluation's eval.json,
     eval.png and mcq_predictions_finetuned.jsonl. The stop is a KeyboardInterrupt from the fine-tuned pass; every
     file left must be the earlier evaluation's. A whole evaluation then replaces all four."""
-    from medr1 import evaluate, record
+    from medr1 import evaluate, runfolder
 
     run = tmp_path / "run"
     shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("eval.*", "mcq_predictions_*"))
-    for name in record.EVAL_FILES:
+    for name in runfolder.EVAL_FILES:
         (run / name).write_text(f"earlier {name}\n")
     real = evaluate.Evaluation.answers
 
@@ -765,11 +765,12 @@ def test_an_overwrite_stopped_midway_leaves_no_mix_of_two_evaluations(run_copy, 
     questions = ASSETS / "mcq_sample.jsonl"
     with pytest.raises(KeyboardInterrupt):
         evaluate.evaluate_run(run, mcq_file=questions, max_rows=1, max_new_tokens=2, overwrite=True)
-    assert {n: (run / n).read_text() for n in record.EVAL_FILES} == {n: f"earlier {n}\n" for n in record.EVAL_FILES}
+    names = runfolder.EVAL_FILES
+    assert {n: (run / n).read_text() for n in names} == {n: f"earlier {n}\n" for n in names}
 
     monkeypatch.setattr(evaluate.Evaluation, "answers", real)
     evaluate.evaluate_run(run, mcq_file=questions, max_rows=1, max_new_tokens=2, overwrite=True)
     assert json.loads((run / "eval.json").read_text())["mcq"]["questions"] == 6
-    for variant, name in record.PREDICTIONS.items():
+    for variant, name in runfolder.PREDICTIONS.items():
         assert len(mcq.read_prediction_rows(run / name)) == 6, variant
     assert (run / "eval.png").read_bytes().startswith(b"\x89PNG")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from medr1 import build_config, files, record
+from medr1 import build_config, files, record, runfolder
 from medr1.__main__ import main
 from medr1.config import Config
 from medr1.errors import ConfigError, DataError, OutputDirError
@@ -406,7 +406,7 @@ def test_a_checkpoint_or_an_export_is_checked_as_its_run_and_carries_its_holdout
     record is found by walking up, so the prompt style and model are checked and the held-out rows come along. A bare
     adapter folder, with no record within reach, starts with a warning that nothing could be checked."""
     sft = _copy_run(smoke_run.out, tmp_path / "sft")
-    checkpoint = record.newest_checkpoint(sft / "checkpoints")
+    checkpoint = runfolder.newest_checkpoint(sft / "checkpoints")
     for start in (checkpoint, sft / "export" / "adapter"):
         with pytest.raises(ConfigError, match="prompt_style='seed'"):
             GrpoRun(build_config("smoke", {"output_dir": str(tmp_path / "r1"), "init_adapter": str(start),
@@ -500,7 +500,7 @@ def test_a_relative_init_adapter_finds_its_run(smoke_run, tmp_path, monkeypatch)
     from medr1.grpo import start_adapter
 
     sft = _copy_run(smoke_run.out, tmp_path / "sft")
-    checkpoint = record.newest_checkpoint(sft / "checkpoints")
+    checkpoint = runfolder.newest_checkpoint(sft / "checkpoints")
     monkeypatch.chdir(checkpoint.parent)
     adapter, start_dir, rec = start_adapter(build_config("smoke", {"init_adapter": checkpoint.name}, quiet=True))
     assert adapter == checkpoint and start_dir == sft and rec["status"] == "complete"
@@ -587,7 +587,7 @@ def test_a_checkpoint_with_nan_weights_is_refused_as_init_adapter_before_anythin
     from safetensors.torch import save_file
 
     sft = _copy_run(smoke_run.out, tmp_path / "sft")
-    checkpoint = record.newest_checkpoint(sft / "checkpoints")
+    checkpoint = runfolder.newest_checkpoint(sft / "checkpoints")
     weights = load_file(str(checkpoint / "adapter_model.safetensors"))
     name = sorted(weights)[1]
     weights[name][0] = float("nan")

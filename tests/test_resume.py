@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from medr1 import build_config, files, record
 from medr1.data import FIXTURE_PATH
 from medr1.errors import MedR1Error, OutputDirError
-from medr1.record import check_output_dir
 from medr1.run import Run
+from medr1.runfolder import check_output_dir
 
 RUN = Run  # what conftest's `prepared` builds, with these settings
 SETTINGS = {"max_steps": 8, "save_steps": 2, "num_examples": 12, "per_device_train_batch_size": 2}

@@ -371,7 +371,7 @@ def test_the_run_folder_holds_medr1_cards_only(smoke_run):
 def test_hints_name_cli_flags_on_the_cli_and_python_arguments_elsewhere(tmp_path, capsys):
     from medr1 import build_config
     from medr1.errors import OutputDirError
-    from medr1.record import check_output_dir
+    from medr1.runfolder import check_output_dir
 
     out = tmp_path / "run"
     out.mkdir()

@@ -18,7 +18,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from medr1 import prompts
 from medr1.files import atomic_write_text
 from medr1.presets import CPU_MODEL, SMOKE_MODEL
-from medr1.record import checkpoint_step, computed_in
+from medr1.record import computed_in
+from medr1.runfolder import checkpoint_step
 from medr1.smollm import GGUF_FILE, PACKAGE, PACKAGE_VERSION
 
 KINDS = ("adapter", "checkpoint", "merged", "gguf")

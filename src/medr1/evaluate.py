@@ -23,7 +23,7 @@ from medr1.stack import UNSLOTH  # noqa: F401 - unsloth before transformers and 
 import torch
 import torch.nn.functional as F
 
-from medr1 import distributed, files, mcq, plots, preflight, prompts, record, stats
+from medr1 import distributed, files, mcq, plots, preflight, prompts, record, runfolder, stats
 from medr1.config import hint
 from medr1.data import encode_rows
 from medr1.errors import ConfigError, DataError, OutputDirError
@@ -103,7 +103,8 @@ class Evaluation:
         if mcq_file:  # every question checked now, not after generating; and before the refusal below, so the user
             mcq.load_questions(mcq_file)  # learns that the new evaluation cannot run before replacing the earlier
         self.run_dir, self.overwrite = Path(run_dir).expanduser().absolute(), overwrite  # eval.json names it
-        if not overwrite and (earlier := [n for n in record.EVAL_FILES if (self.run_dir / n).exists()]):  # hours of it
+        earlier = [n for n in runfolder.EVAL_FILES if (self.run_dir / n).exists()]
+        if earlier and not overwrite:  # hours of it
             raise OutputDirError(f"{self.run_dir / earlier[0]} holds an earlier evaluation; pass {hint('overwrite')} "
                                  f"to replace it, or move {', '.join(earlier)} away")
         rec = record.read_record(self.run_dir)  # read once: the config, the adapter and the held-out rows come from it
@@ -209,7 +210,7 @@ class Evaluation:
             scored = mcq.score_samples(questions, by_sample, self.config.prompt_style)
             correct[variant], predictions[variant] = scored.pop("_correct"), scored.pop("_rows")
             result[variant] = {**scored, "budget_without_answer": compliance(gens)["budget_without_answer"],
-                               "predictions": record.PREDICTIONS[variant]}
+                               "predictions": runfolder.PREDICTIONS[variant]}
         result["mcnemar"] = {**stats.mcnemar(correct["base"][0], correct["finetuned"][0]),  # paired: one set a model
                              **({"sample": 0} if self.samples > 1 else {})}
         names = sorted({q.source for q in questions if q.source}) or [Path(path).stem]
@@ -273,11 +274,11 @@ class Evaluation:
             return {}
         self.results["created"] = record.now()
         if self.overwrite:  # the earlier evaluation goes as a whole: a stop in here leaves none of it beside this one
-            for name in record.EVAL_FILES:
+            for name in runfolder.EVAL_FILES:
                 (self.run_dir / name).unlink(missing_ok=True)
         if "mcq" in self.results:
             for variant, rows in self.predictions.items():
-                files.atomic_write_jsonl(self.run_dir / record.PREDICTIONS[variant], rows)
+                files.atomic_write_jsonl(self.run_dir / runfolder.PREDICTIONS[variant], rows)
         json_path = files.atomic_write_json(self.run_dir / "eval.json", self.results)
         png = plots.plot_results(self.results, self.run_dir / "eval.png")
         log.info(f"results in {json_path} and {png}")

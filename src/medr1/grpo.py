@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medr1 import distributed, files, plots, prompts, record, rewards, verifier
+from medr1 import distributed, files, plots, prompts, record, rewards, runfolder, verifier
 from medr1.config import Config, same_setting
 from medr1.errors import ConfigError, ModelError, OutputDirError
 from medr1.log import log
@@ -157,7 +157,7 @@ class GrpoRun(Stage):
         config = start_lora(config, self.adapter)  # before the output folder's resume check compares it
         super().__init__(dataclasses.replace(config, packing=False))  # no rows are packed: no varlen attention patch
         self.questions, self.source, counts = load_questions(self.config)
-        prints = record.same_data(self.config, self.out, self.source, questions=self.questions)  # as resumed
+        prints = runfolder.same_data(self.config, self.out, self.source, questions=self.questions)  # as resumed
         # the start run's held-out rows (their file, or None): no question of theirs trains; `_hold_out` carries them
         self._held_file = record.holdout_file(self.start_dir, self.start_record) if self.start_dir else None
         held = record.holdout_rows(self.start_dir, self.start_record, self._held_file) if self._held_file else []
@@ -260,7 +260,7 @@ class GrpoRun(Stage):
         """Speed over the optimizer steps this call ran (from the resumed checkpoint's step), not over the logged
         records: with logging_steps=N there is one record per N steps."""
         rewards = self.rewards
-        start = record.checkpoint_step(self.resume_from) if self.resume_from else 0
+        start = runfolder.checkpoint_step(self.resume_from) if self.resume_from else 0
         steps = int(self._trainer.state.global_step) - start
         generated = generated_tokens(rewards, start, start + steps, self.record["effective_batch"])
         stats = self._keep_training(seconds, {

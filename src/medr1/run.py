@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from medr1 import data, distributed, files, plots, preflight, record
+from medr1 import data, distributed, files, plots, preflight, runfolder
 from medr1.config import Config
 from medr1.errors import TrainingError
 from medr1.log import log
@@ -36,7 +36,7 @@ class Run(Stage):
         super().__init__(config)
         self.split = data.load_split(self.config)
         split = self.split  # a resume on other rows is refused here, before the tokenizer and the model load
-        prints = record.same_data(self.config, self.out, split.source, train=split.train, holdout=split.holdout)
+        prints = runfolder.same_data(self.config, self.out, split.source, train=split.train, holdout=split.holdout)
         self._check_model()
         self.encoded, self.lengths = data.tokenize_rows(split.train, self.tokenizer, self.config, split.holdout)
         self.history = None

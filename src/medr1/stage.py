@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medr1 import distributed, files, preflight, record
+from medr1 import distributed, files, preflight, record, runfolder
 from medr1.config import Config, hint
-from medr1.errors import OutputDirError, TrainingError
+from medr1.errors import TrainingError
 from medr1.log import log
 from medr1.tokenizer import load_tokenizer
 from medr1.tracking import reporting
@@ -31,7 +31,7 @@ class Stage:
         self._started = time.perf_counter()  # preparing the run: what run.json's prepare_s times
         config = distributed.agree(config)  # several processes train rank 0's config, in one folder
         # absolute: what 01 prints is pasted into 02-04, which may run in another folder
-        self.config, self.out = config, Path(os.path.abspath(record.check_output_dir(config)))
+        self.config, self.out = config, Path(os.path.abspath(runfolder.check_output_dir(config)))
         distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         self.model = self._trainer = self.tokenizer = None
         self.report_to = "none"  # 'wandb' or 'none', from `_check_model`
@@ -60,7 +60,7 @@ class Stage:
         from medr1.model import load_model
 
         if self.out.is_dir():  # else from training's first write: a refusal until then leaves nothing
-            self._claim()
+            runfolder.claim(self.out)
         t0 = time.perf_counter()
         self.model, self.tokenizer = load_model(self.config, self.tokenizer)
         self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
@@ -102,7 +102,7 @@ class Stage:
         if self.resume_from:  # transformers, finding an adapter in a sub-folder (GRPO's ref/ under beta > 0), loads
             load_adapter_weights(self.model, Path(self.resume_from))  # only those: the policy would stay the start
         self.out.mkdir(parents=True, exist_ok=True)  # trainer() replaced an old run (overwrite) already
-        self._claim()
+        runfolder.claim(self.out)
         self.record.update(status="training", versions=record.versions(), git_commit=record.git_commit(),
                            hardware=record.hardware())
         self._hold_out()
@@ -220,10 +220,10 @@ class Stage:
             return checkpoints
         self.record.update(distributed={"processes": procs, "backend": distributed.backend(),
                                         "learning_rate_rule": rule}, effective_batch=effective, processes=procs)
-        newest = record.newest_checkpoint(checkpoints) if cfg.resume else None
+        newest = runfolder.newest_checkpoint(checkpoints) if cfg.resume else None
         self.resume_from = str(newest) if newest else None
         if newest:
-            done, total = record.checkpoint_step(newest), getattr(cfg, step.max_steps)
+            done, total = runfolder.checkpoint_step(newest), getattr(cfg, step.max_steps)
             log.info(f"resuming from {newest.name}: step {done} of {total or '?'} done"
                      f"{'; nothing left to train' if 0 < total <= done else ''}")
         elif cfg.resume:
@@ -247,7 +247,7 @@ class Stage:
     def _record_interruption(self, err: BaseException) -> None:
         """Write status 'interrupted' with the step reached and the checkpoint a resume would start from."""
         step = int(self._trainer.state.global_step)
-        newest = record.newest_checkpoint(self.out / "checkpoints")
+        newest = runfolder.newest_checkpoint(self.out / "checkpoints")
         self._time_training(time.perf_counter() - self._train_t0)
         self.record.update(status="interrupted", interrupted={
             "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
@@ -261,13 +261,6 @@ class Stage:
             log.info(f"{self.STAGE} stopped at step {step} before the first checkpoint (save_steps="
                      f"{self.config.save_steps}); a resume starts from step 0")
 
-    def _claim(self) -> None:
-        """Hold the run folder from the model load (where it exists) until the adapter is saved or training stops:
-        another process's run into it, whatever its flags, is refused (two runs both trained, the second over the
-        first). A notebook's cells run again hold it still (one process)."""
-        if not distributed.agree(files.claim(self.out) if distributed.is_main() else None):
-            raise OutputDirError(record.IN_USE.format(out=str(self.out)))
-
     def _time_training(self, seconds: float) -> float:
         """Record this session's training `seconds` after the earlier sessions'; returns their sum (`train_s`)."""
         sessions = [*self._earlier_s, round(seconds, 2)]
@@ -275,11 +268,11 @@ class Stage:
         return self.record["timings"]["train_s"]
 
     def _replace_old_run(self) -> None:
-        """overwrite, once, before this run writes anything: its record replaces the old run (`record.replace_run`)."""
+        """overwrite, once, before this run writes anything: its record replaces the old run (runfolder.replace_run)."""
         if self._replaced or not self.config.overwrite or not distributed.is_main():
             return
         self._replaced = True
-        record.replace_run(self.out, self.record)
+        runfolder.replace_run(self.out, self.record)
 
     def _trained_adapter(self, *args: Any, **kwargs: Any) -> None:
         """`trainer.train` of a complete run resumed: the saved adapter's weights into add_lora's LoRA (new, or GRPO's

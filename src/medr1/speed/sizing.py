@@ -194,7 +194,7 @@ def resumed_sizing(output_dir: str, seq_len: int, free: float | None,
     """A resumed `fast` run (in `output_dir`; "" = no resume) keeps the split it was made with where this card's
     total memory fits it (several processes: the least free): free memory may be low now (the interrupted model may
     still hold some). On a smaller card, a split planned from free memory with the run's packed rows per step per
-    process, which trains the same rows per step (record.check_output_dir lets a resume change the split alone)."""
+    process, which trains the same rows per step (runfolder.check_output_dir lets a resume change the split alone)."""
     path = Path(str(output_dir)).expanduser() / "run.json"
     if not (before := recorded(output_dir)):
         return None
