@@ -68,6 +68,11 @@ endif
 run: $(VENV)/.installed
 	@# a mistyped PRESET in one line (papermill would show it at the end of a traceback, with the notebook left behind)
 	@[ "$(PRESET)" = auto ] || $(BIN)/python -m medr1 knobs --preset $(PRESET) >/dev/null
+	@# a run loading or training into RUN_DIR right now (another terminal, notebook or job): not to be resumed
+	@[ ! -d $(RUN_DIR) ] || $(BIN)/python -c "import sys; from pathlib import Path; from medr1.files import \
+	  held_elsewhere; sys.exit(held_elsewhere(Path(sys.argv[1])))" $(RUN_DIR) || { echo "medr1: $(RUN_DIR) is in use" \
+	  "by another medr1 process right now (a run loading or training into it): let it finish or stop it, or give" \
+	  "another RUN_DIR" >&2; exit 2; }
 	@# papermill writes the output notebook before any cell runs: a refused run would replace the earlier one's
 	@[ -n "$(RESUMING)" ] || [ ! -e $(RUN_DIR)/run.json ] || { read -r preset status <<< "$$($(RUN_STATUS))"; \
 	  case "$$status" in \

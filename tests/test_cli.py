@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from medr1 import files
 from medr1.__main__ import main
 from medr1.data import FIXTURE_PATH
 
@@ -272,6 +273,18 @@ def test_make_run_continues_a_stopped_run_with_resume(tmp_path):
     done, called = make_run(tmp_path, f"RUN_DIR={empty}", "RESUME=1")  # would train from step 0 in a new folder
     assert done.returncode == 2 and not called and not empty.exists(), done.stdout + done.stderr
     assert f"RESUME=1 but {empty} holds no run (run.json) to continue" in done.stderr, done.stderr
+
+    # a run training into the folder right now (here: this process holds it): neither resumed nor refused with
+    # advice to resume it (RESUME=1 then failed in papermill, leaving an error notebook in the live run's folder)
+    (run / "run.json").write_text(json.dumps({"status": "training", "preset": "smoke"}))
+    assert files.claim(run)
+    try:
+        for more in ([], ["RESUME=1"]):
+            busy, called = make_run(tmp_path, f"RUN_DIR={run}", *more)
+            assert busy.returncode == 2 and not called and "RESUME=1` continues" not in busy.stderr, busy.stderr
+            assert f"{run} is in use by another medr1 process right now" in busy.stderr, busy.stderr
+    finally:
+        files.release(run)
 
     for no in ([], ["RESUME=0"]):
         fresh = make_dry("run", "PRESET=smoke", *no)

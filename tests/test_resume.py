@@ -303,6 +303,28 @@ def test_an_output_dir_it_cannot_write_in_is_refused_before_the_model_loads(tmp_
     assert sorted(tmp_path.iterdir()) == []
 
 
+def test_a_failed_step_lets_go_of_the_run_folder(tmp_path, prepared, monkeypatch):
+    """The late review: a notebook run that diverged (or whose save failed) kept its folder held while the kernel
+    idled, so the advised `--overwrite` from a terminal was refused as "in use by another medr1 process"."""
+    run = prepared(tmp_path / "r", max_steps=2)
+    run.train()
+    assert (tmp_path / "r").resolve() in files._CLAIMED  # held while this process writes the run
+
+    def full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(run.model, "save_pretrained", full)
+    with pytest.raises(OSError):
+        run.save()
+    assert (tmp_path / "r").resolve() not in files._CLAIMED
+    monkeypatch.undo()
+    again = prepared(tmp_path / "d", max_steps=2)
+    monkeypatch.setattr(again, "_check_finite", lambda err=None: (_ for _ in ()).throw(MedR1Error("diverged")))
+    with pytest.raises(MedR1Error, match="diverged"):
+        again.train()
+    assert (tmp_path / "d").resolve() not in files._CLAIMED
+
+
 def test_a_run_stopped_by_sigterm_is_recorded_as_interrupted(tmp_path):
     """The processes review (8): SIGTERM (what `timeout`, `kill`, Slurm, `docker stop` and accelerate's launcher
     send) killed training at once: run.json stayed 'training' (read as still running) and nothing said how to go

@@ -107,7 +107,8 @@ def load_adapter(config: Config, adapter: str | Path, via: str = "medr1"):
             from medr1.gguf import why_no_unsloth
 
             named = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            if config.load_in_4bit and named != config.model_name:  # transformers would quantize the 16-bit one
+            # Unsloth mapped the base to its own 4-bit copy: transformers would quantize the 16-bit original
+            if config.load_in_4bit and named != config.model_name and "bnb-4bit" in str(named).lower():
                 raise ModelError(f"this run trained in 4-bit through Unsloth on {named!r}, Unsloth's own 4-bit copy "
                                  f"of {config.model_name!r}, which transformers + peft would not load as it trained: "
                                  f"{why_no_unsloth()}")

@@ -37,7 +37,8 @@ def check_output_dir(config: Config) -> Path:
     out = Path(config.output_dir).expanduser()
     files.check_folder(out, f"output_dir={str(out)!r}")  # now, not as NotADirectoryError after the model load
     files.check_writable(out, f"output_dir={str(out)!r}")  # else an OSError after the model load
-    if files.held_elsewhere(out):  # whatever overwrite or resume say: two trainers would write one folder
+    # rank 0's look alone: ranks probing together would each see the others' probes as a hold
+    if distributed.agree(files.held_elsewhere(out) if distributed.is_main() else None):  # whatever the flags say
         raise OutputDirError(IN_USE.format(out=str(out)))
     held = [p.name for p in (out.iterdir() if out.exists() else ())
             if not p.name.startswith(".") and p.suffix not in IGNORED_IN_OUTPUT]

@@ -62,7 +62,8 @@ class Stage:
         if self.out.is_dir():  # else from training's first write: a refusal until then leaves nothing
             runfolder.claim(self.out)
         t0 = time.perf_counter()
-        self.model, self.tokenizer = load_model(self.config, self.tokenizer)
+        with self._let_go_on_failure():
+            self.model, self.tokenizer = load_model(self.config, self.tokenizer)
         self.record["timings"]["load_s"] = round(time.perf_counter() - t0, 2)
         return self.model, self.tokenizer
 
@@ -121,15 +122,18 @@ class Stage:
         except AlreadyTrained:
             session.end(self._trainer)
         except BaseException as err:
-            if isinstance(err, Exception):  # diverged, not interrupted: a resume would diverge again
-                self._check_finite(err)
-            self._record_interruption(err)
+            with self._let_go_on_failure():
+                if isinstance(err, Exception):  # diverged, not interrupted: a resume would diverge again
+                    self._check_finite(err)
+                self._record_interruption(err)
+            files.release(self.out)
             raise
         finally:
             self._trainer.remove_callback(session)
             self.session = self.session or self._trainer.state.global_step > 0  # weights moved, or a checkpoint's
         self._record_training(time.perf_counter() - self._train_t0)
-        self._check_finite()
+        with self._let_go_on_failure():
+            self._check_finite()
 
     def train(self, callbacks: list | None = None) -> dict[str, Any]:
         """trainer() and trainer.train() inside recording(): what the command line does; returns the figures."""
@@ -154,7 +158,7 @@ class Stage:
                                 "trainer.train() inside run.recording())")
         done = dict(status="complete", adapter="adapter", finished=record.now())
         if distributed.is_main():  # self.model is the bare PEFT model: DDP only wraps it inside the trainer
-            with files.atomic_dir(target) as tmp:
+            with self._let_go_on_failure(), files.atomic_dir(target) as tmp:
                 self.model.save_pretrained(str(tmp))
                 self.tokenizer.save_pretrained(str(tmp))
                 write_card(tmp, {**self.record, **done}, "adapter")
@@ -253,13 +257,22 @@ class Stage:
             "step": step, "error": f"{type(err).__name__}: {err}"[:500], "at": record.now(),
             "checkpoint": newest.name if newest else None}, **{self.HISTORY: self._steps()})
         self._write_record()
-        files.release(self.out)  # a resume from another process may take it now
         if newest:
             log.info(f"{self.STAGE} stopped at step {step}; {newest.name} is kept: run again with the same settings "
                      f"(preset and knobs) and {hint('resume')}, {hint('output_dir', str(self.out))} to continue")
         else:
             log.info(f"{self.STAGE} stopped at step {step} before the first checkpoint (save_steps="
                      f"{self.config.save_steps}); a resume starts from step 0")
+
+    @contextlib.contextmanager
+    def _let_go_on_failure(self):
+        """The run folder is let go where a step fails (a load, a divergence, a save): the user's next move, an
+        overwrite or a resume, may come from another process while this notebook kernel idles."""
+        try:
+            yield
+        except BaseException:
+            files.release(self.out)
+            raise
 
     def _time_training(self, seconds: float) -> float:
         """Record this session's training `seconds` after the earlier sessions'; returns their sum (`train_s`)."""

@@ -264,9 +264,9 @@ class PlainLogProbs:
 
 @contextlib.contextmanager
 def terminated_as_interrupted():
-    """SIGTERM (`timeout`, `kill`, Slurm, `docker stop`, accelerate's launcher passing its own on) stops training
-    as Ctrl-C does, so the run is recorded `interrupted` with the checkpoint to resume from: by default Python dies at
-    once, leaving run.json at 'training'. Only the main thread may set a handler; elsewhere, as before."""
+    """SIGTERM (`timeout`, `kill`, Slurm, `docker stop`, `accelerate launch --multi_gpu` passing its own on) stops
+    training as Ctrl-C does, so the run is recorded `interrupted` with the checkpoint to resume from: by default
+    Python dies at once, run.json left at 'training'. Only the main thread may set a handler (elsewhere: as before)."""
     import signal
     import threading
 
