@@ -24,11 +24,14 @@ IN_USE = ("output_dir={out!r} is in use by another medr1 process right now (a ru
 IGNORED_IN_OUTPUT = (".ipynb",)  # papermill may write the executed notebook into the run's folder
 
 
-def claim(out: Path) -> None:
-    """Hold the run folder from the model load (where it exists) or from training's first write, until the adapter
-    is saved or training stops (`medr1.stage`): another process's run into it, whatever its flags, is refused (two
-    runs both trained, the second over the first). Rank 0 holds it for all; a notebook's cells run again, still."""
-    if not distributed.agree(files.claim(out) if distributed.is_main() else None):
+def claim(out: Path, made: bool = True) -> None:
+    """Hold the run folder from the model load (where it is there: `made=False`) or from training's first write,
+    until the adapter is saved or training stops (`medr1.stage`): another process's run into it, whatever its flags,
+    is refused (two runs both trained, the second over the first). Rank 0 decides and holds it for all (every rank
+    calls this: one deciding alone on what it saw would leave the others waiting); a notebook's cells run again,
+    still hold it."""
+    held = (files.claim(out) if made or out.is_dir() else True) if distributed.is_main() else None
+    if not distributed.agree(held):
         raise OutputDirError(IN_USE.format(out=str(out)))
 
 

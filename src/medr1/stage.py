@@ -59,8 +59,7 @@ class Stage:
         """(model, tokenizer): the base model, and the tokenizer that was checked before it loaded."""
         from medr1.model import load_model
 
-        if self.out.is_dir():  # else from training's first write: a refusal until then leaves nothing
-            runfolder.claim(self.out)
+        runfolder.claim(self.out, made=False)  # a new folder from training's first write: a refusal leaves nothing
         t0 = time.perf_counter()
         with self._let_go_on_failure():
             self.model, self.tokenizer = load_model(self.config, self.tokenizer)
