@@ -195,6 +195,31 @@ def test_ranks_checking_one_folder_together_never_see_each_other_as_another_run(
     assert _two_ranks(tmp_path, CHECKS)[0] == [0, 0]
 
 
+LOAD_THEN_TRAIN = """
+import json, os, sys, time
+from pathlib import Path
+from medr1 import distributed, runfolder
+distributed.init()
+out = Path(sys.argv[1]) / "run"
+if distributed.rank() == 1:
+    time.sleep(2)  # rank 1 reaches the model load after rank 0 made the folder at training's start
+runfolder.claim(out, made=False)  # Stage.load
+if distributed.is_main():
+    out.mkdir()  # Stage.recording
+runfolder.claim(out)
+with open(os.path.join(sys.argv[1], f"rank{distributed.rank()}.json"), "w") as fh:
+    json.dump("held", fh)
+distributed.finish()
+"""
+
+
+def test_a_rank_behind_the_others_at_the_load_takes_part_in_the_same_claims(tmp_path):
+    """Each rank looked for the folder itself at the model load: a rank behind saw the folder rank 0 had made at
+    training's start, so their calls to agree paired wrongly and a two-process GRPO run hung (the fresh-clone CI run).
+    Every rank calls the claim at both points; rank 0 alone decides."""
+    assert _two_ranks(tmp_path, LOAD_THEN_TRAIN, timeout=90)[0] == ["held", "held"]
+
+
 LEAST = """
 import json, os, sys
 import medr1.speed.sizing as sizing
