@@ -121,11 +121,12 @@ class Stage:
         except AlreadyTrained:
             session.end(self._trainer)
         except BaseException as err:
-            with self._let_go_on_failure():
+            try:
                 if isinstance(err, Exception):  # diverged, not interrupted: a resume would diverge again
                     self._check_finite(err)
                 self._record_interruption(err)
-            files.release(self.out)
+            finally:
+                files.release(self.out)  # a resume or an overwrite may come from another process now
             raise
         finally:
             self._trainer.remove_callback(session)
