@@ -136,11 +136,21 @@ def _held(folder: Path) -> int | None:
     filesystem has no locks). A writer holds its folders' locks until it is done; the kernel drops a killed
     writer's, on any pid namespace (a pid alone cannot tell a live writer from a reused number)."""
     fd = os.open(folder, os.O_RDONLY)
+    if _lock(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _lock(fd: int) -> bool | None:
+    """An exclusive lock on `fd`, without waiting: True; False where another process holds one; None where the
+    filesystem has no locks."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
+        return True
+    except BlockingIOError:
+        return False
     except OSError:
-        os.close(fd)
         return None
 
 
@@ -157,13 +167,9 @@ def claim(folder: Path) -> bool:
         return True
     key.mkdir(parents=True, exist_ok=True)
     fd = os.open(key, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if _lock(fd) is False:
         os.close(fd)
         return False
-    except OSError:
-        pass
     _CLAIMED[key] = fd
     return True
 
@@ -179,14 +185,9 @@ def held_elsewhere(folder: Path) -> bool:
         return False
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
+        return _lock(fd) is False
     finally:
         os.close(fd)  # the probe's own lock goes with it
-    return False
 
 
 @contextmanager
